@@ -1,0 +1,166 @@
+"""Business service client: one POST, its SSE answer as typed events (PROTOCOL.md §2)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+import aiohttp
+
+from protocol.business import BadEvent, BusinessEvent, is_end, parse_event, session_ok
+from protocol.codes import BusinessError
+from protocol.sse import SSEDecoder
+
+log = logging.getLogger(__name__)
+
+SessionCheck = Literal["strict", "lenient"]
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessTarget:
+    """One configured business service (§2.5): where to POST and how long to wait."""
+
+    name: str
+    url: str
+    token: str = ""
+    session_check: SessionCheck = "strict"
+    connect_timeout_s: float = 3.0
+    first_event_timeout_s: float = 15.0
+    idle_timeout_s: float = 30.0
+    total_timeout_s: float = 300.0
+    max_event_bytes: int = 1 << 20
+
+
+class Outcome(StrEnum):
+    """How a business request ended; a small fixed set, used as a metric label."""
+
+    OK = "ok"
+    NO_END = "no_message_end"
+    UNREACHABLE = "unreachable"
+    STATUS = "status"
+    CONTENT_TYPE = "content_type"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+
+
+_FAILURE_CODE = {
+    Outcome.UNREACHABLE: BusinessError.UNREACHABLE,
+    Outcome.STATUS: BusinessError.STATUS,
+    Outcome.CONTENT_TYPE: BusinessError.CONTENT_TYPE,
+    Outcome.TIMEOUT: BusinessError.TIMEOUT,
+}
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """What one request did; filled while streaming, read by the caller for metrics."""
+
+    outcome: Outcome = Outcome.CANCELLED
+    first_event_s: float | None = None
+    total_s: float = 0.0
+    events: int = 0
+    foreign_dropped: int = 0
+    bad_events: int = 0
+
+    @property
+    def failure(self) -> BusinessError | None:
+        """The error code the device is told, or None when the request did not fail."""
+        return _FAILURE_CODE.get(self.outcome)
+
+
+class _Failed(Exception):
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+class BusinessClient:
+    """Streams business answers over one pooled `aiohttp.ClientSession`; never re-POSTs."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self._session = session
+
+    async def stream(
+        self, target: BusinessTarget, body: bytes, expected_session: str, stats: StreamStats
+    ) -> AsyncIterator[BusinessEvent]:
+        """POST `body` and yield each event that passes the session check (§2.3).
+
+        Ends at `message_end` or end of stream. Failures of §2.6 end the iteration quietly;
+        `stats.failure` then names the error the device must be told.
+        """
+        start = time.monotonic()
+        total_deadline = start + target.total_timeout_s
+        lenient = target.session_check == "lenient"
+        decoder = SSEDecoder(target.max_event_bytes)
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
+        if target.token:
+            headers["Authorization"] = f"Bearer {target.token}"
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=target.connect_timeout_s, connect=target.connect_timeout_s
+        )
+        stats.outcome = Outcome.CANCELLED
+        try:
+            deadline = min(start + target.first_event_timeout_s, total_deadline)
+            async with asyncio.timeout_at(_loop_time(deadline)):
+                resp = await self._session.post(
+                    target.url, data=body, headers=headers, timeout=timeout
+                )
+            async with resp:
+                _check_response(resp)
+                while True:
+                    async with asyncio.timeout_at(_loop_time(deadline)):
+                        chunk = await resp.content.readany()
+                    sse_events = decoder.feed(chunk) if chunk else decoder.close()
+                    for sse in sse_events:
+                        if sse.oversized:
+                            stats.bad_events += 1
+                            continue
+                        try:
+                            event = parse_event(sse.data)
+                        except BadEvent:
+                            stats.bad_events += 1  # §2.6: skipped, the stream goes on
+                            continue
+                        if stats.first_event_s is None:
+                            stats.first_event_s = time.monotonic() - start
+                        if not session_ok(event, expected_session, lenient=lenient):
+                            stats.foreign_dropped += 1
+                            continue
+                        stats.events += 1
+                        yield event
+                        if is_end(event):
+                            stats.outcome = Outcome.OK
+                            return
+                    if not chunk:
+                        stats.outcome = Outcome.NO_END
+                        return
+                    if stats.first_event_s is not None:
+                        deadline = min(time.monotonic() + target.idle_timeout_s, total_deadline)
+        except _Failed as exc:
+            stats.outcome = exc.outcome
+        except TimeoutError:
+            stats.outcome = Outcome.TIMEOUT
+        except (aiohttp.ClientError, OSError) as exc:
+            log.info("business %s unreachable: %s", target.name, type(exc).__name__)
+            stats.outcome = Outcome.UNREACHABLE
+        finally:
+            stats.total_s = time.monotonic() - start
+
+
+def _check_response(resp: aiohttp.ClientResponse) -> None:
+    if resp.status != 200:
+        raise _Failed(Outcome.STATUS)
+    if resp.content_type != "text/event-stream":
+        raise _Failed(Outcome.CONTENT_TYPE)
+
+
+def _loop_time(monotonic_deadline: float) -> float:
+    # asyncio's loop clock is time.monotonic() on every loop we run (asyncio, uvloop).
+    return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())

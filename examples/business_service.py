@@ -1,0 +1,194 @@
+"""Reference business service: copy this file to start your own (stdlib + aiohttp + orjson only).
+
+Contract (PROTOCOL.md §2). The relay POSTs one JSON object per request to /chat (or /),
+with `Authorization: Bearer <token>` when a token is configured:
+  {"auth":{"device_id":"669C4BDA13EA"},"type":"chat",
+   "details":{"msg":"<what the user said>","session_id":"S","timestamp":1640995200000}}
+Other types ("report", "reset", "get") are device payloads passed through unchanged; they
+carry their own `details` (events, battery_level, ...) and usually `details.session_id`.
+The answer is `200 text/event-stream`; every event is one line `data: <json object>` plus a
+blank line, flushed as soon as it is produced. Every event echoes `details.session_id` as a
+top-level "session_id" (the relay drops events whose session_id does not match), and the
+last event is {"event":"message_end","session_id":"S"}. Only event=message/type=chat is
+spoken (its details.answer; optional tts_provider, voice_type, speed_ratio, pitch_ratio);
+every other event (commands, data, errors) reaches the device untouched as a custom message.
+Run: python examples/business_service.py --port 8090 [--token T] (or env BUSINESS_TOKEN).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import itertools
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+Event = dict[str, Any]
+
+# Words in the user's message that trigger a device action (English matched case-insensitively).
+KEYWORD_ACTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
+    (("dance", "跳舞"), "dance", {"duration": 5}),
+    (("wag", "摇尾巴"), "wag_tail", {"duration": 3}),
+)
+DEMO_BATTERY_LEVEL = 85  # a real service would answer from its own records
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """What `make_app` was configured with."""
+
+    token: str | None
+    chat_delay_s: float
+
+
+SETTINGS = web.AppKey("settings", Settings)
+
+
+def is_chinese(text: str) -> bool:
+    """True when the text contains CJK ideographs, so the answer should be in Chinese."""
+    return any("\u4e00" <= ch <= "\u9fff" for ch in text)
+
+
+def chat_events(details: dict[str, Any]) -> Iterator[Event]:
+    """Answer a chat message: spoken sentences, then a command if a keyword was heard."""
+    msg = details.get("msg")
+    msg = msg.strip() if isinstance(msg, str) else ""
+    if is_chinese(msg):
+        sentences = [f"你刚才说：「{msg}」。", "我是示例业务服务，这句话会被合成为语音。"]
+    elif msg:
+        sentences = [f'You said: "{msg}".', "I am the reference business service speaking."]
+    else:
+        sentences = ["I did not catch that, could you say it again?"]
+    # Several message/chat events are spoken in order as they arrive (PROTOCOL.md §2.2).
+    for sentence in sentences:
+        yield {"event": "message", "type": "chat", "details": {"answer": sentence}}
+    lowered = msg.lower()
+    actions = [
+        {"action": action, "params": dict(params)}
+        for words, action, params in KEYWORD_ACTIONS
+        if any(word in lowered for word in words)
+    ]
+    if actions:
+        yield {"event": "message", "type": "command", "details": {"actions": actions}}
+
+
+def command(action: str, params: dict[str, Any]) -> Event:
+    """A command event carrying one action, the shape the guide uses for reset and get."""
+    actions = [{"action": action, "params": params}]
+    return {"event": "message", "type": "command", "details": {"actions": actions}}
+
+
+def report_events(details: dict[str, Any]) -> Iterator[Event]:
+    """A report needs no answer beyond message_end; store details.events here if you care."""
+    yield from ()
+
+
+def reset_events(details: dict[str, Any]) -> Iterator[Event]:
+    """Acknowledge a reset (details.type says what to reset, e.g. "count")."""
+    yield command("reset_complete", {"status": "success"})
+
+
+def get_events(details: dict[str, Any]) -> Iterator[Event]:
+    """Answer a get request with the server time and a battery level."""
+    now_ms = time.time_ns() // 1_000_000
+    now = datetime.fromtimestamp(now_ms / 1000, tz=UTC).astimezone()
+    params = {
+        "current_time": now.strftime("%Y-%m-%d %H:%M:%S"),  # the guide's format, local time
+        "timestamp_ms": now_ms,
+        "iso_time": now.isoformat(timespec="milliseconds"),
+        "battery_level": DEMO_BATTERY_LEVEL,
+    }
+    yield command("data_response", params)
+
+
+HANDLERS = {"chat": chat_events, "report": report_events, "reset": reset_events, "get": get_events}
+
+
+def json_error(status: int, message: str) -> web.Response:
+    """A plain JSON error answer, used before the event stream starts."""
+    return web.json_response({"error": message}, status=status)
+
+
+def authorized(request: web.Request, token: str | None) -> bool:
+    """Check `Authorization: Bearer <token>` in constant time; no token configured = open."""
+    if token is None:
+        return True
+    expected = f"Bearer {token}".encode()
+    return hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected)
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    """POST /chat: validate the request, then stream the answer as Server-Sent Events."""
+    settings = request.app[SETTINGS]
+    if not authorized(request, settings.token):
+        return json_error(401, "unauthorized")
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return json_error(400, "body is not JSON")
+    if not isinstance(body, dict) or not isinstance(body.get("type"), str):
+        return json_error(400, 'body must be a JSON object with a string "type"')
+    details = body.get("details")
+    details = details if isinstance(details, dict) else {}
+    request_type: str = body["type"]
+
+    handler = HANDLERS.get(request_type)
+    if handler is not None:
+        answer = handler(details)  # consumed lazily: each event is sent as soon as it is made
+    else:
+        message = f"unsupported request type {request_type[:40]!r}"
+        answer = iter([{"event": "error", "details": {"code": "unknown_type", "message": message}}])
+    events = itertools.chain(answer, [{"event": "message_end"}])
+    delay = settings.chat_delay_s if request_type == "chat" else 0.0
+
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await response.prepare(request)
+    for event in events:
+        if delay > 0:
+            await asyncio.sleep(delay)  # stands in for model latency before each event
+        if "session_id" in details:
+            # Echo on every event, placed right after "event" as in the guide (PROTOCOL.md §2.3).
+            event = {"event": event.pop("event"), "session_id": details["session_id"], **event}
+        await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+    await response.write_eof()
+    return response
+
+
+def make_app(*, token: str | None = None, chat_delay_s: float = 0.0) -> web.Application:
+    """Build the service; `chat_delay_s` sleeps before each chat event (latency experiments)."""
+    app = web.Application()
+    app[SETTINGS] = Settings(token=token or None, chat_delay_s=chat_delay_s)
+    app.router.add_post("/chat", handle)
+    app.router.add_post("/", handle)
+    return app
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options; the token defaults to the BUSINESS_TOKEN environment variable."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8090)
+    parser.add_argument("--token", default=os.environ.get("BUSINESS_TOKEN"))
+    parser.add_argument("--chat-delay", type=float, default=0.0, help="seconds before each event")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the service until interrupted."""
+    args = parse_args(argv)
+    app = make_app(token=args.token, chat_delay_s=args.chat_delay)
+    web.run_app(app, host=args.host, port=args.port)
+
+
+if __name__ == "__main__":
+    main()

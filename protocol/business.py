@@ -1,0 +1,134 @@
+"""Business wire: request bodies, answer events, routing and the device envelope (§2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from protocol import jsonutil
+from protocol.codes import MESSAGES, BusinessError
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessEvent:
+    """One SSE event of a business answer: its JSON text, untouched, and the fields we route on."""
+
+    raw: bytes
+    event: str | None
+    type: str | None
+    session_id: str | None
+    details: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Speak:
+    """A `message/chat` event: text to synthesise with the voice the business chose (§2.2)."""
+
+    answer: str
+    tts_provider: str | None = None
+    voice_type: str | None = None
+    speed_ratio: float | None = None
+    pitch_ratio: float | None = None
+
+
+class BadEvent(ValueError):
+    """An SSE event whose data is not a JSON object (`business_bad_event`, §2.6)."""
+
+
+def chat_request(device_id: str, text: str, session_id: str, timestamp_ms: int) -> bytes:
+    """Body of a chat request built from recognised or entered text (§2.1)."""
+    return orjson.dumps(
+        {
+            "auth": {"device_id": device_id},
+            "type": "chat",
+            "details": {"msg": text, "session_id": session_id, "timestamp": timestamp_ms},
+        }
+    )
+
+
+def parse_event(data: str) -> BusinessEvent:
+    """Parse one SSE `data` field into a `BusinessEvent`; raise `BadEvent` when it is not JSON."""
+    raw = data.strip().encode()
+    try:
+        obj = jsonutil.loads(raw)
+    except ValueError as exc:
+        raise BadEvent("event data is not JSON") from exc
+    if not isinstance(obj, dict):
+        raise BadEvent("event data is not a JSON object")
+    sid = obj.get("session_id")
+    return BusinessEvent(
+        raw=raw,
+        event=_str_or_none(obj.get("event")),
+        type=_str_or_none(obj.get("type")),
+        session_id=sid if isinstance(sid, str) else None,
+        details=obj.get("details"),
+    )
+
+
+def session_ok(event: BusinessEvent, expected: str, *, lenient: bool) -> bool:
+    """Whether an event may reach the device of session `expected` (§2.3)."""
+    if event.session_id is None:
+        return lenient
+    return event.session_id == expected
+
+
+def classify(event: BusinessEvent) -> Speak | None:
+    """Routing rule (§2.2): `Speak` for a `message/chat` answer, None to pass it through."""
+    if event.event != "message" or event.type != "chat" or not isinstance(event.details, dict):
+        return None
+    answer = event.details.get("answer")
+    if not isinstance(answer, str):
+        return None
+    d = event.details
+    return Speak(
+        answer=answer,
+        tts_provider=_str_or_none(d.get("tts_provider")),
+        voice_type=_str_or_none(d.get("voice_type")),
+        speed_ratio=_ratio(d.get("speed_ratio")),
+        pitch_ratio=_ratio(d.get("pitch_ratio")),
+    )
+
+
+def is_end(event: BusinessEvent) -> bool:
+    """`message_end` ends the request (§2.2)."""
+    return event.event == "message_end"
+
+
+def envelope(session_id: str, request_type: str, event_raw: bytes, timestamp_ms: int) -> bytes:
+    """The device message carrying one passed-through event (§2.4), the event bytes untouched."""
+    return b"".join(
+        (
+            b'{"session_id":',
+            orjson.dumps(session_id),
+            b',"type":"custom","payload":{"source":"business_service","original_request_type":',
+            orjson.dumps(request_type),
+            b',"business_response":',
+            event_raw,
+            b',"timestamp":',
+            str(int(timestamp_ms)).encode(),
+            b"}}",
+        )
+    )
+
+
+def error_event(session_id: str, code: BusinessError) -> bytes:
+    """The error event (§2.6) a device receives, in the shape a business would send it."""
+    return orjson.dumps(
+        {
+            "event": "error",
+            "session_id": session_id,
+            "details": {"code": str(code), "message": MESSAGES[code]},
+        }
+    )
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _ratio(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if 0.1 <= value <= 10.0 else None

@@ -1,0 +1,261 @@
+"""Device text messages (PROTOCOL.md §1.2, §1.3, §1.5): decoded once, at the edge, into types."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from protocol import jsonutil
+from protocol.codes import MESSAGES, DeviceError, ProtocolError
+
+ListenState = Literal["start", "stop", "detect"]
+ListenMode = Literal["manual", "auto", "realtime"]
+_STATES: tuple[ListenState, ...] = ("start", "stop", "detect")
+_MODES: tuple[ListenMode, ...] = ("manual", "auto", "realtime")
+
+
+@dataclass(frozen=True, slots=True)
+class AudioParams:
+    """Audio format of one direction (§1.2)."""
+
+    format: Literal["opus", "pcm"] = "opus"
+    sample_rate: int = 16000
+    channels: int = 1
+    frame_duration: int = 60
+    play_buffer_duration: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The device's first message; absent fields take the firmware's defaults (§1.2)."""
+
+    version: int = 1
+    transport: str = "websocket"
+    audio_params: AudioParams = AudioParams()
+    notify_config_updated: bool = False
+    device_id: str | None = None
+    token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    """`listen` start/stop/detect (§1.3)."""
+
+    state: ListenState
+    mode: ListenMode | None = None
+    text: str | None = None
+    text_response: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Abort:
+    """Stop speaking now (§1.3)."""
+
+    reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Custom:
+    """Pass-through payload, kept as JSON bytes so the business gets it unchanged (§2.1)."""
+
+    payload: bytes
+    request_type: str
+    payload_session_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Mcp:
+    """Device-side MCP traffic (JSON-RPC 2.0), opaque to the relay."""
+
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """App-level keepalive; answered with `pong`."""
+
+
+DeviceMessage = Hello | Listen | Abort | Custom | Mcp | Ping
+
+
+def decode(data: str | bytes) -> DeviceMessage:
+    """Decode one text frame; raise `ProtocolError` with the code the device will be told."""
+    try:
+        obj = jsonutil.loads(data)
+    except ValueError as exc:
+        raise ProtocolError(DeviceError.BAD_JSON) from exc
+    if not isinstance(obj, dict):
+        raise ProtocolError(DeviceError.BAD_JSON)
+    mtype = obj.get("type")
+    if mtype is None:
+        raise ProtocolError(DeviceError.MISSING_FIELD, "type")
+    decoder = _DECODERS.get(mtype) if isinstance(mtype, str) else None
+    if decoder is None:
+        raise ProtocolError(DeviceError.UNKNOWN_TYPE, str(mtype)[:32])
+    return decoder(obj)
+
+
+def _hello(obj: dict[str, Any]) -> Hello:
+    version = obj.get("version", 1)
+    ap = obj.get("audio_params")
+    features = obj.get("features")
+    notify = features.get("notify") if isinstance(features, dict) else None
+    return Hello(
+        version=version if isinstance(version, int) and not isinstance(version, bool) else 1,
+        transport=_opt_str(obj, "transport") or "websocket",
+        audio_params=_audio_params(ap) if isinstance(ap, dict) else AudioParams(),
+        notify_config_updated=isinstance(notify, dict) and notify.get("config_updated") is True,
+        device_id=_opt_str(obj, "device_id"),
+        token=_opt_str(obj, "token"),
+    )
+
+
+def _audio_params(ap: dict[str, Any]) -> AudioParams:
+    fmt = ap.get("format", "opus")
+    if fmt not in ("opus", "pcm"):
+        raise ProtocolError(DeviceError.INVALID_FIELD, "audio_params.format")
+    default = AudioParams()
+    frame_default = 20 if fmt == "pcm" else default.frame_duration
+    return AudioParams(
+        format=fmt,
+        sample_rate=_int_in(ap, "sample_rate", default.sample_rate, 8000, 48000),
+        channels=_int_in(ap, "channels", 1, 1, 2),
+        frame_duration=_int_in(ap, "frame_duration", frame_default, 10, 120),
+        play_buffer_duration=_int_in(
+            ap, "play_buffer_duration", default.play_buffer_duration, 0, 10000
+        ),
+    )
+
+
+def _listen(obj: dict[str, Any]) -> Listen:
+    state = obj.get("state")
+    if state is None:
+        raise ProtocolError(DeviceError.MISSING_FIELD, "state")
+    if state not in _STATES:
+        raise ProtocolError(DeviceError.INVALID_FIELD, "state")
+    mode = obj.get("mode")
+    if mode is not None and mode not in _MODES:
+        raise ProtocolError(DeviceError.INVALID_FIELD, "mode")
+    return Listen(
+        state=state,
+        mode=mode,
+        text=_opt_str(obj, "text"),
+        text_response=_opt_str(obj, "text_response"),
+    )
+
+
+def _abort(obj: dict[str, Any]) -> Abort:
+    return Abort(reason=_opt_str(obj, "reason"))
+
+
+def _custom(obj: dict[str, Any]) -> Custom:
+    if "payload" not in obj:
+        raise ProtocolError(DeviceError.MISSING_FIELD, "payload")
+    payload = obj["payload"]
+    if not isinstance(payload, dict):
+        raise ProtocolError(DeviceError.INVALID_FIELD, "payload")
+    ptype = payload.get("type")
+    details = payload.get("details")
+    sid = details.get("session_id") if isinstance(details, dict) else None
+    return Custom(
+        payload=jsonutil.dumps(payload),
+        request_type=ptype if isinstance(ptype, str) else "custom",
+        payload_session_id=sid if isinstance(sid, str) and sid else None,
+    )
+
+
+def _mcp(obj: dict[str, Any]) -> Mcp:
+    if "payload" not in obj:
+        raise ProtocolError(DeviceError.MISSING_FIELD, "payload")
+    return Mcp(payload=jsonutil.dumps(obj["payload"]))
+
+
+def _ping(_obj: dict[str, Any]) -> Ping:
+    return Ping()
+
+
+_DECODERS: dict[str, Callable[[dict[str, Any]], DeviceMessage]] = {
+    "hello": _hello,
+    "listen": _listen,
+    "abort": _abort,
+    "custom": _custom,
+    "mcp": _mcp,
+    "ping": _ping,
+}
+
+
+def _opt_str(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(DeviceError.INVALID_FIELD, key)
+    return value
+
+
+def _int_in(obj: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    value = obj.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ProtocolError(DeviceError.INVALID_FIELD, f"audio_params.{key}")
+    return value
+
+
+# ---- relay → device (§1.2, §1.5) ---------------------------------------------------------
+
+
+def hello_reply(session_id: str, downlink: AudioParams) -> bytes:
+    """The relay's hello: `type` and `transport` are required by the firmware (§1.2)."""
+    return orjson.dumps(
+        {
+            "type": "hello",
+            "transport": "websocket",
+            "session_id": session_id,
+            "audio_params": {
+                "format": downlink.format,
+                "sample_rate": downlink.sample_rate,
+                "channels": downlink.channels,
+                "frame_duration": downlink.frame_duration,
+                "play_buffer_duration": downlink.play_buffer_duration,
+            },
+        }
+    )
+
+
+def stt(session_id: str, text: str) -> bytes:
+    """ASR result of the user's utterance."""
+    return orjson.dumps({"session_id": session_id, "type": "stt", "text": text})
+
+
+def tts_start(session_id: str) -> bytes:
+    """Sent before the first audio frame of an answer."""
+    return orjson.dumps({"session_id": session_id, "type": "tts", "state": "start"})
+
+
+def sentence_start(session_id: str, text: str) -> bytes:
+    """Caption of the sentence whose audio follows."""
+    return orjson.dumps(
+        {"session_id": session_id, "type": "tts", "state": "sentence_start", "text": text}
+    )
+
+
+def tts_stop(session_id: str, *, aborted: bool) -> bytes:
+    """End of an answer: after its last frame, or cut off (`is_aborted`)."""
+    return orjson.dumps(
+        {"session_id": session_id, "type": "tts", "state": "stop", "is_aborted": aborted}
+    )
+
+
+def error(session_id: str | None, code: DeviceError) -> bytes:
+    """Answer to a bad text or binary frame; the connection stays open (§1.5 Decision)."""
+    msg: dict[str, Any] = {"type": "error", "code": str(code), "message": MESSAGES[code]}
+    if session_id is not None:
+        msg = {"session_id": session_id, **msg}
+    return orjson.dumps(msg)
+
+
+def pong() -> bytes:
+    """Answer to the app-level `ping`."""
+    return b'{"type":"pong"}'

@@ -1,0 +1,225 @@
+"""The reference business service answers every request type per PROTOCOL.md §2."""
+
+from __future__ import annotations
+
+import ast
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from pytest_aiohttp import AiohttpClient
+
+from examples import business_service
+from examples.business_service import make_app, parse_args
+
+Event = dict[str, Any]
+SID = "session_12345"
+
+
+def request_body(type_: str, **details: Any) -> dict[str, Any]:
+    """A request as the relay sends it, with the session id in details."""
+    return {
+        "auth": {"device_id": "669C4BDA13EA"},
+        "type": type_,
+        "details": {"session_id": SID, **details},
+    }
+
+
+def parse_sse(raw: bytes) -> list[Event]:
+    """Split the stream into events, checking the framing is exactly `data: <json>\\n\\n`."""
+    text = raw.decode()
+    assert text.endswith("\n\n")
+    events = []
+    for block in text[:-2].split("\n\n"):
+        assert block.startswith("data: ")
+        assert "\n" not in block
+        event = orjson.loads(block.removeprefix("data: "))
+        assert isinstance(event, dict)
+        events.append(event)
+    return events
+
+
+async def post(
+    aiohttp_client: AiohttpClient, body: object, *, path: str = "/chat", **app_kwargs: Any
+) -> list[Event]:
+    """POST a body to a fresh service and return its parsed SSE events."""
+    client = await aiohttp_client(make_app(**app_kwargs))
+    resp = await client.post(path, json=body)
+    assert resp.status == 200
+    assert resp.content_type == "text/event-stream"
+    events = parse_sse(await resp.read())
+    assert events[-1] == {"event": "message_end", "session_id": SID}
+    assert all(event["session_id"] == SID for event in events)
+    return events
+
+
+def answers(events: list[Event]) -> list[str]:
+    return [e["details"]["answer"] for e in events if e.get("type") == "chat"]
+
+
+@pytest.mark.parametrize("path", ["/chat", "/"])
+async def test_chat_in_english_echoes_the_message(aiohttp_client: AiohttpClient, path: str) -> None:
+    events = await post(aiohttp_client, request_body("chat", msg="How is the weather?"), path=path)
+    text = " ".join(answers(events))
+    assert "How is the weather?" in text
+    assert not business_service.is_chinese(text)
+    assert [e["event"] for e in events[:-1]] == ["message"] * (len(events) - 1)
+    assert all(e["type"] == "chat" for e in events[:-1])  # no keyword, so no command
+
+
+async def test_chat_in_chinese_answers_in_chinese(aiohttp_client: AiohttpClient) -> None:
+    events = await post(aiohttp_client, request_body("chat", msg="今天天气怎么样"))
+    text = "".join(answers(events))
+    assert "今天天气怎么样" in text
+    assert "You said" not in text
+    assert business_service.is_chinese(text.replace("今天天气怎么样", ""))
+
+
+@pytest.mark.parametrize(
+    ("msg", "action", "duration"),
+    [
+        ("Please wag your tail", "wag_tail", 3),
+        ("摇尾巴吧", "wag_tail", 3),
+        ("DANCE!", "dance", 5),
+        ("跳舞", "dance", 5),
+    ],
+)
+async def test_chat_keyword_sends_a_command_after_the_answer(
+    aiohttp_client: AiohttpClient, msg: str, action: str, duration: int
+) -> None:
+    events = await post(aiohttp_client, request_body("chat", msg=msg))
+    assert answers(events)
+    assert events[-2] == {
+        "event": "message",
+        "type": "command",
+        "session_id": SID,
+        "details": {"actions": [{"action": action, "params": {"duration": duration}}]},
+    }
+    assert all(e.get("type") == "chat" for e in events[:-2])
+
+
+async def test_report_answers_only_message_end(aiohttp_client: AiohttpClient) -> None:
+    body = request_body(
+        "report", events=[{"event": "touch", "params": {"count": 1}}], battery_level=85
+    )
+    assert await post(aiohttp_client, body) == [{"event": "message_end", "session_id": SID}]
+
+
+async def test_reset_answers_reset_complete(aiohttp_client: AiohttpClient) -> None:
+    events = await post(aiohttp_client, request_body("reset", type="count", reason="user_request"))
+    assert events[0] == {
+        "event": "message",
+        "type": "command",
+        "session_id": SID,
+        "details": {"actions": [{"action": "reset_complete", "params": {"status": "success"}}]},
+    }
+    assert len(events) == 2
+
+
+async def test_get_answers_time_and_battery(aiohttp_client: AiohttpClient) -> None:
+    before_ms = time.time() * 1000
+    events = await post(
+        aiohttp_client, request_body("get", events=[{"event": "getCurrentTime", "params": {}}])
+    )
+    assert len(events) == 2
+    assert (events[0]["event"], events[0]["type"]) == ("message", "command")
+    [action] = events[0]["details"]["actions"]
+    assert action["action"] == "data_response"
+    params = action["params"]
+    assert before_ms - 1 <= params["timestamp_ms"] <= time.time() * 1000 + 1
+    iso = datetime.fromisoformat(params["iso_time"])
+    assert iso.tzinfo is not None
+    assert abs(iso.timestamp() * 1000 - params["timestamp_ms"]) < 1
+    assert datetime.strptime(params["current_time"], "%Y-%m-%d %H:%M:%S")
+    assert 0 <= params["battery_level"] <= 100
+
+
+async def test_unknown_type_answers_an_error_event(aiohttp_client: AiohttpClient) -> None:
+    events = await post(aiohttp_client, request_body("dance_party"))
+    assert len(events) == 2
+    assert events[0]["event"] == "error"
+    assert events[0]["details"]["code"] == "unknown_type"
+    assert "dance_party" in events[0]["details"]["message"]
+
+
+async def test_session_id_is_omitted_when_the_request_has_none(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client = await aiohttp_client(make_app())
+    resp = await client.post("/chat", json={"type": "chat", "details": {"msg": "wag"}})
+    events = parse_sse(await resp.read())
+    assert [e["event"] for e in events] == ["message", "message", "message", "message_end"]
+    assert all("session_id" not in e for e in events)
+
+
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer wrong", "secret", "Basic c2VjcmV0", "Bearer secret2"]
+)
+async def test_bad_or_missing_token_is_401(
+    aiohttp_client: AiohttpClient, authorization: str | None
+) -> None:
+    client = await aiohttp_client(make_app(token="secret"))
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    resp = await client.post("/chat", json=request_body("report"), headers=headers)
+    assert resp.status == 401
+    assert (await resp.json())["error"]
+
+
+async def test_right_token_is_accepted(aiohttp_client: AiohttpClient) -> None:
+    client = await aiohttp_client(make_app(token="secret"))
+    headers = {"Authorization": "Bearer secret"}
+    resp = await client.post("/chat", json=request_body("report"), headers=headers)
+    assert resp.status == 200
+    assert parse_sse(await resp.read()) == [{"event": "message_end", "session_id": SID}]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"not json", b"", b"[1, 2]", b'"chat"', b'{"details": {}}', b'{"type": 3}', b'{"type": null}'],
+)
+async def test_bad_body_is_400(aiohttp_client: AiohttpClient, raw: bytes) -> None:
+    client = await aiohttp_client(make_app())
+    resp = await client.post("/chat", data=raw, headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    body = await resp.json()
+    assert isinstance(body["error"], str)
+
+
+async def test_events_are_written_as_they_are_produced(aiohttp_client: AiohttpClient) -> None:
+    delay = 0.2
+    client = await aiohttp_client(make_app(chat_delay_s=delay))
+    resp = await client.post("/chat", json=request_body("chat", msg="hello"))
+    first = await resp.content.readuntil(b"\n\n")
+    received_first = time.monotonic()
+    rest = await resp.content.read()
+    # A buffered answer would deliver the rest together with the first event.
+    assert time.monotonic() - received_first >= delay * 0.8
+    assert parse_sse(first)[0]["type"] == "chat"
+    assert parse_sse(rest)[-1]["event"] == "message_end"
+
+
+def test_token_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BUSINESS_TOKEN", "from-env")
+    args = parse_args([])
+    assert (args.host, args.port, args.token) == ("127.0.0.1", 8090, "from-env")
+    assert parse_args(["--token", "cli"]).token == "cli"
+
+
+def test_imports_only_stdlib_aiohttp_and_orjson() -> None:
+    tree = ast.parse(Path(business_service.__file__).read_text())
+    roots = {
+        alias.name.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    }
+    roots |= {
+        node.module.split(".")[0]
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert roots - set(sys.stdlib_module_names) == {"aiohttp", "orjson"}
