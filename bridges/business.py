@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -87,7 +87,7 @@ class BusinessClient:
 
     async def stream(
         self, target: BusinessTarget, body: bytes, expected_session: str, stats: StreamStats
-    ) -> AsyncIterator[BusinessEvent]:
+    ) -> AsyncGenerator[BusinessEvent, None]:
         """POST `body` and yield each event that passes the session check (§2.3).
 
         Ends at `message_end` or end of stream. Failures of §2.6 end the iteration quietly;

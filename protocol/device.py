@@ -92,6 +92,8 @@ def decode(data: str | bytes) -> DeviceMessage:
     mtype = obj.get("type")
     if mtype is None:
         raise ProtocolError(DeviceError.MISSING_FIELD, "type")
+    if mtype in ("custom", "mcp"):
+        return _with_payload(mtype, obj, data)
     decoder = _DECODERS.get(mtype) if isinstance(mtype, str) else None
     if decoder is None:
         raise ProtocolError(DeviceError.UNKNOWN_TYPE, str(mtype)[:32])
@@ -151,26 +153,28 @@ def _abort(obj: dict[str, Any]) -> Abort:
     return Abort(reason=_opt_str(obj, "reason"))
 
 
-def _custom(obj: dict[str, Any]) -> Custom:
+def _with_payload(mtype: str, obj: dict[str, Any], data: str | bytes) -> Custom | Mcp:
     if "payload" not in obj:
         raise ProtocolError(DeviceError.MISSING_FIELD, "payload")
     payload = obj["payload"]
+    # The payload's source text, untouched: re-serialising would alter big integers (§2.1).
+    text = data if isinstance(data, str) else data.decode()
+    raw = jsonutil.member_text(text, "payload")
+    if raw is None:  # pragma: no cover - obj was parsed from this text and has the member
+        raise ProtocolError(DeviceError.MISSING_FIELD, "payload")
+    payload_bytes = raw.encode()
+    if mtype == "mcp":
+        return Mcp(payload=payload_bytes)
     if not isinstance(payload, dict):
         raise ProtocolError(DeviceError.INVALID_FIELD, "payload")
     ptype = payload.get("type")
     details = payload.get("details")
     sid = details.get("session_id") if isinstance(details, dict) else None
     return Custom(
-        payload=jsonutil.dumps(payload),
+        payload=payload_bytes,
         request_type=ptype if isinstance(ptype, str) else "custom",
         payload_session_id=sid if isinstance(sid, str) and sid else None,
     )
-
-
-def _mcp(obj: dict[str, Any]) -> Mcp:
-    if "payload" not in obj:
-        raise ProtocolError(DeviceError.MISSING_FIELD, "payload")
-    return Mcp(payload=jsonutil.dumps(obj["payload"]))
 
 
 def _ping(_obj: dict[str, Any]) -> Ping:
@@ -181,8 +185,6 @@ _DECODERS: dict[str, Callable[[dict[str, Any]], DeviceMessage]] = {
     "hello": _hello,
     "listen": _listen,
     "abort": _abort,
-    "custom": _custom,
-    "mcp": _mcp,
     "ping": _ping,
 }
 

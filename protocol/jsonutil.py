@@ -1,19 +1,46 @@
-"""JSON helpers: orjson on the fast path, the stdlib for what orjson refuses."""
+"""JSON helpers: orjson on the fast path, the stdlib where exactness needs it."""
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+_DECODER = json.JSONDecoder()  # stateless; safe to share
+# The stdlib's C string scanner: (text, index after the opening quote) -> (value, end).
+_scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # type: ignore[attr-defined]
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _skip(text: str, idx: int) -> int:
+    m = _WS.match(text, idx)
+    return m.end() if m else idx
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
 
 def loads(data: bytes | str) -> Any:
-    """Parse JSON; falls back to the stdlib for integers beyond 64 bits (orjson refuses them)."""
+    """Parse strict JSON (RFC 8259: UTF-8, no NaN/Infinity, no BOM); raise ValueError.
+
+    orjson reads integers beyond 64 bits as floats and refuses numbers beyond a double; the
+    stdlib, in strict mode, parses what orjson refuses. Code that forwards JSON must forward
+    its source text (`member_text`), never a re-serialisation.
+    """
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
-        return json.loads(data)  # raises json.JSONDecodeError (a ValueError) when truly bad
+        text = data.decode("utf-8") if isinstance(data, bytes) else data  # UnicodeDecodeError
+        try:
+            return json.loads(text, parse_constant=_no_constant)
+        except RecursionError as exc:
+            raise ValueError("JSON nested too deeply") from exc
 
 
 def dumps(obj: Any) -> bytes:
@@ -22,3 +49,29 @@ def dumps(obj: Any) -> bytes:
         return orjson.dumps(obj)
     except TypeError:
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def member_text(text: str, key: str) -> str | None:
+    """The exact source text of top-level member `key` of a JSON object (last one wins).
+
+    Used to forward a device's payload byte for byte (PROTOCOL.md §2.1): parsing
+    and re-serialising would turn integers beyond 64 bits into floats. `text` must already
+    be known to be valid JSON; None when it is not an object or has no such member.
+    """
+    idx = _skip(text, 0)
+    if text[idx : idx + 1] != "{":
+        return None
+    idx = _skip(text, idx + 1)
+    found: str | None = None
+    while text[idx : idx + 1] == '"':
+        name, idx = _scanstring(text, idx + 1)
+        idx = _skip(text, idx) + 1  # past ':'
+        idx = _skip(text, idx)
+        _value, end = _DECODER.raw_decode(text, idx)
+        if name == key:
+            found = text[idx:end]
+        idx = _skip(text, end)
+        if text[idx : idx + 1] != ",":
+            break
+        idx = _skip(text, idx + 1)
+    return found

@@ -1,0 +1,19 @@
+FROM python:3.11-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libopus0 espeak-ng \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY protocol protocol
+COPY bridges bridges
+COPY asr_tts asr_tts
+COPY relay relay
+COPY metrics metrics
+RUN pip install --no-cache-dir .
+COPY config.toml ./
+COPY examples examples
+RUN useradd --system relay
+USER relay
+EXPOSE 8000
+HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
+CMD ["python", "-m", "relay", "serve", "--config", "/app/config.toml"]

@@ -1,0 +1,127 @@
+"""Answer text to speakable sentences, markdown and emoji removed (PROTOCOL.md §1.5)."""
+
+from __future__ import annotations
+
+import re
+
+_IMAGE_OR_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
+_FENCE = re.compile(r"^\s*(```|~~~).*$", re.MULTILINE)
+_RULE = re.compile(r"^\s*([-*_=])(\s*\1){2,}\s*$", re.MULTILINE)
+_LINE_PREFIX = re.compile(
+    r"^[ \t]*(?:>[ \t]*)*(?:#{1,6}[ \t]+|[-*+•][ \t]+|\d{1,3}[.)][ \t]+)?", re.MULTILINE
+)
+_MARKS = re.compile(r"[*_`]+|~~")
+_EMOJI = re.compile(
+    "["
+    "\U0001f000-\U0001faff"  # mahjong .. symbols and pictographs extended-A, incl. flags, tones
+    "\u2300-\u23ff"  # misc technical (⌚ ⏰ ⏩)
+    "\u2600-\u27bf"  # misc symbols, dingbats (☀ ✅ ❤)
+    "\u2b00-\u2bff"  # arrows and stars (⭐ ⬆)
+    "\ufe0e\ufe0f\u200d\u20e3"  # variation selectors, zero-width joiner, keycap
+    "\U000e0020-\U000e007f"  # tag characters (subdivision flags)
+    "]+"
+)
+_SPACES = re.compile(r"[ \t\f\v\u3000]+")
+# A space before punctuation is what an emoji leaves behind ("Great job 👍." -> "Great job .").
+_SPACE_BEFORE_MARK = re.compile(r" +(?=[，。！？；：、…]|[,.!?;:](?:\s|$))")
+
+# A sentence ends after a run of Chinese/Western end marks, or at a line break. A Western
+# period only ends a sentence before a space, the end, or more punctuation, so that 3.14,
+# example.com and v1.2 stay whole. Closing quotes and brackets belong to the sentence.
+_END = re.compile(
+    r"(?:[。！？!?；;…]|\.(?=$|[\s.!?;\"')\]]|[^\x00-\x7f]))+[\"')\]”’」』）】》]*|\n"
+)
+# Where an over-long sentence may be cut; ASCII , and : not between digits (1,000 and 12:30).
+_COMMA = re.compile(r"[，、：]|[,:](?!\d)")
+
+
+def clean_for_speech(text: str) -> str:
+    """Strip markdown marks (emphasis, code, headings, list markers, links) and emoji."""
+    text = _IMAGE_OR_LINK.sub(r"\1", text)
+    text = _FENCE.sub("", text)
+    text = _RULE.sub("", text)
+    text = _LINE_PREFIX.sub("", text)
+    text = _MARKS.sub("", text)
+    text = _EMOJI.sub("", text)
+    lines = (
+        _SPACE_BEFORE_MARK.sub("", _SPACES.sub(" ", line)).strip() for line in text.splitlines()
+    )
+    return "\n".join(line for line in lines if line)
+
+
+def _speakable(text: str) -> bool:
+    # str.isalnum covers Latin letters, digits of any script and CJK ideographs alike.
+    return any(ch.isalnum() for ch in text)
+
+
+def _merge_fragments(pieces: list[str]) -> list[str]:
+    """Attach pieces with nothing to pronounce to the piece before (or after) them."""
+    out: list[str] = []
+    carry = ""
+    for piece in pieces:
+        if not _speakable(piece):
+            if out:
+                out[-1] += piece
+            else:
+                carry += piece
+            continue
+        out.append(carry + piece)
+        carry = ""
+    return out
+
+
+def _hard_cut(text: str, max_chars: int) -> list[str]:
+    """Cut at max_chars, preferring the last space in the second half of the window."""
+    out: list[str] = []
+    while len(text) > max_chars:
+        cut = text.rfind(" ", max_chars // 2, max_chars + 1)
+        if cut <= 0:
+            cut = max_chars
+        out.append(text[:cut].strip())
+        text = text[cut:].strip()
+    out.append(text)
+    return [piece for piece in out if piece]
+
+
+def _cut_long(sentence: str, max_chars: int) -> list[str]:
+    """Cut a sentence longer than max_chars at comma-class marks, packing pieces greedily."""
+    pieces: list[str] = []
+    start = 0
+    for m in _COMMA.finditer(sentence):
+        pieces.append(sentence[start : m.end()])
+        start = m.end()
+    pieces.append(sentence[start:])
+    out: list[str] = []
+    current = ""
+    for piece in pieces:
+        if len(current) + len(piece) <= max_chars:
+            current += piece
+            continue
+        if current.strip():
+            out.append(current.strip())
+        if len(piece) > max_chars:
+            *whole, current = _hard_cut(piece.strip(), max_chars) or [""]
+            out.extend(whole)
+        else:
+            current = piece
+    if current.strip():
+        out.append(current.strip())
+    return out
+
+
+def split_sentences(text: str, max_chars: int = 120) -> list[str]:
+    """Split text into sentences for TTS and subtitles; none is empty, long ones are cut."""
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be at least 1, got {max_chars}")
+    raw: list[str] = []
+    start = 0
+    for m in _END.finditer(text):
+        raw.append(text[start : m.end()])
+        start = m.end()
+    raw.append(text[start:])
+    # Merging before normalising keeps the text's own spacing between a sentence and its tail.
+    sentences = [_SPACES.sub(" ", s.replace("\n", " ")).strip() for s in _merge_fragments(raw)]
+    out: list[str] = []
+    for sentence in sentences:
+        out.extend(_cut_long(sentence, max_chars) if len(sentence) > max_chars else [sentence])
+    return _merge_fragments(out)

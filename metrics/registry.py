@@ -1,0 +1,92 @@
+"""Every Prometheus metric of the relay, declared once; one `Metrics` per app (no globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The relay's metrics on a private registry; label values come from small fixed sets."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.connections_active = Gauge(
+            "relay_connections_active", "Device WebSocket connections open now.", registry=r
+        )
+        self.connections_opened = Counter(
+            "relay_connections_opened_total", "Device connections accepted.", registry=r
+        )
+        self.connections_closed = Counter(
+            "relay_connections_closed_total",
+            "Device connections closed, by close code.",
+            ["code"],
+            registry=r,
+        )
+        self.handshake_rejected = Counter(
+            "relay_handshake_rejected_total",
+            "Device handshakes refused before the upgrade, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.messages = Counter(
+            "relay_messages_total",
+            "Device text messages, by type and direction (in = from device).",
+            ["type", "direction"],
+            registry=r,
+        )
+        self.audio_frames = Counter(
+            "relay_audio_frames_total",
+            "Binary audio frames, by direction.",
+            ["direction"],
+            registry=r,
+        )
+        self.protocol_errors = Counter(
+            "relay_protocol_errors_total",
+            "Bad frames from devices, by error code.",
+            ["code"],
+            registry=r,
+        )
+        self.outbox_overflow = Counter(
+            "relay_outbox_overflow_total",
+            "Devices disconnected because they could not keep up with their outbox.",
+            registry=r,
+        )
+        self.business_requests = Counter(
+            "relay_business_requests_total",
+            "Business requests, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        self.business_duration = Histogram(
+            "relay_business_request_duration_seconds",
+            "Business request duration, from POST to end of stream.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.business_first_event = Histogram(
+            "relay_business_first_event_seconds",
+            "Time from POST to the first business event.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.business_bad_events = Counter(
+            "relay_business_bad_events_total",
+            "Business events skipped because their data is not a JSON object or is too large.",
+            registry=r,
+        )
+        self.session_mismatch = Counter(
+            "relay_session_mismatch_dropped_total",
+            "Business events dropped because their session_id is not the request's (§2.3).",
+            registry=r,
+        )
+        self.tts_errors = Counter(
+            "relay_tts_errors_total", "Answers or sentences that failed to synthesise.", registry=r
+        )
+
+    def exposition(self) -> bytes:
+        """The text format for `/metrics`."""
+        return generate_latest(self.registry)

@@ -1,0 +1,149 @@
+"""The relay's HTTP API: simulate, health, readiness, metrics (ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from metrics.registry import CONTENT_TYPE
+from protocol import device, jsonutil
+from protocol.codes import ProtocolError
+from protocol.device import AudioParams, Custom
+from relay.auth import api_allowed, canonical_device_id
+from relay.link import SSELink
+from relay.session import Session
+from relay.ws import RELAY_KEY, new_session_id
+
+log = logging.getLogger(__name__)
+
+MAX_SIMULATE_BODY = 64 * 1024
+
+
+def api_error(status: int, error_type: str, error: str, hint: str = "") -> web.Response:
+    """Every API error has this shape: `{"error","errorType","hint"}`."""
+    return web.json_response({"error": error, "errorType": error_type, "hint": hint}, status=status)
+
+
+@web.middleware
+async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Bearer tokens from `[api] tokens` on `/api/`; without tokens, loopback only."""
+    if request.path.startswith("/api/"):
+        cfg = request.app[RELAY_KEY].config.api
+        if not api_allowed(request.headers.get("Authorization"), request.remote, cfg):
+            hint = (
+                "send Authorization: Bearer <token> from [api] tokens"
+                if cfg.tokens
+                else "no [api] tokens are configured, so only loopback clients are served"
+            )
+            return api_error(401, "unauthorized", "missing or invalid API token", hint)
+    resp: web.StreamResponse = await handler(request)
+    return resp
+
+
+async def simulate(request: web.Request) -> web.StreamResponse:
+    """`POST /api/v1/simulate`: run one turn as a device would, answer as SSE."""
+    relay = request.app[RELAY_KEY]
+    if request.content_length is not None and request.content_length > MAX_SIMULATE_BODY:
+        return api_error(413, "too_large", f"body over {MAX_SIMULATE_BODY} bytes")
+    raw = await request.read()
+    try:
+        body = jsonutil.loads(raw)
+    except ValueError:
+        return api_error(400, "bad_json", "body is not JSON", '{"device_id":"…","text":"…"}')
+    problem = _check_simulate(body)
+    if problem:
+        return api_error(400, "bad_request", problem, '{"device_id":"…","text":"…"}')
+    agent = body.get("agent") or ""
+    if agent and agent not in relay.targets:
+        return api_error(
+            400, "unknown_agent", f"no business named {agent!r}", "see [[business]] name"
+        )
+    device_id = canonical_device_id(body["device_id"])
+    custom: Custom | None = None
+    if "custom" in body:
+        try:
+            custom_msg = device.decode(
+                jsonutil.dumps({"type": "custom", "payload": body["custom"]})
+            )
+        except ProtocolError:
+            return api_error(400, "bad_request", "custom must be a JSON object")
+        assert isinstance(custom_msg, Custom)
+        custom = custom_msg
+
+    cfg = relay.config
+    downlink = relay.downlink(AudioParams())
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
+    await resp.prepare(request)
+    link = SSELink(
+        resp,
+        new_session_id(),
+        relay.metrics,
+        cfg.server.outbox_max,
+        downlink.frame_duration / 1000,
+        downlink.play_buffer_duration / 1000,
+        audio_base64=request.query.get("audio") == "base64",
+    )
+    session = Session(
+        link,
+        relay.deps,
+        relay.downlink_format(downlink),
+        device_id=device_id,
+        target=relay.target_for(device_id, agent),
+        max_passthrough=cfg.server.max_passthrough_per_session,
+    )
+    link.start()
+    try:
+        if custom is not None:
+            session.custom(custom)
+        else:
+            link.send_json(device.stt(link.session_id, body["text"]), "stt")
+            session.chat(body["text"])
+        # The stream ends with the turn, or earlier when the client goes away.
+        idle = asyncio.ensure_future(session.wait_idle())
+        gone = asyncio.ensure_future(link.wait_closed())
+        await asyncio.wait((idle, gone), return_when=asyncio.FIRST_COMPLETED)
+        idle.cancel()
+        gone.cancel()
+        await link.flush(5.0)
+    finally:
+        await session.close()
+        await link.close()
+    return resp
+
+
+def _check_simulate(body: Any) -> str:
+    if not isinstance(body, dict):
+        return "body must be a JSON object"
+    if not isinstance(body.get("device_id"), str) or not body["device_id"].strip():
+        return "device_id (string) is required"
+    has_text, has_custom = "text" in body, "custom" in body
+    if has_text == has_custom:
+        return "give exactly one of text or custom"
+    if has_text and (not isinstance(body["text"], str) or not body["text"].strip()):
+        return "text must be a non-empty string"
+    if "agent" in body and not isinstance(body["agent"], str):
+        return "agent must be a string"
+    return ""
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    """Alive."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready to take devices; 503 while draining."""
+    if request.app[RELAY_KEY].draining.is_set():
+        return web.json_response({"status": "draining"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition."""
+    body = request.app[RELAY_KEY].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

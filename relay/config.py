@@ -1,0 +1,237 @@
+"""Configuration: a TOML file plus `RELAY__SECTION__KEY` environment overrides, parsed once
+into frozen objects. A bad value fails at start with a message naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+
+from bridges.business import BusinessTarget
+
+ENV_PREFIX = "RELAY__"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """`[server]`: listening socket and per-connection limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    hello_timeout_s: float = 10.0
+    idle_timeout_s: float = 180.0  # PROTOCOL.md §1.7
+    max_message_bytes: int = 64 * 1024
+    outbox_max: int = 512
+    max_passthrough_per_session: int = 4
+    drain_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """`[auth]`: how devices authenticate at the handshake."""
+
+    mode: Literal["none", "tokens"] = "none"
+    tokens: tuple[str, ...] = ()
+    allowed_devices: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessConfig:
+    """`[[business]]`: one business service (PROTOCOL.md §2.5)."""
+
+    name: str
+    url: str
+    token: str = ""
+    session_check: Literal["strict", "lenient"] = "strict"
+    connect_timeout_s: float = 3.0
+    first_event_timeout_s: float = 15.0
+    idle_timeout_s: float = 30.0
+    total_timeout_s: float = 300.0
+    devices: tuple[str, ...] = ()
+
+    def target(self) -> BusinessTarget:
+        """The bridge's view of this service."""
+        return BusinessTarget(
+            name=self.name,
+            url=self.url,
+            token=self.token,
+            session_check=self.session_check,
+            connect_timeout_s=self.connect_timeout_s,
+            first_event_timeout_s=self.first_event_timeout_s,
+            idle_timeout_s=self.idle_timeout_s,
+            total_timeout_s=self.total_timeout_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TTSConfig:
+    """`[tts]`: the default provider and the downlink audio the relay declares (§1.2)."""
+
+    provider: Literal["embedded"] = "embedded"
+    max_concurrency: int = 4
+    timeout_s: float = 20.0
+    downlink_sample_rate: int = 24000
+    frame_duration_ms: int = 60
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    """`[api]`: bearer tokens of the HTTP API; empty = loopback clients only."""
+
+    tokens: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """`[redis]`: empty url = single node, all state in memory."""
+
+    url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """`[log]`: stdlib logging level."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    business: tuple[BusinessConfig, ...] = ()
+    tts: TTSConfig = field(default_factory=TTSConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read `path` (None = built-in defaults), apply environment overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    _apply_env(data, os.environ if env is None else env)
+    return parse(data)
+
+
+def parse(data: Mapping[str, Any]) -> Config:
+    """Validate a decoded TOML document into a `Config`."""
+    cfg = _build(Config, data, "")
+    names = [b.name for b in cfg.business]
+    if len(set(names)) != len(names):
+        raise ConfigError("business: names must be unique")
+    for i, b in enumerate(cfg.business):
+        if not b.url.startswith(("http://", "https://")):
+            raise ConfigError(f"business[{i}].url: must be an http:// or https:// URL")
+    if cfg.auth.mode == "tokens" and not cfg.auth.tokens:
+        raise ConfigError('auth.tokens: mode "tokens" needs at least one token')
+    return cfg
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    # RELAY__SERVER__PORT=9000, RELAY__API__TOKENS=a,b, RELAY__BUSINESS__0__URL=http://…
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit():
+                    raise ConfigError(f"{name}: expected a list index after {parts[i - 1]}")
+                idx = int(part)
+                while len(node) <= idx:
+                    node.append({})
+                node = node[idx]
+            else:
+                default: Any = [] if part == "business" else {}
+                node = node.setdefault(part, default)
+        if not isinstance(node, dict):
+            raise ConfigError(f"{name}: does not name a key")
+        node[parts[-1]] = _env_value(raw)
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], table: Any, path: str) -> T:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{path or 'config'}: expected a table")
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in table:
+        if key not in fields:
+            raise ConfigError(f"{_join(path, key)}: unknown key")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = _join(path, name)
+        if name in table:
+            kwargs[name] = _convert(hints[name], table[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: required")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is tuple:
+        (item_tp, _ellipsis) = get_args(tp)
+        if item_tp is str and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list")
+        return tuple(_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is Literal:
+        if value not in get_args(tp):
+            allowed = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"{key}: must be one of {allowed}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - schema bug
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{key}: expected a non-negative integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{key}: expected a positive number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string")
+        return value
+    raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - schema bug
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key

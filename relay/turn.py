@@ -1,0 +1,167 @@
+"""A turn: one request to a business service, its events routed to speech or passed through
+(PROTOCOL.md §2.2), and the speaking of chat answers (§1.5, §1.6)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from asr_tts.audio import DownlinkFormat, FrameEncoder
+from asr_tts.speaker import Speaker
+from asr_tts.tts import TTSError, Voice
+from bridges.business import BusinessClient, BusinessTarget, StreamStats
+from metrics.registry import Metrics
+from protocol import device
+from protocol.business import Speak, classify, envelope, error_event
+from protocol.codes import BusinessError
+from relay.link import Link
+
+log = logging.getLogger(__name__)
+
+SPEECH_QUEUE_MAX = 64  # chat events waiting to be spoken; a full queue slows the SSE read
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDeps:
+    """What every turn needs from the app."""
+
+    client: BusinessClient
+    speaker: Speaker
+    metrics: Metrics
+
+
+def voice_of(sp: Speak) -> Voice:
+    """The asr_tts voice for a chat event's voice fields (§2.2)."""
+    return Voice(
+        provider=sp.tts_provider,
+        voice_type=sp.voice_type,
+        speed_ratio=sp.speed_ratio or 1.0,
+        pitch_ratio=sp.pitch_ratio or 1.0,
+    )
+
+
+class Speech:
+    """Speaks one answer: `tts start`, then per sentence a caption and paced frames, then
+    `tts stop` once the last frame is sent. Holds the session's speech lock throughout."""
+
+    def __init__(
+        self, link: Link, deps: TurnDeps, fmt: DownlinkFormat, lock: asyncio.Lock
+    ) -> None:
+        self._link = link
+        self._deps = deps
+        self._fmt = fmt
+        self._lock = lock
+        self.queue: asyncio.Queue[Speak | None] = asyncio.Queue(SPEECH_QUEUE_MAX)
+        self.started = False  # `tts start` went out: an abort must send `tts stop` aborted
+
+    async def run(self) -> None:
+        """Consume the queue until None, speaking each answer in order."""
+        link, sid = self._link, self._link.session_id
+        async with self._lock:
+            # One encoder per answer: Opus state spans its frames, and idle devices hold none.
+            encoder = FrameEncoder(self._fmt)
+            link.send_json(device.tts_start(sid), "tts")
+            self.started = True
+            while (sp := await self.queue.get()) is not None:
+                await self._speak(sp, encoder)
+            link.send_json(device.tts_stop(sid, aborted=False), "tts")
+            self.started = False
+
+    async def _speak(self, sp: Speak, encoder: FrameEncoder) -> None:
+        link, sid = self._link, self._link.session_id
+        sentences = self._deps.speaker.sentences(sp.answer, voice_of(sp), encoder)
+        try:
+            async with contextlib.aclosing(sentences) as it:
+                async for text, frames in it:
+                    link.send_json(device.sentence_start(sid, text), "tts")
+                    for frame in frames:
+                        await link.paced_audio(frame)
+        except TTSError as exc:
+            # The rest of this answer cannot be heard; later answers may still be.
+            self._deps.metrics.tts_errors.inc()
+            log.warning("tts failed for session %s: %s", sid, exc)
+
+
+class Turn:
+    """One business request and everything the device hears because of it."""
+
+    def __init__(
+        self,
+        link: Link,
+        deps: TurnDeps,
+        fmt: DownlinkFormat,
+        speech_lock: asyncio.Lock,
+        *,
+        request_type: str,
+        always_stop: bool,
+    ) -> None:
+        self._link = link
+        self._deps = deps
+        self._fmt = fmt
+        self._lock = speech_lock
+        self.request_type = request_type
+        self._always_stop = always_stop  # chat turns end with `tts stop` even when silent
+        self.speech: Speech | None = None
+
+    async def speak_text(self, text: str) -> None:
+        """Speak `text` directly, with no business request (listen detect `text_response`)."""
+        speech = self._speech()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(speech.run())
+            await speech.queue.put(Speak(answer=text))
+            await speech.queue.put(None)
+
+    async def run(self, target: BusinessTarget, body: bytes, expected_session: str) -> None:
+        """POST `body` to `target` and route every event of the answer (§2.2–§2.6)."""
+        deps, link = self._deps, self._link
+        stats = StreamStats()
+        async with asyncio.TaskGroup() as tg:
+            speech_task: asyncio.Task[None] | None = None
+            try:
+                events = deps.client.stream(target, body, expected_session, stats)
+                async with contextlib.aclosing(events) as it:
+                    async for event in it:
+                        sp = classify(event)
+                        if sp is None:
+                            link.send_json(self._envelope(event.raw), "custom")
+                            continue
+                        if speech_task is None:
+                            speech_task = tg.create_task(self._speech().run())
+                        await self._speech().queue.put(sp)
+            finally:
+                self._record(stats)
+            if (code := stats.failure) is not None:
+                link.send_json(self._envelope(error_event(link.session_id, code)), "custom")
+            if speech_task is not None:
+                await self._speech().queue.put(None)
+            elif self._always_stop:
+                link.send_json(device.tts_stop(link.session_id, aborted=False), "tts")
+
+    def fail(self, code: BusinessError) -> None:
+        """Tell the device this turn could not start (e.g. no business configured)."""
+        self._link.send_json(self._envelope(error_event(self._link.session_id, code)), "custom")
+        if self._always_stop:
+            self._link.send_json(device.tts_stop(self._link.session_id, aborted=False), "tts")
+
+    def _speech(self) -> Speech:
+        if self.speech is None:
+            self.speech = Speech(self._link, self._deps, self._fmt, self._lock)
+        return self.speech
+
+    def _envelope(self, event_raw: bytes) -> bytes:
+        ts = time.time_ns() // 1_000_000
+        return envelope(self._link.session_id, self.request_type, event_raw, ts)
+
+    def _record(self, stats: StreamStats) -> None:
+        m = self._deps.metrics
+        m.business_requests.labels(stats.outcome.value).inc()
+        m.business_duration.observe(stats.total_s)
+        if stats.first_event_s is not None:
+            m.business_first_event.observe(stats.first_event_s)
+        if stats.foreign_dropped:
+            m.session_mismatch.inc(stats.foreign_dropped)
+        if stats.bad_events:
+            m.business_bad_events.inc(stats.bad_events)

@@ -1,0 +1,234 @@
+"""The device WebSocket endpoint: handshake, hello, the reader loop (PROTOCOL.md §1)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from protocol import device
+from protocol.binary import FrameType, decode_frame
+from protocol.codes import CloseCode, DeviceError, ProtocolError
+from protocol.device import Hello
+from relay.auth import Handshake, HandshakeError, authenticate_device, parse_handshake
+from relay.context import Relay
+from relay.link import WebSocketLink
+from relay.session import Session
+
+log = logging.getLogger(__name__)
+
+RELAY_KEY: web.AppKey[Relay] = web.AppKey("relay", Relay)
+
+
+def new_session_id() -> str:
+    """An unguessable session id: 128 random bits (§1.2 asks for at least 96)."""
+    return secrets.token_urlsafe(16)
+
+
+class DeviceLog(logging.LoggerAdapter[logging.Logger]):
+    """Prefixes log lines with the device id (STYLE.md)."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"[{self.extra['device'] if self.extra else '?'}] {msg}", kwargs
+
+
+class Connection:
+    """One device WebSocket after hello: reader loop, its session and its link."""
+
+    def __init__(self, relay: Relay, ws: web.WebSocketResponse, hs: Handshake, hello: Hello):
+        self.relay = relay
+        self.ws = ws
+        self.hs = hs
+        cfg = relay.config
+        downlink = relay.downlink(hello.audio_params)
+        self.downlink = downlink
+        self.link = WebSocketLink(
+            ws,
+            hs.protocol_version,
+            new_session_id(),
+            relay.metrics,
+            cfg.server.outbox_max,
+            downlink.frame_duration / 1000,
+            downlink.play_buffer_duration / 1000,
+        )
+        self.session = Session(
+            self.link,
+            relay.deps,
+            relay.downlink_format(downlink),
+            device_id=hs.device_id,
+            target=relay.target_for(hs.device_id, hs.agent_id),
+            max_passthrough=cfg.server.max_passthrough_per_session,
+        )
+        self.log = DeviceLog(log, {"device": hs.device_id})
+        self._bad_frame_reported = False
+
+    async def run(self) -> None:
+        """Answer hello, then read until the device leaves, idles out or the link fails."""
+        link = self.link
+        link.start()
+        link.send_json(device.hello_reply(link.session_id, self.downlink), "hello")
+        idle = self.relay.config.server.idle_timeout_s
+        closed_wait = asyncio.ensure_future(link.wait_closed())
+        try:
+            while not link.closed:
+                receive = asyncio.ensure_future(self.ws.receive())
+                done, _ = await asyncio.wait(
+                    (receive, closed_wait), timeout=idle, return_when=asyncio.FIRST_COMPLETED
+                )
+                if receive not in done:
+                    receive.cancel()
+                    if not done:
+                        self.log.info("idle for %.0fs: closing", idle)
+                        await link.close(CloseCode.NORMAL)
+                    break
+                if not self._on_message(receive.result()):
+                    break
+        finally:
+            closed_wait.cancel()
+            await self.session.close()
+            await link.close(link.close_code or CloseCode.NORMAL)
+
+    def _on_message(self, msg: Any) -> bool:
+        m = self.relay.metrics
+        if msg.type == WSMsgType.TEXT:
+            self._on_text(msg.data)
+        elif msg.type == WSMsgType.BINARY:
+            try:
+                frame = decode_frame(self.hs.protocol_version, msg.data)
+            except ProtocolError as exc:
+                m.protocol_errors.labels(exc.code.value).inc()
+                if not self._bad_frame_reported:  # once: a broken framer would flood the log
+                    self._bad_frame_reported = True
+                    self.link.send_json(device.error(self.link.session_id, exc.code), "error")
+                return True
+            if frame.type is FrameType.JSON:
+                self._on_text(frame.payload)
+            else:
+                m.audio_frames.labels("in").inc()  # recognised by the voice pipeline (issue 3)
+        elif msg.type == WSMsgType.ERROR:
+            self.log.info("websocket error: %s", type(self.ws.exception()).__name__)
+            return False
+        else:  # CLOSE, CLOSING, CLOSED
+            return False
+        return True
+
+    def _on_text(self, data: bytes | str) -> None:
+        m = self.relay.metrics
+        try:
+            msg = device.decode(data)
+        except ProtocolError as exc:
+            m.protocol_errors.labels(exc.code.value).inc()
+            m.messages.labels("invalid", "in").inc()
+            self.link.send_json(device.error(self.link.session_id, exc.code), "error")
+            return
+        m.messages.labels(_TYPE_LABEL[type(msg)], "in").inc()
+        self.session.handle(msg)
+
+
+_TYPE_LABEL = {
+    device.Hello: "hello",
+    device.Listen: "listen",
+    device.Abort: "abort",
+    device.Custom: "custom",
+    device.Mcp: "mcp",
+    device.Ping: "ping",
+}
+
+
+async def _await_hello(ws: web.WebSocketResponse, relay: Relay, version: int) -> Hello | None:
+    """Wait for the device's hello (§1.2); other text gets `not_ready`, audio is dropped."""
+    m = relay.metrics
+    async with asyncio.timeout(relay.config.server.hello_timeout_s):
+        async for msg in ws:
+            data: bytes | str
+            if msg.type == WSMsgType.BINARY:
+                try:
+                    frame = decode_frame(version, msg.data)
+                except ProtocolError as exc:
+                    m.protocol_errors.labels(exc.code.value).inc()
+                    continue
+                if frame.type is not FrameType.JSON:
+                    m.protocol_errors.labels(DeviceError.NOT_READY.value).inc()
+                    continue
+                data = frame.payload
+            elif msg.type == WSMsgType.TEXT:
+                data = msg.data
+            else:
+                return None
+            try:
+                decoded = device.decode(data)
+            except ProtocolError as exc:
+                m.protocol_errors.labels(exc.code.value).inc()
+                await ws.send_frame(device.error(None, exc.code), WSMsgType.TEXT)
+                continue
+            if isinstance(decoded, Hello):
+                m.messages.labels("hello", "in").inc()
+                return decoded
+            await ws.send_frame(device.error(None, DeviceError.NOT_READY), WSMsgType.TEXT)
+    return None
+
+
+def _reject(status: int, reason: str, message: str) -> web.Response:
+    return web.json_response(
+        {"error": message, "errorType": reason, "hint": _HINTS.get(reason, "")}, status=status
+    )
+
+
+_HINTS = {
+    "bad_token": "send Authorization: Bearer <token> (or ?authorization=) with a configured token",
+    "device_not_allowed": "add the device id to [auth] allowed_devices",
+    "no_device_id": "send the Device-Id header (or ?device-id=)",
+    "bad_version": "send Protocol-Version 1, 2 or 3",
+    "draining": "connect to another relay or retry shortly",
+}
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    """`/v1/ws/` and `/xiaozhi/v1/`: authenticate before the upgrade, then serve the device."""
+    relay = request.app[RELAY_KEY]
+    m = relay.metrics
+    if relay.draining.is_set():
+        m.handshake_rejected.labels("draining").inc()
+        return _reject(503, "draining", "relay is shutting down")
+    try:
+        hs = parse_handshake(request.headers, request.query)
+        authenticate_device(hs, relay.config.auth)
+    except HandshakeError as exc:
+        m.handshake_rejected.labels(exc.reason).inc()
+        status = 400 if exc.reason in ("bad_version", "no_device_id") else 401
+        return _reject(status, exc.reason, exc.message)
+    ws = web.WebSocketResponse(
+        max_msg_size=relay.config.server.max_message_bytes,
+        compress=False,
+        autoping=True,
+        decode_text=False,
+    )
+    await ws.prepare(request)
+    try:
+        hello = await _await_hello(ws, relay, hs.protocol_version)
+    except TimeoutError:
+        hello = None
+        await ws.close(code=CloseCode.NO_HELLO, message=b"no hello")
+    if hello is None:
+        await ws.close()
+        return ws
+    conn = Connection(relay, ws, hs, hello)
+    previous = relay.connections.get(hs.device_id)
+    relay.connections[hs.device_id] = conn
+    if previous is not None:  # §1.7: a newer connection of the same device replaces it
+        conn.log.info("replacing previous connection")
+        previous.link.request_close(CloseCode.REPLACED)
+    m.connections_opened.inc()
+    m.connections_active.inc()
+    try:
+        await conn.run()
+    finally:
+        m.connections_active.dec()
+        code = conn.link.close_code or ws.close_code or CloseCode.NORMAL
+        m.connections_closed.labels(str(int(code))).inc()
+        if relay.connections.get(hs.device_id) is conn:
+            del relay.connections[hs.device_id]
+    return ws

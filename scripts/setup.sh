@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the relay needs on a fresh Debian/Ubuntu machine: system packages
+# (libopus0, espeak-ng) and a virtualenv in .venv with the pinned Python packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+ldconfig -p 2>/dev/null | grep -q 'libopus\.so\.0' || missing+=(libopus0)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "setup: installing system packages: ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] < (3, 14) else 1)'; then
+    echo "setup: Python 3.11–3.13 is required (found $(python3 --version))" >&2
+    exit 1
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+    echo "setup: installing Python packages into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+    .venv/bin/python -m pip install -q -e '.[dev]'
+    rm -f .venv/.installed-* && touch "$stamp"
+fi

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Sets up, then runs the checks CI runs: lint, format, types, tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
+echo "== mypy"; .venv/bin/mypy
+echo "== pytest"
+# pytest exits 5 when it collected no test: that is a failure here too (set -e).
+.venv/bin/pytest "$@"

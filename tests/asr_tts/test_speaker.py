@@ -1,0 +1,294 @@
+"""Speaker: sentences in order, frames the device can decode, and a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import aclosing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asr_tts.audio import DownlinkFormat, FrameEncoder, OpusDecoder
+from asr_tts.embedded import EmbeddedTTS
+from asr_tts.speaker import Speaker
+from asr_tts.tts import Pcm, TTSError, TTSProvider, Voice
+
+SECONDS_PER_CHAR = 0.02
+
+
+def tone(seconds: float, rate: int = 16000) -> Pcm:
+    """A 440 Hz tone."""
+    t = np.arange(round(seconds * rate)) / rate
+    return Pcm((8000 * np.sin(2 * np.pi * 440 * t)).astype("<i2").tobytes(), rate)
+
+
+def rms(samples: bytes) -> float:
+    """Root mean square of s16le samples."""
+    x = np.frombuffer(samples, dtype="<i2").astype(np.float64)
+    return float(np.sqrt(np.mean(x**2))) if x.size else 0.0
+
+
+def expected_frames(sentence: str) -> int:
+    """Frames of 60 ms for the fake's audio of this sentence."""
+    return math.ceil(round(len(sentence) * SECONDS_PER_CHAR * 1000) / 60)
+
+
+class FakeTTS:
+    """A provider whose audio length follows the text, and which can hang, lag or fail."""
+
+    def __init__(
+        self,
+        name: str = "fake",
+        *,
+        hang: str | None = None,
+        fail: str | None = None,
+        delays: dict[str, float] | None = None,
+    ) -> None:
+        self.name = name
+        self.hang, self.fail, self.delays = hang, fail, delays or {}
+        self.calls: list[str] = []
+        self.cancelled: list[str] = []
+        self.called = asyncio.Event()
+
+    async def synthesize(self, text: str, voice: Voice) -> Pcm:
+        """Return a tone as long as the text, after the configured delay."""
+        self.calls.append(text)
+        self.called.set()
+        try:
+            if text == self.hang:
+                await asyncio.Event().wait()
+            await asyncio.sleep(self.delays.get(text, 0))
+        except asyncio.CancelledError:
+            self.cancelled.append(text)
+            raise
+        if text == self.fail:
+            raise TTSError("provider down")
+        return tone(len(text) * SECONDS_PER_CHAR)
+
+
+def speaker(*providers: TTSProvider, executor: ThreadPoolExecutor | None = None) -> Speaker:
+    """A Speaker whose default is the first provider."""
+    return Speaker({p.name: p for p in providers}, providers[0].name, executor)
+
+
+async def collect(items: AsyncIterator[tuple[str, list[bytes]]]) -> list[tuple[str, list[bytes]]]:
+    """Every (sentence, frames) pair."""
+    return [item async for item in items]
+
+
+def other_tasks() -> set[asyncio.Task[object]]:
+    """Tasks still alive besides the test itself."""
+    return {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+
+
+def child_processes() -> set[int]:
+    """Live or zombie children of this process."""
+    pids: set[int] = set()
+    for task in Path("/proc/self/task").iterdir():
+        pids.update(int(p) for p in (task / "children").read_text().split())
+    return pids
+
+
+TEXT = "First sentence. The second one is longer! 第三句。"
+SENTENCES = ["First sentence.", "The second one is longer!", "第三句。"]
+
+
+async def test_sentences_come_in_order_with_decodable_frames() -> None:
+    # The first sentence is the slowest to synthesise; order must not depend on timing.
+    fake = FakeTTS(delays={SENTENCES[0]: 0.05})
+    out = await collect(speaker(fake).sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat())))
+    assert [s for s, _ in out] == SENTENCES
+    decoder = OpusDecoder(24000)
+    for sentence, frames in out:
+        assert len(frames) == expected_frames(sentence)
+        pcm = [decoder.decode(f) for f in frames]
+        assert all(len(p) == 2880 for p in pcm)
+        assert rms(b"".join(pcm)) > 1000
+
+
+async def test_pcm_downlink_frames() -> None:
+    fmt = DownlinkFormat("pcm", 16000, 1, 60)
+    out = await collect(speaker(FakeTTS()).sentences("Hello there.", Voice(), FrameEncoder(fmt)))
+    ((sentence, frames),) = out
+    assert len(frames) == expected_frames(sentence)
+    assert all(len(f) == 1920 for f in frames)
+
+
+async def test_prefetch_runs_exactly_one_sentence_ahead() -> None:
+    fake = FakeTTS()
+    text = "One. Two. Three. Four."
+    async with aclosing(
+        speaker(fake).sentences(text, Voice(), FrameEncoder(DownlinkFormat()))
+    ) as it:
+        first = await anext(it)
+        assert first[0] == "One."
+        await asyncio.sleep(0.05)  # the caller is busy sending sentence one
+        assert fake.calls == ["One.", "Two."]
+        rest = [s async for s, _ in it]
+    assert rest == ["Two.", "Three.", "Four."]
+    assert fake.calls == ["One.", "Two.", "Three.", "Four."]
+
+
+async def test_unknown_provider_falls_back_to_the_default() -> None:
+    default, huoshan = FakeTTS("embedded"), FakeTTS("huoshan")
+    spk = speaker(default, huoshan)
+    assert spk.provider_for(Voice()) is default
+    assert spk.provider_for(Voice(provider="nope")) is default
+    assert spk.provider_for(Voice(provider="huoshan")) is huoshan
+    await collect(spk.sentences("Hi.", Voice(provider="nope"), FrameEncoder(DownlinkFormat())))
+    await collect(spk.sentences("Yo.", Voice(provider="huoshan"), FrameEncoder(DownlinkFormat())))
+    assert default.calls == ["Hi."]
+    assert huoshan.calls == ["Yo."]
+
+
+def test_default_provider_must_be_registered() -> None:
+    with pytest.raises(ValueError, match="not registered"):
+        Speaker({"a": FakeTTS("a")}, "b")
+
+
+async def test_markdown_and_emoji_are_neither_spoken_nor_shown() -> None:
+    fake = FakeTTS()
+    out = await collect(
+        speaker(fake).sentences("**Hello** 👋 there.\n\n", Voice(), FrameEncoder(DownlinkFormat()))
+    )
+    assert [s for s, _ in out] == ["Hello there."]
+    assert fake.calls == ["Hello there."]
+
+
+@pytest.mark.parametrize("text", ["", "  \n", "😀 …"])
+async def test_nothing_to_say_yields_nothing(text: str) -> None:
+    fake = FakeTTS()
+    assert (
+        await collect(speaker(fake).sentences(text, Voice(), FrameEncoder(DownlinkFormat()))) == []
+    )
+    assert fake.calls == []
+
+
+async def test_provider_error_ends_the_iteration_after_the_good_sentences() -> None:
+    fake = FakeTTS(fail=SENTENCES[1])
+    got: list[str] = []
+
+    async def consume() -> None:
+        async for sentence, _ in speaker(fake).sentences(
+            TEXT, Voice(), FrameEncoder(DownlinkFormat())
+        ):
+            got.append(sentence)
+
+    with pytest.raises(TTSError, match="provider down"):
+        await consume()
+    assert got == SENTENCES[:1]
+    assert not other_tasks()
+
+
+async def test_stopping_early_cancels_the_prefetch() -> None:
+    fake = FakeTTS(hang=SENTENCES[1])
+    async with aclosing(
+        speaker(fake).sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat()))
+    ) as it:
+        async for sentence, _ in it:
+            assert sentence == SENTENCES[0]
+            await asyncio.sleep(0.01)  # sending sentence one while sentence two is synthesised
+            break
+    assert fake.calls == SENTENCES[:2]
+    assert fake.cancelled == [SENTENCES[1]]
+    assert not other_tasks()
+
+
+async def test_dropping_the_iterator_without_aclosing_still_cancels() -> None:
+    fake = FakeTTS(hang=SENTENCES[1])
+    it = speaker(fake).sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat()))
+    async for _ in it:
+        await asyncio.sleep(0.01)
+        break
+    del it  # asyncio's async-generator finaliser schedules a task running aclose()
+    await asyncio.sleep(0)
+    closing = other_tasks()
+    assert closing
+    await asyncio.wait(closing, timeout=1)
+    assert not other_tasks()
+    assert fake.cancelled == [SENTENCES[1]]
+
+
+async def test_cancelling_the_consumer_cancels_synthesis() -> None:
+    fake = FakeTTS(hang=SENTENCES[0])
+    consumer = asyncio.create_task(
+        collect(speaker(fake).sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat())))
+    )
+    async with asyncio.timeout(1):
+        await fake.called.wait()
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    assert fake.cancelled == [SENTENCES[0]]
+    assert not other_tasks()
+
+
+class RecordingEncoder(FrameEncoder):
+    """Notes the thread each encode ran on, and can be slow."""
+
+    def __init__(self, delay: float = 0.0, on_start: Callable[[], object] | None = None) -> None:
+        super().__init__(DownlinkFormat())
+        self.delay = delay
+        self.on_start = on_start
+        self.threads: list[str] = []
+        self.finished = threading.Event()
+
+    def encode(self, pcm: Pcm) -> list[bytes]:
+        """Encode, after recording the thread and sleeping the delay."""
+        self.threads.append(threading.current_thread().name)
+        if self.on_start is not None:
+            self.on_start()
+        time.sleep(self.delay)
+        frames = super().encode(pcm)
+        self.finished.set()
+        return frames
+
+
+async def test_encoding_runs_in_the_given_executor() -> None:
+    encoder = RecordingEncoder()
+    with ThreadPoolExecutor(1, thread_name_prefix="opus") as pool:
+        await collect(speaker(FakeTTS(), executor=pool).sentences(TEXT, Voice(), encoder))
+    assert len(encoder.threads) == 3
+    assert all(name.startswith("opus") for name in encoder.threads)
+
+
+async def test_cancellation_waits_for_a_running_encode() -> None:
+    # The encoder is not thread-safe: after cancellation no thread may still be inside it.
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    encoder = RecordingEncoder(delay=0.2, on_start=lambda: loop.call_soon_threadsafe(started.set))
+    consumer = asyncio.create_task(collect(speaker(FakeTTS()).sentences("Hi.", Voice(), encoder)))
+    async with asyncio.timeout(1):
+        await started.wait()
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    assert encoder.finished.is_set()
+
+
+async def test_embedded_speech_end_to_end() -> None:
+    spk = Speaker({"embedded": EmbeddedTTS()}, "embedded")
+    out = await collect(
+        spk.sentences("Hello there. 你好，世界。", Voice(), FrameEncoder(DownlinkFormat()))
+    )
+    assert [s for s, _ in out] == ["Hello there.", "你好，世界。"]
+    decoder = OpusDecoder(24000)
+    for _, frames in out:
+        assert len(frames) > 5
+        assert rms(b"".join(decoder.decode(f) for f in frames)) > 300
+
+
+async def test_embedded_speech_stopped_early_leaves_no_process() -> None:
+    spk = Speaker({"embedded": EmbeddedTTS()}, "embedded")
+    text = "One sentence here. " * 5
+    async with aclosing(spk.sentences(text, Voice(), FrameEncoder(DownlinkFormat()))) as it:
+        async for _ in it:
+            break
+    assert not other_tasks()
+    assert not child_processes()
