@@ -47,9 +47,7 @@ class Speech:
     """Speaks one answer: `tts start`, then per sentence a caption and paced frames, then
     `tts stop` once the last frame is sent. Holds the session's speech lock throughout."""
 
-    def __init__(
-        self, link: Link, deps: TurnDeps, fmt: DownlinkFormat, lock: asyncio.Lock
-    ) -> None:
+    def __init__(self, link: Link, deps: TurnDeps, fmt: DownlinkFormat, lock: asyncio.Lock) -> None:
         self._link = link
         self._deps = deps
         self._fmt = fmt
