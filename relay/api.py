@@ -29,8 +29,9 @@ def api_error(status: int, error_type: str, error: str, hint: str = "") -> web.R
 
 @web.middleware
 async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Bearer tokens from `[api] tokens` on `/api/`; without tokens, loopback only."""
-    if request.path.startswith("/api/"):
+    """Bearer tokens from `[api] tokens` on `/api/` and `/metrics`; without tokens, loopback
+    only. Health endpoints stay open for load balancers (ARCHITECTURE.md)."""
+    if request.path.startswith("/api/") or request.path == "/metrics":
         cfg = request.app[RELAY_KEY].config.api
         if not api_allowed(request.headers.get("Authorization"), request.remote, cfg):
             hint = (
@@ -46,9 +47,15 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
 async def simulate(request: web.Request) -> web.StreamResponse:
     """`POST /api/v1/simulate`: run one turn as a device would, answer as SSE."""
     relay = request.app[RELAY_KEY]
-    if request.content_length is not None and request.content_length > MAX_SIMULATE_BODY:
-        return api_error(413, "too_large", f"body over {MAX_SIMULATE_BODY} bytes")
-    raw = await request.read()
+    # Count what is read: a chunked body has no Content-Length.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > MAX_SIMULATE_BODY:
+            return api_error(413, "too_large", f"body over {MAX_SIMULATE_BODY} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
     try:
         body = jsonutil.loads(raw)
     except ValueError:
@@ -64,10 +71,11 @@ async def simulate(request: web.Request) -> web.StreamResponse:
     device_id = canonical_device_id(body["device_id"])
     custom: Custom | None = None
     if "custom" in body:
+        # Forward the payload's own text, as for a device: re-serialising would turn integers
+        # beyond 64 bits into floats and rewrite numbers such as 1.50 (PROTOCOL.md §2.1).
+        payload_text = jsonutil.member_text(raw.decode(), "custom") or "null"
         try:
-            custom_msg = device.decode(
-                jsonutil.dumps({"type": "custom", "payload": body["custom"]})
-            )
+            custom_msg = device.decode('{"type":"custom","payload":' + payload_text + "}")
         except ProtocolError:
             return api_error(400, "bad_request", "custom must be a JSON object")
         assert isinstance(custom_msg, Custom)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from asr_tts.audio import OPUS_FRAME_MS, OPUS_SAMPLE_RATES
 from bridges.business import BusinessTarget
 
 ENV_PREFIX = "RELAY__"
@@ -140,6 +141,14 @@ def parse(data: Mapping[str, Any]) -> Config:
     for i, b in enumerate(cfg.business):
         if not b.url.startswith(("http://", "https://")):
             raise ConfigError(f"business[{i}].url: must be an http:// or https:// URL")
+    if not 0 <= cfg.server.port <= 65535:
+        raise ConfigError("server.port: must be between 0 and 65535")
+    if cfg.tts.downlink_sample_rate not in OPUS_SAMPLE_RATES:
+        rates = ", ".join(map(str, OPUS_SAMPLE_RATES))
+        raise ConfigError(f"tts.downlink_sample_rate: Opus encodes only {rates} Hz")
+    if cfg.tts.frame_duration_ms not in OPUS_FRAME_MS:
+        lengths = ", ".join(map(str, OPUS_FRAME_MS))
+        raise ConfigError(f"tts.frame_duration_ms: Opus frames are {lengths} ms")
     if cfg.auth.mode == "tokens" and not cfg.auth.tokens:
         raise ConfigError('auth.tokens: mode "tokens" needs at least one token')
     return cfg
@@ -168,11 +177,25 @@ def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
         node[parts[-1]] = _env_value(raw)
 
 
+class _EnvText(str):
+    """An environment override, typed by the key it sets rather than guessed up front."""
+
+    __slots__ = ()
+
+
 def _env_value(raw: str) -> Any:
-    try:
-        return tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return raw
+    return _EnvText(raw)
+
+
+def _env_typed(tp: Any, raw: _EnvText) -> Any:
+    # Numbers, booleans and `[…]` lists are read as TOML; what does not parse is left for
+    # the type check, which names the key. Strings stay strings ("123456" as a token).
+    if tp in (int, float, bool) or (get_origin(tp) is tuple and raw.lstrip().startswith("[")):
+        try:
+            return tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            return str(raw)
+    return str(raw)
 
 
 T = TypeVar("T")
@@ -198,6 +221,8 @@ def _build(cls: type[T], table: Any, path: str) -> T:
 
 def _convert(tp: Any, value: Any, key: str) -> Any:
     origin = get_origin(tp)
+    if isinstance(value, _EnvText):
+        value = _env_typed(tp, value)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _build(tp, value, key)
     if origin is tuple:

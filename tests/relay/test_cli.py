@@ -1,0 +1,154 @@
+"""`python -m relay`: check-config exit codes, and serve end to end with the reference business."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.relay.test_simulate import closed_port, parse_sse
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTUP_S = 15.0
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The test's environment without stray RELAY__ overrides, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RELAY__")}
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay", *args],
+        cwd=ROOT,
+        env=env or clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_check_config_accepts_shipped_config() -> None:
+    result = run_cli("check-config", "--config", "config.toml")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "config ok"
+
+
+def test_check_config_names_the_bad_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[server]\nport = "eighty"\n', encoding="utf-8")
+    result = run_cli("check-config", "--config", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.startswith("config error: server.port"), result.stderr
+    assert "config ok" not in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_check_config_reports_bad_env_override() -> None:
+    result = run_cli(
+        "check-config", "--config", "config.toml", env=clean_env(RELAY__BUSINESS__0__URL="x")
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("config error: business[0].url"), result.stderr
+
+
+async def stop(proc: asyncio.subprocess.Process) -> int:
+    """SIGTERM, wait, kill when it does not exit in time; the exit code."""
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(10):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode is not None
+    return proc.returncode
+
+
+async def wait_http(session: aiohttp.ClientSession, url: str, proc: Any) -> None:
+    """Poll `url` until any HTTP answer comes back, bounded by STARTUP_S."""
+    async with asyncio.timeout(STARTUP_S):
+        while True:
+            assert proc.returncode is None, "process exited during startup"
+            try:
+                async with session.get(url) as resp:
+                    if resp.status < 500:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)
+
+
+async def test_serve_runs_a_turn_with_the_reference_business() -> None:
+    relay_port, business_port = closed_port(), closed_port()
+    business = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "examples/business_service.py",
+        "--port",
+        str(business_port),
+        cwd=ROOT,
+        env=clean_env(),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    relay: asyncio.subprocess.Process | None = None
+    try:
+        relay = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay",
+            "serve",
+            "--config",
+            "config.toml",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(relay_port),
+            cwd=ROOT,
+            env=clean_env(RELAY__BUSINESS__0__URL=f"http://127.0.0.1:{business_port}/chat"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        base = f"http://127.0.0.1:{relay_port}"
+        async with aiohttp.ClientSession() as http:
+            await wait_http(http, f"http://127.0.0.1:{business_port}/", business)
+            await wait_http(http, f"{base}/healthz", relay)
+            async with http.get(f"{base}/healthz") as resp:
+                assert resp.status == 200
+            async with asyncio.timeout(20):
+                resp = await http.post(
+                    f"{base}/api/v1/simulate", json={"device_id": "d-cli", "text": "please dance"}
+                )
+                assert resp.status == 200
+                events = parse_sse(await resp.text())
+
+        assert events[0].data["type"] == "stt"
+        assert [e for e in events if e.name == "audio"], "no audio"
+        texts = [e.data for e in events if e.name == "message"]
+        responses = [m["payload"]["business_response"] for m in texts if m["type"] == "custom"]
+        commands = [r for r in responses if r.get("type") == "command"]
+        assert [a["action"] for a in commands[0]["details"]["actions"]] == ["dance"]
+        assert responses[-1]["event"] == "message_end"
+        assert texts[-1]["type"] == "tts"
+        assert texts[-1]["state"] == "stop"
+        assert texts[-1]["is_aborted"] is False
+
+        code = await stop(relay)
+        assert relay.stderr is not None
+        stderr = (await relay.stderr.read()).decode(errors="replace")
+        assert code == 0, stderr
+        assert "Traceback" not in stderr
+    finally:
+        if relay is not None:
+            await stop(relay)
+        await stop(business)
