@@ -128,11 +128,11 @@ class BusinessClient:
                         except BadEvent:
                             stats.bad_events += 1  # §2.6: skipped, the stream goes on
                             continue
-                        if stats.first_event_s is None:
-                            stats.first_event_s = time.monotonic() - start
                         if not session_ok(event, expected_session, lenient=lenient):
                             stats.foreign_dropped += 1
                             continue
+                        if stats.first_event_s is None:  # only this session's events count
+                            stats.first_event_s = time.monotonic() - start
                         stats.events += 1
                         yield event
                         if is_end(event):

@@ -62,7 +62,8 @@ def parse_event(data: str) -> BusinessEvent:
         raw=raw,
         event=_str_or_none(obj.get("event")),
         type=_str_or_none(obj.get("type")),
-        session_id=sid if isinstance(sid, str) else None,
+        # A present but non-string id differs from every real one: "" (§2.3, dropped).
+        session_id=sid if isinstance(sid, str) else (None if sid is None else ""),
         details=obj.get("details"),
     )
 

@@ -46,7 +46,8 @@ def _resources(
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="relay-codec")
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
-        http = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        # Decompression stays on: a business (or its proxy) may gzip the SSE stream.
+        http = aiohttp.ClientSession(connector=connector)
         tts = EmbeddedTTS(
             max_concurrency=config.tts.max_concurrency, timeout_s=config.tts.timeout_s
         )

@@ -77,12 +77,13 @@ def test_parse_event_missing_fields_are_none() -> None:
     assert parse_event("{}") == BusinessEvent(b"{}", None, None, None, None)
 
 
-def test_parse_event_non_string_fields_are_none() -> None:
+def test_parse_event_non_string_fields() -> None:
+    # A non-string session id is kept as "" so that it never matches a real one (§2.3).
     parsed = parse_event('{"event":1,"type":["chat"],"session_id":7,"details":"x"}')
     assert (parsed.event, parsed.type, parsed.session_id, parsed.details) == (
         None,
         None,
-        None,
+        "",
         "x",
     )
 
@@ -226,7 +227,13 @@ def test_session_ok_other_session_dropped(lenient: bool) -> None:
     assert not session_ok(event({"session_id": "s"}), "S", lenient=lenient)
 
 
-@pytest.mark.parametrize("missing", ["{}", '{"session_id":null}', '{"session_id":1}'])
+@pytest.mark.parametrize("lenient", [False, True])
+@pytest.mark.parametrize("bad", ['{"session_id":1}', '{"session_id":["S"]}'])
+def test_session_ok_non_string_id_is_foreign(bad: str, lenient: bool) -> None:
+    assert not session_ok(parse_event(bad), "S", lenient=lenient)
+
+
+@pytest.mark.parametrize("missing", ["{}", '{"session_id":null}'])
 def test_session_ok_without_session_id(missing: str) -> None:
     assert not session_ok(parse_event(missing), "S", lenient=False)
     assert session_ok(parse_event(missing), "S", lenient=True)
