@@ -12,9 +12,8 @@ from pypinyin import Style, lazy_pinyin
 from asr_tts.audio import pcm_from_wav
 from asr_tts.tts import Pcm, TTSError, Voice
 
-MANDARIN_VOICE = (
-    "cmn-latn-pinyin"  # reads pinyin with tone digits; plain "cmn" reads them in English
-)
+# Reads pinyin with tone digits; Debian's plain "cmn" voice reads the digits in English.
+MANDARIN_VOICE = "cmn-latn-pinyin"
 _BASE_WPM = 175
 _BASE_PITCH = 50
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ffff]")
@@ -82,13 +81,17 @@ class EmbeddedTTS:
                     name = await self._voice_name(voice.voice_type)
                 args = [
                     "--stdout",
-                    "-b1",  # the text on stdin is UTF-8, whatever the locale says
+                    "-b1",  # the text is UTF-8, whatever the locale says
                     f"-v{name}",
                     f"-s{_scaled(voice.speed_ratio, _BASE_WPM, 80, 450)}",
                     f"-p{_scaled(voice.pitch_ratio, _BASE_PITCH, 0, 99)}",
+                    # "--" ends the options, so text starting with "-" is spoken, not parsed.
+                    # Not on stdin: uvloop raises RuntimeError instead of BrokenPipeError when
+                    # the child exits before reading its input (MagicStack/uvloop#506).
+                    "--",
+                    text,
                 ]
-                # On stdin, not argv: text starting with "-" cannot be taken for an option.
-                wav = await self._run(args, text.encode())
+                wav = await self._run(args)
         except TimeoutError as exc:
             raise TTSError(f"{self._binary} gave no result within {self._timeout_s} s") from exc
         try:
@@ -101,17 +104,17 @@ class EmbeddedTTS:
         if not voice_type:
             return self._default_voice
         if self._voices is None:
-            listing = await self._run(["--voices"], b"")
+            listing = await self._run(["--voices"])
             self._voices = _parse_voices(listing.decode(errors="replace"))
         wanted = voice_type.lower()
         return wanted if wanted in self._voices else self._default_voice
 
-    async def _run(self, args: list[str], stdin: bytes) -> bytes:
+    async def _run(self, args: list[str]) -> bytes:
         """Run espeak-ng with `args` and return its stdout; the process never outlives the call."""
         async with self._slots:
             proc = await self._spawn(args)
             try:
-                out, err = await proc.communicate(stdin)
+                out, err = await proc.communicate()
             finally:
                 await _reap(proc)  # a no-op unless cancelled or timed out
         if proc.returncode != 0:
@@ -125,7 +128,7 @@ class EmbeddedTTS:
             asyncio.create_subprocess_exec(
                 self._binary,
                 *args,
-                stdin=asyncio.subprocess.PIPE,
+                stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
             )

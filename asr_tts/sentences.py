@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 
 _IMAGE_OR_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
-_FENCE = re.compile(r"^\s*(```|~~~).*$", re.MULTILINE)
-_RULE = re.compile(r"^\s*([-*_=])(\s*\1){2,}\s*$", re.MULTILINE)
+_FENCE = re.compile(r"^[ \t]*(```|~~~).*$", re.MULTILINE)
+_RULE = re.compile(r"^[ \t]*([-*_=])([ \t]*\1){2,}[ \t]*$", re.MULTILINE)
 _LINE_PREFIX = re.compile(
     r"^[ \t]*(?:>[ \t]*)*(?:#{1,6}[ \t]+|[-*+•][ \t]+|\d{1,3}[.)][ \t]+)?", re.MULTILINE
 )

@@ -188,9 +188,8 @@ async def test_provider_error_ends_the_iteration_after_the_good_sentences() -> N
 
 async def test_stopping_early_cancels_the_prefetch() -> None:
     fake = FakeTTS(hang=SENTENCES[1])
-    async with aclosing(
-        speaker(fake).sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat()))
-    ) as it:
+    it = speaker(fake).sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat()))
+    async with asyncio.timeout(2), aclosing(it):
         async for sentence, _ in it:
             assert sentence == SENTENCES[0]
             await asyncio.sleep(0.01)  # sending sentence one while sentence two is synthesised
@@ -224,7 +223,7 @@ async def test_cancelling_the_consumer_cancels_synthesis() -> None:
         await fake.called.wait()
     consumer.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await consumer
+        await asyncio.wait_for(consumer, 2)
     assert fake.cancelled == [SENTENCES[0]]
     assert not other_tasks()
 
@@ -268,7 +267,7 @@ async def test_cancellation_waits_for_a_running_encode() -> None:
         await started.wait()
     consumer.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await consumer
+        await asyncio.wait_for(consumer, 2)
     assert encoder.finished.is_set()
 
 
