@@ -18,6 +18,7 @@ from protocol.codes import CloseCode
 
 log = logging.getLogger(__name__)
 
+CLOSE_TIMEOUT_S = 5.0
 _AUDIO: Final = 0
 _TEXT: Final = 1
 
@@ -181,8 +182,15 @@ class WebSocketLink(Link):
             )
 
     async def _close_peer(self, code: int) -> None:
-        if not self._ws.closed:
-            await self._ws.close(code=code)
+        if self._ws.closed:
+            return
+        try:
+            # A device that stopped reading cannot take even the close frame: bound the wait,
+            # after which the handler returns and the server drops the transport.
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._ws.close(code=code)
+        except TimeoutError:
+            log.info("close of %s timed out", self.session_id)
 
 
 class SSELink(Link):

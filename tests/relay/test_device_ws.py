@@ -300,3 +300,47 @@ async def test_reconnect_replaces_old_connection(make_relay: RelayFactory) -> No
     assert old.ws.close_code == 4001
     await new.send({"type": "ping"})
     assert await new.recv() == {"type": "pong"}
+
+
+async def test_device_that_cannot_keep_up_is_closed(
+    make_relay: RelayFactory, fake: FakeBusiness
+) -> None:
+    """A bounded outbox: a device that stops reading is disconnected, not buffered forever."""
+    big = "x" * 60_000
+
+    async def flood(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        resp = await open_stream(request)
+        sid = session_of(body)
+        for i in range(400):  # 24 MB: far beyond socket buffers and the outbox
+            await resp.write(
+                sse(
+                    {
+                        "event": "message",
+                        "type": "data",
+                        "session_id": sid,
+                        "details": {"i": i, "pad": big},
+                    }
+                )
+            )
+        await resp.write(sse({"event": "message_end", "session_id": sid}))
+        return resp
+
+    fake.script = flood
+    client = await make_relay(server={"outbox_max": 8})
+    dev = await Device.connect(client)
+    await dev.send(
+        {
+            "session_id": dev.session_id,
+            "type": "custom",
+            "payload": {"type": "report", "details": {"session_id": dev.session_id}},
+        }
+    )
+    # The device reads nothing; the relay must give up on it by itself.
+    async with asyncio.timeout(15):
+        while True:
+            metrics = await (await client.get("/metrics")).text()
+            if 'relay_connections_closed_total{code="1013"} 1.0' in metrics:
+                break
+            await asyncio.sleep(0.1)
+    assert "relay_outbox_overflow_total 1.0" in metrics
+    assert "relay_connections_active 0.0" in metrics
