@@ -19,6 +19,8 @@ from protocol.sse import SSEDecoder
 log = logging.getLogger(__name__)
 
 SessionCheck = Literal["strict", "lenient"]
+DRAIN_TIMEOUT_S = 0.1
+DRAIN_MAX_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,7 @@ class BusinessClient:
                         yield event
                         if is_end(event):
                             stats.outcome = Outcome.OK
+                            await _drain(resp)
                             return
                     if not chunk:
                         stats.outcome = Outcome.NO_END
@@ -152,6 +155,19 @@ class BusinessClient:
             stats.outcome = Outcome.UNREACHABLE
         finally:
             stats.total_s = time.monotonic() - start
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    # After message_end the business normally ends its response at once; reading that end
+    # lets the pooled connection be reused instead of closed (a new TCP connection per
+    # request otherwise). A business that keeps the stream open is not waited for long.
+    try:
+        async with asyncio.timeout(DRAIN_TIMEOUT_S):
+            received = 0
+            while received <= DRAIN_MAX_BYTES and (chunk := await resp.content.readany()):
+                received += len(chunk)
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        pass
 
 
 def _check_response(resp: aiohttp.ClientResponse) -> None:
