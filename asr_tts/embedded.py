@@ -7,8 +7,6 @@ import contextlib
 import math
 import re
 
-from pypinyin import Style, lazy_pinyin
-
 from asr_tts.audio import pcm_from_wav
 from asr_tts.tts import Pcm, TTSError, Voice
 
@@ -29,6 +27,10 @@ _STDERR_LIMIT = 300
 
 def to_pinyin(text: str) -> str:
     """Rewrite the Chinese characters of `text` as tone-numbered pinyin; keep everything else."""
+    # Imported on first use: pypinyin's dictionaries are ~55 MiB and ~190k objects that
+    # every collection of the garbage collector would walk (docs/performance.md).
+    from pypinyin import Style, lazy_pinyin
+
     words = lazy_pinyin(text, style=Style.TONE3, neutral_tone_with_five=True, v_to_u=True)
     spaced = " ".join(" ".join(words).translate(_FULL_WIDTH).split())
     return _SPACE_BEFORE_MARK.sub("", spaced)

@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-import aiohttp
-
+from bridges.http import Endpoint, HTTPClient, HTTPError, Response
 from protocol.business import BadEvent, BusinessEvent, is_end, parse_event, session_ok
 from protocol.codes import BusinessError
 from protocol.sse import SSEDecoder
@@ -82,10 +81,17 @@ class _Failed(Exception):
 
 
 class BusinessClient:
-    """Streams business answers over one pooled `aiohttp.ClientSession`; never re-POSTs."""
+    """Streams business answers over pooled keep-alive connections; never re-POSTs."""
 
-    def __init__(self, session: aiohttp.ClientSession) -> None:
-        self._session = session
+    def __init__(self, http: HTTPClient) -> None:
+        self._http = http
+        self._endpoints: dict[str, Endpoint] = {}
+
+    def _endpoint(self, url: str) -> Endpoint:
+        endpoint = self._endpoints.get(url)
+        if endpoint is None:
+            endpoint = self._endpoints[url] = Endpoint.parse(url)
+        return endpoint
 
     async def stream(
         self, target: BusinessTarget, body: bytes, expected_session: str, stats: StreamStats
@@ -105,72 +111,74 @@ class BusinessClient:
         }
         if target.token:
             headers["Authorization"] = f"Bearer {target.token}"
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=target.connect_timeout_s, connect=target.connect_timeout_s
-        )
         stats.outcome = Outcome.CANCELLED
+        resp: Response | None = None
         try:
             deadline = min(start + target.first_event_timeout_s, total_deadline)
             async with asyncio.timeout_at(_loop_time(deadline)):
-                resp = await self._session.post(
-                    target.url, data=body, headers=headers, timeout=timeout
+                resp = await self._http.post(
+                    self._endpoint(target.url),
+                    body,
+                    headers,
+                    connect_timeout_s=target.connect_timeout_s,
                 )
-            async with resp:
-                _check_response(resp)
-                while True:
-                    async with asyncio.timeout_at(_loop_time(deadline)):
-                        chunk = await resp.content.readany()
-                    sse_events = decoder.feed(chunk) if chunk else decoder.close()
-                    for sse in sse_events:
-                        if sse.oversized:
-                            stats.bad_events += 1
-                            continue
-                        try:
-                            event = parse_event(sse.data)
-                        except BadEvent:
-                            stats.bad_events += 1  # §2.6: skipped, the stream goes on
-                            continue
-                        if not session_ok(event, expected_session, lenient=lenient):
-                            stats.foreign_dropped += 1
-                            continue
-                        if stats.first_event_s is None:  # only this session's events count
-                            stats.first_event_s = time.monotonic() - start
-                        stats.events += 1
-                        yield event
-                        if is_end(event):
-                            stats.outcome = Outcome.OK
-                            await _drain(resp)
-                            return
-                    if not chunk:
-                        stats.outcome = Outcome.NO_END
+            _check_response(resp)
+            while True:
+                async with asyncio.timeout_at(_loop_time(deadline)):
+                    chunk = await resp.read()
+                sse_events = decoder.feed(chunk) if chunk else decoder.close()
+                for sse in sse_events:
+                    if sse.oversized:
+                        stats.bad_events += 1
+                        continue
+                    try:
+                        event = parse_event(sse.data)
+                    except BadEvent:
+                        stats.bad_events += 1  # §2.6: skipped, the stream goes on
+                        continue
+                    if not session_ok(event, expected_session, lenient=lenient):
+                        stats.foreign_dropped += 1
+                        continue
+                    if stats.first_event_s is None:  # only this session's events count
+                        stats.first_event_s = time.monotonic() - start
+                    stats.events += 1
+                    yield event
+                    if is_end(event):
+                        stats.outcome = Outcome.OK
+                        await _drain(resp)
                         return
-                    if stats.first_event_s is not None:
-                        deadline = min(time.monotonic() + target.idle_timeout_s, total_deadline)
+                if not chunk:
+                    stats.outcome = Outcome.NO_END
+                    return
+                if stats.first_event_s is not None:
+                    deadline = min(time.monotonic() + target.idle_timeout_s, total_deadline)
         except _Failed as exc:
             stats.outcome = exc.outcome
         except TimeoutError:
             stats.outcome = Outcome.TIMEOUT
-        except (aiohttp.ClientError, OSError) as exc:
+        except (HTTPError, OSError) as exc:
             log.info("business %s unreachable: %s", target.name, type(exc).__name__)
             stats.outcome = Outcome.UNREACHABLE
         finally:
+            if resp is not None:
+                resp.release()
             stats.total_s = time.monotonic() - start
 
 
-async def _drain(resp: aiohttp.ClientResponse) -> None:
+async def _drain(resp: Response) -> None:
     # After message_end the business normally ends its response at once; reading that end
     # lets the pooled connection be reused instead of closed (a new TCP connection per
     # request otherwise). A business that keeps the stream open is not waited for long.
     try:
         async with asyncio.timeout(DRAIN_TIMEOUT_S):
             received = 0
-            while received <= DRAIN_MAX_BYTES and (chunk := await resp.content.readany()):
+            while received <= DRAIN_MAX_BYTES and (chunk := await resp.read()):
                 received += len(chunk)
-    except (TimeoutError, aiohttp.ClientError, OSError):
+    except (TimeoutError, HTTPError, OSError):
         pass
 
 
-def _check_response(resp: aiohttp.ClientResponse) -> None:
+def _check_response(resp: Response) -> None:
     if resp.status != 200:
         raise _Failed(Outcome.STATUS)
     if resp.content_type != "text/event-stream":

@@ -104,7 +104,6 @@ async def simulate(request: web.Request) -> web.StreamResponse:
         target=relay.target_for(device_id, agent),
         max_passthrough=cfg.server.max_passthrough_per_session,
     )
-    link.start()
     try:
         if custom is not None:
             session.custom(custom)

@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import aiohttp
 from aiohttp import web
 
 from asr_tts.embedded import EmbeddedTTS
 from asr_tts.speaker import Speaker
 from bridges.business import BusinessClient
+from bridges.http import HTTPClient
 from metrics.registry import Metrics
 from protocol.codes import CloseCode
 from relay import api
 from relay.config import Config
 from relay.context import Relay
 from relay.turn import TurnDeps
-from relay.ws import RELAY_KEY, websocket_handler
+from relay.ws import RELAY_KEY, idle_sweeper, websocket_handler
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,7 @@ def _resources(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="relay-codec")
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
-        # Decompression stays on: a business (or its proxy) may gzip the SSE stream.
-        http = aiohttp.ClientSession(connector=connector)
+        http = HTTPClient()
         tts = EmbeddedTTS(
             max_concurrency=config.tts.max_concurrency, timeout_s=config.tts.timeout_s
         )
@@ -62,9 +61,12 @@ def _resources(
             default_target=targets[config.business[0].name] if config.business else None,
             device_targets=device_targets,
         )
+        sweeper = asyncio.get_running_loop().create_task(idle_sweeper(app[RELAY_KEY]))
         try:
             yield
         finally:
+            sweeper.cancel()
+            await asyncio.wait([sweeper])
             await http.close()
             executor.shutdown(wait=False, cancel_futures=True)
 

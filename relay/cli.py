@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -30,6 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def tune_gc(freeze: bool, gen0_threshold: int) -> None:
+    """Keep the cyclic collector off the hot path: with the default threshold it ran about
+    every thousand allocations and walked every object imported at startup, half the
+    relay's CPU under load (docs/performance.md)."""
+    if freeze:
+        gc.collect()
+        gc.freeze()
+    if gen0_threshold:
+        _, gen1, gen2 = gc.get_threshold()
+        gc.set_threshold(gen0_threshold, gen1, gen2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
@@ -49,8 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not config.business:
         log.warning("no [[business]] configured: devices will get business_not_configured")
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    app = make_app(config)
+    tune_gc(config.server.gc_freeze, config.server.gc_gen0_threshold)
     web.run_app(
-        make_app(config),
+        app,
         host=host,
         port=port,
         access_log=None,

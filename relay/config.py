@@ -34,6 +34,8 @@ class ServerConfig:
     outbox_max: int = 512
     max_passthrough_per_session: int = 4
     drain_timeout_s: float = 30.0
+    gc_freeze: bool = True  # startup objects leave the collector's view (docs/performance.md)
+    gc_gen0_threshold: int = 10000  # 0 keeps Python's default (700)
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,6 +7,8 @@ import asyncio
 import base64
 import logging
 import time
+from collections import deque
+from collections.abc import Callable
 from typing import Final
 
 import orjson
@@ -50,7 +52,11 @@ class Pacer:
 
 
 class Link:
-    """A bounded outbox drained by one writer task; a peer that cannot keep up is closed."""
+    """A bounded outbox drained by a writer task; a peer that cannot keep up is closed.
+
+    The writer runs only while there is something to write, so an idle device holds no
+    task and no queue (docs/performance.md: idle memory per device).
+    """
 
     def __init__(
         self, session_id: str, metrics: Metrics, outbox_max: int, frame_s: float, lead_s: float
@@ -58,19 +64,17 @@ class Link:
         self.session_id = session_id
         self.pacer = Pacer(frame_s, lead_s)
         self._metrics = metrics
-        self._queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(outbox_max)
-        self._closed = asyncio.Event()
+        self._max = outbox_max
+        self._pending: deque[tuple[int, bytes]] = deque()
         self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+        self._closed_event: asyncio.Event | None = None  # made only when someone waits
         self.close_code: int | None = None
 
     @property
     def closed(self) -> bool:
         """Whether nothing more will be delivered."""
-        return self._closed.is_set()
-
-    def start(self) -> None:
-        """Start the writer task (owned by this link, cancelled by `close`)."""
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        return self._closed
 
     def send_json(self, msg: bytes, mtype: str) -> None:
         """Queue one text message (already serialised) of device message type `mtype`."""
@@ -93,59 +97,74 @@ class Link:
 
     async def wait_closed(self) -> None:
         """Return when the link is closed."""
-        await self._closed.wait()
+        if self._closed:
+            return
+        if self._closed_event is None:
+            self._closed_event = asyncio.Event()
+        await self._closed_event.wait()
 
     async def flush(self, timeout_s: float) -> None:
         """Wait until the outbox has been written, up to `timeout_s`."""
         try:
             async with asyncio.timeout(timeout_s):
-                await self._queue.join()
+                while (writer := self._writer) is not None:
+                    await asyncio.wait([writer])
         except TimeoutError:
             log.info("outbox of %s not flushed in %.1fs", self.session_id, timeout_s)
 
     def request_close(self, code: int) -> None:
-        """Ask the link's owner to close it with `code` (safe from any task)."""
+        """Close with `code` from any task, without waiting; the owner then finishes up."""
         if self.close_code is None:
             self.close_code = code
-        self._closed.set()
+        if not self._closed:
+            self._mark_closed()
+            self._close_requested()
+
+    def _close_requested(self) -> None:
+        """Hook: wake the link's owner (the simulate handler waits on `wait_closed`)."""
+
+    def _mark_closed(self) -> None:
+        self._closed = True
+        if self._closed_event is not None:
+            self._closed_event.set()
 
     async def close(self, code: int = CloseCode.NORMAL) -> None:
         """Stop the writer and close the peer once."""
         if self.close_code is None:
             self.close_code = code
-        self._closed.set()
+        self._mark_closed()
+        self._pending.clear()
         writer, self._writer = self._writer, None
         if writer is not None and writer is not asyncio.current_task():
             writer.cancel()
-            try:
-                await writer
-            except asyncio.CancelledError:
-                if (task := asyncio.current_task()) is not None and task.cancelling():
-                    raise
+            await asyncio.wait([writer])
         await self._close_peer(self.close_code)
 
     def _put(self, item: tuple[int, bytes]) -> None:
-        if self._closed.is_set():
+        if self._closed:
             return
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self._pending) >= self._max:
             self._metrics.outbox_overflow.inc()
             log.warning("outbox full for session %s: closing", self.session_id)
             self.request_close(CloseCode.OVER_CAPACITY)
+            return
+        self._pending.append(item)
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def _write_loop(self) -> None:
-        queue = self._queue
-        while True:
-            kind, data = await queue.get()
-            try:
+        pending = self._pending
+        try:
+            while pending:
+                kind, data = pending.popleft()
                 await self._write(kind, data)
-            except (ConnectionError, RuntimeError) as exc:
-                log.info("write to %s failed: %s", self.session_id, type(exc).__name__)
-                self._closed.set()
-                return
-            finally:
-                queue.task_done()
+                del data  # orjson output sits in a 4 KiB buffer: do not keep it alive
+        except (ConnectionError, RuntimeError) as exc:
+            log.info("write to %s failed: %s", self.session_id, type(exc).__name__)
+            self.request_close(CloseCode.GOING_AWAY)
+        finally:
+            if self._writer is asyncio.current_task():
+                self._writer = None
 
     async def _write(self, kind: int, data: bytes) -> None:
         raise NotImplementedError
@@ -160,6 +179,7 @@ class WebSocketLink(Link):
     def __init__(
         self,
         ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None,
         version: int,
         session_id: str,
         metrics: Metrics,
@@ -169,8 +189,10 @@ class WebSocketLink(Link):
     ) -> None:
         super().__init__(session_id, metrics, outbox_max, frame_s, lead_s)
         self._ws = ws
+        self._transport = transport
         self._version = version
         self._start = time.monotonic()
+        self.wake: Callable[[], None] | None = None  # set by the connection's reader
 
     async def _write(self, kind: int, data: bytes) -> None:
         if kind == _TEXT:
@@ -181,16 +203,22 @@ class WebSocketLink(Link):
                 encode_frame(self._version, data, timestamp_ms=ts), WSMsgType.BINARY
             )
 
+    def _close_requested(self) -> None:
+        if self.wake is not None:
+            self.wake()  # the reader leaves receive() and closes the socket itself
+
     async def _close_peer(self, code: int) -> None:
         if self._ws.closed:
             return
         try:
-            # A device that stopped reading cannot take even the close frame: bound the wait,
-            # after which the handler returns and the server drops the transport.
+            # A device that stopped reading cannot take even the close frame: bound the
+            # wait, then drop the transport.
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self._ws.close(code=code)
         except TimeoutError:
-            log.info("close of %s timed out", self.session_id)
+            log.info("close of %s timed out: dropping the connection", self.session_id)
+            if self._transport is not None:
+                self._transport.abort()
 
 
 class SSELink(Link):

@@ -38,7 +38,14 @@ class DeviceLog(logging.LoggerAdapter[logging.Logger]):
 class Connection:
     """One device WebSocket after hello: reader loop, its session and its link."""
 
-    def __init__(self, relay: Relay, ws: web.WebSocketResponse, hs: Handshake, hello: Hello):
+    def __init__(
+        self,
+        relay: Relay,
+        ws: web.WebSocketResponse,
+        transport: asyncio.Transport | None,
+        hs: Handshake,
+        hello: Hello,
+    ) -> None:
         self.relay = relay
         self.ws = ws
         self.hs = hs
@@ -47,6 +54,7 @@ class Connection:
         self.downlink = downlink
         self.link = WebSocketLink(
             ws,
+            transport,
             hs.protocol_version,
             new_session_id(),
             relay.metrics,
@@ -63,31 +71,45 @@ class Connection:
             max_passthrough=cfg.server.max_passthrough_per_session,
         )
         self.log = DeviceLog(log, {"device": hs.device_id})
+        self.last_rx = asyncio.get_running_loop().time()
         self._bad_frame_reported = False
 
     async def run(self) -> None:
-        """Answer hello, then read until the device leaves, idles out or the link fails."""
+        """Answer hello, then read until the device leaves or the link is closed."""
         link = self.link
-        link.start()
+        task = asyncio.current_task()
+        assert task is not None
+        reading = woken = False
+
+        def wake() -> None:
+            # Another task asked to close (replaced, overflow, idle, shutdown): interrupt
+            # receive() by cancelling this reader, and tell our own wake-up from a real
+            # cancellation with uncancel() (STYLE.md: keep a caller's cancellation). When
+            # the reader is not in receive(), its loop condition sees the closed link.
+            nonlocal woken
+            if reading and not woken:
+                woken = True
+                task.cancel()
+
+        link.wake = wake
         link.send_json(device.hello_reply(link.session_id, self.downlink), "hello")
-        idle = self.relay.config.server.idle_timeout_s
-        closed_wait = asyncio.ensure_future(link.wait_closed())
+        loop = asyncio.get_running_loop()
         try:
             while not link.closed:
-                receive = asyncio.ensure_future(self.ws.receive())
-                done, _ = await asyncio.wait(
-                    (receive, closed_wait), timeout=idle, return_when=asyncio.FIRST_COMPLETED
-                )
-                if receive not in done:
-                    receive.cancel()
-                    if not done:
-                        self.log.info("idle for %.0fs: closing", idle)
-                        await link.close(CloseCode.NORMAL)
-                    break
-                if not self._on_message(receive.result()):
+                reading = True
+                try:
+                    msg = await self.ws.receive()  # no timeout per message: the idle sweep
+                except asyncio.CancelledError:
+                    if woken and task.uncancel() == 0:
+                        break
+                    raise
+                finally:
+                    reading = False
+                self.last_rx = loop.time()
+                if not self._on_message(msg):
                     break
         finally:
-            closed_wait.cancel()
+            link.wake = None
             await self.session.close()
             await link.close(link.close_code or CloseCode.NORMAL)
 
@@ -215,7 +237,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if hello is None:
         await ws.close()
         return ws
-    conn = Connection(relay, ws, hs, hello)
+    conn = Connection(relay, ws, request.transport, hs, hello)
     previous = relay.connections.get(hs.device_id)
     relay.connections[hs.device_id] = conn
     if previous is not None:  # §1.7: a newer connection of the same device replaces it
@@ -232,3 +254,17 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         if relay.connections.get(hs.device_id) is conn:
             del relay.connections[hs.device_id]
     return ws
+
+
+async def idle_sweeper(relay: Relay) -> None:
+    """Close devices silent for `idle_timeout_s` (PROTOCOL.md §1.7); one task for all."""
+    idle = relay.config.server.idle_timeout_s
+    period = min(max(idle / 4, 0.05), 10.0)
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(period)
+        now = loop.time()
+        for conn in list(relay.connections.values()):
+            if now - conn.last_rx > idle:
+                conn.log.info("idle for %.0fs: closing", idle)
+                conn.link.request_close(CloseCode.NORMAL)

@@ -344,3 +344,21 @@ async def test_device_that_cannot_keep_up_is_closed(
             await asyncio.sleep(0.1)
     assert "relay_outbox_overflow_total 1.0" in metrics
     assert "relay_connections_active 0.0" in metrics
+
+
+async def test_silent_device_is_closed_after_idle_timeout(make_relay: RelayFactory) -> None:
+    client = await make_relay(server={"idle_timeout_s": 0.3})
+    dev = await Device.connect(client)
+    talker = await Device.connect(client, device_id="talker")
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for _ in range(8):  # the talker keeps talking: it stays
+        await talker.send({"type": "ping"})
+        assert await talker.recv() == {"type": "pong"}
+        await asyncio.sleep(0.1)
+    msg = await dev.ws.receive(timeout=5)
+    assert msg.type == WSMsgType.CLOSE
+    assert dev.ws.close_code == 1000
+    assert loop.time() - start < 3
+    await talker.send({"type": "ping"})
+    assert await talker.recv() == {"type": "pong"}

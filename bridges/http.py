@@ -1,0 +1,283 @@
+"""A lean HTTP/1.1 client for business requests: one POST, a streamed body, pooled
+keep-alive connections. aiohttp's client costs several hundred µs of CPU per request; this
+one does only what the business wire needs (PROTOCOL.md §2.1): POST, status, headers,
+chunked / Content-Length / close-delimited bodies, TLS, keep-alive. It never retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+MAX_HEADER_BYTES = 64 * 1024
+READ_SIZE = 64 * 1024
+IDLE_TIMEOUT_S = 4.0  # below common server keep-alive timeouts (Node.js: 5 s)
+MAX_IDLE_PER_ORIGIN = 512
+USER_AGENT = "voice-relay/0.1"
+
+
+class HTTPError(Exception):
+    """The peer broke HTTP/1.1 or the connection failed; the request is over."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A parsed request URL: where to connect and what to send as target and Host."""
+
+    scheme: str
+    host: str
+    port: int
+    target: str
+    host_header: str
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        """Parse an http:// or https:// URL."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        default = 443 if parts.scheme == "https" else 80
+        port = parts.port or default
+        host = parts.hostname
+        shown = f"[{host}]" if ":" in host else host
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host_header = shown if port == default else f"{shown}:{port}"
+        return cls(parts.scheme, host, port, target, host_header)
+
+
+class _Conn:
+    __slots__ = ("idle_since", "reader", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.idle_since = 0.0
+
+    def usable(self, now: float) -> bool:
+        return (
+            now - self.idle_since < IDLE_TIMEOUT_S
+            and not self.reader.at_eof()
+            and not self.writer.is_closing()
+        )
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Response:
+    """Status, headers and a body read piece by piece; `release()` when done."""
+
+    def __init__(self, client: HTTPClient, key: tuple[str, str, int], conn: _Conn) -> None:
+        self._client = client
+        self._key = key
+        self._conn: _Conn | None = conn
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._keep_alive = True
+        self._chunked = False
+        self._remaining: int | None = None  # bytes left: of the body, or of the current chunk
+        self._done = False
+
+    @property
+    def content_type(self) -> str:
+        """The media type, lower-cased, without parameters."""
+        return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+    async def _read_head(self) -> None:
+        while True:
+            await self._read_one_head()
+            if not 100 <= self.status < 200:
+                return
+            self.headers = {}  # an interim 1xx answer: the real one follows
+
+    async def _read_one_head(self) -> None:
+        reader = self._reader()
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError as exc:
+            raise HTTPError("response head too large") from exc
+        except asyncio.IncompleteReadError as exc:
+            raise HTTPError("connection closed before the response") from exc
+        lines = head[:-4].decode("latin-1").split("\r\n")
+        version, _, rest = lines[0].partition(" ")
+        code = rest[:3]
+        if version not in ("HTTP/1.1", "HTTP/1.0") or not code.isdigit():
+            raise HTTPError("malformed status line")
+        self.status = int(code)
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if not sep or not name or name != name.strip():
+                raise HTTPError("malformed header line")
+            key = name.lower()
+            value = value.strip()
+            self.headers[key] = f"{self.headers[key]}, {value}" if key in self.headers else value
+        conn_tokens = self.headers.get("connection", "").lower()
+        self._keep_alive = (
+            "close" not in conn_tokens if version == "HTTP/1.1" else "keep-alive" in conn_tokens
+        )
+        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+            self._chunked = True
+        elif (length := self.headers.get("content-length")) is not None:
+            if not length.isdigit():
+                raise HTTPError("bad Content-Length")
+            self._remaining = int(length)
+        else:
+            self._keep_alive = False  # the body ends when the server closes
+        if self.status in (204, 304):
+            self._remaining = 0
+            self._chunked = False
+
+    async def read(self) -> bytes:
+        """The next piece of the body as it arrives; b"" at its end."""
+        if self._done:
+            return b""
+        reader = self._reader()
+        try:
+            if self._chunked:
+                return await self._read_chunked(reader)
+            if self._remaining is None:
+                data = await reader.read(READ_SIZE)
+                self._done = not data
+                return data
+            if self._remaining == 0:
+                self._done = True
+                return b""
+            data = await reader.read(min(self._remaining, READ_SIZE))
+            if not data:
+                raise HTTPError("connection closed inside the body")
+            self._remaining -= len(data)
+            return data
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            raise HTTPError("malformed body") from exc
+
+    async def _read_chunked(self, reader: asyncio.StreamReader) -> bytes:
+        while True:
+            if self._remaining:
+                data = await reader.read(min(self._remaining, READ_SIZE))
+                if not data:
+                    raise HTTPError("connection closed inside a chunk")
+                self._remaining -= len(data)
+                if self._remaining == 0:
+                    await reader.readexactly(2)  # CRLF after the chunk data
+                return data
+            line = await reader.readuntil(b"\r\n")
+            size = int(line.split(b";", 1)[0].strip(), 16)
+            if size == 0:
+                while await reader.readuntil(b"\r\n") != b"\r\n":
+                    pass  # trailers, ignored
+                self._done = True
+                return b""
+            self._remaining = size
+
+    def release(self) -> None:
+        """Return the connection to the pool when the body was read to its end, else close."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._done and self._keep_alive:
+            self._client._put(self._key, conn)
+        else:
+            conn.close()
+
+    def _reader(self) -> asyncio.StreamReader:
+        if self._conn is None:
+            raise HTTPError("response already released")
+        return self._conn.reader
+
+
+class HTTPClient:
+    """Pools keep-alive connections per origin; one request per connection at a time."""
+
+    def __init__(self, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        # Per origin, idle connections oldest first: reuse takes the newest (its peer is the
+        # least likely to have timed it out) and expiry trims the oldest, so the pool
+        # shrinks back after a burst.
+        self._idle: dict[tuple[str, str, int], deque[_Conn]] = {}
+        self._ssl = ssl_context
+        self._closed = False
+
+    async def post(
+        self,
+        endpoint: Endpoint,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        connect_timeout_s: float,
+    ) -> Response:
+        """Send a POST and read the response head; the caller reads the body and releases."""
+        if self._closed:
+            raise HTTPError("client closed")
+        key = (endpoint.scheme, endpoint.host, endpoint.port)
+        conn = self._take(key) or await self._connect(endpoint, connect_timeout_s)
+        lines = [
+            f"POST {endpoint.target} HTTP/1.1",
+            f"Host: {endpoint.host_header}",
+            f"User-Agent: {USER_AGENT}",
+            "Accept-Encoding: identity",
+            f"Content-Length: {len(body)}",
+        ]
+        lines.extend(f"{name}: {value}" for name, value in headers.items())
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        resp = Response(self, key, conn)
+        try:
+            conn.writer.write(head + body)
+            await conn.writer.drain()
+            await resp._read_head()
+        except BaseException:
+            resp._keep_alive = False
+            resp.release()
+            raise
+        return resp
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        self._closed = True
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+
+    def _take(self, key: tuple[str, str, int]) -> _Conn | None:
+        conns = self._idle.get(key)
+        now = time.monotonic()
+        while conns:
+            conn = conns.pop()
+            if conn.usable(now):
+                return conn
+            conn.close()
+        return None
+
+    def _put(self, key: tuple[str, str, int], conn: _Conn) -> None:
+        conns = self._idle.get(key)
+        if conns is None:
+            conns = self._idle[key] = deque()
+        now = time.monotonic()
+        while conns and now - conns[0].idle_since >= IDLE_TIMEOUT_S:
+            conns.popleft().close()
+        if self._closed or len(conns) >= MAX_IDLE_PER_ORIGIN:
+            conn.close()
+            return
+        conn.idle_since = now
+        conns.append(conn)
+
+    async def _connect(self, endpoint: Endpoint, timeout_s: float) -> _Conn:
+        ctx: ssl.SSLContext | None = None
+        if endpoint.scheme == "https":
+            ctx = self._ssl or ssl.create_default_context()
+        try:
+            async with asyncio.timeout(timeout_s):
+                reader, writer = await asyncio.open_connection(
+                    endpoint.host,
+                    endpoint.port,
+                    ssl=ctx,
+                    server_hostname=endpoint.host if ctx else None,
+                    limit=MAX_HEADER_BYTES,
+                )
+        except TimeoutError as exc:
+            raise HTTPError("connect timed out") from exc
+        return _Conn(reader, writer)
