@@ -10,16 +10,25 @@ _RULE = re.compile(r"^[ \t]*([-*_=])([ \t]*\1){2,}[ \t]*$", re.MULTILINE)
 _LINE_PREFIX = re.compile(
     r"^[ \t]*(?:>[ \t]*)*(?:#{1,6}[ \t]+|[-*+•][ \t]+|\d{1,3}[.)][ \t]+)?", re.MULTILINE
 )
-_MARKS = re.compile(r"[*_`]+|~~")
+# Emphasis marks: backticks and ~~ always; a * run unless it stands between spaces or digits
+# (2 * 3, 2*3 are arithmetic); an _ run unless inside a word (snake_case, CommonMark's rule).
+_MARKS = re.compile(r"`+|~~|(?<![\s\d])\*+|\*+(?![\s\d])|(?<!\w)_+|_+(?!\w)")
 _EMOJI = re.compile(
     "["
     "\U0001f000-\U0001faff"  # mahjong .. symbols and pictographs extended-A, incl. flags, tones
     "\u2300-\u23ff"  # misc technical (⌚ ⏰ ⏩)
+    "\u25a0-\u25ff"  # geometric shapes (▶ ◀ ■ ●), never worth pronouncing
     "\u2600-\u27bf"  # misc symbols, dingbats (☀ ✅ ❤)
     "\u2b00-\u2bff"  # arrows and stars (⭐ ⬆)
     "\ufe0e\ufe0f\u200d\u20e3"  # variation selectors, zero-width joiner, keycap
     "\U000e0020-\U000e007f"  # tag characters (subdivision flags)
     "]+"
+)
+# Text-default symbols that an emoji presentation selector (U+FE0F) turns into emoji: arrows
+# (↩️ ↔️ ⤴️), ‼️ ⁉️ ℹ️ Ⓜ️ ©️ ®️ ™️ 〰️ 〽️ ㊗️ ㊙️. Without the selector they stay (A → B).
+_EMOJI_PRESENTED = re.compile(
+    "[\u00a9\u00ae\u203c\u2049\u2122\u2139\u2190-\u21ff\u24c2\u2934\u2935"
+    "\u3030\u303d\u3297\u3299]\ufe0f"
 )
 _SPACES = re.compile(r"[ \t\f\v\u3000]+")
 # A space before punctuation is what an emoji leaves behind ("Great job 👍." -> "Great job .").
@@ -33,6 +42,9 @@ _END = re.compile(
 )
 # Where an over-long sentence may be cut; ASCII , and : not between digits (1,000 and 12:30).
 _COMMA = re.compile(r"[，、：]|[,:](?!\d)")
+# The early cut of the first segment leaves at least this many characters before the mark, so
+# that "Well," or "好的，" is not spoken alone.
+FIRST_MIN_CHARS = 6
 
 
 def clean_for_speech(text: str) -> str:
@@ -42,6 +54,7 @@ def clean_for_speech(text: str) -> str:
     text = _RULE.sub("", text)
     text = _LINE_PREFIX.sub("", text)
     text = _MARKS.sub("", text)
+    text = _EMOJI_PRESENTED.sub("", text)
     text = _EMOJI.sub("", text)
     lines = (
         _SPACE_BEFORE_MARK.sub("", _SPACES.sub(" ", line)).strip() for line in text.splitlines()
@@ -109,10 +122,30 @@ def _cut_long(sentence: str, max_chars: int) -> list[str]:
     return out
 
 
-def split_sentences(text: str, max_chars: int = 120) -> list[str]:
-    """Split text into sentences for TTS and subtitles; none is empty, long ones are cut."""
+def _cut_first(segment: str) -> list[str]:
+    """Cut at the first comma-class mark with FIRST_MIN_CHARS before it, if both halves speak."""
+    for m in _COMMA.finditer(segment):
+        if m.start() < FIRST_MIN_CHARS:
+            continue
+        head, tail = segment[: m.end()].strip(), segment[m.end() :].strip()
+        if _speakable(head) and _speakable(tail):
+            return [head, tail]
+        break
+    return [segment]
+
+
+def split_sentences(
+    text: str, max_chars: int = 120, first_max_chars: int | None = None
+) -> list[str]:
+    """Split text into sentences for TTS and subtitles; none is empty, long ones are cut.
+
+    With `first_max_chars`, a first segment longer than that is cut early at its first comma
+    (，,、：:), so that the first audio is synthesised, and heard, sooner.
+    """
     if max_chars < 1:
         raise ValueError(f"max_chars must be at least 1, got {max_chars}")
+    if first_max_chars is not None and first_max_chars < 1:
+        raise ValueError(f"first_max_chars must be at least 1, got {first_max_chars}")
     raw: list[str] = []
     start = 0
     for m in _END.finditer(text):
@@ -124,4 +157,7 @@ def split_sentences(text: str, max_chars: int = 120) -> list[str]:
     out: list[str] = []
     for sentence in sentences:
         out.extend(_cut_long(sentence, max_chars) if len(sentence) > max_chars else [sentence])
-    return _merge_fragments(out)
+    out = _merge_fragments(out)
+    if out and first_max_chars is not None and len(out[0]) > first_max_chars:
+        out[:1] = _cut_first(out[0])
+    return out

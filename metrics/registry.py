@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -15,7 +20,10 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
         self.connections_active = Gauge(
-            "relay_connections_active", "Device WebSocket connections open now.", registry=r
+            "relay_connections_active",
+            "Device WebSocket connections open now.",
+            registry=r,
+            multiprocess_mode="livesum",  # summed over the live worker processes
         )
         self.connections_opened = Counter(
             "relay_connections_opened_total", "Device connections accepted.", registry=r
@@ -88,5 +96,9 @@ class Metrics:
         )
 
     def exposition(self) -> bytes:
-        """The text format for `/metrics`."""
+        """The text format for `/metrics`; with several workers, merged over all of them."""
+        if path := os.environ.get(MULTIPROC_ENV):
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged, path=path)  # type: ignore[no-untyped-call]
+            return generate_latest(merged)
         return generate_latest(self.registry)

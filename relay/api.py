@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 from aiohttp import web
@@ -139,8 +140,8 @@ def _check_simulate(body: Any) -> str:
 
 
 async def healthz(_request: web.Request) -> web.Response:
-    """Alive."""
-    return web.json_response({"status": "ok"})
+    """Alive; names the worker process that answered (useful with several workers)."""
+    return web.json_response({"status": "ok"}, headers={"X-Relay-Worker": str(os.getpid())})
 
 
 async def readyz(request: web.Request) -> web.Response:

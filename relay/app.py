@@ -37,7 +37,7 @@ def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicati
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)
     app.cleanup_ctx.append(_resources(config, metrics or Metrics()))
-    app.on_shutdown.append(_close_devices)
+    app.on_shutdown.append(_close_devices)  # the last resort; relay.server drains first
     return app
 
 

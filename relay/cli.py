@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
 import uvloop
-from aiohttp import web
 
-from relay.app import make_app
 from relay.config import ConfigError, load
+from relay.server import WORKER_ENV, listening_socket, run_workers, serve
 
 log = logging.getLogger("relay")
 
@@ -26,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", help="TOML file (default: built-in defaults)")
     serve.add_argument("--host", help="override [server] host")
     serve.add_argument("--port", type=int, help="override [server] port")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes sharing the port (default 1)"
+    )
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", required=True)
     return parser
@@ -41,6 +43,20 @@ def tune_gc(freeze: bool, gen0_threshold: int) -> None:
     if gen0_threshold:
         _, gen1, gen2 = gc.get_threshold()
         gc.set_threshold(gen0_threshold, gen1, gen2)
+
+
+def _strip(argv: Sequence[str], options: tuple[str, ...]) -> list[str]:
+    """`argv` without the given options and their values (both `--opt v` and `--opt=v`)."""
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in options:
+            skip = True
+        elif not arg.startswith(tuple(f"{o}=" for o in options)):
+            out.append(arg)
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,15 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = args.port if args.port is not None else config.server.port
     if not config.business:
         log.warning("no [[business]] configured: devices will get business_not_configured")
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = make_app(config)
+    if args.workers < 1:
+        print("--workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
+        return run_workers(_strip(passthrough, ("--workers", "--port")), args.workers, host, port)
+    sock = listening_socket(host, port, reuse_port=WORKER_ENV in os.environ)
     tune_gc(config.server.gc_freeze, config.server.gc_gen0_threshold)
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        access_log=None,
-        shutdown_timeout=config.server.drain_timeout_s,
-        print=lambda _msg: log.info("relay listening on http://%s:%d", host, port),
-    )
+    uvloop.run(serve(config, sock))
     return 0

@@ -72,12 +72,13 @@ class Connection:
         )
         self.log = DeviceLog(log, {"device": hs.device_id})
         self.last_rx = asyncio.get_running_loop().time()
+        self.task: asyncio.Task[Any] | None = None  # the reader, once running
         self._bad_frame_reported = False
 
     async def run(self) -> None:
         """Answer hello, then read until the device leaves or the link is closed."""
         link = self.link
-        task = asyncio.current_task()
+        task = self.task = asyncio.current_task()
         assert task is not None
         reading = woken = False
 

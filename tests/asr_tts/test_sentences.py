@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from asr_tts.audio import DownlinkFormat, FrameEncoder
 from asr_tts.sentences import clean_for_speech, split_sentences
+from asr_tts.tts import Voice
+from tests.asr_tts.test_speaker import FakeTTS, collect, speaker
 
 
 def test_chinese_splits_after_each_end_mark() -> None:
@@ -123,3 +126,88 @@ def test_emoji_are_removed_with_their_modifiers() -> None:
 def test_plain_text_is_left_alone() -> None:
     text = "Use .NET 8, version 1.2 costs $5 (about ¥36) — 50% off?"
     assert clean_for_speech(text) == text
+
+
+def test_more_markdown_is_stripped() -> None:
+    text = (
+        "###### Deep heading\n"
+        "  - nested **item**\n"
+        "+ plus item\n"
+        "1) first\n"
+        "***bold italic*** and __strong__ and [**linked**](https://e.x/a_b)\n"
+        "use ``a `tick` here``"
+    )
+    assert clean_for_speech(text) == (
+        "Deep heading\nnested item\nplus item\nfirst\n"
+        "bold italic and strong and linked\nuse a tick here"
+    )
+
+
+def test_arithmetic_stars_and_identifiers_survive() -> None:
+    text = "2 * 3 = 6, and 2*3 too; call snake_case_name, then **5** * 2"
+    assert clean_for_speech(text) == "2 * 3 = 6, and 2*3 too; call snake_case_name, then 5 * 2"
+
+
+def test_emoji_sequences_and_presentation_selectors_are_removed() -> None:
+    text = "Coder 👩🏽‍💻 flag 🏴󠁧󠁢󠁳󠁣󠁴󠁿 keycap #️⃣ heart ❤️‍🔥 arrows ↔️ ⤴️ play ▶️ ©️ ‼️ 〽️ ok"
+    assert clean_for_speech(text) == "Coder flag keycap # heart arrows play ok"
+
+
+def test_text_symbols_without_the_emoji_selector_stay() -> None:
+    assert clean_for_speech("A → B © 2024") == "A → B © 2024"
+
+
+def test_a_long_first_sentence_is_cut_at_its_first_comma() -> None:
+    text = "今天天气很好，适合出去走走，我们去公园吧。然后，回家。"
+    assert split_sentences(text, first_max_chars=10) == [
+        "今天天气很好，",
+        "适合出去走走，我们去公园吧。",
+        "然后，回家。",  # only the first segment is cut early
+    ]
+    assert split_sentences(text) == ["今天天气很好，适合出去走走，我们去公园吧。", "然后，回家。"]
+
+
+def test_the_early_cut_leaves_a_few_characters_before_the_mark() -> None:
+    text = "Well, I think the weather is fine today, so let us go out."
+    assert split_sentences(text, first_max_chars=24) == [
+        "Well, I think the weather is fine today,",
+        "so let us go out.",
+    ]
+    assert split_sentences("好的，今天天气很好，适合出去走走。", first_max_chars=8) == [
+        "好的，今天天气很好，",
+        "适合出去走走。",
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Short enough, really.",  # not longer than first_max_chars
+        "A sentence without any comma that goes on and on.",
+        "It costs 1,000,000 dollars and 12:30 is when it starts.",  # not cut inside numbers
+        "A first sentence that only ends with a comma,",  # nothing would be left to speak
+    ],
+)
+def test_the_first_segment_is_kept_when_there_is_no_good_cut(text: str) -> None:
+    assert split_sentences(text, first_max_chars=21) == [text]
+
+
+def test_the_early_cut_applies_after_the_long_sentence_cut() -> None:
+    text = "第一部分的内容，第二部分的内容，第三部分的内容，第四部分的内容。"
+    parts = split_sentences(text, max_chars=24, first_max_chars=6)
+    # The 24-character cut packs three parts, then the early cut splits the first of them.
+    assert parts == ["第一部分的内容，", "第二部分的内容，第三部分的内容，", "第四部分的内容。"]
+    assert "".join(parts) == text
+
+
+def test_first_max_chars_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="first_max_chars"):
+        split_sentences("hi", first_max_chars=0)
+
+
+async def test_speaker_starts_a_long_first_sentence_at_its_first_comma() -> None:
+    first = "今天天气很好，非常适合出去走走，我们一起去附近的公园散步吧。"
+    for options, expected in [({}, [first[:7], first[7:]]), ({"first_max_chars": None}, [first])]:
+        spk = speaker(FakeTTS(), **options)
+        out = await collect(spk.sentences(first + "好。", Voice(), FrameEncoder(DownlinkFormat())))
+        assert [s for s, _ in out] == [*expected, "好。"]

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,9 +73,11 @@ class FakeTTS:
         return tone(len(text) * SECONDS_PER_CHAR)
 
 
-def speaker(*providers: TTSProvider, executor: ThreadPoolExecutor | None = None) -> Speaker:
+def speaker(
+    *providers: TTSProvider, executor: ThreadPoolExecutor | None = None, **options: Any
+) -> Speaker:
     """A Speaker whose default is the first provider."""
-    return Speaker({p.name: p for p in providers}, providers[0].name, executor)
+    return Speaker({p.name: p for p in providers}, providers[0].name, executor, **options)
 
 
 async def collect(items: AsyncIterator[tuple[str, list[bytes]]]) -> list[tuple[str, list[bytes]]]:
@@ -135,16 +138,19 @@ async def test_prefetch_runs_exactly_one_sentence_ahead() -> None:
     assert fake.calls == ["One.", "Two.", "Three.", "Four."]
 
 
-async def test_unknown_provider_falls_back_to_the_default() -> None:
+async def test_unknown_provider_falls_back_to_the_default_and_is_reported() -> None:
+    reported: list[str] = []
     default, huoshan = FakeTTS("embedded"), FakeTTS("huoshan")
-    spk = speaker(default, huoshan)
+    spk = speaker(default, huoshan, on_fallback=reported.append)
     assert spk.provider_for(Voice()) is default
     assert spk.provider_for(Voice(provider="nope")) is default
     assert spk.provider_for(Voice(provider="huoshan")) is huoshan
-    await collect(spk.sentences("Hi.", Voice(provider="nope"), FrameEncoder(DownlinkFormat())))
-    await collect(spk.sentences("Yo.", Voice(provider="huoshan"), FrameEncoder(DownlinkFormat())))
-    assert default.calls == ["Hi."]
-    assert huoshan.calls == ["Yo."]
+    for voice in (Voice(provider="nope"), Voice(provider="huoshan"), Voice(), Voice(provider="")):
+        await collect(spk.sentences("Hi. Yo.", voice, FrameEncoder(DownlinkFormat())))
+    await collect(spk.sentences("😀", Voice(provider="gone"), FrameEncoder(DownlinkFormat())))
+    assert reported == ["nope"]  # two sentences, one answer; nothing said, nothing fell back
+    assert default.calls == ["Hi.", "Yo."] * 3
+    assert huoshan.calls == ["Hi.", "Yo."]
 
 
 def test_default_provider_must_be_registered() -> None:
@@ -291,3 +297,15 @@ async def test_embedded_speech_stopped_early_leaves_no_process() -> None:
             break
     assert not other_tasks()
     assert not child_processes()
+
+
+async def test_each_synthesis_reports_its_provider_and_latency() -> None:
+    timings: list[tuple[str, float]] = []
+    fake = FakeTTS("fake", delays={SENTENCES[0]: 0.05, SENTENCES[1]: 0.02}, fail=SENTENCES[2])
+    spk = speaker(fake, on_synth=lambda name, s: timings.append((name, s)))
+    with pytest.raises(TTSError):
+        await collect(spk.sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat())))
+    assert [name for name, _ in timings] == ["fake", "fake"]  # not for the failed sentence
+    # uvloop fires timers against its cached clock, up to a millisecond early: leave slack.
+    assert 0.045 <= timings[0][1] < 1
+    assert 0.015 <= timings[1][1] < 1

@@ -1,0 +1,87 @@
+"""Uplink audio: one device packet in, mono s16le PCM at the recognizer's rate out (§1.2, §1.4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import opuslib_next
+import soxr
+
+from asr_tts.audio import OPUS_FRAME_MS, OPUS_SAMPLE_RATES
+
+_MAX_OPUS_FRAME_MS = 120  # the longest packet libopus may hold (RFC 6716 §3.2.5)
+
+
+class AudioError(ValueError):
+    """A packet or frame that cannot be decoded; the relay counts it and drops it."""
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkFormat:
+    """The uplink audio a device's hello declares in `audio_params` (PROTOCOL.md §1.2)."""
+
+    format: Literal["opus", "pcm"] = "opus"
+    sample_rate: int = 16000
+    channels: int = 1
+    frame_duration_ms: int = 60
+
+    def __post_init__(self) -> None:
+        if self.format not in ("opus", "pcm"):
+            raise ValueError(f"unknown uplink format {self.format!r}")
+        if self.channels not in (1, 2) or self.sample_rate <= 0 or self.frame_duration_ms <= 0:
+            raise ValueError(f"invalid uplink format {self}")
+        if self.format == "opus" and (
+            self.sample_rate not in OPUS_SAMPLE_RATES or self.frame_duration_ms not in OPUS_FRAME_MS
+        ):
+            raise ValueError(f"Opus cannot carry {self}")
+
+
+class UplinkDecoder:
+    """Decodes one device audio stream to mono s16le; Opus keeps state, so not thread-safe."""
+
+    def __init__(self, fmt: UplinkFormat, target_rate: int = 16000) -> None:
+        if target_rate <= 0:
+            raise ValueError(f"target rate must be positive, got {target_rate}")
+        self.fmt = fmt
+        self.target_rate = target_rate
+        self._opus: opuslib_next.Decoder | None = None
+        rate = fmt.sample_rate
+        if fmt.format == "opus":
+            # libopus decodes any stream at any of its rates and folds stereo into mono
+            # itself (RFC 6716 §4), which is cheaper than decoding as sent and resampling.
+            if target_rate in OPUS_SAMPLE_RATES:
+                rate = target_rate
+            self._opus = opuslib_next.Decoder(rate, 1)
+            self._max_samples = rate * _MAX_OPUS_FRAME_MS // 1000
+        self._frame_bytes = 2 * fmt.channels
+        # A streaming resampler carries its filter state across packets: no click at the seams.
+        self._resampler = (
+            soxr.ResampleStream(rate, target_rate, 1, dtype="int16")
+            if rate != target_rate
+            else None
+        )
+
+    def decode(self, packet: bytes) -> bytes:
+        """Return one packet as mono s16le at `target_rate`; raise AudioError if it is not audio."""
+        if not packet:
+            raise AudioError("empty audio packet")
+        if self._opus is not None:
+            try:
+                pcm = bytes(self._opus.decode(packet, self._max_samples))
+            except opuslib_next.OpusError as exc:
+                raise AudioError(f"undecodable Opus packet ({len(packet)} bytes)") from exc
+            x = np.frombuffer(pcm, dtype="<i2")
+        else:
+            if len(packet) % self._frame_bytes:
+                raise AudioError(
+                    f"PCM frame of {len(packet)} bytes is not whole {self.fmt.channels}-channel "
+                    "16-bit samples"
+                )
+            x = np.frombuffer(packet, dtype="<i2")
+            if self.fmt.channels == 2:
+                x = (x.reshape(-1, 2).astype(np.int32).sum(axis=1) // 2).astype("<i2")
+        if self._resampler is not None:
+            x = self._resampler.resample_chunk(x)
+        return x.astype("<i2", copy=False).tobytes()

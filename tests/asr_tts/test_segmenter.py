@@ -1,0 +1,202 @@
+"""Utterance segmentation on hand-made probability sequences (auto/realtime listen, §1.3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from asr_tts.segmenter import Segmenter, SegmenterConfig, SegmentEvent, UtteranceCollector
+
+START, END, CUT = SegmentEvent.SPEECH_START, SegmentEvent.SPEECH_END, SegmentEvent.CUT
+CHUNK = 0.05  # 20 windows per second keeps the arithmetic readable
+W = 512  # samples per VAD window
+W_S = W / 16000
+
+
+def events(
+    seg: Segmenter, probs: list[float], chunk: float = CHUNK
+) -> list[tuple[int, SegmentEvent]]:
+    """Run `probs` through `seg`; return (window index, event) for every event."""
+    out = []
+    for i, p in enumerate(probs):
+        if (event := seg.process(chunk, p)) is not None:
+            out.append((i, event))
+    return out
+
+
+def test_speech_starts_once_it_lasted_min_speech() -> None:
+    seg = Segmenter(SegmenterConfig())
+    assert events(seg, [0.1] * 10 + [0.9] * 20) == [(14, START)]  # 5 windows = 0.25 s
+    assert seg.in_speech
+
+
+@pytest.mark.parametrize("chunk", [0.01, 0.032, 0.05, 0.1])
+def test_float_sums_of_windows_reach_their_limit(chunk: float) -> None:
+    seg = Segmenter(SegmenterConfig(min_speech_s=0.3))
+    got = events(seg, [1.0] * 40, chunk)
+    assert got[0] == (round(np.ceil(round(0.3 / chunk, 6))) - 1, START)
+
+
+def test_a_click_shorter_than_min_speech_starts_nothing() -> None:
+    seg = Segmenter(SegmenterConfig())
+    click = [0.99] * 4 + [0.0] * 3  # 0.2 s of "speech"
+    assert events(seg, [0.0] * 5 + click * 6) == []
+    assert not seg.in_speech
+
+
+def test_probability_equal_to_threshold_is_speech() -> None:
+    seg = Segmenter(SegmenterConfig(threshold=0.6))
+    assert events(seg, [0.6] * 5) == [(4, START)]
+    assert events(Segmenter(SegmenterConfig(threshold=0.6)), [0.59] * 50) == []
+
+
+def test_utterance_ends_after_min_silence() -> None:
+    seg = Segmenter(SegmenterConfig())
+    got = events(seg, [0.9] * 10 + [0.05] * 20)
+    assert got == [(4, START), (21, END)]  # 12 windows = 0.6 s of silence
+    assert not seg.in_speech
+
+
+def test_a_pause_shorter_than_min_silence_keeps_the_utterance() -> None:
+    seg = Segmenter(SegmenterConfig())
+    pause = [0.05] * 11  # 0.55 s
+    got = events(seg, [0.9] * 10 + pause + [0.9] * 3 + pause + [0.9] + [0.0] * 12)
+    assert got == [(4, START), (10 + 11 + 3 + 11 + 1 + 11, END)]
+
+
+def test_wavering_probability_inside_speech_is_not_silence() -> None:
+    seg = Segmenter(SegmenterConfig(threshold=0.5, hysteresis=0.15))
+    assert events(seg, [0.9] * 5 + [0.4] * 100) == [(4, START)]
+    # Once silence has begun, the in-between band does not interrupt it.
+    seg = Segmenter(SegmenterConfig(threshold=0.5, hysteresis=0.15))
+    assert events(seg, [0.9] * 5 + [0.1] + [0.4] * 11) == [(4, START), (16, END)]
+
+
+def test_utterance_is_cut_at_max_length_and_speech_goes_on() -> None:
+    seg = Segmenter(SegmenterConfig(max_utterance_s=2.0))
+    got = events(seg, [0.9] * 50)
+    # 2.0 s counted from the first speech window (index 0) ends at index 39; the speech
+    # that continues is a new utterance after another min_speech_s.
+    assert got == [(4, START), (39, CUT), (44, START)]
+
+
+def test_natural_end_wins_over_cut_on_the_same_window() -> None:
+    seg = Segmenter(SegmenterConfig(max_utterance_s=1.0, min_silence_s=0.5))
+    assert events(seg, [0.9] * 10 + [0.0] * 10) == [(4, START), (19, END)]
+
+
+def test_reset_forgets_speech_in_progress() -> None:
+    seg = Segmenter(SegmenterConfig())
+    assert events(seg, [0.9] * 6) == [(4, START)]
+    seg.reset()
+    assert not seg.in_speech
+    assert events(seg, [0.0] * 20) == []  # no END for an utterance that was reset
+    assert events(seg, [0.9] * 4) == []
+    seg.reset()  # also forgets a partial speech run
+    assert events(seg, [0.9] * 4) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"threshold": 0.0},
+        {"threshold": 1.5},
+        {"hysteresis": 0.6},
+        {"min_silence_s": -1.0},
+        {"max_utterance_s": 0.2},
+    ],
+)
+def test_inconsistent_config_is_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="threshold|duration|max_utterance"):
+        SegmenterConfig(**kwargs)
+
+
+def test_window_length_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Segmenter(SegmenterConfig()).process(0.0, 0.9)
+
+
+def marked(index: int) -> bytes:
+    """One VAD window whose samples all carry the window's index."""
+    return np.full(W, index, dtype="<i2").tobytes()
+
+
+def window_ids(pcm: bytes) -> list[int]:
+    """The index carried by each window of collected PCM."""
+    x = np.frombuffer(pcm, dtype="<i2").reshape(-1, W)
+    assert (x == x[:, :1]).all(), "windows were split or mixed"
+    return [int(v) for v in x[:, 0]]
+
+
+def collect(
+    cfg: SegmenterConfig, probs: list[float], collector: UtteranceCollector | None = None
+) -> list[tuple[SegmentEvent, list[int]]]:
+    """Feed marked windows with `probs` through a segmenter and a collector, frame by frame."""
+    seg = Segmenter(cfg)
+    col = collector or UtteranceCollector(cfg)
+    done = []
+    for i, p in enumerate(probs):
+        col.push(marked(i))
+        event = seg.process(W_S, p)
+        if (utterance := col.advance(event)) is not None:
+            assert event is not None
+            done.append((event, window_ids(utterance)))
+    return done
+
+
+def test_collector_returns_the_utterance_with_its_pre_roll() -> None:
+    cfg = SegmenterConfig()
+    [(event, ids)] = collect(cfg, [0.0] * 100 + [0.9] * 60 + [0.0] * 40)
+    assert event is END
+    # pre_roll_s = 0.3 s = 9.4 windows: 10 whole windows, or 11.
+    assert ids[0] in (100 - 10, 100 - 11)
+    assert ids == list(range(ids[0], ids[-1] + 1))
+    assert ids[-1] == 159 + 19  # min_silence_s = 0.6 s = 19 windows of 32 ms
+
+
+def test_collector_pre_roll_is_what_there_is_when_speech_starts_at_once() -> None:
+    [(_, ids)] = collect(SegmenterConfig(), [0.9] * 30 + [0.0] * 30)
+    assert ids[0] == 0
+
+
+def test_collector_on_cut_holds_max_utterance_and_no_more() -> None:
+    cfg = SegmenterConfig(max_utterance_s=3.0)
+    done = collect(cfg, [0.0] * 50 + [0.9] * 200)
+    assert [e for e, _ in done] == [CUT, CUT]
+    first = done[0][1]
+    assert first[0] in (40, 39)
+    assert first[-1] == 50 + 94 - 1  # 3.0 s = 93.75 windows, counted from speech onset
+    # The next utterance begins where the cut one ended: nothing is heard twice.
+    assert done[1][1][0] == first[-1] + 1
+
+
+def test_collector_bound_holds_when_the_segmenter_runs_longer() -> None:
+    collector = UtteranceCollector(SegmenterConfig(max_utterance_s=1.0))
+    done = collect(SegmenterConfig(max_utterance_s=10.0), [0.9] * 400, collector)
+    [(event, ids)] = done
+    assert event is CUT
+    # pre_roll + min_speech = 0.55 s -> 18 windows; max_utterance 1.0 s -> 32 windows.
+    assert len(ids) == 18 + 32
+
+
+def test_collector_refuses_pushes_that_run_ahead_and_windows_not_pushed() -> None:
+    col = UtteranceCollector(SegmenterConfig(max_utterance_s=1.0))
+    with pytest.raises(ValueError, match="whole window"):
+        col.advance(None)
+    with pytest.raises(ValueError, match="ran ahead"):
+        col.push(bytes(16000 * 2 * 3))
+
+
+def test_collector_reset_drops_the_audio() -> None:
+    cfg = SegmenterConfig()
+    col = UtteranceCollector(cfg)
+    for i in range(20):
+        col.push(marked(i))
+        col.advance(START if i == 10 else None)
+    assert col.in_utterance
+    col.reset()
+    assert not col.in_utterance
+    col.push(marked(99))
+    assert col.advance(START) is None
+    col.push(marked(100))
+    assert window_ids(col.advance(END) or b"") == [99, 100]
