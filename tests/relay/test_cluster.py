@@ -1,0 +1,397 @@
+"""The cluster layer: LocalCluster in memory, and two RedisCluster nodes on one real Redis
+(presence, cross-node push with acks, replacement, TTL expiry, listing, outage, recovery)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from redis.asyncio import Redis
+
+from relay.cluster import (
+    Cluster,
+    LocalCluster,
+    NodeAck,
+    NodePush,
+    NodeReplace,
+    Presence,
+    PushResult,
+    decode_node_message,
+    encode_node_message,
+)
+from relay.cluster_redis import RedisCluster
+from tests.relay.redis_server import (  # noqa: F401 (pytest finds the fixture by name)
+    RedisServer,
+    free_port,
+    redis_server_fixture,
+)
+
+TTL_S = 1.0
+HEARTBEAT_S = 0.25
+
+
+class Node:
+    """One relay node as the cluster sees it: recording callbacks around a RedisCluster."""
+
+    def __init__(self, url: str, node_id: str, beat: float = HEARTBEAT_S) -> None:
+        self.id = node_id
+        ttl = max(TTL_S, 2 * beat)
+        self.cluster = RedisCluster(
+            url, node_id, presence_ttl_s=ttl, heartbeat_s=beat, op_timeout_s=0.5, backoff_max_s=0.2
+        )
+        self.held: dict[str, Presence] = {}
+        self.delivered: list[tuple[str, bytes]] = []
+        self.replaced: list[tuple[str, str]] = []
+        self.accept = True
+        self.hang = False
+        self.entered = asyncio.Event()
+
+    async def deliver(self, device_id: str, message: bytes) -> bool:
+        self.entered.set()
+        if self.hang:
+            await asyncio.Event().wait()
+        self.delivered.append((device_id, message))
+        return self.accept
+
+    async def replace(self, device_id: str, session_id: str) -> None:
+        self.replaced.append((device_id, session_id))
+        if (p := self.held.get(device_id)) is not None and p.session_id == session_id:
+            del self.held[device_id]
+
+    def local_devices(self) -> list[Presence]:
+        return list(self.held.values())
+
+    async def start(self) -> None:
+        await self.cluster.start(self.deliver, self.replace, self.local_devices)
+
+    async def connect(self, device_id: str, session_id: str = "", last_seen: float = 0) -> None:
+        now = time.time()
+        p = Presence(device_id, self.id, session_id or f"{self.id}-{device_id}", now, last_seen)
+        self.held[device_id] = p
+        await self.cluster.register(p)
+
+
+async def eventually(check: Callable[[], object], timeout: float = 3.0) -> None:
+    """Poll `check` (sync or async) until it is truthy; fail after `timeout`."""
+    async with asyncio.timeout(timeout):
+        while True:
+            result = check()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def two_nodes(url: str, heartbeat_s: float) -> AsyncIterator[tuple[Node, Node]]:
+    a, b = Node(url, "A", heartbeat_s), Node(url, "B", heartbeat_s)
+    await a.start()
+    await b.start()
+    try:
+        yield a, b
+    finally:
+        await a.cluster.stop()
+        await b.cluster.stop()
+
+
+@pytest.fixture
+async def nodes(redis_server: RedisServer) -> AsyncIterator[tuple[Node, Node]]:
+    async with two_nodes(redis_server.url, HEARTBEAT_S) as pair:
+        yield pair
+
+
+@pytest.fixture
+async def quiet_nodes(redis_server: RedisServer) -> AsyncIterator[tuple[Node, Node]]:
+    """Nodes whose heartbeat never runs during a test: only messages explain what happens."""
+    async with two_nodes(redis_server.url, 30.0) as pair:
+        yield pair
+
+
+@pytest.fixture
+async def raw_redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    r = Redis.from_url(redis_server.url)
+    yield r
+    await r.aclose()
+
+
+async def test_push_through_other_node_is_delivered_and_acked(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    await a.connect("d1")
+    message = b'{"type":"custom"}\n\x00binary\nlines'
+    assert await b.cluster.push("d1", message, 2.0) == PushResult(True, "A", None)
+    assert b.delivered == []
+    assert await a.cluster.push("d1", b"here", 1.0) == PushResult(True, "A", None)  # directly
+    assert a.delivered == [("d1", message), ("d1", b"here")]
+
+
+async def test_push_to_unknown_or_refusing_device_fails(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    assert await b.cluster.push("nobody", b"m", 1.0) == PushResult(False, None, "offline")
+    await a.connect("d1")
+    a.accept = False
+    assert await b.cluster.push("d1", b"m", 1.0) == PushResult(False, "A", "rejected")
+
+
+async def test_push_without_ack_times_out_within_bound(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    await a.connect("d1")
+    a.hang = True
+    t0 = time.monotonic()
+    assert await b.cluster.push("d1", b"m", 0.3) == PushResult(False, "A", "timeout")
+    assert 0.25 <= time.monotonic() - t0 < 1.0
+
+
+async def test_register_on_other_node_replaces_old_connection(
+    quiet_nodes: tuple[Node, Node],
+) -> None:
+    a, b = quiet_nodes
+    await a.connect("d1", "s-old")
+    await b.connect("d1", "s-new")
+    await eventually(lambda: a.replaced == [("d1", "s-old")])
+    found = await a.cluster.locate("d1")
+    assert found is not None
+    assert (found.node, found.session_id) == ("B", "s-new")
+    # A no longer claims d1: its pushes now go to B.
+    assert await a.cluster.push("d1", b"m", 1.0) == PushResult(True, "B", None)
+    assert b.delivered == [("d1", b"m")]
+    assert b.replaced == []
+
+
+async def test_concurrent_registrations_leave_one_winner(quiet_nodes: tuple[Node, Node]) -> None:
+    a, b = quiet_nodes
+    await asyncio.gather(a.connect("d1", "sa"), b.connect("d1", "sb"))
+    winner = await a.cluster.locate("d1")
+    assert winner is not None
+    loser = b if winner.node == "A" else a
+    await eventually(lambda: loser.replaced == [("d1", f"s{loser.id.lower()}")])
+    assert (a if loser is b else b).replaced == []
+
+
+async def test_unregister_removes_only_its_own_session(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    await a.connect("d1", "s1")
+    await b.connect("d1", "s2")
+    await a.cluster.unregister("d1", "s1")  # the replaced connection closing late
+    found = await b.cluster.locate("d1")
+    assert found is not None
+    assert found.session_id == "s2"
+    await b.cluster.unregister("d1", "s2")
+    assert await a.cluster.locate("d1") is None
+    assert await a.cluster.push("d1", b"m", 1.0) == PushResult(False, None, "offline")
+
+
+async def test_heartbeat_repairs_what_messages_missed(
+    nodes: tuple[Node, Node], raw_redis: Redis
+) -> None:
+    a, b = nodes
+    await a.connect("d1", "s1")
+    await a.connect("d2", "s2")
+    await raw_redis.delete("relay:dev:d2")  # Redis lost it (restarted between two commands)
+    # A newer registration on node Z whose replace message was lost during a blip.
+    await raw_redis.hset("relay:dev:d1", mapping={"node": "Z", "session_id": "sz"})
+    await eventually(lambda: a.replaced == [("d1", "s1")])
+    await eventually(lambda: _at(b, "d2", "A"))
+
+
+async def test_presence_outlives_ttl_while_node_lives_and_expires_when_it_dies(
+    nodes: tuple[Node, Node],
+) -> None:
+    a, b = nodes
+    await a.connect("d1")
+    await asyncio.sleep(TTL_S * 1.5)
+    assert (await b.cluster.locate("d1")) is not None  # renewed by A's heartbeat
+    await a.cluster.stop()  # a crash: nothing unregistered
+    assert await b.cluster.push("d1", b"m", 1.0) == PushResult(False, "A", "offline")
+    await eventually(lambda: _at(b, "d1", None), timeout=TTL_S + 0.5)
+    assert await b.cluster.list(None, 10) == ([], None)
+
+
+async def test_touch_reaches_redis_with_the_heartbeat(nodes: tuple[Node, Node]) -> None:
+    a, b = nodes
+    await a.connect("d1", "s1", last_seen=100.0)
+    await a.cluster.touch("d1", "s1")
+
+    async def fresh() -> bool:
+        found = await b.cluster.locate("d1")
+        return found is not None and found.last_seen > time.time() - 5
+
+    await eventually(fresh)
+
+
+async def _at(node: Node, device_id: str, where: str | None) -> bool:
+    """Whether `node` sees the device on node `where` (None: nowhere)."""
+    found = await node.cluster.locate(device_id)
+    return (found and found.node) == where
+
+
+async def test_list_pages_through_every_node(nodes: tuple[Node, Node], raw_redis: Redis) -> None:
+    a, b = nodes
+    for i in range(5):
+        await a.connect(f"a{i}")
+    for i in range(4):
+        await b.connect(f"b{i}")
+    await raw_redis.zadd("relay:devices", {"a2x-ghost": 0})  # its hash expired long ago
+    seen: list[Presence] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page, cursor = await b.cluster.list(cursor, 3)
+        assert len(page) <= 3
+        seen += page
+        pages += 1
+        if cursor is None:
+            break
+    assert [p.device_id for p in seen] == sorted(p.device_id for p in seen)
+    assert {(p.device_id, p.node) for p in seen} == {(f"a{i}", "A") for i in range(5)} | {
+        (f"b{i}", "B") for i in range(4)
+    }
+    assert pages == 4  # 3 + 3 (the ghost skipped, the page refilled) + 3 + an empty last
+    assert await raw_redis.zscore("relay:devices", "a2x-ghost") is None  # cleaned up lazily
+
+
+async def test_redis_outage_degrades_then_recovers(
+    nodes: tuple[Node, Node], redis_server: RedisServer
+) -> None:
+    a, b = nodes
+    await a.connect("d1")
+    await b.connect("d2")
+    await redis_server.kill()
+    await eventually(lambda: not a.cluster.available and not b.cluster.available)
+
+    assert await a.cluster.push("d1", b"local", 1.0) == PushResult(True, "A", None)
+    assert await b.cluster.push("d1", b"far", 1.0) == PushResult(False, None, "redis_unavailable")
+    await a.connect("d3")  # no exception: counted, applied when Redis returns
+    a.held["d4"] = Presence("d4", "A", "s4", 1.0, 1.0)  # rebuilt from local_devices()
+    await a.cluster.touch("d1", "A-d1")
+    await b.cluster.unregister("d2", "B-d2")
+    del b.held["d2"]
+    assert a.cluster.errors["register"] >= 1
+    assert b.cluster.errors["unregister"] >= 1
+    assert (await a.cluster.locate("d1")) is not None  # its own record
+    assert [p.device_id for p in (await a.cluster.list(None, 10))[0]] == ["d1", "d3"]
+
+    await redis_server.restart()  # empty: presence must be rebuilt
+    await eventually(lambda: a.cluster.available and b.cluster.available, timeout=5.0)
+    assert await _at(b, "d1", "A")
+    assert await _at(b, "d3", "A")
+    assert await _at(b, "d4", "A")
+    assert await b.cluster.locate("d2") is None
+    assert await b.cluster.push("d1", b"again", 1.0) == PushResult(True, "A", None)
+    assert a.delivered[-1] == ("d1", b"again")
+
+
+async def test_push_waiting_for_ack_fails_fast_when_redis_dies(
+    nodes: tuple[Node, Node], redis_server: RedisServer
+) -> None:
+    a, b = nodes
+    await a.connect("d1")
+    a.hang = True
+    push = asyncio.create_task(b.cluster.push("d1", b"m", 5.0))
+    await eventually(a.entered.is_set)
+    await redis_server.kill()
+    async with asyncio.timeout(1.0):
+        assert await push == PushResult(False, "A", "redis_unavailable")
+
+
+async def test_start_without_redis_does_not_fail() -> None:
+    node = Node(f"redis://127.0.0.1:{free_port()}/0", "A")
+    t0 = time.monotonic()
+    await node.start()
+    assert time.monotonic() - t0 < 3.0
+    assert not node.cluster.available
+    await node.connect("d1")
+    assert await node.cluster.push("d1", b"m", 1.0) == PushResult(True, "A", None)
+    assert await node.cluster.push("d9", b"m", 1.0) == PushResult(False, None, "redis_unavailable")
+    assert node.cluster.errors["register"] == 1
+    await node.cluster.stop()
+
+
+def test_both_implement_the_interface_and_timing_is_checked() -> None:
+    clusters: list[Cluster] = [LocalCluster(), RedisCluster("redis://127.0.0.1:1/0", "A")]
+    assert [c.node_id for c in clusters] == ["local", "A"]
+    with pytest.raises(ValueError, match="heartbeat_s"):
+        RedisCluster("redis://127.0.0.1:1/0", "A", presence_ttl_s=5, heartbeat_s=5)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        NodePush("r1", "B", "d1", 1.5, b"\n{}\x00"),
+        NodeAck("r1", True, None),
+        NodeAck("r2", False, "rejected"),
+        NodeReplace("d1", "s1"),
+    ],
+)
+def test_node_messages_round_trip(msg: NodePush | NodeAck | NodeReplace) -> None:
+    assert decode_node_message(encode_node_message(msg)) == msg
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"", None),
+        (b"not json\n", None),
+        (b"[1]\n", None),
+        (b'{"t":"push","id":"r","dev":"d","ttl":1}\n', None),  # no sender
+        (b'{"t":"push","id":"r","from":"B","dev":"d","ttl":0}\n', None),
+        (b'{"t":"ack","id":"r","ok":"yes"}\n', None),
+        (b'{"t":"replace","dev":"d"}', None),
+        (b'{"t":"other"}', None),
+        (b'{"t":"ack","id":"r","ok":false,"why":"<b>"}\n', NodeAck("r", False, None)),
+    ],
+)
+def test_foreign_node_messages_are_refused_or_sanitised(raw: bytes, expected: object) -> None:
+    assert decode_node_message(raw) == expected
+
+
+async def test_local_cluster_presence_and_listing() -> None:
+    c = LocalCluster("solo")
+    for i in (3, 1, 2):
+        await c.register(Presence(f"d{i}", "elsewhere", f"s{i}", 1.0, 1.0))
+    page, cursor = await c.list(None, 2)
+    assert [p.device_id for p in page] == ["d1", "d2"]
+    assert cursor == "d2"
+    assert all(p.node == "solo" for p in page)
+    assert await c.list(cursor, 2) == ([Presence("d3", "solo", "s3", 1.0, 1.0)], None)
+    await c.register(Presence("d1", "solo", "s1b", 2.0, 2.0))  # reconnected: newer wins
+    await c.unregister("d1", "s1")  # the old connection closing late
+    assert (await c.locate("d1")) == Presence("d1", "solo", "s1b", 2.0, 2.0)
+    await c.touch("d1", "s1b")
+    found = await c.locate("d1")
+    assert found is not None
+    assert found.last_seen > 2.0
+    await c.unregister("d1", "s1b")
+    assert await c.locate("d1") is None
+
+
+async def test_local_cluster_push_outcomes() -> None:
+    got: list[tuple[str, bytes]] = []
+
+    async def deliver(device_id: str, message: bytes) -> bool:
+        if device_id == "hangs":
+            await asyncio.Event().wait()
+        if device_id == "broken":
+            raise RuntimeError("link gone")
+        got.append((device_id, message))
+        return device_id != "refuses"
+
+    c = LocalCluster()
+    await c.start(deliver, _no_replace, lambda: [Presence("ok", "?", "s0", 0.0, 0.0)])
+    for d in ("refuses", "hangs", "broken"):
+        await c.register(Presence(d, "local", "s", 0.0, 0.0))
+    assert await c.push("ok", b"m", 1.0) == PushResult(True, "local", None)
+    assert await c.push("refuses", b"m", 1.0) == PushResult(False, "local", "rejected")
+    assert await c.push("hangs", b"m", 0.05) == PushResult(False, "local", "timeout")
+    assert await c.push("broken", b"m", 1.0) == PushResult(False, "local", "rejected")
+    assert await c.push("absent", b"m", 1.0) == PushResult(False, None, "offline")
+    assert got == [("ok", b"m"), ("refuses", b"m")]
+    await c.stop()
+
+
+async def _no_replace(device_id: str, session_id: str) -> None:
+    return None
