@@ -7,6 +7,7 @@ chunked / Content-Length / close-delimited bodies, TLS, keep-alive. It never ret
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 from collections import deque
@@ -19,6 +20,8 @@ READ_SIZE = 64 * 1024
 IDLE_TIMEOUT_S = 4.0  # below common server keep-alive timeouts (Node.js: 5 s)
 MAX_IDLE_PER_ORIGIN = 512
 USER_AGENT = "voice-relay/0.1"
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # RFC 9112 §7.1: chunk-size = 1*HEXDIG
+_FIELD_UNSAFE = re.compile(r"[\r\n\0]")
 
 
 class HTTPError(Exception):
@@ -59,8 +62,11 @@ class _Conn:
         self.idle_since = 0.0
 
     def usable(self, now: float) -> bool:
+        # Bytes that arrived while idle (a server's 408 before it closes) are no answer to
+        # the next request: such a connection is done. StreamReader has no public peek.
         return (
             now - self.idle_since < IDLE_TIMEOUT_S
+            and not self.reader._buffer  # type: ignore[attr-defined]
             and not self.reader.at_eof()
             and not self.writer.is_closing()
         )
@@ -105,8 +111,8 @@ class Response:
             raise HTTPError("connection closed before the response") from exc
         lines = head[:-4].decode("latin-1").split("\r\n")
         version, _, rest = lines[0].partition(" ")
-        code = rest[:3]
-        if version not in ("HTTP/1.1", "HTTP/1.0") or not code.isdigit():
+        code, _, _reason = rest.partition(" ")
+        if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not _digits(code):
             raise HTTPError("malformed status line")
         self.status = int(code)
         for line in lines[1:]:
@@ -120,17 +126,18 @@ class Response:
         self._keep_alive = (
             "close" not in conn_tokens if version == "HTTP/1.1" else "keep-alive" in conn_tokens
         )
-        if "chunked" in self.headers.get("transfer-encoding", "").lower():
+        self._chunked = False
+        self._remaining = None
+        if self.status in (204, 304) or self.status < 200:
+            self._remaining = 0  # never a body, whatever the headers say (RFC 9112 §6.3)
+        elif "chunked" in self.headers.get("transfer-encoding", "").lower():
             self._chunked = True
         elif (length := self.headers.get("content-length")) is not None:
-            if not length.isdigit():
+            if not _digits(length):
                 raise HTTPError("bad Content-Length")
             self._remaining = int(length)
         else:
             self._keep_alive = False  # the body ends when the server closes
-        if self.status in (204, 304):
-            self._remaining = 0
-            self._chunked = False
 
     async def read(self) -> bytes:
         """The next piece of the body as it arrives; b"" at its end."""
@@ -162,11 +169,14 @@ class Response:
                 if not data:
                     raise HTTPError("connection closed inside a chunk")
                 self._remaining -= len(data)
-                if self._remaining == 0:
-                    await reader.readexactly(2)  # CRLF after the chunk data
+                if self._remaining == 0 and await reader.readexactly(2) != b"\r\n":
+                    raise HTTPError("chunk data not followed by CRLF")
                 return data
             line = await reader.readuntil(b"\r\n")
-            size = int(line.split(b";", 1)[0].strip(), 16)
+            size_text = line[:-2].split(b";", 1)[0].rstrip(b" \t")
+            if not _CHUNK_SIZE.fullmatch(size_text):
+                raise HTTPError("bad chunk size")
+            size = int(size_text, 16)
             if size == 0:
                 while await reader.readuntil(b"\r\n") != b"\r\n":
                     pass  # trailers, ignored
@@ -213,7 +223,6 @@ class HTTPClient:
         if self._closed:
             raise HTTPError("client closed")
         key = (endpoint.scheme, endpoint.host, endpoint.port)
-        conn = self._take(key) or await self._connect(endpoint, connect_timeout_s)
         lines = [
             f"POST {endpoint.target} HTTP/1.1",
             f"Host: {endpoint.host_header}",
@@ -221,8 +230,13 @@ class HTTPClient:
             "Accept-Encoding: identity",
             f"Content-Length: {len(body)}",
         ]
-        lines.extend(f"{name}: {value}" for name, value in headers.items())
+        for name, value in headers.items():
+            if _FIELD_UNSAFE.search(name) or _FIELD_UNSAFE.search(value) or ":" in name:
+                raise ValueError(f"unsafe header {name!r}")
+            lines.append(f"{name}: {value}")
+        # Encoded before a connection is taken: an unencodable head leaks none.
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        conn = self._take(key) or await self._connect(endpoint, connect_timeout_s)
         resp = Response(self, key, conn)
         try:
             conn.writer.write(head + body)
@@ -268,7 +282,9 @@ class HTTPClient:
     async def _connect(self, endpoint: Endpoint, timeout_s: float) -> _Conn:
         ctx: ssl.SSLContext | None = None
         if endpoint.scheme == "https":
-            ctx = self._ssl or ssl.create_default_context()
+            if self._ssl is None:  # built once: it loads the system CA store
+                self._ssl = ssl.create_default_context()
+            ctx = self._ssl
         try:
             async with asyncio.timeout(timeout_s):
                 reader, writer = await asyncio.open_connection(
@@ -281,3 +297,8 @@ class HTTPClient:
         except TimeoutError as exc:
             raise HTTPError("connect timed out") from exc
         return _Conn(reader, writer)
+
+
+def _digits(text: str) -> bool:
+    # str.isdigit() alone accepts "²" and other non-ASCII digits, which int() rejects.
+    return text.isascii() and text.isdigit()

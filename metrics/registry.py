@@ -94,6 +94,89 @@ class Metrics:
         self.tts_errors = Counter(
             "relay_tts_errors_total", "Answers or sentences that failed to synthesise.", registry=r
         )
+        self.audio_errors = Counter(
+            "relay_audio_errors_total",
+            "Uplink audio packets that could not be decoded (garbage Opus, bad PCM size).",
+            registry=r,
+        )
+        self.audio_dropped = Counter(
+            "relay_audio_dropped_total",
+            "Uplink audio packets dropped, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.vad_segments = Counter(
+            "relay_vad_segments_total", "Utterances the VAD found in device audio.", registry=r
+        )
+        self.barge_ins = Counter(
+            "relay_barge_ins_total",
+            "Answers cut because the user spoke (realtime mode).",
+            registry=r,
+        )
+        self.wake_words = Counter(
+            "relay_wake_words_total", "listen detect messages without a text to speak.", registry=r
+        )
+        self.asr_latency = Histogram(
+            "relay_asr_seconds",
+            "From the end of an utterance to its text, by ASR provider.",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tts_latency = Histogram(
+            "relay_tts_seconds",
+            "Synthesis time of one sentence, by TTS provider.",
+            ["provider"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.speech_to_audio = Histogram(
+            "relay_speech_end_to_first_audio_seconds",
+            "From the end of the user's speech to the first answer audio frame sent.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.provider_errors = Counter(
+            "relay_provider_errors_total",
+            "ASR/TTS provider failures, by kind (asr, tts) and provider name.",
+            ["kind", "provider"],
+            registry=r,
+        )
+        self.redis_ops = Counter(
+            "relay_redis_operations_total",
+            "Cluster-layer Redis operations, by operation.",
+            ["op"],
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "relay_redis_errors_total",
+            "Cluster-layer Redis operations that failed, by operation.",
+            ["op"],
+            registry=r,
+        )
+        self.push = Counter(
+            "relay_push_total",
+            "Pushes through the HTTP API, by result (delivered or the reason it was not).",
+            ["result"],
+            registry=r,
+        )
+        self.message_bytes = Counter(
+            "relay_message_bytes_total",
+            "Bytes of device text messages and audio, by type and direction.",
+            ["type", "direction"],
+            registry=r,
+        )
+        self.pacing_lead = Histogram(
+            "relay_pacing_lead_seconds",
+            "Audio queued on the device beyond now when a frame is sent (PROTOCOL.md §1.6).",
+            buckets=(0.0, 0.06, 0.12, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0),
+            registry=r,
+        )
+        self.tts_fallbacks = Counter(
+            "relay_tts_fallbacks_total",
+            "Answers whose tts_provider is not configured; spoken by the default provider.",
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         """The text format for `/metrics`; with several workers, merged over all of them."""

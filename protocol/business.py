@@ -82,13 +82,17 @@ def classify(event: BusinessEvent) -> Speak | None:
     answer = event.details.get("answer")
     if not isinstance(answer, str):
         return None
-    d = event.details
+    return speak_with_voice(answer, event.details)
+
+
+def speak_with_voice(answer: str, voice: dict[str, Any]) -> Speak:
+    """`answer` with the voice fields of a chat event's details (or a push's `voice`)."""
     return Speak(
         answer=answer,
-        tts_provider=_str_or_none(d.get("tts_provider")),
-        voice_type=_str_or_none(d.get("voice_type")),
-        speed_ratio=_ratio(d.get("speed_ratio")),
-        pitch_ratio=_ratio(d.get("pitch_ratio")),
+        tts_provider=_str_or_none(voice.get("tts_provider")),
+        voice_type=_str_or_none(voice.get("voice_type")),
+        speed_ratio=_ratio(voice.get("speed_ratio")),
+        pitch_ratio=_ratio(voice.get("pitch_ratio")),
     )
 
 

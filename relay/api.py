@@ -28,6 +28,18 @@ def api_error(status: int, error_type: str, error: str, hint: str = "") -> web.R
     return web.json_response({"error": error, "errorType": error_type, "hint": hint}, status=status)
 
 
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """The request body, or None when it is over `limit` bytes (chunked bodies included)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 @web.middleware
 async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     """Bearer tokens from `[api] tokens` on `/api/` and `/metrics`; without tokens, loopback
@@ -48,15 +60,9 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
 async def simulate(request: web.Request) -> web.StreamResponse:
     """`POST /api/v1/simulate`: run one turn as a device would, answer as SSE."""
     relay = request.app[RELAY_KEY]
-    # Count what is read: a chunked body has no Content-Length.
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > MAX_SIMULATE_BODY:
-            return api_error(413, "too_large", f"body over {MAX_SIMULATE_BODY} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    raw = await read_body(request, MAX_SIMULATE_BODY)
+    if raw is None:
+        return api_error(413, "too_large", f"body over {MAX_SIMULATE_BODY} bytes")
     try:
         body = jsonutil.loads(raw)
     except ValueError:

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import aiohttp
 from aiohttp import web
+from redis.asyncio import Redis
 
-from asr_tts.embedded import EmbeddedTTS
-from asr_tts.speaker import Speaker
 from bridges.business import BusinessClient
 from bridges.http import HTTPClient
 from metrics.registry import Metrics
 from protocol.codes import CloseCode
-from relay import api
+from relay import api, api_devices
+from relay.cluster import Cluster, LocalCluster, Presence
+from relay.cluster_redis import RedisCluster
 from relay.config import Config
 from relay.context import Relay
+from relay.device_auth import DeviceAuthenticator
+from relay.providers import build_speaker, build_voice
 from relay.turn import TurnDeps
-from relay.ws import RELAY_KEY, idle_sweeper, websocket_handler
+from relay.ws import RELAY_KEY, idle_sweeper, presence_of, websocket_handler
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,9 @@ def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicati
         app.router.add_get(path, websocket_handler)
         app.router.add_get(path.rstrip("/"), websocket_handler)
     app.router.add_post("/api/v1/simulate", api.simulate)
+    app.router.add_post("/api/v1/devices/{device_id}/messages", api_devices.push)
+    app.router.add_get("/api/v1/devices", api_devices.list_devices)
+    app.router.add_get("/api/v1/devices/{device_id}", api_devices.get_device)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)
@@ -46,11 +55,16 @@ def _resources(
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="relay-codec")
-        http = HTTPClient()
-        tts = EmbeddedTTS(
-            max_concurrency=config.tts.max_concurrency, timeout_s=config.tts.timeout_s
+        audio_executor = ThreadPoolExecutor(
+            max_workers=config.vad.audio_threads, thread_name_prefix="relay-audio"
         )
-        speaker = Speaker({tts.name: tts}, config.tts.provider, executor)
+        http = HTTPClient()
+        # Cloud ASR/TTS providers: low request rates, WebSockets, multipart: aiohttp's client.
+        cloud = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+        speaker = build_speaker(config, cloud, executor, metrics)
+        voice = build_voice(config, cloud, audio_executor, metrics)
+        redis = Redis.from_url(config.redis.url) if config.redis.url else None
+        cluster = build_cluster(config)
         targets = {b.name: b.target() for b in config.business}
         device_targets = {d: targets[b.name] for b in config.business for d in b.devices}
         app[RELAY_KEY] = Relay(
@@ -60,15 +74,37 @@ def _resources(
             targets=targets,
             default_target=targets[config.business[0].name] if config.business else None,
             device_targets=device_targets,
+            voice=voice,
+            cluster=cluster,
+            authenticator=DeviceAuthenticator(config.auth, redis),
         )
+        relay = app[RELAY_KEY]
+
+        async def deliver(device_id: str, message: bytes) -> bool:
+            return await api_devices.deliver(relay, device_id, message)
+
+        async def replace(device_id: str, session_id: str) -> None:
+            conn = relay.connections.get(device_id)
+            if conn is not None and conn.link.session_id == session_id:
+                conn.link.request_close(CloseCode.REPLACED)
+
+        def local_devices() -> list[Presence]:
+            return [presence_of(c, cluster.node_id) for c in relay.connections.values()]
+
+        await cluster.start(deliver, replace, local_devices)
         sweeper = asyncio.get_running_loop().create_task(idle_sweeper(app[RELAY_KEY]))
         try:
             yield
         finally:
             sweeper.cancel()
             await asyncio.wait([sweeper])
+            await cluster.stop()
+            if redis is not None:
+                await redis.aclose()
             await http.close()
+            await cloud.close()
             executor.shutdown(wait=False, cancel_futures=True)
+            audio_executor.shutdown(wait=False, cancel_futures=True)
 
     return ctx
 
@@ -79,3 +115,16 @@ async def _close_devices(app: web.Application) -> None:
     relay.draining.set()
     for conn in list(relay.connections.values()):
         conn.link.request_close(CloseCode.GOING_AWAY)
+
+
+def build_cluster(config: Config) -> Cluster:
+    """The cluster layer: Redis when `[redis] url` is set, else this node alone in memory."""
+    node_id = config.redis.node_id or f"{socket.gethostname()}-{os.getpid()}"
+    if not config.redis.url:
+        return LocalCluster(node_id)
+    return RedisCluster(
+        config.redis.url,
+        node_id,
+        presence_ttl_s=config.redis.presence_ttl_s,
+        heartbeat_s=config.redis.heartbeat_s,
+    )

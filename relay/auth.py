@@ -8,7 +8,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from relay.config import ApiConfig, AuthConfig
+from relay.config import ApiConfig
 
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-]?)(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$")
 MAX_DEVICE_ID = 64
@@ -23,15 +23,17 @@ class Handshake:
     token: str
     protocol_version: int
     agent_id: str
+    raw_device_id: str = ""  # as sent: HMAC tokens are signed over it
 
 
 class HandshakeError(ValueError):
     """The handshake cannot be accepted; `reason` is a small fixed label."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, status: int = 401) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
+        self.status = status
 
 
 def canonical_device_id(raw: str) -> str:
@@ -54,10 +56,13 @@ def parse_handshake(headers: Mapping[str, str], query: Mapping[str, str]) -> Han
 
     version_raw = get("Protocol-Version") or "1"
     if version_raw not in ("1", "2", "3"):
-        raise HandshakeError("bad_version", "Protocol-Version must be 1, 2 or 3")
-    device_id = canonical_device_id(get("Device-Id"))
+        raise HandshakeError("bad_version", "Protocol-Version must be 1, 2 or 3", 400)
+    raw_device_id = get("Device-Id")
+    device_id = canonical_device_id(raw_device_id)
     if not device_id:
-        raise HandshakeError("no_device_id", "Device-Id header or device-id parameter required")
+        raise HandshakeError(
+            "no_device_id", "Device-Id header or device-id parameter required", 400
+        )
     token = get("Authorization")
     if token[:7].lower() == "bearer ":
         token = token[7:].strip()
@@ -67,6 +72,7 @@ def parse_handshake(headers: Mapping[str, str], query: Mapping[str, str]) -> Han
         token=token,
         protocol_version=int(version_raw),
         agent_id=get("X-Agent-ID"),
+        raw_device_id=raw_device_id,
     )
 
 
@@ -76,14 +82,6 @@ def contains_token(token: str, allowed: Iterable[str]) -> bool:
     for candidate in allowed:
         found |= hmac.compare_digest(token.encode(), candidate.encode())
     return found
-
-
-def authenticate_device(hs: Handshake, cfg: AuthConfig) -> None:
-    """Raise `HandshakeError` when the device may not connect (answered 401, §1.1)."""
-    if cfg.allowed_devices and hs.device_id not in cfg.allowed_devices:
-        raise HandshakeError("device_not_allowed", "device is not allowed on this relay")
-    if cfg.mode == "tokens" and not (hs.token and contains_token(hs.token, cfg.tokens)):
-        raise HandshakeError("bad_token", "missing or invalid device token")
 
 
 def api_allowed(authorization: str | None, remote: str | None, cfg: ApiConfig) -> bool:

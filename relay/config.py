@@ -42,9 +42,11 @@ class ServerConfig:
 class AuthConfig:
     """`[auth]`: how devices authenticate at the handshake."""
 
-    mode: Literal["none", "tokens"] = "none"
-    tokens: tuple[str, ...] = ()
-    allowed_devices: tuple[str, ...] = ()
+    mode: Literal["none", "tokens", "hmac", "redis"] = "none"
+    tokens: tuple[str, ...] = ()  # mode "tokens"
+    allowed_devices: tuple[str, ...] = ()  # empty = every device id
+    hmac_secret: str = ""  # mode "hmac": the xiaozhi-compatible signed token
+    hmac_max_age_s: float = 30 * 24 * 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +78,86 @@ class BusinessConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OpenAITTSConfig:
+    """`[tts.openai]`: an OpenAI-compatible speech endpoint; empty base_url = not configured."""
+
+    base_url: str = ""
+    api_key: str = ""
+    model: str = "tts-1"
+    voice: str = "alloy"
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HuoshanTTSConfig:
+    """`[tts.huoshan]`: Volcengine HTTP TTS; empty appid = not configured."""
+
+    url: str = "https://openspeech.bytedance.com/api/v1/tts"
+    appid: str = ""
+    token: str = ""
+    cluster: str = "volcano_tts"
+    voice: str = "BV001_streaming"
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class TTSConfig:
     """`[tts]`: the default provider and the downlink audio the relay declares (§1.2)."""
 
-    provider: Literal["embedded"] = "embedded"
+    provider: Literal["embedded", "openai", "huoshan"] = "embedded"
     max_concurrency: int = 4
     timeout_s: float = 20.0
     downlink_sample_rate: int = 24000
     frame_duration_ms: int = 60
+    cache_mb: int = 32  # encoded frames of recent sentences; 0 = no cache
+    first_segment_chars: int = 24  # cut a long first sentence early for fast first audio
+    openai: OpenAITTSConfig = field(default_factory=OpenAITTSConfig)
+    huoshan: HuoshanTTSConfig = field(default_factory=HuoshanTTSConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIASRConfig:
+    """`[asr.openai]`: a Whisper-compatible transcription endpoint."""
+
+    base_url: str = ""
+    api_key: str = ""
+    model: str = "whisper-1"
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class VolcengineASRConfig:
+    """`[asr.volcengine]`: Volcengine streaming ASR over WebSocket."""
+
+    url: str = "wss://openspeech.bytedance.com/api/v2/asr"
+    appid: str = ""
+    token: str = ""
+    cluster: str = ""
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class ASRConfig:
+    """`[asr]`: which provider recognises speech, and its settings."""
+
+    provider: Literal["embedded", "openai", "volcengine"] = "embedded"
+    language: str = ""  # empty: the provider's default
+    pool_size: int = 2  # embedded: pocketsphinx decoders (~90 MB each)
+    timeout_s: float = 20.0
+    openai: OpenAIASRConfig = field(default_factory=OpenAIASRConfig)
+    volcengine: VolcengineASRConfig = field(default_factory=VolcengineASRConfig)
+
+
+@dataclass(frozen=True, slots=True)
+class VADConfig:
+    """`[vad]`: Silero VAD and the utterance segmenter."""
+
+    threshold: float = 0.5
+    min_speech_s: float = 0.25
+    min_silence_s: float = 0.6
+    pre_roll_s: float = 0.3
+    max_utterance_s: float = 15.0
+    audio_threads: int = 2  # decode + VAD executor threads
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +172,10 @@ class RedisConfig:
     """`[redis]`: empty url = single node, all state in memory."""
 
     url: str = ""
+    node_id: str = ""  # empty: <hostname>-<pid>
+    presence_ttl_s: float = 30.0
+    heartbeat_s: float = 10.0
+    push_timeout_s: float = 3.0  # how long a push waits for the owning node's ack
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +193,8 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     business: tuple[BusinessConfig, ...] = ()
     tts: TTSConfig = field(default_factory=TTSConfig)
+    asr: ASRConfig = field(default_factory=ASRConfig)
+    vad: VADConfig = field(default_factory=VADConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -151,6 +231,28 @@ def parse(data: Mapping[str, Any]) -> Config:
     if cfg.tts.frame_duration_ms not in OPUS_FRAME_MS:
         lengths = ", ".join(map(str, OPUS_FRAME_MS))
         raise ConfigError(f"tts.frame_duration_ms: Opus frames are {lengths} ms")
+    if cfg.tts.provider == "openai" and not cfg.tts.openai.base_url:
+        raise ConfigError('tts.openai.base_url: required when tts.provider = "openai"')
+    if cfg.tts.provider == "huoshan" and not (cfg.tts.huoshan.appid and cfg.tts.huoshan.token):
+        raise ConfigError('tts.huoshan.appid: appid and token required for provider "huoshan"')
+    if cfg.asr.provider == "openai" and not cfg.asr.openai.base_url:
+        raise ConfigError('asr.openai.base_url: required when asr.provider = "openai"')
+    if cfg.asr.provider == "volcengine" and not (
+        cfg.asr.volcengine.appid and cfg.asr.volcengine.token
+    ):
+        raise ConfigError('asr.volcengine.appid: appid and token required for "volcengine"')
+    if not 0 < cfg.vad.threshold <= 1:
+        raise ConfigError("vad.threshold: must be in (0, 1]")
+    if cfg.vad.max_utterance_s <= cfg.vad.min_speech_s:
+        raise ConfigError("vad.max_utterance_s: must exceed vad.min_speech_s")
+    if cfg.auth.mode == "hmac" and not cfg.auth.hmac_secret:
+        raise ConfigError('auth.hmac_secret: mode "hmac" needs a secret')
+    if cfg.auth.mode == "redis" and not cfg.redis.url:
+        raise ConfigError('auth.mode: "redis" needs [redis] url')
+    if cfg.redis.url and not cfg.redis.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis.url: must be a redis://, rediss:// or unix:// URL")
+    if cfg.redis.heartbeat_s >= cfg.redis.presence_ttl_s:
+        raise ConfigError("redis.heartbeat_s: must be shorter than redis.presence_ttl_s")
     if cfg.auth.mode == "tokens" and not cfg.auth.tokens:
         raise ConfigError('auth.tokens: mode "tokens" needs at least one token')
     return cfg

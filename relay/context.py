@@ -7,11 +7,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from asr_tts.audio import DownlinkFormat
+from asr_tts.uplink import UplinkFormat
 from bridges.business import BusinessTarget
 from metrics.registry import Metrics
 from protocol.device import AudioParams
+from relay.cluster import Cluster
 from relay.config import Config
+from relay.device_auth import DeviceAuthenticator
 from relay.turn import TurnDeps
+from relay.voice import VoiceDeps
 
 if TYPE_CHECKING:
     from relay.ws import Connection
@@ -27,8 +31,22 @@ class Relay:
     targets: dict[str, BusinessTarget]
     default_target: BusinessTarget | None
     device_targets: dict[str, BusinessTarget]
+    cluster: Cluster
+    authenticator: DeviceAuthenticator
+    voice: VoiceDeps | None = None
     connections: dict[str, Connection] = field(default_factory=dict)
+    _synced: dict[tuple[str, str], int] = field(default_factory=dict)
     draining: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def sync_cluster_metrics(self) -> None:
+        """Copy the cluster layer's operation and error counts into Prometheus counters."""
+        for kind, counts in (("ops", self.cluster.ops), ("errors", self.cluster.errors)):
+            metric = self.metrics.redis_ops if kind == "ops" else self.metrics.redis_errors
+            for op, n in counts.items():
+                before = self._synced.get((kind, op), 0)
+                if n > before:
+                    metric.labels(op).inc(n - before)
+                    self._synced[(kind, op)] = n
 
     def target_for(self, device_id: str, agent_id: str = "") -> BusinessTarget | None:
         """Business choice (PROTOCOL.md §2.5): agent id, then device assignment, then default."""
@@ -47,6 +65,16 @@ class Relay:
         return AudioParams(
             "opus", tts.downlink_sample_rate, 1, tts.frame_duration_ms, uplink.play_buffer_duration
         )
+
+    @staticmethod
+    def uplink_format(params: AudioParams) -> UplinkFormat | None:
+        """The decoder's view of the device's declared uplink; None when unusable."""
+        try:
+            return UplinkFormat(
+                params.format, params.sample_rate, params.channels, params.frame_duration
+            )
+        except ValueError:
+            return None
 
     @staticmethod
     def downlink_format(params: AudioParams) -> DownlinkFormat:

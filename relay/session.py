@@ -9,13 +9,15 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from asr_tts.audio import DownlinkFormat
+from asr_tts.uplink import UplinkFormat
 from bridges.business import BusinessTarget
 from protocol import device
-from protocol.business import chat_request
+from protocol.business import Speak, chat_request, envelope
 from protocol.codes import BusinessError, DeviceError
 from protocol.device import Abort, Custom, DeviceMessage, Hello, Listen, Mcp, Ping
 from relay.link import Link
 from relay.turn import Turn, TurnDeps
+from relay.voice import Listener, VoiceDeps
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,8 @@ class Session:
         device_id: str,
         target: BusinessTarget | None,
         max_passthrough: int,
+        voice: VoiceDeps | None = None,
+        uplink: UplinkFormat | None = None,
     ) -> None:
         self.link = link
         self.device_id = device_id
@@ -40,6 +44,9 @@ class Session:
         self._downlink = downlink
         self._max_passthrough = max_passthrough
         self._speech_lock = asyncio.Lock()
+        self._voice = voice
+        self._uplink = uplink
+        self._listener: Listener | None = None
         self._chat: tuple[asyncio.Task[None], Turn] | None = None
         self._passthrough: dict[asyncio.Task[None], Turn] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # every task this session owns
@@ -61,11 +68,11 @@ class Session:
         """Dispatch one decoded device message; long work goes to owned tasks."""
         self._handlers[type(msg)](msg)
 
-    def chat(self, text: str) -> asyncio.Task[None]:
+    def chat(self, text: str, speech_end: float | None = None) -> asyncio.Task[None]:
         """Start a chat turn for `text`, replacing the running one (§2.1)."""
         ts = time.time_ns() // 1_000_000
         body = chat_request(self.device_id, text, self.session_id, ts)
-        turn = self._turn("chat", always_stop=True)
+        turn = self._turn("chat", always_stop=True, speech_end=speech_end)
         return self._start_chat(turn, self._run(turn, body, self.session_id))
 
     def custom(self, msg: Custom) -> asyncio.Task[None] | None:
@@ -80,8 +87,11 @@ class Session:
         task.add_done_callback(lambda t: self._passthrough.pop(t, None))
         return task
 
-    async def abort(self) -> None:
-        """Cut the current answer: cancel the chat turn and any speech (§1.3, `abort`)."""
+    async def abort(self, *, keep_listening: bool = False) -> None:
+        """Cut the current answer: cancel recognition in flight, the chat turn and any
+        speech (§1.3, `abort`); a barge-in keeps the utterance being captured."""
+        if self._listener is not None and not keep_listening:
+            await self._listener.cancel()
         spoke = False
         tasks: list[asyncio.Task[None]] = []
         if self._chat is not None:
@@ -103,6 +113,8 @@ class Session:
 
     async def close(self) -> None:
         """Cancel every turn of this session and wait for them to finish."""
+        if self._listener is not None:
+            await self._listener.close()
         self._chat = None
         tasks = list(self._tasks)
         for task in tasks:
@@ -117,11 +129,74 @@ class Session:
 
     # ---- handlers ---------------------------------------------------------------------
 
+    def push_command(self, command_raw: bytes) -> None:
+        """A pushed business-style event, passed through in the envelope (§2.4, "push")."""
+        ts = time.time_ns() // 1_000_000
+        self.link.send_json(envelope(self.session_id, "push", command_raw, ts), "custom")
+
+    def push_speak(self, sp: Speak) -> None:
+        """Pushed text to speak; queued behind any answer being spoken (the speech lock)."""
+        turn = self._turn("push", always_stop=False)
+        self._own(turn.speak(sp))
+
+    def on_audio(self, packet: bytes) -> None:
+        """One uplink audio packet (§1.4) for the microphone pipeline."""
+        listener = self._listener
+        if listener is None or listener.mode is None:
+            self._deps.metrics.audio_dropped.labels("not_listening").inc()
+        elif not listener.feed(packet):
+            self._deps.metrics.audio_dropped.labels("backlog").inc()
+
     def _on_listen(self, msg: Listen) -> None:
-        if msg.state == "detect" and msg.text_response:
-            turn = self._turn("chat", always_stop=False)
-            self._start_chat(turn, turn.speak_text(msg.text_response))
-        # Audio capture (start/stop) and wake words without a response: the voice issue.
+        if msg.state == "detect":
+            if msg.text_response:
+                turn = self._turn("chat", always_stop=False)
+                self._start_chat(turn, turn.speak(Speak(answer=msg.text_response)))
+            else:
+                self._deps.metrics.wake_words.inc()  # a wake word alone asks nothing (§1.3)
+            return
+        listener = self._listener or self._make_listener()
+        if listener is None:
+            return
+        if msg.state == "start":
+            listener.start(msg.mode or "auto")
+        else:
+            listener.stop()
+
+    def _make_listener(self) -> Listener | None:
+        if self._voice is None or self._uplink is None:
+            self.link.send_json(device.error(self.session_id, DeviceError.NOT_READY), "error")
+            return None
+        self._listener = Listener(
+            self._voice,
+            self._uplink,
+            on_speech=self._on_speech,
+            on_text=self._on_text,
+            device_id=self.device_id,
+        )
+        return self._listener
+
+    def _on_speech(self) -> None:
+        # Realtime mode (§1.3): speech while the device is speaking interrupts the answer.
+        listener = self._listener
+        if listener is None or listener.mode != "realtime" or not self._speaking():
+            return
+        self._deps.metrics.barge_ins.inc()
+        self._own(self.abort(keep_listening=True))
+
+    def _speaking(self) -> bool:
+        turns = list(self._passthrough.values())
+        if self._chat is not None and not self._chat[0].done():
+            turns.append(self._chat[1])
+        return any(t.speech is not None and t.speech.started for t in turns)
+
+    def _on_text(self, text: str, speech_end: float) -> None:
+        self.link.send_json(device.stt(self.session_id, text), "stt")
+        if text:
+            self.chat(text, speech_end)
+        else:
+            # Nothing heard (silence, provider error): a clear end, never a hang.
+            self.link.send_json(device.tts_stop(self.session_id, aborted=False), "tts")
 
     def _on_abort(self, _msg: Abort) -> None:
         self._own(self.abort())
@@ -140,7 +215,9 @@ class Session:
 
     # ---- turns ------------------------------------------------------------------------
 
-    def _turn(self, request_type: str, *, always_stop: bool) -> Turn:
+    def _turn(
+        self, request_type: str, *, always_stop: bool, speech_end: float | None = None
+    ) -> Turn:
         return Turn(
             self.link,
             self._deps,
@@ -148,6 +225,7 @@ class Session:
             self._speech_lock,
             request_type=request_type,
             always_stop=always_stop,
+            speech_end=speech_end,
         )
 
     async def _run(self, turn: Turn, body: bytes, expected: str) -> None:

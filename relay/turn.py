@@ -47,8 +47,16 @@ class Speech:
     """Speaks one answer: `tts start`, then per sentence a caption and paced frames, then
     `tts stop` once the last frame is sent. Holds the session's speech lock throughout."""
 
-    def __init__(self, link: Link, deps: TurnDeps, fmt: DownlinkFormat, lock: asyncio.Lock) -> None:
+    def __init__(
+        self,
+        link: Link,
+        deps: TurnDeps,
+        fmt: DownlinkFormat,
+        lock: asyncio.Lock,
+        speech_end: float | None = None,
+    ) -> None:
         self._link = link
+        self._speech_end = speech_end  # monotonic end of the user's speech, if any
         self._deps = deps
         self._fmt = fmt
         self._lock = lock
@@ -77,6 +85,10 @@ class Speech:
                     link.send_json(device.sentence_start(sid, text), "tts")
                     for frame in frames:
                         await link.paced_audio(frame)
+                        if self._speech_end is not None:
+                            delay = time.monotonic() - self._speech_end
+                            self._deps.metrics.speech_to_audio.observe(delay)
+                            self._speech_end = None
         except TTSError as exc:
             # The rest of this answer cannot be heard; later answers may still be.
             self._deps.metrics.tts_errors.inc()
@@ -95,6 +107,7 @@ class Turn:
         *,
         request_type: str,
         always_stop: bool,
+        speech_end: float | None = None,
     ) -> None:
         self._link = link
         self._deps = deps
@@ -102,14 +115,15 @@ class Turn:
         self._lock = speech_lock
         self.request_type = request_type
         self._always_stop = always_stop  # chat turns end with `tts stop` even when silent
+        self._speech_end = speech_end
         self.speech: Speech | None = None
 
-    async def speak_text(self, text: str) -> None:
-        """Speak `text` directly, with no business request (listen detect `text_response`)."""
+    async def speak(self, sp: Speak) -> None:
+        """Speak directly, with no business request (`text_response`, pushed speech)."""
         speech = self._speech()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(speech.run())
-            await speech.queue.put(Speak(answer=text))
+            await speech.queue.put(sp)
             await speech.queue.put(None)
 
     async def run(self, target: BusinessTarget, body: bytes, expected_session: str) -> None:
@@ -146,7 +160,7 @@ class Turn:
 
     def _speech(self) -> Speech:
         if self.speech is None:
-            self.speech = Speech(self._link, self._deps, self._fmt, self._lock)
+            self.speech = Speech(self._link, self._deps, self._fmt, self._lock, self._speech_end)
         return self.speech
 
     def _envelope(self, event_raw: bytes) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -13,7 +14,8 @@ from protocol import device
 from protocol.binary import FrameType, decode_frame
 from protocol.codes import CloseCode, DeviceError, ProtocolError
 from protocol.device import Hello
-from relay.auth import Handshake, HandshakeError, authenticate_device, parse_handshake
+from relay.auth import Handshake, HandshakeError, parse_handshake
+from relay.cluster import Presence
 from relay.context import Relay
 from relay.link import WebSocketLink
 from relay.session import Session
@@ -69,9 +71,13 @@ class Connection:
             device_id=hs.device_id,
             target=relay.target_for(hs.device_id, hs.agent_id),
             max_passthrough=cfg.server.max_passthrough_per_session,
+            voice=relay.voice,
+            uplink=relay.uplink_format(hello.audio_params),
         )
         self.log = DeviceLog(log, {"device": hs.device_id})
-        self.last_rx = asyncio.get_running_loop().time()
+        self.last_rx = self.started = asyncio.get_running_loop().time()
+        self.connected_at = time.time()
+        self.touched = self.last_rx  # last_rx already reported to the cluster
         self.task: asyncio.Task[Any] | None = None  # the reader, once running
         self._bad_frame_reported = False
 
@@ -130,7 +136,8 @@ class Connection:
             if frame.type is FrameType.JSON:
                 self._on_text(frame.payload)
             else:
-                m.audio_frames.labels("in").inc()  # recognised by the voice pipeline (issue 3)
+                m.audio_frames.labels("in").inc()
+                self.session.on_audio(frame.payload)
         elif msg.type == WSMsgType.ERROR:
             self.log.info("websocket error: %s", type(self.ws.exception()).__name__)
             return False
@@ -218,11 +225,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         return _reject(503, "draining", "relay is shutting down")
     try:
         hs = parse_handshake(request.headers, request.query)
-        authenticate_device(hs, relay.config.auth)
+        await relay.authenticator.check(hs)
     except HandshakeError as exc:
         m.handshake_rejected.labels(exc.reason).inc()
-        status = 400 if exc.reason in ("bad_version", "no_device_id") else 401
-        return _reject(status, exc.reason, exc.message)
+        return _reject(exc.status, exc.reason, exc.message)
     ws = web.WebSocketResponse(
         max_msg_size=relay.config.server.max_message_bytes,
         compress=False,
@@ -246,7 +252,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         previous.link.request_close(CloseCode.REPLACED)
     m.connections_opened.inc()
     m.connections_active.inc()
+    sid = conn.link.session_id
     try:
+        # Presence, and on another node the old connection of this device closes with 4001.
+        await relay.cluster.register(presence_of(conn, relay.cluster.node_id))
         await conn.run()
     finally:
         m.connections_active.dec()
@@ -254,13 +263,25 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         m.connections_closed.labels(str(int(code))).inc()
         if relay.connections.get(hs.device_id) is conn:
             del relay.connections[hs.device_id]
+            await relay.cluster.unregister(hs.device_id, sid)
     return ws
+
+
+def presence_of(conn: Connection, node: str) -> Presence:
+    """What the cluster knows of a local connection."""
+    return Presence(
+        device_id=conn.hs.device_id,
+        node=node,
+        session_id=conn.link.session_id,
+        connected_at=conn.connected_at,
+        last_seen=conn.connected_at + (conn.last_rx - conn.started),
+    )
 
 
 async def idle_sweeper(relay: Relay) -> None:
     """Close devices silent for `idle_timeout_s` (PROTOCOL.md §1.7); one task for all."""
     idle = relay.config.server.idle_timeout_s
-    period = min(max(idle / 4, 0.05), 10.0)
+    period = min(max(idle / 4, 0.05), 5.0)
     loop = asyncio.get_running_loop()
     while True:
         await asyncio.sleep(period)
@@ -269,3 +290,7 @@ async def idle_sweeper(relay: Relay) -> None:
             if now - conn.last_rx > idle:
                 conn.log.info("idle for %.0fs: closing", idle)
                 conn.link.request_close(CloseCode.NORMAL)
+            elif conn.last_rx != conn.touched:  # last_seen, batched here, not per message
+                conn.touched = conn.last_rx
+                await relay.cluster.touch(conn.hs.device_id, conn.link.session_id)
+        relay.sync_cluster_metrics()

@@ -1,0 +1,147 @@
+"""Devices API: push to a device on any node, and cluster-wide presence (ARCHITECTURE.md).
+
+POST /api/v1/devices/{device_id}/messages   {"command": {…event…}} | {"speak": "…", "voice": {…}}
+GET  /api/v1/devices?cursor=&limit=
+GET  /api/v1/devices/{device_id}
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from protocol import jsonutil
+from protocol.business import speak_with_voice
+from relay.api import api_error, read_body
+from relay.auth import canonical_device_id
+from relay.cluster import Presence
+from relay.context import Relay
+from relay.ws import RELAY_KEY
+
+log = logging.getLogger(__name__)
+
+MAX_PUSH_BODY = 64 * 1024
+MAX_SPEAK_CHARS = 2000
+_PUSH_EXAMPLE = '{"command":{"event":"message","type":"command","details":{…}}} or {"speak":"…"}'
+_STATUS = {"offline": 404, "timeout": 504, "redis_unavailable": 503, "rejected": 409}
+_HINTS = {
+    "offline": "the device is not connected to any relay",
+    "timeout": "the relay holding the device did not confirm in time; it may still arrive",
+    "redis_unavailable": "the cluster store is unreachable; devices on this node still work",
+    "rejected": "the device's connection was closing and did not take the message",
+}
+
+
+async def push(request: web.Request) -> web.Response:
+    """Deliver a command or speech to a device wherever it is connected; say truly whether
+    it got it."""
+    relay = request.app[RELAY_KEY]
+    raw = await read_body(request, MAX_PUSH_BODY)
+    if raw is None:
+        return api_error(413, "too_large", f"body over {MAX_PUSH_BODY} bytes")
+    try:
+        body = jsonutil.loads(raw)
+    except ValueError:
+        return api_error(400, "bad_json", "body is not JSON", _PUSH_EXAMPLE)
+    problem = _check_push(body)
+    if problem:
+        return api_error(400, "bad_request", problem, _PUSH_EXAMPLE)
+    device_id = canonical_device_id(request.match_info["device_id"])
+    timeout_s = relay.config.redis.push_timeout_s
+    result = await relay.cluster.push(device_id, raw, timeout_s)
+    outcome = "delivered" if result.delivered else (result.reason or "rejected")
+    relay.metrics.push.labels(outcome).inc()
+    if result.delivered:
+        return web.json_response({"delivered": True, "node": result.node})
+    return web.json_response(
+        {
+            "delivered": False,
+            "reason": outcome,
+            "node": result.node,
+            "error": f"not delivered: {outcome}",
+            "errorType": outcome,
+            "hint": _HINTS.get(outcome, ""),
+        },
+        status=_STATUS.get(outcome, 409),
+    )
+
+
+def _check_push(body: Any) -> str:
+    if not isinstance(body, dict):
+        return "body must be a JSON object"
+    has_command, has_speak = "command" in body, "speak" in body
+    if has_command == has_speak:
+        return "give exactly one of command or speak"
+    if has_command and not isinstance(body["command"], dict):
+        return "command must be a JSON object (a business-style event)"
+    if has_speak:
+        text = body["speak"]
+        if not isinstance(text, str) or not text.strip():
+            return "speak must be a non-empty string"
+        if len(text) > MAX_SPEAK_CHARS:
+            return f"speak is longer than {MAX_SPEAK_CHARS} characters"
+        if "voice" in body and not isinstance(body["voice"], dict):
+            return "voice must be a JSON object (tts_provider, voice_type, speed_ratio, …)"
+    return ""
+
+
+async def deliver(relay: Relay, device_id: str, message: bytes) -> bool:
+    """Hand a validated push to the local connection of `device_id` (the owning node)."""
+    conn = relay.connections.get(device_id)
+    if conn is None or conn.link.closed:
+        return False
+    try:
+        body = jsonutil.loads(message)
+        text = message.decode()
+    except ValueError:
+        log.warning("undecodable push for %s dropped", device_id)
+        return False
+    if not isinstance(body, dict) or _check_push(body):
+        return False
+    if "command" in body:
+        command = jsonutil.member_text(text, "command")
+        if command is None:
+            return False
+        conn.session.push_command(command.encode())  # the event's own bytes (§2.4)
+    else:
+        voice = body.get("voice") or {}
+        conn.session.push_speak(speak_with_voice(body["speak"], voice))
+    return True
+
+
+async def list_devices(request: web.Request) -> web.Response:
+    """Presence across the cluster, one page at a time."""
+    relay = request.app[RELAY_KEY]
+    try:
+        limit = int(request.query.get("limit", "100"))
+    except ValueError:
+        return api_error(400, "bad_request", "limit must be an integer", "?limit=100")
+    if not 1 <= limit <= 1000:
+        return api_error(400, "bad_request", "limit must be between 1 and 1000", "?limit=100")
+    cursor = request.query.get("cursor") or None
+    devices, next_cursor = await relay.cluster.list(cursor, limit)
+    return web.json_response(
+        {"devices": [_presence_json(p) for p in devices], "next_cursor": next_cursor}
+    )
+
+
+async def get_device(request: web.Request) -> web.Response:
+    """One device's presence, or 404."""
+    relay = request.app[RELAY_KEY]
+    device_id = canonical_device_id(request.match_info["device_id"])
+    found = await relay.cluster.locate(device_id)
+    if found is None:
+        return api_error(404, "offline", "the device is not connected", "GET /api/v1/devices")
+    return web.json_response(_presence_json(found))
+
+
+def _presence_json(p: Presence) -> dict[str, Any]:
+    return {
+        "device_id": p.device_id,
+        "node": p.node,
+        "session_id": p.session_id,
+        "connected_at": p.connected_at,
+        "last_seen": p.last_seen,
+    }

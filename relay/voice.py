@@ -1,0 +1,320 @@
+"""The relay hears (PROTOCOL.md §1.3): device audio → decode → VAD → ASR → text.
+
+Decoding and VAD of every stream of the process run in batched executor jobs, one job in
+flight per stream, so the loop stays free and ONNX calls are shared across streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from asr_tts.asr import ASRError, ASRProvider, ASRStream
+from asr_tts.segmenter import Segmenter, SegmenterConfig, SegmentEvent
+from asr_tts.uplink import AudioError, UplinkDecoder, UplinkFormat
+from asr_tts.vad import SileroModel, VadStream
+from metrics.registry import Metrics
+from protocol.device import ListenMode
+
+log = logging.getLogger(__name__)
+
+WINDOW_BYTES = VadStream.WINDOW_SAMPLES * 2
+WINDOW_S = VadStream.WINDOW_S
+
+
+@dataclass(slots=True)
+class _Job:
+    """One stream's packets for one batch, and what the batch made of them."""
+
+    decoder: UplinkDecoder
+    vad: VadStream
+    carry: bytearray
+    packets: list[bytes]
+    windows: list[bytes] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+    bad_packets: int = 0
+
+
+class AudioBatcher:
+    """Runs decode + VAD for many streams per executor job (batched model calls)."""
+
+    def __init__(self, executor: Executor, max_in_flight: int = 2, max_batch: int = 512) -> None:
+        self._executor = executor
+        self._max_in_flight = max_in_flight
+        self._max_batch = max_batch
+        self._pending: list[tuple[_Job, asyncio.Future[_Job]]] = []
+        self._in_flight = 0
+        self._scheduled = False
+
+    def submit(self, job: _Job) -> asyncio.Future[_Job]:
+        """Queue a stream's packets; the future completes when they are decoded and scored."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[_Job] = loop.create_future()
+        self._pending.append((job, fut))
+        if not self._scheduled and self._in_flight < self._max_in_flight:
+            self._scheduled = True
+            loop.call_soon(self._flush)  # gather what else arrives in this loop iteration
+        return fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if not self._pending or self._in_flight >= self._max_in_flight:
+            return
+        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+        self._in_flight += 1
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._executor, _run_batch, [j for j, _ in batch])
+        done.add_done_callback(lambda f: self._finished(f, batch))
+
+    def _finished(
+        self, f: asyncio.Future[None], batch: list[tuple[_Job, asyncio.Future[_Job]]]
+    ) -> None:
+        self._in_flight -= 1
+        exc = None if f.cancelled() else f.exception()
+        for job, fut in batch:
+            if fut.done():
+                continue
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(job)
+        if self._pending and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+
+def _run_batch(jobs: list[_Job]) -> None:
+    # In an executor thread: libopus (ctypes) and onnxruntime release the GIL.
+    chunks: list[bytes] = []
+    for job in jobs:
+        for packet in job.packets:
+            try:
+                job.carry += job.decoder.decode(packet)
+            except AudioError:
+                job.bad_packets += 1
+        whole = len(job.carry) // WINDOW_BYTES * WINDOW_BYTES
+        chunk = bytes(job.carry[:whole])
+        del job.carry[:whole]
+        job.windows = [chunk[i : i + WINDOW_BYTES] for i in range(0, whole, WINDOW_BYTES)]
+        chunks.append(chunk)
+    results = VadStream.process_many([j.vad for j in jobs], chunks)
+    for job, probs in zip(jobs, results, strict=True):
+        job.probs = probs
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceDeps:
+    """What every listener needs from the app."""
+
+    asr: ASRProvider
+    vad: SileroModel
+    segmenter: SegmenterConfig
+    batcher: AudioBatcher
+    metrics: Metrics
+    max_pending_packets: int = 100  # ~6 s of 60 ms frames waiting to be processed
+    language: str | None = None
+
+
+TextCallback = Callable[[str, float], None]  # (recognised text, monotonic end of speech)
+
+
+class Listener:
+    """One device's microphone: one utterance at a time streamed to ASR (§1.3 modes)."""
+
+    def __init__(
+        self,
+        deps: VoiceDeps,
+        fmt: UplinkFormat,
+        *,
+        on_speech: Callable[[], None],
+        on_text: TextCallback,
+        device_id: str,
+    ) -> None:
+        self._deps = deps
+        self._decoder = UplinkDecoder(fmt)
+        self._vad = VadStream(deps.vad)
+        self._segmenter = Segmenter(deps.segmenter)
+        self._carry = bytearray()
+        self._on_speech = on_speech
+        self._on_text = on_text
+        self._device_id = device_id
+        self.mode: ListenMode | None = None
+        self._pending: deque[bytes] = deque()
+        self._pump: asyncio.Task[None] | None = None
+        pre = deps.segmenter.pre_roll_s + deps.segmenter.min_speech_s
+        self._ring: deque[bytes] = deque(maxlen=max(1, round(pre / WINDOW_S) + 1))
+        self._stream: ASRStream | None = None
+        self._opening: asyncio.Task[ASRStream] | None = None
+        self._utterance_s = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def capturing(self) -> bool:
+        """An utterance is being captured right now."""
+        return self._stream is not None or self._opening is not None
+
+    def start(self, mode: ListenMode) -> None:
+        """`listen start`: (re)arm the microphone in `mode`."""
+        if self.mode is not None and self.capturing and mode != "manual":
+            return  # the firmware re-sends start; keep the utterance in progress
+        self.mode = mode
+        self._segmenter.reset()
+        self._ring.clear()
+
+    def stop(self) -> None:
+        """`listen stop`: in manual mode the utterance ends here; otherwise stop listening."""
+        if self.capturing:
+            self._end_utterance(time.monotonic())
+        self.mode = None
+
+    def feed(self, packet: bytes) -> bool:
+        """One uplink audio packet; False when it was dropped (not listening, backlog)."""
+        if self.mode is None:
+            return False
+        if len(self._pending) >= self._deps.max_pending_packets:
+            return False
+        self._pending.append(packet)
+        if self._pump is None:
+            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+        return True
+
+    async def cancel(self) -> None:
+        """Drop the utterance being captured and any recognition in flight (`abort`)."""
+        await self._drop_stream()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def close(self) -> None:
+        """Stop everything this listener owns."""
+        self.mode = None
+        self._pending.clear()
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.wait([self._pump])
+        await self.cancel()
+
+    async def _run_pump(self) -> None:
+        try:
+            while self._pending:
+                packets = list(self._pending)
+                self._pending.clear()
+                job = _Job(self._decoder, self._vad, self._carry, packets)
+                await self._deps.batcher.submit(job)
+                if job.bad_packets:
+                    self._deps.metrics.audio_errors.inc(job.bad_packets)
+                for window, prob in zip(job.windows, job.probs, strict=True):
+                    await self._on_window(window, prob)
+        except Exception:
+            # A failure of the VAD model or the executor: this stream loses its audio
+            # backlog, the device and the relay carry on.
+            log.exception("[%s] audio processing failed", self._device_id)
+            self._pending.clear()
+        finally:
+            self._pump = None
+
+    async def _on_window(self, window: bytes, prob: float) -> None:
+        if self.mode is None:
+            return
+        if self.mode == "manual":
+            # Push-to-talk: everything between start and stop is the utterance.
+            if not self.capturing:
+                self._begin_utterance()
+            await self._feed_asr(window)
+            return
+        event = self._segmenter.process(WINDOW_S, prob)
+        self._ring.append(window)
+        if event is SegmentEvent.SPEECH_START:
+            self._deps.metrics.vad_segments.inc()
+            self._on_speech()  # realtime barge-in is decided by the session
+            self._begin_utterance()
+            for w in self._ring:  # pre-roll and the windows that proved speech
+                await self._feed_asr(w)
+            self._ring.clear()
+        elif self.capturing:
+            self._ring.clear()
+            await self._feed_asr(window)
+            if event in (SegmentEvent.SPEECH_END, SegmentEvent.CUT):
+                self._end_utterance(time.monotonic())
+                if self.mode == "auto":
+                    self.mode = None  # the device re-arms with listen start after the answer
+
+    def _begin_utterance(self) -> None:
+        self._utterance_s = 0.0
+        self._opening = asyncio.get_running_loop().create_task(
+            self._deps.asr.open(language=self._deps.language)
+        )
+
+    async def _feed_asr(self, window: bytes) -> None:
+        if self._opening is not None:
+            try:
+                self._stream = await self._opening
+            except ASRError as exc:
+                self._provider_error(exc)
+                self._stream = None
+            finally:
+                self._opening = None
+            if self._stream is None:
+                self._on_text("", time.monotonic())
+                return
+        if self._stream is None:
+            return
+        self._utterance_s += WINDOW_S
+        try:
+            await self._stream.feed(window)
+        except ASRError as exc:
+            self._provider_error(exc)
+        if self.mode == "manual" and self._utterance_s >= self._deps.segmenter.max_utterance_s:
+            self._end_utterance(time.monotonic())  # cut and recognised, not buffered forever
+
+    def _end_utterance(self, t_end: float) -> None:
+        stream, opening = self._stream, self._opening
+        self._stream = self._opening = None
+        if stream is None and opening is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._recognise(stream, opening, t_end))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _recognise(
+        self, stream: ASRStream | None, opening: asyncio.Task[ASRStream] | None, t_end: float
+    ) -> None:
+        m = self._deps.metrics
+        provider = self._deps.asr.name
+        text = ""
+        try:
+            if stream is None and opening is not None:
+                stream = await opening
+            assert stream is not None
+            start = time.monotonic()
+            text = (await stream.finish()).strip()
+            m.asr_latency.labels(provider).observe(time.monotonic() - start)
+        except ASRError as exc:
+            self._provider_error(exc)
+        except asyncio.CancelledError:
+            if stream is not None:
+                await stream.cancel()
+            raise
+        self._on_text(text, t_end)
+
+    async def _drop_stream(self) -> None:
+        stream, opening = self._stream, self._opening
+        self._stream = self._opening = None
+        if opening is not None:
+            opening.cancel()
+            await asyncio.wait([opening])
+            if not opening.cancelled() and opening.exception() is None:
+                stream = opening.result()
+        if stream is not None:
+            await stream.cancel()
+
+    def _provider_error(self, exc: Exception) -> None:
+        self._deps.metrics.provider_errors.labels("asr", self._deps.asr.name).inc()
+        log.warning("[%s] asr failed: %s", self._device_id, exc)

@@ -1,0 +1,1 @@
+"""Behaviour tests of the business bridges against real peers on loopback."""
