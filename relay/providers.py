@@ -88,7 +88,11 @@ def build_asr(config: Config, session: aiohttp.ClientSession) -> ASRProvider:
             url=v.url,
             timeout_s=v.timeout_s,
         )
-    return EmbeddedASR(pool_size=asr.pool_size, timeout_s=asr.timeout_s)
+    return EmbeddedASR(
+        pool_size=asr.pool_size,
+        timeout_s=asr.timeout_s,
+        grammar_words=asr.grammar_words or None,
+    )
 
 
 def build_voice(
