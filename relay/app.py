@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
 
+from asr_tts.asr_embedded import EmbeddedASR
 from bridges.business import BusinessClient
 from bridges.http import HTTPClient
 from metrics.registry import Metrics
@@ -99,6 +100,8 @@ def _resources(
             sweeper.cancel()
             await asyncio.wait([sweeper])
             await cluster.stop()
+            if isinstance(voice.asr, EmbeddedASR):
+                voice.asr.close()  # its decoder threads
             if redis is not None:
                 await redis.aclose()
             await http.close()
