@@ -19,6 +19,7 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         r = self.registry = registry or CollectorRegistry()
+        self._children: dict[tuple[str, str], tuple[Counter, Counter]] = {}
         self.connections_active = Gauge(
             "relay_connections_active",
             "Device WebSocket connections open now.",
@@ -177,6 +178,18 @@ class Metrics:
             "Answers whose tts_provider is not configured; spoken by the default provider.",
             registry=r,
         )
+
+    def message_counters(self, mtype: str, direction: str) -> tuple[Counter, Counter]:
+        """The (messages, bytes) children for a type and direction, resolved once: the
+        per-message cost is then two increments (hot path)."""
+        key = (mtype, direction)
+        pair = self._children.get(key)
+        if pair is None:
+            pair = self._children[key] = (
+                self.messages.labels(mtype, direction),
+                self.message_bytes.labels(mtype, direction),
+            )
+        return pair
 
     def exposition(self) -> bytes:
         """The text format for `/metrics`; with several workers, merged over all of them."""

@@ -64,6 +64,10 @@ class Link:
         self.session_id = session_id
         self.pacer = Pacer(frame_s, lead_s)
         self._metrics = metrics
+        self._audio_out = (
+            metrics.audio_frames.labels("out"),
+            metrics.message_bytes.labels("audio", "out"),
+        )
         self._max = outbox_max
         self._pending: deque[tuple[int, bytes]] = deque()
         self._writer: asyncio.Task[None] | None = None
@@ -78,12 +82,16 @@ class Link:
 
     def send_json(self, msg: bytes, mtype: str) -> None:
         """Queue one text message (already serialised) of device message type `mtype`."""
-        self._metrics.messages.labels(mtype, "out").inc()
+        count, size = self._metrics.message_counters(mtype, "out")
+        count.inc()
+        size.inc(len(msg))
         self._put((_TEXT, msg))
 
     def send_audio(self, frame: bytes) -> None:
         """Queue one audio packet; framing for the device's version happens in the writer."""
-        self._metrics.audio_frames.labels("out").inc()
+        count, size = self._audio_out
+        count.inc()
+        size.inc(len(frame))
         self._put((_AUDIO, frame))
 
     async def paced_audio(self, frame: bytes) -> None:
@@ -92,7 +100,9 @@ class Link:
         delay = self.pacer.delay(loop.time())
         if delay > 0:
             await asyncio.sleep(delay)
-        self.pacer.sent(loop.time())
+        now = loop.time()
+        self.pacer.sent(now)
+        self._metrics.pacing_lead.observe(self.pacer.lead(now))
         self.send_audio(frame)
 
     async def wait_closed(self) -> None:

@@ -80,6 +80,10 @@ class Connection:
         self.touched = self.last_rx  # last_rx already reported to the cluster
         self.task: asyncio.Task[Any] | None = None  # the reader, once running
         self._bad_frame_reported = False
+        self._audio_in = (
+            relay.metrics.audio_frames.labels("in"),
+            relay.metrics.message_bytes.labels("audio", "in"),
+        )
 
     async def run(self) -> None:
         """Answer hello, then read until the device leaves or the link is closed."""
@@ -136,7 +140,9 @@ class Connection:
             if frame.type is FrameType.JSON:
                 self._on_text(frame.payload)
             else:
-                m.audio_frames.labels("in").inc()
+                count, size = self._audio_in
+                count.inc()
+                size.inc(len(frame.payload))
                 self.session.on_audio(frame.payload)
         elif msg.type == WSMsgType.ERROR:
             self.log.info("websocket error: %s", type(self.ws.exception()).__name__)
@@ -154,7 +160,9 @@ class Connection:
             m.messages.labels("invalid", "in").inc()
             self.link.send_json(device.error(self.link.session_id, exc.code), "error")
             return
-        m.messages.labels(_TYPE_LABEL[type(msg)], "in").inc()
+        count, size = m.message_counters(_TYPE_LABEL[type(msg)], "in")
+        count.inc()
+        size.inc(len(data))
         self.session.handle(msg)
 
 
