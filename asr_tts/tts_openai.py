@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 
 from asr_tts.audio import pcm_from_wav
+from asr_tts.http_body import read_capped
 from asr_tts.tts import Pcm, TTSError, Voice
 
 SAMPLE_RATE = 24000  # what response_format "pcm" means
@@ -78,11 +79,11 @@ class OpenAITTS:
                 self._session.post(self._url, data=orjson.dumps(body), headers=headers) as resp,
             ):
                 if resp.status != 200:
-                    detail = self._error_detail(await _read_capped(resp, _ERROR_BODY_LIMIT))
+                    detail = self._error_detail(await read_capped(resp, _ERROR_BODY_LIMIT))
                     raise TTSError(f"{self.name}: HTTP {resp.status}{detail}")
                 if resp.content_type == "application/json":
                     raise TTSError(f"{self.name}: a JSON answer where PCM audio was expected")
-                samples = await _read_capped(resp, MAX_AUDIO_BYTES)
+                samples = await read_capped(resp, MAX_AUDIO_BYTES)
         except TimeoutError as exc:
             raise TTSError(f"{self.name}: no answer within {self._timeout_s} s") from exc
         except aiohttp.ClientError as exc:
@@ -113,17 +114,3 @@ class OpenAITTS:
         if self._api_key:
             message = message.replace(self._api_key, "***")
         return f" {kind}: {message[:_DETAIL_LIMIT]}"
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or TTSError as soon as it grows past `limit` bytes."""
-    if resp.content_length is not None and resp.content_length > limit:
-        raise TTSError(f"answer of {resp.content_length} bytes exceeds {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise TTSError(f"answer exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)

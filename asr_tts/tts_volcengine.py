@@ -35,6 +35,7 @@ import aiohttp
 import orjson
 
 from asr_tts.audio import pcm_from_wav
+from asr_tts.http_body import read_capped
 from asr_tts.tts import Pcm, TTSError, Voice
 
 DEFAULT_URL = "https://openspeech.bytedance.com/api/v1/tts"
@@ -117,7 +118,7 @@ class VolcengineTTS:
                 self._session.post(self._url, data=body, headers=headers) as resp,
             ):
                 status = resp.status
-                raw = await _read_capped(resp, MAX_BODY_BYTES)
+                raw = await read_capped(resp, MAX_BODY_BYTES)
         except TimeoutError as exc:
             raise TTSError(f"{self.name}: no answer within {self._timeout_s} s") from exc
         except aiohttp.ClientError as exc:
@@ -157,17 +158,3 @@ class VolcengineTTS:
     def _redact(self, message: str) -> str:
         """`message` without the token, should a server echo it."""
         return message.replace(self._token, "***") if self._token else message
-
-
-async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
-    """The whole body, or TTSError as soon as it grows past `limit` bytes."""
-    if resp.content_length is not None and resp.content_length > limit:
-        raise TTSError(f"answer of {resp.content_length} bytes exceeds {limit}")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in resp.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise TTSError(f"answer exceeds {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
