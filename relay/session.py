@@ -49,6 +49,7 @@ class Session:
         self._listener: Listener | None = None
         self._chat: tuple[asyncio.Task[None], Turn] | None = None
         self._passthrough: dict[asyncio.Task[None], Turn] = {}
+        self._pushed: dict[asyncio.Task[None], Turn] = {}  # pushed speech (not capped)
         self._tasks: set[asyncio.Task[None]] = set()  # every task this session owns
         self._handlers: dict[type[Any], Callable[[Any], None]] = {
             Listen: self._on_listen,
@@ -100,7 +101,7 @@ class Session:
             if not task.done():
                 tasks.append(task)
                 spoke = True  # the device waits for this answer: tell it the answer is cut
-        for task, turn in self._passthrough.items():
+        for task, turn in (*self._passthrough.items(), *self._pushed.items()):
             if turn.speech is not None:
                 tasks.append(task)
                 spoke = spoke or turn.speech.started
@@ -137,7 +138,9 @@ class Session:
     def push_speak(self, sp: Speak) -> None:
         """Pushed text to speak; queued behind any answer being spoken (the speech lock)."""
         turn = self._turn("push", always_stop=False)
-        self._own(turn.speak(sp))
+        task = self._own(turn.speak(sp))
+        self._pushed[task] = turn  # an abort or a barge-in cuts it like any answer
+        task.add_done_callback(lambda t: self._pushed.pop(t, None))
 
     def on_audio(self, packet: bytes) -> None:
         """One uplink audio packet (§1.4) for the microphone pipeline."""
@@ -185,7 +188,7 @@ class Session:
         self._own(self.abort(keep_listening=True))
 
     def _speaking(self) -> bool:
-        turns = list(self._passthrough.values())
+        turns = [*self._passthrough.values(), *self._pushed.values()]
         if self._chat is not None and not self._chat[0].done():
             turns.append(self._chat[1])
         return any(t.speech is not None and t.speech.started for t in turns)
