@@ -18,10 +18,11 @@ from bridges.business import BusinessClient
 from bridges.http import HTTPClient
 from metrics.registry import Metrics
 from protocol.codes import CloseCode
-from relay import api, api_devices
+from relay import api, api_devices, ota
 from relay.cluster import Cluster, LocalCluster, Presence
 from relay.cluster_redis import RedisCluster
 from relay.config import Config
+from relay.console import add_routes as add_console_routes
 from relay.context import Relay
 from relay.device_auth import DeviceAuthenticator
 from relay.providers import build_speaker, build_voice
@@ -46,6 +47,12 @@ def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicati
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)
+    for path in ota.PATHS:  # PROTOCOL.md §1.0: GET, or POST with the system-info JSON
+        for route in (path, path.rstrip("/")):
+            app.router.add_get(route, ota.handle)
+            app.router.add_post(route, ota.handle)
+    if config.console.enabled:  # a virtual device in the browser; off by default
+        add_console_routes(app)
     app.cleanup_ctx.append(_resources(config, metrics or Metrics()))
     app.on_shutdown.append(_close_devices)  # the last resort; relay.server drains first
     return app

@@ -10,12 +10,22 @@ import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
 
 from asr_tts.audio import OPUS_FRAME_MS, OPUS_SAMPLE_RATES
 from bridges.business import BusinessTarget
 
 ENV_PREFIX = "RELAY__"
+SignedInt = Annotated[int, "signed"]  # an int key that may be negative (others may not)
 
 
 class ConfigError(ValueError):
@@ -180,6 +190,28 @@ class RedisConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OtaConfig:
+    """`[ota]`: the firmware's boot-time check (PROTOCOL.md §1.0): where and how to connect."""
+
+    enabled: bool = True
+    websocket_url: str = ""  # empty: ws(s)://<request Host>/xiaozhi/v1/
+    trust_forwarded: bool = False  # derive the URL from X-Forwarded-Proto/Host (a proxy)
+    protocol_version: int = 1  # the Protocol-Version devices will use (§1.4)
+    hand_out_static_token: bool = False  # auth mode "tokens": give devices the first token
+    # Minutes east of UTC (negative: west); the firmware sets its clock to local time.
+    timezone_offset_min: SignedInt = 0
+    firmware_version: str = ""  # offered to every device; empty: never offer an upgrade
+    firmware_url: str = ""  # the image for firmware_version
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """`[console]`: the browser console at `/console` (a virtual device); off by default."""
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     """`[log]`: stdlib logging level."""
 
@@ -199,6 +231,8 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    ota: OtaConfig = field(default_factory=OtaConfig)
 
 
 def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
@@ -256,6 +290,17 @@ def parse(data: Mapping[str, Any]) -> Config:
         raise ConfigError("redis.heartbeat_s: must be shorter than redis.presence_ttl_s")
     if cfg.auth.mode == "tokens" and not cfg.auth.tokens:
         raise ConfigError('auth.tokens: mode "tokens" needs at least one token')
+    if cfg.ota.protocol_version not in (1, 2, 3):
+        raise ConfigError("ota.protocol_version: must be 1, 2 or 3")
+    if cfg.ota.websocket_url and not cfg.ota.websocket_url.startswith(("ws://", "wss://")):
+        raise ConfigError("ota.websocket_url: must be a ws:// or wss:// URL, or empty")
+    if not -12 * 60 <= cfg.ota.timezone_offset_min <= 14 * 60:
+        raise ConfigError("ota.timezone_offset_min: between -720 (UTC-12) and 840 (UTC+14)")
+    fw_parts = cfg.ota.firmware_version.split(".") if cfg.ota.firmware_version else []
+    if not all(p.isascii() and p.isdigit() for p in fw_parts):  # the firmware calls stoi
+        raise ConfigError("ota.firmware_version: digits and dots only, e.g. 1.6.2")
+    if cfg.ota.firmware_version and not cfg.ota.firmware_url.startswith(("http://", "https://")):
+        raise ConfigError("ota.firmware_url: an http(s):// URL required with firmware_version")
     return cfg
 
 
@@ -309,7 +354,7 @@ T = TypeVar("T")
 def _build(cls: type[T], table: Any, path: str) -> T:
     if not isinstance(table, Mapping):
         raise ConfigError(f"{path or 'config'}: expected a table")
-    hints = get_type_hints(cls)
+    hints = get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key in table:
         if key not in fields:
@@ -347,6 +392,10 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false")
+        return value
+    if origin is Annotated and get_args(tp) == get_args(SignedInt):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:

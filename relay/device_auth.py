@@ -8,7 +8,7 @@ import time
 
 from redis.asyncio import Redis
 
-from relay.auth import Handshake, HandshakeError, contains_token
+from relay.auth import Handshake, HandshakeError, canonical_device_id, contains_token
 from relay.config import AuthConfig
 from relay.tokens import TokenStoreUnavailable, binding_allows, lookup_redis_token, verify
 
@@ -19,7 +19,8 @@ class DeviceAuthenticator:
     def __init__(self, cfg: AuthConfig, redis: Redis | None = None) -> None:
         self._cfg = cfg
         self._redis = redis
-        self._allowed = frozenset(cfg.allowed_devices)
+        # Entries may be written as MACs with colons: compare canonical forms (§1.1).
+        self._allowed = frozenset(canonical_device_id(d) for d in cfg.allowed_devices)
 
     async def check(self, hs: Handshake) -> None:
         """Accept or refuse the device; tokens are compared in constant time, never logged."""

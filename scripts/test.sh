@@ -2,6 +2,7 @@
 # Sets up, then runs the checks CI runs: lint, format, types, tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export RELAY_SETUP_BROWSER="${RELAY_SETUP_BROWSER:-1}"  # Chromium for the console test
 scripts/setup.sh
 echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy
