@@ -38,9 +38,24 @@ def loads(data: bytes | str) -> Any:
     except orjson.JSONDecodeError:
         text = data.decode("utf-8") if isinstance(data, bytes) else data  # UnicodeDecodeError
         try:
-            return json.loads(text, parse_constant=_no_constant)
+            obj = json.loads(text, parse_constant=_no_constant)
+            _reject_lone_surrogates(obj)  # the stdlib accepts "\ud800"; UTF-8 and orjson do not
+            return obj
         except RecursionError as exc:
             raise ValueError("JSON nested too deeply") from exc
+
+
+def _reject_lone_surrogates(obj: Any) -> None:
+    """Raise UnicodeEncodeError (a ValueError) when a string or key holds a lone surrogate."""
+    if isinstance(obj, str):
+        obj.encode()
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            key.encode()
+            _reject_lone_surrogates(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            _reject_lone_surrogates(value)
 
 
 def dumps(obj: Any) -> bytes:

@@ -71,8 +71,14 @@ class Speech:
             encoder = FrameEncoder(self._fmt)
             link.send_json(device.tts_start(sid), "tts")
             self.started = True
-            while (sp := await self.queue.get()) is not None:
-                await self._speak(sp, encoder)
+            try:
+                while (sp := await self.queue.get()) is not None:
+                    await self._speak(sp, encoder)
+            except Exception:
+                # Whatever failed, the device must not stay in its speaking state (§2.6).
+                link.send_json(device.tts_stop(sid, aborted=True), "tts")
+                self.started = False
+                raise
             link.send_json(device.tts_stop(sid, aborted=False), "tts")
             self.started = False
 

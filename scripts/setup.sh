@@ -10,6 +10,8 @@ ldconfig -p 2>/dev/null | grep -q 'libopus\.so\.0' || missing+=(libopus0)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 # The tests start private redis-server processes (scale-out layer).
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# The integration guide's curl commands are run by a test (tests/test_docs_curl.py).
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 # The browser console test (tests/relay/test_console.py) drives Debian's Chromium; only on
 # request (scripts/test.sh asks), since it is large and the relay itself never needs it.
 if [ "${RELAY_SETUP_BROWSER:-0}" = 1 ] && [ ! -x /usr/bin/chromium ]; then

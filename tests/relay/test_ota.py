@@ -281,7 +281,7 @@ def test_every_json_example_in_the_device_guide_parses() -> None:
 
 def test_device_guide_hmac_example_is_what_mint_computes() -> None:
     text = DOCS.read_text(encoding="utf-8")
-    m = re.search(r'mint\("([^"]+)", "([^"]+)", "([^"]+)", (\d+)\)\n# → (\S+)', text)
+    m = re.search(r'mint\(\s*"([^"]+)",\s*"([^"]+)",\s*"([^"]+)",\s*(\d+),?\s*\)\n# → (\S+)', text)
     assert m is not None, "the guide shows a mint(...) example and its result"
     secret, client_id, device_id, ts, token = m.groups()
     assert mint(secret, client_id, device_id, int(ts)) == token
