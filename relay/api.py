@@ -140,8 +140,8 @@ def _check_simulate(body: Any) -> str:
         return "give exactly one of text or custom"
     if has_text and (not isinstance(body["text"], str) or not body["text"].strip()):
         return "text must be a non-empty string"
-    if "agent" in body and not isinstance(body["agent"], str):
-        return "agent must be a string"
+    if "agent" in body and (not isinstance(body["agent"], str) or not body["agent"]):
+        return "agent must be the non-empty name of a configured business"
     return ""
 
 

@@ -132,6 +132,14 @@ async def get_device(request: web.Request) -> web.Response:
     relay = request.app[RELAY_KEY]
     device_id = canonical_device_id(request.match_info["device_id"])
     found = await relay.cluster.locate(device_id)
+    if found is None and not relay.cluster.available:
+        # Only this node's devices are known now: "not connected" could be false.
+        return api_error(
+            503,
+            "redis_unavailable",
+            "the cluster store is unreachable",
+            _HINTS["redis_unavailable"],
+        )
     if found is None:
         return api_error(404, "offline", "the device is not connected", "GET /api/v1/devices")
     return web.json_response(_presence_json(found))

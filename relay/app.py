@@ -19,6 +19,7 @@ from bridges.http import HTTPClient
 from metrics.registry import Metrics
 from protocol.codes import CloseCode
 from relay import api, api_devices, ota
+from relay.auth import canonical_device_id
 from relay.cluster import Cluster, LocalCluster, Presence
 from relay.cluster_redis import RedisCluster
 from relay.config import Config
@@ -30,6 +31,8 @@ from relay.turn import TurnDeps
 from relay.ws import RELAY_KEY, idle_sweeper, presence_of, websocket_handler
 
 log = logging.getLogger(__name__)
+
+WORKER_ENV = "RELAY_WORKER_INDEX"  # set by relay.server for each worker process
 
 WS_PATHS = ("/v1/ws/", "/xiaozhi/v1/")
 
@@ -74,7 +77,9 @@ def _resources(
         redis = Redis.from_url(config.redis.url) if config.redis.url else None
         cluster = build_cluster(config)
         targets = {b.name: b.target() for b in config.business}
-        device_targets = {d: targets[b.name] for b in config.business for d in b.devices}
+        device_targets = {  # entries may be MACs with colons: canonical form (§1.1)
+            canonical_device_id(d): targets[b.name] for b in config.business for d in b.devices
+        }
         app[RELAY_KEY] = Relay(
             config=config,
             metrics=metrics,
@@ -130,6 +135,9 @@ async def _close_devices(app: web.Application) -> None:
 def build_cluster(config: Config) -> Cluster:
     """The cluster layer: Redis when `[redis] url` is set, else this node alone in memory."""
     node_id = config.redis.node_id or f"{socket.gethostname()}-{os.getpid()}"
+    worker = os.environ.get(WORKER_ENV)
+    if config.redis.node_id and worker is not None:
+        node_id = f"{node_id}-{worker}"  # each worker is a node: its own inbox and presence
     if not config.redis.url:
         return LocalCluster(node_id)
     return RedisCluster(

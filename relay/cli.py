@@ -11,8 +11,9 @@ from collections.abc import Sequence
 
 import uvloop
 
+from relay.app import WORKER_ENV
 from relay.config import ConfigError, load
-from relay.server import WORKER_ENV, listening_socket, run_workers, serve
+from relay.server import listening_socket, run_workers, serve
 
 log = logging.getLogger("relay")
 

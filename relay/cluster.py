@@ -62,6 +62,11 @@ class Cluster(Protocol):
     ops: dict[str, int]
     errors: dict[str, int]
 
+    @property
+    def available(self) -> bool:
+        """Whether the shared store answers (always true for a single node)."""
+        ...
+
     async def start(self, deliver: Deliver, replace: Replace, local_devices: LocalDevices) -> None:
         """Begin serving: remember the callbacks, connect, subscribe."""
 
@@ -274,6 +279,11 @@ class LocalCluster:
         self.errors: dict[str, int] = {}
         self._devices: dict[str, Presence] = {}
         self._deliver: Deliver | None = None
+
+    @property
+    def available(self) -> bool:
+        """A single node has no store to lose."""
+        return True
 
     async def start(self, deliver: Deliver, replace: Replace, local_devices: LocalDevices) -> None:
         """Remember how to deliver; nothing to connect to."""

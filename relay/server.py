@@ -17,14 +17,13 @@ from prometheus_client import multiprocess
 
 from metrics.registry import MULTIPROC_ENV
 from protocol.codes import CloseCode
-from relay.app import make_app
+from relay.app import WORKER_ENV, make_app
 from relay.config import Config
 from relay.ws import RELAY_KEY
 
 log = logging.getLogger(__name__)
 
 CLOSE_WAIT_S = 5.0  # after the 1001 close frames, how long handlers get to finish
-WORKER_ENV = "RELAY_WORKER_INDEX"
 
 
 async def drain(app: web.Application, timeout_s: float) -> None:

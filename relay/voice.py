@@ -152,6 +152,7 @@ class Listener:
         self._opening: asyncio.Task[ASRStream] | None = None
         self._utterance_s = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._stop_at: float | None = None  # a manual `listen stop` waiting for the backlog
 
     @property
     def capturing(self) -> bool:
@@ -160,6 +161,8 @@ class Listener:
 
     def start(self, mode: ListenMode) -> None:
         """`listen start`: (re)arm the microphone in `mode`."""
+        if self._stop_at is not None:  # a new turn before the last stop's backlog was done
+            self._finish_stop(self._stop_at)
         if self.mode is not None and self.capturing and mode != "manual":
             return  # the firmware re-sends start; keep the utterance in progress
         self.mode = mode
@@ -167,14 +170,23 @@ class Listener:
         self._ring.clear()
 
     def stop(self) -> None:
-        """`listen stop`: in manual mode the utterance ends here; otherwise stop listening."""
+        """`listen stop`: in manual mode the utterance ends here, once the audio received
+        before the stop has been processed; otherwise stop listening."""
+        now = time.monotonic()
+        if self.mode == "manual" and self._pump is not None:
+            self._stop_at = now  # the pump ends the utterance when its backlog is done
+            return
+        self._finish_stop(now)
+
+    def _finish_stop(self, t_end: float) -> None:
+        self._stop_at = None
         if self.capturing:
-            self._end_utterance(time.monotonic())
+            self._end_utterance(t_end)
         self.mode = None
 
     def feed(self, packet: bytes) -> bool:
         """One uplink audio packet; False when it was dropped (not listening, backlog)."""
-        if self.mode is None:
+        if self.mode is None or self._stop_at is not None:
             return False
         if len(self._pending) >= self._deps.max_pending_packets:
             return False
@@ -184,7 +196,13 @@ class Listener:
         return True
 
     async def cancel(self) -> None:
-        """Drop the utterance being captured and any recognition in flight (`abort`)."""
+        """Drop the utterance being captured, the audio not yet processed and any
+        recognition in flight (`abort`); the microphone stays off until `listen start`."""
+        self.mode = None
+        self._stop_at = None
+        self._pending.clear()
+        self._segmenter.reset()
+        self._ring.clear()
         await self._drop_stream()
         tasks = list(self._tasks)
         for t in tasks:
@@ -219,6 +237,8 @@ class Listener:
             self._pending.clear()
         finally:
             self._pump = None
+            if self._stop_at is not None:
+                self._finish_stop(self._stop_at)
 
     async def _on_window(self, window: bytes, prob: float) -> None:
         if self.mode is None:
@@ -253,14 +273,17 @@ class Listener:
         )
 
     async def _feed_asr(self, window: bytes) -> None:
-        if self._opening is not None:
+        if (opening := self._opening) is not None:
+            stream: ASRStream | None
             try:
-                self._stream = await self._opening
+                stream = await opening
             except ASRError as exc:
-                self._provider_error(exc)
-                self._stream = None
-            finally:
-                self._opening = None
+                stream = None
+                if self._opening is opening:
+                    self._provider_error(exc)
+            if self._opening is not opening:
+                return  # stop() ended this utterance while it opened: _recognise owns it
+            self._opening, self._stream = None, stream
             if self._stream is None:
                 self._on_text("", time.monotonic())
                 return

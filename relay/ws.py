@@ -221,6 +221,7 @@ _HINTS = {
     "no_device_id": "send the Device-Id header (or ?device-id=)",
     "bad_version": "send Protocol-Version 1, 2 or 3",
     "draining": "connect to another relay or retry shortly",
+    "token_store_unavailable": "the token store (Redis) is unreachable; retry shortly",
 }
 
 
