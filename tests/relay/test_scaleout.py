@@ -402,6 +402,11 @@ async def test_workers_are_nodes_of_the_cluster(
     try:
         async with aiohttp.ClientSession() as http, aiohttp.ClientSession(connector=fresh) as api:
             await wait_http(http, f"{relay.base}/healthz", relay.proc)
+            pids: set[str] = set()
+            async with asyncio.timeout(30):  # both workers listening before devices connect
+                while len(pids) < 2:
+                    async with api.get(f"{relay.base}/healthz") as resp:
+                        pids.add(resp.headers["X-Relay-Worker"])
             devices: dict[str, Device] = {}
             async with asyncio.timeout(20):
                 while True:
