@@ -86,6 +86,11 @@ def rms(pcm: bytes) -> float:
 Event = tuple[Literal["text"], dict[str, Any]] | tuple[Literal["audio"], bytes]
 
 
+def texts_of(events: Sequence[Event]) -> list[dict[str, Any]]:
+    """The text messages among logged events."""
+    return [item for _kind, item in events if isinstance(item, dict)]
+
+
 def is_stt(m: dict[str, Any]) -> bool:
     return m.get("type") == "stt"
 
@@ -251,10 +256,6 @@ class VoiceDevice:
             except TimeoutError:
                 break
         return self.log[before:]
-
-    def texts_since(self, index: int) -> list[dict[str, Any]]:
-        """Text messages logged from `index` on."""
-        return [item for kind, item in self.log[index:] if kind == "text"]  # type: ignore[misc]
 
     async def ping(self, timeout: float = 5.0) -> float:
         """Seconds from `ping` to its `pong` (other messages on the way are logged)."""
