@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -30,6 +30,8 @@ from relay import cluster as c
 from relay.cluster import NodeAck, NodeMessage, NodeReplace, Page, Presence, PushResult, bump
 
 log = logging.getLogger(__name__)
+
+POOL_SIZE = 64  # connections to Redis per node; more callers wait for one
 
 _ERRORS = (RedisError, OSError)  # OSError includes TimeoutError from asyncio.timeout()
 _BATCH = 256  # devices per renewal script call
@@ -151,9 +153,17 @@ class RedisCluster(c.NodeInbox):
         self._deliver, self._replace, self._local_devices = deliver, replace, local_devices
         # One quick retry for a stale pooled socket; outages are the supervisor's business.
         t = self._op_timeout
-        self._redis = r = Redis.from_url(
-            self._url, socket_connect_timeout=t, socket_timeout=t, retry=Retry(NoBackoff(), 1)
+        # A blocking pool: under a burst of pushes, callers wait (bounded by op_timeout) for a
+        # connection instead of failing with MaxConnectionsError (docs/performance.md §13).
+        pool = BlockingConnectionPool.from_url(
+            self._url,
+            max_connections=POOL_SIZE,
+            timeout=t,
+            socket_connect_timeout=t,
+            socket_timeout=t,
+            retry=Retry(NoBackoff(), 1),
         )
+        self._redis = r = Redis(connection_pool=pool)
         self._scripts = {name: r.register_script(text) for name, text in _SCRIPTS}
         self._attempted.clear()
         self._supervisor = asyncio.create_task(self._supervise(), name="cluster-redis")
