@@ -1,0 +1,433 @@
+"""Downlink pacing with many sessions speaking at once (PROTOCOL.md §1.6).
+
+N devices (default 500) connect to one relay process (`python -m relay serve --config
+config.toml`, a subprocess) with Protocol-Version 2, whose audio frame header carries the
+relay's send time in ms (§1.4), and all ask for speech in the same loop iteration: `listen
+detect` with a `text_response` of a few sentences (§1.3). Each device models its playback
+clock: it starts at the first frame, each 60 ms frame adds 60 ms, and a frame that arrives
+after the queue ran dry restarts it (an underrun, audible as a gap). Per frame it records
+
+- lead: audio queued beyond now once the frame is queued; the relay may run ahead by at
+  most play_buffer_duration (1000 ms) + one frame;
+- send-time jitter: |interval between consecutive frames - 60 ms| on the relay's clock (the
+  v2 header timestamps) once the initial lead is filled, and the lateness of those frames
+  against the ideal schedule (first frame + k x 60 ms - play_buffer_duration);
+- on the relay's clock too: the lead (which the pacer should bound by the same 1060 ms) and
+  the burst spread (how long the relay took to write the first 17 frames, sent at once);
+- the jitter again from frame 34 on (one second after the lead was filled), which leaves out
+  the frames delayed by every device's 17-frame burst going out at the same moment.
+
+The baseline, in the same run: one device alone speaking the same text. The sentences are
+spoken once before the timed phases, so every device is served from the TTS frame cache and
+the benchmark measures pacing, not espeak-ng throughput.
+
+    python -m bench.pacing [--devices 500] [--repeat 3]
+
+stdout: one JSON document; stderr: progress, then a table. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import orjson
+import uvloop
+from aiohttp import WSMsgType
+
+from bench._common import (
+    PYTHON,
+    RESULTS,
+    Child,
+    children,
+    code_version,
+    free_port,
+    machine,
+    median,
+    percentile,
+    progress,
+    r,
+    self_cpu_seconds,
+    start_child,
+    wait_http_ok,
+)
+from bench._sched import process_sched
+from bench.passthrough import folded_top
+
+FRAME_MS = 60.0
+PLAY_BUFFER_MS = 1000.0
+GOAL_LEAD_MS = PLAY_BUFFER_MS + FRAME_MS
+GOAL_JITTER_P99_MS = 15.0
+CONNECT_BATCH = 100
+TEXT = (
+    "Good morning, here is the weather for today. It will be sunny with a light breeze. "
+    "The temperature will reach twenty degrees in the afternoon. Have a nice day."
+)
+HELLO = orjson.dumps(
+    {
+        "type": "hello",
+        "version": 2,
+        "transport": "websocket",
+        "audio_params": {
+            "format": "opus",
+            "sample_rate": 16000,
+            "channels": 1,
+            "frame_duration": 60,
+            "play_buffer_duration": int(PLAY_BUFFER_MS),
+        },
+    }
+)
+SAMPLES = RESULTS / "pacing-relay.folded"
+_V2 = struct.Struct(">HHIII")  # version, type, reserved, timestamp_ms, payload_size
+
+
+@dataclass
+class Device:
+    """One device: its socket and what it received during a phase."""
+
+    ws: aiohttp.ClientWebSocketResponse
+    session_id: str
+    arrivals: list[float] = field(default_factory=list)  # perf_counter, per audio frame
+    stamps: list[int] = field(default_factory=list)  # relay send time (v2 header), ms
+    asked_t: float = 0.0
+    start_t: float = 0.0
+    stop_t: float = 0.0
+    frames_after_stop: int = 0
+    sentence_starts: int = 0
+
+
+async def connect(http: aiohttp.ClientSession, url: str, rep: int, idx: int) -> Device:
+    """Handshake with Protocol-Version 2 and hello (§1.1, §1.2)."""
+    mac = ":".join(f"{b:02X}" for b in (0x02, 0x5A, rep & 255, 0, (idx >> 8) & 255, idx & 255))
+    ws = await http.ws_connect(
+        url, headers={"Device-Id": mac, "Client-Id": f"pace-{idx}", "Protocol-Version": "2"}
+    )
+    await ws.send_str(HELLO.decode())
+    async with asyncio.timeout(30):
+        msg = await ws.receive()
+    hello = orjson.loads(msg.data)
+    if hello.get("type") != "hello":
+        raise RuntimeError(f"device {idx}: no hello reply: {hello!r}")
+    return Device(ws, hello["session_id"])
+
+
+async def listen(dev: Device, cap_s: float) -> None:
+    """Read until `tts stop`, recording every audio frame's arrival and header timestamp."""
+    async with asyncio.timeout(cap_s):
+        async for msg in dev.ws:
+            now = time.perf_counter()
+            if msg.type == WSMsgType.BINARY:
+                _v, kind, _res, ts, _size = _V2.unpack_from(msg.data)
+                if kind == 0:
+                    if dev.stop_t:
+                        dev.frames_after_stop += 1
+                    dev.arrivals.append(now)
+                    dev.stamps.append(ts)
+                continue
+            if msg.type != WSMsgType.TEXT:
+                break
+            m = orjson.loads(msg.data)
+            if m.get("type") != "tts":
+                continue
+            state = m.get("state")
+            if state == "start":
+                dev.start_t = now
+            elif state == "sentence_start":
+                dev.sentence_starts += 1
+            elif state == "stop":
+                dev.stop_t = now
+                return
+
+
+def ask(dev: Device) -> bytes:
+    """The wake-word message asking the relay to speak TEXT (§1.3)."""
+    return orjson.dumps(
+        {
+            "session_id": dev.session_id,
+            "type": "listen",
+            "state": "detect",
+            "text": "hi",
+            "text_response": TEXT,
+        }
+    )
+
+
+def analyse(dev: Device) -> dict[str, Any]:
+    """Lead, underruns, jitter and lateness of one device's frames."""
+    frame_s = FRAME_MS / 1000
+    play_end = 0.0
+    leads, underruns = [], 0
+    for k, t in enumerate(dev.arrivals):
+        if k and t > play_end:
+            underruns += 1
+        play_end = max(play_end, t) + frame_s
+        leads.append((play_end - t) * 1000)
+    # On the relay's clock: frames 0..burst-1 go at once (the lead fills), then one per 60 ms.
+    burst = int(PLAY_BUFFER_MS // FRAME_MS) + 1
+    s = dev.stamps
+    relay_end, relay_leads = 0.0, []
+    for ts in s:  # the same playback clock on the relay's send times
+        relay_end = max(relay_end, ts) + FRAME_MS
+        relay_leads.append(relay_end - ts)
+    jitter = [abs(s[k] - s[k - 1] - FRAME_MS) for k in range(burst + 1, len(s))]
+    # The same once the frames right after the burst are out (steady state): from frame 34,
+    # one second after the lead was filled.
+    steady = [abs(s[k] - s[k - 1] - FRAME_MS) for k in range(2 * burst, len(s))]
+    # Lateness once the lead is filled: the burst frames may go in any order of time.
+    late = [s[k] - (s[0] + k * FRAME_MS - PLAY_BUFFER_MS) for k in range(burst, len(s))]
+    arr = dev.arrivals
+    arrival_jitter = [
+        abs((arr[k] - arr[k - 1]) * 1000 - FRAME_MS) for k in range(burst + 1, len(arr))
+    ]
+    return {
+        "frames": len(s),
+        "max_lead_ms": max(leads, default=float("nan")),
+        "leads": leads,
+        "relay_lead_max_ms": max(relay_leads, default=float("nan")),
+        "underruns": underruns,
+        "jitter": jitter,
+        "steady_jitter": steady,
+        "arrival_jitter": arrival_jitter,
+        "late": late,
+        # how long the relay took to write the burst that fills the lead, and how far the
+        # lead on its own clock went past play_buffer_duration + one frame
+        "burst_spread_ms": s[min(burst, len(s)) - 1] - s[0] if s else 0,
+        "relay_excess_lead_ms": max(0.0, max(relay_leads, default=0.0) - GOAL_LEAD_MS),
+        "ask_to_first_frame_ms": (arr[0] - dev.asked_t) * 1000 if arr else float("nan"),
+        "frames_after_stop": dev.frames_after_stop,
+        "sentence_starts": dev.sentence_starts,
+    }
+
+
+async def phase(
+    http: aiohttp.ClientSession,
+    url: str,
+    relay: Child,
+    rep: int,
+    n: int,
+    cap_s: float,
+    py_spy: str | None = None,
+) -> dict[str, Any]:
+    """Connect `n` devices, ask them all to speak at once, analyse what they received; with
+    `py_spy`, sample the relay's stacks meanwhile (diagnostics)."""
+    devices: list[Device] = []
+    for start in range(0, n, CONNECT_BATCH):
+        batch = range(start, min(n, start + CONNECT_BATCH))
+        devices += await asyncio.gather(*(connect(http, url, rep, i) for i in batch))
+    try:
+        readers = [asyncio.ensure_future(listen(d, cap_s)) for d in devices]
+        spy = None
+        if py_spy is not None:
+            args = [py_spy, "record", "--pid", str(relay.pid), "--rate", "250", "--function"]
+            args += ["--format", "raw", "--nonblocking", "--duration", "9", "--output"]
+            spy = start_child("pacing-py-spy", [*args, str(SAMPLES)])
+        await asyncio.sleep(0.2 if spy is None else 0.5)
+        (relay_cpu0, wait0), gen_cpu0 = process_sched(relay.pid), self_cpu_seconds()
+        t0 = time.perf_counter()
+        for d in devices:  # all in one loop iteration: the relay sees them at once
+            d.asked_t = time.perf_counter()
+            await d.ws.send_frame(ask(d), WSMsgType.TEXT)
+        results = await asyncio.gather(*readers, return_exceptions=True)
+        wall = time.perf_counter() - t0
+        relay_cpu1, wait1 = process_sched(relay.pid)
+        relay_cpu, relay_wait = relay_cpu1 - relay_cpu0, wait1 - wait0
+        gen_cpu = self_cpu_seconds() - gen_cpu0
+        relay.check_alive()
+    finally:
+        await asyncio.gather(*(d.ws.close() for d in devices), return_exceptions=True)
+    timeouts = sum(1 for x in results if isinstance(x, BaseException))
+    per = [analyse(d) for d in devices if d.arrivals]
+    leads = sorted(x for p in per for x in p["leads"])
+    jitter = sorted(x for p in per for x in p["jitter"])
+    steady = sorted(x for p in per for x in p["steady_jitter"])
+    arrival_jitter = sorted(x for p in per for x in p["arrival_jitter"])
+    late = sorted(x for p in per for x in p["late"])
+    firsts = sorted(p["ask_to_first_frame_ms"] for p in per)
+    frames = sum(p["frames"] for p in per)
+    return {
+        "devices": n,
+        "devices_with_audio": len(per),
+        "timeouts": timeouts,
+        "frames": frames,
+        "frames_per_device_median": median([p["frames"] for p in per]),
+        "wall_s": r(wall, 2),
+        "lead_max_ms": r(leads[-1] if leads else float("nan"), 1),
+        "lead_p99_ms": r(percentile(leads, 99), 1),
+        "lead_p50_ms": r(percentile(leads, 50), 1),
+        "relay_clock_lead_max_ms": r(max((p["relay_lead_max_ms"] for p in per), default=0.0), 1),
+        "devices_over_goal_lead": sum(1 for p in per if p["max_lead_ms"] > GOAL_LEAD_MS),
+        "underruns": sum(p["underruns"] for p in per),
+        "devices_with_underruns": sum(1 for p in per if p["underruns"]),
+        "jitter_p50_ms": r(percentile(jitter, 50), 1),
+        "jitter_p99_ms": r(percentile(jitter, 99), 1),
+        "jitter_max_ms": r(jitter[-1] if jitter else float("nan"), 1),
+        "steady_jitter_p99_ms": r(percentile(steady, 99), 1),
+        "steady_jitter_max_ms": r(steady[-1] if steady else float("nan"), 1),
+        "arrival_jitter_p99_ms": r(percentile(arrival_jitter, 99), 1),
+        "burst_spread_p50_ms": r(median([p["burst_spread_ms"] for p in per]), 1),
+        "burst_spread_max_ms": r(max((p["burst_spread_ms"] for p in per), default=0.0), 1),
+        "relay_excess_lead_max_ms": r(
+            max((p["relay_excess_lead_ms"] for p in per), default=0.0), 1
+        ),
+        "lateness_p50_ms": r(percentile(late, 50), 1),
+        "lateness_p99_ms": r(percentile(late, 99), 1),
+        "lateness_max_ms": r(late[-1] if late else float("nan"), 1),
+        "ask_to_first_frame_p50_ms": r(percentile(firsts, 50), 1),
+        "ask_to_first_frame_p99_ms": r(percentile(firsts, 99), 1),
+        "frames_after_tts_stop": sum(p["frames_after_stop"] for p in per),
+        "relay_cpu_us_per_frame": r(relay_cpu * 1e6 / frames if frames else float("nan"), 1),
+        "relay_cpu_cores": r(relay_cpu / wall, 2),
+        # Time the relay's threads were ready to run but waited for a CPU, per second.
+        "relay_runqueue_wait": r(relay_wait / wall, 3),
+        "loadgen_cpu_cores": r(gen_cpu / wall, 2),
+    }
+
+
+def medians(reps: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median of every number across repetitions."""
+    return {
+        k: r(median([rep[k] for rep in reps]))
+        for k, v in reps[0].items()
+        if isinstance(v, int | float)
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the relay, warm the TTS cache, then baseline and loaded phases per repetition."""
+    reps: list[dict[str, Any]] = []
+    with children() as started:
+        port = free_port()
+        relay = start_child(
+            "pacing-relay",
+            [PYTHON, "-m", "relay", "serve", "--config", "config.toml", "--port", str(port)],
+            env={
+                "RELAY__BUSINESS__0__URL": f"http://127.0.0.1:{free_port()}/chat",
+                "RELAY__LOG__LEVEL": "WARNING",
+                "RELAY__SERVER__IDLE_TIMEOUT_S": "600",
+            },
+        )
+        started.append(relay)
+        wait_http_ok(relay, f"http://127.0.0.1:{port}/healthz")
+        url = f"ws://127.0.0.1:{port}/xiaozhi/v1/"
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            progress("warming the TTS frame cache: one device speaks the text once")
+            await phase(http, url, relay, 250, 1, args.cap_s)
+            for i in range(args.repeat):
+                got: dict[str, Any] = {}
+                for name, n in (("alone", 1), ("loaded", args.devices)):
+                    progress(f"rep {i + 1}/{args.repeat}: {name}, {n} device(s) speaking at once")
+                    spy = args.py_spy if name == "loaded" and i == 0 else None
+                    got[name] = await phase(
+                        http, url, relay, 2 * i + (name == "loaded"), n, args.cap_s, spy
+                    )
+                    g = got[name]
+                    progress(
+                        f"  lead max {g['lead_max_ms']:.0f} ms p99 {g['lead_p99_ms']:.0f}, jitter "
+                        f"p99 {g['jitter_p99_ms']:.1f} ms, lateness p99 {g['lateness_p99_ms']:.0f} "
+                        f"ms, underruns {g['underruns']}, relay {g['relay_cpu_cores']:.2f} cores"
+                    )
+                reps.append(got)
+    med = {name: medians([rep[name] for rep in reps]) for name in ("alone", "loaded")}
+    loaded = med["loaded"]
+    return {
+        "benchmark": "pacing",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python -m bench.pacing", *sys.argv[1:]]),
+        "machine": machine(),
+        "code": code_version(),
+        "params": vars(args),
+        "text": TEXT,
+        "repetitions": reps,
+        "median": med,
+        "relay_samples_loaded": folded_top(SAMPLES) if args.py_spy and SAMPLES.exists() else None,
+        "goals": [
+            {
+                "goal": "lead never above play_buffer_duration + one frame "
+                f"({GOAL_LEAD_MS:.0f} ms)",
+                "value": loaded["lead_max_ms"],
+                "pass": loaded["lead_max_ms"] <= GOAL_LEAD_MS,
+            },
+            {
+                "goal": f"send-time jitter p99 < {GOAL_JITTER_P99_MS:.0f} ms",
+                "value": loaded["jitter_p99_ms"],
+                "pass": loaded["jitter_p99_ms"] < GOAL_JITTER_P99_MS,
+            },
+        ],
+    }
+
+
+def table(doc: dict[str, Any]) -> str:
+    """A short human-readable summary of the medians."""
+    keys = (
+        ("frames", "frames", 0),
+        ("lead_max_ms", "lead max ms", 1),
+        ("lead_p99_ms", "lead p99 ms", 1),
+        ("relay_clock_lead_max_ms", "lead max, relay clock", 1),
+        ("jitter_p50_ms", "jitter p50 ms", 1),
+        ("jitter_p99_ms", "jitter p99 ms", 1),
+        ("jitter_max_ms", "jitter max ms", 1),
+        ("steady_jitter_p99_ms", "jitter p99 from frame 34", 1),
+        ("steady_jitter_max_ms", "jitter max from frame 34", 1),
+        ("arrival_jitter_p99_ms", "arrival jitter p99", 1),
+        ("burst_spread_p50_ms", "burst spread p50 ms", 1),
+        ("burst_spread_max_ms", "burst spread max ms", 1),
+        ("lateness_p99_ms", "lateness p99 ms", 1),
+        ("lateness_max_ms", "lateness max ms", 1),
+        ("underruns", "underruns", 0),
+        ("ask_to_first_frame_p50_ms", "ask->1st frame p50", 1),
+        ("ask_to_first_frame_p99_ms", "ask->1st frame p99", 1),
+        ("frames_after_tts_stop", "frames after stop", 0),
+        ("relay_cpu_us_per_frame", "relay CPU us/frame", 1),
+        ("relay_cpu_cores", "relay cores", 2),
+        ("loadgen_cpu_cores", "loadgen cores", 2),
+        ("relay_runqueue_wait", "relay run-queue wait", 3),
+    )
+    med = doc["median"]
+    lines = [
+        f"pacing: median of {len(doc['repetitions'])} repetitions",
+        f"  {'':<22}{'alone':>10}{'loaded':>10}  ({doc['params']['devices']} devices)",
+    ]
+    for key, label, digits in keys:
+        a, b = med["alone"][key], med["loaded"][key]
+        lines.append(f"  {label:<22}{a:>10.{digits}f}{b:>10.{digits}f}")
+    for g in doc["goals"]:
+        lines.append(f"goal {g['goal']}: {g['value']} -> {'PASS' if g['pass'] else 'FAIL'}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = argparse.ArgumentParser(prog="python -m bench.pacing", description=__doc__)
+    p.add_argument("--devices", type=int, default=500)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--cap-s", type=float, default=60.0, help="cap on one phase's speech")
+    p.add_argument(
+        "--py-spy",
+        metavar="PATH",
+        help="diagnostics: py-spy binary; samples the relay during the first loaded phase",
+    )
+    args = p.parse_args(argv)
+    if min(args.devices, args.repeat) < 1:
+        p.error("counts must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; JSON on stdout, table on stderr."""
+    args = parse_args(argv)
+    doc = uvloop.run(run(args))
+    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
+    print(table(doc), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
