@@ -28,11 +28,11 @@ from relay.context import Relay
 from relay.device_auth import DeviceAuthenticator
 from relay.providers import build_speaker, build_voice
 from relay.turn import TurnDeps
+from relay.workers import WORKER_ENV
 from relay.ws import RELAY_KEY, idle_sweeper, presence_of, websocket_handler
 
 log = logging.getLogger(__name__)
 
-WORKER_ENV = "RELAY_WORKER_INDEX"  # set by relay.server for each worker process
 
 WS_PATHS = ("/v1/ws/", "/xiaozhi/v1/")
 

@@ -11,9 +11,8 @@ from collections.abc import Sequence
 
 import uvloop
 
-from relay.app import WORKER_ENV
 from relay.config import ConfigError, load
-from relay.server import listening_socket, run_workers, serve
+from relay.workers import WORKER_ENV, listening_socket, run_workers
 
 log = logging.getLogger("relay")
 
@@ -84,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1:
         passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
         return run_workers(_strip(passthrough, ("--workers", "--port")), args.workers, host, port)
+    from relay.server import serve  # the app and its models: only in serving processes
+
     sock = listening_socket(host, port, reuse_port=WORKER_ENV in os.environ)
     tune_gc(config.server.gc_freeze, config.server.gc_gen0_threshold)
     uvloop.run(serve(config, sock))

@@ -7,17 +7,11 @@ import logging
 import os
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
-from collections.abc import Sequence
 
 from aiohttp import web
-from prometheus_client import multiprocess
 
-from metrics.registry import MULTIPROC_ENV
 from protocol.codes import CloseCode
-from relay.app import WORKER_ENV, make_app
+from relay.app import make_app
 from relay.config import Config
 from relay.ws import RELAY_KEY
 
@@ -49,19 +43,6 @@ async def drain(app: web.Application, timeout_s: float) -> None:
         await asyncio.wait(readers, timeout=CLOSE_WAIT_S)
 
 
-def listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
-    """A bound, listening TCP socket (SO_REUSEPORT lets worker processes share a port)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    sock.setblocking(False)
-    return sock
-
-
 async def serve(config: Config, sock: socket.socket) -> None:
     """Serve on `sock` until SIGTERM or SIGINT, then drain and stop."""
     app = make_app(config)
@@ -81,32 +62,3 @@ async def serve(config: Config, sock: socket.socket) -> None:
     finally:
         await runner.cleanup()
     log.info("relay stopped")
-
-
-def run_workers(argv: Sequence[str], workers: int, host: str, port: int) -> int:
-    """Run `workers` relay processes on one port (SO_REUSEPORT); merge their metrics
-    through prometheus-client's multiprocess mode; forward SIGTERM/SIGINT; exit 0 when
-    all workers exited cleanly."""
-    probe = listening_socket(host, port, reuse_port=True)  # fail early if the port is taken
-    port = probe.getsockname()[1]
-    probe.close()
-    with tempfile.TemporaryDirectory(prefix="relay-metrics-") as metrics_dir:
-        children: list[subprocess.Popen[bytes]] = []
-        for i in range(workers):
-            env = {**os.environ, WORKER_ENV: str(i), MULTIPROC_ENV: metrics_dir}
-            cmd = [sys.executable, "-m", "relay", *argv, "--workers", "1", "--port", str(port)]
-            children.append(subprocess.Popen(cmd, env=env))
-
-        def forward(signum: int, _frame: object) -> None:
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signum)
-
-        signal.signal(signal.SIGTERM, forward)
-        signal.signal(signal.SIGINT, forward)
-        codes = []
-        for child in children:
-            codes.append(child.wait())
-            multiprocess.mark_process_dead(child.pid, metrics_dir)  # type: ignore[no-untyped-call]
-    failed = [c for c in codes if c != 0]
-    return failed[0] if failed else 0
