@@ -32,6 +32,7 @@ from pocketsphinx import Decoder
 from asr_tts.asr import BYTES_PER_SECOND, MAX_UTTERANCE_S, ASRError, ASRStream
 
 _SEARCH = "commands"
+_CMN_SEARCH = "cmn"  # one word: a search that costs next to nothing while features are made
 _WORD = re.compile(r"[a-z']+\Z")
 _SLICE_BYTES = BYTES_PER_SECOND * 60 // 1000  # one decoder call: 60 ms of audio
 _JOB_BYTES = BYTES_PER_SECOND // 4  # feed() hands audio to the decoder thread in 250 ms lots
@@ -73,6 +74,8 @@ def _load_decoder(grammar: str | None, vocabulary: frozenset[str]) -> Decoder:
         raise ASRError(f"grammar words missing from the pronunciation dictionary: {missing}")
     try:
         decoder.add_jsgf_string(_SEARCH, grammar)
+        word = min(vocabulary)
+        decoder.add_jsgf_string(_CMN_SEARCH, f"#JSGF V1.0;\ngrammar cmn;\npublic <w> = {word} ;\n")
         decoder.activate_search(_SEARCH)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise ASRError(f"cannot load the command grammar: {exc}") from exc
@@ -110,12 +113,33 @@ class _Slot:
         for i in range(0, len(data), _SLICE_BYTES):
             self.decoder.process_raw(data[i : i + _SLICE_BYTES], False, False)
 
+    def _decode_whole(self, data: bytes) -> None:
+        """Decode a whole utterance normalised with its own cepstral mean, in short calls.
+
+        pocketsphinx holds the GIL in every call: one full_utt call with the command search
+        (~15 ms per second of audio) would stall the event loop for as long. The mean comes
+        from a full_utt pass under a one-word search (~3 ms per second of audio); the command
+        search then runs with that mean on 60 ms slices, the GIL free between them.
+        """
+        d = self.decoder
+        d.end_utt()  # the one _start() began, still empty: begin again under the cheap search
+        d.activate_search(_CMN_SEARCH)
+        d.start_utt()
+        d.process_raw(data, False, True)
+        cmn = d.get_cmn()
+        d.end_utt()
+        d.activate_search(_SEARCH)
+        d.set_cmn(cmn)
+        d.start_utt()
+        for i in range(0, len(data), _SLICE_BYTES):
+            d.process_raw(data[i : i + _SLICE_BYTES], False, False)
+
     def finish(self, pcm: bytes) -> str:
         """Decode the last audio, end the utterance and return the best hypothesis."""
         if self.batch:
             self._start()
-            if pcm:  # full_utt: normalise with this utterance's own cepstral mean
-                self.decoder.process_raw(self._dither(pcm), False, True)
+            if pcm:
+                self._decode_whole(self._dither(pcm))
         else:
             self.process(pcm)
         self.decoder.end_utt()

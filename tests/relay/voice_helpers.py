@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from asr_tts.audio import OpusDecoder, pcm_from_wav, resample
 from protocol.binary import FrameType, decode_frame, encode_frame
+from protocol.device import ListenMode
 from tests.relay.fakes import Device, open_stream, session_of, sse
 
 RATE = 16000
@@ -168,7 +169,7 @@ class VoiceDevice:
     async def send(self, msg: dict[str, Any]) -> None:
         await self.dev.send({"session_id": self.session_id, **msg})
 
-    async def listen(self, mode: str) -> None:
+    async def listen(self, mode: ListenMode) -> None:
         await self.send({"type": "listen", "state": "start", "mode": mode})
 
     async def stop_listening(self) -> None:
