@@ -149,6 +149,16 @@ async def wait_logged(page: Page, kind: str, count: int = 1, timeout_s: float = 
     )
 
 
+async def count_logged(page: Page, kind: str) -> int:
+    """How many received messages show `kind` in the log now."""
+    n: int = await page.evaluate(
+        """(kind) => [...document.querySelectorAll('#log li[data-dir="in"] .kind')]
+             .filter(e => e.textContent === kind).length""",
+        kind,
+    )
+    return n
+
+
 async def counter(page: Page, element_id: str) -> int:
     return int(await page.inner_text(f"#{element_id}"))
 
@@ -219,8 +229,9 @@ async def test_console_is_a_device_that_speaks_and_hears(
     trap = "<img src=x onerror=window.__pwned=1>"
     payload = {"auth": {"device_id": "669C4BDA13EA"}, "type": "report", "details": {"note": trap}}
     await page.fill("#custom-payload", json.dumps(payload))
+    ends_before = await count_logged(page, "custom message_end")  # the chat turn's own
     await page.click("#custom-send")
-    await wait_logged(page, "custom message_end")
+    await wait_logged(page, "custom message_end", count=ends_before + 1)
     envelopes = [
         m["payload"]
         for m in await log_entries(page)
