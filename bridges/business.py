@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from enum import StrEnum
@@ -101,7 +100,8 @@ class BusinessClient:
         Ends at `message_end` or end of stream. Failures of §2.6 end the iteration quietly;
         `stats.failure` then names the error the device must be told.
         """
-        start = time.monotonic()
+        clock = asyncio.get_running_loop().time  # deadlines on the loop's own clock
+        start = clock()
         total_deadline = start + target.total_timeout_s
         lenient = target.session_check == "lenient"
         decoder = SSEDecoder(target.max_event_bytes)
@@ -115,7 +115,7 @@ class BusinessClient:
         resp: Response | None = None
         try:
             deadline = min(start + target.first_event_timeout_s, total_deadline)
-            async with asyncio.timeout_at(_loop_time(deadline)):
+            async with asyncio.timeout_at(deadline):
                 resp = await self._http.post(
                     self._endpoint(target.url),
                     body,
@@ -124,7 +124,7 @@ class BusinessClient:
                 )
             _check_response(resp)
             while True:
-                async with asyncio.timeout_at(_loop_time(deadline)):
+                async with asyncio.timeout_at(deadline):
                     chunk = await resp.read()
                 sse_events = decoder.feed(chunk) if chunk else decoder.close()
                 for sse in sse_events:
@@ -140,7 +140,7 @@ class BusinessClient:
                         stats.foreign_dropped += 1
                         continue
                     if stats.first_event_s is None:  # only this session's events count
-                        stats.first_event_s = time.monotonic() - start
+                        stats.first_event_s = clock() - start
                     stats.events += 1
                     yield event
                     if is_end(event):
@@ -151,7 +151,7 @@ class BusinessClient:
                     stats.outcome = Outcome.NO_END
                     return
                 if stats.first_event_s is not None:
-                    deadline = min(time.monotonic() + target.idle_timeout_s, total_deadline)
+                    deadline = min(clock() + target.idle_timeout_s, total_deadline)
         except _Failed as exc:
             stats.outcome = exc.outcome
         except TimeoutError:
@@ -162,7 +162,7 @@ class BusinessClient:
         finally:
             if resp is not None:
                 resp.release()
-            stats.total_s = time.monotonic() - start
+            stats.total_s = clock() - start
 
 
 async def _drain(resp: Response) -> None:
@@ -183,8 +183,3 @@ def _check_response(resp: Response) -> None:
         raise _Failed(Outcome.STATUS)
     if resp.content_type != "text/event-stream":
         raise _Failed(Outcome.CONTENT_TYPE)
-
-
-def _loop_time(monotonic_deadline: float) -> float:
-    # asyncio's loop clock is time.monotonic() on every loop we run (asyncio, uvloop).
-    return asyncio.get_running_loop().time() + (monotonic_deadline - time.monotonic())

@@ -11,7 +11,6 @@ from protocol.codes import DeviceError, ProtocolError
 _V2 = struct.Struct(">HHIII")  # version, type, reserved, timestamp_ms, payload_size
 _V3 = struct.Struct(">BBH")  # type, reserved, payload_size
 V3_MAX_PAYLOAD = 0xFFFF
-VERSIONS = (1, 2, 3)
 
 
 class FrameType(IntEnum):
