@@ -1,17 +1,11 @@
 """Utterance segmentation from VAD probabilities: pure, no clock and no I/O (auto/realtime, §1.3).
 
 `Segmenter` turns one probability per VAD window into start/end events; time is the sum of
-the window lengths it is given. `UtteranceCollector` follows the same windows over the PCM
-and hands back each utterance's audio, pre-roll included, never holding more than
-`pre_roll_s + min_speech_s + max_utterance_s` of it (each rounded up to whole windows).
-The pre-roll is `pre_roll_s` rounded up to whole windows, plus at most one more window.
+the window lengths it is given. The relay keeps the pre-roll and streams each utterance to ASR
+(relay/voice.py):
 
-    probs = vad.process(pcm)
-    collector.push(pcm)
-    for p in probs:
+    for p in vad.process(pcm):
         event = segmenter.process(VadStream.WINDOW_S, p)
-        if (utterance := collector.advance(event)) is not None:
-            ...  # hand the utterance to ASR
 """
 
 from __future__ import annotations
@@ -20,7 +14,6 @@ from dataclasses import dataclass
 from enum import Enum
 
 _EPS = 1e-9  # sums of float window lengths must reach a limit they equal on paper
-_WINDOW_SAMPLES = 512  # asr_tts.vad.VadStream.WINDOW_SAMPLES (not imported: it pulls onnxruntime)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,67 +92,4 @@ class Segmenter:
         if self._utterance_s + _EPS >= cfg.max_utterance_s:
             self.reset()
             return SegmentEvent.CUT
-        return None
-
-
-class UtteranceCollector:
-    """Pre-roll ring and utterance buffer for one stream, advanced one VAD window at a time."""
-
-    def __init__(
-        self, cfg: SegmenterConfig, sample_rate: int = 16000, window_samples: int = _WINDOW_SAMPLES
-    ) -> None:
-        if sample_rate <= 0 or window_samples <= 0:
-            raise ValueError("sample rate and window must be positive")
-        self._window = 2 * window_samples
-        # At SPEECH_START the windows that proved speech are already in the ring; the
-        # pre-roll is kept in front of them. Limits are whole windows, rounded up.
-        self._ring_max = self._whole_windows(cfg.pre_roll_s + cfg.min_speech_s, sample_rate)
-        self._utterance_max = self._ring_max + self._whole_windows(cfg.max_utterance_s, sample_rate)
-        self._pending = bytearray()  # pushed, not yet matched with a VAD window
-        self._ring = bytearray()
-        self._utterance: bytearray | None = None
-
-    def _whole_windows(self, seconds: float, rate: int) -> int:
-        """Bytes of `seconds` of audio, rounded up to whole windows."""
-        samples_2 = round(seconds * rate) * 2
-        return -(-samples_2 // self._window) * self._window
-
-    @property
-    def in_utterance(self) -> bool:
-        """True while an utterance is being collected."""
-        return self._utterance is not None
-
-    def reset(self) -> None:
-        """Drop all audio held."""
-        self._pending.clear()
-        self._ring.clear()
-        self._utterance = None
-
-    def push(self, pcm: bytes) -> None:
-        """Add the PCM that was just given to the VAD stream."""
-        if len(self._pending) + len(pcm) > self._utterance_max + self._window:
-            # The caller pushes what the VAD saw and advances once per window it returned,
-            # so this only grows when that contract is broken.
-            raise ValueError("push() ran ahead of advance()")
-        self._pending += pcm
-
-    def advance(self, event: SegmentEvent | None) -> bytes | None:
-        """Consume one window with the segmenter's event for it; return the utterance at its end."""
-        if len(self._pending) < self._window:
-            raise ValueError("advance() without a whole window pushed")
-        window = bytes(self._pending[: self._window])
-        del self._pending[: self._window]
-        if event is SegmentEvent.SPEECH_START:
-            self._utterance = self._ring
-            self._ring = bytearray()
-        if self._utterance is None:
-            self._ring += window
-            del self._ring[: max(0, len(self._ring) - self._ring_max)]
-            return None
-        # The bound holds even when the segmenter's limits differ from this collector's.
-        room = self._utterance_max - len(self._utterance)
-        self._utterance += window[: max(0, room)]
-        if event in (SegmentEvent.SPEECH_END, SegmentEvent.CUT):
-            done, self._utterance = bytes(self._utterance), None
-            return done
         return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asr_tts.segmenter import Segmenter, SegmenterConfig, SegmentEvent, UtteranceCollector
+from asr_tts.segmenter import Segmenter, SegmenterConfig, SegmentEvent
 
 START, END, CUT = SegmentEvent.SPEECH_START, SegmentEvent.SPEECH_END, SegmentEvent.CUT
 CHUNK = 0.05  # 20 windows per second keeps the arithmetic readable
@@ -114,89 +114,3 @@ def test_inconsistent_config_is_refused(kwargs: dict[str, float]) -> None:
 def test_window_length_must_be_positive() -> None:
     with pytest.raises(ValueError, match="positive"):
         Segmenter(SegmenterConfig()).process(0.0, 0.9)
-
-
-def marked(index: int) -> bytes:
-    """One VAD window whose samples all carry the window's index."""
-    return np.full(W, index, dtype="<i2").tobytes()
-
-
-def window_ids(pcm: bytes) -> list[int]:
-    """The index carried by each window of collected PCM."""
-    x = np.frombuffer(pcm, dtype="<i2").reshape(-1, W)
-    assert (x == x[:, :1]).all(), "windows were split or mixed"
-    return [int(v) for v in x[:, 0]]
-
-
-def collect(
-    cfg: SegmenterConfig, probs: list[float], collector: UtteranceCollector | None = None
-) -> list[tuple[SegmentEvent, list[int]]]:
-    """Feed marked windows with `probs` through a segmenter and a collector, frame by frame."""
-    seg = Segmenter(cfg)
-    col = collector or UtteranceCollector(cfg)
-    done = []
-    for i, p in enumerate(probs):
-        col.push(marked(i))
-        event = seg.process(W_S, p)
-        if (utterance := col.advance(event)) is not None:
-            assert event is not None
-            done.append((event, window_ids(utterance)))
-    return done
-
-
-def test_collector_returns_the_utterance_with_its_pre_roll() -> None:
-    cfg = SegmenterConfig()
-    [(event, ids)] = collect(cfg, [0.0] * 100 + [0.9] * 60 + [0.0] * 40)
-    assert event is END
-    # pre_roll_s = 0.3 s = 9.4 windows: 10 whole windows, or 11.
-    assert ids[0] in (100 - 10, 100 - 11)
-    assert ids == list(range(ids[0], ids[-1] + 1))
-    assert ids[-1] == 159 + 19  # min_silence_s = 0.6 s = 19 windows of 32 ms
-
-
-def test_collector_pre_roll_is_what_there_is_when_speech_starts_at_once() -> None:
-    [(_, ids)] = collect(SegmenterConfig(), [0.9] * 30 + [0.0] * 30)
-    assert ids[0] == 0
-
-
-def test_collector_on_cut_holds_max_utterance_and_no_more() -> None:
-    cfg = SegmenterConfig(max_utterance_s=3.0)
-    done = collect(cfg, [0.0] * 50 + [0.9] * 200)
-    assert [e for e, _ in done] == [CUT, CUT]
-    first = done[0][1]
-    assert first[0] in (40, 39)
-    assert first[-1] == 50 + 94 - 1  # 3.0 s = 93.75 windows, counted from speech onset
-    # The next utterance begins where the cut one ended: nothing is heard twice.
-    assert done[1][1][0] == first[-1] + 1
-
-
-def test_collector_bound_holds_when_the_segmenter_runs_longer() -> None:
-    collector = UtteranceCollector(SegmenterConfig(max_utterance_s=1.0))
-    done = collect(SegmenterConfig(max_utterance_s=10.0), [0.9] * 400, collector)
-    [(event, ids)] = done
-    assert event is CUT
-    # pre_roll + min_speech = 0.55 s -> 18 windows; max_utterance 1.0 s -> 32 windows.
-    assert len(ids) == 18 + 32
-
-
-def test_collector_refuses_pushes_that_run_ahead_and_windows_not_pushed() -> None:
-    col = UtteranceCollector(SegmenterConfig(max_utterance_s=1.0))
-    with pytest.raises(ValueError, match="whole window"):
-        col.advance(None)
-    with pytest.raises(ValueError, match="ran ahead"):
-        col.push(bytes(16000 * 2 * 3))
-
-
-def test_collector_reset_drops_the_audio() -> None:
-    cfg = SegmenterConfig()
-    col = UtteranceCollector(cfg)
-    for i in range(20):
-        col.push(marked(i))
-        col.advance(START if i == 10 else None)
-    assert col.in_utterance
-    col.reset()
-    assert not col.in_utterance
-    col.push(marked(99))
-    assert col.advance(START) is None
-    col.push(marked(100))
-    assert window_ids(col.advance(END) or b"") == [99, 100]
