@@ -96,6 +96,10 @@ class FrameEncoder:
 
     def encode(self, pcm: Pcm) -> list[bytes]:
         """Return `pcm` as whole frames of the downlink format, the last one padded with silence."""
+        return self.encode_frames(self.cut(pcm))
+
+    def cut(self, pcm: Pcm) -> list[bytes]:
+        """`pcm` resampled and cut into frames of raw s16le samples, the last one padded."""
         fmt = self.fmt
         x = np.frombuffer(resample(pcm, fmt.sample_rate).samples, dtype="<i2")
         if not x.size:
@@ -105,10 +109,14 @@ class FrameEncoder:
         step = fmt.frame_samples * fmt.channels
         x = np.concatenate([x, np.zeros(-x.size % step, dtype="<i2")])
         raw = x.tobytes()
-        frames = [raw[i : i + 2 * step] for i in range(0, len(raw), 2 * step)]
+        return [raw[i : i + 2 * step] for i in range(0, len(raw), 2 * step)]
+
+    def encode_frames(self, frames: list[bytes]) -> list[bytes]:
+        """Encode frames from `cut`, in order (Opus state runs on from the previous call)."""
         if self._encoder is None:
             return frames
-        return [bytes(self._encoder.encode(f, fmt.frame_samples)) for f in frames]
+        n = self.fmt.frame_samples
+        return [bytes(self._encoder.encode(f, n)) for f in frames]
 
 
 class OpusDecoder:

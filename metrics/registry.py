@@ -173,6 +173,12 @@ class Metrics:
             buckets=(0.0, 0.06, 0.12, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0),
             registry=r,
         )
+        self.tts_encode = Histogram(
+            "relay_tts_encode_seconds",
+            "Resampling and Opus encoding of synthesised speech, per executor job.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
         self.tts_fallbacks = Counter(
             "relay_tts_fallbacks_total",
             "Answers whose tts_provider is not configured; spoken by the default provider.",

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+import struct
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from metrics.registry import Metrics
 from protocol.binary import encode_frame
@@ -23,14 +24,27 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 5.0
 _AUDIO: Final = 0
 _TEXT: Final = 1
+# The pacer aims this far under §1.6's bound: the device's clock starts when the first frame
+# arrives, so a first frame delivered a little late (a busy network or device) would
+# otherwise show as lead above the bound. 5 ms of a 1 s buffer costs nothing audible.
+PACING_MARGIN_S = 0.005
+_HIGH_WATER = 64 * 1024  # bytes a device may leave unread in our socket buffer before writes wait
+_DRAIN_POLL_S = 0.02
+_FIN_TEXT: Final = 0x81  # FIN + opcode 1 (RFC 6455 §5.2)
+_FIN_BINARY: Final = 0x82  # FIN + opcode 2
+_LEN7 = struct.Struct("!BB")
+_LEN16 = struct.Struct("!BBH")
+_LEN64 = struct.Struct("!BBQ")
 
 
 class Pacer:
     """Audio pacing against a monotonic clock (PROTOCOL.md §1.6).
 
-    `play_end` is when the device will have played everything sent so far. A frame may go
-    out once the lead (play_end - now) is at most `lead_s`, so the device's queue never holds
-    more than `play_buffer_duration` plus one frame.
+    `play_end` is when the device will have played every frame written so far; frames still
+    queued in the relay count as playing right after it. A frame may go out while the lead
+    (play_end - now) is at most `lead_s`, so the device's queue never holds more than
+    `play_buffer_duration` plus one frame. Frames are accounted when written, not when
+    queued: a frame that waits behind other devices' writes starts the device's clock later.
     """
 
     def __init__(self, frame_s: float, lead_s: float) -> None:
@@ -38,31 +52,42 @@ class Pacer:
         self.lead_s = lead_s
         self._play_end = 0.0
 
-    def delay(self, now: float) -> float:
-        """Seconds to wait before the next frame may be sent."""
-        return max(0.0, self._play_end - self.lead_s - now)
+    def _room(self, now: float, queued: int) -> float:
+        return self.lead_s - (max(self._play_end, now) - now) - queued * self.frame_s
 
-    def sent(self, now: float) -> None:
-        """Record that one frame went out at `now`."""
-        self._play_end = max(self._play_end, now) + self.frame_s
+    def allowed(self, now: float, queued: int = 0) -> int:
+        """How many more frames may be queued at `now`, with `queued` not yet written."""
+        room = self._room(now, queued)
+        # A hair of tolerance: the float sum of 17 frames of 0.06 s is not exactly 1.02.
+        return int(room / self.frame_s + 1e-9) + 1 if room >= -1e-9 else 0
+
+    def delay(self, now: float, queued: int = 0) -> float:
+        """Seconds to wait before the next frame may be queued."""
+        return max(0.0, -self._room(now, queued))
+
+    def sent(self, now: float, frames: int = 1) -> None:
+        """Record that `frames` frames were written at `now`."""
+        self._play_end = max(self._play_end, now) + frames * self.frame_s
 
     def lead(self, now: float) -> float:
-        """Audio queued on the device beyond `now`, in seconds."""
+        """Audio written to the device beyond `now`, in seconds."""
         return max(0.0, self._play_end - now)
 
 
 class Link:
     """A bounded outbox drained by a writer task; a peer that cannot keep up is closed.
 
-    The writer runs only while there is something to write, so an idle device holds no
-    task and no queue (docs/performance.md: idle memory per device).
+    A message goes straight to the peer when nothing is waiting before it and the peer can
+    take it without blocking (`_write_now`); only a backlog starts the writer task, so an idle
+    device holds no task and no queue (docs/performance.md: idle memory per device), and a
+    paced answer costs no task per frame.
     """
 
     def __init__(
         self, session_id: str, metrics: Metrics, outbox_max: int, frame_s: float, lead_s: float
     ) -> None:
         self.session_id = session_id
-        self.pacer = Pacer(frame_s, lead_s)
+        self.pacer = Pacer(frame_s, max(0.0, lead_s - PACING_MARGIN_S))
         self._metrics = metrics
         self._audio_out = (
             metrics.audio_frames.labels("out"),
@@ -70,6 +95,7 @@ class Link:
         )
         self._max = outbox_max
         self._pending: deque[tuple[int, bytes]] = deque()
+        self._queued_audio = 0  # audio frames in `_pending`
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
         self._closed_event: asyncio.Event | None = None  # made only when someone waits
@@ -85,25 +111,26 @@ class Link:
         count, size = self._metrics.message_counters(mtype, "out")
         count.inc()
         size.inc(len(msg))
-        self._put((_TEXT, msg))
+        self._put([(_TEXT, msg)], 0)
 
-    def send_audio(self, frame: bytes) -> None:
-        """Queue one audio packet; framing for the device's version happens in the writer."""
-        count, size = self._audio_out
-        count.inc()
-        size.inc(len(frame))
-        self._put((_AUDIO, frame))
-
-    async def paced_audio(self, frame: bytes) -> None:
-        """Wait for the pacer, then queue `frame` (PROTOCOL.md §1.6)."""
+    async def paced_audio(self, frames: Sequence[bytes]) -> None:
+        """Send audio frames as the pacer allows (PROTOCOL.md §1.6): as many at once as the
+        device's buffer has room for (one write for a whole start-up burst), then each when
+        its turn comes. Framing for the device's version happens at write time."""
         loop = asyncio.get_running_loop()
-        delay = self.pacer.delay(loop.time())
-        if delay > 0:
-            await asyncio.sleep(delay)
-        now = loop.time()
-        self.pacer.sent(now)
-        self._metrics.pacing_lead.observe(self.pacer.lead(now))
-        self.send_audio(frame)
+        count, size = self._audio_out
+        i, n = 0, len(frames)
+        while i < n and not self._closed:
+            now = loop.time()
+            k = min(n - i, self.pacer.allowed(now, self._queued_audio))
+            if k == 0:
+                await asyncio.sleep(self.pacer.delay(now, self._queued_audio))
+                continue
+            batch = frames[i : i + k]
+            i += k
+            count.inc(k)
+            size.inc(sum(map(len, batch)))
+            self._put([(_AUDIO, f) for f in batch], k)
 
     async def wait_closed(self) -> None:
         """Return when the link is closed."""
@@ -144,39 +171,69 @@ class Link:
             self.close_code = code
         self._mark_closed()
         self._pending.clear()
+        self._queued_audio = 0
         writer, self._writer = self._writer, None
         if writer is not None and writer is not asyncio.current_task():
             writer.cancel()
             await asyncio.wait([writer])
         await self._close_peer(self.close_code)
 
-    def _put(self, item: tuple[int, bytes]) -> None:
+    def _put(self, items: list[tuple[int, bytes]], audio: int) -> None:
+        """Write `items` (`audio` of them audio frames) now if possible, else queue them."""
         if self._closed:
             return
-        if len(self._pending) >= self._max:
+        pending = self._pending
+        if not pending and self._writer is None:
+            try:
+                if self._write_now(items, audio):
+                    return
+            except (ConnectionError, RuntimeError) as exc:
+                self._write_failed(exc)
+                return
+        if len(pending) + len(items) > self._max:
             self._metrics.outbox_overflow.inc()
             log.warning("outbox full for session %s: closing", self.session_id)
             self.request_close(CloseCode.OVER_CAPACITY)
             return
-        self._pending.append(item)
+        pending.extend(items)
+        self._queued_audio += audio
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def _audio_written(self, frames: int) -> None:
+        """Account `frames` audio frames as written now (the pacer's clock, the lead metric)."""
+        now = asyncio.get_running_loop().time()
+        self.pacer.sent(now, frames)
+        self._metrics.pacing_lead.observe(self.pacer.lead(now))
+
+    def _write_failed(self, exc: BaseException) -> None:
+        log.info("write to %s failed: %s", self.session_id, type(exc).__name__)
+        self.request_close(CloseCode.GOING_AWAY)
 
     async def _write_loop(self) -> None:
         pending = self._pending
         try:
             while pending:
-                kind, data = pending.popleft()
-                await self._write(kind, data)
-                del data  # orjson output sits in a 4 KiB buffer: do not keep it alive
+                items = list(pending)
+                pending.clear()
+                audio = sum(1 for kind, _ in items if kind == _AUDIO)
+                await self._write_items(items, audio)
+                # Written frames leave the queue count together with `_audio_written`:
+                # no await in between, so the pacer never sees a frame twice or not at all.
+                self._queued_audio -= audio
+                del items  # orjson output sits in a 4 KiB buffer: do not keep it alive
         except (ConnectionError, RuntimeError) as exc:
-            log.info("write to %s failed: %s", self.session_id, type(exc).__name__)
-            self.request_close(CloseCode.GOING_AWAY)
+            self._write_failed(exc)
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None
 
-    async def _write(self, kind: int, data: bytes) -> None:
+    def _write_now(self, items: list[tuple[int, bytes]], audio: int) -> bool:
+        """Write `items` without waiting if the peer can take them; False to queue them."""
+        return False
+
+    async def _write_items(self, items: list[tuple[int, bytes]], audio: int) -> None:
+        """Write `items` in order, waiting for the peer as needed."""
         raise NotImplementedError
 
     async def _close_peer(self, code: int) -> None:
@@ -184,7 +241,13 @@ class Link:
 
 
 class WebSocketLink(Link):
-    """A device WebSocket; audio framed per the handshake's protocol version (§1.4)."""
+    """A device WebSocket; audio framed per the handshake's protocol version (§1.4).
+
+    Frames are built here and handed to the transport in one write per batch: a server's
+    frames are unmasked and the relay negotiates no extension (RFC 6455 §5.2), so a frame is
+    a 2-10 byte header and the payload. The transport's buffer is the flow control: past
+    `_HIGH_WATER` bytes, writes wait for the device to read.
+    """
 
     def __init__(
         self,
@@ -204,14 +267,53 @@ class WebSocketLink(Link):
         self._start = time.monotonic()
         self.wake: Callable[[], None] | None = None  # set by the connection's reader
 
-    async def _write(self, kind: int, data: bytes) -> None:
-        if kind == _TEXT:
-            await self._ws.send_frame(data, WSMsgType.TEXT)
-        else:
+    def _frame(self, kind: int, data: bytes) -> bytes:
+        if kind == _AUDIO:
             ts = int((time.monotonic() - self._start) * 1000)
-            await self._ws.send_frame(
-                encode_frame(self._version, data, timestamp_ms=ts), WSMsgType.BINARY
-            )
+            data = encode_frame(self._version, data, timestamp_ms=ts)
+            first = _FIN_BINARY
+        else:
+            first = _FIN_TEXT
+        size = len(data)
+        if size < 126:
+            return _LEN7.pack(first, size) + data
+        if size < 65536:
+            return _LEN16.pack(first, 126, size) + data
+        return _LEN64.pack(first, 127, size) + data
+
+    def _ready(self, transport: asyncio.Transport | None) -> bool:
+        """Whether the transport takes a write now; raises once the socket is closing."""
+        if transport is None or self._ws.closed or transport.is_closing():
+            raise ConnectionResetError("the WebSocket is closing")
+        return transport.get_write_buffer_size() <= _HIGH_WATER
+
+    def _send(
+        self, transport: asyncio.Transport, items: list[tuple[int, bytes]], audio: int
+    ) -> None:
+        frame = self._frame
+        if len(items) == 1:
+            transport.write(frame(*items[0]))
+        else:
+            transport.write(b"".join([frame(kind, data) for kind, data in items]))
+        if audio:
+            self._audio_written(audio)
+
+    def _write_now(self, items: list[tuple[int, bytes]], audio: int) -> bool:
+        transport = self._transport
+        if not self._ready(transport):
+            return False
+        assert transport is not None  # _ready raised otherwise
+        self._send(transport, items, audio)
+        return True
+
+    async def _write_items(self, items: list[tuple[int, bytes]], audio: int) -> None:
+        transport = self._transport
+        # aiohttp exposes no public drain for its transport; polling costs only while this
+        # device leaves 64 KiB unread, and the bounded outbox closes it if that lasts.
+        while not self._ready(transport):  # noqa: ASYNC110
+            await asyncio.sleep(_DRAIN_POLL_S)
+        assert transport is not None
+        self._send(transport, items, audio)
 
     def _close_requested(self) -> None:
         if self.wake is not None:
@@ -250,15 +352,17 @@ class SSELink(Link):
         self._audio_base64 = audio_base64
         self._seq = 0
 
-    async def _write(self, kind: int, data: bytes) -> None:
-        if kind == _TEXT:
-            await self._resp.write(b"data: " + data + b"\n\n")
-            return
-        info: dict[str, object] = {"seq": self._seq, "bytes": len(data)}
-        if self._audio_base64:
-            info["audio"] = base64.b64encode(data).decode()
-        self._seq += 1
-        await self._resp.write(b"event: audio\ndata: " + orjson.dumps(info) + b"\n\n")
+    async def _write_items(self, items: list[tuple[int, bytes]], audio: int) -> None:
+        for kind, data in items:
+            if kind == _TEXT:
+                await self._resp.write(b"data: " + data + b"\n\n")
+                continue
+            info: dict[str, object] = {"seq": self._seq, "bytes": len(data)}
+            if self._audio_base64:
+                info["audio"] = base64.b64encode(data).decode()
+            self._seq += 1
+            await self._resp.write(b"event: audio\ndata: " + orjson.dumps(info) + b"\n\n")
+            self._audio_written(1)
 
     async def _close_peer(self, code: int) -> None:
         return None  # the HTTP handler ends the response

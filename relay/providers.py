@@ -63,6 +63,7 @@ def build_speaker(
         cache=FrameCache(tts.cache_mb * 1024 * 1024) if tts.cache_mb else None,
         on_fallback=lambda _requested: metrics.tts_fallbacks.inc(),
         on_synth=on_synth,
+        on_encode=metrics.tts_encode.observe,
         first_max_chars=tts.first_segment_chars or None,
     )
 

@@ -84,17 +84,19 @@ class Speech:
 
     async def _speak(self, sp: Speak, encoder: FrameEncoder) -> None:
         link, sid = self._link, self._link.session_id
-        sentences = self._deps.speaker.sentences(sp.answer, voice_of(sp), encoder)
+        segments = self._deps.speaker.segments(sp.answer, voice_of(sp), encoder)
         try:
-            async with contextlib.aclosing(sentences) as it:
-                async for text, frames in it:
-                    link.send_json(device.sentence_start(sid, text), "tts")
-                    for frame in frames:
-                        await link.paced_audio(frame)
-                        if self._speech_end is not None:
-                            delay = time.monotonic() - self._speech_end
-                            self._deps.metrics.speech_to_audio.observe(delay)
-                            self._speech_end = None
+            async with contextlib.aclosing(segments) as it:
+                async for text, frames, _whole in it:
+                    if text is not None:  # None: more frames of the sentence before
+                        link.send_json(device.sentence_start(sid, text), "tts")
+                    if self._speech_end is not None and frames:
+                        await link.paced_audio(frames[:1])
+                        delay = time.monotonic() - self._speech_end
+                        self._deps.metrics.speech_to_audio.observe(delay)
+                        self._speech_end = None
+                        frames = frames[1:]
+                    await link.paced_audio(frames)
         except TTSError as exc:
             # The rest of this answer cannot be heard; later answers may still be.
             self._deps.metrics.tts_errors.inc()

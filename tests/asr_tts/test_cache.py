@@ -10,7 +10,7 @@ import pytest
 from asr_tts.audio import DownlinkFormat, FrameEncoder, OpusDecoder
 from asr_tts.cache import CacheKey, FrameCache, cache_key
 from asr_tts.speaker import Speaker
-from asr_tts.tts import Pcm, TTSError, Voice
+from asr_tts.tts import TTSError, Voice
 from tests.asr_tts.test_speaker import SENTENCES, TEXT, FakeTTS, collect, other_tasks, rms
 
 OPUS = DownlinkFormat()
@@ -129,10 +129,10 @@ class CountingEncoder(FrameEncoder):
         super().__init__(OPUS)
         self.encoded = 0
 
-    def encode(self, pcm: Pcm) -> list[bytes]:
+    def encode_frames(self, frames: list[bytes]) -> list[bytes]:
         """Encode and count."""
         self.encoded += 1
-        return super().encode(pcm)
+        return super().encode_frames(frames)
 
 
 async def test_a_cached_sentence_skips_synthesis_and_encoding() -> None:

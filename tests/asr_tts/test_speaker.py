@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from asr_tts.audio import DownlinkFormat, FrameEncoder, OpusDecoder
+from asr_tts.cache import FrameCache
 from asr_tts.embedded import EmbeddedTTS
-from asr_tts.speaker import Speaker
+from asr_tts.speaker import HEAD_FRAMES, Speaker
 from asr_tts.tts import Pcm, TTSError, TTSProvider, Voice
 
 SECONDS_PER_CHAR = 0.02
@@ -244,22 +245,22 @@ class RecordingEncoder(FrameEncoder):
         self.threads: list[str] = []
         self.finished = threading.Event()
 
-    def encode(self, pcm: Pcm) -> list[bytes]:
+    def encode_frames(self, frames: list[bytes]) -> list[bytes]:
         """Encode, after recording the thread and sleeping the delay."""
         self.threads.append(threading.current_thread().name)
         if self.on_start is not None:
             self.on_start()
         time.sleep(self.delay)
-        frames = super().encode(pcm)
+        encoded = super().encode_frames(frames)
         self.finished.set()
-        return frames
+        return encoded
 
 
 async def test_encoding_runs_in_the_given_executor() -> None:
     encoder = RecordingEncoder()
     with ThreadPoolExecutor(1, thread_name_prefix="opus") as pool:
         await collect(speaker(FakeTTS(), executor=pool).sentences(TEXT, Voice(), encoder))
-    assert len(encoder.threads) == 3
+    assert len(encoder.threads) == len(SENTENCES)  # each under 2 x HEAD_FRAMES: one encode
     assert all(name.startswith("opus") for name in encoder.threads)
 
 
@@ -309,3 +310,79 @@ async def test_each_synthesis_reports_its_provider_and_latency() -> None:
     # uvloop fires timers against its cached clock, up to a millisecond early: leave slack.
     assert 0.045 <= timings[0][1] < 1
     assert 0.015 <= timings[1][1] < 1
+
+
+LONG_FIRST = "This first sentence is long enough to be split. Two."
+
+
+async def test_the_first_frames_go_out_before_the_first_sentence_is_encoded() -> None:
+    encoder = RecordingEncoder(delay=0.05)
+    spk = speaker(FakeTTS(), first_max_chars=None)
+    async with aclosing(spk.segments(LONG_FIRST, Voice(), encoder)) as it:
+        sentence, head, whole = await anext(it)
+        assert (sentence, len(head), whole) == (
+            "This first sentence is long enough to be split.",
+            HEAD_FRAMES,
+            False,
+        )
+        assert len(encoder.threads) == 1  # only the head is encoded so far
+        sentence, rest, whole = await anext(it)
+        assert sentence is None
+        assert whole
+        assert len(head + rest) == expected_frames(
+            "This first sentence is long enough to be split."
+        )
+        assert (await anext(it))[::2] == ("Two.", True)
+    # The same encoder state runs through head and rest: the frames are those of one encode.
+    pcm = tone(len("This first sentence is long enough to be split.") * SECONDS_PER_CHAR)
+    assert head + rest == FrameEncoder(DownlinkFormat()).encode(pcm)
+
+
+async def test_answers_wanting_the_same_sentence_at_once_share_one_synthesis() -> None:
+    fake = FakeTTS(delays={s: 0.05 for s in SENTENCES})
+    spk = speaker(fake, cache=FrameCache(1_000_000))
+    outs = await asyncio.gather(
+        *(collect(spk.sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat()))) for _ in range(5))
+    )
+    assert sorted(fake.calls) == sorted(SENTENCES)
+    assert all(out == outs[0] for out in outs)
+    assert [s for s, _ in outs[0]] == SENTENCES
+    assert not other_tasks()
+
+
+async def test_a_shared_sentence_is_made_again_when_its_first_answer_stops() -> None:
+    fake = FakeTTS(delays={"Hello there.": 0.2})
+    spk = speaker(fake, cache=FrameCache(1_000_000))
+    first = asyncio.create_task(
+        collect(spk.sentences("Hello there.", Voice(), FrameEncoder(DownlinkFormat())))
+    )
+    await fake.called.wait()
+    second = asyncio.create_task(
+        collect(spk.sentences("Hello there.", Voice(), FrameEncoder(DownlinkFormat())))
+    )
+    await asyncio.sleep(0.05)
+    assert fake.calls == ["Hello there."]  # the second waits for the first
+    first.cancel()
+    out = await asyncio.wait_for(second, 2)
+    assert [s for s, _ in out] == ["Hello there."]
+    assert len(out[0][1]) == expected_frames("Hello there.")
+    assert fake.calls == ["Hello there.", "Hello there."]
+    assert first.cancelled()
+
+
+async def test_a_failed_shared_sentence_fails_every_answer_waiting_for_it() -> None:
+    fake = FakeTTS(fail="Hello there.", delays={"Hello there.": 0.05})
+    spk = speaker(fake, cache=FrameCache(1_000_000))
+    results = await asyncio.gather(
+        *(
+            collect(spk.sentences("Hello there.", Voice(), FrameEncoder(DownlinkFormat())))
+            for _ in range(3)
+        ),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, TTSError) for r in results)
+    assert fake.calls == ["Hello there."]
+    # Nothing failed is kept: the next answer asks the provider again.
+    fake.fail = None
+    out = await collect(spk.sentences("Hello there.", Voice(), FrameEncoder(DownlinkFormat())))
+    assert len(out[0][1]) == expected_frames("Hello there.")

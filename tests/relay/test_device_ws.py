@@ -181,6 +181,12 @@ async def test_text_response_is_spoken_and_paced(make_relay: RelayFactory) -> No
         span = dev.audio_times[-1] - dev.audio_times[0]
         expected = len(dev.audio) * 0.06 - 0.2 - 0.06
         assert span >= expected - 0.1, (span, expected)
+        # The device's clock starts at the first frame: what it holds never exceeds the
+        # play buffer plus one frame (with 30 ms for this machine's scheduling).
+        play_end = 0.0
+        for t in dev.audio_times:
+            play_end = max(play_end, t) + 0.06
+            assert play_end - t <= 0.2 + 0.06 + 0.03, (play_end - t, version)
         await dev.ws.close()
 
 
