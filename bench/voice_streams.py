@@ -13,12 +13,12 @@ and no packet dropped. The baseline, in the same run: the same N streams' packet
 `UplinkDecoder.decode` + `VadStream.process_many` in a tight loop (one batched step per 60 ms
 of audio, no event loop, no listener), i.e. the raw cost the relay's machinery adds to.
 
-Experiment (--flush-delay-ms 0,15): the same listeners with an AudioBatcher subclass that
-waits 15 ms for more streams before flushing, instead of the next loop iteration; run
-interleaved with the relay as it is, so that both see the same noise.
+The batcher's window (`[vad] batch_window_ms`, how long a job waits for other streams to
+share its batch) is the relay's default unless --batch-window-ms lists others; the first is
+the one judged, the rest run interleaved with it as experiments, so all see the same noise.
 
     python -m bench.voice_streams [--streams 100,200,300,400] [--seconds 6] [--repeat 3]
-                                  [--flush-delay-ms 0,15]
+                                  [--batch-window-ms 10,0]
 
 stdout: one JSON document; stderr: progress, then a table. See docs/performance.md.
 """
@@ -50,6 +50,7 @@ from bench._common import code_version, machine, median, percentile, progress, r
 from bench._sched import thread_sched
 from bench._speech import FRAME_S, espeak, opus_packets, silence, trim
 from metrics.registry import Metrics
+from relay.config import VADConfig
 from relay.voice import AudioBatcher, Listener, VoiceDeps, _Job
 
 P = ParamSpec("P")
@@ -153,19 +154,14 @@ class Window:
 class LagBatcher(AudioBatcher):
     """The relay's AudioBatcher; each job's future, when done, dates its packets' scores."""
 
-    def __init__(self, executor: TimedExecutor, max_in_flight: int, flush_delay_s: float) -> None:
-        super().__init__(executor, max_in_flight=max_in_flight)
+    def __init__(self, executor: TimedExecutor, max_in_flight: int, window_s: float) -> None:
+        super().__init__(executor, max_in_flight=max_in_flight, window_s=window_s)
         self.streams: dict[int, Stream] = {}  # id(decoder) -> stream: a job names its decoder
         self.window: Window | None = None
-        self._flush_delay_s = flush_delay_s
 
     def submit(self, job: _Job) -> asyncio.Future[_Job]:
-        """As AudioBatcher.submit, plus a done callback that records each packet's lag.
-
-        With a flush delay (an experiment, --flush-delay-ms), the first job waits that long
-        for others to share its batch, instead of the next loop iteration.
-        """
-        fut = self._submit_delayed(job) if self._flush_delay_s > 0 else super().submit(job)
+        """As AudioBatcher.submit, plus a done callback that records each packet's lag."""
+        fut = super().submit(job)
         stream = self.streams[id(job.decoder)]
         n = len(job.packets)
 
@@ -180,21 +176,11 @@ class LagBatcher(AudioBatcher):
         fut.add_done_callback(scored)
         return fut
 
-    def _submit_delayed(self, job: _Job) -> asyncio.Future[_Job]:
-        # AudioBatcher.submit with call_later instead of call_soon (the experiment).
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[_Job] = loop.create_future()
-        self._pending.append((job, fut))
-        if not self._scheduled and self._in_flight < self._max_in_flight:
-            self._scheduled = True
-            loop.call_later(self._flush_delay_s, self._flush)
-        return fut
-
     async def drain(self) -> None:
         """Forget queued jobs, wait (bounded) for the batch in flight: before shutdown."""
         self._pending.clear()
         for _ in range(250):
-            if not self._in_flight and not self._scheduled:
+            if not self._in_flight and self._timer is None:
                 return
             await asyncio.sleep(0.02)
 
@@ -206,7 +192,7 @@ def process_cpu_s() -> float:
 
 
 async def run_point(
-    model: SileroModel, clip: list[bytes], n: int, args: argparse.Namespace, flush_delay_s: float
+    model: SileroModel, clip: list[bytes], n: int, args: argparse.Namespace, window_s: float
 ) -> dict[str, Any]:
     """N listeners fed in real time for warm-up + the timed window; the window's figures."""
     loop = asyncio.get_running_loop()
@@ -215,7 +201,7 @@ async def run_point(
     tids = [threading.get_native_id()]  # the loop's thread, then the executor's
     if args.threads == 1:
         tids.append(executor.submit(threading.get_native_id).result())
-    batcher = LagBatcher(executor, args.in_flight, flush_delay_s)
+    batcher = LagBatcher(executor, args.in_flight, window_s)
     asr = StubASR()
     deps = VoiceDeps(
         asr=asr, vad=model, segmenter=SegmenterConfig(), batcher=batcher, metrics=Metrics()
@@ -420,16 +406,19 @@ def medians(reps: list[dict[str, Any]]) -> dict[str, Any]:
 
 async def sweep(model: SileroModel, clip: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
     """Every N of the sweep, `repeat` times: the baseline, then the relay, then each
-    experimental flush delay, interleaved so that machine noise lands on all of them."""
+    experimental batch window, interleaved so that machine noise lands on all of them."""
     points: dict[str, Any] = {}
     for n in args.streams:
         base_reps: list[dict[str, Any]] = []
-        runs: dict[float, list[dict[str, Any]]] = {d: [] for d in args.flush_delay_ms}
+        runs: dict[float, list[dict[str, Any]]] = {d: [] for d in args.batch_window_ms}
+        judged = args.batch_window_ms[0]
         for i in range(args.repeat):
             progress(f"N={n} rep {i + 1}/{args.repeat}: baseline")
             base_reps.append(run_baseline(model, clip, n, args.baseline_steps))
-            for delay in args.flush_delay_ms:
-                what = "relay listeners" if delay == 0 else f"experiment: flush delay {delay} ms"
+            for delay in args.batch_window_ms:
+                what = f"relay listeners, batch window {delay:g} ms"
+                if delay != judged:
+                    what = "experiment: " + what
                 progress(f"N={n} rep {i + 1}/{args.repeat}: {what}, {args.seconds:.0f}s")
                 got = await run_point(model, clip, n, args, delay / 1000)
                 runs[delay].append(got)
@@ -442,7 +431,7 @@ async def sweep(model: SileroModel, clip: list[bytes], args: argparse.Namespace)
                     f"{got['executor_runqueue_wait']:.2f}"
                 )
         bmed = medians(base_reps)
-        rmed = medians(runs[0.0])
+        rmed = medians(runs[judged])
         points[str(n)] = {
             "relay": rmed,
             "baseline": bmed,
@@ -450,11 +439,11 @@ async def sweep(model: SileroModel, clip: list[bytes], args: argparse.Namespace)
                 rmed["cpu_us_per_frame"] / bmed["cpu_us_per_frame"], 2
             ),
             "experiments": {
-                f"flush_delay_{d:g}ms": medians(reps) for d, reps in runs.items() if d != 0.0
+                f"batch_window_{d:g}ms": medians(reps) for d, reps in runs.items() if d != judged
             },
             "repetitions": {
                 "baseline": base_reps,
-                **{f"flush_delay_{d:g}ms": reps for d, reps in runs.items()},
+                **{f"batch_window_{d:g}ms": reps for d, reps in runs.items()},
             },
         }
     return points
@@ -511,18 +500,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="executor threads (1 = per core)")
     p.add_argument("--in-flight", type=int, default=1, help="AudioBatcher max_in_flight")
     p.add_argument(
-        "--flush-delay-ms",
+        "--batch-window-ms",
         type=lambda s: [float(x) for x in s.split(",")],
-        default=[0.0],
-        help="comma-separated; 0 is the relay as it is, others are an experiment: the batcher "
-        "waits this long for more streams instead of one loop iteration",
+        default=[VADConfig().batch_window_ms],
+        help="comma-separated AudioBatcher windows; the first (default: the relay's) is "
+        "judged, the others are experiments",
     )
     p.add_argument("--baseline-steps", type=int, default=50, help="60 ms steps per baseline")
     args = p.parse_args(argv)
     if min([*args.streams, args.repeat, args.threads, args.in_flight]) < 1:
         p.error("counts must be at least 1")
-    if 0.0 not in args.flush_delay_ms:
-        args.flush_delay_ms.insert(0, 0.0)  # the relay as it is always runs
     return args
 
 

@@ -169,6 +169,7 @@ class VADConfig:
     pre_roll_s: float = 0.3
     max_utterance_s: float = 15.0
     audio_threads: int = 2  # decode + VAD executor threads
+    batch_window_ms: float = 10.0  # how long audio waits for other streams to share a batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +281,8 @@ def parse(data: Mapping[str, Any]) -> Config:
         raise ConfigError("vad.threshold: must be in (0, 1]")
     if cfg.vad.max_utterance_s <= cfg.vad.min_speech_s:
         raise ConfigError("vad.max_utterance_s: must exceed vad.min_speech_s")
+    if not 0 <= cfg.vad.batch_window_ms <= 50:
+        raise ConfigError("vad.batch_window_ms: must be between 0 and 50 (it adds to every lag)")
     if cfg.auth.mode == "hmac" and not cfg.auth.hmac_secret:
         raise ConfigError('auth.hmac_secret: mode "hmac" needs a secret')
     if cfg.auth.mode == "redis" and not cfg.redis.url:

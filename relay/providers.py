@@ -111,7 +111,9 @@ def build_voice(
             pre_roll_s=vad.pre_roll_s,
             max_utterance_s=vad.max_utterance_s,
         ),
-        batcher=AudioBatcher(executor, max_in_flight=vad.audio_threads),
+        batcher=AudioBatcher(
+            executor, max_in_flight=vad.audio_threads, window_s=vad.batch_window_ms / 1000
+        ),
         metrics=metrics,
         language=config.asr.language or None,
     )

@@ -24,6 +24,7 @@ from protocol.device import ListenMode
 log = logging.getLogger(__name__)
 
 WINDOW_BYTES = VadStream.WINDOW_SAMPLES * 2
+FULL_BATCH = 32  # streams per VAD batch past which Silero's cost per window stops falling
 WINDOW_S = VadStream.WINDOW_S
 
 
@@ -41,28 +42,58 @@ class _Job:
 
 
 class AudioBatcher:
-    """Runs decode + VAD for many streams per executor job (batched model calls)."""
+    """Runs decode + VAD for many streams per executor job (batched model calls).
 
-    def __init__(self, executor: Executor, max_in_flight: int = 2, max_batch: int = 512) -> None:
+    A job waits up to `window_s` for others to share its batch, and no longer once FULL_BATCH
+    jobs are waiting: Silero costs 2.4x per window alone what it costs in a batch of 25
+    (docs/performance.md), and every executor job has its own overhead; beyond ~30 a bigger
+    batch saves nothing and the wait only adds lag.
+    """
+
+    def __init__(
+        self,
+        executor: Executor,
+        max_in_flight: int = 2,
+        max_batch: int = 512,
+        window_s: float = 0.0,
+    ) -> None:
         self._executor = executor
         self._max_in_flight = max_in_flight
         self._max_batch = max_batch
+        self._window_s = window_s
         self._pending: list[tuple[_Job, asyncio.Future[_Job]]] = []
+        self._first_at = 0.0  # when the oldest pending job arrived (loop clock)
         self._in_flight = 0
-        self._scheduled = False
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
 
     def submit(self, job: _Job) -> asyncio.Future[_Job]:
         """Queue a stream's packets; the future completes when they are decoded and scored."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_Job] = loop.create_future()
+        if not self._pending:
+            self._first_at = loop.time()
         self._pending.append((job, fut))
-        if not self._scheduled and self._in_flight < self._max_in_flight:
-            self._scheduled = True
-            loop.call_soon(self._flush)  # gather what else arrives in this loop iteration
+        if len(self._pending) >= min(self._max_batch, FULL_BATCH):
+            self._schedule(loop, 0.0)
+        elif self._timer is None:
+            self._schedule(loop, self._window_s)
         return fut
 
+    def _schedule(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        """Flush in `delay` seconds, or as soon as a job in flight finishes."""
+        if self._in_flight >= self._max_in_flight:
+            return  # _finished schedules the next flush
+        if self._timer is not None:
+            if delay > 0:
+                return  # a flush is due already
+            self._timer.cancel()
+        # With no window, call_soon still gathers what else arrives in this loop iteration.
+        self._timer = (
+            loop.call_later(delay, self._flush) if delay > 0 else loop.call_soon(self._flush)
+        )
+
     def _flush(self) -> None:
-        self._scheduled = False
+        self._timer = None
         if not self._pending or self._in_flight >= self._max_in_flight:
             return
         batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
@@ -70,6 +101,9 @@ class AudioBatcher:
         loop = asyncio.get_running_loop()
         done = loop.run_in_executor(self._executor, _run_batch, [j for j, _ in batch])
         done.add_done_callback(lambda f: self._finished(f, batch))
+        if self._pending:  # beyond max_batch: those have waited long enough
+            self._first_at = loop.time() - self._window_s
+            self._schedule(loop, 0.0)
 
     def _finished(
         self, f: asyncio.Future[None], batch: list[tuple[_Job, asyncio.Future[_Job]]]
@@ -83,9 +117,9 @@ class AudioBatcher:
                 fut.set_exception(exc)
             else:
                 fut.set_result(job)
-        if self._pending and not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+        if self._pending:
+            loop = asyncio.get_running_loop()
+            self._schedule(loop, self._first_at + self._window_s - loop.time())
 
 
 def _run_batch(jobs: list[_Job]) -> None:

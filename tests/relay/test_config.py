@@ -90,6 +90,8 @@ def test_values_are_frozen() -> None:
         ({"api": {"tokens": 5}}, "api.tokens"),
         ({"redis": {"url": 6379}}, "redis.url"),
         ({"log": {"level": "LOUD"}}, "log.level"),
+        ({"vad": {"batch_window_ms": 500}}, "vad.batch_window_ms"),
+        ({"vad": {"batch_window_ms": -1}}, "vad.batch_window_ms"),
     ],
 )
 def test_bad_value_names_the_key(data: dict[str, Any], key: str) -> None:

@@ -1,0 +1,105 @@
+"""AudioBatcher: streams' audio gathered into shared executor jobs, none lost or stuck."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from asr_tts.audio import DownlinkFormat, FrameEncoder
+from asr_tts.tts import Pcm
+from asr_tts.uplink import UplinkDecoder, UplinkFormat
+from asr_tts.vad import SileroModel, VadStream
+from relay.voice import FULL_BATCH, AudioBatcher, _Job
+
+PACKET = FrameEncoder(DownlinkFormat("opus", 16000, 1, 60)).encode(Pcm(bytes(1920), 16000))[0]
+
+
+class CountingExecutor(ThreadPoolExecutor):
+    """A one-thread pool that records how many jobs it ran."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.jobs = 0
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self.jobs += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def model() -> SileroModel:
+    return SileroModel()
+
+
+def job(model: SileroModel) -> _Job:
+    return _Job(UplinkDecoder(UplinkFormat()), VadStream(model), bytearray(), [PACKET, PACKET])
+
+
+async def test_jobs_arriving_within_the_window_share_one_batch(model: SileroModel) -> None:
+    with CountingExecutor() as pool:
+        batcher = AudioBatcher(pool, max_in_flight=1, window_s=0.05)
+        futures = []
+        for _ in range(5):
+            futures.append(batcher.submit(job(model)))
+            await asyncio.sleep(0.005)
+        assert not any(f.done() for f in futures)  # still inside the window
+        done = await asyncio.wait_for(asyncio.gather(*futures), 2)
+    assert pool.jobs == 1
+    for j in done:
+        assert len(j.probs) == len(j.windows) == 3  # 120 ms of audio: three 32 ms windows
+        assert all(0.0 <= p <= 1.0 for p in j.probs)
+
+
+async def test_full_batches_do_not_wait_for_the_window(model: SileroModel) -> None:
+    # Under load the batches fill up: nothing waits for a window, what is left over goes next.
+    with CountingExecutor() as pool:
+        batcher = AudioBatcher(pool, max_in_flight=1, max_batch=3, window_s=30.0)
+        futures = [batcher.submit(job(model)) for _ in range(7)]
+        done = await asyncio.wait_for(asyncio.gather(*futures), 2)
+    assert len(done) == 7
+    assert pool.jobs == 3
+
+
+async def test_enough_streams_for_a_full_batch_do_not_wait(model: SileroModel) -> None:
+    with CountingExecutor() as pool:
+        batcher = AudioBatcher(pool, max_in_flight=1, window_s=30.0)
+        futures = [batcher.submit(job(model)) for _ in range(FULL_BATCH)]
+        await asyncio.wait_for(asyncio.gather(*futures), 5)
+    assert pool.jobs == 1
+
+
+async def test_without_a_window_the_batch_is_one_loop_iteration(model: SileroModel) -> None:
+    with CountingExecutor() as pool:
+        batcher = AudioBatcher(pool, max_in_flight=1, window_s=0.0)
+        first = [batcher.submit(job(model)) for _ in range(3)]
+        await asyncio.wait_for(asyncio.gather(*first), 2)
+        second = batcher.submit(job(model))
+        await asyncio.wait_for(second, 2)
+    assert pool.jobs == 2
+
+
+async def test_jobs_queued_behind_a_batch_in_flight_go_next(model: SileroModel) -> None:
+    with CountingExecutor() as pool:
+        batcher = AudioBatcher(pool, max_in_flight=1, window_s=0.01)
+        futures = [batcher.submit(job(model))]
+        await asyncio.sleep(0.02)  # the first batch is flushed
+        futures += [batcher.submit(job(model)) for _ in range(4)]
+        await asyncio.wait_for(asyncio.gather(*futures), 2)
+    assert pool.jobs == 2
+
+
+async def test_a_failed_batch_fails_each_of_its_jobs_and_the_next_batch_runs(
+    model: SileroModel,
+) -> None:
+    other = SileroModel()  # streams of one batch must share a model: process_many refuses
+    with CountingExecutor() as pool:
+        batcher = AudioBatcher(pool, max_in_flight=1, window_s=0.01)
+        bad = [batcher.submit(job(model)), batcher.submit(job(other))]
+        results = await asyncio.wait_for(asyncio.gather(*bad, return_exceptions=True), 2)
+        assert all(isinstance(r, ValueError) for r in results)
+        good = await asyncio.wait_for(batcher.submit(job(model)), 2)
+    assert len(good.probs) == 3
