@@ -164,6 +164,12 @@ class LagBatcher(AudioBatcher):
         fut = super().submit(job)
         stream = self.streams[id(job.decoder)]
         n = len(job.packets)
+        # What the listener dropped as late ([vad] max_late_ms) went before this job's packets.
+        w = self.window
+        for _ in range(len(stream.scheduled) - n):
+            t = stream.scheduled.popleft()
+            if w is not None and w.t0 <= t < w.t1:
+                w.dropped += 1
 
         def scored(_f: asyncio.Future[_Job]) -> None:
             now = time.monotonic()

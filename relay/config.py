@@ -170,6 +170,7 @@ class VADConfig:
     max_utterance_s: float = 15.0
     audio_threads: int = 2  # decode + VAD executor threads
     batch_window_ms: float = 10.0  # how long audio waits for other streams to share a batch
+    max_late_ms: float = 300.0  # auto/realtime audio waiting longer for VAD is dropped; 0 = never
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +284,8 @@ def parse(data: Mapping[str, Any]) -> Config:
         raise ConfigError("vad.max_utterance_s: must exceed vad.min_speech_s")
     if not 0 <= cfg.vad.batch_window_ms <= 50:
         raise ConfigError("vad.batch_window_ms: must be between 0 and 50 (it adds to every lag)")
+    if cfg.vad.max_late_ms < 0:
+        raise ConfigError("vad.max_late_ms: must not be negative (0 keeps all audio)")
     if cfg.auth.mode == "hmac" and not cfg.auth.hmac_secret:
         raise ConfigError('auth.hmac_secret: mode "hmac" needs a secret')
     if cfg.auth.mode == "redis" and not cfg.redis.url:

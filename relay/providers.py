@@ -115,5 +115,6 @@ def build_voice(
             executor, max_in_flight=vad.audio_threads, window_s=vad.batch_window_ms / 1000
         ),
         metrics=metrics,
+        max_late_s=vad.max_late_ms / 1000,
         language=config.asr.language or None,
     )

@@ -151,6 +151,9 @@ class VoiceDeps:
     batcher: AudioBatcher
     metrics: Metrics
     max_pending_packets: int = 100  # ~6 s of 60 ms frames waiting to be processed
+    # auto and realtime modes: audio that waited longer than this for decode + VAD is dropped
+    # (an end of speech or a barge-in found seconds late is worth nothing); 0 = keep all
+    max_late_s: float = 0.3
     language: str | None = None
 
 
@@ -179,6 +182,7 @@ class Listener:
         self._device_id = device_id
         self.mode: ListenMode | None = None
         self._pending: deque[bytes] = deque()
+        self._arrived: deque[float] = deque()  # loop time each pending packet arrived
         self._pump: asyncio.Task[None] | None = None
         pre = deps.segmenter.pre_roll_s + deps.segmenter.min_speech_s
         self._ring: deque[bytes] = deque(maxlen=max(1, round(pre / WINDOW_S) + 1))
@@ -224,9 +228,11 @@ class Listener:
             return False
         if len(self._pending) >= self._deps.max_pending_packets:
             return False
+        loop = asyncio.get_running_loop()
         self._pending.append(packet)
+        self._arrived.append(loop.time())
         if self._pump is None:
-            self._pump = asyncio.get_running_loop().create_task(self._run_pump())
+            self._pump = loop.create_task(self._run_pump())
         return True
 
     async def cancel(self) -> None:
@@ -235,6 +241,7 @@ class Listener:
         self.mode = None
         self._stop_at = None
         self._pending.clear()
+        self._arrived.clear()
         self._segmenter.reset()
         self._ring.clear()
         await self._drop_stream()
@@ -248,6 +255,7 @@ class Listener:
         """Stop everything this listener owns."""
         self.mode = None
         self._pending.clear()
+        self._arrived.clear()
         if self._pump is not None:
             self._pump.cancel()
             await asyncio.wait([self._pump])
@@ -256,8 +264,12 @@ class Listener:
     async def _run_pump(self) -> None:
         try:
             while self._pending:
+                self._drop_late()
+                if not self._pending:
+                    break
                 packets = list(self._pending)
                 self._pending.clear()
+                self._arrived.clear()
                 job = _Job(self._decoder, self._vad, self._carry, packets)
                 await self._deps.batcher.submit(job)
                 if job.bad_packets:
@@ -269,10 +281,27 @@ class Listener:
             # backlog, the device and the relay carry on.
             log.exception("[%s] audio processing failed", self._device_id)
             self._pending.clear()
+            self._arrived.clear()
         finally:
             self._pump = None
             if self._stop_at is not None:
                 self._finish_stop(self._stop_at)
+
+    def _drop_late(self) -> None:
+        """In auto and realtime modes, drop what waited past `max_late_s` (the relay is
+        overloaded), so that every device's lag stays bounded; push-to-talk keeps it all."""
+        late_s = self._deps.max_late_s
+        if self.mode == "manual" or late_s <= 0:
+            return
+        arrived, pending = self._arrived, self._pending
+        deadline = asyncio.get_running_loop().time() - late_s
+        dropped = 0
+        while arrived and arrived[0] < deadline:
+            arrived.popleft()
+            pending.popleft()
+            dropped += 1
+        if dropped:
+            self._deps.metrics.audio_dropped.labels("late").inc(dropped)
 
     async def _on_window(self, window: bytes, prob: float) -> None:
         if self.mode is None:
