@@ -1,46 +1,51 @@
-"""The offline "embedded" ASR provider: pocketsphinx's US English model, decoders in a pool.
+"""The offline "embedded" ASR provider: pocketsphinx's US English model, decoders in processes.
 
-Decoders are loaded lazily, up to `pool_size` (about 90 MB and 0.3-0.6 s each with the full
-vocabulary, 28 MB and 0.1 s with a command grammar); an utterance holds one from open() to
-finish() or cancel(). Decoding runs in a thread pool of the same size. pocketsphinx 5.1.1
-holds the GIL while it decodes (two decoders in two threads take longer than one after the
-other), so the threads keep the work off the event loop's turn but not off its core: the
-loop waits for whichever decoder call is running.
+pocketsphinx 5.1.1 holds the GIL while it decodes. In a thread of this process every call
+stalled the event loop for its whole length (bench/asr_loop_stall.py: 40-60 ms at a time
+with the full vocabulary, up to 105 ms with the cores busy; 100 ms for the cepstral-mean
+pass over 13 s of commands; 100-380 ms to load a decoder). So each decoder lives in a worker
+process of its own (asr_tts.asr_worker), started with "spawn", never forked from this
+process, which holds an event loop and threads: a call costs the loop a pipe round trip.
 
-- Full vocabulary (real-time factor 0.3-0.6 here): audio is decoded while it arrives, in
-  60 ms calls (up to ~80-130 ms each), and the live cepstral mean carries over from one
-  utterance to the next, as pocketsphinx does for live audio.
-- Command grammar (real-time factor ~0.015): feed() only buffers; finish() decodes the
-  whole utterance in one call (~15 ms per second of audio) with its own cepstral mean, so
-  the same audio always gives the same text, whatever the decoder heard before. On
-  espeak-ng commands that scored 55/57 from the first utterance on, where streaming scored
-  51/57 on a fresh decoder (57/57 only once warmed up by earlier utterances).
+Workers start lazily, up to `pool_size`: 0.5 s and ~145 MB resident each with the full
+vocabulary, 0.25 s and ~75 MB with a command grammar (in this process the decoders took ~86
+and ~37 MB); the spawn itself blocks the loop 10-15 ms. An utterance holds a worker from
+open() to finish() or cancel(). A worker that dies (killed, crashed) fails the utterance in
+flight with ASRError and is never used again: the next open() starts a new one in its place.
+close() stops every worker once its running call, if any, has ended; a worker also exits
+when this process dies. multiprocessing adds one small helper process, its resource tracker,
+for as long as this process lives.
+
+- Full vocabulary (real-time factor 0.15-0.6 here): audio is decoded while it arrives, in
+  250 ms calls, and the live cepstral mean carries over from one utterance to the next (in
+  the same worker), as pocketsphinx does for live audio.
+- Command grammar (real-time factor ~0.02): feed() only buffers; finish() decodes the
+  whole utterance in one call with its own cepstral mean, so the same audio always gives
+  the same text, whatever the decoder heard before. On espeak-ng commands that scored 55/57
+  from the first utterance on, where streaming scored 51/57 on a fresh decoder (57/57 only
+  once warmed up by earlier utterances).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import multiprocessing
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, TypeVar
 
-import numpy as np
-from pocketsphinx import Decoder
-
+from asr_tts import asr_worker
 from asr_tts.asr import BYTES_PER_SECOND, MAX_UTTERANCE_S, ASRError, ASRStream
 
-_SEARCH = "commands"
-_CMN_SEARCH = "cmn"  # one word: a search that costs next to nothing while features are made
+_T = TypeVar("_T")
 _WORD = re.compile(r"[a-z']+\Z")
-_SLICE_BYTES = BYTES_PER_SECOND * 60 // 1000  # one decoder call: 60 ms of audio
-_JOB_BYTES = BYTES_PER_SECOND // 4  # feed() hands audio to the decoder thread in 250 ms lots
+_JOB_BYTES = BYTES_PER_SECOND // 4  # feed() hands audio to the worker in 250 ms lots
 _MAX_BYTES = MAX_UTTERANCE_S * BYTES_PER_SECOND
-# Digital silence (all-zero samples, as espeak-ng or Opus DTX produce) has no log energy and
-# drags the live cepstral mean; a -64 dBFS noise floor fixes it. Measured on espeak-ng
-# commands with the grammar: 25/36 recognised without it, 33/36 with it.
-_DITHER_RMS = 20.0
+# A fresh interpreter that imports only what it unpickles (asr_worker: pocketsphinx, numpy).
+_SPAWN = multiprocessing.get_context("spawn")
 
 
 def command_grammar(phrases: Sequence[str]) -> str:
@@ -54,98 +59,53 @@ def command_grammar(phrases: Sequence[str]) -> str:
     if not alternatives:
         raise ValueError("grammar_words is empty")
     rule = " | ".join(alternatives)
-    return f"#JSGF V1.0;\ngrammar {_SEARCH};\npublic <utterance> = ( {rule} )+ ;\n"
+    return f"#JSGF V1.0;\ngrammar {asr_worker.SEARCH};\npublic <utterance> = ( {rule} )+ ;\n"
 
 
-def _load_decoder(grammar: str | None, vocabulary: frozenset[str]) -> Decoder:
-    """Build one decoder (runs in a decoder thread)."""
-    try:
-        # FATAL: at ERROR, pocketsphinx prints a line for every utterance outside the grammar;
-        # our own errors carry what went wrong.
-        if grammar is None:
-            # Without the second pass (fwdflat, bestpath) end_utt() takes 10 ms instead of
-            # ~480 ms, all of it under the GIL; recognition was no worse on our test phrases.
-            return Decoder(loglevel="FATAL", fwdflat=False, bestpath=False)
-        decoder = Decoder(loglevel="FATAL", lm=None)
-    except (RuntimeError, ValueError) as exc:
-        raise ASRError(f"cannot load the pocketsphinx decoder: {exc}") from exc
-    missing = sorted(w for w in vocabulary if decoder.lookup_word(w) is None)
-    if missing:
-        raise ASRError(f"grammar words missing from the pronunciation dictionary: {missing}")
-    try:
-        decoder.add_jsgf_string(_SEARCH, grammar)
-        word = min(vocabulary)
-        decoder.add_jsgf_string(_CMN_SEARCH, f"#JSGF V1.0;\ngrammar cmn;\npublic <w> = {word} ;\n")
-        decoder.activate_search(_SEARCH)
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise ASRError(f"cannot load the command grammar: {exc}") from exc
-    return decoder
+class _Worker:
+    """One decoder in a process of its own: a single-worker process pool, one call at a time."""
 
+    def __init__(self, grammar: str | None, vocabulary: frozenset[str]) -> None:
+        self._pool = ProcessPoolExecutor(1, mp_context=_SPAWN, initializer=asr_worker.init)
+        self._stopped = False
+        self.broken = False  # its process died or its decoder failed to load: never reuse it
+        # Starts the process (a few ms on the caller's thread), then loads the decoder in it.
+        try:
+            self.loaded: Future[int] = self.submit(asr_worker.load, grammar, vocabulary)
+        except ASRError:
+            self.stop()
+            raise
 
-class _Slot:
-    """One decoder and its utterance state; used by one decoder thread at a time."""
+    @property
+    def usable(self) -> bool:
+        """Whether the worker can take an utterance."""
+        # The pool's manager thread sets `_broken` as soon as it sees the process end.
+        return not (self.broken or self._pool._broken)
 
-    def __init__(self, decoder: Decoder, *, batch: bool) -> None:
-        self.decoder = decoder
-        self.batch = batch  # decode each utterance in one call at finish()
-        self.fresh = True  # set when handed out: the next audio starts a new utterance
-        self._in_utterance = False
-        self._rng = np.random.default_rng(0)
+    def submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
+        """Run `fn(*args)` in the worker process, after the calls already submitted."""
+        if self._stopped:
+            raise ASRError("the decoder pool is closed")
+        try:
+            return self._pool.submit(fn, *args)
+        except BrokenProcessPool as exc:
+            raise self.error(exc) from exc
+        except (RuntimeError, OSError) as exc:  # the process cannot start
+            raise ASRError(f"cannot start a decoder process: {exc}") from exc
 
-    def _start(self) -> None:
-        """Begin the utterance on the first audio after the decoder was handed out."""
-        if self.fresh:
-            if self._in_utterance:  # left over by a cancelled or timed-out stream
-                self.decoder.end_utt()
-            self.decoder.start_utt()
-            self._in_utterance, self.fresh = True, False
-            self._rng = np.random.default_rng(0)  # the same audio decodes the same way
+    def error(self, exc: BaseException) -> ASRError:
+        """The ASRError for a call that failed with `exc`; a dead process breaks the worker."""
+        if isinstance(exc, ASRError):  # raised in the worker, with its own message
+            return ASRError(str(exc))
+        if isinstance(exc, BrokenProcessPool):
+            self.broken = True
+            return ASRError("the decoder process died")
+        return ASRError(f"pocketsphinx failed: {exc}")
 
-    def _dither(self, pcm: bytes) -> bytes:
-        x = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-        x += self._rng.standard_normal(x.size, dtype=np.float32) * _DITHER_RMS
-        return np.clip(np.rint(x), -32768, 32767).astype("<i2").tobytes()
-
-    def process(self, pcm: bytes) -> None:
-        """Decode more audio of the current utterance, one short call at a time."""
-        self._start()
-        data = self._dither(pcm)
-        for i in range(0, len(data), _SLICE_BYTES):
-            self.decoder.process_raw(data[i : i + _SLICE_BYTES], False, False)
-
-    def _decode_whole(self, data: bytes) -> None:
-        """Decode a whole utterance normalised with its own cepstral mean, in short calls.
-
-        pocketsphinx holds the GIL in every call: one full_utt call with the command search
-        (~15 ms per second of audio) would stall the event loop for as long. The mean comes
-        from a full_utt pass under a one-word search (~3 ms per second of audio); the command
-        search then runs with that mean on 60 ms slices, the GIL free between them.
-        """
-        d = self.decoder
-        d.end_utt()  # the one _start() began, still empty: begin again under the cheap search
-        d.activate_search(_CMN_SEARCH)
-        d.start_utt()
-        d.process_raw(data, False, True)
-        cmn = d.get_cmn()
-        d.end_utt()
-        d.activate_search(_SEARCH)
-        d.set_cmn(cmn)
-        d.start_utt()
-        for i in range(0, len(data), _SLICE_BYTES):
-            d.process_raw(data[i : i + _SLICE_BYTES], False, False)
-
-    def finish(self, pcm: bytes) -> str:
-        """Decode the last audio, end the utterance and return the best hypothesis."""
-        if self.batch:
-            self._start()
-            if pcm:
-                self._decode_whole(self._dither(pcm))
-        else:
-            self.process(pcm)
-        self.decoder.end_utt()
-        self._in_utterance = False
-        hyp = self.decoder.hyp()
-        return hyp.hypstr if hyp is not None else ""
+    def stop(self) -> None:
+        """Make the process exit once its running call, if any, has ended; never blocks."""
+        self._stopped = True
+        self._pool.shutdown(wait=False)
 
 
 class EmbeddedASR:
@@ -163,68 +123,86 @@ class EmbeddedASR:
             raise ValueError(f"pool_size must be at least 1, got {pool_size}")
         self._grammar = None if grammar_words is None else command_grammar(grammar_words)
         self._vocabulary = frozenset(w for p in grammar_words or () for w in p.lower().split())
-        self._pool_size = pool_size
         self.timeout_s = timeout_s
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            pool_size, thread_name_prefix="asr-embedded"
-        )
-        self._idle: asyncio.Queue[_Slot] = asyncio.Queue(pool_size)
-        self._created = 0
+        self._permits = asyncio.Semaphore(pool_size)  # one per utterance or worker starting
+        self._idle: list[_Worker] = []
+        self._workers: set[_Worker] = set()  # started and not stopped: close() stops them
+        self._closed = False
+
+    @property
+    def batch(self) -> bool:
+        """Whether an utterance is decoded in one call at finish() (the command grammar)."""
+        return self._grammar is not None
 
     async def open(self, *, language: str | None = None) -> ASRStream:
         """Take a free decoder, waiting up to timeout_s; `language` is ignored (US English)."""
+        if self._closed:
+            raise ASRError("the decoder pool is closed")
         try:
             async with asyncio.timeout(self.timeout_s):
-                slot = await self._acquire()
+                worker = await self._acquire()
         except TimeoutError as exc:
             raise ASRError(f"no free decoder within {self.timeout_s} s") from exc
-        slot.fresh = True
-        return _EmbeddedStream(self, slot)
+        return _EmbeddedStream(self, worker)
 
     def close(self) -> None:
-        """Refuse new work at shutdown; decodes already queued or running still finish."""
-        # No cancel_futures: a cancelled job would look like a cancellation to its awaiter.
-        self._executor.shutdown(wait=False)
+        """Refuse new work and stop the worker processes (each after its running call)."""
+        self._closed = True
+        self._idle.clear()
+        for worker in self._workers:
+            worker.stop()
+        self._workers.clear()
 
-    def submit(self, fn: Callable[..., Any], *args: object) -> concurrent.futures.Future[Any]:
-        """Run `fn(*args)` in a decoder thread."""
-        try:
-            return self._executor.submit(fn, *args)
-        except RuntimeError as exc:  # the pool is shut down
-            raise ASRError(f"the decoder pool is closed: {exc}") from exc
-
-    def give_back(self, slot: _Slot) -> None:
-        """Return an idle decoder to the pool."""
-        self._idle.put_nowait(slot)
-
-    async def _acquire(self) -> _Slot:
-        """An idle decoder, a new one while the pool is not full, else wait for one."""
-        if self._idle.empty() and self._created < self._pool_size:
-            self._created += 1
-            return await self._load()
-        return await self._idle.get()
-
-    async def _load(self) -> _Slot:
-        """Load a decoder in a decoder thread; a cancelled load still ends up in the pool."""
-        try:
-            future = asyncio.wrap_future(
-                self.submit(_load_decoder, self._grammar, self._vocabulary)
-            )
-            decoder = await asyncio.shield(future)
-        except asyncio.CancelledError:
-            future.add_done_callback(self._adopt)
-            raise
-        except BaseException:
-            self._created -= 1
-            raise
-        return _Slot(decoder, batch=self._grammar is not None)
-
-    def _adopt(self, future: asyncio.Future[Decoder]) -> None:
-        """Pool the decoder of a load nobody waits for any more, or forget the failed load."""
-        if future.cancelled() or future.exception() is not None:
-            self._created -= 1
+    def give_back(self, worker: _Worker) -> None:
+        """Take a worker back after an utterance: idle for the next one, or stopped if broken."""
+        if worker.usable and not self._closed:
+            self._idle.append(worker)
         else:
-            self.give_back(_Slot(future.result(), batch=self._grammar is not None))
+            self._retire(worker)
+        self._permits.release()
+
+    def _retire(self, worker: _Worker) -> None:
+        worker.stop()
+        self._workers.discard(worker)
+
+    async def _acquire(self) -> _Worker:
+        """An idle worker, a new one while the pool is not full, else wait for one."""
+        await self._permits.acquire()
+        if self._closed:  # while this open() waited
+            self._permits.release()
+            raise ASRError("the decoder pool is closed")
+        while self._idle:
+            worker = self._idle.pop()
+            if worker.usable:
+                return worker
+            self._retire(worker)  # its process died while idle: a new one takes its place
+        try:
+            worker = _Worker(self._grammar, self._vocabulary)
+        except BaseException:
+            self._permits.release()
+            raise
+        self._workers.add(worker)
+        loaded = asyncio.wrap_future(worker.loaded)
+        try:
+            await asyncio.shield(loaded)
+        except asyncio.CancelledError:
+            # Nobody waits any more: the worker joins the pool once loaded, holding its permit
+            # until then, so that the pool never starts more than pool_size workers.
+            loaded.add_done_callback(lambda _: self._adopt(worker))
+            raise
+        except Exception as exc:  # whatever the load raised, in the worker or on the way
+            self._adopt(worker)
+            raise worker.error(exc) from exc
+        if self._closed:  # while it loaded
+            self.give_back(worker)
+            raise ASRError("the decoder pool is closed")
+        return worker
+
+    def _adopt(self, worker: _Worker) -> None:
+        """Pool a worker whose load ended, or stop it if the load failed."""
+        if _failure(worker.loaded) is not None:
+            worker.broken = True
+        self.give_back(worker)
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
@@ -233,35 +211,41 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
         loop.call_soon_threadsafe(fn)
 
 
-class _EmbeddedStream:
-    """One utterance on a pooled decoder; at most one decoder job runs at a time."""
+def _failure(job: Future[Any]) -> BaseException | None:
+    """The exception a finished call raised, if any."""
+    return None if job.cancelled() else job.exception()
 
-    def __init__(self, owner: EmbeddedASR, slot: _Slot) -> None:
+
+class _EmbeddedStream:
+    """One utterance on a pooled worker; at most one call of it runs at a time."""
+
+    def __init__(self, owner: EmbeddedASR, worker: _Worker) -> None:
         self._owner = owner
-        self._slot = slot
+        self._worker = worker
         self._pending = bytearray()
         self._received = 0
-        self._job: concurrent.futures.Future[Any] | None = None
+        self._first = True  # the next call begins the utterance in the worker
+        self._job: Future[Any] | None = None
         self._closed = False
         self._released: asyncio.Future[None] | None = None
 
     async def feed(self, pcm: bytes) -> None:
-        """Buffer `pcm`; when streaming, hand buffered audio to the idle decoder thread."""
+        """Buffer `pcm`; when streaming, hand buffered audio to the idle worker."""
         if self._closed:
             return
         job = self._job
-        if job is not None and job.done() and not job.cancelled() and job.exception():
-            raise ASRError(f"pocketsphinx failed: {job.exception()}")
+        if job is not None and job.done() and (exc := _failure(job)) is not None:
+            raise self._worker.error(exc) from exc
         self._received += len(pcm)
         if self._received > _MAX_BYTES:
             raise ASRError(f"utterance longer than {MAX_UTTERANCE_S} s")
         self._pending += pcm
-        streaming = not self._slot.batch
+        streaming = not self._owner.batch
         if streaming and len(self._pending) >= _JOB_BYTES and (job is None or job.done()):
-            self._job = self._owner.submit(self._slot.process, self._take())
+            self._job = self._call(asr_worker.process)
 
     async def finish(self) -> str:
-        """Decode what is left and return the text; the decoder goes back to the pool."""
+        """Decode what is left and return the text; the worker goes back to the pool."""
         if self._closed:
             raise ASRError("the utterance is already finished or cancelled")
         self._closed = True
@@ -269,47 +253,46 @@ class _EmbeddedStream:
             async with asyncio.timeout(self._owner.timeout_s):
                 if self._job is not None:
                     await asyncio.wrap_future(self._job)
-                final: concurrent.futures.Future[str] = self._owner.submit(
-                    self._slot.finish, self._take()
-                )
+                final: Future[str] = self._call(asr_worker.finish)
                 self._job = final
                 return await asyncio.wrap_future(final)
         except TimeoutError as exc:
             raise ASRError(f"decoding took longer than {self._owner.timeout_s} s") from exc
-        except (RuntimeError, ValueError) as exc:
-            raise ASRError(f"pocketsphinx failed: {exc}") from exc
+        except Exception as exc:  # whatever the call raised, in the worker or on the way
+            raise self._worker.error(exc) from exc
         finally:
             self._pending.clear()
             self._release()
 
     async def cancel(self) -> None:
-        """Drop the utterance; returns once the decoder is back in the pool."""
+        """Drop the utterance; returns once the worker is back in the pool."""
         self._closed = True
         self._pending.clear()
         await asyncio.shield(self._release())
 
-    def _take(self) -> bytes:
-        """The buffered whole samples, removed from the buffer."""
+    def _call(self, fn: Callable[[bytes, bool], _T]) -> Future[_T]:
+        """Hand the buffered whole samples to `fn` in the worker."""
         n = len(self._pending) - len(self._pending) % 2
         data = bytes(self._pending[:n])
         del self._pending[:n]
-        return data
+        first, self._first = self._first, False
+        return self._worker.submit(fn, data, first)
 
     def _release(self) -> asyncio.Future[None]:
-        """Give the decoder back once no job of this stream runs on it (only the first call)."""
+        """Give the worker back once no call of this stream runs on it (only the first call)."""
         if self._released is None:
             loop = asyncio.get_running_loop()
             released: asyncio.Future[None] = loop.create_future()
             self._released = released
 
             def give_back() -> None:
-                self._owner.give_back(self._slot)
+                self._owner.give_back(self._worker)
                 released.set_result(None)
 
             job = self._job
             if job is None or job.done():
                 give_back()
             else:
-                # A running decode cannot be interrupted; the decoder returns when it ends.
+                # A running call cannot be interrupted; the worker returns when it ends.
                 job.add_done_callback(lambda _: _call_soon(loop, give_back))
         return self._released

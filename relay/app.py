@@ -113,7 +113,7 @@ def _resources(
             await asyncio.wait([sweeper])
             await cluster.stop()
             if isinstance(voice.asr, EmbeddedASR):
-                voice.asr.close()  # its decoder threads
+                voice.asr.close()  # its decoder processes exit after their running call
             if redis is not None:
                 await redis.aclose()
             await http.close()

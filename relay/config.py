@@ -152,7 +152,7 @@ class ASRConfig:
 
     provider: Literal["embedded", "openai", "volcengine"] = "embedded"
     language: str = ""  # empty: the provider's default
-    pool_size: int = 2  # embedded: pocketsphinx decoders (~90 MB each)
+    pool_size: int = 2  # embedded: decoder processes (~145 MB each, ~75 MB with a grammar)
     grammar_words: tuple[str, ...] = ()  # embedded: restrict to these words (commands)
     timeout_s: float = 20.0
     openai: OpenAIASRConfig = field(default_factory=OpenAIASRConfig)

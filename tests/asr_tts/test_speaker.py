@@ -291,13 +291,16 @@ async def test_embedded_speech_end_to_end() -> None:
 
 
 async def test_embedded_speech_stopped_early_leaves_no_process() -> None:
+    # Children from before (multiprocessing's resource tracker, once any test has started an
+    # ASR worker) are not this test's business.
+    before = child_processes()
     spk = Speaker({"embedded": EmbeddedTTS()}, "embedded")
     text = "One sentence here. " * 5
     async with aclosing(spk.sentences(text, Voice(), FrameEncoder(DownlinkFormat()))) as it:
         async for _ in it:
             break
     assert not other_tasks()
-    assert not child_processes()
+    assert child_processes() <= before
 
 
 async def test_each_synthesis_reports_its_provider_and_latency() -> None:
