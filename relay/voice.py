@@ -47,7 +47,8 @@ class AudioBatcher:
     A job waits up to `window_s` for others to share its batch, and no longer once FULL_BATCH
     jobs are waiting: Silero costs 2.4x per window alone what it costs in a batch of 25
     (docs/performance.md), and every executor job has its own overhead; beyond ~30 a bigger
-    batch saves nothing and the wait only adds lag.
+    batch saves nothing and the wait only adds lag. Nor does a job wait when fewer than two
+    others are expected within the window (a few devices: nothing to share, only delay).
     """
 
     def __init__(
@@ -63,6 +64,8 @@ class AudioBatcher:
         self._window_s = window_s
         self._pending: list[tuple[_Job, asyncio.Future[_Job]]] = []
         self._first_at = 0.0  # when the oldest pending job arrived (loop clock)
+        self._last_at = 0.0  # when the last job arrived
+        self._gap = 1.0  # moving average of the time between jobs, seconds
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
 
@@ -70,13 +73,16 @@ class AudioBatcher:
         """Queue a stream's packets; the future completes when they are decoded and scored."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_Job] = loop.create_future()
+        now = loop.time()
+        self._gap += 0.2 * (min(now - self._last_at, 1.0) - self._gap)
+        self._last_at = now
         if not self._pending:
-            self._first_at = loop.time()
+            self._first_at = now
         self._pending.append((job, fut))
         if len(self._pending) >= min(self._max_batch, FULL_BATCH):
             self._schedule(loop, 0.0)
         elif self._timer is None:
-            self._schedule(loop, self._window_s)
+            self._schedule(loop, self._window_s if self._window_s >= 2 * self._gap else 0.0)
         return fut
 
     def _schedule(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:

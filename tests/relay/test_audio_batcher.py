@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -39,19 +40,36 @@ def job(model: SileroModel) -> _Job:
     return _Job(UplinkDecoder(UplinkFormat()), VadStream(model), bytearray(), [PACKET, PACKET])
 
 
-async def test_jobs_arriving_within_the_window_share_one_batch(model: SileroModel) -> None:
+async def busy(batcher: AudioBatcher, model: SileroModel, jobs: int, gap_s: float) -> list[_Job]:
+    """Submit `jobs` jobs `gap_s` apart, as that many streams would; wait for all of them."""
+    futures = []
+    for _ in range(jobs):
+        futures.append(batcher.submit(job(model)))
+        await asyncio.sleep(gap_s)
+    return await asyncio.wait_for(asyncio.gather(*futures), 5)
+
+
+async def test_jobs_arriving_within_the_window_share_batches(model: SileroModel) -> None:
     with CountingExecutor() as pool:
         batcher = AudioBatcher(pool, max_in_flight=1, window_s=0.05)
-        futures = []
-        for _ in range(5):
-            futures.append(batcher.submit(job(model)))
-            await asyncio.sleep(0.005)
-        assert not any(f.done() for f in futures)  # still inside the window
-        done = await asyncio.wait_for(asyncio.gather(*futures), 2)
-    assert pool.jobs == 1
+        done = await busy(batcher, model, 40, 0.002)
+    # Once the rate is known (a few jobs), a batch gathers what arrives in 50 ms: ~25 jobs.
+    assert pool.jobs <= 12, pool.jobs
     for j in done:
         assert len(j.probs) == len(j.windows) == 3  # 120 ms of audio: three 32 ms windows
         assert all(0.0 <= p <= 1.0 for p in j.probs)
+
+
+async def test_a_lone_stream_does_not_wait_for_company(model: SileroModel) -> None:
+    # One device's packets come every 60 ms: nobody would share a 50 ms window with them.
+    with CountingExecutor() as pool:
+        batcher = AudioBatcher(pool, max_in_flight=1, window_s=0.05)
+        await busy(batcher, model, 3, 0.06)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(batcher.submit(job(model)), 2)
+        assert loop.time() - started < 0.03
+    assert pool.jobs == 4
 
 
 async def test_full_batches_do_not_wait_for_the_window(model: SileroModel) -> None:
@@ -85,11 +103,13 @@ async def test_without_a_window_the_batch_is_one_loop_iteration(model: SileroMod
 async def test_jobs_queued_behind_a_batch_in_flight_go_next(model: SileroModel) -> None:
     with CountingExecutor() as pool:
         batcher = AudioBatcher(pool, max_in_flight=1, window_s=0.01)
+        stuck = pool.submit(time.sleep, 0.1)  # the batch in flight cannot finish yet
         futures = [batcher.submit(job(model))]
-        await asyncio.sleep(0.02)  # the first batch is flushed
+        await asyncio.sleep(0.02)  # the first batch is flushed, and waits for the thread
         futures += [batcher.submit(job(model)) for _ in range(4)]
         await asyncio.wait_for(asyncio.gather(*futures), 2)
-    assert pool.jobs == 2
+        assert stuck.done()
+    assert pool.jobs == 3  # the sleep, the first job, then the four together
 
 
 async def test_a_failed_batch_fails_each_of_its_jobs_and_the_next_batch_runs(
