@@ -50,7 +50,8 @@ from bench._common import code_version, machine, median, percentile, progress, r
 from bench._sched import thread_sched
 from bench._speech import FRAME_S, espeak, opus_packets, silence, trim
 from metrics.registry import Metrics
-from relay.config import VADConfig
+from relay.cli import tune_gc
+from relay.config import ServerConfig, VADConfig
 from relay.voice import AudioBatcher, Listener, VoiceDeps, _Job
 
 P = ParamSpec("P")
@@ -529,6 +530,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "vad_us_per_window_by_batch": vad_cost_by_batch(model, (1, 2, 5, 10, 25, 50, 100, 400)),
         "opus_decode_us_per_packet": opus_decode_cost(clip),
     }
+    # The collector as `python -m relay serve` sets it ([server] gc_freeze, gc_gen0_threshold).
+    server = ServerConfig()
+    tune_gc(server.gc_freeze, server.gc_gen0_threshold)
     points = await sweep(model, clip, args)
     passing = [int(n) for n, p in points.items() if p["relay"]["pass"]]
     best = max(passing, default=0)
