@@ -12,6 +12,7 @@ vocabulary, 0.25 s and ~75 MB with a command grammar (in this process the decode
 and ~37 MB); the spawn itself blocks the loop 10-15 ms. An utterance holds a worker from
 open() to finish() or cancel(). A worker that dies (killed, crashed) fails the utterance in
 flight with ASRError and is never used again: the next open() starts a new one in its place.
+A finish() that takes longer than `timeout_s` kills its worker the same way.
 close() stops every worker once its running call, if any, has ended; a worker also exits
 when this process dies. multiprocessing adds one small helper process, its resource tracker,
 for as long as this process lives.
@@ -106,6 +107,15 @@ class _Worker:
         """Make the process exit once its running call, if any, has ended; never blocks."""
         self._stopped = True
         self._pool.shutdown(wait=False)
+
+    def kill(self) -> None:
+        """End the process now, in the middle of a call: its calls fail, it is never reused."""
+        self.broken = True
+        # ProcessPoolExecutor offers no public kill before Python 3.14 (kill_workers()).
+        for process in list(self._pool._processes.values()):
+            with contextlib.suppress(OSError):
+                process.kill()
+        self.stop()
 
 
 class EmbeddedASR:
@@ -257,6 +267,9 @@ class _EmbeddedStream:
                 self._job = final
                 return await asyncio.wrap_future(final)
         except TimeoutError as exc:
+            # A decode cannot be interrupted: end its process, so that the pool's slot is
+            # free at once (a new worker takes it) instead of when the decode gives up.
+            self._worker.kill()
             raise ASRError(f"decoding took longer than {self._owner.timeout_s} s") from exc
         except Exception as exc:  # whatever the call raised, in the worker or on the way
             raise self._worker.error(exc) from exc

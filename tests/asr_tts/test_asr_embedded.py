@@ -136,7 +136,7 @@ async def test_full_vocabulary_gets_plain_words(speak: Speak) -> None:
         asr.close()
 
 
-async def test_a_decoder_outlives_timeouts_and_returns_to_the_pool(speak: Speak) -> None:
+async def test_timeouts_leave_the_pool_usable(speak: Speak) -> None:
     asr = EmbeddedASR(pool_size=1, timeout_s=0.01)  # full vocabulary: a worker starts in ~0.5 s
     try:
         with pytest.raises(ASRError, match="no free decoder"):
@@ -145,11 +145,14 @@ async def test_a_decoder_outlives_timeouts_and_returns_to_the_pool(speak: Speak)
         stream = await asr.open()
         await feed_all(stream, speak("turn on the light and tell me what time it is", "en-us"))
         asr.timeout_s = 0.01
+        (slow,) = decoder_processes()
         with pytest.raises(ASRError, match="decoding took longer than 0.01 s"):
             await stream.finish()
+        # The decode that ran over is ended with its process; a new worker takes its place.
+        assert await wait_until_gone({slow}) == set()
         asr.timeout_s = 5
-        # The only decoder comes back once the interrupted decode ends, ready for more.
         abandoned = await asr.open()
+        assert slow not in decoder_processes()
         await feed_all(abandoned, speak("what time is it", "en-us"))
         await abandoned.cancel()
         assert "please stop" in await recognise(asr, speak("please stop", "en-us"))
