@@ -157,8 +157,8 @@ class VoiceDeps:
     batcher: AudioBatcher
     metrics: Metrics
     max_pending_packets: int = 100  # ~6 s of 60 ms frames waiting to be processed
-    # auto and realtime modes: audio that waited longer than this for decode + VAD is dropped
-    # (an end of speech or a barge-in found seconds late is worth nothing); 0 = keep all
+    # auto and realtime modes, no utterance in progress: audio that waited longer than this
+    # for decode + VAD is dropped (speech or a barge-in found seconds late is worth nothing)
     max_late_s: float = 0.3
     language: str | None = None
 
@@ -294,10 +294,12 @@ class Listener:
                 self._finish_stop(self._stop_at)
 
     def _drop_late(self) -> None:
-        """In auto and realtime modes, drop what waited past `max_late_s` (the relay is
-        overloaded), so that every device's lag stays bounded; push-to-talk keeps it all."""
+        """While waiting for speech in auto and realtime modes, drop what waited past
+        `max_late_s` (the relay is overloaded), so that finding speech, or a barge-in, is
+        never seconds late. An utterance being captured keeps all its audio, whatever the
+        wait (a first decoder can take 0.5 s to load), and so does push-to-talk."""
         late_s = self._deps.max_late_s
-        if self.mode == "manual" or late_s <= 0:
+        if self.mode == "manual" or late_s <= 0 or self.capturing:
             return
         arrived, pending = self._arrived, self._pending
         deadline = asyncio.get_running_loop().time() - late_s

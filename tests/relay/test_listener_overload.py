@@ -18,13 +18,17 @@ from asr_tts.vad import SileroModel
 from metrics.registry import Metrics
 from protocol.device import ListenMode
 from relay.voice import AudioBatcher, Listener, VoiceDeps
+from tests.relay.voice_helpers import SpeechBank, opus_packets, silence
 
 PACKET = FrameEncoder(DownlinkFormat("opus", 16000, 1, 60)).encode(Pcm(bytes(1920), 16000))[0]
 
 
 class _Utterance:
+    def __init__(self) -> None:
+        self.fed = 0
+
     async def feed(self, pcm: bytes) -> None:
-        return None
+        self.fed += len(pcm)
 
     async def finish(self) -> str:
         return ""
@@ -38,13 +42,24 @@ class SilentASR:
 
     name = "silent"
 
+    def __init__(self, open_s: float = 0.0) -> None:
+        self.open_s = open_s  # a provider starting a decoder, or connecting, takes its time
+        self.utterances: list[_Utterance] = []
+
     async def open(self, *, language: str | None = None) -> ASRStream:
-        return _Utterance()
+        await asyncio.sleep(self.open_s)
+        self.utterances.append(_Utterance())
+        return self.utterances[-1]
 
 
 @pytest.fixture(scope="module")
 def model() -> SileroModel:
     return SileroModel()
+
+
+@pytest.fixture(scope="module")
+def speech() -> SpeechBank:
+    return SpeechBank()
 
 
 async def feed_while_busy(model: SileroModel, mode: ListenMode) -> tuple[float, int]:
@@ -94,3 +109,42 @@ async def test_push_to_talk_audio_is_never_dropped_as_late(model: SileroModel) -
     late, accepted = await feed_while_busy(model, "manual")
     assert accepted == 12
     assert late == 0
+
+
+async def test_an_utterance_keeps_its_audio_while_the_asr_is_slow_to_open(
+    model: SileroModel, speech: SpeechBank
+) -> None:
+    # The listener waits for the provider's stream before it goes on with the audio: that
+    # wait is not overload, and the words said meanwhile must reach the ASR.
+    metrics = Metrics()
+    asr = SilentASR(open_s=0.8)
+    texts: list[str] = []
+    with ThreadPoolExecutor(1) as pool:
+        deps = VoiceDeps(
+            asr=asr,
+            vad=model,
+            segmenter=SegmenterConfig(),
+            batcher=AudioBatcher(pool, max_in_flight=1),
+            metrics=metrics,
+            max_late_s=0.2,
+        )
+        listener = Listener(
+            deps,
+            UplinkFormat(),
+            on_speech=lambda: None,
+            on_text=lambda text, _t: texts.append(text),
+            device_id="d",
+        )
+        listener.start("auto")
+        words = speech.say("turn off the light")
+        for packet in opus_packets(silence(0.3) + words + silence(1.2)):
+            listener.feed(packet)  # refused once the utterance ended: auto mode turns off
+            await asyncio.sleep(0.06)
+        async with asyncio.timeout(5):
+            while not texts:
+                await asyncio.sleep(0.02)
+        await listener.close()
+    late = metrics.registry.get_sample_value("relay_audio_dropped_total", {"reason": "late"})
+    assert not late
+    (utterance,) = asr.utterances
+    assert utterance.fed >= len(words)  # all the words, with pre-roll and the trailing silence
