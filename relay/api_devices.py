@@ -121,10 +121,16 @@ async def list_devices(request: web.Request) -> web.Response:
     if not 1 <= limit <= 1000:
         return api_error(400, "bad_request", "limit must be between 1 and 1000", "?limit=100")
     cursor = request.query.get("cursor") or None
-    devices, next_cursor = await relay.cluster.list(cursor, limit)
-    return web.json_response(
-        {"devices": [_presence_json(p) for p in devices], "next_cursor": next_cursor}
-    )
+    page = await relay.cluster.list(cursor, limit)
+    body: dict[str, Any] = {
+        "devices": [_presence_json(p) for p in page.devices],
+        "next_cursor": page.next_cursor,
+    }
+    if page.partial:
+        # Listing only what this node holds must not pass for the whole cluster.
+        body["partial"] = True
+        body["hint"] = _HINTS["redis_unavailable"]
+    return web.json_response(body)
 
 
 async def get_device(request: web.Request) -> web.Response:

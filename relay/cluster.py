@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, Protocol, cast
+from typing import Literal, NamedTuple, Protocol, cast
 
 import orjson
 
@@ -51,8 +51,14 @@ Replace = Callable[[str, str], Awaitable[None]]
 """(device_id, session_id) -> close that local connection with 4001 (PROTOCOL.md §1.7)."""
 LocalDevices = Callable[[], Iterable[Presence]]
 """The devices this node holds now, to rebuild presence after a Redis outage."""
-Page = tuple[list[Presence], str | None]
-"""One page of a listing and the cursor of the next one (None: no more)."""
+
+
+class Page(NamedTuple):
+    """One page of a listing and the cursor of the next one (None: no more)."""
+
+    devices: list[Presence]
+    next_cursor: str | None
+    partial: bool = False  # only this node's devices: the cluster store is unreachable
 
 
 class Cluster(Protocol):
@@ -177,7 +183,7 @@ def page_of(devices: Iterable[Presence], cursor: str | None, limit: int) -> Page
     )
     page = ordered[:limit]
     more = len(ordered) > limit
-    return page, (page[-1].device_id if more else None)
+    return Page(page, page[-1].device_id if more else None)
 
 
 async def deliver_local(

@@ -230,7 +230,7 @@ class RedisCluster(c.NodeInbox):
                 async with asyncio.timeout(2 * self._op_timeout):
                     return await self._list_redis(self._redis, cursor, limit)
         bump(self.errors, "list")
-        return c.page_of(self._local.values(), cursor, limit)
+        return c.page_of(self._local.values(), cursor, limit)._replace(partial=True)
 
     async def push(self, device_id: str, message: bytes, timeout_s: float) -> PushResult:
         """Deliver here if the device is local, else through its node's inbox and an ack."""
@@ -281,7 +281,7 @@ class RedisCluster(c.NodeInbox):
             want = limit - len(out)
             ids = [_text(raw) for raw in await r.zrangebylex(self._index, start, "+", 0, want)]
             if not ids:
-                return out, None
+                return Page(out, None)
             async with r.pipeline(transaction=False) as pipe:
                 for device_id in ids:
                     pipe.hgetall(self._key(device_id))
@@ -292,11 +292,11 @@ class RedisCluster(c.NodeInbox):
                 keys = [*map(self._key, stale), self._index]
                 await self._scripts["prune"](keys=keys, args=stale)
             if len(ids) < want:
-                return out, None
+                return Page(out, None)
             if len(out) >= limit:
                 break
             start = "(" + ids[-1]
-        return out, ids[-1]
+        return Page(out, ids[-1])
 
     async def _supervise(self) -> None:
         """Keep one connected session alive; reconnect with bounded, jittered backoff."""

@@ -18,6 +18,7 @@ from relay.cluster import (
     NodeAck,
     NodePush,
     NodeReplace,
+    Page,
     Presence,
     PushResult,
     decode_node_message,
@@ -208,7 +209,7 @@ async def test_presence_outlives_ttl_while_node_lives_and_expires_when_it_dies(
     await a.cluster.stop()  # a crash: nothing unregistered
     assert await b.cluster.push("d1", b"m", 1.0) == PushResult(False, "A", "offline")
     await eventually(lambda: _at(b, "d1", None), timeout=TTL_S + 0.5)
-    assert await b.cluster.list(None, 10) == ([], None)
+    assert await b.cluster.list(None, 10) == Page([], None)
 
 
 async def test_touch_reaches_redis_with_the_heartbeat(nodes: tuple[Node, Node]) -> None:
@@ -240,7 +241,8 @@ async def test_list_pages_through_every_node(nodes: tuple[Node, Node], raw_redis
     cursor: str | None = None
     pages = 0
     while True:
-        page, cursor = await b.cluster.list(cursor, 3)
+        page, cursor, partial = await b.cluster.list(cursor, 3)
+        assert not partial
         assert len(page) <= 3
         seen += page
         pages += 1
@@ -273,7 +275,9 @@ async def test_redis_outage_degrades_then_recovers(
     assert a.cluster.errors["register"] >= 1
     assert b.cluster.errors["unregister"] >= 1
     assert (await a.cluster.locate("d1")) is not None  # its own record
-    assert [p.device_id for p in (await a.cluster.list(None, 10))[0]] == ["d1", "d3"]
+    listed = await a.cluster.list(None, 10)
+    assert [p.device_id for p in listed.devices] == ["d1", "d3"]
+    assert listed.partial  # only A's own devices while Redis is down
 
     await redis_server.restart()  # empty: presence must be rebuilt
     await eventually(lambda: a.cluster.available and b.cluster.available, timeout=5.0)
@@ -353,11 +357,11 @@ async def test_local_cluster_presence_and_listing() -> None:
     c = LocalCluster("solo")
     for i in (3, 1, 2):
         await c.register(Presence(f"d{i}", "elsewhere", f"s{i}", 1.0, 1.0))
-    page, cursor = await c.list(None, 2)
+    page, cursor, _ = await c.list(None, 2)
     assert [p.device_id for p in page] == ["d1", "d2"]
     assert cursor == "d2"
     assert all(p.node == "solo" for p in page)
-    assert await c.list(cursor, 2) == ([Presence("d3", "solo", "s3", 1.0, 1.0)], None)
+    assert await c.list(cursor, 2) == Page([Presence("d3", "solo", "s3", 1.0, 1.0)], None)
     await c.register(Presence("d1", "solo", "s1b", 2.0, 2.0))  # reconnected: newer wins
     await c.unregister("d1", "s1")  # the old connection closing late
     assert (await c.locate("d1")) == Presence("d1", "solo", "s1b", 2.0, 2.0)

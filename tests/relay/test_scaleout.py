@@ -301,6 +301,13 @@ async def test_redis_outage_keeps_local_traffic_and_heals(
     assert '"business_response":{"event":"message","n":3}' in await recv_raw(dev)
     late = await connect(http, a, "dev-late")  # connects while Redis is down
     await custom_round_trip(late, 2)
+    # A lists what it holds, and says that this is not the whole cluster.
+    async with http.get(f"{a.base}/api/v1/devices") as resp:
+        assert resp.status == 200
+        listing = await resp.json()
+    assert [d["device_id"] for d in listing["devices"]] == [CANONICAL, "dev-late"]
+    assert listing["partial"] is True
+    assert "hint" in listing
 
     await redis_server.restart()  # empty: presence must be rebuilt from the connections
     async with asyncio.timeout(RECOVERY_S):
