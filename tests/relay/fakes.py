@@ -101,6 +101,7 @@ class Device:
         self.session_id = ""
         self.audio: list[bytes] = []
         self.audio_times: list[float] = []
+        self.audio_stamps: list[int] = []  # the relay's write time, ms (protocol version 2)
 
     @classmethod
     async def connect(
@@ -148,8 +149,10 @@ class Device:
         while True:
             msg = await self.ws.receive(timeout=timeout)
             if msg.type == WSMsgType.BINARY:
-                self.audio.append(decode_frame(self.version, msg.data).payload)
+                frame = decode_frame(self.version, msg.data)
+                self.audio.append(frame.payload)
                 self.audio_times.append(loop.time())
+                self.audio_stamps.append(frame.timestamp_ms)
                 continue
             if msg.type != WSMsgType.TEXT:
                 raise AssertionError(f"expected text, got {msg.type} {msg.data!r}")
