@@ -1,4 +1,4 @@
-"""The device simulator's workload and measurements (relay/devsim.py is the device itself):
+"""The device simulator's workload and measurements (relay/devsim_conn.py is the device):
 what a turn sends, encoded once however many devices send it; what a turn produced (`Trace`,
 fed relay messages, no I/O); the reports of one turn; and the load generator
 (`--devices N --turns K`): N devices with distinct ids connect in batches, each runs K turns,
@@ -383,7 +383,7 @@ async def _device(
     delay: float,
     stats: Stats,
 ) -> None:
-    from relay.devsim import HandshakeFailed, connect  # devsim imports this module
+    from relay.devsim_conn import HandshakeFailed, connect  # which imports this module
 
     await asyncio.sleep(delay)  # the ramp: batches of --ramp-batch every --ramp-interval
     loop = asyncio.get_running_loop()
