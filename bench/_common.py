@@ -1,6 +1,7 @@
 """Shared benchmark plumbing: subprocesses, /proc readings, percentiles, output.
 
 Everything here is bounded in time: waits poll with a deadline, stops escalate to SIGKILL.
+Standard library only: bench.asr_loop_stall's decoder workers import it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +181,22 @@ def children() -> Iterator[list[Child]]:
             child.stop()
 
 
+async def run_capped(work: Iterable[Awaitable[Any]], cap_s: float) -> bool:
+    """Run `work` concurrently until all of it is done or `cap_s` passes; True when the cap
+    cut it short. Every task is cancelled and awaited before this returns."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        async with asyncio.timeout(cap_s):
+            await asyncio.gather(*tasks)
+    except TimeoutError:
+        return True
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return False
+
+
 async def probe_report(pid: int, path: Path, timeout_s: float = 60.0) -> dict[str, Any]:
     """Ask a server run under bench._probe for its report (SIGUSR1) and read it."""
     await asyncio.to_thread(path.unlink, missing_ok=True)
@@ -205,6 +223,18 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 def median(values: Sequence[float]) -> float:
     """Median, NaN for an empty sequence."""
     return statistics.median(values) if values else float("nan")
+
+
+def medians(
+    reps: Sequence[Mapping[str, Any]], keys: Iterable[str] | None = None, digits: int = 3
+) -> dict[str, float]:
+    """The median of each number across repetitions: of `keys`, or else of every int or float
+    (not bool) in the first repetition, in its order."""
+    if keys is None:
+        keys = [
+            k for k, v in reps[0].items() if isinstance(v, int | float) and not isinstance(v, bool)
+        ]
+    return {k: r(median([rep[k] for rep in reps]), digits) for k in keys}
 
 
 def machine() -> dict[str, Any]:
@@ -237,6 +267,19 @@ def code_version() -> dict[str, Any]:
         if line[3:] and not line[3:].startswith("bench/")
     ]
     return {"head": git("rev-parse", "--short", "HEAD").strip(), "uncommitted_changes": changed}
+
+
+def envelope(benchmark: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields every result document opens with: which benchmark, when, the command line,
+    the machine, the code, the parameters (`benchmark` is its module name under bench)."""
+    return {
+        "benchmark": benchmark,
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join([f"python -m bench.{benchmark}", *sys.argv[1:]]),
+        "machine": machine(),
+        "code": code_version(),
+        "params": params,
+    }
 
 
 def r(x: float, digits: int = 3) -> float:

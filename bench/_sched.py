@@ -44,3 +44,17 @@ def process_tree(pid: int) -> list[int]:
         out.append(p)
         todo += parents.get(p, [])
     return out
+
+
+def tree_sched(pid: int) -> tuple[float, float]:
+    """(seconds on CPU, seconds waiting on the run queue) of `pid` and all its descendants;
+    a process that exits meanwhile is left out."""
+    run = wait = 0.0
+    for p in process_tree(pid):
+        try:
+            cpu, queued = process_sched(p)
+        except OSError:
+            continue
+        run += cpu
+        wait += queued
+    return run, wait

@@ -40,7 +40,6 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,7 @@ import numpy as np
 from pocketsphinx import Decoder
 
 from asr_tts.asr_embedded import EmbeddedASR, command_grammar
-from bench._common import code_version, machine, median, percentile, progress, r, rss_kib
+from bench._common import envelope, median, percentile, progress, r, rss_kib
 
 TEXT = "turn on the light. what time is it. dance. " * 6
 COMMANDS = ["turn on the light", "turn off the light", "what time is it", "dance", "stop"]
@@ -272,13 +271,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     pcm = espeak(TEXT)
     progress(f"utterance: {len(pcm) / 32000:.1f} s")
-    doc: dict[str, Any] = {
-        "benchmark": "asr_loop_stall",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m bench.asr_loop_stall", *sys.argv[1:]]),
-        "machine": machine(),
-        "code": code_version(),
-        "params": {"reps": args.reps, "tick_ms": TICK_S * 1000},
+    params = {"reps": args.reps, "tick_ms": TICK_S * 1000}
+    doc: dict[str, Any] = envelope("asr_loop_stall", params) | {
         "utterance": {"text": TEXT.strip(), "seconds": r(len(pcm) / 32000, 2)},
         "idle_loop": await idle_floor(),
     }

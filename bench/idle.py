@@ -16,34 +16,30 @@ import argparse
 import asyncio
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import orjson
-import uvloop
-from aiohttp import WSMsgType
 
+from bench._cli import at_least_one, goal_lines, parser, run_main
 from bench._common import (
     PYTHON,
     RESULTS,
     Child,
     children,
-    code_version,
-    free_port,
-    machine,
+    envelope,
     median,
+    medians,
     probe_report,
     progress,
     r,
     rss_kib,
-    start_child,
-    wait_http_ok,
 )
+from bench._devices import close_in_batches, mac, say_hello, unlimited_session, voice_hello
+from bench._peers import device_url, relay_env, start_relay, start_server
 
 GOAL_RATIO = 1.5
-HELLO = b'{"type":"hello","version":1,"transport":"websocket","audio_params":{"format":"opus","sample_rate":16000,"channels":1,"frame_duration":60}}'  # noqa: E501 - one wire message
+HELLO = voice_hello()
 
 
 def probe_path(kind: str) -> Path:
@@ -51,12 +47,11 @@ def probe_path(kind: str) -> Path:
     return RESULTS / f"idle-{kind}-probe.json"
 
 
-def start_server(kind: str, args: argparse.Namespace) -> tuple[Child, str]:
+def launch(started: list[Child], kind: str, args: argparse.Namespace) -> tuple[Child, str]:
     """Start the relay or the bare server on a free port; return it and its WebSocket URL.
 
     With --probe, the server runs under bench._probe with tracemalloc on (inflated RSS).
     """
-    port = free_port()
     env: dict[str, str] = {}
     launcher = ["-m"]
     if args.probe:
@@ -67,37 +62,21 @@ def start_server(kind: str, args: argparse.Namespace) -> tuple[Child, str]:
             "PYTHONTRACEMALLOC": "1",
         }
     if kind == "relay":
-        env |= {
-            # No business request is made; the URL only has to be valid.
-            "RELAY__BUSINESS__0__URL": f"http://127.0.0.1:{free_port()}/chat",
-            "RELAY__LOG__LEVEL": "WARNING",
-            "RELAY__SERVER__IDLE_TIMEOUT_S": str(args.idle_timeout_s),
-        }
-        argv = ["relay", "serve", "--config", "config.toml", "--port", str(port)]
+        env |= relay_env(idle_timeout_s=str(args.idle_timeout_s))
+        child, port = start_relay(started, "idle-relay", env, launcher=[*launcher, "relay"])
     else:
-        argv = ["bench.bare_ws_server", "--port", str(port)]
-    child = start_child(f"idle-{kind}", [PYTHON, *launcher, *argv], env=env)
-    wait_http_ok(child, f"http://127.0.0.1:{port}/healthz")
-    return child, f"ws://127.0.0.1:{port}/xiaozhi/v1/"
+        argv = [PYTHON, *launcher, "bench.bare_ws_server"]
+        child, port = start_server(started, "idle-bare", argv, env)
+    return child, device_url(port)
 
 
 async def connect(
     http: aiohttp.ClientSession, url: str, idx: int
 ) -> aiohttp.ClientWebSocketResponse:
     """One device: handshake headers (§1.1), hello, wait for the hello reply (§1.2)."""
-    mac = ":".join(
-        f"{b:02X}" for b in (0x02, 0x10, 0, (idx >> 16) & 255, (idx >> 8) & 255, idx & 255)
-    )
-    ws = await http.ws_connect(
-        url,
-        headers={"Device-Id": mac, "Client-Id": f"idle-{idx}", "Protocol-Version": "1"},
-        autoping=True,
-    )
-    await ws.send_frame(HELLO, WSMsgType.TEXT)
-    async with asyncio.timeout(30):
-        msg = await ws.receive()
-    if msg.type != WSMsgType.TEXT or orjson.loads(msg.data).get("type") != "hello":
-        raise RuntimeError(f"device {idx}: no hello reply ({msg.type!r})")
+    device = mac(0x02, 0x10, 0, (idx >> 16) & 255, (idx >> 8) & 255, idx & 255)
+    headers = {"Device-Id": device, "Client-Id": f"idle-{idx}", "Protocol-Version": "1"}
+    ws, _reply = await say_hello(http, url, headers, HELLO)
     return ws
 
 
@@ -116,17 +95,15 @@ def slope(points: list[tuple[int, int]]) -> float:
 async def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
     """Start one server, fill it with idle devices, read its RSS, empty it, stop it."""
     with children() as started:
-        server, url = start_server(kind, args)
-        started.append(server)
+        server, url = launch(started, kind, args)
         await asyncio.sleep(args.settle_s)
         report0 = await probe_report(server.pid, probe_path(kind)) if args.probe else None
         rss0 = rss_kib(server.pid)
         progress(f"{kind}: pid {server.pid}, RSS before {rss0 / 1024:.1f} MiB")
         points: list[tuple[int, int]] = [(0, rss0)]
         sockets: list[aiohttp.ClientWebSocketResponse] = []
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
         t0 = time.perf_counter()
-        async with aiohttp.ClientSession(connector=connector) as http:
+        async with unlimited_session() as http:
             try:
                 async with asyncio.timeout(args.duration_cap_s):
                     for start in range(0, args.devices, args.batch):
@@ -150,9 +127,7 @@ async def measure(kind: str, args: argparse.Namespace) -> dict[str, Any]:
                 )
             finally:
                 close_t0 = time.perf_counter()
-                for start in range(0, len(sockets), args.batch):
-                    chunk = sockets[start : start + args.batch]
-                    await asyncio.gather(*(ws.close() for ws in chunk), return_exceptions=True)
+                await close_in_batches(sockets, args.batch)
                 progress(f"  {kind}: closed in {time.perf_counter() - close_t0:.1f}s")
     n = len(sockets)
     out: dict[str, Any] = {
@@ -207,22 +182,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 ),
             }
         )
+    keys = ("kib_per_device", "kib_per_device_slope", "rss_before_kib", "rss_after_kib")
     med: dict[str, Any] = {
-        side: {
-            key: r(median([rep[side][key] for rep in reps]), 2)
-            for key in ("kib_per_device", "kib_per_device_slope", "rss_before_kib", "rss_after_kib")
-        }
-        for side in ("bare", "relay")
+        side: medians([rep[side] for rep in reps], keys, 2) for side in ("bare", "relay")
     }
     med["ratio"] = r(median([rep["ratio"] for rep in reps]), 2)
     med["ratio_slope"] = r(median([rep["ratio_slope"] for rep in reps]), 2)
-    return {
-        "benchmark": "idle",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m bench.idle", *sys.argv[1:]]),
-        "machine": machine(),
-        "code": code_version(),
-        "params": vars(args),
+    return envelope("idle", vars(args)) | {
         "repetitions": reps,
         "median": med,
         "probed": args.probe,
@@ -251,8 +217,7 @@ def table(doc: dict[str, Any]) -> str:
             f"{s['kib_per_device']:>12.1f}{s['kib_per_device_slope']:>9.1f}"
         )
     lines.append(f"  ratio relay/bare {med['ratio']:.2f}x (slope {med['ratio_slope']:.2f}x)")
-    for g in doc["goals"]:
-        lines.append(f"goal {g['goal']}: {g['value']} -> {'PASS' if g['pass'] else 'FAIL'}")
+    lines += goal_lines(doc["goals"])
     for side in ("bare", "relay"):
         probe = doc["repetitions"][0][side].get("probe")
         if probe is None:
@@ -268,7 +233,7 @@ def table(doc: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m bench.idle", description=__doc__)
+    p = parser("idle", __doc__)
     p.add_argument("--devices", type=int, default=10_000)
     p.add_argument("--batch", type=int, default=500, help="concurrent handshakes")
     p.add_argument("--repeat", type=int, default=3)
@@ -286,18 +251,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="diagnostics: servers under bench._probe with tracemalloc (RSS then inflated)",
     )
     args = p.parse_args(argv)
-    if min(args.devices, args.batch, args.repeat) < 1:
-        p.error("counts must be at least 1")
+    at_least_one(p, args.devices, args.batch, args.repeat)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; JSON on stdout, table on stderr."""
-    args = parse_args(argv)
-    doc = uvloop.run(run(args))
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
-    print(table(doc), file=sys.stderr)
-    return 0
+    return run_main(run, table, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -34,32 +34,29 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import orjson
-import uvloop
 from aiohttp import WSMsgType
 
+from bench._cli import at_least_one, goal_lines, parser, run_main
 from bench._common import (
-    PYTHON,
     RESULTS,
     Child,
     children,
-    code_version,
-    free_port,
-    machine,
+    envelope,
     median,
+    medians,
     percentile,
     progress,
     r,
     self_cpu_seconds,
-    start_child,
-    wait_http_ok,
 )
+from bench._devices import in_batches, mac, say_hello, unlimited_session, voice_hello
+from bench._peers import device_url, relay_env, start_relay
+from bench._pyspy import folded_top, start_py_spy
 from bench._sched import process_sched
-from bench.passthrough import folded_top
 
 FRAME_MS = 60.0
 PLAY_BUFFER_MS = 1000.0
@@ -70,20 +67,7 @@ TEXT = (
     "Good morning, here is the weather for today. It will be sunny with a light breeze. "
     "The temperature will reach twenty degrees in the afternoon. Have a nice day."
 )
-HELLO = orjson.dumps(
-    {
-        "type": "hello",
-        "version": 2,
-        "transport": "websocket",
-        "audio_params": {
-            "format": "opus",
-            "sample_rate": 16000,
-            "channels": 1,
-            "frame_duration": 60,
-            "play_buffer_duration": int(PLAY_BUFFER_MS),
-        },
-    }
-)
+HELLO = voice_hello(2, play_buffer_duration=int(PLAY_BUFFER_MS))
 SAMPLES = RESULTS / "pacing-relay.folded"
 _V2 = struct.Struct(">HHIII")  # version, type, reserved, timestamp_ms, payload_size
 
@@ -105,16 +89,9 @@ class Device:
 
 async def connect(http: aiohttp.ClientSession, url: str, rep: int, idx: int) -> Device:
     """Handshake with Protocol-Version 2 and hello (§1.1, §1.2)."""
-    mac = ":".join(f"{b:02X}" for b in (0x02, 0x5A, rep & 255, 0, (idx >> 8) & 255, idx & 255))
-    ws = await http.ws_connect(
-        url, headers={"Device-Id": mac, "Client-Id": f"pace-{idx}", "Protocol-Version": "2"}
-    )
-    await ws.send_str(HELLO.decode())
-    async with asyncio.timeout(30):
-        msg = await ws.receive()
-    hello = orjson.loads(msg.data)
-    if hello.get("type") != "hello":
-        raise RuntimeError(f"device {idx}: no hello reply: {hello!r}")
+    device = mac(0x02, 0x5A, rep & 255, 0, (idx >> 8) & 255, idx & 255)
+    headers = {"Device-Id": device, "Client-Id": f"pace-{idx}", "Protocol-Version": "2"}
+    ws, hello = await say_hello(http, url, headers, HELLO)
     return Device(ws, hello["session_id"])
 
 
@@ -217,17 +194,12 @@ async def phase(
 ) -> dict[str, Any]:
     """Connect `n` devices, ask them all to speak at once, analyse what they received; with
     `py_spy`, sample the relay's stacks meanwhile (diagnostics)."""
-    devices: list[Device] = []
-    for start in range(0, n, CONNECT_BATCH):
-        batch = range(start, min(n, start + CONNECT_BATCH))
-        devices += await asyncio.gather(*(connect(http, url, rep, i) for i in batch))
+    devices = await in_batches(lambda i: connect(http, url, rep, i), n, CONNECT_BATCH)
     try:
         readers = [asyncio.ensure_future(listen(d, cap_s)) for d in devices]
         spy = None
         if py_spy is not None:
-            args = [py_spy, "record", "--pid", str(relay.pid), "--rate", "250", "--function"]
-            args += ["--format", "raw", "--nonblocking", "--duration", "9", "--output"]
-            spy = start_child("pacing-py-spy", [*args, str(SAMPLES)])
+            spy = start_py_spy(py_spy, "pacing-py-spy", relay.pid, SAMPLES, duration_s=9)
         await asyncio.sleep(0.2 if spy is None else 0.5)
         (relay_cpu0, wait0), gen_cpu0 = process_sched(relay.pid), self_cpu_seconds()
         t0 = time.perf_counter()
@@ -290,34 +262,13 @@ async def phase(
     }
 
 
-def medians(reps: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median of every number across repetitions."""
-    return {
-        k: r(median([rep[k] for rep in reps]))
-        for k, v in reps[0].items()
-        if isinstance(v, int | float)
-    }
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the relay, warm the TTS cache, then baseline and loaded phases per repetition."""
     reps: list[dict[str, Any]] = []
     with children() as started:
-        port = free_port()
-        relay = start_child(
-            "pacing-relay",
-            [PYTHON, "-m", "relay", "serve", "--config", "config.toml", "--port", str(port)],
-            env={
-                "RELAY__BUSINESS__0__URL": f"http://127.0.0.1:{free_port()}/chat",
-                "RELAY__LOG__LEVEL": "WARNING",
-                "RELAY__SERVER__IDLE_TIMEOUT_S": "600",
-            },
-        )
-        started.append(relay)
-        wait_http_ok(relay, f"http://127.0.0.1:{port}/healthz")
-        url = f"ws://127.0.0.1:{port}/xiaozhi/v1/"
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-        async with aiohttp.ClientSession(connector=connector) as http:
+        relay, port = start_relay(started, "pacing-relay", relay_env(idle_timeout_s="600"))
+        url = device_url(port)
+        async with unlimited_session() as http:
             progress("warming the TTS frame cache: one device speaks the text once")
             await phase(http, url, relay, 250, 1, args.cap_s)
             for i in range(args.repeat):
@@ -337,13 +288,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 reps.append(got)
     med = {name: medians([rep[name] for rep in reps]) for name in ("alone", "loaded")}
     loaded = med["loaded"]
-    return {
-        "benchmark": "pacing",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m bench.pacing", *sys.argv[1:]]),
-        "machine": machine(),
-        "code": code_version(),
-        "params": vars(args),
+    return envelope("pacing", vars(args)) | {
         "text": TEXT,
         "repetitions": reps,
         "median": med,
@@ -398,14 +343,13 @@ def table(doc: dict[str, Any]) -> str:
     for key, label, digits in keys:
         a, b = med["alone"][key], med["loaded"][key]
         lines.append(f"  {label:<22}{a:>10.{digits}f}{b:>10.{digits}f}")
-    for g in doc["goals"]:
-        lines.append(f"goal {g['goal']}: {g['value']} -> {'PASS' if g['pass'] else 'FAIL'}")
+    lines += goal_lines(doc["goals"])
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m bench.pacing", description=__doc__)
+    p = parser("pacing", __doc__)
     p.add_argument("--devices", type=int, default=500)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--cap-s", type=float, default=60.0, help="cap on one phase's speech")
@@ -415,18 +359,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="diagnostics: py-spy binary; samples the relay during the first loaded phase",
     )
     args = p.parse_args(argv)
-    if min(args.devices, args.repeat) < 1:
-        p.error("counts must be at least 1")
+    at_least_one(p, args.devices, args.repeat)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; JSON on stdout, table on stderr."""
-    args = parse_args(argv)
-    doc = uvloop.run(run(args))
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
-    print(table(doc), file=sys.stderr)
-    return 0
+    return run_main(run, table, parse_args(argv))
 
 
 if __name__ == "__main__":

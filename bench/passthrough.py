@@ -20,37 +20,35 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
-import uvloop
 from aiohttp import WSMsgType
 
+from bench._cli import at_least_one, parser, run_main
 from bench._common import (
-    PYTHON,
     RESULTS,
     Child,
     children,
-    code_version,
     cpu_seconds,
-    free_port,
-    machine,
+    envelope,
     median,
+    medians,
     percentile,
     probe_report,
     progress,
     r,
+    run_capped,
     self_cpu_seconds,
-    start_child,
     tcp_states,
-    wait_http_ok,
-    wait_tcp,
 )
+from bench._devices import in_batches, mac, say_hello, unlimited_session
 from bench._gcstats import GCStats
 from bench._gcstats import delta as gc_delta
+from bench._peers import device_url, relay_env, start_business, start_relay
+from bench._pyspy import folded_top, start_py_spy
 
 LOADGEN_GC = GCStats()  # the load generator's own collector work, for comparison
 GOAL_ADDED_P50_MS = 1.0
@@ -103,6 +101,13 @@ class Phase:
                 out[f"{who}_gc"] = gc_summary(stats, n)
         return out
 
+    def record(self, ok: bool, t0_ns: int, t1_ns: int) -> None:
+        """One round trip: its latency when it ended in `message_end`, else an error."""
+        if ok:
+            self.latencies_ms.append((t1_ns - t0_ns) / 1e6)
+        else:
+            self.errors += 1
+
 
 def gc_summary(stats: dict[str, Any], n: int) -> dict[str, Any]:
     """A GC delta per round trip: collector CPU, objects freed by it, collections."""
@@ -136,44 +141,20 @@ class Device:
     session_id: str
 
 
-def mac(rep: int, idx: int) -> tuple[str, str]:
-    """A distinct MAC-form Device-Id header and its canonical form (§1.1)."""
-    octets = [0x02, rep & 0xFF, (idx >> 24) & 0xFF, (idx >> 16) & 0xFF, (idx >> 8) & 0xFF]
-    octets.append(idx & 0xFF)
-    header = ":".join(f"{o:02X}" for o in octets)
-    return header, header.replace(":", "")
-
-
 async def connect_device(http: aiohttp.ClientSession, url: str, rep: int, idx: int) -> Device:
     """Handshake, hello, and the relay's hello reply (§1.1, §1.2)."""
-    header, canonical = mac(rep, idx)
-    ws = await http.ws_connect(
-        url,
-        headers={
-            "Device-Id": header,
-            "Client-Id": f"bench-{rep}-{idx}",
-            "Protocol-Version": "1",
-        },
-        autoping=True,
-    )
-    await ws.send_frame(b'{"type":"hello"}', WSMsgType.TEXT)
-    async with asyncio.timeout(10):
-        msg = await ws.receive()
-    if msg.type != WSMsgType.TEXT:
-        raise RuntimeError(f"device {idx}: expected hello reply, got {msg.type!r}")
-    hello = orjson.loads(msg.data)
-    if hello.get("type") != "hello" or not isinstance(hello.get("session_id"), str):
+    octets = (0x02, rep & 0xFF, (idx >> 24) & 0xFF, (idx >> 16) & 0xFF, (idx >> 8) & 0xFF)
+    header = mac(*octets, idx & 0xFF)
+    headers = {"Device-Id": header, "Client-Id": f"bench-{rep}-{idx}", "Protocol-Version": "1"}
+    ws, hello = await say_hello(http, url, headers, b'{"type":"hello"}', timeout_s=10)
+    if not isinstance(hello.get("session_id"), str):
         raise RuntimeError(f"device {idx}: bad hello reply {hello!r}")
-    return Device(ws, canonical, hello["session_id"])
+    return Device(ws, header.replace(":", ""), hello["session_id"])
 
 
 async def connect_all(http: aiohttp.ClientSession, url: str, rep: int, n: int) -> list[Device]:
-    """Connect `n` devices in batches of concurrent handshakes, with progress."""
-    devices: list[Device] = []
-    for start in range(0, n, CONNECT_BATCH):
-        batch = range(start, min(n, start + CONNECT_BATCH))
-        devices += await asyncio.gather(*(connect_device(http, url, rep, i) for i in batch))
-    return devices
+    """Connect `n` devices in batches of concurrent handshakes."""
+    return await in_batches(lambda i: connect_device(http, url, rep, i), n, CONNECT_BATCH)
 
 
 async def relay_round_trips(dev: Device, count: int, phase: Phase | None, k0: int) -> None:
@@ -199,10 +180,7 @@ async def relay_round_trips(dev: Device, count: int, phase: Phase | None, k0: in
                 break
         t1 = time.perf_counter_ns()
         if phase is not None:
-            if ok:
-                phase.latencies_ms.append((t1 - t0) / 1e6)
-            else:
-                phase.errors += 1
+            phase.record(ok, t0, t1)
 
 
 async def direct_round_trips(
@@ -231,10 +209,7 @@ async def direct_round_trips(
                         break
             t1 = time.perf_counter_ns()
         if phase is not None:
-            if ok:
-                phase.latencies_ms.append((t1 - t0) / 1e6)
-            else:
-                phase.errors += 1
+            phase.record(ok, t0, t1)
 
 
 # ---- phases ---------------------------------------------------------------------------
@@ -261,7 +236,7 @@ async def timed(
 ) -> None:
     """Run `workers` concurrently under the duration cap, sampling CPU and TCP around them;
     with `sample_as`, py-spy records the relay's stacks during the phase."""
-    spy = start_py_spy(env, sample_as)
+    spy = sample_relay(env, sample_as)
     gc0 = await relay_gc_snapshot(env)
     lg0 = LOADGEN_GC.snapshot(count_objects=False)
     procs = {"relay": env.relay.pid, "business": env.business.pid}
@@ -269,17 +244,9 @@ async def timed(
     gen0 = self_cpu_seconds()
     tw0 = tcp_states(env.business_port)["time_wait"]
     t0 = time.perf_counter()
-    tasks = [asyncio.ensure_future(w()) for w in workers]
-    try:
-        async with asyncio.timeout(env.cap_s):
-            await asyncio.gather(*tasks)
-    except TimeoutError:
+    if await run_capped((w() for w in workers), env.cap_s):
         phase.capped = True
         progress(f"  {phase.side}: duration cap {env.cap_s:.0f}s reached, stopping")
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
     phase.wall_s = time.perf_counter() - t0
     if spy is not None:
         spy.stop(timeout_s=30.0)
@@ -303,15 +270,13 @@ async def relay_gc_snapshot(env: Env) -> dict[str, Any] | None:
     return await probe_report(env.relay.pid, env.gc_stats)
 
 
-def start_py_spy(env: Env, name: str) -> Child | None:
+def sample_relay(env: Env, name: str) -> Child | None:
     """Start `py-spy record` on the relay, once per mode, when --py-spy was given."""
     if not name or env.py_spy is None or name in env.samples:
         return None
     out = RESULTS / f"passthrough-relay-{name}.folded"
     env.samples[name] = out
-    args = [env.py_spy, "record", "--pid", str(env.relay.pid), "--rate", "250", "--function"]
-    args += ["--format", "raw", "--nonblocking", "--output", str(out)]
-    return start_child(f"passthrough-py-spy-{name}", args)
+    return start_py_spy(env.py_spy, f"passthrough-py-spy-{name}", env.relay.pid, out)
 
 
 async def run_relay(env: Env, rep: int, n: int, per_device: int, warmup: int, mode: str) -> Phase:
@@ -336,8 +301,7 @@ async def run_direct(env: Env, n: int, per_device: int, warmup: int) -> Phase:
     url = env.business_url
     # A fresh pool per phase: idle pooled connections closing later would blur the
     # TIME_WAIT count of the next phase.
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-    async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as http:
+    async with unlimited_session(auto_decompress=False) as http:
         await asyncio.gather(*(direct_round_trips(http, url, warmup, None, 0) for _ in range(n)))
         phase = Phase("direct", n, n * per_device)
         await timed(
@@ -372,16 +336,12 @@ def compare(direct: Phase, relay: Phase) -> dict[str, Any]:
     }
 
 
-def medians(reps: list[dict[str, Any]]) -> dict[str, Any]:
+def medians_by_side(reps: list[dict[str, Any]]) -> dict[str, Any]:
     """Median of every number across repetitions (per side and for the comparison)."""
     out: dict[str, Any] = {}
     for key, value in reps[0].items():
         if isinstance(value, dict):
-            out[key] = {
-                k: r(median([rep[key][k] for rep in reps]))
-                for k, v in value.items()
-                if isinstance(v, int | float) and not isinstance(v, bool)
-            }
+            out[key] = medians([rep[key] for rep in reps])
         elif isinstance(value, int | float):
             out[key] = r(median([rep[key] for rep in reps]))
     return out
@@ -413,7 +373,7 @@ async def run_mode(
         "round_trips_per_device": per_device,
         "warmup_per_device": warmup,
         "repetitions": reps,
-        "median": medians(reps),
+        "median": medians_by_side(reps),
     }
 
 
@@ -448,18 +408,10 @@ def start_peers(
     started: list[Child], profile: Path | None, gc_stats: Path | None, args: argparse.Namespace
 ) -> tuple[Child, Child, int, int]:
     """Start the reference business and the relay pointed at it; wait until both serve."""
-    bport, rport = free_port(), free_port()
-    business = start_child(
-        "passthrough-business", [PYTHON, "examples/business_service.py", "--port", str(bport)]
-    )
-    started.append(business)
-    wait_tcp(business, bport)
+    business, bport = start_business(started, "passthrough-business")
     prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
     probe = ["-m", "bench._probe", "relay"] if gc_stats else ["-m", "relay"]
-    env = {
-        "RELAY__BUSINESS__0__URL": f"http://127.0.0.1:{bport}/chat",
-        "RELAY__LOG__LEVEL": "WARNING",
-    }
+    env = relay_env(bport)
     if gc_stats:
         env["BENCH_PROBE_OUT"] = str(gc_stats)
     if args.gc_threshold:
@@ -467,13 +419,7 @@ def start_peers(
     if args.gc_freeze:
         env["BENCH_PREIMPORT"] = "relay.cli"
         env["BENCH_GC_FREEZE"] = "1"
-    relay = start_child(
-        "passthrough-relay",
-        [PYTHON, *prof, *probe, "serve", "--config", "config.toml", "--port", str(rport)],
-        env=env,
-    )
-    started.append(relay)
-    wait_http_ok(relay, f"http://127.0.0.1:{rport}/healthz")
+    relay, rport = start_relay(started, "passthrough-relay", env, launcher=[*prof, *probe])
     return business, relay, bport, rport
 
 
@@ -486,12 +432,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with children() as started:
         business, relay, bport, rport = start_peers(started, profile, gc_stats, args)
         progress(f"business pid {business.pid} :{bport}, relay pid {relay.pid} :{rport}")
-        ws_conn = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-        async with aiohttp.ClientSession(connector=ws_conn) as ws_http:
+        async with unlimited_session() as ws_http:
             env = Env(
                 relay,
                 business,
-                f"ws://127.0.0.1:{rport}/xiaozhi/v1/",
+                device_url(rport),
                 f"http://127.0.0.1:{bport}/chat",
                 bport,
                 ws_http,
@@ -515,13 +460,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             if args.also_serial and args.serial_order == "last":
                 modes["serial"] = await serial()
-    doc: dict[str, Any] = {
-        "benchmark": "passthrough",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": "python -m bench." + " ".join(["passthrough", *sys.argv[1:]]),
-        "machine": machine(),
-        "code": code_version(),
-        "params": vars(args),
+    doc: dict[str, Any] = envelope("passthrough", vars(args)) | {
         "modes": modes,
         "goals": goals(modes),
         "profiled": bool(profile),
@@ -550,38 +489,6 @@ def profile_top(path: Path, n: int = 30) -> list[str]:
             f"{ncalls:>9} calls {where}"
         )
     return out
-
-
-def folded_top(path: Path, n: int = 25) -> dict[str, Any]:
-    """Summarise py-spy's raw (folded) stacks: share of samples by leaf function (self) and
-    by every function on the stack (inclusive), the relay's own packages listed apart."""
-    leaf: dict[str, int] = {}
-    incl: dict[str, int] = {}
-    total = 0
-    for line in path.read_text().splitlines():
-        stack, _, count_s = line.rpartition(" ")
-        if not stack or not count_s.isdigit():
-            continue
-        count = int(count_s)
-        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
-        if not frames:
-            continue
-        total += count
-        leaf[frames[-1]] = leaf.get(frames[-1], 0) + count
-        for f in set(frames):
-            incl[f] = incl.get(f, 0) + count
-
-    def top(d: dict[str, int], keep: Callable[[str], bool]) -> list[str]:
-        rows = sorted(((v, k) for k, v in d.items() if keep(k)), reverse=True)[:n]
-        return [f"{100 * v / total:5.1f}% {k}" for v, k in rows]
-
-    ours = ("(relay/", "(bridges/", "(protocol/", "(metrics/", "(asr_tts/")
-    return {
-        "samples": total,
-        "self": top(leaf, lambda _k: True),
-        "inclusive_relay_code": top(incl, lambda k: any(p in k for p in ours)),
-        "inclusive_all": top(incl, lambda _k: True),
-    }
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -619,7 +526,7 @@ def table(doc: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m bench.passthrough", description=__doc__)
+    p = parser("passthrough", __doc__)
     p.add_argument("--devices", type=int, default=1000, help="concurrent devices (and clients)")
     p.add_argument("--round-trips-per-device", type=int, default=20)
     p.add_argument("--warmup", type=int, default=1, help="untimed round trips per device first")
@@ -665,8 +572,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="experiment: gc.freeze() in the relay after its imports (implies --gc-stats)",
     )
     args = p.parse_args(argv)
-    if min(args.devices, args.round_trips_per_device, args.repeat, args.serial_round_trips) < 1:
-        p.error("counts must be at least 1")
+    at_least_one(p, args.devices, args.round_trips_per_device, args.repeat, args.serial_round_trips)
     return args
 
 
@@ -674,10 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; JSON on stdout, table on stderr."""
     args = parse_args(argv)
     LOADGEN_GC.install()
-    doc = uvloop.run(run(args))
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
-    print(table(doc), file=sys.stderr)
-    return 0
+    return run_main(run, table, args)
 
 
 if __name__ == "__main__":

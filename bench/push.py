@@ -25,31 +25,30 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import orjson
-import uvloop
 from aiohttp import WSMsgType
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench._cli import at_least_one, parser, run_main
 from bench._common import (
-    PYTHON,
     Child,
     children,
-    code_version,
+    envelope,
     free_port,
-    machine,
-    median,
+    medians,
     percentile,
     progress,
     r,
+    run_capped,
     self_cpu_seconds,
     start_child,
-    wait_http_ok,
     wait_tcp,
 )
+from bench._devices import in_batches, mac, say_hello, unlimited_session
+from bench._peers import relay_env, start_relay
 from bench._sched import process_sched
 
 CONNECT_BATCH = 100
@@ -70,17 +69,10 @@ async def connect(
     http: aiohttp.ClientSession, url: str, idx: int
 ) -> tuple[str, aiohttp.ClientWebSocketResponse]:
     """One device on node A: handshake, hello, hello reply (§1.1, §1.2)."""
-    octets = (0x02, 0x3C, 0, 0, (idx >> 8) & 255, idx & 255)
-    mac = ":".join(f"{b:02X}" for b in octets)
-    ws = await http.ws_connect(
-        url, headers={"Device-Id": mac, "Client-Id": f"push-{idx}", "Protocol-Version": "1"}
-    )
-    await ws.send_str(HELLO.decode())
-    async with asyncio.timeout(30):
-        msg = await ws.receive()
-    if orjson.loads(msg.data).get("type") != "hello":
-        raise RuntimeError(f"device {idx}: no hello reply")
-    return mac.replace(":", ""), ws
+    device = mac(0x02, 0x3C, 0, 0, (idx >> 8) & 255, idx & 255)
+    headers = {"Device-Id": device, "Client-Id": f"push-{idx}", "Protocol-Version": "1"}
+    ws, _reply = await say_hello(http, url, headers, HELLO)
+    return device.replace(":", ""), ws
 
 
 async def read_device(devs: Devices, ws: aiohttp.ClientWebSocketResponse) -> None:
@@ -207,19 +199,9 @@ async def run_phase(
     sched0 = {name: process_sched(c.pid) for name, c in procs.items()}
     gen0 = self_cpu_seconds()
     t0 = time.perf_counter()
-    tasks = [
-        asyncio.ensure_future(pusher(http, api, devs, seqs, per, phase, 5.0))
-        for _ in range(concurrency)
-    ]
-    try:
-        async with asyncio.timeout(cap_s):
-            await asyncio.gather(*tasks)
-    except TimeoutError:
+    pushers = (pusher(http, api, devs, seqs, per, phase, 5.0) for _ in range(concurrency))
+    if await run_capped(pushers, cap_s):
         progress(f"  {side} c={concurrency}: duration cap {cap_s:.0f}s reached")
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
     phase.wall_s = time.perf_counter() - t0
     sched1 = {name: process_sched(c.pid) for name, c in procs.items()}
     phase.cpu_s = {name: sched1[name][0] - sched0[name][0] for name in procs}
@@ -276,20 +258,11 @@ def start_nodes(started: list[Child], tmp: str) -> tuple[str, str]:
     wait_tcp(redis, rport)
     urls = []
     for node in ("a", "b"):
-        port = free_port()
-        relay = start_child(
-            f"push-relay-{node}",
-            [PYTHON, "-m", "relay", "serve", "--config", "config.toml", "--port", str(port)],
-            env={
-                "RELAY__REDIS__URL": f"redis://127.0.0.1:{rport}/0",
-                "RELAY__REDIS__NODE_ID": f"bench-{node}",
-                "RELAY__BUSINESS__0__URL": f"http://127.0.0.1:{free_port()}/chat",
-                "RELAY__LOG__LEVEL": "WARNING",
-                "RELAY__SERVER__IDLE_TIMEOUT_S": "600",
-            },
-        )
-        started.append(relay)
-        wait_http_ok(relay, f"http://127.0.0.1:{port}/healthz")
+        env = relay_env(idle_timeout_s="600") | {
+            "RELAY__REDIS__URL": f"redis://127.0.0.1:{rport}/0",
+            "RELAY__REDIS__NODE_ID": f"bench-{node}",
+        }
+        _relay, port = start_relay(started, f"push-relay-{node}", env)
         urls.append(f"http://127.0.0.1:{port}")
     return urls[0], urls[1]
 
@@ -301,13 +274,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         api_a, api_b = start_nodes(started, tmp)
         procs = {"redis": started[0], "relay_a": started[1], "relay_b": started[2]}
         progress(f"redis pid {started[0].pid}, A {api_a}, B {api_b}")
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-        async with aiohttp.ClientSession(connector=connector) as http:
+        async with unlimited_session() as http:
             ws_url = api_a.replace("http://", "ws://") + "/xiaozhi/v1/"
-            pairs = []
-            for start in range(0, args.devices, CONNECT_BATCH):
-                batch = range(start, min(args.devices, start + CONNECT_BATCH))
-                pairs += await asyncio.gather(*(connect(http, ws_url, i) for i in batch))
+            pairs = await in_batches(
+                lambda i: connect(http, ws_url, i), args.devices, CONNECT_BATCH
+            )
             devs = Devices([p[0] for p in pairs], [p[1] for p in pairs])
             readers = [asyncio.ensure_future(read_device(devs, ws)) for ws in devs.sockets]
             try:
@@ -340,14 +311,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     sweep[str(c)] = {
                         "pushes": total,
                         "repetitions": reps,
-                        "median": {
-                            side: {
-                                k: r(median([rep[side][k] for rep in reps]))
-                                for k, v in reps[0][side].items()
-                                if isinstance(v, int | float)
-                            }
-                            for side in apis
-                        },
+                        "median": {side: medians([rep[side] for rep in reps]) for side in apis},
                     }
                     m = sweep[str(c)]["median"]
                     sweep[str(c)]["cross_over_same"] = {
@@ -372,13 +336,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     t.cancel()
                 await asyncio.gather(*readers, return_exceptions=True)
                 await asyncio.gather(*(ws.close() for ws in devs.sockets), return_exceptions=True)
-    return {
-        "benchmark": "push",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m bench.push", *sys.argv[1:]]),
-        "machine": machine(),
-        "code": code_version(),
-        "params": vars(args),
+    return envelope("push", vars(args)) | {
         "stray_envelopes": devs.stray,
         "relay_redis_errors_total": redis_errors,
         "sweep": sweep,
@@ -412,7 +370,7 @@ def table(doc: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m bench.push", description=__doc__)
+    p = parser("push", __doc__)
     p.add_argument("--devices", type=int, default=200)
     p.add_argument(
         "--concurrency",
@@ -425,18 +383,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--cap-s", type=float, default=60.0, help="cap per phase")
     args = p.parse_args(argv)
-    if min([args.devices, args.pushes, args.serial_pushes, args.repeat, *args.concurrency]) < 1:
-        p.error("counts must be at least 1")
+    at_least_one(p, args.devices, args.pushes, args.serial_pushes, args.repeat, *args.concurrency)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; JSON on stdout, table on stderr."""
-    args = parse_args(argv)
-    doc = uvloop.run(run(args))
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
-    print(table(doc), file=sys.stderr)
-    return 0
+    return run_main(run, table, parse_args(argv))
 
 
 if __name__ == "__main__":

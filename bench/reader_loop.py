@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -26,20 +25,20 @@ import orjson
 import uvloop
 from aiohttp import WSMsgType, web
 
+from bench._cli import at_least_one, parser, run_main
 from bench._common import (
     PYTHON,
     children,
-    code_version,
     cpu_seconds,
-    free_port,
-    machine,
+    envelope,
     median,
+    medians,
     percentile,
     progress,
     r,
-    start_child,
-    wait_http_ok,
 )
+from bench._devices import unlimited_session
+from bench._peers import start_server
 
 IDLE_S = 180.0  # the relay's default idle timeout (PROTOCOL.md §1.7)
 REPLY = b'{"session_id":"AAAAAAAAAAAAAAAAAAAAAA","type":"custom","payload":{}}'
@@ -145,14 +144,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the server, alternate the patterns for `repeat` rounds."""
     reps: list[dict[str, Any]] = []
     with children() as started:
-        port = free_port()
-        server = start_child(
-            "reader-loop-server", [PYTHON, "-m", "bench.reader_loop", "--serve", str(port)]
-        )
-        started.append(server)
-        wait_http_ok(server, f"http://127.0.0.1:{port}/healthz")
-        connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=connector) as http:
+        argv = [PYTHON, "-m", "bench.reader_loop"]
+        server, port = start_server(started, "reader-loop-server", argv, port_flag="--serve")
+        async with unlimited_session() as http:
             for i in range(args.repeat):
                 order = PATTERNS if i % 2 == 0 else PATTERNS[::-1]
                 got: dict[str, Any] = {}
@@ -164,24 +158,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 base = got["receive_timeout"]["server_cpu_us_per_msg"]
                 got["cpu_ratio"] = r(got["relay_wait"]["server_cpu_us_per_msg"] / base, 2)
                 reps.append(got)
-    med: dict[str, Any] = {
-        p: {
-            k: r(median([rep[p][k] for rep in reps]))
-            for k in ("server_cpu_us_per_msg", "throughput_per_s", "p50_ms", "p99_ms")
-        }
-        for p in PATTERNS
-    }
+    keys = ("server_cpu_us_per_msg", "throughput_per_s", "p50_ms", "p99_ms")
+    med: dict[str, Any] = {p: medians([rep[p] for rep in reps], keys) for p in PATTERNS}
     med["cpu_ratio"] = r(median([rep["cpu_ratio"] for rep in reps]), 2)
-    return {
-        "benchmark": "reader_loop",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m bench.reader_loop", *sys.argv[1:]]),
-        "machine": machine(),
-        "code": code_version(),
-        "params": vars(args),
-        "repetitions": reps,
-        "median": med,
-    }
+    return envelope("reader_loop", vars(args)) | {"repetitions": reps, "median": med}
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -200,15 +180,14 @@ def table(doc: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m bench.reader_loop", description=__doc__)
+    p = parser("reader_loop", __doc__)
     p.add_argument("--connections", type=int, default=200)
     p.add_argument("--messages", type=int, default=200, help="per connection")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--duration-cap-s", type=float, default=120.0)
     p.add_argument("--serve", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    if min(args.connections, args.messages, args.repeat) < 1:
-        p.error("counts must be at least 1")
+    at_least_one(p, args.connections, args.messages, args.repeat)
     return args
 
 
@@ -218,10 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve is not None:
         serve(args.serve)
         return 0
-    doc = uvloop.run(run(args))
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
-    print(table(doc), file=sys.stderr)
-    return 0
+    return run_main(run, table, args)
 
 
 if __name__ == "__main__":

@@ -36,12 +36,10 @@ import asyncio
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 import orjson
-import uvloop
 from aiohttp import WSMsgType
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -53,20 +51,10 @@ from asr_tts.sentences import clean_for_speech, split_sentences
 from asr_tts.tts import Voice
 from asr_tts.uplink import UplinkDecoder, UplinkFormat
 from asr_tts.vad import SileroModel, VadStream
-from bench._common import (
-    PYTHON,
-    children,
-    code_version,
-    free_port,
-    machine,
-    median,
-    percentile,
-    progress,
-    r,
-    start_child,
-    wait_http_ok,
-    wait_tcp,
-)
+from bench._cli import at_least_one, goal_lines, parser, run_main
+from bench._common import children, envelope, median, percentile, progress, r
+from bench._devices import voice_hello
+from bench._peers import device_url, relay_env, start_business, start_relay
 from bench._sched import process_sched
 from bench._speech import FRAME_S, espeak, opus_packets, silence, trim
 
@@ -75,19 +63,7 @@ PHRASES = ("turn on the light", "turn off the light", "what time is it", "dance"
 LEAD_S = 0.6  # silence before the speech
 TAIL_S = 4.0  # silence after it, sent until stt arrives
 FIRST_SEGMENT_CHARS = 24  # config.toml [tts] first_segment_chars
-HELLO = orjson.dumps(
-    {
-        "type": "hello",
-        "version": 1,
-        "transport": "websocket",
-        "audio_params": {
-            "format": "opus",
-            "sample_rate": 16000,
-            "channels": 1,
-            "frame_duration": 60,
-        },
-    }
-)
+HELLO = voice_hello()
 METRICS = {
     "asr": "relay_asr_seconds",
     "tts": "relay_tts_seconds",
@@ -401,27 +377,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     turns: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     with children() as started:
-        bport, rport = free_port(), free_port()
-        business = start_child(
-            "turn-business", [PYTHON, "examples/business_service.py", "--port", str(bport)]
-        )
-        started.append(business)
-        wait_tcp(business, bport)
-        env = {
-            "RELAY__BUSINESS__0__URL": f"http://127.0.0.1:{bport}/chat",
-            "RELAY__LOG__LEVEL": "WARNING",
+        _business, bport = start_business(started, "turn-business")
+        env = relay_env(bport) | {
             "RELAY__ASR__GRAMMAR_WORDS": ",".join(words),
             "RELAY__TTS__CACHE_MB": str(args.tts_cache_mb),
         }
-        relay = start_child(
-            "turn-relay",
-            [PYTHON, "-m", "relay", "serve", "--config", "config.toml", "--port", str(rport)],
-            env=env,
-        )
-        started.append(relay)
-        wait_http_ok(relay, f"http://127.0.0.1:{rport}/healthz")
+        relay, rport = start_relay(started, "turn-relay", env)
         progress(f"business :{bport}, relay :{rport} (pid {relay.pid})")
-        ws_url = f"ws://127.0.0.1:{rport}/xiaozhi/v1/"
+        ws_url = device_url(rport)
         metrics_url = f"http://127.0.0.1:{rport}/metrics"
         async with aiohttp.ClientSession() as http:
             for k in range(args.warmup + args.turns):
@@ -458,13 +421,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     st = stats(turns)
     p99 = st["overhead_goal_formula_ms"]["p99"]
     p99_exact = st["overhead_vad_exact_ms"]["p99"]
-    return {
-        "benchmark": "turn_latency",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m bench.turn_latency", *sys.argv[1:]]),
-        "machine": machine(),
-        "code": code_version(),
-        "params": vars(args),
+    return envelope("turn_latency", vars(args)) | {
         "config": {
             "min_silence_s": seg.min_silence_s,
             "grammar_words": words,
@@ -522,14 +479,13 @@ def table(doc: dict[str, Any]) -> str:
         f"  baselines: business first event direct {b['business_first_event_direct_ms']:.2f} ms; "
         f"ASR in-process {b['asr_in_process_ms']}; TTS {b['tts_first_segment_in_process_ms']}"
     )
-    for g in doc["goals"]:
-        lines.append(f"goal {g['goal']}: {g['value']} -> {'PASS' if g['pass'] else 'FAIL'}")
+    lines += goal_lines(doc["goals"])
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m bench.turn_latency", description=__doc__)
+    p = parser("turn_latency", __doc__)
     p.add_argument("--turns", type=int, default=24, help="timed turns (>= 20 for a p99)")
     p.add_argument("--warmup", type=int, default=2, help="untimed turns first")
     p.add_argument(
@@ -541,18 +497,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--baseline-reps", type=int, default=7)
     args = p.parse_args(argv)
-    if min(args.turns, args.baseline_reps) < 1 or args.warmup < 0:
-        p.error("counts must be at least 1")
+    at_least_one(p, args.turns, args.baseline_reps, args.warmup + 1)  # no warm-up is fine
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; JSON on stdout, table on stderr."""
-    args = parse_args(argv)
-    doc = uvloop.run(run(args))
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
-    print(table(doc), file=sys.stderr)
-    return 0
+    return run_main(run, table, parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -35,18 +35,16 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
-import orjson
-import uvloop
 
 from asr_tts.asr import ASRStream
 from asr_tts.segmenter import SegmenterConfig
 from asr_tts.uplink import UplinkDecoder, UplinkFormat
 from asr_tts.vad import SileroModel, VadStream
-from bench._common import code_version, machine, median, percentile, progress, r
+from bench._cli import at_least_one, goal_lines, parser, run_main
+from bench._common import envelope, median, percentile, progress, r
 from bench._sched import thread_sched
 from bench._speech import FRAME_S, espeak, opus_packets, silence, trim
 from metrics.registry import Metrics
@@ -486,14 +484,13 @@ def table(doc: dict[str, Any]) -> str:
         + ", ".join(f"{b}: {v:.0f}" for b, v in micro["vad_us_per_window_by_batch"].items())
         + f"; Opus decode {micro['opus_decode_us_per_packet']:.0f} us/packet"
     )
-    for g in doc["goals"]:
-        lines.append(f"goal {g['goal']}: {g['value']} -> {'PASS' if g['pass'] else 'FAIL'}")
+    lines += goal_lines(doc["goals"])
     return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m bench.voice_streams", description=__doc__)
+    p = parser("voice_streams", __doc__)
     p.add_argument(
         "--streams",
         type=lambda s: [int(x) for x in s.split(",")],
@@ -515,8 +512,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--baseline-steps", type=int, default=50, help="60 ms steps per baseline")
     args = p.parse_args(argv)
-    if min([*args.streams, args.repeat, args.threads, args.in_flight]) < 1:
-        p.error("counts must be at least 1")
+    at_least_one(p, *args.streams, args.repeat, args.threads, args.in_flight)
     return args
 
 
@@ -536,13 +532,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     points = await sweep(model, clip, args)
     passing = [int(n) for n, p in points.items() if p["relay"]["pass"]]
     best = max(passing, default=0)
-    return {
-        "benchmark": "voice_streams",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m bench.voice_streams", *sys.argv[1:]]),
-        "machine": machine(),
-        "code": code_version(),
-        "params": vars(args),
+    return envelope("voice_streams", vars(args)) | {
         "clip": {
             "packets": len(clip),
             "seconds": r(len(clip) * FRAME_S, 2),
@@ -564,11 +554,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; JSON on stdout, table on stderr."""
-    args = parse_args(argv)
-    doc = uvloop.run(run(args))
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
-    print(table(doc), file=sys.stderr)
-    return 0
+    return run_main(run, table, parse_args(argv))
 
 
 if __name__ == "__main__":

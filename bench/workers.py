@@ -19,58 +19,30 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
-import orjson
-import uvloop
 
 from bench import idle, passthrough
+from bench._cli import at_least_one, parser, run_main
 from bench._common import (
-    PYTHON,
     Child,
     children,
-    code_version,
-    free_port,
-    machine,
-    median,
+    envelope,
+    medians,
     progress,
     r,
     rss_kib,
+    run_capped,
     self_cpu_seconds,
-    start_child,
-    wait_http_ok,
-    wait_tcp,
 )
-from bench._sched import process_sched, process_tree
+from bench._devices import close_in_batches, in_batches, unlimited_session
+from bench._peers import device_url, relay_env, start_business, start_relay
+from bench._sched import process_tree, tree_sched
 
 WORKERS = (1, 2)
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of a process and all its descendants (schedstat: ns, not 10 ms ticks)."""
-    total = 0.0
-    for p in process_tree(pid):
-        try:
-            total += process_sched(p)[0]
-        except OSError:
-            continue
-    return total
-
-
-def tree_wait(pid: int) -> float:
-    """Run-queue wait (ready to run, no CPU free) of a process tree, seconds."""
-    total = 0.0
-    for p in process_tree(pid):
-        try:
-            total += process_sched(p)[1]
-        except OSError:
-            continue
-    return total
 
 
 def tree_rss(pid: int) -> dict[int, int]:
@@ -84,12 +56,11 @@ def tree_rss(pid: int) -> dict[int, int]:
     return out
 
 
-def start_relay(name: str, workers: int, env: dict[str, str]) -> tuple[Child, int]:
+def start_relay_workers(
+    started: list[Child], name: str, workers: int, env: dict[str, str]
+) -> tuple[Child, int]:
     """A relay with `workers` processes on a free port, ready (/healthz)."""
-    port = free_port()
-    args = ["-m", "relay", "serve", "--config", "config.toml", "--port", str(port)]
-    child = start_child(name, [PYTHON, *args, "--workers", str(workers)], env=env)
-    wait_http_ok(child, f"http://127.0.0.1:{port}/healthz")
+    child, port = start_relay(started, name, env, after=["--workers", str(workers)])
     if workers > 1:
         # Every worker must be serving, not only the first one that answered.
         for _ in range(100):
@@ -112,43 +83,34 @@ async def passthrough_phase(
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     """bench.passthrough's concurrent relay phase, with CPU over the relay's process tree."""
-    url = f"ws://127.0.0.1:{port}/xiaozhi/v1/"
-    devices = await passthrough.connect_all(http, url, rep, args.devices)
+    devices = await passthrough.connect_all(http, device_url(port), rep, args.devices)
     try:
         await asyncio.gather(
             *(passthrough.relay_round_trips(d, args.warmup, None, 0) for d in devices)
         )
         phase = passthrough.Phase("relay", args.devices, args.devices * args.round_trips_per_device)
-        work = [
-            functools.partial(
-                passthrough.relay_round_trips, d, args.round_trips_per_device, phase, args.warmup
-            )
+        work = (
+            passthrough.relay_round_trips(d, args.round_trips_per_device, phase, args.warmup)
             for d in devices
-        ]
-        cpu0, b0, g0 = tree_cpu(relay.pid), tree_cpu(business.pid), self_cpu_seconds()
-        w0 = tree_wait(relay.pid)
+        )
+        # schedstat over the process trees: CPU in ns, where /proc/<pid>/stat counts 10 ms ticks
+        (cpu0, w0), (b0, _), g0 = (
+            tree_sched(relay.pid),
+            tree_sched(business.pid),
+            self_cpu_seconds(),
+        )
         t0 = time.perf_counter()
-        tasks = [asyncio.ensure_future(w()) for w in work]
-        try:
-            async with asyncio.timeout(args.duration_cap_s):
-                await asyncio.gather(*tasks)
-        except TimeoutError:
-            phase.capped = True
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+        phase.capped = await run_capped(work, args.duration_cap_s)
         phase.wall_s = time.perf_counter() - t0
+        (cpu1, w1), (b1, _) = tree_sched(relay.pid), tree_sched(business.pid)
         phase.cpu_s = {
-            "relay": tree_cpu(relay.pid) - cpu0,
-            "business": tree_cpu(business.pid) - b0,
+            "relay": cpu1 - cpu0,
+            "business": b1 - b0,
             "loadgen": self_cpu_seconds() - g0,
         }
         relay.check_alive()
         # seconds per second the relay's processes were ready to run but had no CPU
-        return phase.summary() | {
-            "relay_runqueue_wait": r((tree_wait(relay.pid) - w0) / phase.wall_s)
-        }
+        return phase.summary() | {"relay_runqueue_wait": r((w1 - w0) / phase.wall_s)}
     finally:
         await asyncio.gather(*(d.ws.close() for d in devices), return_exceptions=True)
 
@@ -157,24 +119,14 @@ async def run_passthrough(args: argparse.Namespace) -> dict[str, Any]:
     """Both relays and one business; concurrent phases alternating between the relays."""
     reps: list[dict[str, Any]] = []
     with children() as started:
-        bport = free_port()
-        business = start_child(
-            "workers-business", [PYTHON, "examples/business_service.py", "--port", str(bport)]
-        )
-        started.append(business)
-        wait_tcp(business, bport)
-        env = {
-            "RELAY__BUSINESS__0__URL": f"http://127.0.0.1:{bport}/chat",
-            "RELAY__LOG__LEVEL": "WARNING",
-        }
+        business, bport = start_business(started, "workers-business")
+        env = relay_env(bport)
         relays = {}
         for w in WORKERS:
-            child, port = start_relay(f"workers-relay-{w}", w, env)
-            started.append(child)
+            child, port = start_relay_workers(started, f"workers-relay-{w}", w, env)
             relays[w] = (child, port)
             progress(f"--workers {w}: pid {child.pid} :{port}, tree {process_tree(child.pid)}")
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-        async with aiohttp.ClientSession(connector=connector) as http:
+        async with unlimited_session() as http:
             for i in range(args.repeat):
                 order = WORKERS if i % 2 == 0 else tuple(reversed(WORKERS))
                 got: dict[str, Any] = {}
@@ -195,14 +147,7 @@ async def run_passthrough(args: argparse.Namespace) -> dict[str, Any]:
                         f"{s['relay_runqueue_wait']:.2f}"
                     )
                 reps.append(got)
-    med = {
-        str(w): {
-            k: r(median([rep[str(w)][k] for rep in reps]))
-            for k, v in reps[0][str(w)].items()
-            if isinstance(v, int | float) and not isinstance(v, bool)
-        }
-        for w in WORKERS
-    }
+    med = {str(w): medians([rep[str(w)] for rep in reps]) for w in WORKERS}
     one, two = med["1"], med["2"]
     return {
         "repetitions": reps,
@@ -220,39 +165,29 @@ async def run_passthrough(args: argparse.Namespace) -> dict[str, Any]:
 
 async def idle_phase(workers: int, args: argparse.Namespace) -> dict[str, Any]:
     """A fresh relay with `workers`; connect idle devices; RSS of its tree before and after."""
-    env = {
-        "RELAY__BUSINESS__0__URL": f"http://127.0.0.1:{free_port()}/chat",
-        "RELAY__LOG__LEVEL": "WARNING",
-        "RELAY__SERVER__IDLE_TIMEOUT_S": "600",
-    }
+    env = relay_env(idle_timeout_s="600")
     with children() as started:
-        child, port = start_relay(f"workers-idle-{workers}", workers, env)
-        started.append(child)
+        child, port = start_relay_workers(started, f"workers-idle-{workers}", workers, env)
         await asyncio.sleep(args.settle_s)
         rss0 = tree_rss(child.pid)
-        url = f"ws://127.0.0.1:{port}/xiaozhi/v1/"
+        url = device_url(port)
         sockets: list[aiohttp.ClientWebSocketResponse] = []
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-        async with aiohttp.ClientSession(connector=connector) as http:
+        async with unlimited_session() as http:
             try:
                 t0 = time.perf_counter()
-                cpu0 = tree_cpu(child.pid)
+                cpu0 = tree_sched(child.pid)[0]
                 async with asyncio.timeout(args.duration_cap_s):
-                    for start in range(0, args.idle_devices, args.batch):
-                        batch = range(start, min(args.idle_devices, start + args.batch))
-                        sockets += await asyncio.gather(
-                            *(idle.connect(http, url, i) for i in batch)
-                        )
+                    await in_batches(
+                        lambda i: idle.connect(http, url, i), args.idle_devices, args.batch, sockets
+                    )
                 connect_s = time.perf_counter() - t0
-                connect_cpu = tree_cpu(child.pid) - cpu0
+                connect_cpu = tree_sched(child.pid)[0] - cpu0
                 await asyncio.sleep(args.settle_s)
                 child.check_alive()
                 rss1 = tree_rss(child.pid)
                 still_open = sum(1 for ws in sockets if not ws.closed)
             finally:
-                for start in range(0, len(sockets), args.batch):
-                    chunk = sockets[start : start + args.batch]
-                    await asyncio.gather(*(ws.close() for ws in chunk), return_exceptions=True)
+                await close_in_batches(sockets, args.batch)
     n = len(sockets)
     growth = {p: rss1.get(p, 0) - rss0.get(p, 0) for p in rss0}
     return {
@@ -293,9 +228,7 @@ async def run_idle(args: argparse.Namespace) -> dict[str, Any]:
         "connects_per_s",
         "relay_cpu_us_per_connect",
     )
-    med = {
-        str(w): {k: r(median([rep[str(w)][k] for rep in reps]), 1) for k in keys} for w in WORKERS
-    }
+    med = {str(w): medians([rep[str(w)] for rep in reps], keys, 1) for w in WORKERS}
     return {"repetitions": reps, "median": med}
 
 
@@ -339,7 +272,7 @@ def table(doc: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
-    p = argparse.ArgumentParser(prog="python -m bench.workers", description=__doc__)
+    p = parser("workers", __doc__)
     p.add_argument("--devices", type=int, default=1000, help="pass-through devices")
     p.add_argument("--round-trips-per-device", type=int, default=20)
     p.add_argument("--warmup", type=int, default=1)
@@ -350,8 +283,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--idle-repeat", type=int, default=2)
     p.add_argument("--settle-s", type=float, default=2.0)
     args = p.parse_args(argv)
-    if min(args.devices, args.round_trips_per_device, args.repeat, args.idle_devices) < 1:
-        p.error("counts must be at least 1")
+    at_least_one(p, args.devices, args.round_trips_per_device, args.repeat, args.idle_devices)
     return args
 
 
@@ -359,25 +291,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Both parts; the JSON document."""
     pt = await run_passthrough(args)
     idl = await run_idle(args)
-    return {
-        "benchmark": "workers",
-        "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python -m bench.workers", *sys.argv[1:]]),
-        "machine": machine(),
-        "code": code_version(),
-        "params": vars(args),
-        "passthrough": pt,
-        "idle": idl,
-    }
+    return envelope("workers", vars(args)) | {"passthrough": pt, "idle": idl}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; JSON on stdout, table on stderr."""
-    args = parse_args(argv)
-    doc = uvloop.run(run(args))
-    sys.stdout.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode() + "\n")
-    print(table(doc), file=sys.stderr)
-    return 0
+    return run_main(run, table, parse_args(argv))
 
 
 if __name__ == "__main__":
