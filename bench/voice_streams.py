@@ -1,6 +1,7 @@
 """Talking devices per core: the relay's uplink decode + VAD for N real-time streams at once.
 
-In-process: N `relay.voice.Listener`s in realtime mode share one `AudioBatcher` on a
+In-process: N `relay.voice.Listener`s in realtime mode (--mode manual: push-to-talk, decoded
+but not scored) share one `AudioBatcher` on a
 ThreadPoolExecutor of ONE thread (the "per core" of the goal), a real Silero model and an
 ASR stub that takes audio and discards it (this measures decode + VAD, not ASR). Every
 listener is fed a real Opus packet every 60 ms (espeak-ng speech and silence, encoded once
@@ -220,7 +221,7 @@ async def run_point(
             on_text=lambda _text, _t: None,
             device_id=f"bench-{i}",
         )
-        listener.start("realtime")
+        listener.start(args.mode)
         stream = Stream(listener, offset=(i * 7919) % len(clip), phase_s=FRAME_S * i / n)
         batcher.streams[id(listener._decoder)] = stream
         streams.append(stream)
@@ -511,6 +512,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "judged, the others are experiments",
     )
     p.add_argument("--baseline-steps", type=int, default=50, help="60 ms steps per baseline")
+    p.add_argument(
+        "--mode",
+        choices=("realtime", "manual"),
+        default="realtime",
+        help="listen mode of every stream; manual (push-to-talk) decodes without scoring "
+        "(the baseline still decodes and scores)",
+    )
     args = p.parse_args(argv)
     at_least_one(p, *args.streams, args.repeat, args.threads, args.in_flight)
     return args

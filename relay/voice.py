@@ -33,7 +33,7 @@ class _Job:
     """One stream's packets for one batch, and what the batch made of them."""
 
     decoder: UplinkDecoder
-    vad: VadStream
+    vad: VadStream | None  # None: push-to-talk, nothing to score (probabilities are 0.0)
     carry: bytearray
     packets: list[bytes]
     windows: list[bytes] = field(default_factory=list)
@@ -130,6 +130,7 @@ class AudioBatcher:
 
 def _run_batch(jobs: list[_Job]) -> None:
     # In an executor thread: libopus (ctypes) and onnxruntime release the GIL.
+    scored: list[_Job] = []
     chunks: list[bytes] = []
     for job in jobs:
         for packet in job.packets:
@@ -141,9 +142,13 @@ def _run_batch(jobs: list[_Job]) -> None:
         chunk = bytes(job.carry[:whole])
         del job.carry[:whole]
         job.windows = [chunk[i : i + WINDOW_BYTES] for i in range(0, whole, WINDOW_BYTES)]
-        chunks.append(chunk)
-    results = VadStream.process_many([j.vad for j in jobs], chunks)
-    for job, probs in zip(jobs, results, strict=True):
+        if job.vad is None:
+            job.probs = [0.0] * len(job.windows)
+        else:
+            scored.append(job)
+            chunks.append(chunk)
+    vads = [j.vad for j in scored if j.vad is not None]
+    for job, probs in zip(scored, VadStream.process_many(vads, chunks), strict=True):
         job.probs = probs
 
 
@@ -276,7 +281,10 @@ class Listener:
                 packets = list(self._pending)
                 self._pending.clear()
                 self._arrived.clear()
-                job = _Job(self._decoder, self._vad, self._carry, packets)
+                # Push-to-talk ends at `listen stop`: Silero, over half the cost, would
+                # score windows that nothing reads.
+                vad = None if self.mode == "manual" else self._vad
+                job = _Job(self._decoder, vad, self._carry, packets)
                 await self._deps.batcher.submit(job)
                 if job.bad_packets:
                     self._deps.metrics.audio_errors.inc(job.bad_packets)

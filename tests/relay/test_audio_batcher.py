@@ -52,9 +52,11 @@ async def busy(batcher: AudioBatcher, model: SileroModel, jobs: int, gap_s: floa
 async def test_jobs_arriving_within_the_window_share_batches(model: SileroModel) -> None:
     with CountingExecutor() as pool:
         batcher = AudioBatcher(pool, max_in_flight=1, window_s=0.05)
+        await busy(batcher, model, 30, 0.002)  # the batcher learns the rate
+        before = pool.jobs
         done = await busy(batcher, model, 40, 0.002)
-    # Once the rate is known (a few jobs), a batch gathers what arrives in 50 ms: ~25 jobs.
-    assert pool.jobs <= 12, pool.jobs
+    # A batch gathers what arrives in 50 ms (~25 jobs at this rate, fewer on a slow machine).
+    assert pool.jobs - before <= 8, pool.jobs - before
     for j in done:
         assert len(j.probs) == len(j.windows) == 3  # 120 ms of audio: three 32 ms windows
         assert all(0.0 <= p <= 1.0 for p in j.probs)
@@ -123,3 +125,20 @@ async def test_a_failed_batch_fails_each_of_its_jobs_and_the_next_batch_runs(
         assert all(isinstance(r, ValueError) for r in results)
         good = await asyncio.wait_for(batcher.submit(job(model)), 2)
     assert len(good.probs) == 3
+
+
+async def test_push_to_talk_audio_is_decoded_but_not_scored(model: SileroModel) -> None:
+    # A job without a VAD stream (manual mode) shares the batch with scored ones.
+    with CountingExecutor() as pool:
+        batcher = AudioBatcher(pool, max_in_flight=1)
+        silent = _Job(UplinkDecoder(UplinkFormat()), None, bytearray(), [PACKET, PACKET])
+        scored = job(model)
+        done = await asyncio.wait_for(
+            asyncio.gather(batcher.submit(silent), batcher.submit(scored)), 2
+        )
+    assert pool.jobs == 1
+    manual, auto = done
+    assert len(manual.windows) == 3
+    assert manual.windows == auto.windows  # the same audio, decoded the same way
+    assert manual.probs == [0.0, 0.0, 0.0]
+    assert len(auto.probs) == 3
