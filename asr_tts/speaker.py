@@ -119,24 +119,19 @@ class Speaker:
                     )
                 part = await pending
                 pending = None
-                if part.rest is not None:
+                last: Segment = (sentence, part.frames, True)
+                if part.rest is not None:  # the head goes out while the rest encodes
                     yield sentence, part.frames, False
-                    sentence_frames: list[bytes] | None = None
                     rest = await self._encode(encoder.encode_frames, part.rest)
                     part.frames = part.frames + rest
                     self._settle(part, None)
-                else:
-                    sentence_frames = part.frames
-                    rest = []
+                    last = (None, rest, True)
                 part = None
                 if i + 1 < len(parts):
                     pending = asyncio.create_task(
                         self._start(provider, parts[i + 1], voice, encoder, 0)
                     )
-                if sentence_frames is not None:
-                    yield sentence, sentence_frames, True
-                else:
-                    yield None, rest, True
+                yield last
         finally:
             if part is not None:  # stopped between a first segment's head and its rest
                 self._settle(part, asyncio.CancelledError())

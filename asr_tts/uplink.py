@@ -14,9 +14,8 @@ import soxr
 from asr_tts.audio import OPUS_FRAME_MS, OPUS_SAMPLE_RATES
 
 _MAX_OPUS_FRAME_MS = 120  # the longest packet libopus may hold (RFC 6716 §3.2.5)
-_opus_decode = (
-    opuslib_next.api.decoder.libopus_decode
-)  # ctypes: opus_decode(st, data, len, pcm, n, fec)
+# ctypes binding of opus_decode(state, data, len, pcm, frame_size, decode_fec)
+_opus_decode = opuslib_next.api.decoder.libopus_decode
 
 
 class AudioError(ValueError):

@@ -216,7 +216,7 @@ class Link:
             while pending:
                 items = list(pending)
                 pending.clear()
-                audio = sum(1 for kind, _ in items if kind == _AUDIO)
+                audio = self._queued_audio  # every queued frame is in `items`
                 await self._write_items(items, audio)
                 # Written frames leave the queue count together with `_audio_written`:
                 # no await in between, so the pacer never sees a frame twice or not at all.

@@ -67,7 +67,7 @@ class AudioBatcher:
         self._last_at = 0.0  # when the last job arrived
         self._gap = 1.0  # moving average of the time between jobs, seconds
         self._in_flight = 0
-        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._timer: asyncio.Handle | None = None
 
     def submit(self, job: _Job) -> asyncio.Future[_Job]:
         """Queue a stream's packets; the future completes when they are decoded and scored."""
@@ -131,6 +131,7 @@ class AudioBatcher:
 def _run_batch(jobs: list[_Job]) -> None:
     # In an executor thread: libopus (ctypes) and onnxruntime release the GIL.
     scored: list[_Job] = []
+    vads: list[VadStream] = []
     chunks: list[bytes] = []
     for job in jobs:
         for packet in job.packets:
@@ -146,8 +147,8 @@ def _run_batch(jobs: list[_Job]) -> None:
             job.probs = [0.0] * len(job.windows)
         else:
             scored.append(job)
+            vads.append(job.vad)
             chunks.append(chunk)
-    vads = [j.vad for j in scored if j.vad is not None]
     for job, probs in zip(scored, VadStream.process_many(vads, chunks), strict=True):
         job.probs = probs
 
@@ -192,8 +193,7 @@ class Listener:
         self._on_text = on_text
         self._device_id = device_id
         self.mode: ListenMode | None = None
-        self._pending: deque[bytes] = deque()
-        self._arrived: deque[float] = deque()  # loop time each pending packet arrived
+        self._pending: deque[tuple[float, bytes]] = deque()  # (loop time it arrived, packet)
         self._pump: asyncio.Task[None] | None = None
         pre = deps.segmenter.pre_roll_s + deps.segmenter.min_speech_s
         self._ring: deque[bytes] = deque(maxlen=max(1, round(pre / WINDOW_S) + 1))
@@ -240,8 +240,7 @@ class Listener:
         if len(self._pending) >= self._deps.max_pending_packets:
             return False
         loop = asyncio.get_running_loop()
-        self._pending.append(packet)
-        self._arrived.append(loop.time())
+        self._pending.append((loop.time(), packet))
         if self._pump is None:
             self._pump = loop.create_task(self._run_pump())
         return True
@@ -252,7 +251,6 @@ class Listener:
         self.mode = None
         self._stop_at = None
         self._pending.clear()
-        self._arrived.clear()
         self._segmenter.reset()
         self._ring.clear()
         await self._drop_stream()
@@ -266,7 +264,6 @@ class Listener:
         """Stop everything this listener owns."""
         self.mode = None
         self._pending.clear()
-        self._arrived.clear()
         if self._pump is not None:
             self._pump.cancel()
             await asyncio.wait([self._pump])
@@ -278,9 +275,8 @@ class Listener:
                 self._drop_late()
                 if not self._pending:
                     break
-                packets = list(self._pending)
+                packets = [packet for _, packet in self._pending]
                 self._pending.clear()
-                self._arrived.clear()
                 # Push-to-talk ends at `listen stop`: Silero, over half the cost, would
                 # score windows that nothing reads.
                 vad = None if self.mode == "manual" else self._vad
@@ -295,7 +291,6 @@ class Listener:
             # backlog, the device and the relay carry on.
             log.exception("[%s] audio processing failed", self._device_id)
             self._pending.clear()
-            self._arrived.clear()
         finally:
             self._pump = None
             if self._stop_at is not None:
@@ -309,11 +304,10 @@ class Listener:
         late_s = self._deps.max_late_s
         if self.mode == "manual" or late_s <= 0 or self.capturing:
             return
-        arrived, pending = self._arrived, self._pending
+        pending = self._pending
         deadline = asyncio.get_running_loop().time() - late_s
         dropped = 0
-        while arrived and arrived[0] < deadline:
-            arrived.popleft()
+        while pending and pending[0][0] < deadline:
             pending.popleft()
             dropped += 1
         if dropped:
