@@ -21,6 +21,7 @@ from relay.ws import RELAY_KEY, new_session_id
 log = logging.getLogger(__name__)
 
 MAX_SIMULATE_BODY = 64 * 1024
+_SIMULATE_EXAMPLE = '{"device_id":"…","text":"…"}'
 
 
 def api_error(status: int, error_type: str, error: str, hint: str = "") -> web.Response:
@@ -38,6 +39,19 @@ async def read_body(request: web.Request, limit: int) -> bytes | None:
             return None
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def read_json(
+    request: web.Request, limit: int, example: str
+) -> tuple[bytes, Any] | web.Response:
+    """The body and its JSON value, or the error to answer: 413 over `limit`, 400 not JSON."""
+    raw = await read_body(request, limit)
+    if raw is None:
+        return api_error(413, "too_large", f"body over {limit} bytes")
+    try:
+        return raw, jsonutil.loads(raw)
+    except ValueError:
+        return api_error(400, "bad_json", "body is not JSON", example)
 
 
 @web.middleware
@@ -60,16 +74,13 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
 async def simulate(request: web.Request) -> web.StreamResponse:
     """`POST /api/v1/simulate`: run one turn as a device would, answer as SSE."""
     relay = request.app[RELAY_KEY]
-    raw = await read_body(request, MAX_SIMULATE_BODY)
-    if raw is None:
-        return api_error(413, "too_large", f"body over {MAX_SIMULATE_BODY} bytes")
-    try:
-        body = jsonutil.loads(raw)
-    except ValueError:
-        return api_error(400, "bad_json", "body is not JSON", '{"device_id":"…","text":"…"}')
+    got = await read_json(request, MAX_SIMULATE_BODY, _SIMULATE_EXAMPLE)
+    if isinstance(got, web.Response):
+        return got
+    raw, body = got
     problem = _check_simulate(body)
     if problem:
-        return api_error(400, "bad_request", problem, '{"device_id":"…","text":"…"}')
+        return api_error(400, "bad_request", problem, _SIMULATE_EXAMPLE)
     agent = body.get("agent") or ""
     if agent and agent not in relay.targets:
         return api_error(

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from protocol import jsonutil
 from protocol.business import speak_with_voice
-from relay.api import api_error, read_body
+from relay.api import api_error, read_json
 from relay.auth import canonical_device_id
 from relay.cluster import Presence
 from relay.context import Relay
@@ -38,13 +38,10 @@ async def push(request: web.Request) -> web.Response:
     """Deliver a command or speech to a device wherever it is connected; say truly whether
     it got it."""
     relay = request.app[RELAY_KEY]
-    raw = await read_body(request, MAX_PUSH_BODY)
-    if raw is None:
-        return api_error(413, "too_large", f"body over {MAX_PUSH_BODY} bytes")
-    try:
-        body = jsonutil.loads(raw)
-    except ValueError:
-        return api_error(400, "bad_json", "body is not JSON", _PUSH_EXAMPLE)
+    got = await read_json(request, MAX_PUSH_BODY, _PUSH_EXAMPLE)
+    if isinstance(got, web.Response):
+        return got
+    raw, body = got
     problem = _check_push(body)
     if problem:
         return api_error(400, "bad_request", problem, _PUSH_EXAMPLE)
