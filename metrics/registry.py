@@ -115,7 +115,7 @@ class Metrics:
             registry=r,
         )
         self.wake_words = Counter(
-            "relay_wake_words_total", "listen detect messages without a text to speak.", registry=r
+            "relay_wake_words_total", "listen detect messages naming a wake word.", registry=r
         )
         self.asr_latency = Histogram(
             "relay_asr_seconds",

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
 
 from protocol import jsonutil
 from protocol.codes import MESSAGES, BusinessError
+
+MAX_EMOTION_CHARS = 32  # an emotion is one word of the firmware's set; longer is not one
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +33,7 @@ class Speak:
     voice_type: str | None = None
     speed_ratio: float | None = None
     pitch_ratio: float | None = None
+    emotion: str | None = None  # shown on the device's screen as the answer plays (§2.2)
 
 
 class BadEvent(ValueError):
@@ -82,7 +85,11 @@ def classify(event: BusinessEvent) -> Speak | None:
     answer = event.details.get("answer")
     if not isinstance(answer, str):
         return None
-    return speak_with_voice(answer, event.details)
+    sp = speak_with_voice(answer, event.details)
+    emotion = event.details.get("emotion")
+    if isinstance(emotion, str) and 0 < len(emotion.strip()) <= MAX_EMOTION_CHARS:
+        return replace(sp, emotion=emotion.strip())
+    return sp
 
 
 def speak_with_voice(answer: str, voice: dict[str, Any]) -> Speak:

@@ -28,6 +28,7 @@ class DeviceError(StrEnum):
     BAD_FRAME = "bad_frame"
     NOT_READY = "not_ready"
     BUSY = "busy"
+    TEXT_TOO_LONG = "text_too_long"
 
 
 class BusinessError(StrEnum):
@@ -50,6 +51,7 @@ MESSAGES: dict[str, str] = {
     DeviceError.BAD_FRAME: "binary frame header is invalid for the negotiated protocol version",
     DeviceError.NOT_READY: "send hello first",
     DeviceError.BUSY: "too many requests in flight for this session",
+    DeviceError.TEXT_TOO_LONG: "the text is longer than this relay accepts",
     BusinessError.UNREACHABLE: "business service could not be reached",
     BusinessError.STATUS: "business service answered with an error status",
     BusinessError.CONTENT_TYPE: "business service did not answer with text/event-stream",

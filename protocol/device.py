@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -78,7 +79,69 @@ class Ping:
     """App-level keepalive; answered with `pong`."""
 
 
-DeviceMessage = Hello | Listen | Abort | Custom | Mcp | Ping
+@dataclass(frozen=True, slots=True)
+class Goodbye:
+    """The device ends the session (docs/protocol.md §1.3): closed with 1000."""
+
+
+@dataclass(frozen=True, slots=True)
+class Iot:
+    """Pre-MCP firmware announcing its things (§1.3): kept and counted, never refused, so
+    the lists are kept as their source text, whatever they hold."""
+
+    descriptors: bytes | None = None
+    states: bytes | None = None
+
+
+DeviceMessage = Hello | Listen | Abort | Custom | Mcp | Ping | Goodbye | Iot
+
+
+def phrase_key(text: str) -> str:
+    """`text` as wake words are compared (§1.3): lower-cased, without spaces or punctuation,
+    so "Hi, ESP!" and "hi esp" are one word, as are "你好，小智" and "你好小智"."""
+    return "".join(
+        ch for ch in text.lower() if not unicodedata.category(ch).startswith(("P", "Z", "C"))
+    )
+
+
+# Wake words of the firmware's stock models, as its `listen detect` names them (§1.3).
+WAKE_WORDS: tuple[str, ...] = (
+    "你好小智",
+    "你好小志",
+    "你好小知",
+    "小智小智",
+    "你好小鑫",
+    "你好小天",
+    "小爱同学",
+    "Hi ESP",
+    "Hi Lexin",
+    "Hi Jason",
+    "Hey Xiaozhi",
+    "Alexa",
+    "Jarvis",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DetectRules:
+    """What `listen detect` text means (§1.3): a wake word, or text the user typed."""
+
+    wake_words: frozenset[str] = frozenset(phrase_key(w) for w in WAKE_WORDS)
+    wake_word_chat: bool = False  # a wake word is sent to the business as a chat too
+    max_text_chars: int = 1000
+
+    @classmethod
+    def of(
+        cls, wake_words: tuple[str, ...], *, wake_word_chat: bool, max_text_chars: int
+    ) -> DetectRules:
+        """Rules for configured wake words (compared by `phrase_key`)."""
+        keys = frozenset(k for k in map(phrase_key, wake_words) if k)
+        return cls(keys, wake_word_chat, max_text_chars)
+
+    def is_wake_word(self, text: str) -> bool:
+        """Whether `text` names a wake word; empty text counts as one (a bare detect)."""
+        key = phrase_key(text)
+        return not key or key in self.wake_words
 
 
 def decode(data: str | bytes) -> DeviceMessage:
@@ -94,6 +157,8 @@ def decode(data: str | bytes) -> DeviceMessage:
         raise ProtocolError(DeviceError.MISSING_FIELD, "type")
     if mtype in ("custom", "mcp"):
         return _with_payload(mtype, obj, data)
+    if mtype == "iot":
+        return _iot(obj, data)
     decoder = _DECODERS.get(mtype) if isinstance(mtype, str) else None
     if decoder is None:
         raise ProtocolError(DeviceError.UNKNOWN_TYPE, str(mtype)[:32])
@@ -181,11 +246,26 @@ def _ping(_obj: dict[str, Any]) -> Ping:
     return Ping()
 
 
+def _goodbye(_obj: dict[str, Any]) -> Goodbye:
+    return Goodbye()
+
+
+def _iot(obj: dict[str, Any], data: str | bytes) -> Iot:
+    text = data if isinstance(data, str) else data.decode()
+    found = {
+        key: raw.encode() if (raw := jsonutil.member_text(text, key)) is not None else None
+        for key in ("descriptors", "states")
+        if key in obj
+    }
+    return Iot(descriptors=found.get("descriptors"), states=found.get("states"))
+
+
 _DECODERS: dict[str, Callable[[dict[str, Any]], DeviceMessage]] = {
     "hello": _hello,
     "listen": _listen,
     "abort": _abort,
     "ping": _ping,
+    "goodbye": _goodbye,
 }
 
 
@@ -247,6 +327,45 @@ def tts_stop(session_id: str, *, aborted: bool) -> bytes:
     """End of an answer: after its last frame, or cut off (`is_aborted`)."""
     return orjson.dumps(
         {"session_id": session_id, "type": "tts", "state": "stop", "is_aborted": aborted}
+    )
+
+
+# The firmware's emotion names and the emoji its screens show for them (§2.2).
+EMOJI: dict[str, str] = {
+    "neutral": "😶",
+    "happy": "🙂",
+    "laughing": "😆",
+    "funny": "😂",
+    "sad": "😔",
+    "angry": "😠",
+    "crying": "😭",
+    "loving": "😍",
+    "embarrassed": "😳",
+    "surprised": "😯",
+    "shocked": "😱",
+    "thinking": "🤔",
+    "winking": "😉",
+    "cool": "😎",
+    "relaxed": "😌",
+    "delicious": "🤤",
+    "kissy": "😘",
+    "confident": "😏",
+    "sleepy": "😴",
+    "silly": "😜",
+    "confused": "🙄",
+}
+
+
+def llm(session_id: str, emotion: str) -> bytes:
+    """The emotion the device shows while an answer plays (§1.5, §2.2); a word the relay
+    does not know is passed as it is, with the neutral face as its `text`."""
+    return orjson.dumps(
+        {
+            "session_id": session_id,
+            "type": "llm",
+            "text": EMOJI.get(emotion, EMOJI["neutral"]),
+            "emotion": emotion,
+        }
     )
 
 

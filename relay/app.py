@@ -88,6 +88,7 @@ def _resources(
             default_target=targets[config.business[0].name] if config.business else None,
             device_targets=device_targets,
             voice=voice,
+            detect=config.listen.rules(),
             cluster=cluster,
             authenticator=DeviceAuthenticator(config.auth, redis),
         )

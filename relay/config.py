@@ -23,6 +23,7 @@ from typing import (
 
 from asr_tts.audio import OPUS_FRAME_MS, OPUS_SAMPLE_RATES
 from bridges.business import BusinessTarget
+from protocol.device import WAKE_WORDS, DetectRules, phrase_key
 
 ENV_PREFIX = "RELAY__"
 SignedInt = Annotated[int, "signed"]  # an int key that may be negative (others may not)
@@ -174,6 +175,23 @@ class VADConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenConfig:
+    """`[listen]`: what `listen detect` text means (docs/protocol.md §1.3)."""
+
+    wake_words: tuple[str, ...] = WAKE_WORDS  # compared without case, spaces, punctuation
+    wake_word_chat: bool = False  # true: a wake word is also sent to the business as a chat
+    max_text_chars: int = 1000  # typed text longer than this is refused (`text_too_long`)
+
+    def rules(self) -> DetectRules:
+        """The session's view of these settings."""
+        return DetectRules.of(
+            self.wake_words,
+            wake_word_chat=self.wake_word_chat,
+            max_text_chars=self.max_text_chars,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ApiConfig:
     """`[api]`: bearer tokens of the HTTP API; empty = loopback clients only."""
 
@@ -230,6 +248,7 @@ class Config:
     tts: TTSConfig = field(default_factory=TTSConfig)
     asr: ASRConfig = field(default_factory=ASRConfig)
     vad: VADConfig = field(default_factory=VADConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     log: LogConfig = field(default_factory=LogConfig)
@@ -286,6 +305,11 @@ def parse(data: Mapping[str, Any]) -> Config:
         raise ConfigError("vad.batch_window_ms: must be between 0 and 50 (it adds to every lag)")
     if cfg.vad.max_late_ms < 0:
         raise ConfigError("vad.max_late_ms: must not be negative (0 keeps all audio)")
+    for i, word in enumerate(cfg.listen.wake_words):
+        if not phrase_key(word):
+            raise ConfigError(f"listen.wake_words[{i}]: a wake word needs letters or digits")
+    if cfg.listen.max_text_chars < 1:
+        raise ConfigError("listen.max_text_chars: must be at least 1")
     if cfg.auth.mode == "hmac" and not cfg.auth.hmac_secret:
         raise ConfigError('auth.hmac_secret: mode "hmac" needs a secret')
     if cfg.auth.mode == "redis" and not cfg.redis.url:

@@ -10,7 +10,7 @@ from asr_tts.audio import DownlinkFormat
 from asr_tts.uplink import UplinkFormat
 from bridges.business import BusinessTarget
 from metrics.registry import Metrics
-from protocol.device import AudioParams
+from protocol.device import AudioParams, DetectRules
 from relay.cluster import Cluster
 from relay.config import Config
 from relay.device_auth import DeviceAuthenticator
@@ -34,6 +34,7 @@ class Relay:
     cluster: Cluster
     authenticator: DeviceAuthenticator
     voice: VoiceDeps | None = None
+    detect: DetectRules = field(default_factory=DetectRules)
     connections: dict[str, Connection] = field(default_factory=dict)
     _synced: dict[tuple[str, str], int] = field(default_factory=dict)
     draining: asyncio.Event = field(default_factory=asyncio.Event)

@@ -10,6 +10,7 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Final
 
 import orjson
@@ -24,10 +25,15 @@ log = logging.getLogger(__name__)
 CLOSE_TIMEOUT_S = 5.0
 _AUDIO: Final = 0
 _TEXT: Final = 1
+_HELD: Final = 2  # text held until the audio before it plays (docs/protocol.md §1.6)
 # The pacer aims this far under §1.6's bound: the device's clock starts when the first frame
 # arrives, so a first frame delivered a little late (a busy network or device) would
 # otherwise show as lead above the bound. 5 ms of a 1 s buffer costs nothing audible.
 PACING_MARGIN_S = 0.005
+# `tts stop` goes out this much of a frame after the relay's play clock says the last frame
+# has played: the device's clock runs from each frame's arrival, a few ms behind the write,
+# and a stop that arrives early cuts audio (docs/protocol.md §1.6 allows up to one frame).
+STOP_MARGIN_FRAMES = 0.5
 _HIGH_WATER = 64 * 1024  # bytes a device may leave unread in our socket buffer before writes wait
 _DRAIN_POLL_S = 0.02
 _FIN_TEXT: Final = 0x81  # FIN + opcode 1 (RFC 6455 §5.2)
@@ -65,6 +71,15 @@ class Pacer:
         """Seconds to wait before the next frame may be queued."""
         return max(0.0, -self._room(now, queued))
 
+    @property
+    def play_end(self) -> float:
+        """When the device will have played every frame written so far (loop clock)."""
+        return self._play_end
+
+    def reset(self) -> None:
+        """Nothing is left to play: the device flushed its buffer."""
+        self._play_end = 0.0
+
     def sent(self, now: float, frames: int = 1) -> None:
         """Record that `frames` frames were written at `now`."""
         self._play_end = max(self._play_end, now) + frames * self.frame_s
@@ -72,6 +87,17 @@ class Pacer:
     def lead(self, now: float) -> float:
         """Audio written to the device beyond `now`, in seconds."""
         return max(0.0, self._play_end - now)
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """Text messages (bytes, device message type) that go out when the device starts playing
+    the audio frame queued right after them: a caption shows as its sentence is heard."""
+
+    messages: tuple[tuple[bytes, str], ...]
+
+
+Item = tuple[int, bytes | Held]  # an outbox entry: (_AUDIO | _TEXT, bytes) or (_HELD, Held)
 
 
 class Link:
@@ -94,8 +120,10 @@ class Link:
             metrics.message_bytes.labels("audio", "out"),
         )
         self._max = outbox_max
-        self._pending: deque[tuple[int, bytes]] = deque()
+        self._pending: deque[Item] = deque()
         self._queued_audio = 0  # audio frames in `_pending`
+        self._held: set[asyncio.TimerHandle] = set()  # held text waiting for its play time
+        self._last_due = 0.0  # held messages go out in the order they were queued
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
         self._closed_event: asyncio.Event | None = None  # made only when someone waits
@@ -108,18 +136,24 @@ class Link:
 
     def send_json(self, msg: bytes, mtype: str) -> None:
         """Queue one text message (already serialised) of device message type `mtype`."""
+        self._count_out(msg, mtype)
+        self._put([(_TEXT, msg)], 0)
+
+    def _count_out(self, msg: bytes, mtype: str) -> None:
         count, size = self._metrics.message_counters(mtype, "out")
         count.inc()
         size.inc(len(msg))
-        self._put([(_TEXT, msg)], 0)
 
-    async def paced_audio(self, frames: Sequence[bytes]) -> None:
+    async def paced_audio(self, frames: Sequence[bytes], held: Held | None = None) -> None:
         """Send audio frames as the pacer allows (PROTOCOL.md §1.6): as many at once as the
         device's buffer has room for (one write for a whole start-up burst), then each when
-        its turn comes. Framing for the device's version happens at write time."""
+        its turn comes. Framing for the device's version happens at write time. `held` goes
+        out when the first of `frames` starts playing at the device (§1.6, the play clock)."""
         loop = asyncio.get_running_loop()
         count, size = self._audio_out
         i, n = 0, len(frames)
+        if held is not None and n == 0:
+            self._put([(_HELD, held)], 0)
         while i < n and not self._closed:
             now = loop.time()
             k = min(n - i, self.pacer.allowed(now, self._queued_audio))
@@ -127,10 +161,78 @@ class Link:
                 await asyncio.sleep(self.pacer.delay(now, self._queued_audio))
                 continue
             batch = frames[i : i + k]
+            items: list[Item] = [(_AUDIO, f) for f in batch]
+            if i == 0 and held is not None:
+                items.insert(0, (_HELD, held))
             i += k
             count.inc(k)
             size.inc(sum(map(len, batch)))
-            self._put([(_AUDIO, f) for f in batch], k)
+            self._put(items, k)
+
+    async def played(self) -> None:
+        """Return once every audio frame queued so far has played at the device (§1.6), or
+        the link is closed: `tts stop` goes out then, so a client that flushes its playback
+        on `tts stop` hears the whole answer."""
+        loop = asyncio.get_running_loop()
+        while not self._closed:
+            if (writer := self._writer) is not None:
+                await asyncio.wait([writer])  # queued frames start the clock when written
+                continue
+            rest = self.pacer.play_end + STOP_MARGIN_FRAMES * self.pacer.frame_s - loop.time()
+            if rest <= 0:
+                return
+            await asyncio.sleep(rest)
+
+    def start_answer(self) -> None:
+        """A new answer starts (`tts start`): the device plays it from an empty buffer, since
+        it flushes what was left of a cut answer, so its clock starts afresh (§1.6)."""
+        self.drop_held()
+        self.pacer.reset()
+
+    def drop_held(self) -> None:
+        """Forget the held text not yet sent (an answer cut off: its captions never play)."""
+        for handle in self._held:
+            handle.cancel()
+        self._held.clear()
+        self._last_due = 0.0
+        pending = self._pending
+        if any(kind == _HELD for kind, _ in pending):
+            kept = [item for item in pending if item[0] != _HELD]
+            pending.clear()
+            pending.extend(kept)
+
+    def _release(self, items: list[Item], now: float) -> list[tuple[int, bytes]]:
+        """Items to write now: held text due at once stays in place, later text is timed to
+        the play clock. A held group is due when the frame after it starts playing: when
+        the frames before it in `items`, written now, have played."""
+        out: list[tuple[int, bytes]] = []
+        start = max(self.pacer.play_end, now)
+        frames = 0
+        for kind, data in items:
+            if not isinstance(data, Held):
+                out.append((kind, data))
+                frames += kind == _AUDIO
+                continue
+            due = max(start + frames * self.pacer.frame_s, self._last_due)
+            self._last_due = due
+            if due <= now:
+                for msg, mtype in data.messages:
+                    self._count_out(msg, mtype)
+                    out.append((_TEXT, msg))
+            else:
+                self._hold(data, due)
+        return out
+
+    def _hold(self, held: Held, due: float) -> None:
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._held.discard(handle)
+            for msg, mtype in held.messages:
+                self.send_json(msg, mtype)
+
+        handle = loop.call_at(due, fire)
+        self._held.add(handle)
 
     async def wait_closed(self) -> None:
         """Return when the link is closed."""
@@ -170,6 +272,7 @@ class Link:
         if self.close_code is None:
             self.close_code = code
         self._mark_closed()
+        self.drop_held()
         self._pending.clear()
         self._queued_audio = 0
         writer, self._writer = self._writer, None
@@ -178,7 +281,7 @@ class Link:
             await asyncio.wait([writer])
         await self._close_peer(self.close_code)
 
-    def _put(self, items: list[tuple[int, bytes]], audio: int) -> None:
+    def _put(self, items: list[Item], audio: int) -> None:
         """Write `items` (`audio` of them audio frames) now if possible, else queue them."""
         if self._closed:
             return
@@ -228,11 +331,11 @@ class Link:
             if self._writer is asyncio.current_task():
                 self._writer = None
 
-    def _write_now(self, items: list[tuple[int, bytes]], audio: int) -> bool:
+    def _write_now(self, items: list[Item], audio: int) -> bool:
         """Write `items` without waiting if the peer can take them; False to queue them."""
         return False
 
-    async def _write_items(self, items: list[tuple[int, bytes]], audio: int) -> None:
+    async def _write_items(self, items: list[Item], audio: int) -> None:
         """Write `items` in order, waiting for the peer as needed."""
         raise NotImplementedError
 
@@ -287,18 +390,17 @@ class WebSocketLink(Link):
             raise ConnectionResetError("the WebSocket is closing")
         return transport.get_write_buffer_size() <= _HIGH_WATER
 
-    def _send(
-        self, transport: asyncio.Transport, items: list[tuple[int, bytes]], audio: int
-    ) -> None:
+    def _send(self, transport: asyncio.Transport, items: list[Item], audio: int) -> None:
         frame = self._frame
-        if len(items) == 1:
-            transport.write(frame(*items[0]))
+        if len(items) == 1 and not isinstance(data := items[0][1], Held):
+            transport.write(frame(items[0][0], data))
         else:
-            transport.write(b"".join([frame(kind, data) for kind, data in items]))
+            ready = self._release(items, asyncio.get_running_loop().time())
+            transport.write(b"".join([frame(kind, data) for kind, data in ready]))
         if audio:
             self._audio_written(audio)
 
-    def _write_now(self, items: list[tuple[int, bytes]], audio: int) -> bool:
+    def _write_now(self, items: list[Item], audio: int) -> bool:
         transport = self._transport
         if not self._ready(transport):
             return False
@@ -306,7 +408,7 @@ class WebSocketLink(Link):
         self._send(transport, items, audio)
         return True
 
-    async def _write_items(self, items: list[tuple[int, bytes]], audio: int) -> None:
+    async def _write_items(self, items: list[Item], audio: int) -> None:
         transport = self._transport
         # aiohttp exposes no public drain for its transport; polling costs only while this
         # device leaves 64 KiB unread, and the bounded outbox closes it if that lasts.
@@ -352,17 +454,23 @@ class SSELink(Link):
         self._audio_base64 = audio_base64
         self._seq = 0
 
-    async def _write_items(self, items: list[tuple[int, bytes]], audio: int) -> None:
-        for kind, data in items:
-            if kind == _TEXT:
-                await self._resp.write(b"data: " + data + b"\n\n")
-                continue
-            info: dict[str, object] = {"seq": self._seq, "bytes": len(data)}
-            if self._audio_base64:
-                info["audio"] = base64.b64encode(data).decode()
-            self._seq += 1
-            await self._resp.write(b"event: audio\ndata: " + orjson.dumps(info) + b"\n\n")
-            self._audio_written(1)
+    async def _write_items(self, items: list[Item], audio: int) -> None:
+        loop = asyncio.get_running_loop()
+        for item in items:
+            # One item at a time: each audio frame is accounted as it is written.
+            for kind, data in self._release([item], loop.time()):
+                await self._write_one(kind, data)
+
+    async def _write_one(self, kind: int, data: bytes) -> None:
+        if kind == _TEXT:
+            await self._resp.write(b"data: " + data + b"\n\n")
+            return
+        info: dict[str, object] = {"seq": self._seq, "bytes": len(data)}
+        if self._audio_base64:
+            info["audio"] = base64.b64encode(data).decode()
+        self._seq += 1
+        await self._resp.write(b"event: audio\ndata: " + orjson.dumps(info) + b"\n\n")
+        self._audio_written(1)
 
     async def _close_peer(self, code: int) -> None:
         return None  # the HTTP handler ends the response

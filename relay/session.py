@@ -13,8 +13,19 @@ from asr_tts.uplink import UplinkFormat
 from bridges.business import BusinessTarget
 from protocol import device
 from protocol.business import Speak, chat_request, envelope
-from protocol.codes import BusinessError, DeviceError
-from protocol.device import Abort, Custom, DeviceMessage, Hello, Listen, Mcp, Ping
+from protocol.codes import BusinessError, CloseCode, DeviceError
+from protocol.device import (
+    Abort,
+    Custom,
+    DetectRules,
+    DeviceMessage,
+    Goodbye,
+    Hello,
+    Iot,
+    Listen,
+    Mcp,
+    Ping,
+)
 from relay.link import Link
 from relay.turn import Turn, TurnDeps
 from relay.voice import Listener, VoiceDeps
@@ -36,6 +47,7 @@ class Session:
         max_passthrough: int,
         voice: VoiceDeps | None = None,
         uplink: UplinkFormat | None = None,
+        detect: DetectRules | None = None,
     ) -> None:
         self.link = link
         self.device_id = device_id
@@ -46,6 +58,8 @@ class Session:
         self._speech_lock = asyncio.Lock()
         self._voice = voice
         self._uplink = uplink
+        self._detect = detect or DetectRules()
+        self.iot: Iot | None = None  # what pre-MCP firmware last said of its things (§1.3)
         self._listener: Listener | None = None
         self._chat: tuple[asyncio.Task[None], Turn] | None = None
         self._passthrough: dict[asyncio.Task[None], Turn] = {}
@@ -58,6 +72,8 @@ class Session:
             Mcp: self._on_mcp,
             Ping: self._on_ping,
             Hello: self._on_hello,
+            Goodbye: self._on_goodbye,
+            Iot: self._on_iot,
         }
 
     @property
@@ -147,16 +163,15 @@ class Session:
         listener = self._listener
         if listener is None or listener.mode is None:
             self._deps.metrics.audio_dropped.labels("not_listening").inc()
+        elif listener.mode == "auto" and self._speaking():
+            # Auto mode (§1.3): the device's own answer, heard back, is not the user.
+            self._deps.metrics.audio_dropped.labels("speaking").inc()
         elif not listener.feed(packet):
             self._deps.metrics.audio_dropped.labels("backlog").inc()
 
     def _on_listen(self, msg: Listen) -> None:
         if msg.state == "detect":
-            if msg.text_response:
-                turn = self._turn("chat", always_stop=False)
-                self._start_chat(turn, turn.speak(Speak(answer=msg.text_response)))
-            else:
-                self._deps.metrics.wake_words.inc()  # a wake word alone asks nothing (§1.3)
+            self._on_detect(msg)
             return
         listener = self._listener or self._make_listener()
         if listener is None:
@@ -165,6 +180,24 @@ class Session:
             listener.start(msg.mode or "auto")
         else:
             listener.stop()
+
+    def _on_detect(self, msg: Listen) -> None:
+        # docs/protocol.md §1.3: a wake word, or text the user typed.
+        if msg.text_response:
+            turn = self._turn("chat", always_stop=False)
+            self._start_chat(turn, turn.speak(Speak(answer=msg.text_response)))
+            return
+        text = (msg.text or "").strip()
+        rules = self._detect
+        if rules.is_wake_word(text):
+            self._deps.metrics.wake_words.inc()
+            if not text or not rules.wake_word_chat:
+                return  # a wake word alone asks nothing
+        elif len(text) > rules.max_text_chars:
+            self.link.send_json(device.error(self.session_id, DeviceError.TEXT_TOO_LONG), "error")
+            return
+        self.link.send_json(device.stt(self.session_id, text), "stt")
+        self.chat(text)
 
     def _make_listener(self) -> Listener | None:
         if self._voice is None or self._uplink is None:
@@ -215,6 +248,14 @@ class Session:
 
     def _on_hello(self, _msg: Hello) -> None:
         log.debug("repeated hello from %s ignored", self.device_id)
+
+    def _on_goodbye(self, _msg: Goodbye) -> None:
+        self.link.request_close(CloseCode.NORMAL)  # the device ends the session (§1.3)
+
+    def _on_iot(self, msg: Iot) -> None:
+        # Pre-MCP firmware (§1.3): kept, never refused; nothing acts on it yet.
+        previous = self.iot or Iot()
+        self.iot = Iot(msg.descriptors or previous.descriptors, msg.states or previous.states)
 
     # ---- turns ------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from metrics.registry import Metrics
 from protocol import device
 from protocol.business import Speak, classify, envelope, error_event
 from protocol.codes import BusinessError
-from relay.link import Link
+from relay.link import Held, Link
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +44,9 @@ def voice_of(sp: Speak) -> Voice:
 
 
 class Speech:
-    """Speaks one answer: `tts start`, then per sentence a caption and paced frames, then
-    `tts stop` once the last frame is sent. Holds the session's speech lock throughout."""
+    """Speaks one answer: `tts start`, then per sentence paced frames and a caption timed to
+    when they play, then `tts stop` once the last frame has played (docs/protocol.md §1.6).
+    Holds the session's speech lock throughout."""
 
     def __init__(
         self,
@@ -69,13 +70,18 @@ class Speech:
         async with self._lock:
             # One encoder per answer: Opus state spans its frames, and idle devices hold none.
             encoder = FrameEncoder(self._fmt)
+            link.start_answer()
             link.send_json(device.tts_start(sid), "tts")
             self.started = True
             try:
                 while (sp := await self.queue.get()) is not None:
                     await self._speak(sp, encoder)
+                # Clients flush their playback on `tts stop`: it waits for the last frame
+                # to play, or they lose the end of every answer (§1.6).
+                await link.played()
             except Exception:
                 # Whatever failed, the device must not stay in its speaking state (§2.6).
+                link.drop_held()
                 link.send_json(device.tts_stop(sid, aborted=True), "tts")
                 self.started = False
                 raise
@@ -85,18 +91,27 @@ class Speech:
     async def _speak(self, sp: Speak, encoder: FrameEncoder) -> None:
         link, sid = self._link, self._link.session_id
         segments = self._deps.speaker.segments(sp.answer, voice_of(sp), encoder)
+        # The answer's emotion and each caption go out as their audio starts playing (§1.6,
+        # §2.2): the frames before them may still be playing when they are written.
+        held: list[tuple[bytes, str]] = []
+        if sp.emotion is not None:
+            held.append((device.llm(sid, sp.emotion), "llm"))
         try:
             async with contextlib.aclosing(segments) as it:
                 async for text, frames, _whole in it:
                     if text is not None:  # None: more frames of the sentence before
-                        link.send_json(device.sentence_start(sid, text), "tts")
+                        held.append((device.sentence_start(sid, text), "tts"))
+                    group = Held(tuple(held)) if held else None
+                    held = []
                     if self._speech_end is not None and frames:
-                        await link.paced_audio(frames[:1])
+                        await link.paced_audio(frames[:1], group)
                         delay = time.monotonic() - self._speech_end
                         self._deps.metrics.speech_to_audio.observe(delay)
                         self._speech_end = None
-                        frames = frames[1:]
-                    await link.paced_audio(frames)
+                        frames, group = frames[1:], None
+                    await link.paced_audio(frames, group)
+            if held:  # an answer with nothing to say still shows its emotion
+                await link.paced_audio((), Held(tuple(held)))
         except TTSError as exc:
             # The rest of this answer cannot be heard; later answers may still be.
             self._deps.metrics.tts_errors.inc()

@@ -335,9 +335,9 @@ class Listener:
             self._ring.clear()
             await self._feed_asr(window)
             if event in (SegmentEvent.SPEECH_END, SegmentEvent.CUT):
+                # The mode stays in force (docs/protocol.md §1.3): the next utterance is
+                # heard without another `listen start`.
                 self._end_utterance(time.monotonic())
-                if self.mode == "auto":
-                    self.mode = None  # the device re-arms with listen start after the answer
 
     def _begin_utterance(self) -> None:
         self._utterance_s = 0.0

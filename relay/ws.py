@@ -73,6 +73,7 @@ class Connection:
             max_passthrough=cfg.server.max_passthrough_per_session,
             voice=relay.voice,
             uplink=relay.uplink_format(hello.audio_params),
+            detect=relay.detect,
         )
         self.log = DeviceLog(log, {"device": hs.device_id})
         self.last_rx = self.started = asyncio.get_running_loop().time()
@@ -173,6 +174,8 @@ _TYPE_LABEL = {
     device.Custom: "custom",
     device.Mcp: "mcp",
     device.Ping: "ping",
+    device.Goodbye: "goodbye",
+    device.Iot: "iot",
 }
 
 

@@ -7,19 +7,25 @@ import json
 import orjson
 import pytest
 
+from protocol import device
 from protocol.codes import MESSAGES, DeviceError, ProtocolError
 from protocol.device import (
+    EMOJI,
     Abort,
     AudioParams,
     Custom,
+    DetectRules,
     DeviceMessage,
+    Goodbye,
     Hello,
+    Iot,
     Listen,
     Mcp,
     Ping,
     decode,
     error,
     hello_reply,
+    phrase_key,
     pong,
     sentence_start,
     stt,
@@ -420,7 +426,7 @@ def test_missing_type(data: str) -> None:
 @pytest.mark.parametrize(
     ("mtype", "detail"),
     [
-        ('"goodbye"', "goodbye"),
+        ('"bye"', "bye"),
         ('"Hello"', "Hello"),
         ('""', ""),
         ('"stt"', "stt"),
@@ -520,3 +526,73 @@ def test_error_every_code(code: DeviceError) -> None:
 
 def test_pong_bytes() -> None:
     assert pong() == b'{"type":"pong"}'
+
+
+# ---- goodbye, iot, detect rules (docs/protocol.md §1.3) -----------------------------------
+
+
+def test_goodbye() -> None:
+    assert decode('{"session_id":"S","type":"goodbye"}') == Goodbye()
+    assert decode('{"type":"goodbye"}') == Goodbye()
+
+
+def test_iot_lists_are_kept_as_their_source_text() -> None:
+    data = (
+        '{"session_id":"S","type":"iot","descriptors":[{"name":"Lamp","v":123456789012345678901}]}'
+    )
+    assert decode(data) == Iot(descriptors=b'[{"name":"Lamp","v":123456789012345678901}]')
+    assert decode('{"type":"iot","states":[{"name":"Lamp","state":{"power":true}}]}') == Iot(
+        states=b'[{"name":"Lamp","state":{"power":true}}]'
+    )
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"type":"iot"}',
+        '{"type":"iot","descriptors":5}',
+        '{"type":"iot","states":"junk","descriptors":null}',
+        '{"type":"iot","update":true,"states":{"a":[1,2]}}',
+    ],
+)
+def test_iot_with_junk_is_accepted(data: str) -> None:
+    assert isinstance(decode(data), Iot)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("Hi, ESP!", "hiesp"),
+        ("  你好，小智。 ", "你好小智"),
+        ("HEY\tXiaozhi", "heyxiaozhi"),
+        ("", ""),
+        ("   ", ""),
+        ("¿?!", ""),
+        ("turn on the light", "turnonthelight"),
+    ],
+)
+def test_phrase_key(text: str, key: str) -> None:
+    assert phrase_key(text) == key
+
+
+def test_detect_rules_tell_wake_words_from_typed_text() -> None:
+    rules = DetectRules()
+    for word in ("你好小智", "你好，小智！", "hi esp", "Hi,ESP", "", "  ", "。"):
+        assert rules.is_wake_word(word), word
+    for text in ("你好", "what time is it", "小智你好", "hi"):
+        assert not rules.is_wake_word(text), text
+    own = DetectRules.of(("Hey Robot",), wake_word_chat=True, max_text_chars=10)
+    assert own.is_wake_word("hey, robot")
+    assert not own.is_wake_word("你好小智")
+    assert (own.wake_word_chat, own.max_text_chars) == (True, 10)
+
+
+def test_llm_message_names_the_emotion_and_its_emoji() -> None:
+    assert orjson.loads(device.llm("S", "happy")) == {
+        "session_id": "S",
+        "type": "llm",
+        "text": "🙂",
+        "emotion": "happy",
+    }
+    unknown = orjson.loads(device.llm("S", "grumpy"))
+    assert (unknown["emotion"], unknown["text"]) == ("grumpy", EMOJI["neutral"])

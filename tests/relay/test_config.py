@@ -92,6 +92,12 @@ def test_values_are_frozen() -> None:
         ({"log": {"level": "LOUD"}}, "log.level"),
         ({"vad": {"batch_window_ms": 500}}, "vad.batch_window_ms"),
         ({"vad": {"batch_window_ms": -1}}, "vad.batch_window_ms"),
+        ({"listen": {"wake_words": ["你好小智", 7]}}, "listen.wake_words[1]"),
+        ({"listen": {"wake_words": [["hi"]]}}, "listen.wake_words[0]"),
+        ({"listen": {"wake_words": ["ok", " ?! "]}}, "listen.wake_words[1]"),
+        ({"listen": {"wake_word_chat": "yes"}}, "listen.wake_word_chat"),
+        ({"listen": {"max_text_chars": 0}}, "listen.max_text_chars"),
+        ({"listen": {"wake_word": []}}, "listen.wake_word"),
     ],
 )
 def test_bad_value_names_the_key(data: dict[str, Any], key: str) -> None:
@@ -195,6 +201,13 @@ def test_bad_env_value_names_the_key(env: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(SHIPPED, env=env)
     assert str(info.value).startswith(key + ":"), str(info.value)
+
+
+def test_wake_words_from_file_and_environment() -> None:
+    cfg = load(SHIPPED, env={"RELAY__LISTEN__WAKE_WORDS": "Hey Robot, 你好小智"})
+    assert cfg.listen.wake_words == ("Hey Robot", "你好小智")
+    assert cfg.listen.rules().is_wake_word("hey robot!")
+    assert not load(SHIPPED, env={}).listen.wake_word_chat
 
 
 def test_env_path_that_is_not_a_key() -> None:

@@ -126,11 +126,35 @@ async def test_auto_mode_ends_the_utterance_after_trailing_silence(
     answer.check_spoken()
     assert answer.captions == "Echo what time is it."
     assert chat_msgs(fake.bodies) == ["what time is it"]
-    # The utterance ended the listening: the device re-arms with listen start (§1.3).
-    dropped = 'relay_audio_dropped_total{reason="not_listening"}'
-    before = await metric(client, dropped)
-    await dev.send_audio(opus_packets(silence(0.12)), speed=4)
-    await wait_metric(client, dropped, before + 2)
+    # The mode stays in force (§1.3): the next utterance needs no new `listen start`.
+    await dev.send_audio(opus_packets(speech.say("dance") + silence(1.0)), speed=4)
+    assert await dev.next_text() == {"session_id": dev.session_id, "type": "stt", "text": "dance"}
+    (await dev.answer()).check_spoken()
+    assert chat_msgs(fake.bodies) == ["what time is it", "dance"]
+    assert await metric(client, 'relay_audio_dropped_total{reason="not_listening"}') == 0
+
+
+async def test_auto_mode_does_not_hear_its_own_answer(
+    make_relay: RelayFactory, fake: FakeBusiness, speech: SpeechBank
+) -> None:
+    # A client whose microphone stays open while it plays the answer (the browser client)
+    # sends the answer back as uplink audio: in auto mode that echo is not the user (§1.3).
+    fake.script = long_first_answer("This is a long answer that goes on. " * 4)
+    client = await voice_relay(make_relay)
+    dev = await VoiceDevice.connect(client)
+    await dev.listen("auto")
+    await dev.send_audio(opus_packets(speech.say("what time is it") + silence(1.0)), speed=4)
+    await dev.until(is_tts("start"))
+    await dev.send_audio(opus_packets(speech.say("dance") + silence(1.0)), speed=4)
+    answer = await dev.answer()
+    assert not answer.aborted
+    assert "Echo" not in answer.captions
+    assert await metric(client, 'relay_audio_dropped_total{reason="speaking"}') >= 20
+    assert await dev.quiet(0.5) == []
+    assert chat_msgs(fake.bodies) == ["what time is it"]
+    # Once the answer has played, the user is heard again without a new `listen start`.
+    await dev.send_audio(opus_packets(speech.say("dance") + silence(1.0)), speed=4)
+    assert await dev.next_text() == {"session_id": dev.session_id, "type": "stt", "text": "dance"}
 
 
 async def test_realtime_speech_interrupts_a_long_answer(
@@ -243,10 +267,13 @@ async def test_abort_during_the_business_request(
 # ---- wake word and bad input -------------------------------------------------------------
 
 
-async def test_wake_word_alone_asks_nothing(make_relay: RelayFactory, fake: FakeBusiness) -> None:
+@pytest.mark.parametrize("text", ["你好小智", "你好，小智！", "Hi ESP", "", "   "])
+async def test_wake_word_alone_asks_nothing(
+    make_relay: RelayFactory, fake: FakeBusiness, text: str
+) -> None:
     client = await voice_relay(make_relay)
     dev = await VoiceDevice.connect(client)
-    await dev.send({"type": "listen", "state": "detect", "text": "hi"})
+    await dev.send({"type": "listen", "state": "detect", "text": text})
     await wait_metric(client, "relay_wake_words_total", 1)
     assert await dev.quiet(0.3) == []
     assert fake.bodies == []
