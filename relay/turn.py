@@ -79,11 +79,14 @@ class Speech:
                 # Clients flush their playback on `tts stop`: it waits for the last frame
                 # to play, or they lose the end of every answer (§1.6).
                 await link.played()
-            except Exception:
-                # Whatever failed, the device must not stay in its speaking state (§2.6).
+            except BaseException as exc:
+                # Cut off (the canceller sends the aborted stop) or failed: the captions
+                # held for audio that will not play must not follow.
                 link.drop_held()
-                link.send_json(device.tts_stop(sid, aborted=True), "tts")
-                self.started = False
+                if isinstance(exc, Exception):
+                    # Whatever failed, the device must not stay in its speaking state (§2.6).
+                    link.send_json(device.tts_stop(sid, aborted=True), "tts")
+                    self.started = False
                 raise
             link.send_json(device.tts_stop(sid, aborted=False), "tts")
             self.started = False

@@ -77,11 +77,11 @@ async def play_answer(dev: Device, timeout: float = 20.0) -> Playback:
     return pb
 
 
-def story_script(emotion: str | None = None) -> Any:
+def story_script(emotion: str | None = None, text: str = STORY) -> Any:
     async def script(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
         sid = session_of(body)
         resp = await open_stream(request)
-        details: dict[str, Any] = {"answer": STORY}
+        details: dict[str, Any] = {"answer": text}
         if emotion is not None:
             details["emotion"] = emotion
         event = {"event": "message", "type": "chat", "session_id": sid, "details": details}
@@ -161,12 +161,14 @@ async def test_the_answer_s_emotion_shows_as_it_is_heard(
 async def test_an_abort_stops_at_once_and_no_caption_follows(
     make_relay: RelayFactory, fake: FakeBusiness
 ) -> None:
-    fake.script = story_script()
+    fake.script = story_script(text="Well. " + STORY)
     client = await make_relay()
     dev = await Device.connect(client)
     await typed(dev, "tell me a story")
     await dev.recv_until(lambda m: m.get("type") == "tts" and m["state"] == "start")
-    await asyncio.sleep(0.3)  # frames for the next second are on the wire, captions held
+    # The first sentence is short: the next caption is held for a fraction of a second
+    # while the frames of the next second are already on the wire.
+    await asyncio.sleep(0.1)
     loop = asyncio.get_running_loop()
     sent = loop.time()
     await dev.send({"session_id": dev.session_id, "type": "abort"})
@@ -175,6 +177,7 @@ async def test_an_abort_stops_at_once_and_no_caption_follows(
     assert pb.stop["is_aborted"] is True
     assert pb.stop_at is not None
     assert pb.stop_at - sent < 0.2  # at once, not when the queued audio would have played
+    assert [text for _, text in pb.captions] == ["Well."]
     # Nothing of the cut answer arrives afterwards: no held caption, no stop.
     with pytest.raises(TimeoutError):
         await dev.recv(timeout=1.5)
