@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
 
 from relay import cli
 from relay.config import Config, ConfigError, load, parse
 from relay.cors import allow_origin, requested_headers
+from tests.relay.conftest import RelayFactory
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = "http://page.example:8080"  # the web page's origin in these tests
@@ -103,3 +106,139 @@ def test_requested_headers_are_reflected_only_when_plain_names() -> None:
     assert requested_headers("") == ""
     for bad in ("device-id, x y", "a,,b", "a;b", "a\x01", "a," * 600 + "a"):
         assert requested_headers(bad) is None, bad
+
+
+# ---- the OTA check from a web page ----------------------------------------------------------
+
+OTA_PATHS = ["/xiaozhi/ota/", "/xiaozhi/ota", "/v1/ota/", "/v1/ota"]
+PREFLIGHT = {
+    "Origin": PAGE,
+    "Access-Control-Request-Method": "POST",
+    "Access-Control-Request-Headers": "client-id,content-type,device-id",  # as Chromium sends
+}
+DEVICE = {"Device-Id": "66:9c:4b:da:13:ea", "Client-Id": "c-1"}
+
+
+def cors_headers(resp: ClientResponse) -> dict[str, str]:
+    """The answer's CORS headers (and Vary)."""
+    return {k: v for k, v in resp.headers.items() if k.startswith("Access-Control-") or k == "Vary"}
+
+
+@pytest.mark.parametrize("path", OTA_PATHS)
+async def test_preflight_from_any_page_by_default(make_relay: RelayFactory, path: str) -> None:
+    client = await make_relay()
+    resp = await client.options(path, headers=PREFLIGHT)
+    assert resp.status == 204, await resp.text()
+    assert cors_headers(resp) == {
+        "Access-Control-Allow-Origin": "*",
+        "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+        "Access-Control-Allow-Headers": "client-id, content-type, device-id",
+        "Access-Control-Max-Age": "600",
+    }
+
+
+async def test_preflight_from_a_listed_page(make_relay: RelayFactory) -> None:
+    client = await make_relay(ota={"cors_origins": ["https://other.example", PAGE]})
+    resp = await client.options("/xiaozhi/ota/", headers=PREFLIGHT)
+    assert resp.status == 204, await resp.text()
+    headers = cors_headers(resp)
+    assert headers["Access-Control-Allow-Origin"] == PAGE  # the page's own, never "*"
+    assert headers["Vary"] == "Origin"  # a cache must not hand it to another page
+    assert headers["Access-Control-Allow-Headers"] == "client-id, content-type, device-id"
+    # Without requested headers, none are allowed beyond the safelisted ones.
+    resp = await client.options("/v1/ota/", headers={"Origin": PAGE})
+    assert resp.status == 204
+    assert "Access-Control-Allow-Headers" not in resp.headers
+
+
+async def test_preflight_from_another_page_is_403(make_relay: RelayFactory) -> None:
+    client = await make_relay(ota={"cors_origins": [PAGE]})
+    for origin in ("http://page.example:8081", "https://page.example:8080", "null"):
+        resp = await client.options("/xiaozhi/ota/", headers={**PREFLIGHT, "Origin": origin})
+        assert resp.status == 403, origin
+        body = await resp.json()
+        assert set(body) == {"error", "errorType", "hint"}
+        assert body["errorType"] == "bad_origin"
+        assert "[ota] cors_origins" in body["hint"]
+        assert cors_headers(resp) == {"Vary": "Origin"}
+    nobody = await make_relay(ota={"cors_origins": []})  # no page at all
+    assert (await nobody.options("/xiaozhi/ota/", headers=PREFLIGHT)).status == 403
+
+
+async def test_preflight_with_odd_requested_headers_is_400(make_relay: RelayFactory) -> None:
+    client = await make_relay()
+    for value in ("device-id, x y", "device-id;evil", "x," * 600 + "x"):
+        headers = {**PREFLIGHT, "Access-Control-Request-Headers": value}
+        resp = await client.options("/xiaozhi/ota/", headers=headers)
+        assert resp.status == 400, value
+        assert (await resp.json())["errorType"] == "bad_request"
+        assert "Access-Control-Allow-Headers" not in resp.headers
+    resp = await client.options("/xiaozhi/ota/", headers={"Access-Control-Request-Headers": "a b"})
+    assert resp.status == 400  # odd whether or not it is a preflight
+
+
+async def test_options_without_origin_and_with_ota_disabled(make_relay: RelayFactory) -> None:
+    client = await make_relay()
+    resp = await client.options("/xiaozhi/ota/")  # not a preflight: a plain OPTIONS
+    assert resp.status == 204
+    assert resp.headers["Allow"] == "GET, POST, OPTIONS"
+    assert cors_headers(resp) == {}
+    off = await make_relay(ota={"enabled": False})
+    resp = await off.options("/xiaozhi/ota/", headers=PREFLIGHT)
+    assert resp.status == 404
+    assert (await resp.json())["errorType"] == "ota_disabled"
+
+
+async def ota_answers(client: TestClient[Any, Any], origin: str | None) -> list[ClientResponse]:
+    """One answer of each kind: 200 (POST and GET), 400, 403, 413."""
+    h = {"Origin": origin} if origin else {}
+    answers = [
+        await client.post("/xiaozhi/ota/", headers={**DEVICE, **h}, json={}),
+        await client.get("/v1/ota", headers={**DEVICE, **h}),
+        await client.post("/xiaozhi/ota/", headers=h, json={}),
+        await client.post("/xiaozhi/ota/", headers={**h, "Device-Id": "aa:bb:cc:dd:ee:ff"}),
+        await client.post("/v1/ota/", headers={**DEVICE, **h}, data=b" " * (65 * 1024)),
+    ]
+    assert [r.status for r in answers] == [200, 200, 400, 403, 413]
+    return answers
+
+
+@pytest.mark.parametrize(
+    ("origins", "allow", "vary"),
+    [(["*"], "*", None), ([PAGE, "https://b.example"], PAGE, "Origin")],
+)
+async def test_answers_and_errors_carry_the_allowed_origin(
+    make_relay: RelayFactory, origins: list[str], allow: str, vary: str | None
+) -> None:
+    client = await make_relay(
+        ota={"cors_origins": origins}, auth={"allowed_devices": ["66:9c:4b:da:13:ea"]}
+    )
+    for resp in await ota_answers(client, PAGE):
+        assert resp.headers.get("Access-Control-Allow-Origin") == allow, resp.status
+        assert resp.headers.get("Vary") == vary, resp.status
+    off = await make_relay(ota={"enabled": False, "cors_origins": origins})
+    resp = await off.post("/xiaozhi/ota/", headers={**DEVICE, "Origin": PAGE}, json={})
+    assert resp.status == 404
+    assert resp.headers.get("Access-Control-Allow-Origin") == allow
+
+
+async def test_answers_to_another_page_carry_no_allowed_origin(make_relay: RelayFactory) -> None:
+    client = await make_relay(
+        ota={"cors_origins": ["https://b.example"]}, auth={"allowed_devices": ["669C4BDA13EA"]}
+    )
+    for resp in await ota_answers(client, PAGE):  # answered; the browser hides them from the page
+        assert cors_headers(resp) == {"Vary": "Origin"}, resp.status
+
+
+@pytest.mark.parametrize("origins", [["*"], [PAGE]])
+async def test_answers_without_origin_are_unchanged(
+    make_relay: RelayFactory, origins: list[str]
+) -> None:
+    client = await make_relay(
+        ota={"cors_origins": origins}, auth={"allowed_devices": ["669C4BDA13EA"]}
+    )
+    answers = await ota_answers(client, None)  # the firmware sends no Origin
+    for resp in answers:
+        assert cors_headers(resp) == {}, resp.status
+    assert answers[0].headers["Cache-Control"] == "no-store"
+    assert (await answers[0].json())["websocket"]["url"].endswith("/xiaozhi/v1/")
