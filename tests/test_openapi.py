@@ -613,3 +613,12 @@ async def test_ota_preflight_statuses(aiohttp_client: Any) -> None:
             body = await resp.read()
             data = check_answer(path, "OPTIONS", resp.status, resp.headers["Content-Type"], body)
             assert data["errorType"] == error_type
+
+
+async def test_websocket_bad_origin_is_documented(aiohttp_client: Any) -> None:
+    cfg = {"server": {"check_origin": True}, "ota": {"cors_origins": ["https://app.example"]}}
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(parse(cfg)))
+    for path in WS_PATHS:
+        headers = {**UPGRADE, "Device-Id": MAC, "Origin": "https://elsewhere.example"}
+        got, data = await ws_answer(client, path, headers=headers)
+        assert (got, data["errorType"]) == (403, "bad_origin")

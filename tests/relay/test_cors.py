@@ -15,6 +15,8 @@ from relay import cli
 from relay.config import Config, ConfigError, load, parse
 from relay.cors import allow_origin, requested_headers
 from tests.relay.conftest import RelayFactory
+from tests.relay.fakes import Device
+from tests.relay.test_api import scrape, value
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = "http://page.example:8080"  # the web page's origin in these tests
@@ -167,10 +169,10 @@ async def test_preflight_from_another_page_is_403(make_relay: RelayFactory) -> N
 
 async def test_preflight_with_odd_requested_headers_is_400(make_relay: RelayFactory) -> None:
     client = await make_relay()
-    for value in ("device-id, x y", "device-id;evil", "x," * 600 + "x"):
-        headers = {**PREFLIGHT, "Access-Control-Request-Headers": value}
+    for names in ("device-id, x y", "device-id;evil", "x," * 600 + "x"):
+        headers = {**PREFLIGHT, "Access-Control-Request-Headers": names}
         resp = await client.options("/xiaozhi/ota/", headers=headers)
-        assert resp.status == 400, value
+        assert resp.status == 400, names
         assert (await resp.json())["errorType"] == "bad_request"
         assert "Access-Control-Allow-Headers" not in resp.headers
     resp = await client.options("/xiaozhi/ota/", headers={"Access-Control-Request-Headers": "a b"})
@@ -242,3 +244,39 @@ async def test_answers_without_origin_are_unchanged(
         assert cors_headers(resp) == {}, resp.status
     assert answers[0].headers["Cache-Control"] == "no-store"
     assert (await answers[0].json())["websocket"]["url"].endswith("/xiaozhi/v1/")
+
+
+# ---- the device WebSocket and check_origin ----------------------------------------------------
+
+UPGRADE = {
+    "Connection": "Upgrade",
+    "Upgrade": "websocket",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Device-Id": "66:9c:4b:da:13:ea",
+}
+
+
+@pytest.mark.parametrize("path", ["/xiaozhi/v1/", "/v1/ws/"])
+async def test_check_origin_refuses_a_foreign_page(make_relay: RelayFactory, path: str) -> None:
+    client = await make_relay(server={"check_origin": True}, ota={"cors_origins": [PAGE]})
+    resp = await client.get(path, headers={**UPGRADE, "Origin": "https://evil.example"})
+    assert resp.status == 403  # before the upgrade
+    body = await resp.json()
+    assert set(body) == {"error", "errorType", "hint"}
+    assert body["errorType"] == "bad_origin"
+    assert "[ota] cors_origins" in body["hint"]
+    samples = await scrape(client)
+    assert value(samples, "relay_handshake_rejected_total", reason="bad_origin") == 1.0
+    # The listed page, and a device (no Origin), connect.
+    page = await Device.connect(client, path=path, headers={"Origin": PAGE})
+    device = await Device.connect(client, path=path, device_id="AA:BB:CC:DD:EE:FF")
+    assert page.session_id != device.session_id
+
+
+async def test_without_check_origin_any_page_connects(make_relay: RelayFactory) -> None:
+    client = await make_relay(ota={"cors_origins": [PAGE]})
+    dev = await Device.connect(client, headers={"Origin": "https://evil.example"})
+    assert dev.hello["type"] == "hello"
+    samples = await scrape(client)
+    assert value(samples, "relay_handshake_rejected_total", reason="bad_origin") == 0.0
