@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientResponse
-from aiohttp.test_utils import TestClient
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient, TestServer
 
 from relay import cli
 from relay.config import Config, ConfigError, load, parse
 from relay.cors import allow_origin, requested_headers
+from tests.relay.chromium import chromium, needs_chromium
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device
 from tests.relay.test_api import scrape, value
@@ -280,3 +281,54 @@ async def test_without_check_origin_any_page_connects(make_relay: RelayFactory) 
     assert dev.hello["type"] == "hello"
     samples = await scrape(client)
     assert value(samples, "relay_handshake_rejected_total", reason="bad_origin") == 0.0
+
+
+# ---- end to end: a page on another origin, in headless Chromium ----------------------------
+
+PAGE_HTML = """<!doctype html><title>another origin</title>
+<script>
+// What the xiaozhi-server web client does first: POST to the OTA URL with the device's ids.
+async function otaCheck(url) {
+  try {
+    const resp = await fetch(url, {
+      method: "POST",
+      headers: {"Device-Id": "66:9c:4b:da:13:ea", "Client-Id": "c-1",
+                "Content-Type": "application/json"},
+      body: "{}",
+    });
+    return {status: resp.status, url: (await resp.json()).websocket.url};
+  } catch (exc) {
+    return {error: exc.name};  // CORS refusals reach the page as a bare TypeError
+  }
+}
+</script>"""
+
+
+@needs_chromium
+async def test_a_page_on_another_origin_calls_the_ota_check(
+    make_relay: RelayFactory, aiohttp_server: Any
+) -> None:
+    async def index(_request: web.Request) -> web.Response:
+        return web.Response(text=PAGE_HTML, content_type="text/html")
+
+    site = web.Application()
+    site.router.add_get("/", index)
+    page_server: TestServer = await aiohttp_server(site)
+    page_origin = str(page_server.make_url("")).rstrip("/")
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(page_origin + "/")
+        for origins, expected in [
+            (None, "ok"),  # the default: any page
+            ([page_origin], "ok"),
+            (["http://elsewhere.example"], "TypeError"),
+        ]:
+            client = await make_relay(ota={"cors_origins": origins} if origins else {})
+            relay_ota = str(client.make_url("/xiaozhi/ota/"))
+            assert relay_ota.split("/")[2] != page_origin.split("/")[2]  # another port
+            got = await page.evaluate("url => otaCheck(url)", relay_ota)
+            if expected == "ok":
+                ws_url = f"ws://127.0.0.1:{client.server.port}/xiaozhi/v1/"
+                assert got == {"status": 200, "url": ws_url}, origins
+            else:
+                assert got == {"error": "TypeError"}, origins
