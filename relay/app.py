@@ -54,6 +54,7 @@ def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicati
         for route in (path, path.rstrip("/")):
             app.router.add_get(route, ota.handle)
             app.router.add_post(route, ota.handle)
+            app.router.add_route("OPTIONS", route, ota.preflight)  # browsers' CORS preflight
     if config.console.enabled:  # a virtual device in the browser; off by default
         add_console_routes(app)
     app.cleanup_ctx.append(_resources(config, metrics or Metrics()))

@@ -24,6 +24,7 @@ from typing import (
 from asr_tts.audio import OPUS_FRAME_MS, OPUS_SAMPLE_RATES
 from bridges.business import BusinessTarget
 from protocol.device import WAKE_WORDS, DetectRules, phrase_key
+from relay.cors import origin_problem
 
 ENV_PREFIX = "RELAY__"
 SignedInt = Annotated[int, "signed"]  # an int key that may be negative (others may not)
@@ -47,6 +48,7 @@ class ServerConfig:
     drain_timeout_s: float = 30.0
     gc_freeze: bool = True  # startup objects leave the collector's view (docs/performance.md)
     gc_gen0_threshold: int = 10000  # 0 keeps Python's default (700)
+    check_origin: bool = False  # refuse device WebSockets from pages not in [ota] cors_origins
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +224,8 @@ class OtaConfig:
     timezone_offset_min: SignedInt = 0
     firmware_version: str = ""  # offered to every device; empty: never offer an upgrade
     firmware_url: str = ""  # the image for firmware_version
+    # Pages (origins) that may call the check from a browser; "*" = any (docs/protocol.md §1.8).
+    cors_origins: tuple[str, ...] = ("*",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,6 +335,9 @@ def parse(data: Mapping[str, Any]) -> Config:
         raise ConfigError("ota.firmware_version: digits and dots only, e.g. 1.6.2")
     if cfg.ota.firmware_version and not cfg.ota.firmware_url.startswith(("http://", "https://")):
         raise ConfigError("ota.firmware_url: an http(s):// URL required with firmware_version")
+    for i, origin in enumerate(cfg.ota.cors_origins):
+        if problem := origin_problem(origin):
+            raise ConfigError(f"ota.cors_origins[{i}]: {problem}")
     return cfg
 
 

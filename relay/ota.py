@@ -13,6 +13,10 @@ the answer, and so what this module promises:
 - `firmware` is compared only when `version` and `url` are both strings; versions are split
   on dots and read with `stoi`, so only digits-and-dots versions are ever offered.
 - `server_time.timestamp` (ms) plus `timezone_offset` (minutes) set the device clock.
+
+Web pages call the same check with `fetch` from another origin (docs/protocol.md §1.8): the
+paths answer CORS preflights, and answers to an allowed `Origin` carry
+`Access-Control-Allow-Origin` (`relay.cors`); a request without `Origin` is answered as before.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from protocol import jsonutil
+from relay import cors
 from relay.api import api_error, read_body
 from relay.auth import canonical_device_id
 from relay.config import AuthConfig, Config, OtaConfig
@@ -65,11 +70,32 @@ class OtaRequestError(ValueError):
 
 async def handle(request: web.Request) -> web.Response:
     """`/xiaozhi/ota/` and `/v1/ota/`, GET or POST: the answer the firmware stores (§1.0)."""
+    return _with_cors(request, await _check(request))
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """`OPTIONS` on the OTA paths: the CORS preflight a browser sends before its `fetch`
+    with `Device-Id` and `Client-Id` headers (docs/protocol.md §1.8)."""
+    return _with_cors(request, _preflight(request))
+
+
+def _with_cors(request: web.Request, resp: web.Response) -> web.Response:
+    # Errors too: a page can read why its check was refused (docs/protocol.md §1.8).
+    origins = request.app[RELAY_KEY].config.ota.cors_origins
+    resp.headers.update(cors.answer_headers(origins, request.headers.get("Origin")))
+    return resp
+
+
+def _disabled() -> web.Response:
+    return api_error(
+        404, "ota_disabled", "the OTA check is disabled on this relay", "[ota] enabled"
+    )
+
+
+async def _check(request: web.Request) -> web.Response:
     config = request.app[RELAY_KEY].config
     if not config.ota.enabled:
-        return api_error(
-            404, "ota_disabled", "the OTA check is disabled on this relay", "[ota] enabled"
-        )
+        return _disabled()
     try:
         req = await parse_request(request)
         check_allowed(config.auth, req.device_id)
@@ -81,6 +107,34 @@ async def handle(request: web.Request) -> web.Response:
     log.info("[%s] ota check from %s", req.device_id, req.user_agent[:64] or "?")
     # The answer may carry a device token: no cache may keep it.
     return web.json_response(answer, headers={"Cache-Control": "no-store"})
+
+
+def _preflight(request: web.Request) -> web.Response:
+    cfg = request.app[RELAY_KEY].config.ota
+    if not cfg.enabled:
+        return _disabled()
+    origin = request.headers.get("Origin")
+    if origin is not None and cors.allow_origin(cfg.cors_origins, origin) is None:
+        log.info("ota preflight refused (bad_origin)")
+        return api_error(
+            403,
+            "bad_origin",
+            "this page's origin may not call the OTA check",
+            "add the page's origin (scheme://host[:port]) to [ota] cors_origins",
+        )
+    allow_headers = cors.requested_headers(
+        request.headers.get("Access-Control-Request-Headers", "")
+    )
+    if allow_headers is None:
+        return api_error(
+            400,
+            "bad_request",
+            "Access-Control-Request-Headers is not a list of header names",
+            f"comma-separated header names, at most {cors.MAX_REQUEST_HEADERS} characters",
+        )
+    if origin is None:  # not a CORS preflight: a plain OPTIONS (RFC 9110 §9.3.7)
+        return web.Response(status=204, headers={"Allow": cors.ALLOW_METHODS})
+    return web.Response(status=204, headers=cors.preflight_headers(allow_headers))
 
 
 async def parse_request(request: web.Request) -> OtaRequest:

@@ -17,6 +17,7 @@ from protocol.device import Hello
 from relay.auth import Handshake, HandshakeError, parse_handshake
 from relay.cluster import Presence
 from relay.context import Relay
+from relay.cors import origin_allowed
 from relay.link import WebSocketLink
 from relay.session import Session
 
@@ -225,6 +226,7 @@ _HINTS = {
     "bad_version": "send Protocol-Version 1, 2 or 3",
     "draining": "connect to another relay or retry shortly",
     "token_store_unavailable": "the token store (Redis) is unreachable; retry shortly",
+    "bad_origin": "add the page's origin to [ota] cors_origins (or [server] check_origin = false)",
 }
 
 
@@ -235,6 +237,12 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if relay.draining.is_set():
         m.handshake_rejected.labels("draining").inc()
         return _reject(503, "draining", "relay is shutting down")
+    cfg = relay.config  # docs/protocol.md §1.8: a page from another origin, not a device
+    if cfg.server.check_origin and not origin_allowed(
+        cfg.ota.cors_origins, request.headers.get("Origin")
+    ):
+        m.handshake_rejected.labels("bad_origin").inc()
+        return _reject(403, "bad_origin", "this page's origin may not open a device WebSocket")
     try:
         hs = parse_handshake(request.headers, request.query)
         await relay.authenticator.check(hs)

@@ -587,3 +587,38 @@ async def test_ota_statuses(aiohttp_client: Any) -> None:
         "/v1/ota/", "GET", resp.status, resp.headers["Content-Type"], await resp.read()
     )
     assert (resp.status, data["errorType"]) == (404, "ota_disabled")
+
+
+async def test_ota_preflight_statuses(aiohttp_client: Any) -> None:
+    page = "https://app.example"
+    cfg = {"ota": {"cors_origins": [page]}}
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(parse(cfg)))
+    off: TestClient[Any, Any] = await aiohttp_client(make_app(parse({"ota": {"enabled": False}})))
+    asked = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "device-id"}
+    cases: list[tuple[TestClient[Any, Any], dict[str, str], int, str]] = [
+        (client, {"Origin": page, **asked}, 204, ""),
+        (client, {}, 204, ""),
+        (client, {"Origin": "https://elsewhere.example", **asked}, 403, "bad_origin"),
+        (client, {"Origin": page, "Access-Control-Request-Headers": "a b"}, 400, "bad_request"),
+        (off, {"Origin": page, **asked}, 404, "ota_disabled"),
+    ]
+    for path in ("/xiaozhi/ota/", "/v1/ota/"):
+        for app_client, headers, status, error_type in cases:
+            resp = await app_client.options(path, headers=headers)
+            assert resp.status == status, (path, headers)
+            if status == 204:
+                response_spec(path, "OPTIONS", 204)
+                assert not await resp.read()
+                continue
+            body = await resp.read()
+            data = check_answer(path, "OPTIONS", resp.status, resp.headers["Content-Type"], body)
+            assert data["errorType"] == error_type
+
+
+async def test_websocket_bad_origin_is_documented(aiohttp_client: Any) -> None:
+    cfg = {"server": {"check_origin": True}, "ota": {"cors_origins": ["https://app.example"]}}
+    client: TestClient[Any, Any] = await aiohttp_client(make_app(parse(cfg)))
+    for path in WS_PATHS:
+        headers = {**UPGRADE, "Device-Id": MAC, "Origin": "https://elsewhere.example"}
+        got, data = await ws_answer(client, path, headers=headers)
+        assert (got, data["errorType"]) == (403, "bad_origin")

@@ -18,27 +18,19 @@ from typing import Any
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
-from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Browser, Page
 
 from asr_tts.audio import pcm_from_wav, resample
 from relay.config import load
 from relay.console import CSP
+from tests.relay.chromium import chromium, needs_chromium
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import FakeBusiness
 from tests.relay.voice_helpers import chat_msgs
 
-CHROMIUM = Path("/usr/bin/chromium")
 PHRASE = "turn on the light"
 WAV_RATE = 48000
 LEAD_S, TAIL_S = 0.4, 0.8  # silence around the phrase in the fake microphone's file
-needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(),
-    reason=(
-        "!!! /usr/bin/chromium is absent: the browser console is NOT tested end to end. "
-        "Install it with `apt-get install chromium` (scripts/test.sh does, via "
-        "RELAY_SETUP_BROWSER=1) !!!"
-    ),
-)
 
 # ---- serving ------------------------------------------------------------------------------
 
@@ -107,28 +99,13 @@ def spoken_wav(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
 async def browser(spoken_wav: tuple[Path, float]) -> AsyncIterator[Browser]:
     """Debian's Chromium, headless, whose microphone plays `spoken_wav` once."""
     wav, _seconds = spoken_wav
-    async with async_playwright() as pw:
-        b = await pw.chromium.launch(
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--autoplay-policy=no-user-gesture-required",
-                "--use-fake-ui-for-media-stream",
-                "--use-fake-device-for-media-stream",
-                f"--use-file-for-fake-audio-capture={wav}%noloop",
-            ],
-        )
-        try:
-            yield b
-        finally:
-            await b.close()
+    async with chromium(
+        "--autoplay-policy=no-user-gesture-required",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}%noloop",
+    ) as b:
+        yield b
 
 
 async def log_entries(page: Page, direction: str = "in") -> list[dict[str, Any]]:

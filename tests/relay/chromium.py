@@ -1,0 +1,43 @@
+"""Debian's Chromium, headless, for the end-to-end browser tests (never a downloaded browser)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, async_playwright
+
+CHROMIUM = Path("/usr/bin/chromium")
+needs_chromium = pytest.mark.skipif(
+    not CHROMIUM.exists(),
+    reason=(
+        "!!! /usr/bin/chromium is absent: the browser pages are NOT tested end to end. "
+        "Install it with `apt-get install chromium` (scripts/test.sh does, via "
+        "RELAY_SETUP_BROWSER=1) !!!"
+    ),
+)
+# Quiet and offline: no sandbox (containers), no GPU, nothing phoning home.
+BASE_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+@asynccontextmanager
+async def chromium(*args: str) -> AsyncIterator[Browser]:
+    """Launch headless Chromium with `BASE_ARGS` plus `args`; closed on exit."""
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True, args=[*BASE_ARGS, *args]
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()
