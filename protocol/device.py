@@ -104,15 +104,23 @@ def phrase_key(text: str) -> str:
     )
 
 
-# Wake words of the firmware's stock models, as its `listen detect` names them (§1.3).
+# Wake words of the firmware's stock models, as its `listen detect` names them, and those of
+# the xiaozhi-server browser client, which sends "嘿，你好呀" right after its hello (§1.3).
 WAKE_WORDS: tuple[str, ...] = (
     "你好小智",
     "你好小志",
     "你好小知",
     "小智小智",
     "你好小鑫",
+    "你好小新",
     "你好小天",
     "小爱同学",
+    "小美同学",
+    "小龙小龙",
+    "喵喵同学",
+    "小滨小滨",
+    "小冰小冰",
+    "嘿你好呀",
     "Hi ESP",
     "Hi Lexin",
     "Hi Jason",

@@ -84,7 +84,7 @@ def _resources(
         app[RELAY_KEY] = Relay(
             config=config,
             metrics=metrics,
-            deps=TurnDeps(BusinessClient(http), speaker, metrics),
+            deps=TurnDeps(BusinessClient(http), speaker, metrics, config.tts.stop_margin_ms / 1000),
             targets=targets,
             default_target=targets[config.business[0].name] if config.business else None,
             device_targets=device_targets,

@@ -124,6 +124,7 @@ class TTSConfig:
     frame_duration_ms: int = 60
     cache_mb: int = 32  # encoded frames of recent sentences; 0 = no cache
     first_segment_chars: int = 24  # cut a long first sentence early for fast first audio
+    stop_margin_ms: int = 30  # `tts stop` this long after the last frame has played (§1.6)
     openai: OpenAITTSConfig = field(default_factory=OpenAITTSConfig)
     huoshan: HuoshanTTSConfig = field(default_factory=HuoshanTTSConfig)
 
@@ -291,6 +292,8 @@ def parse(data: Mapping[str, Any]) -> Config:
     if cfg.tts.frame_duration_ms not in OPUS_FRAME_MS:
         lengths = ", ".join(map(str, OPUS_FRAME_MS))
         raise ConfigError(f"tts.frame_duration_ms: Opus frames are {lengths} ms")
+    if cfg.tts.stop_margin_ms > 2000:
+        raise ConfigError("tts.stop_margin_ms: at most 2000 (the device waits for tts stop)")
     if cfg.tts.provider == "openai" and not cfg.tts.openai.base_url:
         raise ConfigError('tts.openai.base_url: required when tts.provider = "openai"')
     if cfg.tts.provider == "huoshan" and not (cfg.tts.huoshan.appid and cfg.tts.huoshan.token):

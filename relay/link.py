@@ -30,10 +30,6 @@ _HELD: Final = 2  # text held until the audio before it plays (docs/protocol.md 
 # arrives, so a first frame delivered a little late (a busy network or device) would
 # otherwise show as lead above the bound. 5 ms of a 1 s buffer costs nothing audible.
 PACING_MARGIN_S = 0.005
-# `tts stop` goes out this much of a frame after the relay's play clock says the last frame
-# has played: the device's clock runs from each frame's arrival, a few ms behind the write,
-# and a stop that arrives early cuts audio (docs/protocol.md §1.6 allows up to one frame).
-STOP_MARGIN_FRAMES = 0.5
 _HIGH_WATER = 64 * 1024  # bytes a device may leave unread in our socket buffer before writes wait
 _DRAIN_POLL_S = 0.02
 _FIN_TEXT: Final = 0x81  # FIN + opcode 1 (RFC 6455 §5.2)
@@ -169,16 +165,17 @@ class Link:
             size.inc(sum(map(len, batch)))
             self._put(items, k)
 
-    async def played(self) -> None:
-        """Return once every audio frame queued so far has played at the device (§1.6), or
-        the link is closed: `tts stop` goes out then, so a client that flushes its playback
-        on `tts stop` hears the whole answer."""
+    async def played(self, margin_s: float) -> None:
+        """Return `margin_s` after every audio frame queued so far has played at the device
+        (§1.6), or when the link is closed: `tts stop` goes out then, so a client that
+        flushes its playback on `tts stop` hears the whole answer. The device's clock runs
+        from each frame's arrival, a little behind the write: the margin covers that."""
         loop = asyncio.get_running_loop()
         while not self._closed:
             if (writer := self._writer) is not None:
                 await asyncio.wait([writer])  # queued frames start the clock when written
                 continue
-            rest = self.pacer.play_end + STOP_MARGIN_FRAMES * self.pacer.frame_s - loop.time()
+            rest = self.pacer.play_end + margin_s - loop.time()
             if rest <= 0:
                 return
             await asyncio.sleep(rest)

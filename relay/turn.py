@@ -31,6 +31,7 @@ class TurnDeps:
     client: BusinessClient
     speaker: Speaker
     metrics: Metrics
+    stop_margin_s: float = 0.03  # `tts stop` this long after the last frame has played (§1.6)
 
 
 def voice_of(sp: Speak) -> Voice:
@@ -78,7 +79,7 @@ class Speech:
                     await self._speak(sp, encoder)
                 # Clients flush their playback on `tts stop`: it waits for the last frame
                 # to play, or they lose the end of every answer (§1.6).
-                await link.played()
+                await link.played(self._deps.stop_margin_s)
             except BaseException as exc:
                 # Cut off (the canceller sends the aborted stop) or failed: the captions
                 # held for audio that will not play must not follow.

@@ -97,6 +97,8 @@ def test_values_are_frozen() -> None:
         ({"listen": {"wake_words": ["ok", " ?! "]}}, "listen.wake_words[1]"),
         ({"listen": {"wake_word_chat": "yes"}}, "listen.wake_word_chat"),
         ({"listen": {"max_text_chars": 0}}, "listen.max_text_chars"),
+        ({"tts": {"stop_margin_ms": 2001}}, "tts.stop_margin_ms"),
+        ({"tts": {"stop_margin_ms": -1}}, "tts.stop_margin_ms"),
         ({"listen": {"wake_word": []}}, "listen.wake_word"),
     ],
 )

@@ -161,13 +161,14 @@ async def test_the_answer_s_emotion_shows_as_it_is_heard(
 async def test_an_abort_stops_at_once_and_no_caption_follows(
     make_relay: RelayFactory, fake: FakeBusiness
 ) -> None:
-    fake.script = story_script(text="Well. " + STORY)
+    fake.script = story_script(text="Well, well, well. " + STORY)
     client = await make_relay()
     dev = await Device.connect(client)
     await typed(dev, "tell me a story")
-    await dev.recv_until(lambda m: m.get("type") == "tts" and m["state"] == "start")
-    # The first sentence is short: the next caption is held for a fraction of a second
-    # while the frames of the next second are already on the wire.
+    first = await dev.recv_until(lambda m: m.get("state") == "sentence_start")
+    assert first[-1]["text"] == "Well, well, well."
+    # The next caption is held until the first sentence has played (about a second) while
+    # the frames of the next second are already on the wire.
     await asyncio.sleep(0.1)
     loop = asyncio.get_running_loop()
     sent = loop.time()
@@ -177,7 +178,20 @@ async def test_an_abort_stops_at_once_and_no_caption_follows(
     assert pb.stop["is_aborted"] is True
     assert pb.stop_at is not None
     assert pb.stop_at - sent < 0.2  # at once, not when the queued audio would have played
-    assert [text for _, text in pb.captions] == ["Well."]
+    assert pb.captions == []  # the next sentence's caption was dropped with the answer
     # Nothing of the cut answer arrives afterwards: no held caption, no stop.
     with pytest.raises(TimeoutError):
         await dev.recv(timeout=1.5)
+
+
+async def test_the_stop_margin_is_configured(make_relay: RelayFactory, fake: FakeBusiness) -> None:
+    # Web clients start playing a few hundred ms after the first frame arrives: an operator
+    # serving them holds tts stop longer.
+    fake.script = story_script(text="Hello there.")
+    client = await make_relay(tts={"stop_margin_ms": 400})
+    dev = await Device.connect(client)
+    await typed(dev, "hi")
+    await dev.recv_until(lambda m: m.get("type") == "tts" and m["state"] == "start")
+    pb = await play_answer(dev)
+    assert pb.stop_at is not None
+    assert 0.4 - 0.02 <= pb.stop_at - pb.end <= 0.4 + FRAME_S + 0.05
