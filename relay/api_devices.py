@@ -16,7 +16,7 @@ from protocol import jsonutil
 from protocol.business import speak_with_voice
 from relay.api import api_error, read_json
 from relay.auth import canonical_device_id
-from relay.cluster import Presence
+from relay.cluster import Presence, PushReason
 from relay.context import Relay
 from relay.ws import RELAY_KEY
 
@@ -84,28 +84,29 @@ def _check_push(body: Any) -> str:
     return ""
 
 
-async def deliver(relay: Relay, device_id: str, message: bytes) -> bool:
-    """Hand a validated push to the local connection of `device_id` (the owning node)."""
+async def deliver(relay: Relay, device_id: str, message: bytes) -> PushReason | None:
+    """Hand a validated push to the local connection of `device_id` (the owning node): None
+    when the connection took it, else why not."""
     conn = relay.connections.get(device_id)
     if conn is None or conn.link.closed:
-        return False
+        return "rejected"
     try:
         body = jsonutil.loads(message)
         text = message.decode()
     except ValueError:
         log.warning("undecodable push for %s dropped", device_id)
-        return False
+        return "rejected"
     if not isinstance(body, dict) or _check_push(body):
-        return False
+        return "rejected"
     if "command" in body:
         command = jsonutil.member_text(text, "command")
         if command is None:
-            return False
+            return "rejected"
         conn.session.push_command(command.encode())  # the event's own bytes (§2.4)
     else:
         voice = body.get("voice") or {}
         conn.session.push_speak(speak_with_voice(body["speak"], voice))
-    return True
+    return None
 
 
 async def list_devices(request: web.Request) -> web.Response:
