@@ -11,7 +11,9 @@ blank line, flushed as soon as it is produced. Every event echoes `details.sessi
 top-level "session_id" (the relay drops events whose session_id does not match), and the
 last event is {"event":"message_end","session_id":"S"}. Only event=message/type=chat is
 spoken (its details.answer; optional tts_provider, voice_type, speed_ratio, pitch_ratio);
-every other event (commands, data, errors) reaches the device untouched as a custom message.
+its optional details.emotion (happy, sad, thinking, ...) is shown on the device's screen
+before the answer is spoken. Every other event (commands, data, errors) reaches the device
+untouched as a custom message.
 Run: python examples/business_service.py --port 8090 [--token T] (or env BUSINESS_TOKEN).
 """
 
@@ -22,6 +24,7 @@ import asyncio
 import hmac
 import itertools
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +43,17 @@ KEYWORD_ACTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
 )
 DEMO_BATTERY_LEVEL = 85  # a real service would answer from its own records
 
+# details.emotion of a chat event (PROTOCOL.md §2.2): the face on the device's screen, one of
+# neutral, happy, laughing, funny, sad, angry, crying, loving, embarrassed, surprised, shocked,
+# thinking, winking, cool, relaxed, delicious, kissy, confident, sleepy, silly, confused (the
+# xiaozhi firmware's set; another word is passed to the device as it is).
+GREETING = re.compile(
+    r"\b(hello|hi|hey|good (morning|afternoon|evening))\b|你好|您好|嗨|早上好|晚上好"
+)
+QUESTION = re.compile(
+    r"[?？]|^(what|how|why|when|where|who|can|could|is|are|do|does)\b|吗|什么|怎么"
+)
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -57,6 +71,19 @@ def is_chinese(text: str) -> bool:
     return any("\u4e00" <= ch <= "\u9fff" for ch in text)
 
 
+def emotion_of(msg: str) -> str:
+    """The face the device shows while answering `msg`: happy for a greeting, thinking for a
+    question, confused when nothing was heard, neutral otherwise."""
+    if not msg:
+        return "confused"
+    lowered = msg.lower()
+    if GREETING.search(lowered):
+        return "happy"
+    if QUESTION.search(lowered):
+        return "thinking"
+    return "neutral"
+
+
 def chat_events(details: dict[str, Any]) -> Iterator[Event]:
     """Answer a chat message: spoken sentences, then a command if a keyword was heard."""
     msg = details.get("msg")
@@ -67,9 +94,13 @@ def chat_events(details: dict[str, Any]) -> Iterator[Event]:
         sentences = [f'You said: "{msg}".', "I am the reference business service speaking."]
     else:
         sentences = ["I did not catch that, could you say it again?"]
-    # Several message/chat events are spoken in order as they arrive (PROTOCOL.md §2.2).
-    for sentence in sentences:
-        yield {"event": "message", "type": "chat", "details": {"answer": sentence}}
+    # Several message/chat events are spoken in order as they arrive (PROTOCOL.md §2.2). The
+    # first carries the emotion: the device shows it as this answer starts.
+    for n, sentence in enumerate(sentences):
+        chat: dict[str, Any] = {"answer": sentence}
+        if n == 0:
+            chat["emotion"] = emotion_of(msg)
+        yield {"event": "message", "type": "chat", "details": chat}
     lowered = msg.lower()
     actions = [
         {"action": action, "params": dict(params)}

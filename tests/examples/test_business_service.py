@@ -79,6 +79,40 @@ async def test_chat_in_chinese_answers_in_chinese(aiohttp_client: AiohttpClient)
     assert business_service.is_chinese(text.replace("今天天气怎么样", ""))
 
 
+# The faces the xiaozhi firmware can show (PROTOCOL.md §2.2 details.emotion).
+FIRMWARE_EMOTIONS = {
+    *("neutral", "happy", "laughing", "funny", "sad", "angry", "crying", "loving"),
+    *("embarrassed", "surprised", "shocked", "thinking", "winking", "cool", "relaxed"),
+    *("delicious", "kissy", "confident", "sleepy", "silly", "confused"),
+}
+
+
+@pytest.mark.parametrize(
+    ("msg", "emotion"),
+    [
+        ("Hello!", "happy"),
+        ("hi there", "happy"),
+        ("Good morning, robot", "happy"),
+        ("你好", "happy"),
+        ("How is the weather?", "thinking"),
+        ("what time is it", "thinking"),
+        ("今天天气怎么样", "thinking"),
+        ("This is a story", "neutral"),  # "hi" inside a word is no greeting
+        ("Please wag your tail", "neutral"),
+        ("", "confused"),
+        ("   ", "confused"),
+    ],
+)
+async def test_chat_answer_carries_an_emotion_on_its_first_event(
+    aiohttp_client: AiohttpClient, msg: str, emotion: str
+) -> None:
+    events = await post(aiohttp_client, request_body("chat", msg=msg))
+    chats = [e for e in events if e.get("type") == "chat"]
+    assert chats[0]["details"]["emotion"] == emotion
+    assert emotion in FIRMWARE_EMOTIONS
+    assert all("emotion" not in e["details"] for e in chats[1:])  # said once per answer
+
+
 @pytest.mark.parametrize(
     ("msg", "action", "duration"),
     [
