@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import hmac
 import itertools
+import logging
 import os
 import re
 import time
@@ -35,6 +36,7 @@ import orjson
 from aiohttp import web
 
 Event = dict[str, Any]
+log = logging.getLogger("business_service")
 
 # Words in the user's message that trigger a device action (English matched case-insensitively).
 KEYWORD_ACTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
@@ -183,15 +185,20 @@ async def handle(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
-    await response.prepare(request)
-    for event in events:
-        if delay > 0:
-            await asyncio.sleep(delay)  # stands in for model latency before each event
-        if "session_id" in details:
-            # Echo on every event, placed right after "event" as in the guide (PROTOCOL.md §2.3).
-            event = {"event": event.pop("event"), "session_id": details["session_id"], **event}
-        await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        for event in events:
+            if delay > 0:
+                await asyncio.sleep(delay)  # stands in for model latency before each event
+            if "session_id" in details:
+                # Echo on every event, right after "event" as in the guide (PROTOCOL.md §2.3).
+                event = {"event": event.pop("event"), "session_id": details["session_id"], **event}
+            await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+        await response.write_eof()
+    except ConnectionError:
+        # The relay closes the connection when it cancels a turn (the user interrupted, or
+        # said something new): nobody reads the rest of this answer, and that is no error.
+        log.info("client went away during a %r answer", request_type[:40])
     return response
 
 
@@ -217,6 +224,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Run the service until interrupted."""
     args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = make_app(token=args.token, chat_delay_s=args.chat_delay)
     web.run_app(app, host=args.host, port=args.port)
 
