@@ -45,7 +45,7 @@ KEYWORD_ACTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
 )
 DEMO_BATTERY_LEVEL = 85  # a real service would answer from its own records
 
-# details.emotion of a chat event (PROTOCOL.md §2.2): the face on the device's screen, one of
+# details.emotion of a chat event (docs/protocol.md §2.2): the face on the device's screen, one of
 # neutral, happy, laughing, funny, sad, angry, crying, loving, embarrassed, surprised, shocked,
 # thinking, winking, cool, relaxed, delicious, kissy, confident, sleepy, silly, confused (the
 # xiaozhi firmware's set; another word is passed to the device as it is).
@@ -96,7 +96,7 @@ def chat_events(details: dict[str, Any]) -> Iterator[Event]:
         sentences = [f'You said: "{msg}".', "I am the reference business service speaking."]
     else:
         sentences = ["I did not catch that, could you say it again?"]
-    # Several message/chat events are spoken in order as they arrive (PROTOCOL.md §2.2). The
+    # Several message/chat events are spoken in order as they arrive (docs/protocol.md §2.2). The
     # first carries the emotion: the device shows it as this answer starts.
     for n, sentence in enumerate(sentences):
         chat: dict[str, Any] = {"answer": sentence}
@@ -191,7 +191,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
             if delay > 0:
                 await asyncio.sleep(delay)  # stands in for model latency before each event
             if "session_id" in details:
-                # Echo on every event, right after "event" as in the guide (PROTOCOL.md §2.3).
+                # Echo on every event, right after "event" as in the guide (docs/protocol.md §2.3).
                 event = {"event": event.pop("event"), "session_id": details["session_id"], **event}
             await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
         await response.write_eof()

@@ -83,7 +83,7 @@ async def test_chat_in_chinese_answers_in_chinese(aiohttp_client: AiohttpClient)
     assert business_service.is_chinese(text.replace("今天天气怎么样", ""))
 
 
-# The faces the xiaozhi firmware can show (PROTOCOL.md §2.2 details.emotion).
+# The faces the xiaozhi firmware can show (docs/protocol.md §2.2 details.emotion).
 FIRMWARE_EMOTIONS = {
     *("neutral", "happy", "laughing", "funny", "sad", "angry", "crying", "loving"),
     *("embarrassed", "surprised", "shocked", "thinking", "winking", "cool", "relaxed"),

@@ -1,4 +1,4 @@
-"""Device-native push messages (PROTOCOL.md §1.5, §4): JSON in, the device's bytes out."""
+"""Device-native push messages (docs/protocol.md §1.5, §4): JSON in, the device's bytes out."""
 
 from __future__ import annotations
 
