@@ -11,7 +11,9 @@ blank line, flushed as soon as it is produced. Every event echoes `details.sessi
 top-level "session_id" (the relay drops events whose session_id does not match), and the
 last event is {"event":"message_end","session_id":"S"}. Only event=message/type=chat is
 spoken (its details.answer; optional tts_provider, voice_type, speed_ratio, pitch_ratio);
-every other event (commands, data, errors) reaches the device untouched as a custom message.
+its optional details.emotion (happy, sad, thinking, ...) is shown on the device's screen
+before the answer is spoken. Every other event (commands, data, errors) reaches the device
+untouched as a custom message.
 Run: python examples/business_service.py --port 8090 [--token T] (or env BUSINESS_TOKEN).
 """
 
@@ -21,7 +23,9 @@ import argparse
 import asyncio
 import hmac
 import itertools
+import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +36,7 @@ import orjson
 from aiohttp import web
 
 Event = dict[str, Any]
+log = logging.getLogger("business_service")
 
 # Words in the user's message that trigger a device action (English matched case-insensitively).
 KEYWORD_ACTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
@@ -39,6 +44,17 @@ KEYWORD_ACTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
     (("wag", "摇尾巴"), "wag_tail", {"duration": 3}),
 )
 DEMO_BATTERY_LEVEL = 85  # a real service would answer from its own records
+
+# details.emotion of a chat event (docs/protocol.md §2.2): the face on the device's screen, one of
+# neutral, happy, laughing, funny, sad, angry, crying, loving, embarrassed, surprised, shocked,
+# thinking, winking, cool, relaxed, delicious, kissy, confident, sleepy, silly, confused (the
+# xiaozhi firmware's set; another word is passed to the device as it is).
+GREETING = re.compile(
+    r"\b(hello|hi|hey|good (morning|afternoon|evening))\b|你好|您好|嗨|早上好|晚上好"
+)
+QUESTION = re.compile(
+    r"[?？]|^(what|how|why|when|where|who|can|could|is|are|do|does)\b|吗|什么|怎么"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +73,19 @@ def is_chinese(text: str) -> bool:
     return any("\u4e00" <= ch <= "\u9fff" for ch in text)
 
 
+def emotion_of(msg: str) -> str:
+    """The face the device shows while answering `msg`: happy for a greeting, thinking for a
+    question, confused when nothing was heard, neutral otherwise."""
+    if not msg:
+        return "confused"
+    lowered = msg.lower()
+    if GREETING.search(lowered):
+        return "happy"
+    if QUESTION.search(lowered):
+        return "thinking"
+    return "neutral"
+
+
 def chat_events(details: dict[str, Any]) -> Iterator[Event]:
     """Answer a chat message: spoken sentences, then a command if a keyword was heard."""
     msg = details.get("msg")
@@ -67,9 +96,13 @@ def chat_events(details: dict[str, Any]) -> Iterator[Event]:
         sentences = [f'You said: "{msg}".', "I am the reference business service speaking."]
     else:
         sentences = ["I did not catch that, could you say it again?"]
-    # Several message/chat events are spoken in order as they arrive (PROTOCOL.md §2.2).
-    for sentence in sentences:
-        yield {"event": "message", "type": "chat", "details": {"answer": sentence}}
+    # Several message/chat events are spoken in order as they arrive (docs/protocol.md §2.2). The
+    # first carries the emotion: the device shows it as this answer starts.
+    for n, sentence in enumerate(sentences):
+        chat: dict[str, Any] = {"answer": sentence}
+        if n == 0:
+            chat["emotion"] = emotion_of(msg)
+        yield {"event": "message", "type": "chat", "details": chat}
     lowered = msg.lower()
     actions = [
         {"action": action, "params": dict(params)}
@@ -152,15 +185,20 @@ async def handle(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
-    await response.prepare(request)
-    for event in events:
-        if delay > 0:
-            await asyncio.sleep(delay)  # stands in for model latency before each event
-        if "session_id" in details:
-            # Echo on every event, placed right after "event" as in the guide (PROTOCOL.md §2.3).
-            event = {"event": event.pop("event"), "session_id": details["session_id"], **event}
-        await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
-    await response.write_eof()
+    try:
+        await response.prepare(request)
+        for event in events:
+            if delay > 0:
+                await asyncio.sleep(delay)  # stands in for model latency before each event
+            if "session_id" in details:
+                # Echo on every event, right after "event" as in the guide (docs/protocol.md §2.3).
+                event = {"event": event.pop("event"), "session_id": details["session_id"], **event}
+            await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+        await response.write_eof()
+    except ConnectionError:
+        # The relay closes the connection when it cancels a turn (the user interrupted, or
+        # said something new): nobody reads the rest of this answer, and that is no error.
+        log.info("client went away during a %r answer", request_type[:40])
     return response
 
 
@@ -186,6 +224,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Run the service until interrupted."""
     args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = make_app(token=args.token, chat_delay_s=args.chat_delay)
     web.run_app(app, host=args.host, port=args.port)
 

@@ -73,18 +73,24 @@ def member_text(text: str, key: str) -> str | None:
     and re-serialising would turn integers beyond 64 bits into floats. `text` must already
     be known to be valid JSON; None when it is not an object or has no such member.
     """
+    return members(text).get(key)
+
+
+def members(text: str) -> dict[str, str]:
+    """Every top-level member of a JSON object: name -> the value's exact source text, in
+    order, the last of repeated names winning as in a parse; empty when `text` is not an
+    object. `text` must already be known to be valid JSON."""
+    found: dict[str, str] = {}
     idx = _skip(text, 0)
     if text[idx : idx + 1] != "{":
-        return None
+        return found
     idx = _skip(text, idx + 1)
-    found: str | None = None
     while text[idx : idx + 1] == '"':
         name, idx = _scanstring(text, idx + 1)
         idx = _skip(text, idx) + 1  # past ':'
         idx = _skip(text, idx)
         _value, end = _DECODER.raw_decode(text, idx)
-        if name == key:
-            found = text[idx:end]
+        found[name] = text[idx:end]
         idx = _skip(text, end)
         if text[idx : idx + 1] != ",":
             break

@@ -1,6 +1,7 @@
 """Devices API: push to a device on any node, and cluster-wide presence (ARCHITECTURE.md).
 
 POST /api/v1/devices/{device_id}/messages   {"command": {…event…}} | {"speak": "…", "voice": {…}}
+                                            | {"device": {"type": "llm", "emotion": "happy"}}
 GET  /api/v1/devices?cursor=&limit=
 GET  /api/v1/devices/{device_id}
 """
@@ -12,11 +13,12 @@ from typing import Any
 
 from aiohttp import web
 
-from protocol import jsonutil
+from protocol import device_push, jsonutil
 from protocol.business import speak_with_voice
+from protocol.device_push import BadDevicePush
 from relay.api import api_error, read_json
 from relay.auth import canonical_device_id
-from relay.cluster import Presence
+from relay.cluster import Presence, PushReason
 from relay.context import Relay
 from relay.ws import RELAY_KEY
 
@@ -24,27 +26,38 @@ log = logging.getLogger(__name__)
 
 MAX_PUSH_BODY = 64 * 1024
 MAX_SPEAK_CHARS = 2000
-_PUSH_EXAMPLE = '{"command":{"event":"message","type":"command","details":{…}}} or {"speak":"…"}'
-_STATUS = {"offline": 404, "timeout": 504, "redis_unavailable": 503, "rejected": 409}
+_PUSH_EXAMPLE = (
+    '{"command":{"event":"message","type":"command","details":{…}}}, {"speak":"…"} or '
+    '{"device":{"type":"llm","emotion":"happy"}}'
+)
+_STATUS = {
+    "offline": 404,
+    "timeout": 504,
+    "redis_unavailable": 503,
+    "rejected": 409,
+    "not_supported": 409,
+}
 _HINTS = {
     "offline": "the device is not connected to any relay",
     "timeout": "the relay holding the device did not confirm in time; it may still arrive",
     "redis_unavailable": "the cluster store is unreachable; devices on this node still work",
     "rejected": "the device's connection was closing and did not take the message",
+    "not_supported": "the device's hello did not declare features.notify.config_updated, "
+    "so it would ignore a notify",
 }
 
 
 async def push(request: web.Request) -> web.Response:
-    """Deliver a command or speech to a device wherever it is connected; say truly whether
-    it got it."""
+    """Deliver a command, speech or a device-native message to a device wherever it is
+    connected; say truly whether it got it."""
     relay = request.app[RELAY_KEY]
     got = await read_json(request, MAX_PUSH_BODY, _PUSH_EXAMPLE)
     if isinstance(got, web.Response):
         return got
     raw, body = got
-    problem = _check_push(body)
-    if problem:
-        return api_error(400, "bad_request", problem, _PUSH_EXAMPLE)
+    problem = _check_push(body, raw.decode())
+    if problem is not None:
+        return api_error(400, "bad_request", *problem)
     device_id = canonical_device_id(request.match_info["device_id"])
     timeout_s = relay.config.redis.push_timeout_s
     result = await relay.cluster.push(device_id, raw, timeout_s)
@@ -65,47 +78,64 @@ async def push(request: web.Request) -> web.Response:
     )
 
 
-def _check_push(body: Any) -> str:
+def _check_push(body: Any, text: str) -> tuple[str, str] | None:
+    """What is wrong with a push body (parsed from `text`) and a hint to fix it; None when
+    it is fine."""
     if not isinstance(body, dict):
-        return "body must be a JSON object"
-    has_command, has_speak = "command" in body, "speak" in body
-    if has_command == has_speak:
-        return "give exactly one of command or speak"
-    if has_command and not isinstance(body["command"], dict):
-        return "command must be a JSON object (a business-style event)"
-    if has_speak:
-        text = body["speak"]
-        if not isinstance(text, str) or not text.strip():
-            return "speak must be a non-empty string"
-        if len(text) > MAX_SPEAK_CHARS:
-            return f"speak is longer than {MAX_SPEAK_CHARS} characters"
+        return "body must be a JSON object", _PUSH_EXAMPLE
+    if sum(form in body for form in ("command", "speak", "device")) != 1:
+        return "give exactly one of command, speak or device", _PUSH_EXAMPLE
+    if "command" in body and not isinstance(body["command"], dict):
+        return "command must be a JSON object (a business-style event)", _PUSH_EXAMPLE
+    if "speak" in body:
+        speech = body["speak"]
+        if not isinstance(speech, str) or not speech.strip():
+            return "speak must be a non-empty string", _PUSH_EXAMPLE
+        if len(speech) > MAX_SPEAK_CHARS:
+            return f"speak is longer than {MAX_SPEAK_CHARS} characters", _PUSH_EXAMPLE
         if "voice" in body and not isinstance(body["voice"], dict):
-            return "voice must be a JSON object (tts_provider, voice_type, speed_ratio, …)"
-    return ""
+            return (
+                "voice must be a JSON object (tts_provider, voice_type, speed_ratio, …)",
+                _PUSH_EXAMPLE,
+            )
+    if "device" in body:
+        try:
+            device_push.decode(_member(text, "device"))
+        except BadDevicePush as exc:
+            return exc.error, exc.hint
+    return None
 
 
-async def deliver(relay: Relay, device_id: str, message: bytes) -> bool:
-    """Hand a validated push to the local connection of `device_id` (the owning node)."""
+async def deliver(relay: Relay, device_id: str, message: bytes) -> PushReason | None:
+    """Hand a validated push to the local connection of `device_id` (the owning node): None
+    when the connection took it, else why not."""
     conn = relay.connections.get(device_id)
     if conn is None or conn.link.closed:
-        return False
+        return "rejected"
     try:
         body = jsonutil.loads(message)
         text = message.decode()
     except ValueError:
         log.warning("undecodable push for %s dropped", device_id)
-        return False
-    if not isinstance(body, dict) or _check_push(body):
-        return False
+        return "rejected"
+    if _check_push(body, text) is not None:
+        return "rejected"
     if "command" in body:
-        command = jsonutil.member_text(text, "command")
-        if command is None:
-            return False
-        conn.session.push_command(command.encode())  # the event's own bytes (§2.4)
-    else:
+        conn.session.push_command(_member(text, "command").encode())  # its own bytes (§2.4)
+    elif "speak" in body:
         voice = body.get("voice") or {}
         conn.session.push_speak(speak_with_voice(body["speak"], voice))
-    return True
+    else:
+        pushed = device_push.decode(_member(text, "device"))
+        if pushed.type == "notify" and not conn.notify_config_updated:
+            return "not_supported"  # §1.5: only to devices that declared it in their hello
+        conn.session.push_device(pushed)
+    return None
+
+
+def _member(text: str, key: str) -> str:
+    """The source text of a member the body is known to have (validated JSON)."""
+    return jsonutil.member_text(text, key) or "null"
 
 
 async def list_devices(request: web.Request) -> web.Response:

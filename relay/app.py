@@ -20,7 +20,7 @@ from metrics.registry import Metrics
 from protocol.codes import CloseCode
 from relay import api, api_devices, ota
 from relay.auth import canonical_device_id
-from relay.cluster import Cluster, LocalCluster, Presence
+from relay.cluster import Cluster, LocalCluster, Presence, PushReason
 from relay.cluster_redis import RedisCluster
 from relay.config import Config
 from relay.console import add_routes as add_console_routes
@@ -95,7 +95,7 @@ def _resources(
         )
         relay = app[RELAY_KEY]
 
-        async def deliver(device_id: str, message: bytes) -> bool:
+        async def deliver(device_id: str, message: bytes) -> PushReason | None:
             return await api_devices.deliver(relay, device_id, message)
 
         async def replace(device_id: str, session_id: str) -> None:

@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol, cast
+from typing import Literal, NamedTuple, Protocol, cast, get_args
 
 import orjson
 
@@ -33,7 +33,7 @@ class Presence:
     last_seen: float
 
 
-PushReason = Literal["offline", "timeout", "redis_unavailable", "rejected"]
+PushReason = Literal["offline", "timeout", "redis_unavailable", "rejected", "not_supported"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +45,9 @@ class PushResult:
     reason: PushReason | None
 
 
-Deliver = Callable[[str, bytes], Awaitable[bool]]
-"""(device_id, message) -> True when the local connection accepted the message."""
+Deliver = Callable[[str, bytes], Awaitable[PushReason | None]]
+"""(device_id, message) -> None when the local connection took the message, else why not
+("rejected", or "not_supported" when the device did not declare the feature)."""
 Replace = Callable[[str, str], Awaitable[None]]
 """(device_id, session_id) -> close that local connection with 4001 (PROTOCOL.md §1.7)."""
 LocalDevices = Callable[[], Iterable[Presence]]
@@ -127,7 +128,7 @@ class NodeReplace:
 
 
 NodeMessage = NodePush | NodeAck | NodeReplace
-_REASONS = ("offline", "timeout", "redis_unavailable", "rejected")
+_REASONS: tuple[PushReason, ...] = get_args(PushReason)
 
 
 def encode_node_message(msg: NodeMessage) -> bytes:
@@ -192,13 +193,13 @@ async def deliver_local(
     """Hand `message` to this node's connection, bounded by `timeout_s`."""
     try:
         async with asyncio.timeout(timeout_s):
-            ok = await deliver(device_id, message)
+            reason = await deliver(device_id, message)
     except TimeoutError:
         return PushResult(False, node, "timeout")
     except Exception:
         log.exception("[%s] deliver failed", device_id)
         return PushResult(False, node, "rejected")
-    return PushResult(True, node, None) if ok else PushResult(False, node, "rejected")
+    return PushResult(reason is None, node, reason)
 
 
 class NodeInbox:

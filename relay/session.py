@@ -26,6 +26,7 @@ from protocol.device import (
     Mcp,
     Ping,
 )
+from protocol.device_push import DevicePush
 from relay.link import Link
 from relay.turn import Turn, TurnDeps
 from relay.voice import Listener, VoiceDeps
@@ -157,6 +158,11 @@ class Session:
         task = self._own(turn.speak(sp))
         self._pushed[task] = turn  # an abort or a barge-in cuts it like any answer
         task.add_done_callback(lambda t: self._pushed.pop(t, None))
+
+    def push_device(self, msg: DevicePush) -> None:
+        """A pushed device-native message (llm, alert, system, notify) with this session's
+        id; sent at once, beside any answer being spoken (§4)."""
+        self.link.send_json(msg.message(self.session_id), msg.type)
 
     def on_audio(self, packet: bytes) -> None:
         """One uplink audio packet (§1.4) for the microphone pipeline."""

@@ -52,6 +52,8 @@ class Connection:
         self.relay = relay
         self.ws = ws
         self.hs = hs
+        # §1.5: a pushed notify goes only to a device whose hello declared it.
+        self.notify_config_updated = hello.notify_config_updated
         cfg = relay.config
         downlink = relay.downlink(hello.audio_params)
         self.downlink = downlink

@@ -174,6 +174,18 @@ async def test_every_curl_command_of_the_guide_works(stack: Stack) -> None:
     # The device really received the pushed command, in the §2.4 envelope.
     pushed = [orjson.loads(t) for t in device_texts if '"wag_tail"' in t]
     assert [p["payload"]["original_request_type"] for p in pushed] == ["push"]
+    # And the alert, with its connection's session id; not the notify it did not declare.
+    native = [orjson.loads(t) for t in device_texts if t.startswith('{"session_id"')]
+    alerts = [m for m in native if m["type"] in ("alert", "notify")]
+    assert alerts == [
+        {
+            "session_id": hello["session_id"],
+            "type": "alert",
+            "status": "Reminder",
+            "message": "Time for a walk",
+            "emotion": "happy",
+        }
+    ]
 
 
 def test_port_substitution_is_consistent() -> None:

@@ -312,6 +312,9 @@ async def test_api_errors_are_documented(live: LiveRelay, http: ClientSession) -
         (b'{"speak":"x","voice":1}', "bad_request"),
         (orjson.dumps({"speak": "x" * 2001}), "bad_request"),
         (b'{"command":[1]}', "bad_request"),
+        (b'{"device":{"type":"hello"}}', "bad_request"),
+        (b'{"device":{"type":"alert","status":"s","message":"m"}}', "bad_request"),
+        (b'{"device":{"type":"llm","emotion":"x"},"speak":"x"}', "bad_request"),
     ]:
         cases.append(
             ("POST", f"/api/v1/devices/{DEVICE}/messages", push, {"data": body}, 400, error_type)
@@ -370,6 +373,21 @@ async def test_push_and_presence_of_a_connected_device(
         headers=AUTH,
     )
     assert (status, data["delivered"]) == (200, True)
+    for device, expected in [
+        ({"type": "alert", "status": "s", "message": "m", "emotion": "sad"}, (200, True)),
+        ({"type": "notify", "event": "config_updated"}, (409, False)),  # not declared
+    ]:
+        status, data = await call(
+            http,
+            live,
+            "POST",
+            f"/api/v1/devices/{DEVICE}/messages",
+            push,
+            json={"device": device},
+            headers=AUTH,
+        )
+        assert (status, data["delivered"]) == expected, data
+    assert data["reason"] == "not_supported"
     status, data = await call(
         http, live, "GET", f"/api/v1/devices/{MAC}", "/api/v1/devices/{device_id}", headers=AUTH
     )

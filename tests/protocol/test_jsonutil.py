@@ -107,6 +107,17 @@ def test_member_text_absent(text: str, key: str) -> None:
     assert jsonutil.member_text(text, key) is None
 
 
+def test_members_in_order_as_written_last_repeated_name_winning() -> None:
+    text = f' {{ "b" : [1, 2] ,"a":{BIG}, "\\u0063":"c", "b":1.50 }}'
+    assert jsonutil.members(text) == {"b": "1.50", "a": str(BIG), "c": '"c"'}
+    assert list(jsonutil.members(text)) == ["b", "a", "c"]
+
+
+@pytest.mark.parametrize("text", ["{}", "[1]", '"a"', "", "null"])
+def test_members_of_no_object_or_an_empty_one(text: str) -> None:
+    assert jsonutil.members(text) == {}
+
+
 def test_member_text_is_a_substring_of_the_source() -> None:
     member = f'{{"z":1, "big": {BIG}, "u":"小智 🙂"}}'
     found = jsonutil.member_text(f'{{"payload": {member} }}', "payload")

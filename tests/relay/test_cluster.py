@@ -20,6 +20,7 @@ from relay.cluster import (
     NodeReplace,
     Page,
     Presence,
+    PushReason,
     PushResult,
     decode_node_message,
     encode_node_message,
@@ -47,16 +48,16 @@ class Node:
         self.held: dict[str, Presence] = {}
         self.delivered: list[tuple[str, bytes]] = []
         self.replaced: list[tuple[str, str]] = []
-        self.accept = True
+        self.refusal: PushReason | None = None  # what deliver answers; None: taken
         self.hang = False
         self.entered = asyncio.Event()
 
-    async def deliver(self, device_id: str, message: bytes) -> bool:
+    async def deliver(self, device_id: str, message: bytes) -> PushReason | None:
         self.entered.set()
         if self.hang:
             await asyncio.Event().wait()
         self.delivered.append((device_id, message))
-        return self.accept
+        return self.refusal
 
     async def replace(self, device_id: str, session_id: str) -> None:
         self.replaced.append((device_id, session_id))
@@ -134,8 +135,10 @@ async def test_push_to_unknown_or_refusing_device_fails(nodes: tuple[Node, Node]
     a, b = nodes
     assert await b.cluster.push("nobody", b"m", 1.0) == PushResult(False, None, "offline")
     await a.connect("d1")
-    a.accept = False
+    a.refusal = "rejected"
     assert await b.cluster.push("d1", b"m", 1.0) == PushResult(False, "A", "rejected")
+    a.refusal = "not_supported"  # the holding node's reason reaches the pusher as it is
+    assert await b.cluster.push("d1", b"m", 1.0) == PushResult(False, "A", "not_supported")
 
 
 async def test_push_without_ack_times_out_within_bound(nodes: tuple[Node, Node]) -> None:
@@ -328,6 +331,7 @@ def test_both_implement_the_interface_and_timing_is_checked() -> None:
         NodePush("r1", "B", "d1", 1.5, b"\n{}\x00"),
         NodeAck("r1", True, None),
         NodeAck("r2", False, "rejected"),
+        NodeAck("r3", False, "not_supported"),
         NodeReplace("d1", "s1"),
     ],
 )
@@ -376,24 +380,26 @@ async def test_local_cluster_presence_and_listing() -> None:
 async def test_local_cluster_push_outcomes() -> None:
     got: list[tuple[str, bytes]] = []
 
-    async def deliver(device_id: str, message: bytes) -> bool:
+    async def deliver(device_id: str, message: bytes) -> PushReason | None:
         if device_id == "hangs":
             await asyncio.Event().wait()
         if device_id == "broken":
             raise RuntimeError("link gone")
         got.append((device_id, message))
-        return device_id != "refuses"
+        refusals: dict[str, PushReason] = {"refuses": "rejected", "unable": "not_supported"}
+        return refusals.get(device_id)
 
     c = LocalCluster()
     await c.start(deliver, _no_replace, lambda: [Presence("ok", "?", "s0", 0.0, 0.0)])
-    for d in ("refuses", "hangs", "broken"):
+    for d in ("refuses", "unable", "hangs", "broken"):
         await c.register(Presence(d, "local", "s", 0.0, 0.0))
     assert await c.push("ok", b"m", 1.0) == PushResult(True, "local", None)
     assert await c.push("refuses", b"m", 1.0) == PushResult(False, "local", "rejected")
+    assert await c.push("unable", b"m", 1.0) == PushResult(False, "local", "not_supported")
     assert await c.push("hangs", b"m", 0.05) == PushResult(False, "local", "timeout")
     assert await c.push("broken", b"m", 1.0) == PushResult(False, "local", "rejected")
     assert await c.push("absent", b"m", 1.0) == PushResult(False, None, "offline")
-    assert got == [("ok", b"m"), ("refuses", b"m")]
+    assert got == [("ok", b"m"), ("refuses", b"m"), ("unable", b"m")]
     await c.stop()
 
 

@@ -1,6 +1,6 @@
-"""The devices API on one node (LocalCluster): push a command or speech to a connected device,
-list and look up presence, API tokens, validation and the push metric (ARCHITECTURE.md
-"HTTP API", PROTOCOL.md §2.4)."""
+"""The devices API on one node (LocalCluster): push a command, speech or a device-native
+message to a connected device, list and look up presence, API tokens, validation and the push
+metric (ARCHITECTURE.md "HTTP API", docs/protocol.md §1.5, §2.4, §4)."""
 
 from __future__ import annotations
 
@@ -128,6 +128,110 @@ async def test_push_speak_honours_the_voice_speed(make_relay: RelayFactory) -> N
     assert frames[2.0] < 0.7 * frames[0.6], frames
 
 
+NOTIFY_HELLO = {
+    "type": "hello",
+    "version": 1,
+    "transport": "websocket",
+    "features": {"mcp": True, "notify": {"config_updated": True}},
+}
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        pytest.param({"type": "llm", "emotion": "happy"}, id="llm"),
+        pytest.param({"type": "llm", "text": "🤔", "emotion": "thinking"}, id="llm-text"),
+        pytest.param({"type": "llm", "emotion": "dizzy"}, id="llm-unknown-word"),
+        pytest.param(
+            {
+                "type": "alert",
+                "status": "Reminder",
+                "message": "Time for a walk",
+                "emotion": "happy",
+            },
+            id="alert",
+        ),
+        pytest.param({"type": "system", "command": "reboot"}, id="system"),
+        pytest.param({"type": "notify", "event": "config_updated"}, id="notify"),
+    ],
+)
+async def test_push_device_message_reaches_device_with_its_session_id(
+    make_relay: RelayFactory, message: dict[str, Any]
+) -> None:
+    client = await make_relay()
+    dev = await Device.connect(client, hello=NOTIFY_HELLO)
+    status, answer = await push(client, MAC, orjson.dumps({"device": message}))
+    assert status == 200, answer
+    assert answer == {"delivered": True, "node": node_of(client)}
+    raw = await recv_raw(dev)
+    assert orjson.loads(raw) == {"session_id": dev.session_id, **message}
+    assert raw.startswith('{"session_id":')  # §1.5: the relay's id, as on every message
+
+
+async def test_push_device_message_replaces_the_callers_session_id(
+    make_relay: RelayFactory,
+) -> None:
+    client = await make_relay()
+    dev = await Device.connect(client)
+    body = (
+        b'{"device":{"session_id":"forged", "type":"system","command":"reboot",'
+        b' "n": 123456789012345678901234567890}}'
+    )
+    status, answer = await push(client, MAC, body)
+    assert (status, answer["delivered"]) == (200, True)
+    # The relay's id first, the caller's other members as written (the big integer exact).
+    assert await recv_raw(dev) == (
+        f'{{"session_id":"{dev.session_id}","type":"system","command":"reboot",'
+        '"n":123456789012345678901234567890}'
+    )
+
+
+async def test_push_device_message_is_sent_beside_speech(make_relay: RelayFactory) -> None:
+    client = await make_relay()
+    dev = await Device.connect(client)
+    status, _ = await push(client, MAC, b'{"speak":"One two three four five six."}')
+    assert status == 200
+    assert (await dev.recv())["state"] == "start"
+    status, _ = await push(client, MAC, b'{"device":{"type":"llm","emotion":"sad"}}')
+    assert status == 200
+    msgs = await dev.recv_until(is_tts_stop)
+    emotions = [m for m in msgs if m["type"] == "llm"]
+    assert emotions == [{"session_id": dev.session_id, "type": "llm", "emotion": "sad"}]
+    assert msgs[-1]["is_aborted"] is False
+    assert msgs.index(emotions[0]) < len(msgs) - 1, "the emotion waited for the speech to end"
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [
+        pytest.param(None, id="no-features"),
+        pytest.param({**NOTIFY_HELLO, "features": {"mcp": True}}, id="no-notify"),
+        pytest.param(
+            {**NOTIFY_HELLO, "features": {"notify": {"config_updated": False}}}, id="declared-false"
+        ),
+    ],
+)
+async def test_push_notify_to_a_device_without_the_feature_is_not_delivered(
+    make_relay: RelayFactory, hello: dict[str, Any] | None
+) -> None:
+    client = await make_relay()
+    dev = await Device.connect(client, hello=hello)
+    status, answer = await push(
+        client, MAC, b'{"device":{"type":"notify","event":"config_updated"}}'
+    )
+    assert status == 409, answer
+    assert answer["delivered"] is False
+    assert (answer["reason"], answer["errorType"]) == ("not_supported", "not_supported")
+    assert answer["node"] == node_of(client)
+    assert "features.notify.config_updated" in answer["hint"]
+    await dev.send({"type": "ping"})
+    assert await dev.recv() == {"type": "pong"}  # nothing was sent before the pong
+    # Other device messages still reach it.
+    status, answer = await push(client, MAC, b'{"device":{"type":"llm","emotion":"happy"}}')
+    assert (status, answer["delivered"]) == (200, True)
+    assert orjson.loads(await recv_raw(dev))["emotion"] == "happy"
+
+
 async def test_device_id_as_mac_matches_canonical_id(make_relay: RelayFactory) -> None:
     client = await make_relay()
     dev = await Device.connect(client, device_id="66:9c:4b:da:13:ea")
@@ -201,6 +305,94 @@ async def test_bad_push_is_400_and_nothing_reaches_the_device(
     assert "command" in answer["hint"]
     await dev.send({"type": "ping"})
     assert await dev.recv() == {"type": "pong"}  # nothing was queued before the pong
+
+
+ALLOWED_TYPES_HINT = ("llm", "alert", "system", "notify")
+
+
+@pytest.mark.parametrize(
+    ("device", "field", "hint"),
+    [
+        pytest.param(b'{"type":"hello"}', "device.type", ALLOWED_TYPES_HINT, id="hello"),
+        pytest.param(b'{"type":"tts","state":"stop"}', "device.type", ALLOWED_TYPES_HINT, id="tts"),
+        pytest.param(b'{"type":"mcp","payload":{}}', "device.type", ALLOWED_TYPES_HINT, id="mcp"),
+        pytest.param(b'{"type":"custom"}', "device.type", ALLOWED_TYPES_HINT, id="custom"),
+        pytest.param(b'{"emotion":"happy"}', "device.type", ALLOWED_TYPES_HINT, id="no-type"),
+        pytest.param(b'{"type":null}', "device.type", ALLOWED_TYPES_HINT, id="type-null"),
+        pytest.param(b'{"type":["llm"]}', "device.type", ALLOWED_TYPES_HINT, id="type-array"),
+        pytest.param(b'{"type":"LLM","emotion":"x"}', "device.type", ALLOWED_TYPES_HINT, id="case"),
+        pytest.param(b'"reboot"', "device", ALLOWED_TYPES_HINT, id="string"),
+        pytest.param(b"[]", "device", ALLOWED_TYPES_HINT, id="array"),
+        pytest.param(b"null", "device", ALLOWED_TYPES_HINT, id="null"),
+        pytest.param(b'{"type":"llm"}', "device.emotion", ('"emotion":"happy"',), id="llm-bare"),
+        pytest.param(
+            b'{"type":"llm","emotion":7}', "device.emotion", ('"emotion":',), id="llm-number"
+        ),
+        pytest.param(
+            b'{"type":"llm","emotion":" "}', "device.emotion", ('"emotion":',), id="llm-blank"
+        ),
+        pytest.param(
+            b'{"type":"alert","status":"Reminder","message":"Walk"}',
+            "device.emotion",
+            ('"type":"alert"', '"emotion":'),
+            id="alert-no-emotion",
+        ),
+        pytest.param(
+            b'{"type":"alert","message":"Walk","emotion":"happy"}',
+            "device.status",
+            ('"type":"alert"', '"status":'),
+            id="alert-no-status",
+        ),
+        pytest.param(
+            b'{"type":"alert","status":"Reminder","message":{},"emotion":"happy"}',
+            "device.message",
+            ('"type":"alert"', '"message":'),
+            id="alert-message-object",
+        ),
+        pytest.param(b'{"type":"system"}', "device.command", ('"command":"reboot"',), id="system"),
+        pytest.param(
+            b'{"type":"system","command":true}', "device.command", ('"reboot"',), id="system-bool"
+        ),
+        pytest.param(
+            b'{"type":"notify"}', "device.event", ('"event":"config_updated"',), id="notify-bare"
+        ),
+        pytest.param(
+            b'{"type":"notify","event":"volume_changed"}',
+            "device.event",
+            ('"event":"config_updated"',),
+            id="notify-other-event",
+        ),
+    ],
+)
+async def test_bad_device_push_is_400_naming_the_field(
+    make_relay: RelayFactory, device: bytes, field: str, hint: tuple[str, ...]
+) -> None:
+    client = await make_relay()
+    dev = await Device.connect(client, hello=NOTIFY_HELLO)
+    status, answer = await push(client, MAC, b'{"device":' + device + b"}")
+    assert status == 400, answer
+    assert answer["errorType"] == "bad_request"
+    assert answer["error"].startswith(field + " "), answer
+    for word in hint:
+        assert word in answer["hint"], answer
+    await dev.send({"type": "ping"})
+    assert await dev.recv() == {"type": "pong"}  # nothing was queued before the pong
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param(b'{"device":{"type":"llm","emotion":"x"},"speak":"hi"}', id="device-speak"),
+        pytest.param(b'{"device":{"type":"llm","emotion":"x"},"command":{}}', id="device-command"),
+    ],
+)
+async def test_device_with_another_form_is_400(make_relay: RelayFactory, body: bytes) -> None:
+    client = await make_relay()
+    await Device.connect(client)
+    status, answer = await push(client, MAC, body)
+    assert (status, answer["errorType"]) == (400, "bad_request")
+    assert answer["error"] == "give exactly one of command, speak or device"
+    assert '{"device":{"type":"llm"' in answer["hint"]
 
 
 async def test_push_body_over_64_kib_is_413(make_relay: RelayFactory) -> None:
@@ -320,7 +512,15 @@ async def test_push_results_are_counted(make_relay: RelayFactory) -> None:
     body = b'{"command":{"event":"message"}}'
     for device_id in (MAC, MAC, "ghost", MAC):
         await push(client, device_id, body)
+    await push(client, MAC, b'{"device":{"type":"llm","emotion":"happy"}}')
+    await push(client, MAC, b'{"device":{"type":"notify","event":"config_updated"}}')
     await push(client, MAC, b"{}")  # a bad request is not a push result
+    await push(client, MAC, b'{"device":{"type":"hello"}}')
     samples = await scrape(client)
-    assert value(samples, "relay_push_total", result="delivered") == 3
+    assert value(samples, "relay_push_total", result="delivered") == 4
     assert value(samples, "relay_push_total", result="offline") == 1
+    assert value(samples, "relay_push_total", result="not_supported") == 1
+    # Sent device messages are counted by their type, like every message to a device.
+    assert value(samples, "relay_messages_total", type="llm", direction="out") == 1
+    results = {dict(labels)["result"] for name, labels in samples if name == "relay_push_total"}
+    assert results == {"delivered", "offline", "not_supported"}

@@ -25,7 +25,7 @@ from tests.relay.redis_server import (  # noqa: F401 (pytest finds the fixture b
     redis_server_fixture,
 )
 from tests.relay.test_cli import ROOT, clean_env, stop, wait_http
-from tests.relay.test_push_api import COMMAND_TEXT, recv_raw
+from tests.relay.test_push_api import COMMAND_TEXT, NOTIFY_HELLO, recv_raw
 from tests.relay.test_simulate import closed_port
 
 MAC = "66:9C:4B:DA:13:EA"
@@ -104,11 +104,16 @@ async def start_relay(
     return RelayProcess(name, port, proc, log_path, log_file)
 
 
-async def connect(http: aiohttp.ClientSession, relay: RelayProcess, device_id: str) -> Device:
+async def connect(
+    http: aiohttp.ClientSession,
+    relay: RelayProcess,
+    device_id: str,
+    hello: dict[str, Any] | None = None,
+) -> Device:
     """A device on `relay` (a new TCP connection), past its hello."""
     ws = await http.ws_connect(relay.ws_url, headers={"Device-Id": device_id, "Client-Id": "c"})
     dev = Device(ws, 1)
-    await dev.send({"type": "hello", "version": 1, "transport": "websocket"})
+    await dev.send(hello or {"type": "hello", "version": 1, "transport": "websocket"})
     reply = await dev.recv()
     assert reply["type"] == "hello"
     dev.session_id = reply["session_id"]
@@ -244,6 +249,39 @@ async def test_push_through_either_node_reaches_the_device(pair: Pair) -> None:
     status, answer = await push(http, b, MAC, b'{"speak":"hi"}')
     assert (status, answer["reason"]) == (404, "offline")
     await stop_all((b,), ())
+
+
+async def test_device_messages_through_the_other_node(pair: Pair) -> None:
+    a, b, http = pair.a, pair.b, pair.http
+    plain = await connect(http, a, MAC)
+    notified = await connect(http, a, "dev-notify", NOTIFY_HELLO)
+
+    body = b'{"device":{"session_id":"forged","type":"llm","emotion":"thinking","n":1.50}}'
+    status, answer = await push(http, b, MAC, body)
+    assert (status, answer) == (200, {"delivered": True, "node": "a"})
+    assert await recv_raw(plain) == (
+        f'{{"session_id":"{plain.session_id}","type":"llm","emotion":"thinking","n":1.50}}'
+    )
+
+    # The holding node knows what the device declared; its reason comes back as it is.
+    notify = b'{"device":{"type":"notify","event":"config_updated"}}'
+    status, answer = await push(http, b, MAC, notify)
+    assert status == 409, answer
+    assert (answer["delivered"], answer["reason"], answer["node"]) == (False, "not_supported", "a")
+    assert "features.notify.config_updated" in answer["hint"]
+    status, answer = await push(http, b, "dev-notify", notify)
+    assert (status, answer) == (200, {"delivered": True, "node": "a"})
+    assert orjson.loads(await recv_raw(notified)) == {
+        "session_id": notified.session_id,
+        "type": "notify",
+        "event": "config_updated",
+    }
+
+    status, answer = await push(http, b, MAC, b'{"device":{"type":"hello"}}')
+    assert (status, answer["errorType"]) == (400, "bad_request")
+    await plain.send({"type": "ping"})
+    assert await plain.recv() == {"type": "pong"}  # neither refused push reached the device
+    await stop_all((a, b), (plain, notified))
 
 
 async def test_reconnect_on_another_node_replaces_the_old_connection(pair: Pair) -> None:

@@ -188,7 +188,10 @@ async def test_sigterm_drains_a_turn_in_flight_and_exits_0() -> None:
                     msg = await ws.receive()
                     if msg.type == WSMsgType.TEXT:
                         m = orjson.loads(msg.data)
-                        seen.append(m.get("state") or m["payload"]["business_response"]["event"])
+                        if m["type"] == "custom":
+                            seen.append(m["payload"]["business_response"]["event"])
+                        else:
+                            seen.append(m.get("state") or m["type"])
                     elif msg.type != WSMsgType.BINARY:
                         break
             assert ws.close_code == 1001
