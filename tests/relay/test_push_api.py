@@ -1,6 +1,6 @@
 """The devices API on one node (LocalCluster): push a command or speech to a connected device,
-list and look up presence, API tokens, validation and the push metric (ARCHITECTURE.md
-"HTTP API", PROTOCOL.md §2.4)."""
+list and look up presence, API tokens, validation and the push metric
+(docs/protocol.md §4, §2.4)."""
 
 from __future__ import annotations
 
