@@ -157,7 +157,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if delay > 0:
             await asyncio.sleep(delay)  # stands in for model latency before each event
         if "session_id" in details:
-            # Echo on every event, placed right after "event" as in the guide (PROTOCOL.md §2.3).
+            # Echo on every event, right after "event" as in the guide (PROTOCOL.md §2.3).
             event = {"event": event.pop("event"), "session_id": details["session_id"], **event}
         await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
     await response.write_eof()
