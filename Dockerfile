@@ -3,7 +3,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends libopus0 espeak-ng \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY protocol protocol
 COPY bridges bridges
 COPY asr_tts asr_tts

@@ -1,4 +1,4 @@
-"""PCM plumbing for speech: resampling, WAV parsing, Opus/PCM downlink frames (PROTOCOL.md §1.4)."""
+"""Speech PCM: resampling, WAV parsing, Opus/PCM downlink frames (PROTOCOL.md §1.4)."""
 
 from __future__ import annotations
 

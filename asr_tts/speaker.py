@@ -73,7 +73,7 @@ class Speaker:
         self._first_max_chars = first_max_chars
 
     def provider_for(self, voice: Voice) -> TTSProvider:
-        """The provider the voice names if it is registered, else the default (PROTOCOL.md §2.2)."""
+        """The voice's provider if it is registered, else the default (PROTOCOL.md §2.2)."""
         if not voice.provider:
             return self._default
         return self._providers.get(voice.provider, self._default)

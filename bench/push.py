@@ -2,10 +2,10 @@
 
 The benchmark starts a private redis-server (`--save "" --appendonly no`, loopback, a free
 port) and two relay processes sharing it (`[redis] url`, node ids bench-a and bench-b). D
-devices connect to A. Pushers POST a small command (`{"command": {…}}`, ARCHITECTURE.md
-HTTP API) to `/api/v1/devices/{id}/messages`, either on B (published to A's inbox, delivered
-there, acknowledged back) or on A (delivered locally), in a closed loop at a sweep of
-concurrencies. Per push:
+devices connect to A. Pushers POST a small command (`{"command": {…}}`,
+docs/protocol.md §4) to `/api/v1/devices/{id}/messages`, either on B (published to A's
+inbox, delivered there, acknowledged back) or on A (delivered locally), in a closed loop at a
+sweep of concurrencies. Per push:
 
 - delivery latency: POST sent -> the device receives the §2.4 envelope carrying it;
 - HTTP latency: POST sent -> the answer (`{"delivered": true}` once A confirmed).

@@ -1,7 +1,7 @@
 """Multi-worker: idle-device memory and pass-through throughput, `--workers 1` vs `--workers 2`.
 
 Two relays run at once, `python -m relay serve --config config.toml --workers 1` and the same
-with `--workers 2` (SO_REUSEPORT, ARCHITECTURE.md), next to one reference business. The
+with `--workers 2` (SO_REUSEPORT, README.md), next to one reference business. The
 phases alternate between them, so machine noise lands on both:
 
 - pass-through: the concurrent mode of bench.passthrough (N devices x M `custom` round trips

@@ -42,7 +42,7 @@ class BusinessError(StrEnum):
     NOT_CONFIGURED = "business_not_configured"
 
 
-# One human sentence per code; peers see these, never exception text (STYLE.md).
+# One human sentence per code; peers see these, never exception text.
 MESSAGES: dict[str, str] = {
     DeviceError.BAD_JSON: "text frame is not a JSON object",
     DeviceError.UNKNOWN_TYPE: "unknown message type",

@@ -1,4 +1,4 @@
-"""The relay's HTTP API: simulate, health, readiness, metrics (ARCHITECTURE.md)."""
+"""The relay's HTTP API: simulate, health, readiness, metrics (docs/openapi.yaml)."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ async def read_json(
 @web.middleware
 async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     """Bearer tokens from `[api] tokens` on `/api/` and `/metrics`; without tokens, loopback
-    only. Health endpoints stay open for load balancers (ARCHITECTURE.md)."""
+    only. Health endpoints stay open for load balancers."""
     if request.path.startswith("/api/") or request.path == "/metrics":
         cfg = request.app[RELAY_KEY].config.api
         if not api_allowed(request.headers.get("Authorization"), request.remote, cfg):

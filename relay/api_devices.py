@@ -1,4 +1,4 @@
-"""Devices API: push to a device on any node, and cluster-wide presence (ARCHITECTURE.md).
+"""Devices API: push to a device on any node, and cluster-wide presence (docs/protocol.md §4).
 
 POST /api/v1/devices/{device_id}/messages   {"command": {…event…}} | {"speak": "…", "voice": {…}}
                                             | {"device": {"type": "llm", "emotion": "happy"}}

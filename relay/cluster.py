@@ -1,5 +1,5 @@
 """The cluster layer the relay talks to: presence, cross-node push and replacement
-(ARCHITECTURE.md "State and scale-out"). Here: the interface, `LocalCluster` (one node, in
+(README.md "Many processes and machines"). Here: the interface, `LocalCluster` (one node, in
 memory), and what nodes say to each other, free of any transport (the messages, and the
 bookkeeping of acks and inbound work); `relay.cluster_redis.RedisCluster` carries it over
 Redis."""

@@ -1,4 +1,4 @@
-"""The cluster layer over Redis (ARCHITECTURE.md "State and scale-out").
+"""The cluster layer over Redis (README.md "Many processes and machines").
 
 Keys under `key_prefix` ("relay:"): `dev:{id}`, a hash (node, session_id, connected_at,
 last_seen) expiring after `presence_ttl_s` unless the owning node's heartbeat renews it, so

@@ -1,5 +1,5 @@
 """Device links: where a session's messages go. A WebSocket is one kind, the simulate SSE
-stream another, so both run the very same Session and Turn code (ARCHITECTURE.md)."""
+stream another, so both run the very same Session and Turn code."""
 
 from __future__ import annotations
 
@@ -433,7 +433,7 @@ class WebSocketLink(Link):
 
 
 class SSELink(Link):
-    """The simulate endpoint: each device message becomes one SSE event (ARCHITECTURE.md)."""
+    """The simulate endpoint: each device message becomes one SSE event."""
 
     def __init__(
         self,

@@ -293,7 +293,7 @@ class Session:
     async def _after(
         self, previous: tuple[asyncio.Task[None], Turn] | None, coro: Coroutine[Any, Any, None]
     ) -> None:
-        # PROTOCOL.md / ARCHITECTURE.md: a new utterance cancels the running chat turn, whose
+        # docs/protocol.md §1.3: a new utterance cancels the running chat turn, whose
         # device then hears `tts stop` aborted before the new answer starts.
         try:
             if previous is not None and not previous[0].done():

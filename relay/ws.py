@@ -32,7 +32,7 @@ def new_session_id() -> str:
 
 
 class DeviceLog(logging.LoggerAdapter[logging.Logger]):
-    """Prefixes log lines with the device id (STYLE.md)."""
+    """Prefixes log lines with the device id."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
         return f"[{self.extra['device'] if self.extra else '?'}] {msg}", kwargs
@@ -99,7 +99,7 @@ class Connection:
         def wake() -> None:
             # Another task asked to close (replaced, overflow, idle, shutdown): interrupt
             # receive() by cancelling this reader, and tell our own wake-up from a real
-            # cancellation with uncancel() (STYLE.md: keep a caller's cancellation). When
+            # cancellation with uncancel(), so a caller's cancellation is never lost. When
             # the reader is not in receive(), its loop condition sees the closed link.
             nonlocal woken
             if reading and not woken:

@@ -93,7 +93,7 @@ def assert_error(m: dict[str, Any], dev: Device, code: str, request_type: str = 
     message = event["details"]["message"]
     assert isinstance(message, str)
     assert message
-    # A peer never sees an exception's text (STYLE.md).
+    # A peer never sees an exception's text.
     for leak in ("Error", "Errno", "Traceback", "127.0.0.1"):
         assert leak not in message
 

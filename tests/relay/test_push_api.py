@@ -1,6 +1,6 @@
 """The devices API on one node (LocalCluster): push a command, speech or a device-native
 message to a connected device, list and look up presence, API tokens, validation and the push
-metric (ARCHITECTURE.md "HTTP API", docs/protocol.md §1.5, §2.4, §4)."""
+metric (docs/protocol.md §1.5, §2.4, §4)."""
 
 from __future__ import annotations
 
