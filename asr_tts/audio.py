@@ -1,4 +1,4 @@
-"""Speech PCM: resampling, WAV parsing, Opus/PCM downlink frames (PROTOCOL.md §1.4)."""
+"""Speech PCM: resampling, WAV parsing, Opus/PCM downlink frames (docs/protocol.md §1.4)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ _FMT = struct.Struct("<HHIIHH")  # format tag, channels, rate, byte rate, block 
 
 @dataclass(frozen=True, slots=True)
 class DownlinkFormat:
-    """The downlink audio the relay's hello declares to the device (PROTOCOL.md §1.2)."""
+    """The downlink audio the relay's hello declares to the device (docs/protocol.md §1.2)."""
 
     format: Literal["opus", "pcm"] = "opus"
     sample_rate: int = 24000

@@ -1,4 +1,4 @@
-"""Answer text to speakable sentences, markdown and emoji removed (PROTOCOL.md §1.5)."""
+"""Answer text to speakable sentences, markdown and emoji removed (docs/protocol.md §1.5)."""
 
 from __future__ import annotations
 

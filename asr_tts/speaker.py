@@ -73,7 +73,7 @@ class Speaker:
         self._first_max_chars = first_max_chars
 
     def provider_for(self, voice: Voice) -> TTSProvider:
-        """The voice's provider if it is registered, else the default (PROTOCOL.md §2.2)."""
+        """The voice's provider if it is registered, else the default (docs/protocol.md §2.2)."""
         if not voice.provider:
             return self._default
         return self._providers.get(voice.provider, self._default)
@@ -100,7 +100,7 @@ class Speaker:
         The first sentence, when it is synthesised, comes as its first HEAD_FRAMES frames and
         then the rest, so the device hears it before the whole of it is encoded. Sentence k+1
         is synthesised while the caller sends sentence k, so the device hears no gap between
-        sentences (PROTOCOL.md §1.6 paces the sending). Provider errors (TTSError) propagate
+        sentences (docs/protocol.md §1.6 paces the sending). Provider errors (TTSError) propagate
         and end the iteration.
         """
         parts = split_sentences(clean_for_speech(text), first_max_chars=self._first_max_chars)

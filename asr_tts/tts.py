@@ -8,7 +8,7 @@ from typing import Protocol
 
 @dataclass(frozen=True, slots=True)
 class Voice:
-    """The voice a business chat event asks for (PROTOCOL.md §2.2); None means the default."""
+    """The voice a business chat event asks for (docs/protocol.md §2.2); None means the default."""
 
     provider: str | None = None  # the event's "tts_provider"
     voice_type: str | None = None

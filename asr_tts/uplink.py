@@ -24,7 +24,7 @@ class AudioError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class UplinkFormat:
-    """The uplink audio a device's hello declares in `audio_params` (PROTOCOL.md §1.2)."""
+    """The uplink audio a device's hello declares in `audio_params` (docs/protocol.md §1.2)."""
 
     format: Literal["opus", "pcm"] = "opus"
     sample_rate: int = 16000

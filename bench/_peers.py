@@ -69,5 +69,5 @@ def start_business(started: list[Child], name: str) -> tuple[Child, int]:
 
 
 def device_url(port: int) -> str:
-    """The device WebSocket endpoint of a relay on loopback `port` (PROTOCOL.md §1.1)."""
+    """The device WebSocket endpoint of a relay on loopback `port` (docs/protocol.md §1.1)."""
     return f"ws://127.0.0.1:{port}/xiaozhi/v1/"

@@ -1,5 +1,5 @@
 """Real device audio for the voice benchmarks: espeak-ng speech as 16 kHz PCM and as the
-uplink a device sends (Opus, 16 kHz mono, 60 ms packets; PROTOCOL.md §1.4).
+uplink a device sends (Opus, 16 kHz mono, 60 ms packets; docs/protocol.md §1.4).
 
 Everything is made once per run, with a time limit on every espeak-ng call.
 """
@@ -18,7 +18,7 @@ RATE = 16000
 FRAME_MS = 60
 FRAME_S = FRAME_MS / 1000
 FRAME_BYTES = RATE * FRAME_MS // 1000 * 2  # one 60 ms frame of 16 kHz s16le
-# The uplink a device declares in its hello: Opus, 16 kHz mono, 60 ms (PROTOCOL.md §1.2).
+# The uplink a device declares in its hello: Opus, 16 kHz mono, 60 ms (docs/protocol.md §1.2).
 UPLINK = DownlinkFormat("opus", RATE, 1, FRAME_MS)
 
 

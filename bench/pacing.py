@@ -1,4 +1,4 @@
-"""Downlink pacing with many sessions speaking at once (PROTOCOL.md §1.6).
+"""Downlink pacing with many sessions speaking at once (docs/protocol.md §1.6).
 
 N devices (default 500) connect to one relay process (`python -m relay serve --config
 config.toml`, a subprocess) with Protocol-Version 2, whose audio frame header carries the

@@ -124,7 +124,7 @@ def gc_summary(stats: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 def report_payload(device_id: str, session_id: str, k: int) -> dict[str, Any]:
-    """The pass-through payload both sides send (PROTOCOL.md §2.1, a `report`)."""
+    """The pass-through payload both sides send (docs/protocol.md §2.1, a `report`)."""
     return {
         "auth": {"device_id": device_id},
         "type": "report",

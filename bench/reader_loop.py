@@ -40,7 +40,7 @@ from bench._common import (
 from bench._devices import unlimited_session
 from bench._peers import start_server
 
-IDLE_S = 180.0  # the relay's default idle timeout (PROTOCOL.md §1.7)
+IDLE_S = 180.0  # the relay's default idle timeout (docs/protocol.md §1.7)
 REPLY = b'{"session_id":"AAAAAAAAAAAAAAAAAAAAAA","type":"custom","payload":{}}'
 PATTERNS = ("relay_wait", "receive_timeout")
 

@@ -1,4 +1,4 @@
-"""Business service client: one POST, its SSE answer as typed events (PROTOCOL.md §2)."""
+"""Business service client: one POST, its SSE answer as typed events (docs/protocol.md §2)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """A lean HTTP/1.1 client for business requests: one POST, a streamed body, pooled
 keep-alive connections. aiohttp's client costs several hundred µs of CPU per request; this
-one does only what the business wire needs (PROTOCOL.md §2.1): POST, status, headers,
+one does only what the business wire needs (docs/protocol.md §2.1): POST, status, headers,
 chunked / Content-Length / close-delimited bodies, TLS, keep-alive. It never retries.
 """
 

@@ -1,6 +1,6 @@
 """Reference business service: copy this file to start your own (stdlib + aiohttp + orjson only).
 
-Contract (PROTOCOL.md §2). The relay POSTs one JSON object per request to /chat (or /),
+Contract (docs/protocol.md §2). The relay POSTs one JSON object per request to /chat (or /),
 with `Authorization: Bearer <token>` when a token is configured:
   {"auth":{"device_id":"669C4BDA13EA"},"type":"chat",
    "details":{"msg":"<what the user said>","session_id":"S","timestamp":1640995200000}}

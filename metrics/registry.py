@@ -169,7 +169,7 @@ class Metrics:
         )
         self.pacing_lead = Histogram(
             "relay_pacing_lead_seconds",
-            "Audio queued on the device beyond now when a frame is sent (PROTOCOL.md §1.6).",
+            "Audio queued on the device beyond now when a frame is sent (docs/protocol.md §1.6).",
             buckets=(0.0, 0.06, 0.12, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0),
             registry=r,
         )

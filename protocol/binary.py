@@ -1,4 +1,4 @@
-"""Binary audio frames, protocol versions 1, 2 and 3 (PROTOCOL.md §1.4)."""
+"""Binary audio frames, protocol versions 1, 2 and 3 (docs/protocol.md §1.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Error codes and close codes shared by both wires (PROTOCOL.md §1.5, §1.7, §2.6)."""
+"""Error codes and close codes shared by both wires (docs/protocol.md §1.5, §1.7, §2.6)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from enum import IntEnum, StrEnum
 
 
 class CloseCode(IntEnum):
-    """WebSocket close codes the relay uses (PROTOCOL.md §1.7)."""
+    """WebSocket close codes the relay uses (docs/protocol.md §1.7)."""
 
     NORMAL = 1000
     GOING_AWAY = 1001

@@ -69,7 +69,7 @@ def dumps(obj: Any) -> bytes:
 def member_text(text: str, key: str) -> str | None:
     """The exact source text of top-level member `key` of a JSON object (last one wins).
 
-    Used to forward a device's payload byte for byte (PROTOCOL.md §2.1): parsing
+    Used to forward a device's payload byte for byte (docs/protocol.md §2.1): parsing
     and re-serialising would turn integers beyond 64 bits into floats. `text` must already
     be known to be valid JSON; None when it is not an object or has no such member.
     """

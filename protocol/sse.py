@@ -1,4 +1,4 @@
-"""Incremental, linear Server-Sent Events decoder (WHATWG rules; PROTOCOL.md §2.2).
+"""Incremental, linear Server-Sent Events decoder (WHATWG rules; docs/protocol.md §2.2).
 
 Feed bytes as they arrive in any chunking; the same bytes always yield the same events.
 Each byte is examined a bounded number of times, so a stream costs O(length).

@@ -90,7 +90,7 @@ async def simulate(request: web.Request) -> web.StreamResponse:
     custom: Custom | None = None
     if "custom" in body:
         # Forward the payload's own text, as for a device: re-serialising would turn integers
-        # beyond 64 bits into floats and rewrite numbers such as 1.50 (PROTOCOL.md §2.1).
+        # beyond 64 bits into floats and rewrite numbers such as 1.50 (docs/protocol.md §2.1).
         payload_text = jsonutil.member_text(raw.decode(), "custom") or "null"
         try:
             custom_msg = device.decode('{"type":"custom","payload":' + payload_text + "}")

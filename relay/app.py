@@ -50,7 +50,7 @@ def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicati
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)
-    for path in ota.PATHS:  # PROTOCOL.md §1.0: GET, or POST with the system-info JSON
+    for path in ota.PATHS:  # docs/protocol.md §1.0: GET, or POST with the system-info JSON
         for route in (path, path.rstrip("/")):
             app.router.add_get(route, ota.handle)
             app.router.add_post(route, ota.handle)

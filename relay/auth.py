@@ -1,4 +1,4 @@
-"""Device handshake: identity and authentication (PROTOCOL.md §1.1); HTTP API bearer checks."""
+"""Device handshake: identity and authentication (docs/protocol.md §1.1); HTTP API bearer checks."""
 
 from __future__ import annotations
 

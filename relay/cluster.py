@@ -49,7 +49,7 @@ Deliver = Callable[[str, bytes], Awaitable[PushReason | None]]
 """(device_id, message) -> None when the local connection took the message, else why not
 ("rejected", or "not_supported" when the device did not declare the feature)."""
 Replace = Callable[[str, str], Awaitable[None]]
-"""(device_id, session_id) -> close that local connection with 4001 (PROTOCOL.md §1.7)."""
+"""(device_id, session_id) -> close that local connection with 4001 (docs/protocol.md §1.7)."""
 LocalDevices = Callable[[], Iterable[Presence]]
 """The devices this node holds now, to rebuild presence after a Redis outage."""
 

@@ -41,7 +41,7 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     hello_timeout_s: float = 10.0
-    idle_timeout_s: float = 180.0  # PROTOCOL.md §1.7
+    idle_timeout_s: float = 180.0  # docs/protocol.md §1.7
     max_message_bytes: int = 64 * 1024
     outbox_max: int = 512
     max_passthrough_per_session: int = 4
@@ -64,7 +64,7 @@ class AuthConfig:
 
 @dataclass(frozen=True, slots=True)
 class BusinessConfig:
-    """`[[business]]`: one business service (PROTOCOL.md §2.5)."""
+    """`[[business]]`: one business service (docs/protocol.md §2.5)."""
 
     name: str
     url: str
@@ -214,7 +214,7 @@ class RedisConfig:
 
 @dataclass(frozen=True, slots=True)
 class OtaConfig:
-    """`[ota]`: the firmware's boot-time check (PROTOCOL.md §1.0): where and how to connect."""
+    """`[ota]`: the firmware's boot-time check (docs/protocol.md §1.0): where and how to connect."""
 
     enabled: bool = True
     websocket_url: str = ""  # empty: ws(s)://<request Host>/xiaozhi/v1/

@@ -1,5 +1,5 @@
 """The browser console at `/console`: a static page that acts as a virtual device over the
-device WebSocket (PROTOCOL.md §1), served from package data when `[console] enabled`."""
+device WebSocket (docs/protocol.md §1), served from package data when `[console] enabled`."""
 
 from __future__ import annotations
 

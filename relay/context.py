@@ -50,7 +50,7 @@ class Relay:
                     self._synced[(kind, op)] = n
 
     def target_for(self, device_id: str, agent_id: str = "") -> BusinessTarget | None:
-        """Business choice (PROTOCOL.md §2.5): agent id, device assignment, then default."""
+        """Business choice (docs/protocol.md §2.5): agent id, device assignment, then default."""
         if agent_id and (t := self.targets.get(agent_id)) is not None:
             return t
         return self.device_targets.get(device_id, self.default_target)

@@ -1,4 +1,4 @@
-"""Device authentication at the handshake, in the configured mode (PROTOCOL.md §1.1):
+"""Device authentication at the handshake, in the configured mode (docs/protocol.md §1.1):
 `none`, `tokens` (a static list), `hmac` (xiaozhi-compatible signed tokens), `redis`
 (`token:{token}` bindings), plus an optional allow-list of device ids."""
 

@@ -1,4 +1,4 @@
-"""Device simulator: connects to the relay exactly like xiaozhi firmware (PROTOCOL.md §1),
+"""Device simulator: connects to the relay exactly like xiaozhi firmware (docs/protocol.md §1),
 runs one turn, prints what arrives and how fast; `--devices N` makes it a load generator
 (relay/devsim_load.py). The device itself is relay/devsim_conn.py; this module is its command
 line. Usage: docs/devsim.md. Importable: `await run(parse_args([...]))`.

@@ -1,5 +1,5 @@
 """The simulated device itself (relay/devsim.py is its command line): opens the WebSocket
-like xiaozhi firmware (PROTOCOL.md §1.1), exchanges hellos (§1.2), runs one turn and feeds
+like xiaozhi firmware (docs/protocol.md §1.1), exchanges hellos (§1.2), runs one turn and feeds
 what arrives into a `Trace` (relay/devsim_load.py), printing every message on the way.
 """
 

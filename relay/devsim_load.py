@@ -29,7 +29,7 @@ from asr_tts.tts import Pcm, TTSError, Voice
 if TYPE_CHECKING:
     from relay.devsim import Options
 
-RATE, FRAME_MS = 16000, 60  # uplink: 16 kHz mono, 60 ms packets (PROTOCOL.md §1.4)
+RATE, FRAME_MS = 16000, 60  # uplink: 16 kHz mono, 60 ms packets (docs/protocol.md §1.4)
 FRAME_S, FRAME_BYTES = FRAME_MS / 1000, RATE * FRAME_MS // 1000 * 2
 SILENCE_S = 1.02  # auto/realtime: silence after the speech so the relay's VAD ends it (§1.3)
 SESSION_PLACEHOLDER = b"$SESSION_ID"

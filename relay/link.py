@@ -40,7 +40,7 @@ _LEN64 = struct.Struct("!BBQ")
 
 
 class Pacer:
-    """Audio pacing against a monotonic clock (PROTOCOL.md §1.6).
+    """Audio pacing against a monotonic clock (docs/protocol.md §1.6).
 
     `play_end` is when the device will have played every frame written so far; frames still
     queued in the relay count as playing right after it. A frame may go out while the lead
@@ -141,7 +141,7 @@ class Link:
         size.inc(len(msg))
 
     async def paced_audio(self, frames: Sequence[bytes], held: Held | None = None) -> None:
-        """Send audio frames as the pacer allows (PROTOCOL.md §1.6): as many at once as the
+        """Send audio frames as the pacer allows (docs/protocol.md §1.6): as many at once as the
         device's buffer has room for (one write for a whole start-up burst), then each when
         its turn comes. Framing for the device's version happens at write time. `held` goes
         out when the first of `frames` starts playing at the device (§1.6, the play clock)."""

@@ -1,4 +1,4 @@
-"""The firmware's boot-time "OTA" check (PROTOCOL.md §1.0): where to connect, with which
+"""The firmware's boot-time "OTA" check (docs/protocol.md §1.0): where to connect, with which
 token and protocol version, and what time it is.
 
 What xiaozhi firmware (78/xiaozhi-esp32, `main/ota.cc`, `main/application.cc`) does with

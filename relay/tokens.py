@@ -1,4 +1,4 @@
-"""Device tokens checked at the handshake (PROTOCOL.md §1.1). Tokens are secrets: never log
+"""Device tokens checked at the handshake (docs/protocol.md §1.1). Tokens are secrets: never log
 them, nor put them in exception messages.
 
 - `hmac` mode: the token xiaozhi-compatible servers issue, `base64url(HMAC-SHA256(secret,

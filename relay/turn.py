@@ -1,5 +1,5 @@
 """A turn: one request to a business service, its events routed to speech or passed through
-(PROTOCOL.md §2.2), and the speaking of chat answers (§1.5, §1.6)."""
+(docs/protocol.md §2.2), and the speaking of chat answers (§1.5, §1.6)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The relay hears (PROTOCOL.md §1.3): device audio → decode → VAD → ASR → text.
+"""The relay hears (docs/protocol.md §1.3): device audio → decode → VAD → ASR → text.
 
 Decoding and VAD of every stream of the process run in batched executor jobs, one job in
 flight per stream, so the loop stays free and ONNX calls are shared across streams.

@@ -1,4 +1,4 @@
-"""The device WebSocket endpoint: handshake, hello, the reader loop (PROTOCOL.md §1)."""
+"""The device WebSocket endpoint: handshake, hello, the reader loop (docs/protocol.md §1)."""
 
 from __future__ import annotations
 
@@ -301,7 +301,7 @@ def presence_of(conn: Connection, node: str) -> Presence:
 
 
 async def idle_sweeper(relay: Relay) -> None:
-    """Close devices silent for `idle_timeout_s` (PROTOCOL.md §1.7); one task for all."""
+    """Close devices silent for `idle_timeout_s` (docs/protocol.md §1.7); one task for all."""
     idle = relay.config.server.idle_timeout_s
     period = min(max(idle / 4, 0.05), 5.0)
     loop = asyncio.get_running_loop()

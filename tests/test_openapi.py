@@ -435,7 +435,7 @@ async def test_simulate_stream_events_match_the_spec(live: LiveRelay, http: Clie
     assert {("stt", None), ("tts", "start"), ("tts", "sentence_start"), ("tts", "stop")} <= kinds
     assert ("custom", None) in kinds
 
-    # A business that is down: one relay error event in the envelope (PROTOCOL.md §2.6).
+    # A business that is down: one relay error event in the envelope (docs/protocol.md §2.6).
     async with asyncio.timeout(20):
         resp = await http.post(
             f"{live.base_url}/api/v1/simulate",

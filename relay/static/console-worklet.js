@@ -1,5 +1,5 @@
 // Microphone capture for the relay console: the context's rate in, 16 kHz s16le frames of
-// `frameSamples` samples out (PROTOCOL.md §1.2, PCM uplink; §1.4 one frame per packet).
+// `frameSamples` samples out (docs/protocol.md §1.2, PCM uplink; §1.4 one frame per packet).
 // The graph puts a low-pass filter before this node, so linear interpolation is enough here.
 "use strict";
 

@@ -1,4 +1,4 @@
-// The relay console: a virtual xiaozhi device in the browser (PROTOCOL.md §1).
+// The relay console: a virtual xiaozhi device in the browser (docs/protocol.md §1).
 // Handshake in query-parameter form (§1.1), a PCM (or WebCodecs Opus) hello (§1.2), binary
 // framing v1/v2/v3 (§1.4), listen modes (§1.3), answer audio played from the downlink the
 // relay's hello declares. Everything received is rendered with textContent, never as HTML.
@@ -72,7 +72,7 @@
   }
 
   function canonicalId(raw) {
-    // PROTOCOL.md §1.1 Decision: a MAC loses its separators and is upper-cased.
+    // docs/protocol.md §1.1 Decision: a MAC loses its separators and is upper-cased.
     const v = raw.trim();
     const mac = /^[0-9A-Fa-f]{2}([:-]?)(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$/;
     return mac.test(v) ? v.replace(/[:-]/g, "").toUpperCase() : v.slice(0, 64);

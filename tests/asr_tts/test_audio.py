@@ -1,4 +1,4 @@
-"""Downlink frames, resampling and WAV parsing, checked on bytes (PROTOCOL.md §1.2, §1.4)."""
+"""Downlink frames, resampling and WAV parsing, checked on bytes (docs/protocol.md §1.2, §1.4)."""
 
 from __future__ import annotations
 

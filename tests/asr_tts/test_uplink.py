@@ -1,4 +1,4 @@
-"""Uplink decoding: Opus/PCM packets in, mono 16 kHz s16le out (PROTOCOL.md §1.2, §1.4)."""
+"""Uplink decoding: Opus/PCM packets in, mono 16 kHz s16le out (docs/protocol.md §1.2, §1.4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""BusinessClient over bridges.http against business peers on loopback (PROTOCOL.md §2)."""
+"""BusinessClient over bridges.http against business peers on loopback (docs/protocol.md §2)."""
 
 from __future__ import annotations
 

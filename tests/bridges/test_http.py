@@ -1,7 +1,7 @@
 """bridges/http.py against real peers on loopback, byte for byte.
 
 Normal exchanges run against an aiohttp server; edge cases run against raw asyncio servers
-that write hand-crafted HTTP bytes and record exactly what the client sent (PROTOCOL.md §2.1).
+that write hand-crafted HTTP bytes and record exactly what the client sent (docs/protocol.md §2.1).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The reference business service answers every request type per PROTOCOL.md §2."""
+"""The reference business service answers every request type per docs/protocol.md §2."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Binary audio frames, versions 1, 2 and 3 (PROTOCOL.md §1.4): bytes in, frames out."""
+"""Binary audio frames, versions 1, 2 and 3 (docs/protocol.md §1.4): bytes in, frames out."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Business wire (PROTOCOL.md §2): request bytes, event parsing, routing, device envelope."""
+"""Business wire (docs/protocol.md §2): request bytes, event parsing, routing, device envelope."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Error and close codes shared by both wires (PROTOCOL.md §1.5, §1.7, §2.6)."""
+"""Error and close codes shared by both wires (docs/protocol.md §1.5, §1.7, §2.6)."""
 
 from __future__ import annotations
 

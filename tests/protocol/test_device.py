@@ -1,4 +1,4 @@
-"""Device text messages (PROTOCOL.md §1.2, §1.3, §1.5): JSON text in, typed messages out."""
+"""Device text messages (docs/protocol.md §1.2, §1.3, §1.5): JSON text in, typed messages out."""
 
 from __future__ import annotations
 

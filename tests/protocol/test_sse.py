@@ -1,4 +1,4 @@
-"""Incremental SSE decoder (WHATWG rules, PROTOCOL.md §2.2): bytes in, events out."""
+"""Incremental SSE decoder (WHATWG rules, docs/protocol.md §2.2): bytes in, events out."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Failures of the business service as a device sees them (PROTOCOL.md §2.3, §2.6).
+"""Failures of the business service as a device sees them (docs/protocol.md §2.3, §2.6).
 
 Each test drives a real device WebSocket against the fake business (a real aiohttp server on
 loopback), checks exactly what the device receives, and then checks that the next request on

@@ -1,5 +1,5 @@
 """Many devices on one relay against one business that interleaves everyone's answers with
-events for other sessions (PROTOCOL.md §2.3: an event never reaches another session)."""
+events for other sessions (docs/protocol.md §2.3: an event never reaches another session)."""
 
 from __future__ import annotations
 

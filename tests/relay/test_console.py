@@ -1,6 +1,6 @@
 """The browser console (`/console`): served only when enabled, and, end to end in headless
 Chromium with a fake microphone, a virtual device that speaks, hears and passes payloads
-through (PROTOCOL.md §1.1 query handshake, §1.2 PCM hello, §1.3 listen, §1.5 tts)."""
+through (docs/protocol.md §1.1 query handshake, §1.2 PCM hello, §1.3 listen, §1.5 tts)."""
 
 from __future__ import annotations
 

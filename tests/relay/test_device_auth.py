@@ -1,4 +1,4 @@
-"""Device authentication at the handshake in every mode (PROTOCOL.md §1.1): the right token
+"""Device authentication at the handshake in every mode (docs/protocol.md §1.1): the right token
 gets a session, a wrong one gets HTTP 401 JSON before the upgrade; an unreachable token store
 is 503 (retry), not 401; tokens never appear in answers or logs."""
 

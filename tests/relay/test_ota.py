@@ -1,4 +1,4 @@
-"""The firmware's OTA check (PROTOCOL.md §1.0): what the device stores from the answer, and
+"""The firmware's OTA check (docs/protocol.md §1.0): what the device stores from the answer, and
 that it then gets through the relay's own WebSocket handshake with it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The downlink pacer (PROTOCOL.md §1.6): frames accounted when written, never more than the
+"""The downlink pacer (docs/protocol.md §1.6): frames accounted when written, never more than the
 play buffer plus one frame ahead of the device's clock."""
 
 from __future__ import annotations

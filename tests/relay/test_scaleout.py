@@ -1,6 +1,6 @@
 """Scale-out end to end: real `python -m relay serve` processes sharing one private
 redis-server (README.md "Many processes and machines"): push through any node, cluster-wide
-presence, replacement across nodes (close 4001, PROTOCOL.md §1.7), a Redis outage that
+presence, replacement across nodes (close 4001, docs/protocol.md §1.7), a Redis outage that
 leaves local traffic alone and heals itself, and `--workers` where each worker is a node."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Voice end to end over a real WebSocket (PROTOCOL.md §1.2–§1.6): espeak-ng speech, encoded as
+"""Voice end to end over a real WebSocket (docs/protocol.md §1.2–§1.6): espeak-ng speech, encoded as
 a device does, streamed to the relay, recognised by the embedded command recogniser, answered
 by the fake business and spoken back as paced Opus (or PCM) frames.
 

@@ -22,7 +22,7 @@ from protocol.device import ListenMode
 from tests.relay.fakes import Device, open_stream, session_of, sse
 
 RATE = 16000
-FRAME_SAMPLES = 960  # 60 ms at 16 kHz: one uplink packet (PROTOCOL.md §1.4)
+FRAME_SAMPLES = 960  # 60 ms at 16 kHz: one uplink packet (docs/protocol.md §1.4)
 FRAME_BYTES = FRAME_SAMPLES * 2
 FRAME_S = 0.06
 # The embedded recogniser's command vocabulary for these tests (`asr.grammar_words`).
@@ -154,7 +154,7 @@ class VoiceDevice:
     async def connect(
         cls, client: TestClient[Any, Any], *, version: int = 1, device_id: str = "66:9C:4B:DA:13:EA"
     ) -> VoiceDevice:
-        """Connect with an Opus 16 kHz / 60 ms uplink hello (PROTOCOL.md §1.2)."""
+        """Connect with an Opus 16 kHz / 60 ms uplink hello (docs/protocol.md §1.2)."""
         return cls(await Device.connect(client, version=version, device_id=device_id))
 
     @classmethod
