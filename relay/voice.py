@@ -247,8 +247,8 @@ class Listener:
 
     async def cancel(self) -> None:
         """Drop the utterance being captured, the audio not yet processed and any
-        recognition in flight (`abort`); the microphone stays off until `listen start`."""
-        self.mode = None
+        recognition in flight (`abort`); the listen mode stays in force (docs/protocol.md
+        §1.3), so what the user says next is heard."""
         self._stop_at = None
         self._pending.clear()
         self._segmenter.reset()

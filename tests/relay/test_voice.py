@@ -218,6 +218,23 @@ async def test_abort_during_capture_recognises_nothing(
     assert chat_msgs(fake.bodies) == ["stop"]
 
 
+async def test_after_an_abort_the_mode_stays_in_force(
+    make_relay: RelayFactory, fake: FakeBusiness, speech: SpeechBank
+) -> None:
+    # docs/protocol.md §1.3: only listen stop, listen start, goodbye or the end of the
+    # connection end a mode; an abort cuts the answer and what was being heard.
+    client = await voice_relay(make_relay)
+    dev = await VoiceDevice.connect(client)
+    await dev.listen("auto")
+    await dev.send_audio(opus_packets(speech.say("turn off the light")), speed=2)
+    await dev.abort()
+    assert await dev.quiet(1.0) == []
+    await dev.send_audio(opus_packets(speech.say("dance") + silence(1.0)), speed=4)
+    assert await dev.next_text() == {"session_id": dev.session_id, "type": "stt", "text": "dance"}
+    (await dev.answer()).check_spoken()
+    assert chat_msgs(fake.bodies) == ["dance"]
+
+
 async def test_abort_right_after_listen_stop_cancels_recognition(
     make_relay: RelayFactory, fake: FakeBusiness, speech: SpeechBank
 ) -> None:
