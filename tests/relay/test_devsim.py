@@ -144,7 +144,7 @@ async def test_manual_stop_waits_for_queued_audio(make_relay: RelayFactory) -> N
     # A burst (Wi-Fi stall, then catch-up): every frame arrives just before `listen stop`.
     # With the prefix in the grammar, only the whole utterance is heard as COMMAND.
     client = await make_relay(asr={"grammar_words": ["turn on", COMMAND]})
-    code, out, _err = await simulate(client, "--say", COMMAND, "--speed", "1000", "--timeout", "2")
+    code, out, _err = await simulate(client, "--say", COMMAND, "--speed", "1000", "--timeout", "5")
     assert code == 0
     assert f"stt: {COMMAND!r}" in out
 
