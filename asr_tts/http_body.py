@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiohttp
 
-from asr_tts.tts import TTSError
+from asr_tts.tts.base import TTSError
 
 
 async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:

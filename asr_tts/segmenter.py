@@ -2,7 +2,7 @@
 
 `Segmenter` turns one probability per VAD window into start/end events; time is the sum of
 the window lengths it is given. The relay keeps the pre-roll and streams each utterance to ASR
-(relay/voice.py):
+(relay/device/listener.py):
 
     for p in vad.process(pcm):
         event = segmenter.process(VadStream.WINDOW_S, p)

@@ -11,7 +11,7 @@ import opuslib_next
 import opuslib_next.api.decoder
 import soxr
 
-from asr_tts.audio import OPUS_FRAME_MS, OPUS_SAMPLE_RATES
+from asr_tts.codec import OPUS_FRAME_MS, OPUS_SAMPLE_RATES
 
 _MAX_OPUS_FRAME_MS = 120  # the longest packet libopus may hold (RFC 6716 §3.2.5)
 # ctypes binding of opus_decode(state, data, len, pcm, frame_size, decode_fec)

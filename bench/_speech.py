@@ -11,8 +11,8 @@ import subprocess
 
 import numpy as np
 
-from asr_tts.audio import DownlinkFormat, FrameEncoder, pcm_from_wav, resample
-from asr_tts.tts import Pcm
+from asr_tts.codec import DownlinkFormat, FrameEncoder, pcm_from_wav, resample
+from asr_tts.tts.base import Pcm
 
 RATE = 16000
 FRAME_MS = 60

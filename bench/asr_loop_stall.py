@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 from pocketsphinx import Decoder
 
-from asr_tts.asr_embedded import EmbeddedASR, command_grammar
+from asr_tts.asr.pocketsphinx import EmbeddedASR, command_grammar
 from bench._common import envelope, median, percentile, progress, r, rss_kib
 
 TEXT = "turn on the light. what time is it. dance. " * 6

@@ -417,7 +417,7 @@ def start_peers(
     if args.gc_threshold:
         env["BENCH_GC_THRESHOLD"] = args.gc_threshold
     if args.gc_freeze:
-        env["BENCH_PREIMPORT"] = "relay.cli"
+        env["BENCH_PREIMPORT"] = "relay.run.cli"
         env["BENCH_GC_FREEZE"] = "1"
     relay, rport = start_relay(started, "passthrough-relay", env, launcher=[*prof, *probe])
     return business, relay, bport, rport

@@ -1,10 +1,10 @@
 """Micro-benchmark: the relay's per-message WebSocket reader pattern vs. a plain receive.
 
-relay/ws.py `Connection.run` reads each device message by creating a task for
+relay/device/connection.py `Connection.run` reads each device message by creating a task for
 `ws.receive()` and racing it with a "link closed" task in `asyncio.wait(..., timeout=idle)`.
 This compares, in one server process (bare aiohttp + uvloop, echoing a small JSON per
 message), the server CPU per message of:
-  relay_wait       that pattern, as in relay/ws.py;
+  relay_wait       that pattern, as in relay/device/connection.py;
   receive_timeout  `await ws.receive(timeout=idle)` (the baseline: what aiohttp offers).
 
     python -m bench.reader_loop [--connections 200] [--messages 200] [--repeat 3]
@@ -46,7 +46,7 @@ PATTERNS = ("relay_wait", "receive_timeout")
 
 
 async def relay_wait(ws: web.WebSocketResponse) -> None:
-    """The pattern of relay/ws.py Connection.run."""
+    """The pattern of relay/device/connection.py Connection.run."""
     closed = asyncio.Event()  # stands for Link._closed
     closed_wait = asyncio.ensure_future(closed.wait())
     try:

@@ -43,12 +43,12 @@ import orjson
 from aiohttp import WSMsgType
 from prometheus_client.parser import text_string_to_metric_families
 
-from asr_tts.asr_embedded import EmbeddedASR
-from asr_tts.audio import DownlinkFormat, FrameEncoder
-from asr_tts.embedded import EmbeddedTTS
+from asr_tts.asr.pocketsphinx import EmbeddedASR
+from asr_tts.codec import DownlinkFormat, FrameEncoder
 from asr_tts.segmenter import Segmenter, SegmenterConfig, SegmentEvent
-from asr_tts.sentences import clean_for_speech, split_sentences
-from asr_tts.tts import Voice
+from asr_tts.tts.base import Voice
+from asr_tts.tts.espeak import EmbeddedTTS
+from asr_tts.tts.sentences import clean_for_speech, split_sentences
 from asr_tts.uplink import UplinkDecoder, UplinkFormat
 from asr_tts.vad import SileroModel, VadStream
 from bench._cli import at_least_one, goal_lines, parser, run_main

@@ -1,7 +1,7 @@
 """Talking devices per core: the relay's uplink decode + VAD for N real-time streams at once.
 
-In-process: N `relay.voice.Listener`s in realtime mode (--mode manual: push-to-talk, decoded
-but not scored) share one `AudioBatcher` on a
+In-process: N `relay.device.listener.Listener`s in realtime mode (--mode manual:
+push-to-talk, decoded but not scored) share one `AudioBatcher` on a
 ThreadPoolExecutor of ONE thread (the "per core" of the goal), a real Silero model and an
 ASR stub that takes audio and discards it (this measures decode + VAD, not ASR). Every
 listener is fed a real Opus packet every 60 ms (espeak-ng speech and silence, encoded once
@@ -40,7 +40,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
-from asr_tts.asr import ASRStream
+from asr_tts.asr.base import ASRStream
 from asr_tts.segmenter import SegmenterConfig
 from asr_tts.uplink import UplinkDecoder, UplinkFormat
 from asr_tts.vad import SileroModel, VadStream
@@ -49,9 +49,9 @@ from bench._common import envelope, median, percentile, progress, r
 from bench._sched import thread_sched
 from bench._speech import FRAME_S, espeak, opus_packets, silence, trim
 from metrics.registry import Metrics
-from relay.cli import tune_gc
-from relay.config import ServerConfig, VADConfig
-from relay.voice import AudioBatcher, Listener, VoiceDeps, _Job
+from relay.config.schema import ServerConfig, VADConfig
+from relay.device.listener import AudioBatcher, Listener, VoiceDeps, _Job
+from relay.run.cli import tune_gc
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -13,23 +13,24 @@ import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
 
-from asr_tts.asr_embedded import EmbeddedASR
+from asr_tts.asr.pocketsphinx import EmbeddedASR
 from bridges.business import BusinessClient
 from bridges.http import HTTPClient
 from metrics.registry import Metrics
 from protocol.codes import CloseCode
-from relay import api, api_devices, ota
-from relay.auth import canonical_device_id
-from relay.cluster import Cluster, LocalCluster, Presence, PushReason
-from relay.cluster_redis import RedisCluster
-from relay.config import Config
-from relay.console import add_routes as add_console_routes
-from relay.context import Relay
-from relay.device_auth import DeviceAuthenticator
-from relay.providers import build_speaker, build_voice
-from relay.turn import TurnDeps
-from relay.workers import WORKER_ENV
-from relay.ws import RELAY_KEY, idle_sweeper, presence_of, websocket_handler
+from relay.auth.device import DeviceAuthenticator
+from relay.auth.handshake import canonical_device_id
+from relay.cluster.base import Cluster, LocalCluster, Presence, PushReason
+from relay.cluster.redis import RedisCluster
+from relay.config.schema import Config
+from relay.device.connection import presence_of
+from relay.device.endpoint import idle_sweeper, websocket_handler
+from relay.device.turn import TurnDeps
+from relay.http import api, devices, ota
+from relay.http.console import add_routes as add_console_routes
+from relay.resources import RELAY_KEY, Relay
+from relay.run.providers import build_speaker, build_voice
+from relay.run.workers import WORKER_ENV
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +45,9 @@ def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicati
         app.router.add_get(path, websocket_handler)
         app.router.add_get(path.rstrip("/"), websocket_handler)
     app.router.add_post("/api/v1/simulate", api.simulate)
-    app.router.add_post("/api/v1/devices/{device_id}/messages", api_devices.push)
-    app.router.add_get("/api/v1/devices", api_devices.list_devices)
-    app.router.add_get("/api/v1/devices/{device_id}", api_devices.get_device)
+    app.router.add_post("/api/v1/devices/{device_id}/messages", devices.push)
+    app.router.add_get("/api/v1/devices", devices.list_devices)
+    app.router.add_get("/api/v1/devices/{device_id}", devices.get_device)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)
@@ -96,7 +97,7 @@ def _resources(
         relay = app[RELAY_KEY]
 
         async def deliver(device_id: str, message: bytes) -> PushReason | None:
-            return await api_devices.deliver(relay, device_id, message)
+            return await devices.deliver(relay, device_id, message)
 
         async def replace(device_id: str, session_id: str) -> None:
             conn = relay.connections.get(device_id)

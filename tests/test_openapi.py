@@ -29,10 +29,10 @@ import yaml
 from aiohttp import ClientSession, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from relay import api_devices
 from relay.app import make_app
-from relay.config import parse
-from relay.ws import RELAY_KEY
+from relay.config.schema import parse
+from relay.http import devices as api_devices
+from relay.resources import RELAY_KEY
 from tests.relay.fakes import open_stream, session_of, sse
 from tests.relay.test_simulate import closed_port, parse_sse
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from asr_tts.asr import ASRError, ASRStream
-from asr_tts.asr_embedded import EmbeddedASR, command_grammar
-from asr_tts.audio import pcm_from_wav, resample
+from asr_tts.asr.base import ASRError, ASRStream
+from asr_tts.asr.pocketsphinx import EmbeddedASR, command_grammar
+from asr_tts.codec import pcm_from_wav, resample
 
 CHUNK = 1920  # 60 ms of 16 kHz s16le
 COMMANDS = ["turn on the light", "turn off the light", "what time is it", "dance", "stop"]
@@ -359,7 +359,7 @@ async def test_close_stops_every_worker_after_its_running_call(speak: Speak) -> 
 
 ORPHAN_SCRIPT = """
 import asyncio
-from asr_tts.asr_embedded import EmbeddedASR
+from asr_tts.asr.pocketsphinx import EmbeddedASR
 
 async def main():
     asr = EmbeddedASR(pool_size=1, grammar_words=["dance"])

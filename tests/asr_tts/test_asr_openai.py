@@ -13,9 +13,9 @@ import pytest
 from aiohttp.test_utils import TestServer
 from pytest_aiohttp import AiohttpServer
 
-from asr_tts.asr import ASRError, ASRStream, wav_from_pcm
-from asr_tts.asr_openai import OpenAIASR, describe_error, parse_text, whisper_language
-from asr_tts.audio import pcm_from_wav
+from asr_tts.asr.base import ASRError, ASRStream, wav_from_pcm
+from asr_tts.asr.openai import OpenAIASR, describe_error, parse_text, whisper_language
+from asr_tts.codec import pcm_from_wav
 from tests.asr_tts.fake_openai import PATH, FakeOpenAI, check_wav
 
 CHUNK = 1920  # 60 ms of 16 kHz s16le

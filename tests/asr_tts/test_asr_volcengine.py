@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpServer
 
-from asr_tts.asr import ASRError, ASRStream
-from asr_tts.asr_volcengine import (
+from asr_tts.asr.base import ASRError, ASRStream
+from asr_tts.asr.volcengine import (
     AUDIO_ONLY_REQUEST,
     FLAG_LAST,
     FLAG_NONE,

@@ -10,8 +10,8 @@ import wave
 import numpy as np
 import pytest
 
-from asr_tts.audio import DownlinkFormat, FrameEncoder, OpusDecoder, pcm_from_wav, resample
-from asr_tts.tts import Pcm
+from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder, pcm_from_wav, resample
+from asr_tts.tts.base import Pcm
 
 
 def tone(seconds: float, rate: int, freq: float = 440.0, amplitude: int = 8000) -> Pcm:

@@ -7,10 +7,10 @@ from contextlib import aclosing
 
 import pytest
 
-from asr_tts.audio import DownlinkFormat, FrameEncoder, OpusDecoder
-from asr_tts.cache import CacheKey, FrameCache, cache_key
-from asr_tts.speaker import Speaker
-from asr_tts.tts import TTSError, Voice
+from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder
+from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.cache import CacheKey, FrameCache, cache_key
+from asr_tts.tts.speaker import Speaker
 from tests.asr_tts.test_speaker import SENTENCES, TEXT, FakeTTS, collect, other_tasks, rms
 
 OPUS = DownlinkFormat()

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from asr_tts.embedded import MANDARIN_VOICE, EmbeddedTTS
-from asr_tts.tts import Pcm, TTSError, Voice
+from asr_tts.tts.base import Pcm, TTSError, Voice
+from asr_tts.tts.espeak import MANDARIN_VOICE, EmbeddedTTS
 
 # A stand-in for espeak-ng that logs its arguments, then prints a short WAV.
 FAKE_ESPEAK = """#!{python}

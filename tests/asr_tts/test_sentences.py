@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from asr_tts.audio import DownlinkFormat, FrameEncoder
-from asr_tts.sentences import clean_for_speech, split_sentences
-from asr_tts.tts import Voice
+from asr_tts.codec import DownlinkFormat, FrameEncoder
+from asr_tts.tts.base import Voice
+from asr_tts.tts.sentences import clean_for_speech, split_sentences
 from tests.asr_tts.test_speaker import FakeTTS, collect, speaker
 
 

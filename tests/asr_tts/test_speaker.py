@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from asr_tts.audio import DownlinkFormat, FrameEncoder, OpusDecoder
-from asr_tts.cache import FrameCache
-from asr_tts.embedded import EmbeddedTTS
-from asr_tts.speaker import HEAD_FRAMES, Speaker
-from asr_tts.tts import Pcm, TTSError, TTSProvider, Voice
+from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder
+from asr_tts.tts.base import Pcm, TTSError, TTSProvider, Voice
+from asr_tts.tts.cache import FrameCache
+from asr_tts.tts.espeak import EmbeddedTTS
+from asr_tts.tts.speaker import HEAD_FRAMES, Speaker
 
 SECONDS_PER_CHAR = 0.02
 

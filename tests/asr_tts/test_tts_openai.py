@@ -18,11 +18,11 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from asr_tts import tts_openai
-from asr_tts.audio import DownlinkFormat, FrameEncoder, OpusDecoder
-from asr_tts.speaker import Speaker
-from asr_tts.tts import Pcm, TTSError, Voice
-from asr_tts.tts_openai import OpenAITTS
+from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder
+from asr_tts.tts import openai as tts_openai
+from asr_tts.tts.base import Pcm, TTSError, Voice
+from asr_tts.tts.openai import OpenAITTS
+from asr_tts.tts.speaker import Speaker
 
 KEY = "sk-test-0123456789"
 SECONDS_PER_CHAR = 0.02

@@ -15,10 +15,10 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from asr_tts.audio import DownlinkFormat, FrameEncoder, OpusDecoder
-from asr_tts.speaker import Speaker
-from asr_tts.tts import Pcm, TTSError, Voice
-from asr_tts.tts_volcengine import VolcengineTTS
+from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder
+from asr_tts.tts.base import Pcm, TTSError, Voice
+from asr_tts.tts.speaker import Speaker
+from asr_tts.tts.volcengine import VolcengineTTS
 from tests.asr_tts.test_tts_openai import rms, sine, wav
 
 APPID, TOKEN = "1234567", "tok-secret-abc"

@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from asr_tts.audio import pcm_from_wav, resample
+from asr_tts.codec import pcm_from_wav, resample
 from asr_tts.vad import SileroModel, VadStream
 
 RATE = 16000

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from relay.ws import RELAY_KEY
+from relay.resources import RELAY_KEY
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device
 from tests.relay.test_simulate import simulate

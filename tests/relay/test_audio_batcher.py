@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from asr_tts.audio import DownlinkFormat, FrameEncoder
-from asr_tts.tts import Pcm
+from asr_tts.codec import DownlinkFormat, FrameEncoder
+from asr_tts.tts.base import Pcm
 from asr_tts.uplink import UplinkDecoder, UplinkFormat
 from asr_tts.vad import SileroModel, VadStream
-from relay.voice import FULL_BATCH, AudioBatcher, _Job
+from relay.device.listener import FULL_BATCH, AudioBatcher, _Job
 
 PACKET = FrameEncoder(DownlinkFormat("opus", 16000, 1, 60)).encode(Pcm(bytes(1920), 16000))[0]
 

@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser
 
-from asr_tts.audio import pcm_from_wav, resample
+from asr_tts.codec import pcm_from_wav, resample
 from tests.relay.chromium import chromium, needs_chromium
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import FakeBusiness

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from redis.asyncio import Redis
 
-from relay.cluster import (
+from relay.cluster.base import (
     Cluster,
     LocalCluster,
     NodeAck,
@@ -25,7 +25,7 @@ from relay.cluster import (
     decode_node_message,
     encode_node_message,
 )
-from relay.cluster_redis import RedisCluster
+from relay.cluster.redis import RedisCluster
 from tests.relay.redis_server import (  # noqa: F401 (pytest finds the fixture by name)
     RedisServer,
     free_port,

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from relay.config import Config, ConfigError, load, parse
+from relay.config.schema import Config, ConfigError, load, parse
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config.toml"

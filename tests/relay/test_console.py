@@ -20,9 +20,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, Page
 
-from asr_tts.audio import pcm_from_wav, resample
-from relay.config import load
-from relay.console import CSP
+from asr_tts.codec import pcm_from_wav, resample
+from relay.config.schema import load
+from relay.http.console import CSP
 from tests.relay.chromium import chromium, needs_chromium
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import FakeBusiness

@@ -15,7 +15,7 @@ from aiohttp import WSServerHandshakeError
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
-from relay.tokens import mint
+from relay.auth.tokens import mint
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device
 from tests.relay.redis_server import (  # noqa: F401 (pytest finds the fixture by name)

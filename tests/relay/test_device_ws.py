@@ -9,7 +9,7 @@ import orjson
 import pytest
 from aiohttp import WSMsgType, web
 
-from asr_tts.audio import OpusDecoder
+from asr_tts.codec import OpusDecoder
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import (
     Device,

@@ -1,4 +1,4 @@
-"""The device simulator (relay/devsim.py) against the real relay app and a fake business."""
+"""The device simulator (devsim/) against the real relay app and a fake business."""
 
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from asr_tts.embedded import EmbeddedTTS
-from asr_tts.tts import Voice
-from relay import devsim
-from relay.devsim_load import device_ids, percentile
+from asr_tts.tts.base import Voice
+from asr_tts.tts.espeak import EmbeddedTTS
+from devsim import cli as devsim
+from devsim.load import device_ids, percentile
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device, FakeBusiness, open_stream, session_of, sse
 
@@ -233,7 +233,7 @@ def test_device_ids_and_percentile() -> None:
 
 def test_help_runs_as_a_module() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "relay.devsim", "--help"],
+        [sys.executable, "-m", "devsim", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -243,3 +243,18 @@ def test_help_runs_as_a_module() -> None:
     assert result.returncode == 0, result.stderr
     for option in ("--devices", "--text-response", "--query-auth", "--abort-after"):
         assert option in result.stdout
+        assert option in result.stdout
+
+
+def test_the_former_module_name_still_runs_with_a_warning() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "relay.devsim", "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--text-response" in result.stdout
+    assert "use python -m devsim" in result.stderr

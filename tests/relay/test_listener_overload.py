@@ -9,15 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from asr_tts.asr import ASRStream
-from asr_tts.audio import DownlinkFormat, FrameEncoder
+from asr_tts.asr.base import ASRStream
+from asr_tts.codec import DownlinkFormat, FrameEncoder
 from asr_tts.segmenter import SegmenterConfig
-from asr_tts.tts import Pcm
+from asr_tts.tts.base import Pcm
 from asr_tts.uplink import UplinkFormat
 from asr_tts.vad import SileroModel
 from metrics.registry import Metrics
 from protocol.device import ListenMode
-from relay.voice import AudioBatcher, Listener, VoiceDeps
+from relay.device.listener import AudioBatcher, Listener, VoiceDeps
 from tests.relay.voice_helpers import SpeechBank, opus_packets, silence
 
 PACKET = FrameEncoder(DownlinkFormat("opus", 16000, 1, 60)).encode(Pcm(bytes(1920), 16000))[0]

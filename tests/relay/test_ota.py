@@ -15,9 +15,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
-from relay.config import Config, ConfigError, parse
-from relay.ota import OtaRequest, websocket_token
-from relay.tokens import mint, verify
+from relay.auth.tokens import mint, verify
+from relay.config.schema import Config, ConfigError, parse
+from relay.http.ota import OtaRequest, websocket_token
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device
 

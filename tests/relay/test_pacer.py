@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.link import Pacer
+from relay.device.link import Pacer
 
 FRAME = 0.06
 LEAD = 1.0

@@ -14,10 +14,10 @@ import orjson
 import pytest
 from aiohttp import WSMsgType, web
 
-from asr_tts.audio import DownlinkFormat, FrameEncoder
-from asr_tts.embedded import EmbeddedTTS
-from asr_tts.speaker import Speaker
-from asr_tts.tts import Voice
+from asr_tts.codec import DownlinkFormat, FrameEncoder
+from asr_tts.tts.base import Voice
+from asr_tts.tts.espeak import EmbeddedTTS
+from asr_tts.tts.speaker import Speaker
 from protocol.binary import FrameType, decode_frame
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device, FakeBusiness, open_stream, session_of, sse

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestClient
 
-from relay.api_devices import MAX_PUSH_BODY, MAX_SPEAK_CHARS
-from relay.ws import RELAY_KEY
+from relay.http.devices import MAX_PUSH_BODY, MAX_SPEAK_CHARS
+from relay.resources import RELAY_KEY
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device, is_tts_stop
 from tests.relay.test_api import scrape, value

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 from aiohttp import WSMsgType, web
 
-from relay.server import drain
+from relay.run.server import drain
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device, FakeBusiness, open_stream, session_of, sse
 from tests.relay.test_cli import ROOT, clean_env, stop, wait_http

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from asr_tts.audio import OpusDecoder
+from asr_tts.codec import OpusDecoder
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import FakeBusiness, open_stream, session_of, sse
 

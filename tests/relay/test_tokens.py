@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from relay.tokens import (
+from relay.auth.tokens import (
     DEFAULT_SKEW_S,
     TokenBinding,
     TokenStoreUnavailable,

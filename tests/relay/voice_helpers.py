@@ -16,7 +16,7 @@ import orjson
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
-from asr_tts.audio import OpusDecoder, pcm_from_wav, resample
+from asr_tts.codec import OpusDecoder, pcm_from_wav, resample
 from protocol.binary import FrameType, decode_frame, encode_frame
 from protocol.device import ListenMode
 from tests.relay.fakes import Device, open_stream, session_of, sse

@@ -1,0 +1,227 @@
+"""Answer text to downlink frames, sentence by sentence, with one sentence of prefetch."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import time
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from asr_tts.codec import FrameEncoder
+from asr_tts.tts.base import Pcm, TTSProvider, Voice
+from asr_tts.tts.cache import CacheKey, FrameCache, cache_key
+from asr_tts.tts.sentences import clean_for_speech, split_sentences
+
+_T = TypeVar("_T")
+
+# The first segment of an answer is cut at a comma past this length: first audio sooner.
+FIRST_SEGMENT_CHARS = 24
+# The first frames of an answer are encoded on their own and go out while the rest of the
+# first segment encodes: Opus costs ~0.5 ms per 60 ms frame here, 10-20 ms for a segment.
+HEAD_FRAMES = 4
+
+# (sentence, frames, whole): a None sentence continues the one before; `whole` is False
+# when more frames of the same sentence follow.
+Segment = tuple[str | None, list[bytes], bool]
+
+
+@dataclass(slots=True)
+class _Part:
+    """One sentence's frames; `rest` holds raw frames still to encode (the first segment)."""
+
+    frames: list[bytes]
+    rest: list[bytes] | None = None
+    key: CacheKey | None = None
+    shared: asyncio.Future[list[bytes]] | None = None  # others waiting for these frames
+
+
+class Speaker:
+    """Turns answer text into frames sentence by sentence; encoding runs in an executor.
+
+    `cache` keeps the frames of sentences already spoken, and with it a sentence that several
+    answers need at once is synthesised once: the others wait for its frames. `on_fallback(name)`
+    is called once per answer whose voice names a provider that is not registered (the default
+    speaks instead); `on_synth(provider, seconds)` after every successful synthesis;
+    `on_encode(seconds)` after every executor encode.
+    """
+
+    def __init__(
+        self,
+        providers: Mapping[str, TTSProvider],
+        default: str,
+        executor: concurrent.futures.Executor | None = None,
+        *,
+        cache: FrameCache | None = None,
+        on_fallback: Callable[[str], None] | None = None,
+        on_synth: Callable[[str, float], None] | None = None,
+        on_encode: Callable[[float], None] | None = None,
+        first_max_chars: int | None = FIRST_SEGMENT_CHARS,
+    ) -> None:
+        if default not in providers:
+            raise ValueError(f"default TTS provider {default!r} is not registered")
+        self._providers = dict(providers)
+        self._default = providers[default]
+        self._executor = executor  # None: the loop's default executor
+        self._cache = cache
+        self._inflight: dict[CacheKey, asyncio.Future[list[bytes]]] = {}
+        self._on_fallback = on_fallback
+        self._on_synth = on_synth
+        self._on_encode = on_encode
+        self._first_max_chars = first_max_chars
+
+    def provider_for(self, voice: Voice) -> TTSProvider:
+        """The voice's provider if it is registered, else the default (docs/protocol.md §2.2)."""
+        if not voice.provider:
+            return self._default
+        return self._providers.get(voice.provider, self._default)
+
+    async def sentences(
+        self, text: str, voice: Voice, encoder: FrameEncoder
+    ) -> AsyncGenerator[tuple[str, list[bytes]], None]:
+        """Yield (sentence, all its frames) in order; `segments` without the early head."""
+        async with contextlib.aclosing(self.segments(text, voice, encoder)) as it:
+            name, frames = "", []
+            async for sentence, part, whole in it:
+                if sentence is not None:
+                    name = sentence
+                frames.extend(part)
+                if whole:
+                    yield name, frames
+                    frames = []
+
+    async def segments(
+        self, text: str, voice: Voice, encoder: FrameEncoder
+    ) -> AsyncGenerator[Segment, None]:
+        """Yield Segments in order; use under contextlib.aclosing when stopping early.
+
+        The first sentence, when it is synthesised, comes as its first HEAD_FRAMES frames and
+        then the rest, so the device hears it before the whole of it is encoded. Sentence k+1
+        is synthesised while the caller sends sentence k, so the device hears no gap between
+        sentences (docs/protocol.md §1.6 paces the sending). Provider errors (TTSError) propagate
+        and end the iteration.
+        """
+        parts = split_sentences(clean_for_speech(text), first_max_chars=self._first_max_chars)
+        provider = self.provider_for(voice)
+        wanted = voice.provider
+        if parts and wanted and wanted not in self._providers and self._on_fallback is not None:
+            self._on_fallback(wanted)
+        pending: asyncio.Task[_Part] | None = None
+        part: _Part | None = None
+        try:
+            for i, sentence in enumerate(parts):
+                if pending is None:
+                    head = HEAD_FRAMES if i == 0 else 0
+                    pending = asyncio.create_task(
+                        self._start(provider, sentence, voice, encoder, head)
+                    )
+                part = await pending
+                pending = None
+                last: Segment = (sentence, part.frames, True)
+                if part.rest is not None:  # the head goes out while the rest encodes
+                    yield sentence, part.frames, False
+                    rest = await self._encode(encoder.encode_frames, part.rest)
+                    part.frames = part.frames + rest
+                    self._settle(part, None)
+                    last = (None, rest, True)
+                part = None
+                if i + 1 < len(parts):
+                    pending = asyncio.create_task(
+                        self._start(provider, parts[i + 1], voice, encoder, 0)
+                    )
+                yield last
+        finally:
+            if part is not None:  # stopped between a first segment's head and its rest
+                self._settle(part, asyncio.CancelledError())
+            if pending is not None:
+                pending.cancel()
+                # asyncio.wait neither raises the task's outcome nor hides our own cancellation.
+                await asyncio.wait([pending])
+                if not pending.cancelled():
+                    pending.exception()  # retrieved: its failure no longer matters to anyone
+
+    async def _start(
+        self, provider: TTSProvider, sentence: str, voice: Voice, encoder: FrameEncoder, head: int
+    ) -> _Part:
+        """A sentence's frames: from the cache, from an answer already making them, or
+        synthesised and encoded off the loop (only the first `head` frames if `head`)."""
+        cache = self._cache  # compared with None: an empty FrameCache is falsy (__len__)
+        key = cache_key(provider.name, voice, encoder.fmt, sentence)
+        while cache is not None:
+            cached = cache.get(key)
+            if cached is not None:
+                # These frames came from another answer's encoder. Opus packets decode on their
+                # own; the device's decoder, primed by the packets before, shows at most a few
+                # milliseconds of transient at the seam, and the encoder here, which skips this
+                # sentence, does the same at the next one. PCM frames are exact either way.
+                return _Part(list(cached))
+            shared = self._inflight.get(key)
+            if shared is None:
+                break
+            try:
+                return _Part(list(await asyncio.shield(shared)))
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not shared.cancelled() or (task is not None and task.cancelling()):
+                    raise
+                # The answer making these frames stopped; look again, or make them here.
+        part = _Part([], key=key)
+        if cache is not None:
+            part.shared = self._inflight[key] = asyncio.get_running_loop().create_future()
+        try:
+            started = time.monotonic()
+            pcm = await provider.synthesize(sentence, voice)
+            if self._on_synth is not None:
+                self._on_synth(provider.name, time.monotonic() - started)
+            part.frames, part.rest = await self._encode(_encode_head, encoder, pcm, head)
+        except BaseException as exc:
+            self._settle(part, exc)
+            raise
+        if part.rest is None:
+            self._settle(part, None)
+        return part
+
+    def _settle(self, part: _Part, exc: BaseException | None) -> None:
+        """Cache a finished sentence and hand it to the answers waiting for it, or fail them."""
+        shared, part.shared = part.shared, None
+        if shared is None or part.key is None:
+            return
+        if self._inflight.get(part.key) is shared:
+            del self._inflight[part.key]
+        if exc is None:
+            if self._cache is not None:
+                self._cache.put(part.key, part.frames)
+            shared.set_result(part.frames)
+        elif isinstance(exc, asyncio.CancelledError):
+            shared.cancel()  # the waiters make the sentence themselves
+        else:
+            shared.set_exception(exc)
+            shared.exception()  # retrieved: no waiter is not an error
+
+    async def _encode(self, fn: Callable[..., _T], *args: object) -> _T:
+        """Run an encoder step in the executor; a cancellation waits for the running step."""
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        job = loop.run_in_executor(self._executor, fn, *args)
+        try:
+            result = await asyncio.shield(job)
+        except asyncio.CancelledError:
+            # A thread cannot be stopped; let the encode finish so that the encoder, which is
+            # not thread-safe, is idle again when the cancellation reaches the caller.
+            await asyncio.wait([job])
+            raise
+        if self._on_encode is not None:
+            self._on_encode(time.monotonic() - started)
+        return result
+
+
+def _encode_head(
+    encoder: FrameEncoder, pcm: Pcm, head: int
+) -> tuple[list[bytes], list[bytes] | None]:
+    """Encode `pcm` whole, or (head > 0) its first `head` frames and return the rest raw."""
+    raw = encoder.cut(pcm)
+    if len(raw) <= 2 * head or head <= 0:
+        return encoder.encode_frames(raw), None
+    return encoder.encode_frames(raw[:head]), raw[head:]

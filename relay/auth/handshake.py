@@ -1,0 +1,105 @@
+"""Device handshake: identity and authentication (docs/protocol.md §1.1); HTTP API bearer checks."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from relay.config.schema import ApiConfig
+
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-]?)(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$")
+MAX_DEVICE_ID = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Handshake:
+    """What the device said about itself before the upgrade."""
+
+    device_id: str
+    client_id: str
+    token: str
+    protocol_version: int
+    agent_id: str
+    raw_device_id: str = ""  # as sent: HMAC tokens are signed over it
+
+
+class HandshakeError(ValueError):
+    """The handshake cannot be accepted; `reason` is a small fixed label."""
+
+    def __init__(self, reason: str, message: str, status: int = 401) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.status = status
+
+
+def canonical_device_id(raw: str) -> str:
+    """MAC without separators, upper-cased; anything else trimmed and capped (§1.1 Decision)."""
+    value = raw.strip()
+    if _MAC.match(value):
+        return re.sub(r"[:-]", "", value).upper()
+    return value[:MAX_DEVICE_ID]
+
+
+def parse_handshake(headers: Mapping[str, str], query: Mapping[str, str]) -> Handshake:
+    """Read the handshake from headers, or their query-parameter form for browsers (§1.1)."""
+
+    def get(name: str) -> str:
+        value = headers.get(name)
+        if value is None:
+            low = name.lower()
+            value = query.get(low) or query.get(low.replace("-", "_")) or ""
+        return value.strip()
+
+    version_raw = get("Protocol-Version") or "1"
+    if version_raw not in ("1", "2", "3"):
+        raise HandshakeError("bad_version", "Protocol-Version must be 1, 2 or 3", 400)
+    raw_device_id = get("Device-Id")
+    device_id = canonical_device_id(raw_device_id)
+    if not device_id:
+        raise HandshakeError(
+            "no_device_id", "Device-Id header or device-id parameter required", 400
+        )
+    token = get("Authorization")
+    if token[:7].lower() == "bearer ":
+        token = token[7:].strip()
+    return Handshake(
+        device_id=device_id,
+        client_id=get("Client-Id"),
+        token=token,
+        protocol_version=int(version_raw),
+        agent_id=get("X-Agent-ID"),
+        raw_device_id=raw_device_id,
+    )
+
+
+def contains_token(token: str, allowed: Iterable[str]) -> bool:
+    """Constant-time membership test: every candidate is compared in full."""
+    found = False
+    for candidate in allowed:
+        found |= hmac.compare_digest(token.encode(), candidate.encode())
+    return found
+
+
+def api_allowed(authorization: str | None, remote: str | None, cfg: ApiConfig) -> bool:
+    """Bearer token from `[api] tokens`; with none configured, loopback clients only."""
+    if not cfg.tokens:
+        return _is_loopback(remote)
+    if not authorization or authorization[:7].lower() != "bearer ":
+        return False
+    return contains_token(authorization[7:].strip(), cfg.tokens)
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    try:
+        addr = ipaddress.ip_address(remote)
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped.is_loopback
+    return addr.is_loopback

@@ -1,0 +1,339 @@
+"""The cluster layer the relay talks to: presence, cross-node push and replacement
+(README.md "Many processes and machines"). Here: the interface, `LocalCluster` (one node, in
+memory), and what nodes say to each other, free of any transport (the messages, and the
+bookkeeping of acks and inbound work); `relay.cluster.redis.RedisCluster` carries it over
+Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Protocol, cast, get_args
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+MAX_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """Where a device is connected: which node, which session, since when, last heard when."""
+
+    device_id: str
+    node: str
+    session_id: str
+    connected_at: float
+    last_seen: float
+
+
+PushReason = Literal["offline", "timeout", "redis_unavailable", "rejected", "not_supported"]
+
+
+@dataclass(frozen=True, slots=True)
+class PushResult:
+    """What became of a push: delivered by `node`, or why not."""
+
+    delivered: bool
+    node: str | None
+    reason: PushReason | None
+
+
+Deliver = Callable[[str, bytes], Awaitable[PushReason | None]]
+"""(device_id, message) -> None when the local connection took the message, else why not
+("rejected", or "not_supported" when the device did not declare the feature)."""
+Replace = Callable[[str, str], Awaitable[None]]
+"""(device_id, session_id) -> close that local connection with 4001 (docs/protocol.md §1.7)."""
+LocalDevices = Callable[[], Iterable[Presence]]
+"""The devices this node holds now, to rebuild presence after a Redis outage."""
+
+
+class Page(NamedTuple):
+    """One page of a listing and the cursor of the next one (None: no more)."""
+
+    devices: list[Presence]
+    next_cursor: str | None
+    partial: bool = False  # only this node's devices: the cluster store is unreachable
+
+
+class Cluster(Protocol):
+    """Presence and cross-node delivery, as the relay sees them."""
+
+    node_id: str
+    ops: dict[str, int]
+    errors: dict[str, int]
+
+    @property
+    def available(self) -> bool:
+        """Whether the shared store answers (always true for a single node)."""
+        ...
+
+    async def start(self, deliver: Deliver, replace: Replace, local_devices: LocalDevices) -> None:
+        """Begin serving: remember the callbacks, connect, subscribe."""
+
+    async def stop(self) -> None:
+        """Stop every background task; presence left behind expires on its own."""
+
+    async def register(self, p: Presence) -> None:
+        """Claim the device for this node; a holder on another node is replaced (4001)."""
+
+    async def unregister(self, device_id: str, session_id: str) -> None:
+        """Drop the device's presence, only if it is still this session's."""
+
+    async def touch(self, device_id: str, session_id: str) -> None:
+        """Note activity (last_seen); cheap, written in batches."""
+
+    async def locate(self, device_id: str) -> Presence | None:
+        """Where the device is connected, anywhere in the cluster."""
+
+    async def list(self, cursor: str | None, limit: int) -> Page:
+        """A page of every connected device in the cluster, ordered by device id."""
+
+    async def push(self, device_id: str, message: bytes, timeout_s: float) -> PushResult:
+        """Deliver `message` to the device on whichever node holds it; truly acknowledged."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodePush:
+    """A push forwarded to the node that holds the device; answered by a `NodeAck`."""
+
+    request_id: str
+    sender: str
+    device_id: str
+    timeout_s: float
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAck:
+    """The holding node's answer to a `NodePush`."""
+
+    request_id: str
+    delivered: bool
+    reason: PushReason | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReplace:
+    """Asks a node to close its connection of a device that connected elsewhere (4001)."""
+
+    device_id: str
+    session_id: str
+
+
+NodeMessage = NodePush | NodeAck | NodeReplace
+_REASONS: tuple[PushReason, ...] = get_args(PushReason)
+
+
+def encode_node_message(msg: NodeMessage) -> bytes:
+    """Node-to-node wire form: a JSON header line, then a push's message bytes untouched."""
+    match msg:
+        case NodePush():
+            head = {"t": "push", "id": msg.request_id, "from": msg.sender, "dev": msg.device_id}
+            return orjson.dumps({**head, "ttl": msg.timeout_s}) + b"\n" + msg.message
+        case NodeAck():
+            ack = {"t": "ack", "id": msg.request_id, "ok": msg.delivered, "why": msg.reason}
+            return orjson.dumps(ack) + b"\n"
+        case NodeReplace():
+            return orjson.dumps({"t": "replace", "dev": msg.device_id, "sid": msg.session_id})
+
+
+def decode_node_message(raw: bytes) -> NodeMessage | None:
+    """Parse what `encode_node_message` wrote; None for anything else."""
+    head, _, body = raw.partition(b"\n")  # orjson never writes a raw newline
+    try:
+        h = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(h, dict):
+        return None
+    kind, rid, dev, sid = h.get("t"), h.get("id"), h.get("dev"), h.get("sid")
+    if kind == "push" and isinstance(rid, str) and isinstance(dev, str):
+        sender, ttl = h.get("from"), h.get("ttl")
+        if isinstance(sender, str) and isinstance(ttl, int | float) and ttl > 0:
+            return NodePush(rid, sender, dev, float(ttl), body)
+    elif kind == "ack" and isinstance(rid, str) and isinstance(ok := h.get("ok"), bool):
+        why = h.get("why")
+        return NodeAck(rid, ok, cast(PushReason, why) if why in _REASONS else None)
+    elif kind == "replace" and isinstance(dev, str) and isinstance(sid, str):
+        return NodeReplace(dev, sid)
+    return None
+
+
+def bump(counter: dict[str, int], op: str) -> None:
+    """Add one to `counter[op]` (the `ops`/`errors` counters exposed for metrics)."""
+    counter[op] = counter.get(op, 0) + 1
+
+
+def clamp_limit(limit: int) -> int:
+    """A page size between 1 and `MAX_PAGE`."""
+    return max(1, min(limit, MAX_PAGE))
+
+
+def page_of(devices: Iterable[Presence], cursor: str | None, limit: int) -> Page:
+    """Keyset pagination by device id: the cursor is the last id of the previous page."""
+    limit = clamp_limit(limit)
+    ordered = sorted(
+        (p for p in devices if cursor is None or p.device_id > cursor), key=lambda p: p.device_id
+    )
+    page = ordered[:limit]
+    more = len(ordered) > limit
+    return Page(page, page[-1].device_id if more else None)
+
+
+async def deliver_local(
+    deliver: Deliver, device_id: str, message: bytes, timeout_s: float, node: str
+) -> PushResult:
+    """Hand `message` to this node's connection, bounded by `timeout_s`."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            reason = await deliver(device_id, message)
+    except TimeoutError:
+        return PushResult(False, node, "timeout")
+    except Exception:
+        log.exception("[%s] deliver failed", device_id)
+        return PushResult(False, node, "rejected")
+    return PushResult(reason is None, node, reason)
+
+
+class NodeInbox:
+    """Node-to-node bookkeeping, whatever carries the messages: pushes waiting for their
+    ack, and the deliveries and replacements other nodes ask of this one, as owned tasks."""
+
+    def __init__(self, node_id: str, max_inbound: int = 1024) -> None:
+        self.node_id = node_id
+        self.ops: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self._local: dict[str, Presence] = {}  # this node's devices, as registered
+        self._pending: dict[str, asyncio.Future[tuple[bool, PushReason | None]]] = {}
+        self._tasks: set[asyncio.Future[None]] = set()
+        self._max_inbound = max_inbound
+        self._deliver: Deliver | None = None
+        self._replace: Replace | None = None
+
+    async def _send(self, node: str, msg: NodeMessage) -> None:
+        """Carry `msg` to `node`'s inbox: the transport's part."""
+        raise NotImplementedError
+
+    def _expect_ack(self) -> tuple[str, asyncio.Future[tuple[bool, PushReason | None]]]:
+        """A new request id and the future its ack resolves; `_pending.pop` it when done."""
+        rid = secrets.token_hex(8)
+        self._pending[rid] = waiter = asyncio.get_running_loop().create_future()
+        return rid, waiter
+
+    def _fail_pending(self) -> None:
+        for waiter in self._pending.values():
+            if not waiter.done():
+                waiter.set_result((False, "redis_unavailable"))
+
+    def _receive(self, msg: NodeMessage | None) -> None:
+        """One inbox message: resolve an ack, or start a delivery or a replacement."""
+        if isinstance(msg, NodeAck):
+            waiter = self._pending.get(msg.request_id)
+            if waiter is not None and not waiter.done():
+                waiter.set_result((msg.delivered, msg.reason))
+        elif msg is None:
+            bump(self.errors, "bad_message")
+        elif len(self._tasks) >= self._max_inbound:
+            bump(self.errors, "inbound_overflow")  # the pusher times out
+        elif isinstance(msg, NodePush):
+            self._spawn(self._answer_push(msg))
+        else:
+            p = self._local.get(msg.device_id)
+            if p is not None and p.session_id == msg.session_id:
+                del self._local[msg.device_id]
+            self._spawn(self._call_replace(msg.device_id, msg.session_id))
+
+    async def _answer_push(self, m: NodePush) -> None:
+        res = PushResult(False, None, "offline")
+        if m.device_id in self._local and self._deliver is not None:
+            res = await deliver_local(self._deliver, m.device_id, m.message, m.timeout_s, "")
+        await self._send(m.sender, NodeAck(m.request_id, res.delivered, res.reason))
+
+    async def _call_replace(self, device_id: str, session_id: str) -> None:
+        try:
+            if self._replace is not None:
+                await self._replace(device_id, session_id)
+        except Exception:
+            log.exception("[%s] replace callback failed", device_id)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _cancel_tasks(self, *more: asyncio.Future[None] | None) -> None:
+        tasks = [t for t in (*more, *self._tasks) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._fail_pending()
+
+
+class LocalCluster:
+    """A single node: presence in memory, pushes delivered locally. A device that reconnects
+    to this node is replaced by the relay itself (it holds both connections)."""
+
+    def __init__(self, node_id: str = "local") -> None:
+        self.node_id = node_id
+        self.ops: dict[str, int] = {}
+        self.errors: dict[str, int] = {}
+        self._devices: dict[str, Presence] = {}
+        self._deliver: Deliver | None = None
+
+    @property
+    def available(self) -> bool:
+        """A single node has no store to lose."""
+        return True
+
+    async def start(self, deliver: Deliver, replace: Replace, local_devices: LocalDevices) -> None:
+        """Remember how to deliver; nothing to connect to."""
+        self._deliver = deliver
+        for p in local_devices():
+            self._devices[p.device_id] = dataclasses.replace(p, node=self.node_id)
+
+    async def stop(self) -> None:
+        """Forget the callbacks; no pushes are delivered after this."""
+        self._deliver = None
+
+    async def register(self, p: Presence) -> None:
+        """Record the device as connected here (the newest registration wins)."""
+        bump(self.ops, "register")
+        self._devices[p.device_id] = dataclasses.replace(p, node=self.node_id)
+
+    async def unregister(self, device_id: str, session_id: str) -> None:
+        """Forget the device if `session_id` is still its session."""
+        bump(self.ops, "unregister")
+        p = self._devices.get(device_id)
+        if p is not None and p.session_id == session_id:
+            del self._devices[device_id]
+
+    async def touch(self, device_id: str, session_id: str) -> None:
+        """Set last_seen to now if `session_id` is still the device's session."""
+        bump(self.ops, "touch")
+        p = self._devices.get(device_id)
+        if p is not None and p.session_id == session_id:
+            self._devices[device_id] = dataclasses.replace(p, last_seen=time.time())
+
+    async def locate(self, device_id: str) -> Presence | None:
+        """The device's presence, if connected."""
+        bump(self.ops, "locate")
+        return self._devices.get(device_id)
+
+    async def list(self, cursor: str | None, limit: int) -> Page:
+        """A page of the connected devices, ordered by device id."""
+        bump(self.ops, "list")
+        return page_of(self._devices.values(), cursor, limit)
+
+    async def push(self, device_id: str, message: bytes, timeout_s: float) -> PushResult:
+        """Deliver to the local connection; "offline" when the device is not here."""
+        bump(self.ops, "push")
+        if device_id not in self._devices or self._deliver is None:
+            return PushResult(False, None, "offline")
+        return await deliver_local(self._deliver, device_id, message, timeout_s, self.node_id)

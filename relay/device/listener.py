@@ -1,0 +1,416 @@
+"""The relay hears (docs/protocol.md §1.3): device audio → decode → VAD → ASR → text.
+
+Decoding and VAD of every stream of the process run in batched executor jobs, one job in
+flight per stream, so the loop stays free and ONNX calls are shared across streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+from asr_tts.asr.base import ASRError, ASRProvider, ASRStream
+from asr_tts.segmenter import Segmenter, SegmenterConfig, SegmentEvent
+from asr_tts.uplink import AudioError, UplinkDecoder, UplinkFormat
+from asr_tts.vad import SileroModel, VadStream
+from metrics.registry import Metrics
+from protocol.device import ListenMode
+
+log = logging.getLogger(__name__)
+
+WINDOW_BYTES = VadStream.WINDOW_SAMPLES * 2
+FULL_BATCH = 32  # streams per VAD batch past which Silero's cost per window stops falling
+WINDOW_S = VadStream.WINDOW_S
+
+
+@dataclass(slots=True)
+class _Job:
+    """One stream's packets for one batch, and what the batch made of them."""
+
+    decoder: UplinkDecoder
+    vad: VadStream | None  # None: push-to-talk, nothing to score (probabilities are 0.0)
+    carry: bytearray
+    packets: list[bytes]
+    windows: list[bytes] = field(default_factory=list)
+    probs: list[float] = field(default_factory=list)
+    bad_packets: int = 0
+
+
+class AudioBatcher:
+    """Runs decode + VAD for many streams per executor job (batched model calls).
+
+    A job waits up to `window_s` for others to share its batch, and no longer once FULL_BATCH
+    jobs are waiting: Silero costs 2.4x per window alone what it costs in a batch of 25
+    (docs/performance.md), and every executor job has its own overhead; beyond ~30 a bigger
+    batch saves nothing and the wait only adds lag. Nor does a job wait when fewer than two
+    others are expected within the window (a few devices: nothing to share, only delay).
+    """
+
+    def __init__(
+        self,
+        executor: Executor,
+        max_in_flight: int = 2,
+        max_batch: int = 512,
+        window_s: float = 0.0,
+    ) -> None:
+        self._executor = executor
+        self._max_in_flight = max_in_flight
+        self._max_batch = max_batch
+        self._window_s = window_s
+        self._pending: list[tuple[_Job, asyncio.Future[_Job]]] = []
+        self._first_at = 0.0  # when the oldest pending job arrived (loop clock)
+        self._last_at = 0.0  # when the last job arrived
+        self._gap = 1.0  # moving average of the time between jobs, seconds
+        self._in_flight = 0
+        self._timer: asyncio.Handle | None = None
+
+    def submit(self, job: _Job) -> asyncio.Future[_Job]:
+        """Queue a stream's packets; the future completes when they are decoded and scored."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[_Job] = loop.create_future()
+        now = loop.time()
+        self._gap += 0.2 * (min(now - self._last_at, 1.0) - self._gap)
+        self._last_at = now
+        if not self._pending:
+            self._first_at = now
+        self._pending.append((job, fut))
+        if len(self._pending) >= min(self._max_batch, FULL_BATCH):
+            self._schedule(loop, 0.0)
+        elif self._timer is None:
+            self._schedule(loop, self._window_s if self._window_s >= 2 * self._gap else 0.0)
+        return fut
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        """Flush in `delay` seconds, or as soon as a job in flight finishes."""
+        if self._in_flight >= self._max_in_flight:
+            return  # _finished schedules the next flush
+        if self._timer is not None:
+            if delay > 0:
+                return  # a flush is due already
+            self._timer.cancel()
+        # With no window, call_soon still gathers what else arrives in this loop iteration.
+        self._timer = (
+            loop.call_later(delay, self._flush) if delay > 0 else loop.call_soon(self._flush)
+        )
+
+    def _flush(self) -> None:
+        self._timer = None
+        if not self._pending or self._in_flight >= self._max_in_flight:
+            return
+        batch, self._pending = self._pending[: self._max_batch], self._pending[self._max_batch :]
+        self._in_flight += 1
+        loop = asyncio.get_running_loop()
+        done = loop.run_in_executor(self._executor, _run_batch, [j for j, _ in batch])
+        done.add_done_callback(lambda f: self._finished(f, batch))
+        if self._pending:  # beyond max_batch: those have waited long enough
+            self._first_at = loop.time() - self._window_s
+            self._schedule(loop, 0.0)
+
+    def _finished(
+        self, f: asyncio.Future[None], batch: list[tuple[_Job, asyncio.Future[_Job]]]
+    ) -> None:
+        self._in_flight -= 1
+        exc = None if f.cancelled() else f.exception()
+        for job, fut in batch:
+            if fut.done():
+                continue
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(job)
+        if self._pending:
+            loop = asyncio.get_running_loop()
+            self._schedule(loop, self._first_at + self._window_s - loop.time())
+
+
+def _run_batch(jobs: list[_Job]) -> None:
+    # In an executor thread: libopus (ctypes) and onnxruntime release the GIL.
+    scored: list[_Job] = []
+    vads: list[VadStream] = []
+    chunks: list[bytes] = []
+    for job in jobs:
+        for packet in job.packets:
+            try:
+                job.carry += job.decoder.decode(packet)
+            except AudioError:
+                job.bad_packets += 1
+        whole = len(job.carry) // WINDOW_BYTES * WINDOW_BYTES
+        chunk = bytes(job.carry[:whole])
+        del job.carry[:whole]
+        job.windows = [chunk[i : i + WINDOW_BYTES] for i in range(0, whole, WINDOW_BYTES)]
+        if job.vad is None:
+            job.probs = [0.0] * len(job.windows)
+        else:
+            scored.append(job)
+            vads.append(job.vad)
+            chunks.append(chunk)
+    for job, probs in zip(scored, VadStream.process_many(vads, chunks), strict=True):
+        job.probs = probs
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceDeps:
+    """What every listener needs from the app."""
+
+    asr: ASRProvider
+    vad: SileroModel
+    segmenter: SegmenterConfig
+    batcher: AudioBatcher
+    metrics: Metrics
+    max_pending_packets: int = 100  # ~6 s of 60 ms frames waiting to be processed
+    # auto and realtime modes, no utterance in progress: audio that waited longer than this
+    # for decode + VAD is dropped (speech or a barge-in found seconds late is worth nothing)
+    max_late_s: float = 0.3
+    language: str | None = None
+
+
+TextCallback = Callable[[str, float], None]  # (recognised text, monotonic end of speech)
+
+
+class Listener:
+    """One device's microphone: one utterance at a time streamed to ASR (§1.3 modes)."""
+
+    def __init__(
+        self,
+        deps: VoiceDeps,
+        fmt: UplinkFormat,
+        *,
+        on_speech: Callable[[], None],
+        on_text: TextCallback,
+        device_id: str,
+    ) -> None:
+        self._deps = deps
+        self._decoder = UplinkDecoder(fmt)
+        self._vad = VadStream(deps.vad)
+        self._segmenter = Segmenter(deps.segmenter)
+        self._carry = bytearray()
+        self._on_speech = on_speech
+        self._on_text = on_text
+        self._device_id = device_id
+        self.mode: ListenMode | None = None
+        self._pending: deque[tuple[float, bytes]] = deque()  # (loop time it arrived, packet)
+        self._pump: asyncio.Task[None] | None = None
+        pre = deps.segmenter.pre_roll_s + deps.segmenter.min_speech_s
+        self._ring: deque[bytes] = deque(maxlen=max(1, round(pre / WINDOW_S) + 1))
+        self._stream: ASRStream | None = None
+        self._opening: asyncio.Task[ASRStream] | None = None
+        self._utterance_s = 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stop_at: float | None = None  # a manual `listen stop` waiting for the backlog
+
+    @property
+    def capturing(self) -> bool:
+        """An utterance is being captured right now."""
+        return self._stream is not None or self._opening is not None
+
+    def start(self, mode: ListenMode) -> None:
+        """`listen start`: (re)arm the microphone in `mode`."""
+        if self._stop_at is not None:  # a new turn before the last stop's backlog was done
+            self._finish_stop(self._stop_at)
+        if self.mode is not None and self.capturing and mode != "manual":
+            return  # the firmware re-sends start; keep the utterance in progress
+        self.mode = mode
+        self._segmenter.reset()
+        self._ring.clear()
+
+    def stop(self) -> None:
+        """`listen stop`: in manual mode the utterance ends here, once the audio received
+        before the stop has been processed; otherwise stop listening."""
+        now = time.monotonic()
+        if self.mode == "manual" and self._pump is not None:
+            self._stop_at = now  # the pump ends the utterance when its backlog is done
+            return
+        self._finish_stop(now)
+
+    def _finish_stop(self, t_end: float) -> None:
+        self._stop_at = None
+        if self.capturing:
+            self._end_utterance(t_end)
+        self.mode = None
+
+    def feed(self, packet: bytes) -> bool:
+        """One uplink audio packet; False when it was dropped (not listening, backlog)."""
+        if self.mode is None or self._stop_at is not None:
+            return False
+        if len(self._pending) >= self._deps.max_pending_packets:
+            return False
+        loop = asyncio.get_running_loop()
+        self._pending.append((loop.time(), packet))
+        if self._pump is None:
+            self._pump = loop.create_task(self._run_pump())
+        return True
+
+    async def cancel(self) -> None:
+        """Drop the utterance being captured, the audio not yet processed and any
+        recognition in flight (`abort`); the listen mode stays in force (docs/protocol.md
+        §1.3), so what the user says next is heard."""
+        self._stop_at = None
+        self._pending.clear()
+        self._segmenter.reset()
+        self._ring.clear()
+        await self._drop_stream()
+        tasks = list(self._tasks)
+        for t in tasks:
+            t.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def close(self) -> None:
+        """Stop everything this listener owns."""
+        self.mode = None
+        self._pending.clear()
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.wait([self._pump])
+        await self.cancel()
+
+    async def _run_pump(self) -> None:
+        try:
+            while self._pending:
+                self._drop_late()
+                if not self._pending:
+                    break
+                packets = [packet for _, packet in self._pending]
+                self._pending.clear()
+                # Push-to-talk ends at `listen stop`: Silero, over half the cost, would
+                # score windows that nothing reads.
+                vad = None if self.mode == "manual" else self._vad
+                job = _Job(self._decoder, vad, self._carry, packets)
+                await self._deps.batcher.submit(job)
+                if job.bad_packets:
+                    self._deps.metrics.audio_errors.inc(job.bad_packets)
+                for window, prob in zip(job.windows, job.probs, strict=True):
+                    await self._on_window(window, prob)
+        except Exception:
+            # A failure of the VAD model or the executor: this stream loses its audio
+            # backlog, the device and the relay carry on.
+            log.exception("[%s] audio processing failed", self._device_id)
+            self._pending.clear()
+        finally:
+            self._pump = None
+            if self._stop_at is not None:
+                self._finish_stop(self._stop_at)
+
+    def _drop_late(self) -> None:
+        """While waiting for speech in auto and realtime modes, drop what waited past
+        `max_late_s` (the relay is overloaded), so that finding speech, or a barge-in, is
+        never seconds late. An utterance being captured keeps all its audio, whatever the
+        wait (a first decoder can take 0.5 s to load), and so does push-to-talk."""
+        late_s = self._deps.max_late_s
+        if self.mode == "manual" or late_s <= 0 or self.capturing:
+            return
+        pending = self._pending
+        deadline = asyncio.get_running_loop().time() - late_s
+        dropped = 0
+        while pending and pending[0][0] < deadline:
+            pending.popleft()
+            dropped += 1
+        if dropped:
+            self._deps.metrics.audio_dropped.labels("late").inc(dropped)
+
+    async def _on_window(self, window: bytes, prob: float) -> None:
+        if self.mode is None:
+            return
+        if self.mode == "manual":
+            # Push-to-talk: everything between start and stop is the utterance.
+            if not self.capturing:
+                self._begin_utterance()
+            await self._feed_asr(window)
+            return
+        event = self._segmenter.process(WINDOW_S, prob)
+        self._ring.append(window)
+        if event is SegmentEvent.SPEECH_START:
+            self._deps.metrics.vad_segments.inc()
+            self._on_speech()  # realtime barge-in is decided by the session
+            self._begin_utterance()
+            for w in self._ring:  # pre-roll and the windows that proved speech
+                await self._feed_asr(w)
+            self._ring.clear()
+        elif self.capturing:
+            self._ring.clear()
+            await self._feed_asr(window)
+            if event in (SegmentEvent.SPEECH_END, SegmentEvent.CUT):
+                # The mode stays in force (docs/protocol.md §1.3): the next utterance is
+                # heard without another `listen start`.
+                self._end_utterance(time.monotonic())
+
+    def _begin_utterance(self) -> None:
+        self._utterance_s = 0.0
+        self._opening = asyncio.get_running_loop().create_task(
+            self._deps.asr.open(language=self._deps.language)
+        )
+
+    async def _feed_asr(self, window: bytes) -> None:
+        if (opening := self._opening) is not None:
+            stream: ASRStream | None
+            try:
+                stream = await opening
+            except ASRError as exc:
+                stream = None
+                if self._opening is opening:
+                    self._provider_error(exc)
+            if self._opening is not opening:
+                return  # stop() ended this utterance while it opened: _recognise owns it
+            self._opening, self._stream = None, stream
+            if self._stream is None:
+                self._on_text("", time.monotonic())
+                return
+        if self._stream is None:
+            return
+        self._utterance_s += WINDOW_S
+        try:
+            await self._stream.feed(window)
+        except ASRError as exc:
+            self._provider_error(exc)
+        if self.mode == "manual" and self._utterance_s >= self._deps.segmenter.max_utterance_s:
+            self._end_utterance(time.monotonic())  # cut and recognised, not buffered forever
+
+    def _end_utterance(self, t_end: float) -> None:
+        stream, opening = self._stream, self._opening
+        self._stream = self._opening = None
+        if stream is None and opening is None:
+            return
+        task = asyncio.get_running_loop().create_task(self._recognise(stream, opening, t_end))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _recognise(
+        self, stream: ASRStream | None, opening: asyncio.Task[ASRStream] | None, t_end: float
+    ) -> None:
+        m = self._deps.metrics
+        provider = self._deps.asr.name
+        text = ""
+        try:
+            if stream is None and opening is not None:
+                stream = await opening
+            assert stream is not None
+            start = time.monotonic()
+            text = (await stream.finish()).strip()
+            m.asr_latency.labels(provider).observe(time.monotonic() - start)
+        except ASRError as exc:
+            self._provider_error(exc)
+        except asyncio.CancelledError:
+            if stream is not None:
+                await stream.cancel()
+            raise
+        self._on_text(text, t_end)
+
+    async def _drop_stream(self) -> None:
+        stream, opening = self._stream, self._opening
+        self._stream = self._opening = None
+        if opening is not None:
+            opening.cancel()
+            await asyncio.wait([opening])
+            if not opening.cancelled() and opening.exception() is None:
+                stream = opening.result()
+        if stream is not None:
+            await stream.cancel()
+
+    def _provider_error(self, exc: Exception) -> None:
+        self._deps.metrics.provider_errors.labels("asr", self._deps.asr.name).inc()
+        log.warning("[%s] asr failed: %s", self._device_id, exc)

@@ -1,0 +1,206 @@
+"""A turn: one request to a business service, its events routed to speech or passed through
+(docs/protocol.md §2.2), and the speaking of chat answers (§1.5, §1.6)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+
+from asr_tts.codec import DownlinkFormat, FrameEncoder
+from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.speaker import Speaker
+from bridges.business import BusinessClient, BusinessTarget, StreamStats
+from metrics.registry import Metrics
+from protocol import device
+from protocol.business import Speak, classify, envelope, error_event
+from protocol.codes import BusinessError
+from relay.device.link import Held, Link
+
+log = logging.getLogger(__name__)
+
+SPEECH_QUEUE_MAX = 64  # chat events waiting to be spoken; a full queue slows the SSE read
+
+
+@dataclass(frozen=True, slots=True)
+class TurnDeps:
+    """What every turn needs from the app."""
+
+    client: BusinessClient
+    speaker: Speaker
+    metrics: Metrics
+    stop_margin_s: float = 0.03  # `tts stop` this long after the last frame has played (§1.6)
+
+
+def voice_of(sp: Speak) -> Voice:
+    """The asr_tts voice for a chat event's voice fields (§2.2)."""
+    return Voice(
+        provider=sp.tts_provider,
+        voice_type=sp.voice_type,
+        speed_ratio=sp.speed_ratio or 1.0,
+        pitch_ratio=sp.pitch_ratio or 1.0,
+    )
+
+
+class Speech:
+    """Speaks one answer: `tts start`, then per sentence paced frames and a caption timed to
+    when they play, then `tts stop` once the last frame has played (docs/protocol.md §1.6).
+    Holds the session's speech lock throughout."""
+
+    def __init__(
+        self,
+        link: Link,
+        deps: TurnDeps,
+        fmt: DownlinkFormat,
+        lock: asyncio.Lock,
+        speech_end: float | None = None,
+    ) -> None:
+        self._link = link
+        self._speech_end = speech_end  # monotonic end of the user's speech, if any
+        self._deps = deps
+        self._fmt = fmt
+        self._lock = lock
+        self.queue: asyncio.Queue[Speak | None] = asyncio.Queue(SPEECH_QUEUE_MAX)
+        self.started = False  # `tts start` went out: an abort must send `tts stop` aborted
+
+    async def run(self) -> None:
+        """Consume the queue until None, speaking each answer in order."""
+        link, sid = self._link, self._link.session_id
+        async with self._lock:
+            # One encoder per answer: Opus state spans its frames, and idle devices hold none.
+            encoder = FrameEncoder(self._fmt)
+            link.start_answer()
+            link.send_json(device.tts_start(sid), "tts")
+            self.started = True
+            try:
+                while (sp := await self.queue.get()) is not None:
+                    await self._speak(sp, encoder)
+                # Clients flush their playback on `tts stop`: it waits for the last frame
+                # to play, or they lose the end of every answer (§1.6).
+                await link.played(self._deps.stop_margin_s)
+            except BaseException as exc:
+                # Cut off (the canceller sends the aborted stop) or failed: the captions
+                # held for audio that will not play must not follow.
+                link.drop_held()
+                if isinstance(exc, Exception):
+                    # Whatever failed, the device must not stay in its speaking state (§2.6).
+                    link.send_json(device.tts_stop(sid, aborted=True), "tts")
+                    self.started = False
+                raise
+            link.send_json(device.tts_stop(sid, aborted=False), "tts")
+            self.started = False
+
+    async def _speak(self, sp: Speak, encoder: FrameEncoder) -> None:
+        link, sid = self._link, self._link.session_id
+        segments = self._deps.speaker.segments(sp.answer, voice_of(sp), encoder)
+        # The answer's emotion and each caption go out as their audio starts playing (§1.6,
+        # §2.2): the frames before them may still be playing when they are written.
+        held: list[tuple[bytes, str]] = []
+        if sp.emotion is not None:
+            held.append((device.llm(sid, sp.emotion), "llm"))
+        try:
+            async with contextlib.aclosing(segments) as it:
+                async for text, frames, _whole in it:
+                    if text is not None:  # None: more frames of the sentence before
+                        held.append((device.sentence_start(sid, text), "tts"))
+                    group = Held(tuple(held)) if held else None
+                    held = []
+                    if self._speech_end is not None and frames:
+                        await link.paced_audio(frames[:1], group)
+                        delay = time.monotonic() - self._speech_end
+                        self._deps.metrics.speech_to_audio.observe(delay)
+                        self._speech_end = None
+                        frames, group = frames[1:], None
+                    await link.paced_audio(frames, group)
+            if held:  # an answer with nothing to say still shows its emotion
+                await link.paced_audio((), Held(tuple(held)))
+        except TTSError as exc:
+            # The rest of this answer cannot be heard; later answers may still be.
+            self._deps.metrics.tts_errors.inc()
+            log.warning("tts failed for session %s: %s", sid, exc)
+
+
+class Turn:
+    """One business request and everything the device hears because of it."""
+
+    def __init__(
+        self,
+        link: Link,
+        deps: TurnDeps,
+        fmt: DownlinkFormat,
+        speech_lock: asyncio.Lock,
+        *,
+        request_type: str,
+        always_stop: bool,
+        speech_end: float | None = None,
+    ) -> None:
+        self._link = link
+        self._deps = deps
+        self._fmt = fmt
+        self._lock = speech_lock
+        self.request_type = request_type
+        self._always_stop = always_stop  # chat turns end with `tts stop` even when silent
+        self._speech_end = speech_end
+        self.speech: Speech | None = None
+
+    async def speak(self, sp: Speak) -> None:
+        """Speak directly, with no business request (`text_response`, pushed speech)."""
+        speech = self._speech()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(speech.run())
+            await speech.queue.put(sp)
+            await speech.queue.put(None)
+
+    async def run(self, target: BusinessTarget, body: bytes, expected_session: str) -> None:
+        """POST `body` to `target` and route every event of the answer (§2.2–§2.6)."""
+        deps, link = self._deps, self._link
+        stats = StreamStats()
+        async with asyncio.TaskGroup() as tg:
+            speech_task: asyncio.Task[None] | None = None
+            try:
+                events = deps.client.stream(target, body, expected_session, stats)
+                async with contextlib.aclosing(events) as it:
+                    async for event in it:
+                        sp = classify(event)
+                        if sp is None:
+                            link.send_json(self._envelope(event.raw), "custom")
+                            continue
+                        if speech_task is None:
+                            speech_task = tg.create_task(self._speech().run())
+                        await self._speech().queue.put(sp)
+            finally:
+                self._record(stats)
+            if (code := stats.failure) is not None:
+                link.send_json(self._envelope(error_event(link.session_id, code)), "custom")
+            if speech_task is not None:
+                await self._speech().queue.put(None)
+            elif self._always_stop:
+                link.send_json(device.tts_stop(link.session_id, aborted=False), "tts")
+
+    def fail(self, code: BusinessError) -> None:
+        """Tell the device this turn could not start (e.g. no business configured)."""
+        self._link.send_json(self._envelope(error_event(self._link.session_id, code)), "custom")
+        if self._always_stop:
+            self._link.send_json(device.tts_stop(self._link.session_id, aborted=False), "tts")
+
+    def _speech(self) -> Speech:
+        if self.speech is None:
+            self.speech = Speech(self._link, self._deps, self._fmt, self._lock, self._speech_end)
+        return self.speech
+
+    def _envelope(self, event_raw: bytes) -> bytes:
+        ts = time.time_ns() // 1_000_000
+        return envelope(self._link.session_id, self.request_type, event_raw, ts)
+
+    def _record(self, stats: StreamStats) -> None:
+        m = self._deps.metrics
+        m.business_requests.labels(stats.outcome.value).inc()
+        m.business_duration.observe(stats.total_s)
+        if stats.first_event_s is not None:
+            m.business_first_event.observe(stats.first_event_s)
+        if stats.foreign_dropped:
+            m.session_mismatch.inc(stats.foreign_dropped)
+        if stats.bad_events:
+            m.business_bad_events.inc(stats.bad_events)

@@ -1,0 +1,90 @@
+"""The app's resources, built once per application and reached through an `AppKey`."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from asr_tts.codec import DownlinkFormat
+from asr_tts.uplink import UplinkFormat
+from bridges.business import BusinessTarget
+from metrics.registry import Metrics
+from protocol.device import AudioParams, DetectRules
+from relay.auth.device import DeviceAuthenticator
+from relay.cluster.base import Cluster
+from relay.config.schema import Config
+from relay.device.listener import VoiceDeps
+from relay.device.turn import TurnDeps
+
+if TYPE_CHECKING:
+    from relay.device.connection import Connection
+
+
+@dataclass(slots=True)
+class Relay:
+    """Everything a connection or an API call needs; one per application."""
+
+    config: Config
+    metrics: Metrics
+    deps: TurnDeps
+    targets: dict[str, BusinessTarget]
+    default_target: BusinessTarget | None
+    device_targets: dict[str, BusinessTarget]
+    cluster: Cluster
+    authenticator: DeviceAuthenticator
+    voice: VoiceDeps | None = None
+    detect: DetectRules = field(default_factory=DetectRules)
+    connections: dict[str, Connection] = field(default_factory=dict)
+    _synced: dict[tuple[str, str], int] = field(default_factory=dict)
+    draining: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def sync_cluster_metrics(self) -> None:
+        """Copy the cluster layer's operation and error counts into Prometheus counters."""
+        for kind, counts in (("ops", self.cluster.ops), ("errors", self.cluster.errors)):
+            metric = self.metrics.redis_ops if kind == "ops" else self.metrics.redis_errors
+            for op, n in counts.items():
+                before = self._synced.get((kind, op), 0)
+                if n > before:
+                    metric.labels(op).inc(n - before)
+                    self._synced[(kind, op)] = n
+
+    def target_for(self, device_id: str, agent_id: str = "") -> BusinessTarget | None:
+        """Business choice (docs/protocol.md §2.5): agent id, device assignment, then default."""
+        if agent_id and (t := self.targets.get(agent_id)) is not None:
+            return t
+        return self.device_targets.get(device_id, self.default_target)
+
+    def downlink(self, uplink: AudioParams) -> AudioParams:
+        """The downlink the relay declares and sends (§1.2): Opus at the configured rate, or
+        PCM at the device's own rate when the device declared PCM (browser clients)."""
+        tts = self.config.tts
+        if uplink.format == "pcm":
+            return AudioParams(
+                "pcm", uplink.sample_rate, 1, tts.frame_duration_ms, uplink.play_buffer_duration
+            )
+        return AudioParams(
+            "opus", tts.downlink_sample_rate, 1, tts.frame_duration_ms, uplink.play_buffer_duration
+        )
+
+    @staticmethod
+    def uplink_format(params: AudioParams) -> UplinkFormat | None:
+        """The decoder's view of the device's declared uplink; None when unusable."""
+        try:
+            return UplinkFormat(
+                params.format, params.sample_rate, params.channels, params.frame_duration
+            )
+        except ValueError:
+            return None
+
+    @staticmethod
+    def downlink_format(params: AudioParams) -> DownlinkFormat:
+        """The encoder's view of declared downlink audio params."""
+        return DownlinkFormat(
+            params.format, params.sample_rate, params.channels, params.frame_duration
+        )
+
+
+RELAY_KEY: web.AppKey[Relay] = web.AppKey("relay", Relay)

@@ -1,0 +1,120 @@
+"""Builds the speech providers named in the configuration: TTS (the speaker) and the
+microphone pipeline (ASR, VAD, audio batcher)."""
+
+from __future__ import annotations
+
+from concurrent.futures import Executor
+
+import aiohttp
+
+from asr_tts.asr.base import ASRProvider
+from asr_tts.asr.openai import OpenAIASR
+from asr_tts.asr.pocketsphinx import EmbeddedASR
+from asr_tts.asr.volcengine import VolcengineASR
+from asr_tts.segmenter import SegmenterConfig
+from asr_tts.tts.base import TTSProvider
+from asr_tts.tts.cache import FrameCache
+from asr_tts.tts.espeak import EmbeddedTTS
+from asr_tts.tts.openai import OpenAITTS
+from asr_tts.tts.speaker import Speaker
+from asr_tts.tts.volcengine import VolcengineTTS
+from asr_tts.vad import SileroModel
+from metrics.registry import Metrics
+from relay.config.schema import Config
+from relay.device.listener import AudioBatcher, VoiceDeps
+
+
+def build_speaker(
+    config: Config, session: aiohttp.ClientSession, executor: Executor, metrics: Metrics
+) -> Speaker:
+    """The TTS registry keyed by the name a business sends in `tts_provider` (§2.2)."""
+    tts = config.tts
+    providers: dict[str, TTSProvider] = {
+        "embedded": EmbeddedTTS(max_concurrency=tts.max_concurrency, timeout_s=tts.timeout_s)
+    }
+    if tts.openai.base_url:
+        providers["openai"] = OpenAITTS(
+            tts.openai.base_url,
+            tts.openai.api_key,
+            session=session,
+            model=tts.openai.model,
+            default_voice=tts.openai.voice,
+            timeout_s=tts.openai.timeout_s,
+        )
+    if tts.huoshan.appid and tts.huoshan.token:
+        providers["huoshan"] = VolcengineTTS(
+            appid=tts.huoshan.appid,
+            token=tts.huoshan.token,
+            session=session,
+            url=tts.huoshan.url,
+            cluster=tts.huoshan.cluster,
+            default_voice=tts.huoshan.voice,
+            timeout_s=tts.huoshan.timeout_s,
+        )
+    names = set(providers)
+
+    def on_synth(name: str, seconds: float) -> None:
+        metrics.tts_latency.labels(name if name in names else "other").observe(seconds)
+
+    return Speaker(
+        providers,
+        tts.provider,
+        executor,
+        cache=FrameCache(tts.cache_mb * 1024 * 1024) if tts.cache_mb else None,
+        on_fallback=lambda _requested: metrics.tts_fallbacks.inc(),
+        on_synth=on_synth,
+        on_encode=metrics.tts_encode.observe,
+        first_max_chars=tts.first_segment_chars or None,
+    )
+
+
+def build_asr(config: Config, session: aiohttp.ClientSession) -> ASRProvider:
+    """The configured speech recogniser."""
+    asr = config.asr
+    if asr.provider == "openai":
+        return OpenAIASR(
+            asr.openai.base_url,
+            asr.openai.api_key,
+            session=session,
+            model=asr.openai.model,
+            timeout_s=asr.openai.timeout_s,
+        )
+    if asr.provider == "volcengine":
+        v = asr.volcengine
+        return VolcengineASR(
+            appid=v.appid,
+            token=v.token,
+            cluster=v.cluster,
+            session=session,
+            url=v.url,
+            timeout_s=v.timeout_s,
+        )
+    return EmbeddedASR(
+        pool_size=asr.pool_size,
+        timeout_s=asr.timeout_s,
+        grammar_words=asr.grammar_words or None,
+    )
+
+
+def build_voice(
+    config: Config, session: aiohttp.ClientSession, executor: Executor, metrics: Metrics
+) -> VoiceDeps:
+    """Everything a device's microphone pipeline needs."""
+    vad = config.vad
+    return VoiceDeps(
+        asr=build_asr(config, session),
+        vad=SileroModel(threads=1),
+        segmenter=SegmenterConfig(
+            threshold=vad.threshold,
+            min_speech_s=vad.min_speech_s,
+            min_silence_s=vad.min_silence_s,
+            pre_roll_s=vad.pre_roll_s,
+            max_utterance_s=vad.max_utterance_s,
+        ),
+        batcher=AudioBatcher(
+            executor, max_in_flight=vad.audio_threads, window_s=vad.batch_window_ms / 1000
+        ),
+        metrics=metrics,
+        max_late_s=vad.max_late_ms / 1000,
+        language=config.asr.language or None,
+    )
