@@ -9,6 +9,7 @@ COPY bridges bridges
 COPY asr_tts asr_tts
 COPY relay relay
 COPY metrics metrics
+COPY devsim devsim
 RUN pip install --no-cache-dir .
 COPY config.toml ./
 COPY examples examples

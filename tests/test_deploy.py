@@ -338,3 +338,17 @@ def test_compose_config_with_docker_if_available() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_image_copies_every_package_it_installs() -> None:
+    # `pip install .` in the Dockerfile builds every package pyproject lists: a top-level
+    # folder that is not copied before it breaks the image build (docker is not run here).
+    import tomllib
+
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"
+    ]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    install = dockerfile.index("RUN pip install")
+    copied = set(re.findall(r"^COPY (\w+) \1$", dockerfile[:install], re.M))
+    assert {p.split(".")[0] for p in packages} <= copied
