@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import struct
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -17,8 +16,11 @@ import orjson
 from aiohttp import web
 
 from metrics.registry import Metrics
+from protocol import websocket
 from protocol.binary import encode_frame
 from protocol.codes import CloseCode
+from protocol.play_clock import Pacer
+from protocol.websocket import FIN_BINARY, FIN_TEXT
 
 log = logging.getLogger(__name__)
 
@@ -32,57 +34,6 @@ _HELD: Final = 2  # text held until the audio before it plays (docs/protocol.md 
 PACING_MARGIN_S = 0.005
 _HIGH_WATER = 64 * 1024  # bytes a device may leave unread in our socket buffer before writes wait
 _DRAIN_POLL_S = 0.02
-_FIN_TEXT: Final = 0x81  # FIN + opcode 1 (RFC 6455 §5.2)
-_FIN_BINARY: Final = 0x82  # FIN + opcode 2
-_LEN7 = struct.Struct("!BB")
-_LEN16 = struct.Struct("!BBH")
-_LEN64 = struct.Struct("!BBQ")
-
-
-class Pacer:
-    """Audio pacing against a monotonic clock (docs/protocol.md §1.6).
-
-    `play_end` is when the device will have played every frame written so far; frames still
-    queued in the relay count as playing right after it. A frame may go out while the lead
-    (play_end - now) is at most `lead_s`, so the device's queue never holds more than
-    `play_buffer_duration` plus one frame. Frames are accounted when written, not when
-    queued: a frame that waits behind other devices' writes starts the device's clock later.
-    """
-
-    def __init__(self, frame_s: float, lead_s: float) -> None:
-        self.frame_s = frame_s
-        self.lead_s = lead_s
-        self._play_end = 0.0
-
-    def _room(self, now: float, queued: int) -> float:
-        return self.lead_s - (max(self._play_end, now) - now) - queued * self.frame_s
-
-    def allowed(self, now: float, queued: int = 0) -> int:
-        """How many more frames may be queued at `now`, with `queued` not yet written."""
-        room = self._room(now, queued)
-        # A hair of tolerance: the float sum of 17 frames of 0.06 s is not exactly 1.02.
-        return int(room / self.frame_s + 1e-9) + 1 if room >= -1e-9 else 0
-
-    def delay(self, now: float, queued: int = 0) -> float:
-        """Seconds to wait before the next frame may be queued."""
-        return max(0.0, -self._room(now, queued))
-
-    @property
-    def play_end(self) -> float:
-        """When the device will have played every frame written so far (loop clock)."""
-        return self._play_end
-
-    def reset(self) -> None:
-        """Nothing is left to play: the device flushed its buffer."""
-        self._play_end = 0.0
-
-    def sent(self, now: float, frames: int = 1) -> None:
-        """Record that `frames` frames were written at `now`."""
-        self._play_end = max(self._play_end, now) + frames * self.frame_s
-
-    def lead(self, now: float) -> float:
-        """Audio written to the device beyond `now`, in seconds."""
-        return max(0.0, self._play_end - now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,14 +154,13 @@ class Link:
         the play clock. A held group is due when the frame after it starts playing: when
         the frames before it in `items`, written now, have played."""
         out: list[tuple[int, bytes]] = []
-        start = max(self.pacer.play_end, now)
         frames = 0
         for kind, data in items:
             if not isinstance(data, Held):
                 out.append((kind, data))
                 frames += kind == _AUDIO
                 continue
-            due = max(start + frames * self.pacer.frame_s, self._last_due)
+            due = max(self.pacer.play_start(now, frames), self._last_due)
             self._last_due = due
             if due <= now:
                 for msg, mtype in data.messages:
@@ -343,9 +293,8 @@ class Link:
 class WebSocketLink(Link):
     """A device WebSocket; audio framed per the handshake's protocol version (§1.4).
 
-    Frames are built here and handed to the transport in one write per batch: a server's
-    frames are unmasked and the relay negotiates no extension (RFC 6455 §5.2), so a frame is
-    a 2-10 byte header and the payload. The transport's buffer is the flow control: past
+    Frames are built here (protocol.websocket) and handed to the transport in one write per
+    batch. The transport's buffer is the flow control: past
     `_HIGH_WATER` bytes, writes wait for the device to read.
     """
 
@@ -370,16 +319,8 @@ class WebSocketLink(Link):
     def _frame(self, kind: int, data: bytes) -> bytes:
         if kind == _AUDIO:
             ts = int((time.monotonic() - self._start) * 1000)
-            data = encode_frame(self._version, data, timestamp_ms=ts)
-            first = _FIN_BINARY
-        else:
-            first = _FIN_TEXT
-        size = len(data)
-        if size < 126:
-            return _LEN7.pack(first, size) + data
-        if size < 65536:
-            return _LEN16.pack(first, 126, size) + data
-        return _LEN64.pack(first, 127, size) + data
+            return websocket.frame(FIN_BINARY, encode_frame(self._version, data, timestamp_ms=ts))
+        return websocket.frame(FIN_TEXT, data)
 
     def _ready(self, transport: asyncio.Transport | None) -> bool:
         """Whether the transport takes a write now; raises once the socket is closing."""

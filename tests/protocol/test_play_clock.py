@@ -3,10 +3,11 @@ play buffer plus one frame ahead of the device's clock."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.device.link import Pacer
+from protocol.play_clock import Pacer
 
 FRAME = 0.06
 LEAD = 1.0
@@ -71,3 +72,23 @@ def test_lead_at_write_time_never_exceeds_buffer_plus_one_frame(
     for at, frames in queued:
         pacer.sent(at, frames)
         assert pacer.lead(at) <= LEAD + FRAME + 1e-9
+
+
+def test_play_start_is_when_a_frame_written_now_plays() -> None:
+    p = Pacer(0.06, 1.0)
+    assert p.play_start(10.0) == 10.0  # nothing playing: at once
+    assert p.play_start(10.0, frames_before=3) == pytest.approx(10.18)
+    p.sent(10.0, 5)  # plays until 10.3
+    assert p.play_start(10.1) == pytest.approx(10.3)
+    assert p.play_start(10.1, frames_before=2) == pytest.approx(10.42)
+    assert p.play_start(11.0) == 11.0  # the buffer ran dry: a new frame plays on arrival
+
+
+def test_reset_forgets_what_was_playing() -> None:
+    p = Pacer(0.06, 1.0)
+    p.sent(10.0, 10)
+    assert p.play_end == pytest.approx(10.6)
+    p.reset()
+    assert p.play_end == 0.0
+    assert p.lead(10.1) == 0.0
+    assert p.play_start(10.1) == 10.1
