@@ -5,6 +5,7 @@ RUN apt-get update \
 WORKDIR /app
 COPY pyproject.toml README.md LICENSE ./
 COPY protocol protocol
+COPY aioutil aioutil
 COPY bridges bridges
 COPY asr_tts asr_tts
 COPY relay relay

@@ -14,6 +14,7 @@ import aiohttp
 import opuslib_next
 import orjson
 
+from aioutil import cancel_and_wait
 from asr_tts.codec import OPUS_SAMPLE_RATES, OpusDecoder
 from devsim import work
 from protocol.binary import FrameType, decode_frame, encode_frame
@@ -108,9 +109,7 @@ class Conn:
                     t.done.clear()
                     await t.done.wait()
         finally:
-            if aborter is not None:
-                aborter.cancel()
-                await asyncio.wait([aborter])
+            await cancel_and_wait(aborter)
             self.printer.flush()
         return t
 
@@ -218,9 +217,7 @@ class Conn:
         """Close the WebSocket (normal closure) and stop reading."""
         self._closing = True
         await self.ws.close()
-        if not self._reader.done():
-            self._reader.cancel()
-        await asyncio.wait([self._reader])
+        await cancel_and_wait(self._reader)
 
 
 def _int(value: Any, default: int) -> int:

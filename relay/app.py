@@ -13,14 +13,16 @@ import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
 
+from aioutil import cancel_and_wait
 from asr_tts.asr.pocketsphinx import EmbeddedASR
 from bridges.business import BusinessClient
 from bridges.http import HTTPClient
 from metrics.registry import Metrics
 from protocol.codes import CloseCode
+from protocol.node import PushReason
 from relay.auth.device import DeviceAuthenticator
 from relay.auth.handshake import canonical_device_id
-from relay.cluster.base import Cluster, LocalCluster, Presence, PushReason
+from relay.cluster.base import Cluster, LocalCluster, Presence
 from relay.cluster.redis import RedisCluster
 from relay.config.schema import Config
 from relay.device.connection import presence_of
@@ -112,8 +114,7 @@ def _resources(
         try:
             yield
         finally:
-            sweeper.cancel()
-            await asyncio.wait([sweeper])
+            await cancel_and_wait(sweeper)
             await cluster.stop()
             if isinstance(voice.asr, EmbeddedASR):
                 voice.asr.close()  # its decoder processes exit after their running call

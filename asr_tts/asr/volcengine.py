@@ -39,6 +39,7 @@ from typing import Literal
 import aiohttp
 import orjson
 
+from aioutil import cancel_and_wait
 from asr_tts.asr.base import BYTES_PER_SECOND, SAMPLE_RATE, ASRError, ASRStream
 
 DEFAULT_URL = "wss://openspeech.bytedance.com/api/v2/asr"
@@ -286,8 +287,7 @@ class _VolcengineStream:
     async def _close(self) -> None:
         """Stop the reader and close the WebSocket."""
         self._pending.clear()
-        self._reader.cancel()
-        await asyncio.wait([self._reader])
+        await cancel_and_wait(self._reader)
         if not self._final.done():
             self._final.cancel()
         elif not self._final.cancelled():

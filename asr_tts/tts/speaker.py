@@ -10,6 +10,7 @@ from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
+from aioutil import cancel_and_wait
 from asr_tts.codec import FrameEncoder
 from asr_tts.tts.base import Pcm, TTSProvider, Voice
 from asr_tts.tts.cache import CacheKey, FrameCache, cache_key
@@ -136,9 +137,7 @@ class Speaker:
             if part is not None:  # stopped between a first segment's head and its rest
                 self._settle(part, asyncio.CancelledError())
             if pending is not None:
-                pending.cancel()
-                # asyncio.wait neither raises the task's outcome nor hides our own cancellation.
-                await asyncio.wait([pending])
+                await cancel_and_wait(pending)
                 if not pending.cancelled():
                     pending.exception()  # retrieved: its failure no longer matters to anyone
 

@@ -13,9 +13,9 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Protocol, cast, get_args
+from typing import NamedTuple, Protocol
 
-import orjson
+from protocol.node import NodeAck, NodeMessage, NodePush, PushReason
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,6 @@ class Presence:
     session_id: str
     connected_at: float
     last_seen: float
-
-
-PushReason = Literal["offline", "timeout", "redis_unavailable", "rejected", "not_supported"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,73 +94,6 @@ class Cluster(Protocol):
 
     async def push(self, device_id: str, message: bytes, timeout_s: float) -> PushResult:
         """Deliver `message` to the device on whichever node holds it; truly acknowledged."""
-
-
-@dataclass(frozen=True, slots=True)
-class NodePush:
-    """A push forwarded to the node that holds the device; answered by a `NodeAck`."""
-
-    request_id: str
-    sender: str
-    device_id: str
-    timeout_s: float
-    message: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class NodeAck:
-    """The holding node's answer to a `NodePush`."""
-
-    request_id: str
-    delivered: bool
-    reason: PushReason | None
-
-
-@dataclass(frozen=True, slots=True)
-class NodeReplace:
-    """Asks a node to close its connection of a device that connected elsewhere (4001)."""
-
-    device_id: str
-    session_id: str
-
-
-NodeMessage = NodePush | NodeAck | NodeReplace
-_REASONS: tuple[PushReason, ...] = get_args(PushReason)
-
-
-def encode_node_message(msg: NodeMessage) -> bytes:
-    """Node-to-node wire form: a JSON header line, then a push's message bytes untouched."""
-    match msg:
-        case NodePush():
-            head = {"t": "push", "id": msg.request_id, "from": msg.sender, "dev": msg.device_id}
-            return orjson.dumps({**head, "ttl": msg.timeout_s}) + b"\n" + msg.message
-        case NodeAck():
-            ack = {"t": "ack", "id": msg.request_id, "ok": msg.delivered, "why": msg.reason}
-            return orjson.dumps(ack) + b"\n"
-        case NodeReplace():
-            return orjson.dumps({"t": "replace", "dev": msg.device_id, "sid": msg.session_id})
-
-
-def decode_node_message(raw: bytes) -> NodeMessage | None:
-    """Parse what `encode_node_message` wrote; None for anything else."""
-    head, _, body = raw.partition(b"\n")  # orjson never writes a raw newline
-    try:
-        h = orjson.loads(head)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(h, dict):
-        return None
-    kind, rid, dev, sid = h.get("t"), h.get("id"), h.get("dev"), h.get("sid")
-    if kind == "push" and isinstance(rid, str) and isinstance(dev, str):
-        sender, ttl = h.get("from"), h.get("ttl")
-        if isinstance(sender, str) and isinstance(ttl, int | float) and ttl > 0:
-            return NodePush(rid, sender, dev, float(ttl), body)
-    elif kind == "ack" and isinstance(rid, str) and isinstance(ok := h.get("ok"), bool):
-        why = h.get("why")
-        return NodeAck(rid, ok, cast(PushReason, why) if why in _REASONS else None)
-    elif kind == "replace" and isinstance(dev, str) and isinstance(sid, str):
-        return NodeReplace(dev, sid)
-    return None
 
 
 def bump(counter: dict[str, int], op: str) -> None:

@@ -26,23 +26,25 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from relay.cluster.base import (
-    Deliver,
-    LocalDevices,
+from protocol.node import (
     NodeAck,
-    NodeInbox,
     NodeMessage,
     NodePush,
     NodeReplace,
+    decode_node_message,
+    encode_node_message,
+)
+from relay.cluster.base import (
+    Deliver,
+    LocalDevices,
+    NodeInbox,
     Page,
     Presence,
     PushResult,
     Replace,
     bump,
     clamp_limit,
-    decode_node_message,
     deliver_local,
-    encode_node_message,
     page_of,
 )
 

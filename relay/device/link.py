@@ -15,6 +15,7 @@ from typing import Final
 import orjson
 from aiohttp import web
 
+from aioutil import cancel_and_wait
 from metrics.registry import Metrics
 from protocol import websocket
 from protocol.binary import encode_frame
@@ -223,9 +224,8 @@ class Link:
         self._pending.clear()
         self._queued_audio = 0
         writer, self._writer = self._writer, None
-        if writer is not None and writer is not asyncio.current_task():
-            writer.cancel()
-            await asyncio.wait([writer])
+        if writer is not asyncio.current_task():
+            await cancel_and_wait(writer)
         await self._close_peer(self.close_code)
 
     def _put(self, items: list[Item], audio: int) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
+from aioutil import cancel_and_wait
 from asr_tts.asr.base import ASRError, ASRProvider, ASRStream
 from asr_tts.segmenter import Segmenter, SegmenterConfig, SegmentEvent
 from asr_tts.uplink import AudioError, UplinkDecoder, UplinkFormat
@@ -254,19 +255,13 @@ class Listener:
         self._segmenter.reset()
         self._ring.clear()
         await self._drop_stream()
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await cancel_and_wait(list(self._tasks))
 
     async def close(self) -> None:
         """Stop everything this listener owns."""
         self.mode = None
         self._pending.clear()
-        if self._pump is not None:
-            self._pump.cancel()
-            await asyncio.wait([self._pump])
+        await cancel_and_wait(self._pump)
         await self.cancel()
 
     async def _run_pump(self) -> None:
@@ -404,8 +399,7 @@ class Listener:
         stream, opening = self._stream, self._opening
         self._stream = self._opening = None
         if opening is not None:
-            opening.cancel()
-            await asyncio.wait([opening])
+            await cancel_and_wait(opening)
             if not opening.cancelled() and opening.exception() is None:
                 stream = opening.result()
         if stream is not None:

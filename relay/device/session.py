@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from aioutil import cancel_and_wait
 from asr_tts.codec import DownlinkFormat
 from asr_tts.uplink import UplinkFormat
 from bridges.business import BusinessTarget
@@ -122,10 +123,7 @@ class Session:
             if turn.speech is not None:
                 tasks.append(task)
                 spoke = spoke or turn.speech.started
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await cancel_and_wait(tasks)
         if spoke:
             self.link.send_json(device.tts_stop(self.session_id, aborted=True), "tts")
 
@@ -134,11 +132,7 @@ class Session:
         if self._listener is not None:
             await self._listener.close()
         self._chat = None
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await cancel_and_wait(list(self._tasks))
 
     async def wait_idle(self) -> None:
         """Wait until no turn is running (used by the simulate endpoint and drains)."""
@@ -297,8 +291,7 @@ class Session:
         # device then hears `tts stop` aborted before the new answer starts.
         try:
             if previous is not None and not previous[0].done():
-                previous[0].cancel()
-                await asyncio.wait([previous[0]])
+                await cancel_and_wait(previous[0])
                 if previous[1].speech is not None and previous[1].speech.started:
                     self.link.send_json(device.tts_stop(self.session_id, aborted=True), "tts")
             await coro

@@ -16,8 +16,9 @@ from aiohttp import web
 from protocol import device_push, jsonutil
 from protocol.business import speak_with_voice
 from protocol.device_push import BadDevicePush
+from protocol.node import PushReason
 from relay.auth.handshake import canonical_device_id
-from relay.cluster.base import Presence, PushReason
+from relay.cluster.base import Presence
 from relay.http.api import api_error, read_json
 from relay.resources import RELAY_KEY, Relay
 

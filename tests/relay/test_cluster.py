@@ -12,19 +12,10 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from redis.asyncio import Redis
 
-from relay.cluster.base import (
-    Cluster,
-    LocalCluster,
-    NodeAck,
-    NodePush,
-    NodeReplace,
-    Page,
-    Presence,
+from protocol.node import (
     PushReason,
-    PushResult,
-    decode_node_message,
-    encode_node_message,
 )
+from relay.cluster.base import Cluster, LocalCluster, Page, Presence, PushResult
 from relay.cluster.redis import RedisCluster
 from tests.relay.redis_server import (  # noqa: F401 (pytest finds the fixture by name)
     RedisServer,
@@ -323,38 +314,6 @@ def test_both_implement_the_interface_and_timing_is_checked() -> None:
     assert [c.node_id for c in clusters] == ["local", "A"]
     with pytest.raises(ValueError, match="heartbeat_s"):
         RedisCluster("redis://127.0.0.1:1/0", "A", presence_ttl_s=5, heartbeat_s=5)
-
-
-@pytest.mark.parametrize(
-    "msg",
-    [
-        NodePush("r1", "B", "d1", 1.5, b"\n{}\x00"),
-        NodeAck("r1", True, None),
-        NodeAck("r2", False, "rejected"),
-        NodeAck("r3", False, "not_supported"),
-        NodeReplace("d1", "s1"),
-    ],
-)
-def test_node_messages_round_trip(msg: NodePush | NodeAck | NodeReplace) -> None:
-    assert decode_node_message(encode_node_message(msg)) == msg
-
-
-@pytest.mark.parametrize(
-    ("raw", "expected"),
-    [
-        (b"", None),
-        (b"not json\n", None),
-        (b"[1]\n", None),
-        (b'{"t":"push","id":"r","dev":"d","ttl":1}\n', None),  # no sender
-        (b'{"t":"push","id":"r","from":"B","dev":"d","ttl":0}\n', None),
-        (b'{"t":"ack","id":"r","ok":"yes"}\n', None),
-        (b'{"t":"replace","dev":"d"}', None),
-        (b'{"t":"other"}', None),
-        (b'{"t":"ack","id":"r","ok":false,"why":"<b>"}\n', NodeAck("r", False, None)),
-    ],
-)
-def test_foreign_node_messages_are_refused_or_sanitised(raw: bytes, expected: object) -> None:
-    assert decode_node_message(raw) == expected
 
 
 async def test_local_cluster_presence_and_listing() -> None:

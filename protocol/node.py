@@ -1,0 +1,78 @@
+"""The node-to-node wire (README.md "Many processes and machines"): a push forwarded to the
+node that holds the device, its acknowledgement, and the request to close a device that
+connected elsewhere. Pure: bytes in, messages out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, cast, get_args
+
+import orjson
+
+# Why a push was not delivered; HTTP statuses are chosen from these (docs/protocol.md §4).
+PushReason = Literal["offline", "timeout", "redis_unavailable", "rejected", "not_supported"]
+
+
+@dataclass(frozen=True, slots=True)
+class NodePush:
+    """A push forwarded to the node that holds the device; answered by a `NodeAck`."""
+
+    request_id: str
+    sender: str
+    device_id: str
+    timeout_s: float
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAck:
+    """The holding node's answer to a `NodePush`."""
+
+    request_id: str
+    delivered: bool
+    reason: PushReason | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReplace:
+    """Asks a node to close its connection of a device that connected elsewhere (4001)."""
+
+    device_id: str
+    session_id: str
+
+
+NodeMessage = NodePush | NodeAck | NodeReplace
+_REASONS: tuple[PushReason, ...] = get_args(PushReason)
+
+
+def encode_node_message(msg: NodeMessage) -> bytes:
+    """Node-to-node wire form: a JSON header line, then a push's message bytes untouched."""
+    if isinstance(msg, NodePush):
+        head = {"t": "push", "id": msg.request_id, "from": msg.sender, "dev": msg.device_id}
+        return orjson.dumps({**head, "ttl": msg.timeout_s}) + b"\n" + msg.message
+    if isinstance(msg, NodeAck):
+        ack = {"t": "ack", "id": msg.request_id, "ok": msg.delivered, "why": msg.reason}
+        return orjson.dumps(ack) + b"\n"
+    return orjson.dumps({"t": "replace", "dev": msg.device_id, "sid": msg.session_id})
+
+
+def decode_node_message(raw: bytes) -> NodeMessage | None:
+    """Parse what `encode_node_message` wrote; None for anything else."""
+    head, _, body = raw.partition(b"\n")  # orjson never writes a raw newline
+    try:
+        h = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(h, dict):
+        return None
+    kind, rid, dev, sid = h.get("t"), h.get("id"), h.get("dev"), h.get("sid")
+    if kind == "push" and isinstance(rid, str) and isinstance(dev, str):
+        sender, ttl = h.get("from"), h.get("ttl")
+        if isinstance(sender, str) and isinstance(ttl, int | float) and ttl > 0:
+            return NodePush(rid, sender, dev, float(ttl), body)
+    elif kind == "ack" and isinstance(rid, str) and isinstance(ok := h.get("ok"), bool):
+        why = h.get("why")
+        return NodeAck(rid, ok, cast(PushReason, why) if why in _REASONS else None)
+    elif kind == "replace" and isinstance(dev, str) and isinstance(sid, str):
+        return NodeReplace(dev, sid)
+    return None
