@@ -16,7 +16,8 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder
-from asr_tts.tts.base import Pcm, TTSError, Voice
+from asr_tts.pcm import Pcm
+from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.speaker import Speaker
 from asr_tts.tts.volcengine import VolcengineTTS
 from tests.asr_tts.test_tts_openai import rms, sine, wav
