@@ -24,7 +24,7 @@ from typing import (
 from asr_tts.codec import OPUS_FRAME_MS, OPUS_SAMPLE_RATES
 from bridges.business import BusinessTarget
 from protocol.device import WAKE_WORDS, DetectRules, phrase_key
-from relay.http.cors import origin_problem
+from relay.cors import origin_problem
 
 ENV_PREFIX = "RELAY__"
 SignedInt = Annotated[int, "signed"]  # an int key that may be negative (others may not)
