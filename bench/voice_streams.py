@@ -67,16 +67,12 @@ SPEECH = (
 
 
 class _StubStream:
-    """An utterance the stub 'recognises': audio is counted and dropped."""
-
-    def __init__(self, owner: StubASR) -> None:
-        self._owner = owner
+    """An utterance the stub 'recognises': audio is dropped."""
 
     async def feed(self, pcm: bytes) -> None:
-        self._owner.bytes_fed += len(pcm)
+        return None
 
     async def finish(self) -> str:
-        self._owner.finished += 1
         return ""
 
     async def cancel(self) -> None:
@@ -89,12 +85,12 @@ class StubASR:
     name = "stub"
 
     def __init__(self) -> None:
-        self.opened = self.finished = self.bytes_fed = 0
+        self.opened = 0
 
     async def open(self, *, language: str | None = None) -> ASRStream:
         """A new utterance."""
         self.opened += 1
-        return _StubStream(self)
+        return _StubStream()
 
 
 class TimedExecutor(ThreadPoolExecutor):
