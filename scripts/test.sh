@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up, then runs the checks CI runs: lint, format, types, import contracts, tests.
+# Sets up, then runs the checks CI runs: lint, format, types, import contracts, dead
+# code, tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RELAY_SETUP_BROWSER="${RELAY_SETUP_BROWSER:-1}"  # Chromium for the console test
@@ -7,6 +8,7 @@ scripts/setup.sh
 echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy
 echo "== import contracts"; .venv/bin/lint-imports  # [tool.importlinter] in pyproject.toml
+echo "== dead code"; .venv/bin/vulture  # [tool.vulture] in pyproject.toml
 echo "== pytest"
 # pytest exits 5 when it collected no test: that is a failure here too (set -e).
 .venv/bin/pytest "$@"
