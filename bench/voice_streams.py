@@ -193,7 +193,7 @@ def process_cpu_s() -> float:
     return t.user + t.system
 
 
-async def run_point(
+async def run_point(  # noqa: PLR0915 - one measurement's phases and its figures in order
     model: SileroModel, clip: list[bytes], n: int, args: argparse.Namespace, window_s: float
 ) -> dict[str, Any]:
     """N listeners fed in real time for warm-up + the timed window; the window's figures."""

@@ -106,7 +106,7 @@ class FakeVolcengine:
         return answer(reqid, 3000, "Success", sequence=-1, data=data, addition={"duration": ms})
 
     @staticmethod
-    def problem(body: Any) -> str | None:
+    def problem(body: Any) -> str | None:  # noqa: C901 - one check per documented rule
         """What is wrong with a request body (shape, types, documented ranges), or None."""
         if not isinstance(body, dict) or set(body) != set(KEYS):
             return "body must hold app, user, audio, request"
