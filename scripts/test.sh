@@ -5,7 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export RELAY_SETUP_BROWSER="${RELAY_SETUP_BROWSER:-1}"  # Chromium for the console test
 scripts/setup.sh
-echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check .
+# One command a line: under `set -e` a failure before `&&` would not stop the script.
+echo "== ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
 echo "== mypy"; .venv/bin/mypy
 echo "== import contracts"; .venv/bin/lint-imports  # [tool.importlinter] in pyproject.toml
 echo "== dead code"; .venv/bin/vulture  # [tool.vulture] in pyproject.toml
