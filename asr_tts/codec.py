@@ -10,7 +10,7 @@ import numpy as np
 import opuslib_next
 import soxr
 
-from asr_tts.tts.base import Pcm
+from asr_tts.pcm import Pcm
 
 # Sample rates and frame lengths libopus accepts (RFC 6716 §2.1.4; 80-120 ms since libopus 1.2).
 OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)

@@ -12,7 +12,7 @@ import subprocess
 import numpy as np
 
 from asr_tts.codec import DownlinkFormat, FrameEncoder, pcm_from_wav, resample
-from asr_tts.tts.base import Pcm
+from asr_tts.pcm import Pcm
 
 RATE = 16000
 FRAME_MS = 60

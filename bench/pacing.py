@@ -81,7 +81,6 @@ class Device:
     arrivals: list[float] = field(default_factory=list)  # perf_counter, per audio frame
     stamps: list[int] = field(default_factory=list)  # relay send time (v2 header), ms
     asked_t: float = 0.0
-    start_t: float = 0.0
     stop_t: float = 0.0
     frames_after_stop: int = 0
     sentence_starts: int = 0
@@ -114,9 +113,7 @@ async def listen(dev: Device, cap_s: float) -> None:
             if m.get("type") != "tts":
                 continue
             state = m.get("state")
-            if state == "start":
-                dev.start_t = now
-            elif state == "sentence_start":
+            if state == "sentence_start":
                 dev.sentence_starts += 1
             elif state == "stop":
                 dev.stop_t = now

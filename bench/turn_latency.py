@@ -148,7 +148,7 @@ async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, tuple[float
     return out
 
 
-async def speak_turn(
+async def speak_turn(  # noqa: C901, PLR0915 - one timed turn, read top to bottom
     http: aiohttp.ClientSession, ws_url: str, metrics_url: str, u: Utterance, idx: int
 ) -> Turn:
     """Connect, hello, listen start (auto), stream the phrase in real time until stt, then

@@ -12,7 +12,7 @@ from typing import Literal
 from bridges.http import Endpoint, HTTPClient, HTTPError, Response
 from protocol.business import BadEvent, BusinessEvent, is_end, parse_event, session_ok
 from protocol.codes import BusinessError
-from protocol.sse import SSEDecoder
+from protocol.sse import SSEDecoder, SSEEvent
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,6 @@ class BusinessClient:
         total_deadline = start + target.total_timeout_s
         lenient = target.session_check == "lenient"
         decoder = SSEDecoder(target.max_event_bytes)
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream",
-        }
-        if target.token:
-            headers["Authorization"] = f"Bearer {target.token}"
         stats.outcome = Outcome.CANCELLED
         resp: Response | None = None
         try:
@@ -119,7 +113,7 @@ class BusinessClient:
                 resp = await self._http.post(
                     self._endpoint(target.url),
                     body,
-                    headers,
+                    _headers(target),
                     connect_timeout_s=target.connect_timeout_s,
                 )
             _check_response(resp)
@@ -128,16 +122,8 @@ class BusinessClient:
                     chunk = await resp.read()
                 sse_events = decoder.feed(chunk) if chunk else decoder.close()
                 for sse in sse_events:
-                    if sse.oversized:
-                        stats.bad_events += 1
-                        continue
-                    try:
-                        event = parse_event(sse.data)
-                    except BadEvent:
-                        stats.bad_events += 1  # §2.6: skipped, the stream goes on
-                        continue
-                    if not session_ok(event, expected_session, lenient=lenient):
-                        stats.foreign_dropped += 1
+                    event = _accept(sse, expected_session, lenient, stats)
+                    if event is None:
                         continue
                     if stats.first_event_s is None:  # only this session's events count
                         stats.first_event_s = clock() - start
@@ -163,6 +149,31 @@ class BusinessClient:
             if resp is not None:
                 resp.release()
             stats.total_s = clock() - start
+
+
+def _headers(target: BusinessTarget) -> dict[str, str]:
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    if target.token:
+        headers["Authorization"] = f"Bearer {target.token}"
+    return headers
+
+
+def _accept(
+    sse: SSEEvent, expected_session: str, lenient: bool, stats: StreamStats
+) -> BusinessEvent | None:
+    """The event `sse` carries if it is for this session; None, counted, when it is not."""
+    if sse.oversized:
+        stats.bad_events += 1
+        return None
+    try:
+        event = parse_event(sse.data)
+    except BadEvent:
+        stats.bad_events += 1  # §2.6: skipped, the stream goes on
+        return None
+    if not session_ok(event, expected_session, lenient=lenient):
+        stats.foreign_dropped += 1
+        return None
+    return event
 
 
 async def _drain(resp: Response) -> None:

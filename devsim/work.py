@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 import orjson
 
 from asr_tts.codec import DownlinkFormat, FrameEncoder, pcm_from_wav, resample
-from asr_tts.tts.base import Pcm, TTSError, Voice
+from asr_tts.pcm import Pcm
+from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.espeak import EmbeddedTTS
 
 if TYPE_CHECKING:

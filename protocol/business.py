@@ -37,7 +37,7 @@ class Speak:
 
 
 class BadEvent(ValueError):
-    """An SSE event whose data is not a JSON object (`business_bad_event`, §2.6)."""
+    """An SSE event whose data is not a JSON object: skipped and counted (§2.6)."""
 
 
 def chat_request(device_id: str, text: str, session_id: str, timestamp_ms: int) -> bytes:

@@ -38,7 +38,6 @@ class BusinessError(StrEnum):
     STATUS = "business_status"
     CONTENT_TYPE = "business_content_type"
     TIMEOUT = "business_timeout"
-    BAD_EVENT = "business_bad_event"
     NOT_CONFIGURED = "business_not_configured"
 
 
@@ -56,7 +55,6 @@ MESSAGES: dict[str, str] = {
     BusinessError.STATUS: "business service answered with an error status",
     BusinessError.CONTENT_TYPE: "business service did not answer with text/event-stream",
     BusinessError.TIMEOUT: "business service did not answer in time",
-    BusinessError.BAD_EVENT: "business service sent an event that is not a JSON object",
     BusinessError.NOT_CONFIGURED: "no business service is configured for this device",
 }
 

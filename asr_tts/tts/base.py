@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from asr_tts.pcm import Pcm
+
 
 @dataclass(frozen=True, slots=True)
 class Voice:
@@ -14,25 +16,6 @@ class Voice:
     voice_type: str | None = None
     speed_ratio: float = 1.0
     pitch_ratio: float = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class Pcm:
-    """Mono signed 16-bit little-endian samples at a sample rate."""
-
-    samples: bytes
-    sample_rate: int
-
-    def __post_init__(self) -> None:
-        if self.sample_rate <= 0:
-            raise ValueError(f"sample rate must be positive, got {self.sample_rate}")
-        if len(self.samples) % 2:
-            raise ValueError("16-bit PCM must have an even number of bytes")
-
-    @property
-    def duration_s(self) -> float:
-        """Length of the audio in seconds."""
-        return len(self.samples) / 2 / self.sample_rate
 
 
 class TTSError(Exception):

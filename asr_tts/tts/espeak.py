@@ -8,7 +8,8 @@ import math
 import re
 
 from asr_tts.codec import pcm_from_wav
-from asr_tts.tts.base import Pcm, TTSError, Voice
+from asr_tts.pcm import Pcm
+from asr_tts.tts.base import TTSError, Voice
 
 # Reads pinyin with tone digits; Debian's plain "cmn" voice reads the digits in English.
 MANDARIN_VOICE = "cmn-latn-pinyin"

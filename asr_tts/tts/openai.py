@@ -18,8 +18,9 @@ import aiohttp
 import orjson
 
 from asr_tts.codec import pcm_from_wav
-from asr_tts.http_body import read_capped
-from asr_tts.tts.base import Pcm, TTSError, Voice
+from asr_tts.pcm import Pcm
+from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.http_body import read_capped
 
 SAMPLE_RATE = 24000  # what response_format "pcm" means
 MIN_SPEED, MAX_SPEED = 0.25, 4.0

@@ -12,7 +12,8 @@ from typing import TypeVar
 
 from aioutil import cancel_and_wait
 from asr_tts.codec import FrameEncoder
-from asr_tts.tts.base import Pcm, TTSProvider, Voice
+from asr_tts.pcm import Pcm
+from asr_tts.tts.base import TTSProvider, Voice
 from asr_tts.tts.cache import CacheKey, FrameCache, cache_key
 from asr_tts.tts.sentences import clean_for_speech, split_sentences
 

@@ -35,8 +35,9 @@ import aiohttp
 import orjson
 
 from asr_tts.codec import pcm_from_wav
-from asr_tts.http_body import read_capped
-from asr_tts.tts.base import Pcm, TTSError, Voice
+from asr_tts.pcm import Pcm
+from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.http_body import read_capped
 
 DEFAULT_URL = "https://openspeech.bytedance.com/api/v1/tts"
 SUCCESS = 3000

@@ -24,7 +24,7 @@ from typing import (
 from asr_tts.codec import OPUS_FRAME_MS, OPUS_SAMPLE_RATES
 from bridges.business import BusinessTarget
 from protocol.device import WAKE_WORDS, DetectRules, phrase_key
-from relay.http.cors import origin_problem
+from relay.cors import origin_problem
 
 ENV_PREFIX = "RELAY__"
 SignedInt = Annotated[int, "signed"]  # an int key that may be negative (others may not)
@@ -278,6 +278,15 @@ def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Confi
 def parse(data: Mapping[str, Any]) -> Config:
     """Validate a decoded TOML document into a `Config`."""
     cfg = _build(Config, data, "")
+    _check_business_and_server(cfg)
+    _check_speech_out(cfg)
+    _check_speech_in(cfg)
+    _check_auth_and_redis(cfg)
+    _check_ota(cfg)
+    return cfg
+
+
+def _check_business_and_server(cfg: Config) -> None:
     names = [b.name for b in cfg.business]
     if len(set(names)) != len(names):
         raise ConfigError("business: names must be unique")
@@ -286,6 +295,9 @@ def parse(data: Mapping[str, Any]) -> Config:
             raise ConfigError(f"business[{i}].url: must be an http:// or https:// URL")
     if not 0 <= cfg.server.port <= 65535:
         raise ConfigError("server.port: must be between 0 and 65535")
+
+
+def _check_speech_out(cfg: Config) -> None:
     if cfg.tts.downlink_sample_rate not in OPUS_SAMPLE_RATES:
         rates = ", ".join(map(str, OPUS_SAMPLE_RATES))
         raise ConfigError(f"tts.downlink_sample_rate: Opus encodes only {rates} Hz")
@@ -298,6 +310,9 @@ def parse(data: Mapping[str, Any]) -> Config:
         raise ConfigError('tts.openai.base_url: required when tts.provider = "openai"')
     if cfg.tts.provider == "huoshan" and not (cfg.tts.huoshan.appid and cfg.tts.huoshan.token):
         raise ConfigError('tts.huoshan.appid: appid and token required for provider "huoshan"')
+
+
+def _check_speech_in(cfg: Config) -> None:
     if cfg.asr.provider == "openai" and not cfg.asr.openai.base_url:
         raise ConfigError('asr.openai.base_url: required when asr.provider = "openai"')
     if cfg.asr.provider == "volcengine" and not (
@@ -317,6 +332,9 @@ def parse(data: Mapping[str, Any]) -> Config:
             raise ConfigError(f"listen.wake_words[{i}]: a wake word needs letters or digits")
     if cfg.listen.max_text_chars < 1:
         raise ConfigError("listen.max_text_chars: must be at least 1")
+
+
+def _check_auth_and_redis(cfg: Config) -> None:
     if cfg.auth.mode == "hmac" and not cfg.auth.hmac_secret:
         raise ConfigError('auth.hmac_secret: mode "hmac" needs a secret')
     if cfg.auth.mode == "redis" and not cfg.redis.url:
@@ -327,6 +345,9 @@ def parse(data: Mapping[str, Any]) -> Config:
         raise ConfigError("redis.heartbeat_s: must be shorter than redis.presence_ttl_s")
     if cfg.auth.mode == "tokens" and not cfg.auth.tokens:
         raise ConfigError('auth.tokens: mode "tokens" needs at least one token')
+
+
+def _check_ota(cfg: Config) -> None:
     if cfg.ota.protocol_version not in (1, 2, 3):
         raise ConfigError("ota.protocol_version: must be 1, 2 or 3")
     if cfg.ota.websocket_url and not cfg.ota.websocket_url.startswith(("ws://", "wss://")):
@@ -341,7 +362,6 @@ def parse(data: Mapping[str, Any]) -> Config:
     for i, origin in enumerate(cfg.ota.cors_origins):
         if problem := origin_problem(origin):
             raise ConfigError(f"ota.cors_origins[{i}]: {problem}")
-    return cfg
 
 
 def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -429,11 +449,15 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return value
     if origin in (Union, types.UnionType):
         raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - schema bug
+    return _convert_scalar(tp, value, key)
+
+
+def _convert_scalar(tp: Any, value: Any, key: str) -> Any:
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{key}: expected true or false")
         return value
-    if origin is Annotated and get_args(tp) == get_args(SignedInt):
+    if get_origin(tp) is Annotated and get_args(tp) == get_args(SignedInt):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer")
         return value

@@ -12,8 +12,8 @@ from protocol.binary import FrameType, decode_frame
 from protocol.codes import CloseCode, DeviceError, ProtocolError
 from protocol.device import Hello
 from relay.auth.handshake import HandshakeError, parse_handshake
+from relay.cors import origin_allowed
 from relay.device.connection import Connection, presence_of
-from relay.http.cors import origin_allowed
 from relay.resources import RELAY_KEY, Relay
 
 log = logging.getLogger(__name__)

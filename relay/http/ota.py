@@ -16,7 +16,7 @@ the answer, and so what this module promises:
 
 Web pages call the same check with `fetch` from another origin (docs/protocol.md §1.8): the
 paths answer CORS preflights, and answers to an allowed `Origin` carry
-`Access-Control-Allow-Origin` (`relay.http.cors`); a request without `Origin` is answered as before.
+`Access-Control-Allow-Origin` (`relay.cors`); a request without `Origin` is answered as before.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from typing import Any
 from aiohttp import web
 
 from protocol import jsonutil
+from relay import cors
 from relay.auth.handshake import canonical_device_id
 from relay.auth.tokens import mint
 from relay.config.schema import AuthConfig, Config, OtaConfig
-from relay.http import cors
 from relay.http.api import api_error, read_body
 from relay.resources import RELAY_KEY
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder, pcm_from_wav, resample
-from asr_tts.tts.base import Pcm
+from asr_tts.pcm import Pcm
 
 
 def tone(seconds: float, rate: int, freq: float = 440.0, amplitude: int = 8000) -> Pcm:

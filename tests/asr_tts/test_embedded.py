@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from asr_tts.tts.base import Pcm, TTSError, Voice
+from asr_tts.pcm import Pcm
+from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.espeak import MANDARIN_VOICE, EmbeddedTTS
 
 # A stand-in for espeak-ng that logs its arguments, then prints a short WAV.

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder
-from asr_tts.tts.base import Pcm, TTSError, TTSProvider, Voice
+from asr_tts.pcm import Pcm
+from asr_tts.tts.base import TTSError, TTSProvider, Voice
 from asr_tts.tts.cache import FrameCache
 from asr_tts.tts.espeak import EmbeddedTTS
 from asr_tts.tts.speaker import HEAD_FRAMES, Speaker

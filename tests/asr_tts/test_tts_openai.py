@@ -19,8 +19,9 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder
+from asr_tts.pcm import Pcm
 from asr_tts.tts import openai as tts_openai
-from asr_tts.tts.base import Pcm, TTSError, Voice
+from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.openai import OpenAITTS
 from asr_tts.tts.speaker import Speaker
 

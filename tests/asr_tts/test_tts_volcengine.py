@@ -16,7 +16,8 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
 from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder
-from asr_tts.tts.base import Pcm, TTSError, Voice
+from asr_tts.pcm import Pcm
+from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.speaker import Speaker
 from asr_tts.tts.volcengine import VolcengineTTS
 from tests.asr_tts.test_tts_openai import rms, sine, wav
@@ -105,7 +106,7 @@ class FakeVolcengine:
         return answer(reqid, 3000, "Success", sequence=-1, data=data, addition={"duration": ms})
 
     @staticmethod
-    def problem(body: Any) -> str | None:
+    def problem(body: Any) -> str | None:  # noqa: C901 - one check per documented rule
         """What is wrong with a request body (shape, types, documented ranges), or None."""
         if not isinstance(body, dict) or set(body) != set(KEYS):
             return "body must hold app, user, audio, request"

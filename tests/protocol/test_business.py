@@ -208,6 +208,24 @@ def test_classify_chat_without_answer() -> None:
     assert classify(chat(tts_provider="huoshan")) is None
 
 
+def test_classify_chat_with_emotion() -> None:
+    data = (
+        '{"event":"message","type":"chat","session_id":"S",'
+        '"details":{"answer":"Hooray!","emotion":"happy"}}'
+    )
+    assert classify(parse_event(data)) == Speak("Hooray!", emotion="happy")
+
+
+@pytest.mark.parametrize("emotion", [" sad\t", "e" * 32])
+def test_classify_emotion_stripped_up_to_32_chars(emotion: str) -> None:
+    assert classify(chat(answer="a", emotion=emotion)) == Speak("a", emotion=emotion.strip())
+
+
+@pytest.mark.parametrize("emotion", ["", "  ", "e" * 33, 1, None, ["happy"], {"v": "happy"}])
+def test_classify_emotion_not_a_word_is_ignored(emotion: object) -> None:
+    assert classify(chat(answer="a", emotion=emotion)) == Speak("a")
+
+
 @pytest.mark.parametrize(
     "data",
     [

@@ -50,6 +50,20 @@ def test_loads_rejects_non_finite_literals(literal: str) -> None:
         jsonutil.loads(literal)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [b'"\\ud800"', b'{"a":"\\udfff"}', b'{"\\ud800":1}', b'[1,["ok","\\ud800"]]'],
+)
+def test_loads_rejects_lone_surrogates_anywhere(data: bytes) -> None:
+    with pytest.raises(UnicodeEncodeError):
+        jsonutil.loads(data)
+
+
+def test_loads_fallback_walks_lists_and_keeps_surrogate_pairs() -> None:
+    # A huge integer sends the document to the stdlib; a proper pair is one character.
+    assert jsonutil.loads(f'[{HUGE},["\\ud83d\\ude42",null]]'.encode()) == [HUGE, ["🙂", None]]
+
+
 def test_dumps_fast_path() -> None:
     assert jsonutil.dumps({"z": [1, 2.5, True, None], "a": "é 🙂"}) == (
         b'{"z":[1,2.5,true,null],"a":"\xc3\xa9 \xf0\x9f\x99\x82"}'

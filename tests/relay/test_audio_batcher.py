@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from asr_tts.codec import DownlinkFormat, FrameEncoder
-from asr_tts.tts.base import Pcm
+from asr_tts.pcm import Pcm
 from asr_tts.uplink import UplinkDecoder, UplinkFormat
 from asr_tts.vad import SileroModel, VadStream
 from relay.device.listener import FULL_BATCH, AudioBatcher, _Job

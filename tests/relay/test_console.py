@@ -162,7 +162,7 @@ async def connect(
 
 
 @needs_chromium
-async def test_console_is_a_device_that_speaks_and_hears(
+async def test_console_is_a_device_that_speaks_and_hears(  # noqa: PLR0915 - one browser, in order
     make_relay: RelayFactory,
     fake: FakeBusiness,
     browser: Browser,

@@ -12,7 +12,7 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from relay.config.schema import Config, ConfigError, load, parse
-from relay.http.cors import allow_origin, requested_headers
+from relay.cors import allow_origin, requested_headers
 from relay.run import cli
 from tests.relay.chromium import chromium, needs_chromium
 from tests.relay.conftest import RelayFactory

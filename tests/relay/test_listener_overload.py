@@ -11,8 +11,8 @@ import pytest
 
 from asr_tts.asr.base import ASRStream
 from asr_tts.codec import DownlinkFormat, FrameEncoder
+from asr_tts.pcm import Pcm
 from asr_tts.segmenter import SegmenterConfig
-from asr_tts.tts.base import Pcm
 from asr_tts.uplink import UplinkFormat
 from asr_tts.vad import SileroModel
 from metrics.registry import Metrics
