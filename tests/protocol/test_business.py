@@ -153,26 +153,6 @@ def test_classify_empty_answer_is_still_speech() -> None:
     assert classify(chat(answer="")) == Speak("")
 
 
-@pytest.mark.parametrize(
-    ("emotion", "expected"),
-    [
-        ("happy", "happy"),
-        (" thinking ", "thinking"),
-        ("grumpy", "grumpy"),  # unknown words pass as they are (docs/protocol.md §2.2)
-        ("x" * 32, "x" * 32),
-        ("x" * 33, None),  # not one word of the firmware's set
-        ("", None),
-        ("  ", None),
-        (7, None),
-        (None, None),
-        (["happy"], None),
-    ],
-)
-def test_classify_chat_emotion(emotion: object, expected: str | None) -> None:
-    sp = classify(chat(answer="hi", emotion=emotion))
-    assert sp == Speak("hi", emotion=expected)
-
-
 def test_classify_integer_ratio_becomes_float() -> None:
     speak = classify(chat(answer="a", speed_ratio=2, pitch_ratio=1))
     assert speak == Speak("a", speed_ratio=2.0, pitch_ratio=1.0)
