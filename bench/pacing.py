@@ -28,7 +28,11 @@ Per answer, on the same playback clock (the play clock of §1.6):
   frame. Which frame starts each sentence comes from cutting and encoding the text as the
   relay does: the same Speaker, espeak-ng (deterministic) and downlink format, with the
   relay's configuration (`config.toml` and the same overrides). An answer whose frame count or
-  captions differ from that plan is counted and left out of the skew.
+  captions differ from that plan is counted and left out of the skew;
+- the first frame's delay in reading: how much later than the device's fastest frame (relay
+  write stamp to arrival) the first one was received. The playback clock starts that much
+  late, and the stop lateness and caption skews move with it; on loopback it is the load
+  generator's own delay, so the stop lateness is also given with it taken out (diagnostics).
 
 Every device reads its answer up to `tts stop`, about one second after its last frame
 arrives (`--cap-s` bounds the wait); an answer without its `tts stop` counts as outside the
@@ -225,6 +229,12 @@ def analyse(dev: Device, plan: Plan) -> dict[str, Any]:
     arrival_jitter = [
         abs((arr[k] - arr[k - 1]) * 1000 - FRAME_MS) for k in range(burst + 1, len(arr))
     ]
+    # How much later than this device's fastest frame (relay write stamp to arrival, 1 ms
+    # stamps) its first frame was received: its playback clock, and with it the stop
+    # lateness and the caption skews, start that much late. On loopback that is the load
+    # generator's own delay in reading, which a real device does not share (diagnostics).
+    trip = [a * 1000 - ts for a, ts in zip(arr, s, strict=True)]
+    first_delay = trip[0] - min(trip) if trip else float("nan")
     return {
         "frames": len(s),
         "max_lead_ms": max(leads, default=float("nan")),
@@ -243,6 +253,7 @@ def analyse(dev: Device, plan: Plan) -> dict[str, Any]:
         "frames_after_stop": dev.frames_after_stop,
         "sentence_starts": len(dev.captions),
         "stop_lateness_ms": stop_late,
+        "first_frame_delay_ms": first_delay,
         "planned": planned,
         "caption_skews": skews,
     }
@@ -294,6 +305,14 @@ async def phase(
     stops = sorted(p["stop_lateness_ms"] for p in per if p["stop_lateness_ms"] is not None)
     lo, hi = GOAL_STOP_MS
     lost = [-x for x in stops if x < 0]
+    # The same with the first frame's delay in reading taken out (no underrun: the play end
+    # moves with the first frame); diagnostics, not the goal.
+    stops_adj = sorted(
+        p["stop_lateness_ms"] + p["first_frame_delay_ms"]
+        for p in per
+        if p["stop_lateness_ms"] is not None and not p["underruns"]
+    )
+    first_delays = sorted(p["first_frame_delay_ms"] for p in per)
     skews = sorted(x for p in per for x in p["caption_skews"])
     abs_skews = sorted(abs(x) for x in skews)
     return {
@@ -338,6 +357,11 @@ async def phase(
         "stops_in_goal_pct": r(100 * sum(1 for x in stops if lo <= x <= hi) / n, 2),
         "audio_lost_total_ms": r(sum(lost), 1),
         "audio_lost_max_ms": r(max(lost, default=0.0), 1),
+        "first_frame_delay_p50_ms": r(percentile(first_delays, 50), 1),
+        "first_frame_delay_p99_ms": r(percentile(first_delays, 99), 1),
+        "first_frame_delay_max_ms": r(first_delays[-1] if first_delays else float("nan"), 1),
+        "stop_lateness_less_first_delay_min_ms": r(stops_adj[0] if stops_adj else float("nan"), 1),
+        "stops_early_less_first_delay": sum(1 for x in stops_adj if x < 0),
         "captions": len(skews),
         "answers_off_plan": sum(1 for p in per if not p["planned"]),
         "caption_skew_min_ms": r(skews[0] if skews else float("nan"), 1),
@@ -458,6 +482,10 @@ def table(doc: dict[str, Any]) -> str:
         ("stops_in_goal_pct", "stops in [0, 60] %", 1),
         ("audio_lost_total_ms", "audio lost, total ms", 1),
         ("audio_lost_max_ms", "audio lost, max ms", 1),
+        ("first_frame_delay_p50_ms", "1st frame delay p50", 1),
+        ("first_frame_delay_max_ms", "1st frame delay max", 1),
+        ("stop_lateness_less_first_delay_min_ms", "stop late min, less it", 1),
+        ("stops_early_less_first_delay", "stops early, less it", 0),
         ("captions", "captions", 0),
         ("answers_off_plan", "answers off plan", 0),
         ("caption_skew_min_ms", "caption skew min ms", 1),
