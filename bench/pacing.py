@@ -279,6 +279,7 @@ async def phase(
             spy = start_py_spy(py_spy, "pacing-py-spy", relay.pid, SAMPLES, duration_s=9)
         await asyncio.sleep(0.2 if spy is None else 0.5)
         (relay_cpu0, wait0), gen_cpu0 = process_sched(relay.pid), self_cpu_seconds()
+        gen_wait0 = process_sched(os.getpid())[1]
         t0 = time.perf_counter()
         for d in devices:  # all in one loop iteration: the relay sees them at once
             d.asked_t = time.perf_counter()
@@ -288,6 +289,7 @@ async def phase(
         relay_cpu1, wait1 = process_sched(relay.pid)
         relay_cpu, relay_wait = relay_cpu1 - relay_cpu0, wait1 - wait0
         gen_cpu = self_cpu_seconds() - gen_cpu0
+        gen_wait = process_sched(os.getpid())[1] - gen_wait0
         relay.check_alive()
     finally:
         await asyncio.gather(*(d.ws.close() for d in devices), return_exceptions=True)
@@ -376,6 +378,8 @@ async def phase(
         # Time the relay's threads were ready to run but waited for a CPU, per second.
         "relay_runqueue_wait": r(relay_wait / wall, 3),
         "loadgen_cpu_cores": r(gen_cpu / wall, 2),
+        # The same for the load generator: a device whose reader waits records its frames late.
+        "loadgen_runqueue_wait": r(gen_wait / wall, 3),
     }
 
 
@@ -404,7 +408,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                         f"  lead max {g['lead_max_ms']:.0f} ms p99 {g['lead_p99_ms']:.0f}, jitter "
                         f"p99 {g['jitter_p99_ms']:.1f} ms, lateness p99 {g['lateness_p99_ms']:.0f} "
                         f"ms, underruns {g['underruns']}, relay {g['relay_cpu_cores']:.2f} cores, "
-                        f"run-queue wait {g['relay_runqueue_wait']:.3f}"
+                        f"run-queue wait {g['relay_runqueue_wait']:.3f} (load generator "
+                        f"{g['loadgen_runqueue_wait']:.3f})"
                     )
                     progress(
                         f"  tts stop late p50 {g['stop_lateness_p50_ms']:.0f} ms p99 "
@@ -496,6 +501,7 @@ def table(doc: dict[str, Any]) -> str:
         ("relay_cpu_us_per_frame", "relay CPU us/frame", 1),
         ("relay_cpu_cores", "relay cores", 2),
         ("loadgen_cpu_cores", "loadgen cores", 2),
+        ("loadgen_runqueue_wait", "loadgen run-queue wait", 3),
         ("relay_runqueue_wait", "relay run-queue wait", 3),
     )
     med = doc["median"]
