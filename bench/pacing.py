@@ -28,7 +28,8 @@ Per answer, on the same playback clock (the play clock of §1.6):
   frame. Which frame starts each sentence comes from cutting and encoding the text as the
   relay does: the same Speaker, espeak-ng (deterministic) and downlink format, with the
   relay's configuration (`config.toml` and the same overrides). An answer whose frame count or
-  captions differ from that plan is counted and left out of the skew;
+  captions differ from that plan is counted and left out of the skew. (An answer's `llm`
+  emotion is held the same way; a `text_response` carries none, so it is not measured.)
 - the first frame's delay in reading: how much later than the device's fastest frame (relay
   write stamp to arrival) the first one was received. The playback clock starts that much
   late, and the stop lateness and caption skews move with it; on loopback it is the load
@@ -39,6 +40,10 @@ arrives (`--cap-s` bounds the wait); an answer without its `tts stop` counts as 
 stop goal. The baseline, in the same run: one device alone speaking the same text. The
 sentences are spoken once before the timed phases, so every device is served from the TTS
 frame cache and the benchmark measures pacing, not espeak-ng throughput.
+
+Goals, on the loaded phase's medians over repetitions: lead at most play_buffer_duration + one
+frame (1060 ms); send-time jitter p99 under 15 ms; `tts stop` 0 to 60 ms after the play end
+for at least 99% of the answers; caption |skew| p99 at most one frame (60 ms).
 
     python -m bench.pacing [--devices 500] [--repeat 3]
 
