@@ -1,4 +1,5 @@
-"""Downlink pacing with many sessions speaking at once (docs/protocol.md §1.6).
+"""Downlink pacing and the play clock with many sessions speaking at once (docs/protocol.md
+§1.6).
 
 N devices (default 500) connect to one relay process (`python -m relay serve --config
 config.toml`, a subprocess) with Protocol-Version 2, whose audio frame header carries the
@@ -17,9 +18,32 @@ after the queue ran dry restarts it (an underrun, audible as a gap). Per frame i
 - the jitter again from frame 34 on (one second after the lead was filled), which leaves out
   the frames delayed by every device's 17-frame burst going out at the same moment.
 
-The baseline, in the same run: one device alone speaking the same text. The sentences are
-spoken once before the timed phases, so every device is served from the TTS frame cache and
-the benchmark measures pacing, not espeak-ng throughput.
+Per answer, on the same playback clock (the play clock of §1.6):
+
+- `tts stop` lateness: the stop's arrival minus the end of playback. The relay sends it once
+  the last frame has played, plus half a frame; early (negative) means a client that flushes
+  its queue on `tts stop` loses the rest of the answer: the benchmark counts those answers
+  and adds up the audio lost;
+- caption skew: each `sentence_start`'s arrival minus the play start of its sentence's first
+  frame. Which frame starts each sentence comes from cutting and encoding the text as the
+  relay does: the same Speaker, espeak-ng (deterministic) and downlink format, with the
+  relay's configuration (`config.toml` and the same overrides). An answer whose frame count or
+  captions differ from that plan is counted and left out of the skew. (An answer's `llm`
+  emotion is held the same way; a `text_response` carries none, so it is not measured.)
+- the first frame's delay in reading: how much later than the device's fastest frame (relay
+  write stamp to arrival) the first one was received. The playback clock starts that much
+  late, and the stop lateness and caption skews move with it; on loopback it is the load
+  generator's own delay, so the stop lateness is also given with it taken out (diagnostics).
+
+Every device reads its answer up to `tts stop`, about one second after its last frame
+arrives (`--cap-s` bounds the wait); an answer without its `tts stop` counts as outside the
+stop goal. The baseline, in the same run: one device alone speaking the same text. The
+sentences are spoken once before the timed phases, so every device is served from the TTS
+frame cache and the benchmark measures pacing, not espeak-ng throughput.
+
+Goals, on the loaded phase's medians over repetitions: lead at most play_buffer_duration + one
+frame (1060 ms); send-time jitter p99 under 15 ms; `tts stop` 0 to 60 ms after the play end
+for at least 99% of the answers; caption |skew| p99 at most one frame (60 ms).
 
     python -m bench.pacing [--devices 500] [--repeat 3]
 
@@ -30,9 +54,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import struct
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,9 +66,13 @@ import aiohttp
 import orjson
 from aiohttp import WSMsgType
 
+from asr_tts.codec import DownlinkFormat, FrameEncoder
+from asr_tts.tts.espeak import EmbeddedTTS
+from asr_tts.tts.speaker import Speaker
 from bench._cli import at_least_one, goal_lines, parser, run_main
 from bench._common import (
     RESULTS,
+    ROOT,
     Child,
     children,
     envelope,
@@ -57,11 +87,19 @@ from bench._devices import in_batches, mac, say_hello, unlimited_session, voice_
 from bench._peers import device_url, relay_env, start_relay
 from bench._pyspy import folded_top, start_py_spy
 from bench._sched import process_sched
+from protocol.business import Speak
+from relay.config.schema import load
+from relay.device.turn import voice_of
 
 FRAME_MS = 60.0
 PLAY_BUFFER_MS = 1000.0
 GOAL_LEAD_MS = PLAY_BUFFER_MS + FRAME_MS
 GOAL_JITTER_P99_MS = 15.0
+# The play clock (docs/protocol.md §1.6): `tts stop` within [0, +1 frame] of the play end and
+# each caption within ±1 frame of its sentence's play start, for 99% of them.
+GOAL_STOP_MS = (0.0, FRAME_MS)
+GOAL_STOP_SHARE = 99.0
+GOAL_CAPTION_SKEW_P99_MS = FRAME_MS
 CONNECT_BATCH = 100
 TEXT = (
     "Good morning, here is the weather for today. It will be sunny with a light breeze. "
@@ -70,6 +108,7 @@ TEXT = (
 HELLO = voice_hello(2, play_buffer_duration=int(PLAY_BUFFER_MS))
 SAMPLES = RESULTS / "pacing-relay.folded"
 _V2 = struct.Struct(">HHIII")  # version, type, reserved, timestamp_ms, payload_size
+Plan = list[tuple[str, int]]  # (caption, frames) of each sentence, in order
 
 
 @dataclass
@@ -83,7 +122,7 @@ class Device:
     asked_t: float = 0.0
     stop_t: float = 0.0
     frames_after_stop: int = 0
-    sentence_starts: int = 0
+    captions: list[tuple[float, str]] = field(default_factory=list)  # (arrival, text)
 
 
 async def connect(http: aiohttp.ClientSession, url: str, rep: int, idx: int) -> Device:
@@ -114,7 +153,7 @@ async def listen(dev: Device, cap_s: float) -> None:
                 continue
             state = m.get("state")
             if state == "sentence_start":
-                dev.sentence_starts += 1
+                dev.captions.append((now, m.get("text", "")))
             elif state == "stop":
                 dev.stop_t = now
                 return
@@ -133,16 +172,48 @@ def ask(dev: Device) -> bytes:
     )
 
 
-def analyse(dev: Device) -> dict[str, Any]:
-    """Lead, underruns, jitter and lateness of one device's frames."""
+async def sentence_plan(env: Mapping[str, str]) -> Plan:
+    """(caption, frames) of each sentence of TEXT as the relay cuts and encodes it: its
+    Speaker with the embedded voice (espeak-ng is deterministic), its first-segment cut and the
+    downlink it declares to an Opus device, read from the configuration the relay runs with
+    (`config.toml` and `env`)."""
+    tts = load(ROOT / "config.toml", {**os.environ, **env}).tts
+    if tts.provider != "embedded" or tts.frame_duration_ms != FRAME_MS:
+        raise RuntimeError("the caption plan assumes the embedded TTS and 60 ms frames")
+    speaker = Speaker(
+        {"embedded": EmbeddedTTS()}, "embedded", first_max_chars=tts.first_segment_chars or None
+    )
+    encoder = FrameEncoder(
+        DownlinkFormat("opus", tts.downlink_sample_rate, 1, tts.frame_duration_ms)
+    )
+    voice = voice_of(Speak(answer=TEXT))  # a text_response speaks with the default voice
+    return [(text, len(f)) async for text, f in speaker.sentences(TEXT, voice, encoder)]
+
+
+def analyse(dev: Device, plan: Plan) -> dict[str, Any]:
+    """Lead, underruns, jitter and lateness of one device's frames; its `tts stop` lateness
+    and caption skews against its playback clock (docs/protocol.md §1.6)."""
     frame_s = FRAME_MS / 1000
     play_end = 0.0
-    leads, underruns = [], 0
+    leads, underruns, starts = [], 0, []
     for k, t in enumerate(dev.arrivals):
         if k and t > play_end:
             underruns += 1
-        play_end = max(play_end, t) + frame_s
+        starts.append(max(play_end, t))  # when this frame starts playing
+        play_end = starts[-1] + frame_s
         leads.append((play_end - t) * 1000)
+    stop_late = (dev.stop_t - play_end) * 1000 if dev.stop_t and starts else None
+    # Each caption against the play start of its sentence's first frame, when the answer is
+    # the one planned (the same captions, the same number of frames).
+    skews: list[float] = []
+    planned = len(starts) == sum(n for _, n in plan) and [text for _, text in dev.captions] == [
+        text for text, _ in plan
+    ]
+    if planned:
+        first = 0
+        for (arrival, _text), (_, n) in zip(dev.captions, plan, strict=True):
+            skews.append((arrival - starts[first]) * 1000)
+            first += n
     # On the relay's clock: frames 0..burst-1 go at once (the lead fills), then one per 60 ms.
     burst = int(PLAY_BUFFER_MS // FRAME_MS) + 1
     s = dev.stamps
@@ -160,6 +231,12 @@ def analyse(dev: Device) -> dict[str, Any]:
     arrival_jitter = [
         abs((arr[k] - arr[k - 1]) * 1000 - FRAME_MS) for k in range(burst + 1, len(arr))
     ]
+    # How much later than this device's fastest frame (relay write stamp to arrival, 1 ms
+    # stamps) its first frame was received: its playback clock, and with it the stop
+    # lateness and the caption skews, start that much late. On loopback that is the load
+    # generator's own delay in reading, which a real device does not share (diagnostics).
+    trip = [a * 1000 - ts for a, ts in zip(arr, s, strict=True)]
+    first_delay = trip[0] - min(trip) if trip else float("nan")
     return {
         "frames": len(s),
         "max_lead_ms": max(leads, default=float("nan")),
@@ -176,7 +253,11 @@ def analyse(dev: Device) -> dict[str, Any]:
         "relay_excess_lead_ms": max(0.0, max(relay_leads, default=0.0) - GOAL_LEAD_MS),
         "ask_to_first_frame_ms": (arr[0] - dev.asked_t) * 1000 if arr else float("nan"),
         "frames_after_stop": dev.frames_after_stop,
-        "sentence_starts": dev.sentence_starts,
+        "sentence_starts": len(dev.captions),
+        "stop_lateness_ms": stop_late,
+        "first_frame_delay_ms": first_delay,
+        "planned": planned,
+        "caption_skews": skews,
     }
 
 
@@ -187,10 +268,11 @@ async def phase(
     rep: int,
     n: int,
     cap_s: float,
+    plan: Plan,
     py_spy: str | None = None,
 ) -> dict[str, Any]:
-    """Connect `n` devices, ask them all to speak at once, analyse what they received; with
-    `py_spy`, sample the relay's stacks meanwhile (diagnostics)."""
+    """Connect `n` devices, ask them all to speak at once, analyse what they received up to
+    `tts stop`; with `py_spy`, sample the relay's stacks meanwhile (diagnostics)."""
     devices = await in_batches(lambda i: connect(http, url, rep, i), n, CONNECT_BATCH)
     try:
         readers = [asyncio.ensure_future(listen(d, cap_s)) for d in devices]
@@ -199,6 +281,7 @@ async def phase(
             spy = start_py_spy(py_spy, "pacing-py-spy", relay.pid, SAMPLES, duration_s=9)
         await asyncio.sleep(0.2 if spy is None else 0.5)
         (relay_cpu0, wait0), gen_cpu0 = process_sched(relay.pid), self_cpu_seconds()
+        gen_wait0 = process_sched(os.getpid())[1]
         t0 = time.perf_counter()
         for d in devices:  # all in one loop iteration: the relay sees them at once
             d.asked_t = time.perf_counter()
@@ -208,11 +291,12 @@ async def phase(
         relay_cpu1, wait1 = process_sched(relay.pid)
         relay_cpu, relay_wait = relay_cpu1 - relay_cpu0, wait1 - wait0
         gen_cpu = self_cpu_seconds() - gen_cpu0
+        gen_wait = process_sched(os.getpid())[1] - gen_wait0
         relay.check_alive()
     finally:
         await asyncio.gather(*(d.ws.close() for d in devices), return_exceptions=True)
     timeouts = sum(1 for x in results if isinstance(x, BaseException))
-    per = [analyse(d) for d in devices if d.arrivals]
+    per = [analyse(d, plan) for d in devices if d.arrivals]
     leads = sorted(x for p in per for x in p["leads"])
     jitter = sorted(x for p in per for x in p["jitter"])
     steady = sorted(x for p in per for x in p["steady_jitter"])
@@ -220,6 +304,21 @@ async def phase(
     late = sorted(x for p in per for x in p["late"])
     firsts = sorted(p["ask_to_first_frame_ms"] for p in per)
     frames = sum(p["frames"] for p in per)
+    # One `tts stop` per answer, against its play end; lost = audio still queued at the stop,
+    # which a client flushing on `tts stop` never plays (docs/protocol.md §1.6).
+    stops = sorted(p["stop_lateness_ms"] for p in per if p["stop_lateness_ms"] is not None)
+    lo, hi = GOAL_STOP_MS
+    lost = [-x for x in stops if x < 0]
+    # The same with the first frame's delay in reading taken out (no underrun: the play end
+    # moves with the first frame); diagnostics, not the goal.
+    stops_adj = sorted(
+        p["stop_lateness_ms"] + p["first_frame_delay_ms"]
+        for p in per
+        if p["stop_lateness_ms"] is not None and not p["underruns"]
+    )
+    first_delays = sorted(p["first_frame_delay_ms"] for p in per)
+    skews = sorted(x for p in per for x in p["caption_skews"])
+    abs_skews = sorted(abs(x) for x in skews)
     return {
         "devices": n,
         "devices_with_audio": len(per),
@@ -251,42 +350,82 @@ async def phase(
         "ask_to_first_frame_p50_ms": r(percentile(firsts, 50), 1),
         "ask_to_first_frame_p99_ms": r(percentile(firsts, 99), 1),
         "frames_after_tts_stop": sum(p["frames_after_stop"] for p in per),
+        "stops": len(stops),
+        "stop_lateness_p1_ms": r(percentile(stops, 1), 1),
+        "stop_lateness_p50_ms": r(percentile(stops, 50), 1),
+        "stop_lateness_p99_ms": r(percentile(stops, 99), 1),
+        "stop_lateness_min_ms": r(stops[0] if stops else float("nan"), 1),
+        "stop_lateness_max_ms": r(stops[-1] if stops else float("nan"), 1),
+        "stops_early": len(lost),
+        # of the answers asked for: one without its `tts stop` is not within the goal
+        "stops_in_goal_pct": r(100 * sum(1 for x in stops if lo <= x <= hi) / n, 2),
+        "audio_lost_total_ms": r(sum(lost), 1),
+        "audio_lost_max_ms": r(max(lost, default=0.0), 1),
+        "first_frame_delay_p50_ms": r(percentile(first_delays, 50), 1),
+        "first_frame_delay_p99_ms": r(percentile(first_delays, 99), 1),
+        "first_frame_delay_max_ms": r(first_delays[-1] if first_delays else float("nan"), 1),
+        "stop_lateness_less_first_delay_min_ms": r(stops_adj[0] if stops_adj else float("nan"), 1),
+        "stops_early_less_first_delay": sum(1 for x in stops_adj if x < 0),
+        "captions": len(skews),
+        "answers_off_plan": sum(1 for p in per if not p["planned"]),
+        "caption_skew_min_ms": r(skews[0] if skews else float("nan"), 1),
+        "caption_skew_p1_ms": r(percentile(skews, 1), 1),
+        "caption_skew_p50_ms": r(percentile(skews, 50), 1),
+        "caption_skew_p99_ms": r(percentile(skews, 99), 1),
+        "caption_skew_max_ms": r(skews[-1] if skews else float("nan"), 1),
+        "caption_abs_skew_p99_ms": r(percentile(abs_skews, 99), 1),
+        "caption_abs_skew_max_ms": r(abs_skews[-1] if abs_skews else float("nan"), 1),
         "relay_cpu_us_per_frame": r(relay_cpu * 1e6 / frames if frames else float("nan"), 1),
         "relay_cpu_cores": r(relay_cpu / wall, 2),
         # Time the relay's threads were ready to run but waited for a CPU, per second.
         "relay_runqueue_wait": r(relay_wait / wall, 3),
         "loadgen_cpu_cores": r(gen_cpu / wall, 2),
+        # The same for the load generator: a device whose reader waits records its frames late.
+        "loadgen_runqueue_wait": r(gen_wait / wall, 3),
     }
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the relay, warm the TTS cache, then baseline and loaded phases per repetition."""
     reps: list[dict[str, Any]] = []
+    env = relay_env(idle_timeout_s="600")
+    plan = await sentence_plan(env)
+    progress(f"the relay speaks {len(plan)} sentences, {sum(n for _, n in plan)} frames")
     with children() as started:
-        relay, port = start_relay(started, "pacing-relay", relay_env(idle_timeout_s="600"))
+        relay, port = start_relay(started, "pacing-relay", env)
         url = device_url(port)
         async with unlimited_session() as http:
             progress("warming the TTS frame cache: one device speaks the text once")
-            await phase(http, url, relay, 250, 1, args.cap_s)
+            await phase(http, url, relay, 250, 1, args.cap_s, plan)
             for i in range(args.repeat):
                 got: dict[str, Any] = {}
                 for name, n in (("alone", 1), ("loaded", args.devices)):
                     progress(f"rep {i + 1}/{args.repeat}: {name}, {n} device(s) speaking at once")
                     spy = args.py_spy if name == "loaded" and i == 0 else None
                     got[name] = await phase(
-                        http, url, relay, 2 * i + (name == "loaded"), n, args.cap_s, spy
+                        http, url, relay, 2 * i + (name == "loaded"), n, args.cap_s, plan, spy
                     )
                     g = got[name]
                     progress(
                         f"  lead max {g['lead_max_ms']:.0f} ms p99 {g['lead_p99_ms']:.0f}, jitter "
                         f"p99 {g['jitter_p99_ms']:.1f} ms, lateness p99 {g['lateness_p99_ms']:.0f} "
-                        f"ms, underruns {g['underruns']}, relay {g['relay_cpu_cores']:.2f} cores"
+                        f"ms, underruns {g['underruns']}, relay {g['relay_cpu_cores']:.2f} cores, "
+                        f"run-queue wait {g['relay_runqueue_wait']:.3f} (load generator "
+                        f"{g['loadgen_runqueue_wait']:.3f})"
+                    )
+                    progress(
+                        f"  tts stop late p50 {g['stop_lateness_p50_ms']:.0f} ms p99 "
+                        f"{g['stop_lateness_p99_ms']:.0f} (min {g['stop_lateness_min_ms']:.0f}, "
+                        f"{g['stops_early']} early of {g['stops']}), caption skew p50 "
+                        f"{g['caption_skew_p50_ms']:.0f} ms |p99| "
+                        f"{g['caption_abs_skew_p99_ms']:.0f}, timeouts {g['timeouts']}"
                     )
                 reps.append(got)
     med = {name: medians([rep[name] for rep in reps]) for name in ("alone", "loaded")}
     loaded = med["loaded"]
     return envelope("pacing", vars(args)) | {
         "text": TEXT,
+        "sentence_frames": plan,
         "repetitions": reps,
         "median": med,
         "relay_samples_loaded": folded_top(SAMPLES) if args.py_spy and SAMPLES.exists() else None,
@@ -301,6 +440,20 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "goal": f"send-time jitter p99 < {GOAL_JITTER_P99_MS:.0f} ms",
                 "value": loaded["jitter_p99_ms"],
                 "pass": loaded["jitter_p99_ms"] < GOAL_JITTER_P99_MS,
+            },
+            {
+                "goal": f"tts stop {GOAL_STOP_MS[0]:.0f} to +{GOAL_STOP_MS[1]:.0f} ms after the "
+                f"play end for >= {GOAL_STOP_SHARE:.0f}% of answers (value: % within; early "
+                f"stops {loaded['stops_early']:.0f}, p99 {loaded['stop_lateness_p99_ms']} ms)",
+                "value": loaded["stops_in_goal_pct"],
+                "pass": loaded["stops_in_goal_pct"] >= GOAL_STOP_SHARE,
+            },
+            {
+                "goal": f"caption |skew| p99 <= {GOAL_CAPTION_SKEW_P99_MS:.0f} ms "
+                f"({loaded['answers_off_plan']:.0f} answers off the plan)",
+                "value": loaded["caption_abs_skew_p99_ms"],
+                "pass": loaded["caption_abs_skew_p99_ms"] <= GOAL_CAPTION_SKEW_P99_MS
+                and loaded["answers_off_plan"] == 0,
             },
         ],
     }
@@ -327,9 +480,30 @@ def table(doc: dict[str, Any]) -> str:
         ("ask_to_first_frame_p50_ms", "ask->1st frame p50", 1),
         ("ask_to_first_frame_p99_ms", "ask->1st frame p99", 1),
         ("frames_after_tts_stop", "frames after stop", 0),
+        ("stop_lateness_p1_ms", "stop late p1 ms", 1),
+        ("stop_lateness_p50_ms", "stop late p50 ms", 1),
+        ("stop_lateness_p99_ms", "stop late p99 ms", 1),
+        ("stop_lateness_min_ms", "stop late min ms", 1),
+        ("stop_lateness_max_ms", "stop late max ms", 1),
+        ("stops_early", "stops early", 0),
+        ("stops_in_goal_pct", "stops in [0, 60] %", 1),
+        ("audio_lost_total_ms", "audio lost, total ms", 1),
+        ("audio_lost_max_ms", "audio lost, max ms", 1),
+        ("first_frame_delay_p50_ms", "1st frame delay p50", 1),
+        ("first_frame_delay_max_ms", "1st frame delay max", 1),
+        ("stop_lateness_less_first_delay_min_ms", "stop late min, less it", 1),
+        ("stops_early_less_first_delay", "stops early, less it", 0),
+        ("captions", "captions", 0),
+        ("answers_off_plan", "answers off plan", 0),
+        ("caption_skew_min_ms", "caption skew min ms", 1),
+        ("caption_skew_p50_ms", "caption skew p50 ms", 1),
+        ("caption_skew_p99_ms", "caption skew p99 ms", 1),
+        ("caption_skew_max_ms", "caption skew max ms", 1),
+        ("caption_abs_skew_p99_ms", "caption |skew| p99", 1),
         ("relay_cpu_us_per_frame", "relay CPU us/frame", 1),
         ("relay_cpu_cores", "relay cores", 2),
         ("loadgen_cpu_cores", "loadgen cores", 2),
+        ("loadgen_runqueue_wait", "loadgen run-queue wait", 3),
         ("relay_runqueue_wait", "relay run-queue wait", 3),
     )
     med = doc["median"]
