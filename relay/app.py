@@ -61,7 +61,7 @@ def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicati
     if config.console.enabled:  # a virtual device in the browser; off by default
         add_console_routes(app)
     app.cleanup_ctx.append(_resources(config, metrics or Metrics()))
-    app.on_shutdown.append(_close_devices)  # the last resort; relay.server drains first
+    app.on_shutdown.append(_close_devices)  # the last resort; relay.run.server drains first
     return app
 
 

@@ -4,7 +4,7 @@ pocketsphinx 5.1.1 holds the GIL while it decodes. In a thread of this process e
 stalled the event loop for its whole length (bench/asr_loop_stall.py: 40-60 ms at a time
 with the full vocabulary, up to 105 ms with the cores busy; 100 ms for the cepstral-mean
 pass over 13 s of commands; 100-380 ms to load a decoder). So each decoder lives in a worker
-process of its own (asr_tts.asr_worker), started with "spawn", never forked from this
+process of its own (asr_tts.asr.worker), started with "spawn", never forked from this
 process, which holds an event loop and threads: a call costs the loop a pipe round trip.
 
 Workers start lazily, up to `pool_size`: 0.5 s and ~145 MB resident each with the full

@@ -1,10 +1,10 @@
 """The inside of one embedded-ASR worker process: one pocketsphinx decoder and its utterance.
 
-asr_embedded starts each worker with the "spawn" method and calls the functions below in it,
-one call at a time. Whatever this module imports, every worker imports, so it stays on
-pocketsphinx, numpy and the standard library (plus asr_tts.asr for ASRError, which imports
-no more). The decoder lives in a module global: the process itself is the resource its parent
-owns, and it never holds more than this one decoder.
+asr_tts.asr.pocketsphinx starts each worker with the "spawn" method and calls the functions
+below in it, one call at a time. Whatever this module imports, every worker imports, so it
+stays on pocketsphinx, numpy and the standard library (plus asr_tts.asr.base for ASRError,
+which imports no more). The decoder lives in a module global: the process itself is the
+resource its parent owns, and it never holds more than this one decoder.
 """
 
 from __future__ import annotations
