@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import wave
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, async_playwright
+
+from asr_tts.codec import pcm_from_wav, resample
 
 CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(
@@ -41,3 +45,21 @@ async def chromium(*args: str) -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
+
+
+def microphone_wav(path: Path, phrase: str, rate: int, lead_s: float, tail_s: float) -> float:
+    """Write a fake microphone's file: `lead_s` of silence, `phrase` spoken by espeak-ng,
+    `tail_s` of silence, mono 16-bit at `rate`; its length in seconds."""
+    raw = subprocess.run(
+        ["espeak-ng", "--stdout", "-s", "150", "-v", "en-us", phrase],
+        capture_output=True,
+        check=True,
+    ).stdout
+    speech = resample(pcm_from_wav(raw), rate).samples
+    pcm = bytes(2 * int(lead_s * rate)) + speech + bytes(2 * int(tail_s * rate))
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return len(pcm) / 2 / rate

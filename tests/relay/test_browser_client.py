@@ -7,8 +7,6 @@ turns in a row, not hear its own answers, and answer the typed text."""
 
 from __future__ import annotations
 
-import subprocess
-import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +15,7 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser
 
-from asr_tts.codec import pcm_from_wav, resample
-from tests.relay.chromium import chromium, needs_chromium
+from tests.relay.chromium import chromium, microphone_wav, needs_chromium
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import FakeBusiness
 from tests.relay.voice_helpers import chat_msgs
@@ -93,19 +90,8 @@ main().catch((e) => window.__errors.push(String(e)));
 
 @pytest.fixture(scope="module")
 def looping_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    raw = subprocess.run(
-        ["espeak-ng", "--stdout", "-s", "150", "-v", "en-us", PHRASE],
-        capture_output=True,
-        check=True,
-    ).stdout
-    speech = resample(pcm_from_wav(raw), WAV_RATE).samples
-    pcm = bytes(2 * int(LEAD_S * WAV_RATE)) + speech + bytes(2 * int(TAIL_S * WAV_RATE))
     path = tmp_path_factory.mktemp("browser") / "phrase_loop.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(WAV_RATE)
-        w.writeframes(pcm)
+    microphone_wav(path, PHRASE, WAV_RATE, LEAD_S, TAIL_S)
     return path
 
 

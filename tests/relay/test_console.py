@@ -8,9 +8,7 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import time
-import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +18,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, Page
 
-from asr_tts.codec import pcm_from_wav, resample
 from relay.config.schema import load
 from relay.http.console import CSP
-from tests.relay.chromium import chromium, needs_chromium
+from tests.relay.chromium import chromium, microphone_wav, needs_chromium
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import FakeBusiness
 from tests.relay.voice_helpers import chat_msgs
@@ -79,20 +76,8 @@ def test_console_flag_from_file_and_environment(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def spoken_wav(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     """The fake microphone's file: silence, the phrase (espeak-ng), silence; and its length."""
-    raw = subprocess.run(
-        ["espeak-ng", "--stdout", "-s", "150", "-v", "en-us", PHRASE],
-        capture_output=True,
-        check=True,
-    ).stdout
-    speech = resample(pcm_from_wav(raw), WAV_RATE).samples
-    pcm = bytes(2 * int(LEAD_S * WAV_RATE)) + speech + bytes(2 * int(TAIL_S * WAV_RATE))
     path = tmp_path_factory.mktemp("console") / "turn_on_the_light.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(WAV_RATE)
-        w.writeframes(pcm)
-    return path, len(pcm) / 2 / WAV_RATE
+    return path, microphone_wav(path, PHRASE, WAV_RATE, LEAD_S, TAIL_S)
 
 
 @pytest.fixture
