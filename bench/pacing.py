@@ -88,7 +88,7 @@ from bench._peers import device_url, relay_env, start_relay
 from bench._pyspy import folded_top, start_py_spy
 from bench._sched import process_sched
 from protocol.business import Speak
-from relay.config.schema import load
+from relay.config.load import load
 from relay.device.turn import voice_of
 
 FRAME_MS = 60.0

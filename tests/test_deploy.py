@@ -23,7 +23,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.app import make_app
-from relay.config.schema import load, parse
+from relay.config.load import load, parse
 from tests.relay.fakes import FakeBusiness
 
 ROOT = Path(__file__).resolve().parents[1]

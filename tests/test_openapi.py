@@ -30,7 +30,7 @@ from aiohttp import ClientSession, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from relay.app import make_app
-from relay.config.schema import parse
+from relay.config.load import parse
 from relay.http import devices as api_devices
 from relay.resources import RELAY_KEY
 from tests.relay.fakes import open_stream, session_of, sse

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import uvloop
 
-from relay.config.schema import ConfigError, load
+from relay.config.load import load
+from relay.config.schema import ConfigError
 from relay.run.workers import WORKER_ENV, listening_socket, run_workers
 
 log = logging.getLogger("relay")

@@ -9,7 +9,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from relay.app import make_app
-from relay.config.schema import parse
+from relay.config.load import parse
 from tests.relay.fakes import FakeBusiness
 
 RelayFactory = Callable[..., Awaitable[TestClient[Any, Any]]]

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from relay.config.schema import Config, ConfigError, load, parse
+from relay.config.load import load, parse
+from relay.config.schema import Config, ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "config.toml"

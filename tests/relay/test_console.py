@@ -18,7 +18,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, Page
 
-from relay.config.schema import load
+from relay.config.load import load
 from relay.http.console import CSP
 from tests.relay.chromium import chromium, microphone_wav, needs_chromium
 from tests.relay.conftest import RelayFactory

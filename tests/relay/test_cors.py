@@ -11,7 +11,8 @@ import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from relay.config.schema import Config, ConfigError, load, parse
+from relay.config.load import load, parse
+from relay.config.schema import Config, ConfigError
 from relay.cors import allow_origin, requested_headers
 from relay.run import cli
 from tests.relay.chromium import chromium, needs_chromium

@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestClient
 from yarl import URL
 
 from relay.auth.tokens import mint, verify
-from relay.config.schema import Config, ConfigError, parse
+from relay.config.load import parse
+from relay.config.schema import Config, ConfigError
 from relay.http.ota import OtaRequest, websocket_token
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device

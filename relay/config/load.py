@@ -1,0 +1,252 @@
+"""Configuration: a TOML file plus `RELAY__SECTION__KEY` environment overrides, parsed once
+into the frozen objects of relay/config/schema.py. A bad value fails at start with a message
+naming the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+from collections.abc import Mapping
+from pathlib import Path
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
+
+from asr_tts.codec import OPUS_FRAME_MS, OPUS_SAMPLE_RATES
+from protocol.device import phrase_key
+from relay.config.schema import (
+    Config,
+    ConfigError,
+    SignedInt,
+)
+from relay.cors import origin_problem
+
+ENV_PREFIX = "RELAY__"
+
+
+def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
+    """Read `path` (None = built-in defaults), apply environment overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    _apply_env(data, os.environ if env is None else env)
+    return parse(data)
+
+
+def parse(data: Mapping[str, Any]) -> Config:
+    """Validate a decoded TOML document into a `Config`."""
+    cfg = _build(Config, data, "")
+    _check_business_and_server(cfg)
+    _check_speech_out(cfg)
+    _check_speech_in(cfg)
+    _check_auth_and_redis(cfg)
+    _check_ota(cfg)
+    return cfg
+
+
+def _check_business_and_server(cfg: Config) -> None:
+    names = [b.name for b in cfg.business]
+    if len(set(names)) != len(names):
+        raise ConfigError("business: names must be unique")
+    for i, b in enumerate(cfg.business):
+        if not b.url.startswith(("http://", "https://")):
+            raise ConfigError(f"business[{i}].url: must be an http:// or https:// URL")
+    if not 0 <= cfg.server.port <= 65535:
+        raise ConfigError("server.port: must be between 0 and 65535")
+
+
+def _check_speech_out(cfg: Config) -> None:
+    if cfg.tts.downlink_sample_rate not in OPUS_SAMPLE_RATES:
+        rates = ", ".join(map(str, OPUS_SAMPLE_RATES))
+        raise ConfigError(f"tts.downlink_sample_rate: Opus encodes only {rates} Hz")
+    if cfg.tts.frame_duration_ms not in OPUS_FRAME_MS:
+        lengths = ", ".join(map(str, OPUS_FRAME_MS))
+        raise ConfigError(f"tts.frame_duration_ms: Opus frames are {lengths} ms")
+    if cfg.tts.stop_margin_ms > 2000:
+        raise ConfigError("tts.stop_margin_ms: at most 2000 (the device waits for tts stop)")
+    if cfg.tts.provider == "openai" and not cfg.tts.openai.base_url:
+        raise ConfigError('tts.openai.base_url: required when tts.provider = "openai"')
+    if cfg.tts.provider == "huoshan" and not (cfg.tts.huoshan.appid and cfg.tts.huoshan.token):
+        raise ConfigError('tts.huoshan.appid: appid and token required for provider "huoshan"')
+
+
+def _check_speech_in(cfg: Config) -> None:
+    if cfg.asr.provider == "openai" and not cfg.asr.openai.base_url:
+        raise ConfigError('asr.openai.base_url: required when asr.provider = "openai"')
+    if cfg.asr.provider == "volcengine" and not (
+        cfg.asr.volcengine.appid and cfg.asr.volcengine.token
+    ):
+        raise ConfigError('asr.volcengine.appid: appid and token required for "volcengine"')
+    if not 0 < cfg.vad.threshold <= 1:
+        raise ConfigError("vad.threshold: must be in (0, 1]")
+    if cfg.vad.max_utterance_s <= cfg.vad.min_speech_s:
+        raise ConfigError("vad.max_utterance_s: must exceed vad.min_speech_s")
+    if not 0 <= cfg.vad.batch_window_ms <= 50:
+        raise ConfigError("vad.batch_window_ms: must be between 0 and 50 (it adds to every lag)")
+    if cfg.vad.max_late_ms < 0:
+        raise ConfigError("vad.max_late_ms: must not be negative (0 keeps all audio)")
+    for i, word in enumerate(cfg.listen.wake_words):
+        if not phrase_key(word):
+            raise ConfigError(f"listen.wake_words[{i}]: a wake word needs letters or digits")
+    if cfg.listen.max_text_chars < 1:
+        raise ConfigError("listen.max_text_chars: must be at least 1")
+
+
+def _check_auth_and_redis(cfg: Config) -> None:
+    if cfg.auth.mode == "hmac" and not cfg.auth.hmac_secret:
+        raise ConfigError('auth.hmac_secret: mode "hmac" needs a secret')
+    if cfg.auth.mode == "redis" and not cfg.redis.url:
+        raise ConfigError('auth.mode: "redis" needs [redis] url')
+    if cfg.redis.url and not cfg.redis.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("redis.url: must be a redis://, rediss:// or unix:// URL")
+    if cfg.redis.heartbeat_s >= cfg.redis.presence_ttl_s:
+        raise ConfigError("redis.heartbeat_s: must be shorter than redis.presence_ttl_s")
+    if cfg.auth.mode == "tokens" and not cfg.auth.tokens:
+        raise ConfigError('auth.tokens: mode "tokens" needs at least one token')
+
+
+def _check_ota(cfg: Config) -> None:
+    if cfg.ota.protocol_version not in (1, 2, 3):
+        raise ConfigError("ota.protocol_version: must be 1, 2 or 3")
+    if cfg.ota.websocket_url and not cfg.ota.websocket_url.startswith(("ws://", "wss://")):
+        raise ConfigError("ota.websocket_url: must be a ws:// or wss:// URL, or empty")
+    if not -12 * 60 <= cfg.ota.timezone_offset_min <= 14 * 60:
+        raise ConfigError("ota.timezone_offset_min: between -720 (UTC-12) and 840 (UTC+14)")
+    fw_parts = cfg.ota.firmware_version.split(".") if cfg.ota.firmware_version else []
+    if not all(p.isascii() and p.isdigit() for p in fw_parts):  # the firmware calls stoi
+        raise ConfigError("ota.firmware_version: digits and dots only, e.g. 1.6.2")
+    if cfg.ota.firmware_version and not cfg.ota.firmware_url.startswith(("http://", "https://")):
+        raise ConfigError("ota.firmware_url: an http(s):// URL required with firmware_version")
+    for i, origin in enumerate(cfg.ota.cors_origins):
+        if problem := origin_problem(origin):
+            raise ConfigError(f"ota.cors_origins[{i}]: {problem}")
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> None:
+    # RELAY__SERVER__PORT=9000, RELAY__API__TOKENS=a,b, RELAY__BUSINESS__0__URL=http://…
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        node: Any = data
+        for i, part in enumerate(parts[:-1]):
+            if isinstance(node, list):
+                if not part.isdigit():
+                    raise ConfigError(f"{name}: expected a list index after {parts[i - 1]}")
+                idx = int(part)
+                while len(node) <= idx:
+                    node.append({})
+                node = node[idx]
+            else:
+                default: Any = [] if part == "business" else {}
+                node = node.setdefault(part, default)
+        if not isinstance(node, dict):
+            raise ConfigError(f"{name}: does not name a key")
+        node[parts[-1]] = _env_value(raw)
+
+
+class _EnvText(str):
+    """An environment override, typed by the key it sets rather than guessed up front."""
+
+    __slots__ = ()
+
+
+def _env_value(raw: str) -> Any:
+    return _EnvText(raw)
+
+
+def _env_typed(tp: Any, raw: _EnvText) -> Any:
+    # Numbers, booleans and `[…]` lists are read as TOML; what does not parse is left for
+    # the type check, which names the key. Strings stay strings ("123456" as a token).
+    if tp in (int, float, bool) or (get_origin(tp) is tuple and raw.lstrip().startswith("[")):
+        try:
+            return tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            return str(raw)
+    return str(raw)
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], table: Any, path: str) -> T:
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{path or 'config'}: expected a table")
+    hints = get_type_hints(cls, include_extras=True)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    for key in table:
+        if key not in fields:
+            raise ConfigError(f"{_join(path, key)}: unknown key")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        key = _join(path, name)
+        if name in table:
+            kwargs[name] = _convert(hints[name], table[name], key)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{key}: required")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if isinstance(value, _EnvText):
+        value = _env_typed(tp, value)
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is tuple:
+        (item_tp, _ellipsis) = get_args(tp)
+        if item_tp is str and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list")
+        return tuple(_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is Literal:
+        if value not in get_args(tp):
+            allowed = ", ".join(repr(a) for a in get_args(tp))
+            raise ConfigError(f"{key}: must be one of {allowed}, got {value!r}")
+        return value
+    if origin in (Union, types.UnionType):
+        raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - schema bug
+    return _convert_scalar(tp, value, key)
+
+
+def _convert_scalar(tp: Any, value: Any, key: str) -> Any:
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false")
+        return value
+    if get_origin(tp) is Annotated and get_args(tp) == get_args(SignedInt):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{key}: expected a non-negative integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ConfigError(f"{key}: expected a positive number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string")
+        return value
+    raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - schema bug
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
