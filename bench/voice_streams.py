@@ -50,7 +50,8 @@ from bench._sched import thread_sched
 from bench._speech import FRAME_S, espeak, opus_packets, silence, trim
 from metrics.registry import Metrics
 from relay.config.schema import ServerConfig, VADConfig
-from relay.device.listener import AudioBatcher, Listener, VoiceDeps, _Job
+from relay.device.audio_batcher import AudioBatcher, AudioJob
+from relay.device.listener import Listener, VoiceDeps
 from relay.run.cli import tune_gc
 
 P = ParamSpec("P")
@@ -109,7 +110,7 @@ class TimedExecutor(ThreadPoolExecutor):
         first = args[0] if args else None
         jobs: list[Any] = first if isinstance(first, list) else []
         size = len(jobs) or 1
-        packets = sum(len(j.packets) for j in jobs if isinstance(j, _Job))
+        packets = sum(len(j.packets) for j in jobs if isinstance(j, AudioJob))
 
         def timed() -> T:
             c0, w0 = time.thread_time(), time.perf_counter()
@@ -155,7 +156,7 @@ class LagBatcher(AudioBatcher):
         self.streams: dict[int, Stream] = {}  # id(decoder) -> stream: a job names its decoder
         self.window: Window | None = None
 
-    def submit(self, job: _Job) -> asyncio.Future[_Job]:
+    def submit(self, job: AudioJob) -> asyncio.Future[AudioJob]:
         """As AudioBatcher.submit, plus a done callback that records each packet's lag."""
         fut = super().submit(job)
         stream = self.streams[id(job.decoder)]
@@ -167,7 +168,7 @@ class LagBatcher(AudioBatcher):
             if w is not None and w.t0 <= t < w.t1:
                 w.dropped += 1
 
-        def scored(_f: asyncio.Future[_Job]) -> None:
+        def scored(_f: asyncio.Future[AudioJob]) -> None:
             now = time.monotonic()
             w = self.window
             for _ in range(n):

@@ -21,7 +21,8 @@ from asr_tts.tts.volcengine import VolcengineTTS
 from asr_tts.vad import SileroModel
 from metrics.registry import Metrics
 from relay.config.schema import Config
-from relay.device.listener import AudioBatcher, VoiceDeps
+from relay.device.audio_batcher import AudioBatcher
+from relay.device.listener import VoiceDeps
 
 
 def build_speaker(

@@ -14,7 +14,7 @@ from asr_tts.codec import DownlinkFormat, FrameEncoder
 from asr_tts.pcm import Pcm
 from asr_tts.uplink import UplinkDecoder, UplinkFormat
 from asr_tts.vad import SileroModel, VadStream
-from relay.device.listener import FULL_BATCH, AudioBatcher, _Job
+from relay.device.audio_batcher import FULL_BATCH, AudioBatcher, AudioJob
 
 PACKET = FrameEncoder(DownlinkFormat("opus", 16000, 1, 60)).encode(Pcm(bytes(1920), 16000))[0]
 
@@ -36,11 +36,13 @@ def model() -> SileroModel:
     return SileroModel()
 
 
-def job(model: SileroModel) -> _Job:
-    return _Job(UplinkDecoder(UplinkFormat()), VadStream(model), bytearray(), [PACKET, PACKET])
+def job(model: SileroModel) -> AudioJob:
+    return AudioJob(UplinkDecoder(UplinkFormat()), VadStream(model), bytearray(), [PACKET, PACKET])
 
 
-async def busy(batcher: AudioBatcher, model: SileroModel, jobs: int, gap_s: float) -> list[_Job]:
+async def busy(
+    batcher: AudioBatcher, model: SileroModel, jobs: int, gap_s: float
+) -> list[AudioJob]:
     """Submit `jobs` jobs `gap_s` apart, as that many streams would; wait for all of them."""
     futures = []
     for _ in range(jobs):
@@ -131,7 +133,7 @@ async def test_push_to_talk_audio_is_decoded_but_not_scored(model: SileroModel) 
     # A job without a VAD stream (manual mode) shares the batch with scored ones.
     with CountingExecutor() as pool:
         batcher = AudioBatcher(pool, max_in_flight=1)
-        silent = _Job(UplinkDecoder(UplinkFormat()), None, bytearray(), [PACKET, PACKET])
+        silent = AudioJob(UplinkDecoder(UplinkFormat()), None, bytearray(), [PACKET, PACKET])
         scored = job(model)
         done = await asyncio.wait_for(
             asyncio.gather(batcher.submit(silent), batcher.submit(scored)), 2

@@ -17,7 +17,8 @@ from asr_tts.uplink import UplinkFormat
 from asr_tts.vad import SileroModel
 from metrics.registry import Metrics
 from protocol.device import ListenMode
-from relay.device.listener import AudioBatcher, Listener, VoiceDeps
+from relay.device.audio_batcher import AudioBatcher
+from relay.device.listener import Listener, VoiceDeps
 from tests.relay.voice_helpers import SpeechBank, opus_packets, silence
 
 PACKET = FrameEncoder(DownlinkFormat("opus", 16000, 1, 60)).encode(Pcm(bytes(1920), 16000))[0]
