@@ -221,10 +221,9 @@ class Session:
         self._own(self.abort(keep_listening=True))
 
     def _speaking(self) -> bool:
-        turns = [*self._passthrough.values(), *self._pushed.values()]
-        if self._chat is not None and not self._chat[0].done():
-            turns.append(self._chat[1])
-        return any(t.speech is not None and t.speech.started for t in turns)
+        # Every answer holds the speech lock from `tts start` to `tts stop` (Speech.run):
+        # one check per uplink packet in auto mode, without walking the turns.
+        return self._speech_lock.locked()
 
     def _on_text(self, text: str, speech_end: float) -> None:
         self.link.send_json(device.stt(self.session_id, text), "stt")
