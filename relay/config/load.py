@@ -21,7 +21,7 @@ from typing import (
     get_type_hints,
 )
 
-from asr_tts.codec import OPUS_FRAME_MS, OPUS_SAMPLE_RATES
+from protocol.audio_format import OPUS_FRAME_MS, OPUS_SAMPLE_RATES
 from protocol.device import phrase_key
 from relay.config.schema import (
     Config,

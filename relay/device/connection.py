@@ -55,6 +55,7 @@ class Connection:
         cfg = relay.config
         downlink = relay.downlink(hello.audio_params)
         self.downlink = downlink
+        self.play_buffer_ms = hello.play_buffer_ms
         self.link = WebSocketLink(
             ws,
             transport,
@@ -62,13 +63,13 @@ class Connection:
             new_session_id(),
             relay.metrics,
             cfg.server.outbox_max,
-            downlink.frame_duration / 1000,
-            downlink.play_buffer_duration / 1000,
+            downlink.frame_s,
+            hello.play_buffer_ms / 1000,
         )
         self.session = Session(
             self.link,
             relay.deps,
-            relay.downlink_format(downlink),
+            downlink,
             device_id=hs.device_id,
             target=relay.target_for(hs.device_id, hs.agent_id),
             max_passthrough=cfg.server.max_passthrough_per_session,
@@ -105,7 +106,9 @@ class Connection:
                 task.cancel()
 
         link.wake = wake
-        link.send_json(device.hello_reply(link.session_id, self.downlink), "hello")
+        link.send_json(
+            device.hello_reply(link.session_id, self.downlink, self.play_buffer_ms), "hello"
+        )
         loop = asyncio.get_running_loop()
         try:
             while not link.closed:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from aioutil import cancel_and_wait
 from asr_tts.asr.base import ASRError, ASRProvider, ASRStream
 from asr_tts.segmenter import Segmenter, SegmenterConfig, SegmentEvent
-from asr_tts.uplink import UplinkDecoder, UplinkFormat
+from asr_tts.uplink import UplinkDecoder
 from asr_tts.vad import SileroModel, VadStream
 from metrics.registry import Metrics
+from protocol.audio_format import AudioFormat
 from protocol.device import ListenMode
 from relay.device.audio_batcher import AudioBatcher, AudioJob
 
@@ -52,7 +53,7 @@ class Listener:
     def __init__(
         self,
         deps: VoiceDeps,
-        fmt: UplinkFormat,
+        fmt: AudioFormat,
         *,
         on_speech: Callable[[], None],
         on_text: TextCallback,

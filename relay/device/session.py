@@ -9,10 +9,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aioutil import cancel_and_wait
-from asr_tts.codec import DownlinkFormat
-from asr_tts.uplink import UplinkFormat
 from bridges.business import BusinessTarget
 from protocol import device
+from protocol.audio_format import AudioFormat
 from protocol.business import Speak, chat_request, envelope
 from protocol.codes import BusinessError, CloseCode, DeviceError
 from protocol.device import (
@@ -42,13 +41,13 @@ class Session:
         self,
         link: Link,
         deps: TurnDeps,
-        downlink: DownlinkFormat,
+        downlink: AudioFormat,
         *,
         device_id: str,
         target: BusinessTarget | None,
         max_passthrough: int,
         voice: VoiceDeps | None = None,
-        uplink: UplinkFormat | None = None,
+        uplink: AudioFormat | None = None,
         detect: DetectRules | None = None,
     ) -> None:
         self.link = link

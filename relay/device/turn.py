@@ -9,12 +9,13 @@ import logging
 import time
 from dataclasses import dataclass
 
-from asr_tts.codec import DownlinkFormat, FrameEncoder
+from asr_tts.codec import FrameEncoder
 from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.speaker import Speaker
 from bridges.business import BusinessClient, BusinessTarget, StreamStats
 from metrics.registry import Metrics
 from protocol import device
+from protocol.audio_format import AudioFormat
 from protocol.business import Speak, classify, envelope, error_event
 from protocol.codes import BusinessError
 from relay.device.link import Held, Link
@@ -53,7 +54,7 @@ class Speech:
         self,
         link: Link,
         deps: TurnDeps,
-        fmt: DownlinkFormat,
+        fmt: AudioFormat,
         lock: asyncio.Lock,
         speech_end: float | None = None,
     ) -> None:
@@ -129,7 +130,7 @@ class Turn:
         self,
         link: Link,
         deps: TurnDeps,
-        fmt: DownlinkFormat,
+        fmt: AudioFormat,
         speech_lock: asyncio.Lock,
         *,
         request_type: str,

@@ -11,8 +11,9 @@ from aiohttp import web
 
 from metrics.registry import CONTENT_TYPE
 from protocol import device, jsonutil
+from protocol.audio_format import AudioFormat
 from protocol.codes import ProtocolError
-from protocol.device import AudioParams, Custom
+from protocol.device import Custom
 from relay.auth.handshake import api_allowed, canonical_device_id
 from relay.device.connection import new_session_id
 from relay.device.link import SSELink
@@ -101,7 +102,7 @@ async def simulate(request: web.Request) -> web.StreamResponse:
         custom = custom_msg
 
     cfg = relay.config
-    downlink = relay.downlink(AudioParams())
+    downlink = relay.downlink(AudioFormat())
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -111,14 +112,14 @@ async def simulate(request: web.Request) -> web.StreamResponse:
         new_session_id(),
         relay.metrics,
         cfg.server.outbox_max,
-        downlink.frame_duration / 1000,
-        downlink.play_buffer_duration / 1000,
+        downlink.frame_s,
+        device.DEFAULT_PLAY_BUFFER_MS / 1000,
         audio_base64=request.query.get("audio") == "base64",
     )
     session = Session(
         link,
         relay.deps,
-        relay.downlink_format(downlink),
+        downlink,
         device_id=device_id,
         target=relay.target_for(device_id, agent),
         max_passthrough=cfg.server.max_passthrough_per_session,

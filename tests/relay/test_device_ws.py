@@ -373,3 +373,37 @@ async def test_silent_device_is_closed_after_idle_timeout(make_relay: RelayFacto
     assert loop.time() - start < 3
     await talker.send({"type": "ping"})
     assert await talker.recv() == {"type": "pong"}
+
+
+@pytest.mark.parametrize(
+    ("rate", "frame_ms"), [(11025, 40), (8001, 60), (12345, 60), (16000, 60), (44100, 60)]
+)
+async def test_pcm_hello_at_any_rate_is_answered_with_a_downlink_that_is_sent(
+    make_relay: RelayFactory, rate: int, frame_ms: int
+) -> None:
+    """A PCM device at a rate whose 60 ms frames are not whole samples still hears its answer:
+    the relay's hello declares the downlink it really sends, and every frame has that size."""
+    client = await make_relay()
+    dev = await Device.connect(
+        client,
+        hello={
+            "type": "hello",
+            "audio_params": {"format": "pcm", "sample_rate": rate, "frame_duration": 20},
+        },
+    )
+    declared = dev.hello["audio_params"]
+    assert declared["format"] == "pcm"
+    assert declared["channels"] == 1
+    assert declared["frame_duration"] == frame_ms
+    down_rate = declared["sample_rate"]
+    assert down_rate == (16000 if rate in (8001, 12345) else rate)
+    await dev.send(
+        {"session_id": dev.session_id, "type": "listen", "state": "detect", "text": "hi"}
+        | {"text_response": "Hello there."}
+    )
+    msgs = await dev.recv_until(is_tts_stop)
+    assert [m.get("state") for m in msgs if m["type"] == "tts"][0] == "start"
+    assert msgs[-1]["is_aborted"] is False
+    assert dev.audio
+    assert {len(f) for f in dev.audio} == {2 * down_rate * frame_ms // 1000}
+    await dev.ws.close()
