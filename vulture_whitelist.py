@@ -8,7 +8,7 @@ import onnxruntime
 
 from asr_tts.segmenter import Segmenter
 from asr_tts.tts.cache import FrameCache
-from protocol.codes import CloseCode
+from protocol.errors import CloseCode
 
 # The close codes of docs/protocol.md §1.7, named in one place: aiohttp itself closes with 1009
 # for a frame over max_msg_size; 1008 and 1011 are documented as reserved.

@@ -6,12 +6,11 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Literal
 
 from bridges.http import Endpoint, HTTPClient, HTTPError, Response
 from protocol.business import BadEvent, BusinessEvent, is_end, parse_event, session_ok
-from protocol.codes import BusinessError
+from protocol.errors import BusinessError, BusinessOutcome, business_error
 from protocol.sse import SSEDecoder, SSEEvent
 
 log = logging.getLogger(__name__)
@@ -36,31 +35,11 @@ class BusinessTarget:
     max_event_bytes: int = 1 << 20
 
 
-class Outcome(StrEnum):
-    """How a business request ended; a small fixed set, used as a metric label."""
-
-    OK = "ok"
-    NO_END = "no_message_end"
-    UNREACHABLE = "unreachable"
-    STATUS = "status"
-    CONTENT_TYPE = "content_type"
-    TIMEOUT = "timeout"
-    CANCELLED = "cancelled"
-
-
-_FAILURE_CODE = {
-    Outcome.UNREACHABLE: BusinessError.UNREACHABLE,
-    Outcome.STATUS: BusinessError.STATUS,
-    Outcome.CONTENT_TYPE: BusinessError.CONTENT_TYPE,
-    Outcome.TIMEOUT: BusinessError.TIMEOUT,
-}
-
-
 @dataclass(slots=True)
 class StreamStats:
     """What one request did; filled while streaming, read by the caller for metrics."""
 
-    outcome: Outcome = Outcome.CANCELLED
+    outcome: BusinessOutcome = BusinessOutcome.CANCELLED
     first_event_s: float | None = None
     total_s: float = 0.0
     events: int = 0
@@ -70,11 +49,11 @@ class StreamStats:
     @property
     def failure(self) -> BusinessError | None:
         """The error code the device is told, or None when the request did not fail."""
-        return _FAILURE_CODE.get(self.outcome)
+        return business_error(self.outcome)
 
 
 class _Failed(Exception):
-    def __init__(self, outcome: Outcome) -> None:
+    def __init__(self, outcome: BusinessOutcome) -> None:
         super().__init__(outcome)
         self.outcome = outcome
 
@@ -105,7 +84,7 @@ class BusinessClient:
         total_deadline = start + target.total_timeout_s
         lenient = target.session_check == "lenient"
         decoder = SSEDecoder(target.max_event_bytes)
-        stats.outcome = Outcome.CANCELLED
+        stats.outcome = BusinessOutcome.CANCELLED
         resp: Response | None = None
         try:
             deadline = min(start + target.first_event_timeout_s, total_deadline)
@@ -130,21 +109,21 @@ class BusinessClient:
                     stats.events += 1
                     yield event
                     if is_end(event):
-                        stats.outcome = Outcome.OK
+                        stats.outcome = BusinessOutcome.OK
                         await _drain(resp)
                         return
                 if not chunk:
-                    stats.outcome = Outcome.NO_END
+                    stats.outcome = BusinessOutcome.NO_END
                     return
                 if stats.first_event_s is not None:
                     deadline = min(clock() + target.idle_timeout_s, total_deadline)
         except _Failed as exc:
             stats.outcome = exc.outcome
         except TimeoutError:
-            stats.outcome = Outcome.TIMEOUT
+            stats.outcome = BusinessOutcome.TIMEOUT
         except (HTTPError, OSError) as exc:
             log.info("business %s unreachable: %s", target.name, type(exc).__name__)
-            stats.outcome = Outcome.UNREACHABLE
+            stats.outcome = BusinessOutcome.UNREACHABLE
         finally:
             if resp is not None:
                 resp.release()
@@ -191,6 +170,6 @@ async def _drain(resp: Response) -> None:
 
 def _check_response(resp: Response) -> None:
     if resp.status != 200:
-        raise _Failed(Outcome.STATUS)
+        raise _Failed(BusinessOutcome.STATUS)
     if resp.content_type != "text/event-stream":
-        raise _Failed(Outcome.CONTENT_TYPE)
+        raise _Failed(BusinessOutcome.CONTENT_TYPE)

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from protocol import jsonutil
-from protocol.codes import MESSAGES, BusinessError
+from protocol.errors import MESSAGES, BusinessError
 
 MAX_EMOTION_CHARS = 32  # an emotion is one word of the firmware's set; longer is not one
 

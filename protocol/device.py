@@ -11,7 +11,7 @@ import orjson
 
 from protocol import jsonutil
 from protocol.audio_format import AudioFormat
-from protocol.codes import MESSAGES, DeviceError, ProtocolError
+from protocol.errors import MESSAGES, DeviceError, ProtocolError
 
 ListenState = Literal["start", "stop", "detect"]
 ListenMode = Literal["manual", "auto", "realtime"]

@@ -18,7 +18,7 @@ from asr_tts.asr.pocketsphinx import EmbeddedASR
 from bridges.business import BusinessClient
 from bridges.http import HTTPClient
 from metrics.registry import Metrics
-from protocol.codes import CloseCode
+from protocol.errors import CloseCode
 from protocol.node import PushReason
 from relay.auth.device import DeviceAuthenticator
 from relay.auth.handshake import canonical_device_id

@@ -13,8 +13,8 @@ from aiohttp import WSMsgType, web
 
 from protocol import device
 from protocol.binary import FrameType, decode_frame
-from protocol.codes import CloseCode, ProtocolError
 from protocol.device import Hello
+from protocol.errors import CloseCode, ProtocolError
 from relay.auth.handshake import Handshake
 from relay.cluster.base import Presence
 from relay.device.link import WebSocketLink

@@ -9,8 +9,9 @@ from aiohttp import WSMsgType, web
 
 from protocol import device
 from protocol.binary import FrameType, decode_frame
-from protocol.codes import CloseCode, DeviceError, ProtocolError
 from protocol.device import Hello
+from protocol.errors import ApiError, CloseCode, DeviceError, ProtocolError
+from relay.answers import api_error, refused
 from relay.auth.handshake import HandshakeError, parse_handshake
 from relay.cors import origin_allowed
 from relay.device.connection import Connection, presence_of
@@ -52,42 +53,25 @@ async def _await_hello(ws: web.WebSocketResponse, relay: Relay, version: int) ->
     return None
 
 
-def _reject(status: int, reason: str, message: str) -> web.Response:
-    return web.json_response(
-        {"error": message, "errorType": reason, "hint": _HINTS.get(reason, "")}, status=status
-    )
-
-
-_HINTS = {
-    "bad_token": "send Authorization: Bearer <token> (or ?authorization=) with a configured token",
-    "device_not_allowed": "add the device id to [auth] allowed_devices",
-    "no_device_id": "send the Device-Id header (or ?device-id=)",
-    "bad_version": "send Protocol-Version 1, 2 or 3",
-    "draining": "connect to another relay or retry shortly",
-    "token_store_unavailable": "the token store (Redis) is unreachable; retry shortly",
-    "bad_origin": "add the page's origin to [ota] cors_origins (or [server] check_origin = false)",
-}
-
-
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     """`/v1/ws/` and `/xiaozhi/v1/`: authenticate before the upgrade, then serve the device."""
     relay = request.app[RELAY_KEY]
     m = relay.metrics
     if relay.draining.is_set():
         m.handshake_rejected.labels("draining").inc()
-        return _reject(503, "draining", "relay is shutting down")
+        return api_error(ApiError.DRAINING, "relay is shutting down")
     cfg = relay.config  # docs/protocol.md §1.8: a page from another origin, not a device
     if cfg.server.check_origin and not origin_allowed(
         cfg.ota.cors_origins, request.headers.get("Origin")
     ):
         m.handshake_rejected.labels("bad_origin").inc()
-        return _reject(403, "bad_origin", "this page's origin may not open a device WebSocket")
+        return api_error(ApiError.BAD_ORIGIN, "this page's origin may not open a device WebSocket")
     try:
         hs = parse_handshake(request.headers, request.query)
         await relay.authenticator.check(hs)
     except HandshakeError as exc:
-        m.handshake_rejected.labels(exc.reason).inc()
-        return _reject(exc.status, exc.reason, exc.message)
+        m.handshake_rejected.labels(exc.code.value).inc()
+        return refused(exc)
     ws = web.WebSocketResponse(
         max_msg_size=relay.config.server.max_message_bytes,
         compress=False,

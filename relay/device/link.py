@@ -19,7 +19,7 @@ from aioutil import cancel_and_wait
 from metrics.registry import Metrics
 from protocol import websocket
 from protocol.binary import encode_frame
-from protocol.codes import CloseCode
+from protocol.errors import CloseCode
 from protocol.play_clock import Pacer
 from protocol.websocket import FIN_BINARY, FIN_TEXT
 

@@ -13,7 +13,6 @@ from bridges.business import BusinessTarget
 from protocol import device
 from protocol.audio_format import AudioFormat
 from protocol.business import Speak, chat_request, envelope
-from protocol.codes import BusinessError, CloseCode, DeviceError
 from protocol.device import (
     Abort,
     Custom,
@@ -27,6 +26,7 @@ from protocol.device import (
     Ping,
 )
 from protocol.device_push import DevicePush
+from protocol.errors import BusinessError, CloseCode, DeviceError
 from relay.device.link import Link
 from relay.device.listener import Listener, VoiceDeps
 from relay.device.turn import Turn, TurnDeps

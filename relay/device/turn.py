@@ -17,7 +17,7 @@ from metrics.registry import Metrics
 from protocol import device
 from protocol.audio_format import AudioFormat
 from protocol.business import Speak, classify, envelope, error_event
-from protocol.codes import BusinessError
+from protocol.errors import BusinessError
 from relay.device.link import Held, Link
 
 log = logging.getLogger(__name__)

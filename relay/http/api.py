@@ -12,8 +12,9 @@ from aiohttp import web
 from metrics.registry import CONTENT_TYPE
 from protocol import device, jsonutil
 from protocol.audio_format import AudioFormat
-from protocol.codes import ProtocolError
 from protocol.device import Custom
+from protocol.errors import ApiError, ProtocolError
+from relay.answers import api_error
 from relay.auth.handshake import api_allowed, canonical_device_id
 from relay.device.connection import new_session_id
 from relay.device.link import SSELink
@@ -24,11 +25,6 @@ log = logging.getLogger(__name__)
 
 MAX_SIMULATE_BODY = 64 * 1024
 _SIMULATE_EXAMPLE = '{"device_id":"…","text":"…"}'
-
-
-def api_error(status: int, error_type: str, error: str, hint: str = "") -> web.Response:
-    """Every API error has this shape: `{"error","errorType","hint"}`."""
-    return web.json_response({"error": error, "errorType": error_type, "hint": hint}, status=status)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes | None:
@@ -49,11 +45,11 @@ async def read_json(
     """The body and its JSON value, or the error to answer: 413 over `limit`, 400 not JSON."""
     raw = await read_body(request, limit)
     if raw is None:
-        return api_error(413, "too_large", f"body over {limit} bytes")
+        return api_error(ApiError.TOO_LARGE, f"body over {limit} bytes")
     try:
         return raw, jsonutil.loads(raw)
     except ValueError:
-        return api_error(400, "bad_json", "body is not JSON", example)
+        return api_error(ApiError.BAD_JSON, "body is not JSON", example)
 
 
 @web.middleware
@@ -68,7 +64,7 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
                 if cfg.tokens
                 else "no [api] tokens are configured, so only loopback clients are served"
             )
-            return api_error(401, "unauthorized", "missing or invalid API token", hint)
+            return api_error(ApiError.UNAUTHORIZED, "missing or invalid API token", hint)
     resp: web.StreamResponse = await handler(request)
     return resp
 
@@ -82,12 +78,10 @@ async def simulate(request: web.Request) -> web.StreamResponse:
     raw, body = got
     problem = _check_simulate(body)
     if problem:
-        return api_error(400, "bad_request", problem, _SIMULATE_EXAMPLE)
+        return api_error(ApiError.BAD_REQUEST, problem, _SIMULATE_EXAMPLE)
     agent = body.get("agent") or ""
     if agent and agent not in relay.targets:
-        return api_error(
-            400, "unknown_agent", f"no business named {agent!r}", "see [[business]] name"
-        )
+        return api_error(ApiError.UNKNOWN_AGENT, f"no business named {agent!r}")
     device_id = canonical_device_id(body["device_id"])
     custom: Custom | None = None
     if "custom" in body:
@@ -97,7 +91,7 @@ async def simulate(request: web.Request) -> web.StreamResponse:
         try:
             custom_msg = device.decode('{"type":"custom","payload":' + payload_text + "}")
         except ProtocolError:
-            return api_error(400, "bad_request", "custom must be a JSON object")
+            return api_error(ApiError.BAD_REQUEST, "custom must be a JSON object")
         assert isinstance(custom_msg, Custom)
         custom = custom_msg
 

@@ -10,7 +10,7 @@ import socket
 
 from aiohttp import web
 
-from protocol.codes import CloseCode
+from protocol.errors import CloseCode
 from relay.app import make_app
 from relay.config.schema import Config
 from relay.resources import RELAY_KEY

@@ -14,9 +14,10 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpServer
 
-from bridges.business import BusinessClient, BusinessTarget, Outcome, StreamStats
+from bridges.business import BusinessClient, BusinessTarget, StreamStats
 from bridges.http import HTTPClient
 from protocol.business import BusinessEvent, chat_request
+from protocol.errors import BusinessOutcome
 
 SID = "session-0123456789"
 
@@ -87,7 +88,7 @@ async def test_events_are_delivered_as_they_arrive(
         (orjson.dumps(chat("two")), True),
         (orjson.dumps(END), True),
     ]
-    assert (stats.outcome, stats.events, stats.failure) == (Outcome.OK, 3, None)
+    assert (stats.outcome, stats.events, stats.failure) == (BusinessOutcome.OK, 3, None)
     [(headers, received)] = requests
     assert received == body
     assert headers["Content-Type"] == "application/json"
@@ -117,7 +118,7 @@ async def test_requests_reuse_one_connection(
     tgt = target(str(server.make_url("/")))
     for _ in range(3):
         events, stats = await collect(business, tgt, b"{}")
-        assert (len(events), stats.outcome) == (2, Outcome.OK)
+        assert (len(events), stats.outcome) == (2, BusinessOutcome.OK)
     assert len(peers) == 3
     assert len(set(peers)) == 1
 
@@ -164,7 +165,7 @@ async def raw_business(response: bytes) -> AsyncIterator[str]:
 async def test_broken_http_ends_as_unreachable(business: BusinessClient, response: bytes) -> None:
     async with raw_business(response) as url:
         events, stats = await collect(business, target(url), b"{}")
-    assert (events, stats.outcome) == ([], Outcome.UNREACHABLE)
+    assert (events, stats.outcome) == ([], BusinessOutcome.UNREACHABLE)
 
 
 async def test_refused_connection_ends_as_unreachable(business: BusinessClient) -> None:
@@ -172,4 +173,4 @@ async def test_refused_connection_ends_as_unreachable(business: BusinessClient) 
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
         events, stats = await collect(business, target(url), b"{}")
-    assert (events, stats.outcome) == ([], Outcome.UNREACHABLE)
+    assert (events, stats.outcome) == ([], BusinessOutcome.UNREACHABLE)

@@ -20,7 +20,7 @@ from protocol.business import (
     parse_event,
     session_ok,
 )
-from protocol.codes import MESSAGES, BusinessError
+from protocol.errors import MESSAGES, BusinessError
 
 BIG = 123456789012345678901234567890  # beyond 64 bits: orjson refuses it
 

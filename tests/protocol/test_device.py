@@ -9,7 +9,6 @@ import pytest
 
 from protocol import device
 from protocol.audio_format import AudioFormat
-from protocol.codes import MESSAGES, DeviceError, ProtocolError
 from protocol.device import (
     EMOJI,
     Abort,
@@ -32,6 +31,7 @@ from protocol.device import (
     tts_start,
     tts_stop,
 )
+from protocol.errors import MESSAGES, DeviceError, ProtocolError
 
 BIG = 123456789012345678901234567890
 
