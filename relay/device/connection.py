@@ -12,9 +12,9 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from protocol import device
-from protocol.binary import FrameType, decode_frame
 from protocol.device import Hello
-from protocol.errors import CloseCode, ProtocolError
+from protocol.errors import CloseCode
+from protocol.session_state import Audio, Deliver, Drop, Inbound, Refuse
 from relay.auth.handshake import Handshake
 from relay.cluster.base import Presence
 from relay.device.link import WebSocketLink
@@ -46,10 +46,12 @@ class Connection:
         transport: asyncio.Transport | None,
         hs: Handshake,
         hello: Hello,
+        inbound: Inbound,
     ) -> None:
         self.relay = relay
         self.ws = ws
         self.hs = hs
+        self.inbound = inbound
         # §1.5: a pushed notify goes only to a device whose hello declared it.
         self.notify_config_updated = hello.notify_config_updated
         cfg = relay.config
@@ -82,7 +84,6 @@ class Connection:
         self.connected_at = time.time()
         self.touched = self.last_rx  # last_rx already reported to the cluster
         self.task: asyncio.Task[Any] | None = None  # the reader, once running
-        self._bad_frame_reported = False
         self._audio_in = (
             relay.metrics.audio_frames.labels("in"),
             relay.metrics.message_bytes.labels("audio", "in"),
@@ -130,45 +131,41 @@ class Connection:
             await link.close(link.close_code or CloseCode.NORMAL)
 
     def _on_message(self, msg: Any) -> bool:
-        m = self.relay.metrics
         if msg.type == WSMsgType.TEXT:
-            self._on_text(msg.data)
+            verdict = self.inbound.text(msg.data)
         elif msg.type == WSMsgType.BINARY:
-            try:
-                frame = decode_frame(self.hs.protocol_version, msg.data)
-            except ProtocolError as exc:
-                m.protocol_errors.labels(exc.code.value).inc()
-                if not self._bad_frame_reported:  # once: a broken framer would flood the log
-                    self._bad_frame_reported = True
-                    self.link.send_json(device.error(self.link.session_id, exc.code), "error")
-                return True
-            if frame.type is FrameType.JSON:
-                self._on_text(frame.payload)
-            else:
-                count, size = self._audio_in
-                count.inc()
-                size.inc(len(frame.payload))
-                self.session.on_audio(frame.payload)
+            verdict = self.inbound.binary(msg.data)
         elif msg.type == WSMsgType.ERROR:
             self.log.info("websocket error: %s", type(self.ws.exception()).__name__)
             return False
         else:  # CLOSE, CLOSING, CLOSED
             return False
+        if isinstance(verdict, Audio):
+            count, size = self._audio_in
+            count.inc()
+            size.inc(len(verdict.payload))
+            self.session.on_audio(verdict.payload)
+        elif isinstance(verdict, Deliver):
+            count, size = self.relay.metrics.message_counters(
+                _TYPE_LABEL[type(verdict.message)], "in"
+            )
+            count.inc()
+            size.inc(verdict.size)
+            self.session.handle(verdict.message)
+        elif isinstance(verdict, Refuse | Drop) and (
+            reply := refusal(self.relay, verdict, self.link.session_id)
+        ):
+            self.link.send_json(reply, "error")
         return True
 
-    def _on_text(self, data: bytes | str) -> None:
-        m = self.relay.metrics
-        try:
-            msg = device.decode(data)
-        except ProtocolError as exc:
-            m.protocol_errors.labels(exc.code.value).inc()
-            m.messages.labels("invalid", "in").inc()
-            self.link.send_json(device.error(self.link.session_id, exc.code), "error")
-            return
-        count, size = m.message_counters(_TYPE_LABEL[type(msg)], "in")
-        count.inc()
-        size.inc(len(data))
-        self.session.handle(msg)
+
+def refusal(relay: Relay, verdict: Refuse | Drop, session_id: str | None) -> bytes | None:
+    """Count a frame the device should not have sent; the `error` to send it, if any (§1.5)."""
+    relay.metrics.protocol_errors.labels(verdict.code.value).inc()
+    if isinstance(verdict, Drop):
+        return None
+    relay.metrics.messages.labels("invalid", "in").inc()
+    return device.error(session_id, verdict.code)
 
 
 _TYPE_LABEL = {

@@ -7,49 +7,33 @@ import logging
 
 from aiohttp import WSMsgType, web
 
-from protocol import device
-from protocol.binary import FrameType, decode_frame
 from protocol.device import Hello
-from protocol.errors import ApiError, CloseCode, DeviceError, ProtocolError
+from protocol.errors import ApiError, CloseCode
+from protocol.session_state import Drop, Inbound, Opened, Refuse
 from relay.answers import api_error, refused
 from relay.auth.handshake import HandshakeError, parse_handshake
 from relay.cors import origin_allowed
-from relay.device.connection import Connection, presence_of
+from relay.device.connection import Connection, presence_of, refusal
 from relay.resources import RELAY_KEY, Relay
 
 log = logging.getLogger(__name__)
 
 
-async def _await_hello(ws: web.WebSocketResponse, relay: Relay, version: int) -> Hello | None:
+async def _await_hello(ws: web.WebSocketResponse, relay: Relay, inbound: Inbound) -> Hello | None:
     """Wait for the device's hello (§1.2); other text gets `not_ready`, audio is dropped."""
-    m = relay.metrics
     async with asyncio.timeout(relay.config.server.hello_timeout_s):
         async for msg in ws:
-            data: bytes | str
             if msg.type == WSMsgType.BINARY:
-                try:
-                    frame = decode_frame(version, msg.data)
-                except ProtocolError as exc:
-                    m.protocol_errors.labels(exc.code.value).inc()
-                    continue
-                if frame.type is not FrameType.JSON:
-                    m.protocol_errors.labels(DeviceError.NOT_READY.value).inc()
-                    continue
-                data = frame.payload
+                verdict = inbound.binary(msg.data)
             elif msg.type == WSMsgType.TEXT:
-                data = msg.data
+                verdict = inbound.text(msg.data)
             else:
                 return None
-            try:
-                decoded = device.decode(data)
-            except ProtocolError as exc:
-                m.protocol_errors.labels(exc.code.value).inc()
-                await ws.send_frame(device.error(None, exc.code), WSMsgType.TEXT)
-                continue
-            if isinstance(decoded, Hello):
-                m.messages.labels("hello", "in").inc()
-                return decoded
-            await ws.send_frame(device.error(None, DeviceError.NOT_READY), WSMsgType.TEXT)
+            if isinstance(verdict, Opened):
+                relay.metrics.messages.labels("hello", "in").inc()
+                return verdict.hello
+            if isinstance(verdict, Refuse | Drop) and (reply := refusal(relay, verdict, None)):
+                await ws.send_frame(reply, WSMsgType.TEXT)
     return None
 
 
@@ -80,14 +64,15 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     try:
-        hello = await _await_hello(ws, relay, hs.protocol_version)
+        inbound = Inbound(hs.protocol_version)
+        hello = await _await_hello(ws, relay, inbound)
     except TimeoutError:
         hello = None
         await ws.close(code=CloseCode.NO_HELLO, message=b"no hello")
     if hello is None:
         await ws.close()
         return ws
-    conn = Connection(relay, ws, request.transport, hs, hello)
+    conn = Connection(relay, ws, request.transport, hs, hello, inbound)
     previous = relay.connections.get(hs.device_id)
     relay.connections[hs.device_id] = conn
     if previous is not None:  # §1.7: a newer connection of the same device replaces it

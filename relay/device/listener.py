@@ -21,6 +21,7 @@ from asr_tts.vad import SileroModel, VadStream
 from metrics.registry import Metrics
 from protocol.audio_format import AudioFormat
 from protocol.device import ListenMode
+from protocol.session_state import AudioVerdict, ListenAction, ListenState
 from relay.device.audio_batcher import AudioBatcher, AudioJob
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Listener:
         self._on_speech = on_speech
         self._on_text = on_text
         self._device_id = device_id
-        self.mode: ListenMode | None = None
+        self.state = ListenState()  # the listen mode and a manual stop waiting (§1.3)
         self._pending: deque[tuple[float, bytes]] = deque()  # (loop time it arrived, packet)
         self._pump: asyncio.Task[None] | None = None
         pre = deps.segmenter.pre_roll_s + deps.segmenter.min_speech_s
@@ -76,41 +77,43 @@ class Listener:
         self._opening: asyncio.Task[ASRStream] | None = None
         self._utterance_s = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._stop_at: float | None = None  # a manual `listen stop` waiting for the backlog
+        self._stop_at = 0.0  # when a manual `listen stop` waiting for the backlog came
 
     @property
     def capturing(self) -> bool:
         """An utterance is being captured right now."""
         return self._stream is not None or self._opening is not None
 
+    @property
+    def mode(self) -> ListenMode | None:
+        """The listen mode in force, None when not listening."""
+        return self.state.mode
+
     def start(self, mode: ListenMode) -> None:
         """`listen start`: (re)arm the microphone in `mode`."""
-        if self._stop_at is not None:  # a new turn before the last stop's backlog was done
-            self._finish_stop(self._stop_at)
-        if self.mode is not None and self.capturing and mode != "manual":
-            return  # the firmware re-sends start; keep the utterance in progress
-        self.mode = mode
-        self._segmenter.reset()
-        self._ring.clear()
+        for action in self.state.start(mode, capturing=self.capturing):
+            if action is ListenAction.FINISH_STOP:  # a new turn before the last stop's backlog
+                self._end_capture(self._stop_at)
+            elif action is ListenAction.ARM:  # KEEP: the utterance in progress goes on
+                self._segmenter.reset()
+                self._ring.clear()
 
     def stop(self) -> None:
         """`listen stop`: in manual mode the utterance ends here, once the audio received
         before the stop has been processed; otherwise stop listening."""
         now = time.monotonic()
-        if self.mode == "manual" and self._pump is not None:
+        if self.state.stop(audio_pending=self._pump is not None) is ListenAction.DEFER_STOP:
             self._stop_at = now  # the pump ends the utterance when its backlog is done
             return
-        self._finish_stop(now)
+        self._end_capture(now)
 
-    def _finish_stop(self, t_end: float) -> None:
-        self._stop_at = None
+    def _end_capture(self, t_end: float) -> None:
         if self.capturing:
             self._end_utterance(t_end)
-        self.mode = None
 
     def feed(self, packet: bytes) -> bool:
         """One uplink audio packet; False when it was dropped (not listening, backlog)."""
-        if self.mode is None or self._stop_at is not None:
+        if self.state.audio(speaking=False) is not AudioVerdict.FEED:
             return False
         if len(self._pending) >= self._deps.max_pending_packets:
             return False
@@ -124,7 +127,7 @@ class Listener:
         """Drop the utterance being captured, the audio not yet processed and any
         recognition in flight (`abort`); the listen mode stays in force (docs/protocol.md
         §1.3), so what the user says next is heard."""
-        self._stop_at = None
+        self.state.stop_pending = False
         self._pending.clear()
         self._segmenter.reset()
         self._ring.clear()
@@ -133,7 +136,7 @@ class Listener:
 
     async def close(self) -> None:
         """Stop everything this listener owns."""
-        self.mode = None
+        self.state = ListenState()
         self._pending.clear()
         await cancel_and_wait(self._pump)
         await self.cancel()
@@ -148,7 +151,7 @@ class Listener:
                 self._pending.clear()
                 # Push-to-talk ends at `listen stop`: Silero, over half the cost, would
                 # score windows that nothing reads.
-                vad = None if self.mode == "manual" else self._vad
+                vad = self._vad if self.state.uses_vad else None
                 job = AudioJob(self._decoder, vad, self._carry, packets)
                 await self._deps.batcher.submit(job)
                 if job.bad_packets:
@@ -162,8 +165,9 @@ class Listener:
             self._pending.clear()
         finally:
             self._pump = None
-            if self._stop_at is not None:
-                self._finish_stop(self._stop_at)
+            if self.state.stop_pending:
+                self.state.finish_stop()
+                self._end_capture(self._stop_at)
 
     def _drop_late(self) -> None:
         """While waiting for speech in auto and realtime modes, drop what waited past
@@ -171,7 +175,7 @@ class Listener:
         never seconds late. An utterance being captured keeps all its audio, whatever the
         wait (a first decoder can take 0.5 s to load), and so does push-to-talk."""
         late_s = self._deps.max_late_s
-        if self.mode == "manual" or late_s <= 0 or self.capturing:
+        if not self.state.uses_vad or late_s <= 0 or self.capturing:
             return
         pending = self._pending
         deadline = asyncio.get_running_loop().time() - late_s

@@ -27,6 +27,7 @@ from protocol.device import (
 )
 from protocol.device_push import DevicePush
 from protocol.errors import BusinessError, CloseCode, DeviceError
+from protocol.session_state import AudioVerdict
 from relay.device.link import Link
 from relay.device.listener import Listener, VoiceDeps
 from relay.device.turn import Turn, TurnDeps
@@ -160,13 +161,14 @@ class Session:
     def on_audio(self, packet: bytes) -> None:
         """One uplink audio packet (§1.4) for the microphone pipeline."""
         listener = self._listener
-        if listener is None or listener.mode is None:
-            self._deps.metrics.audio_dropped.labels("not_listening").inc()
-        elif listener.mode == "auto" and self._speaking():
-            # Auto mode (§1.3): the device's own answer, heard back, is not the user.
-            self._deps.metrics.audio_dropped.labels("speaking").inc()
-        elif not listener.feed(packet):
-            self._deps.metrics.audio_dropped.labels("backlog").inc()
+        if listener is None:
+            verdict = AudioVerdict.NOT_LISTENING
+        else:
+            verdict = listener.state.audio(speaking=self._speaking())
+            if verdict is AudioVerdict.FEED and not listener.feed(packet):
+                verdict = AudioVerdict.BACKLOG
+        if verdict is not AudioVerdict.FEED:
+            self._deps.metrics.audio_dropped.labels(verdict.value).inc()
 
     def _on_listen(self, msg: Listen) -> None:
         if msg.state == "detect":
@@ -214,7 +216,7 @@ class Session:
     def _on_speech(self) -> None:
         # Realtime mode (§1.3): speech while the device is speaking interrupts the answer.
         listener = self._listener
-        if listener is None or listener.mode != "realtime" or not self._speaking():
+        if listener is None or not listener.state.barge_in(speaking=self._speaking()):
             return
         self._deps.metrics.barge_ins.inc()
         self._own(self.abort(keep_listening=True))
