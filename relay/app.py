@@ -24,15 +24,15 @@ from relay.auth.device import DeviceAuthenticator
 from relay.auth.handshake import canonical_device_id
 from relay.cluster.base import Cluster, LocalCluster, Presence
 from relay.cluster.redis import RedisCluster
+from relay.config.load import WORKER_ENV
 from relay.config.schema import Config
 from relay.device.connection import presence_of
 from relay.device.endpoint import idle_sweeper, websocket_handler
 from relay.device.turn import TurnDeps
 from relay.http import api, devices, ota
 from relay.http.console import add_routes as add_console_routes
+from relay.providers import build_speaker, build_voice
 from relay.resources import RELAY_KEY, Relay
-from relay.run.providers import build_speaker, build_voice
-from relay.run.workers import WORKER_ENV
 
 log = logging.getLogger(__name__)
 

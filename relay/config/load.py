@@ -31,6 +31,8 @@ from relay.config.schema import (
 from relay.cors import origin_problem
 
 ENV_PREFIX = "RELAY__"
+# Set by `relay serve --workers N` for each worker process: its index (relay/run/workers.py).
+WORKER_ENV = "RELAY_WORKER_INDEX"
 
 
 def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 import uvloop
 
-from relay.config.load import load
+from relay.config.load import WORKER_ENV, load
 from relay.config.schema import ConfigError
-from relay.run.workers import WORKER_ENV, listening_socket, run_workers
+from relay.run.workers import listening_socket, run_workers
 
 log = logging.getLogger("relay")
 
