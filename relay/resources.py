@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from bridges.business import BusinessTarget
 from metrics.registry import Metrics
 from protocol.audio_format import AudioFormat, downlink_for
-from protocol.device import DetectRules
 from relay.auth.device import DeviceAuthenticator
 from relay.cluster.base import Cluster
 from relay.config.schema import Config
-from relay.device.listener import VoiceDeps
-from relay.device.turn import TurnDeps
-
-if TYPE_CHECKING:
-    from relay.device.connection import Connection
 
 
 @dataclass(slots=True)
@@ -28,15 +21,11 @@ class Relay:
 
     config: Config
     metrics: Metrics
-    deps: TurnDeps
     targets: dict[str, BusinessTarget]
     default_target: BusinessTarget | None
     device_targets: dict[str, BusinessTarget]
     cluster: Cluster
     authenticator: DeviceAuthenticator
-    voice: VoiceDeps | None = None
-    detect: DetectRules = field(default_factory=DetectRules)
-    connections: dict[str, Connection] = field(default_factory=dict)
     _synced: dict[tuple[str, str], int] = field(default_factory=dict)
     draining: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -7,18 +7,22 @@ import asyncio
 import logging
 import secrets
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from protocol import device
-from protocol.device import Hello
+from protocol.device import DetectRules, Hello
 from protocol.errors import CloseCode
 from protocol.session_state import Audio, Deliver, Drop, Inbound, Refuse
 from relay.auth.handshake import Handshake
 from relay.cluster.base import Presence
+from relay.cluster.directory import DeviceDirectory
 from relay.device.link import WebSocketLink
+from relay.device.listener import VoiceDeps
 from relay.device.session import Session
+from relay.device.turn import TurnDeps
 from relay.resources import Relay
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,7 @@ class Connection:
     def __init__(
         self,
         relay: Relay,
+        room: DeviceRoom,
         ws: web.WebSocketResponse,
         transport: asyncio.Transport | None,
         hs: Handshake,
@@ -70,14 +75,14 @@ class Connection:
         )
         self.session = Session(
             self.link,
-            relay.deps,
+            room.deps,
             downlink,
             device_id=hs.device_id,
             target=relay.target_for(hs.device_id, hs.agent_id),
             max_passthrough=cfg.server.max_passthrough_per_session,
-            voice=relay.voice,
+            voice=room.voice,
             uplink=relay.uplink_format(hello.audio_params),
-            detect=relay.detect,
+            detect=room.detect,
         )
         self.log = DeviceLog(log, {"device": hs.device_id})
         self.last_rx = self.started = asyncio.get_running_loop().time()
@@ -88,6 +93,30 @@ class Connection:
             relay.metrics.audio_frames.labels("in"),
             relay.metrics.message_bytes.labels("audio", "in"),
         )
+
+    @property
+    def device_id(self) -> str:
+        """The canonical device id (§1.1)."""
+        return self.hs.device_id
+
+    @property
+    def session_id(self) -> str:
+        """The relay-generated session id (§1.2)."""
+        return self.link.session_id
+
+    def presence(self, node: str) -> Presence:
+        """What the cluster knows of this connection."""
+        return Presence(
+            device_id=self.hs.device_id,
+            node=node,
+            session_id=self.link.session_id,
+            connected_at=self.connected_at,
+            last_seen=self.connected_at + (self.last_rx - self.started),
+        )
+
+    def request_close(self, code: int) -> None:
+        """Close this connection with `code` (§1.7), from any task."""
+        self.link.request_close(code)
 
     async def run(self) -> None:
         """Answer hello, then read until the device leaves or the link is closed."""
@@ -180,12 +209,14 @@ _TYPE_LABEL = {
 }
 
 
-def presence_of(conn: Connection, node: str) -> Presence:
-    """What the cluster knows of a local connection."""
-    return Presence(
-        device_id=conn.hs.device_id,
-        node=node,
-        session_id=conn.link.session_id,
-        connected_at=conn.connected_at,
-        last_seen=conn.connected_at + (conn.last_rx - conn.started),
-    )
+@dataclass(slots=True)
+class DeviceRoom:
+    """What device sessions need besides the relay's resources, and this node's devices."""
+
+    deps: TurnDeps
+    voice: VoiceDeps | None = None
+    detect: DetectRules = field(default_factory=DetectRules)
+    connections: DeviceDirectory[Connection] = field(default_factory=DeviceDirectory)
+
+
+DEVICE_ROOM: web.AppKey[DeviceRoom] = web.AppKey("device_room", DeviceRoom)

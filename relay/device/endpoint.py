@@ -12,8 +12,9 @@ from protocol.errors import ApiError, CloseCode
 from protocol.session_state import Drop, Inbound, Opened, Refuse
 from relay.answers import api_error, refused
 from relay.auth.handshake import HandshakeError, parse_handshake
+from relay.cluster.directory import DeviceDirectory
 from relay.cors import origin_allowed
-from relay.device.connection import Connection, presence_of, refusal
+from relay.device.connection import DEVICE_ROOM, Connection, refusal
 from relay.resources import RELAY_KEY, Relay
 
 log = logging.getLogger(__name__)
@@ -72,30 +73,29 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     if hello is None:
         await ws.close()
         return ws
-    conn = Connection(relay, ws, request.transport, hs, hello, inbound)
-    previous = relay.connections.get(hs.device_id)
-    relay.connections[hs.device_id] = conn
+    room = request.app[DEVICE_ROOM]
+    conn = Connection(relay, room, ws, request.transport, hs, hello, inbound)
+    previous = room.connections.add(conn)
     if previous is not None:  # §1.7: a newer connection of the same device replaces it
         conn.log.info("replacing previous connection")
-        previous.link.request_close(CloseCode.REPLACED)
+        previous.request_close(CloseCode.REPLACED)
     m.connections_opened.inc()
     m.connections_active.inc()
     sid = conn.link.session_id
     try:
         # Presence, and on another node the old connection of this device closes with 4001.
-        await relay.cluster.register(presence_of(conn, relay.cluster.node_id))
+        await relay.cluster.register(conn.presence(relay.cluster.node_id))
         await conn.run()
     finally:
         m.connections_active.dec()
         code = conn.link.close_code or ws.close_code or CloseCode.NORMAL
         m.connections_closed.labels(str(int(code))).inc()
-        if relay.connections.get(hs.device_id) is conn:
-            del relay.connections[hs.device_id]
+        if room.connections.remove(conn):
             await relay.cluster.unregister(hs.device_id, sid)
     return ws
 
 
-async def idle_sweeper(relay: Relay) -> None:
+async def idle_sweeper(relay: Relay, devices: DeviceDirectory[Connection]) -> None:
     """Close devices silent for `idle_timeout_s` (docs/protocol.md §1.7); one task for all."""
     idle = relay.config.server.idle_timeout_s
     period = min(max(idle / 4, 0.05), 5.0)
@@ -103,10 +103,10 @@ async def idle_sweeper(relay: Relay) -> None:
     while True:
         await asyncio.sleep(period)
         now = loop.time()
-        for conn in list(relay.connections.values()):
+        for conn in devices:
             if now - conn.last_rx > idle:
                 conn.log.info("idle for %.0fs: closing", idle)
-                conn.link.request_close(CloseCode.NORMAL)
+                conn.request_close(CloseCode.NORMAL)
             elif conn.last_rx != conn.touched:  # last_seen, batched here, not per message
                 conn.touched = conn.last_rx
                 await relay.cluster.touch(conn.hs.device_id, conn.link.session_id)

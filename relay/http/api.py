@@ -16,7 +16,7 @@ from protocol.device import Custom
 from protocol.errors import ApiError, ProtocolError
 from relay.answers import api_error
 from relay.auth.handshake import api_allowed, canonical_device_id
-from relay.device.connection import new_session_id
+from relay.device.connection import DEVICE_ROOM, new_session_id
 from relay.device.link import SSELink
 from relay.device.session import Session
 from relay.resources import RELAY_KEY
@@ -112,7 +112,7 @@ async def simulate(request: web.Request) -> web.StreamResponse:
     )
     session = Session(
         link,
-        relay.deps,
+        request.app[DEVICE_ROOM].deps,
         downlink,
         device_id=device_id,
         target=relay.target_for(device_id, agent),

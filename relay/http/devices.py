@@ -21,8 +21,10 @@ from protocol.node import PushReason
 from relay.answers import api_error
 from relay.auth.handshake import canonical_device_id
 from relay.cluster.base import Presence
+from relay.cluster.directory import DeviceDirectory
+from relay.device.connection import Connection
 from relay.http.api import read_json
-from relay.resources import RELAY_KEY, Relay
+from relay.resources import RELAY_KEY
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +88,12 @@ def _check_push(body: Any, text: str) -> tuple[str, str] | None:
     return None
 
 
-async def deliver(relay: Relay, device_id: str, message: bytes) -> PushReason | None:
+async def deliver(
+    devices: DeviceDirectory[Connection], device_id: str, message: bytes
+) -> PushReason | None:
     """Hand a validated push to the local connection of `device_id` (the owning node): None
     when the connection took it, else why not."""
-    conn = relay.connections.get(device_id)
+    conn = devices.get(device_id)
     if conn is None or conn.link.closed:
         return "rejected"
     try:

@@ -13,6 +13,7 @@ from aiohttp import web
 from protocol.errors import CloseCode
 from relay.app import make_app
 from relay.config.schema import Config
+from relay.device.connection import DEVICE_ROOM
 from relay.resources import RELAY_KEY
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,9 @@ CLOSE_WAIT_S = 5.0  # after the 1001 close frames, how long handlers get to fini
 async def drain(app: web.Application, timeout_s: float) -> None:
     """Graceful drain: `/readyz` turns 503 and new devices are refused at once, turns in
     flight get up to `timeout_s` to finish, then every device is closed with 1001."""
-    relay = app[RELAY_KEY]
+    relay, devices = app[RELAY_KEY], app[DEVICE_ROOM].connections
     relay.draining.set()
-    conns = list(relay.connections.values())
+    conns = list(devices)
     log.info("draining: %d devices connected", len(conns))
     busy = [asyncio.ensure_future(c.session.wait_idle()) for c in conns]
     if busy:
@@ -35,8 +36,8 @@ async def drain(app: web.Application, timeout_s: float) -> None:
         if pending:
             log.info("drain timeout: %d devices still had a turn in flight", len(pending))
     readers = []
-    for conn in list(relay.connections.values()):
-        conn.link.request_close(CloseCode.GOING_AWAY)
+    for conn in devices:
+        conn.request_close(CloseCode.GOING_AWAY)
         if conn.task is not None:
             readers.append(conn.task)
     if readers:
