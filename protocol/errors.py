@@ -12,6 +12,7 @@ class CloseCode(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002  # a client frame without the mask bit (RFC 6455 §5.1)
     POLICY = 1008
     TOO_BIG = 1009
     INTERNAL = 1011
