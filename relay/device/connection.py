@@ -9,7 +9,7 @@ import secrets
 import time
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from protocol import device
 from protocol.binary import FrameType, decode_frame
@@ -151,6 +151,8 @@ class Connection:
                 self.session.on_audio(frame.payload)
         elif msg.type == WSMsgType.ERROR:
             self.log.info("websocket error: %s", type(self.ws.exception()).__name__)
+            if isinstance(msg.data, WebSocketError):  # aiohttp closed with its code (1009)
+                self.link.request_close(msg.data.code)
             return False
         else:  # CLOSE, CLOSING, CLOSED
             return False
