@@ -80,6 +80,9 @@ class Edge:
     def __init__(self, cfg: ServerConfig, metrics: Metrics) -> None:
         self.cfg = cfg
         self.max_total = cfg.max_connections or auto_max_connections()
+        # One address never holds more than half the sockets, whatever the descriptor limit.
+        per_address = cfg.max_http_per_address
+        self.max_per_address = min(per_address, max(1, self.max_total // 2)) if per_address else 0
         self._refused = metrics.edge_refused
         self._open = 0
         self._http: dict[str, int] = {}  # per address: sockets that are not device WebSockets
@@ -101,7 +104,7 @@ class Edge:
 
     def admit(self, conn: EdgeProtocol, transport: asyncio.BaseTransport) -> str:
         """Count a new socket in, or return why it is refused."""
-        per_address = self.cfg.max_http_per_address
+        per_address = self.max_per_address
         count = self._http.get(conn.address, 0)
         if per_address and count >= per_address:
             return "address_cap"

@@ -21,6 +21,7 @@ from aiohttp import web
 from protocol.websocket import close_frame
 from relay.app import make_app
 from relay.config.load import parse
+from relay.edge import EDGE_KEY
 from relay.resources import RELAY_KEY
 from relay.run.server import start
 from relay.run.workers import listening_socket
@@ -322,8 +323,6 @@ async def test_a_body_that_does_not_decode_answers_400_without_a_traceback(
 
 def test_a_handler_error_still_logs_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
     app = make_app(parse({}))
-    from relay.edge import EDGE_KEY
-
     try:
         raise RuntimeError("a bug")
     except RuntimeError as exc:
