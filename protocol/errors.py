@@ -12,6 +12,7 @@ class CloseCode(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002  # a client frame without the mask bit (RFC 6455 §5.1)
     POLICY = 1008
     TOO_BIG = 1009
     INTERNAL = 1011
@@ -119,6 +120,10 @@ class ApiError(StrEnum):
     REDIS_UNAVAILABLE = "redis_unavailable"
     REJECTED = "rejected"
     NOT_SUPPORTED = "not_supported"
+    # The edge, on any path (README "Limits at the edge").
+    OVER_CAPACITY = "over_capacity"
+    REQUEST_TIMEOUT = "request_timeout"
+    BAD_BODY = "bad_body"
 
 
 # Status and default hint of each `errorType`; a call site may give a more precise hint.
@@ -162,6 +167,9 @@ HTTP: dict[ApiError, tuple[int, str]] = {
         "the device's hello did not declare features.notify.config_updated,"
         " so it would ignore a notify",
     ),
+    ApiError.OVER_CAPACITY: (503, "retry shortly, or connect to another relay"),
+    ApiError.REQUEST_TIMEOUT: (408, "send the whole request at once"),
+    ApiError.BAD_BODY: (400, ""),
 }
 
 

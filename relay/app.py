@@ -29,6 +29,7 @@ from relay.config.schema import Config
 from relay.device.connection import DEVICE_ROOM, DeviceRoom
 from relay.device.endpoint import idle_sweeper, websocket_handler
 from relay.device.turn import TurnDeps
+from relay.edge import EDGE_KEY, Edge, edge_middleware
 from relay.http import api, devices, ota
 from relay.http.console import add_routes as add_console_routes
 from relay.providers import build_speaker, build_voice
@@ -42,7 +43,9 @@ WS_PATHS = ("/v1/ws/", "/xiaozhi/v1/")
 
 def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Application:
     """Build the relay application for `config`."""
-    app = web.Application(middlewares=[api.api_auth])
+    metrics = metrics or Metrics()
+    app = web.Application(middlewares=[edge_middleware, api.api_auth])
+    app[EDGE_KEY] = Edge(config.server, metrics)  # used when relay.run.server serves the app
     for path in WS_PATHS:
         app.router.add_get(path, websocket_handler)
         app.router.add_get(path.rstrip("/"), websocket_handler)
@@ -60,7 +63,7 @@ def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicati
             app.router.add_route("OPTIONS", route, ota.preflight)  # browsers' CORS preflight
     if config.console.enabled:  # a virtual device in the browser; off by default
         add_console_routes(app)
-    app.cleanup_ctx.append(_resources(config, metrics or Metrics()))
+    app.cleanup_ctx.append(_resources(config, metrics))
     app.on_shutdown.append(_close_devices)  # the last resort; relay.run.server drains first
     return app
 

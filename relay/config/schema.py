@@ -34,6 +34,13 @@ class ServerConfig:
     gc_freeze: bool = True  # startup objects leave the collector's view (docs/performance.md)
     gc_gen0_threshold: int = 10000  # 0 keeps Python's default (700)
     check_origin: bool = False  # refuse device WebSockets from pages not in [ota] cors_origins
+    # The edge (relay/edge.py): every accepted socket, before aiohttp and before any auth.
+    request_head_timeout_s: float = 10.0  # a request head not complete by then: 408, closed
+    request_body_timeout_s: float = 30.0  # a request body not complete by then: 408, closed
+    keepalive_timeout_s: float = 75.0  # an idle kept-alive HTTP connection is closed after this
+    max_connections: int = 0  # sockets at once, device WebSockets included; 0 = auto (fd limit / 2)
+    max_http_per_address: int = 256  # sockets from one address that are not device WebSockets
+    probe_reserve: int = 8  # sockets beyond max_connections kept for /healthz, /readyz, /metrics
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from protocol import device
 from protocol.device import DetectRules, Hello
@@ -166,6 +166,8 @@ class Connection:
             verdict = self.inbound.binary(msg.data)
         elif msg.type == WSMsgType.ERROR:
             self.log.info("websocket error: %s", type(self.ws.exception()).__name__)
+            if isinstance(msg.data, WebSocketError):  # aiohttp closed with its code (1009)
+                self.link.request_close(msg.data.code)
             return False
         else:  # CLOSE, CLOSING, CLOSED
             return False

@@ -14,11 +14,12 @@ from protocol import device, jsonutil
 from protocol.audio_format import AudioFormat
 from protocol.device import Custom
 from protocol.errors import ApiError, ProtocolError
-from relay.answers import api_error
+from relay.answers import api_error, api_exception
 from relay.auth.handshake import api_allowed, canonical_device_id
 from relay.device.connection import DEVICE_ROOM, new_session_id
 from relay.device.link import SSELink
 from relay.device.session import Session
+from relay.edge import EDGE_KEY
 from relay.resources import RELAY_KEY
 
 log = logging.getLogger(__name__)
@@ -28,14 +29,27 @@ _SIMULATE_EXAMPLE = '{"device_id":"…","text":"…"}'
 
 
 async def read_body(request: web.Request, limit: int) -> bytes | None:
-    """The request body, or None when it is over `limit` bytes (chunked bodies included)."""
+    """The request body, or None when it is over `limit` bytes (chunked bodies included).
+    Raises a 408 when the body is not complete within `[server] request_body_timeout_s`, and
+    a 400 when it ends early or its chunked framing is broken; a client gone mid-body is
+    one DEBUG line, not the traceback aiohttp would log for a handler's exception."""
+    timeout_s = request.app[RELAY_KEY].config.server.request_body_timeout_s
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+    except TimeoutError:
+        request.app[EDGE_KEY].refused("body_timeout")
+        msg = f"body not received in {timeout_s:g} s"
+        raise api_exception(ApiError.REQUEST_TIMEOUT, msg) from None
+    except (ConnectionResetError, web.RequestPayloadError) as exc:
+        log.debug("request body cut short: %s", type(exc).__name__)
+        raise api_exception(ApiError.BAD_BODY, "body cut short or undecodable") from None
     return b"".join(chunks)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import signal
 import socket
 
@@ -14,11 +15,16 @@ from protocol.errors import CloseCode
 from relay.app import make_app
 from relay.config.schema import Config
 from relay.device.connection import DEVICE_ROOM
+from relay.edge import EDGE_KEY
 from relay.resources import RELAY_KEY
 
 log = logging.getLogger(__name__)
 
 CLOSE_WAIT_S = 5.0  # after the 1001 close frames, how long handlers get to finish
+# After answering a request whose body it did not read whole (413, a 408 for a stalled
+# body), aiohttp reads and drops the rest for this long so that the client sees the answer
+# rather than a reset; aiohttp's default is 10 s, which a stalled body would simply hold.
+LINGER_S = 2.0
 
 
 async def drain(app: web.Application, timeout_s: float) -> None:
@@ -44,12 +50,39 @@ async def drain(app: web.Application, timeout_s: float) -> None:
         await asyncio.wait(readers, timeout=CLOSE_WAIT_S)
 
 
+async def start(app: web.Application, sock: socket.socket) -> tuple[web.AppRunner, asyncio.Server]:
+    """Serve `app` on the listening `sock`, every socket through the edge (relay/edge.py).
+    Stop with `server.close()`, then `runner.cleanup()`."""
+    edge = app[EDGE_KEY]
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=1.0,
+        keepalive_timeout=edge.cfg.keepalive_timeout_s,
+        lingering_time=LINGER_S,
+        logger=edge.server_log,  # a malformed request head: a count and a DEBUG line
+    )
+    await runner.setup()
+    return runner, await edge.listen(runner, sock)
+
+
+def raise_descriptor_limit() -> None:
+    """Raise the soft limit on open descriptors to the hard one, as Go's runtime does: the
+    soft default (often 1024) exists for select(), which the event loop does not use."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.info("descriptor limit stays at %d: %s", soft, exc)
+
+
 async def serve(config: Config, sock: socket.socket) -> None:
     """Serve on `sock` until SIGTERM or SIGINT, then drain and stop."""
+    raise_descriptor_limit()
     app = make_app(config)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
-    await runner.setup()
-    await web.SockSite(runner, sock).start()
+    runner, server = await start(app, sock)
     host, port = sock.getsockname()[:2]
     log.info("relay listening on http://%s:%d (pid %d)", host, port, os.getpid())
     stop = asyncio.Event()
@@ -61,5 +94,6 @@ async def serve(config: Config, sock: socket.socket) -> None:
         log.info("stop requested: draining for up to %.0fs", config.server.drain_timeout_s)
         await drain(app, config.server.drain_timeout_s)
     finally:
+        server.close()
         await runner.cleanup()
     log.info("relay stopped")

@@ -26,6 +26,7 @@ def test_close_codes() -> None:
     assert {code.name: code.value for code in CloseCode} == {
         "NORMAL": 1000,
         "GOING_AWAY": 1001,
+        "PROTOCOL_ERROR": 1002,
         "POLICY": 1008,
         "TOO_BIG": 1009,
         "INTERNAL": 1011,
