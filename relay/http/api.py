@@ -42,12 +42,15 @@ async def read_body(request: web.Request, limit: int) -> bytes | None:
 async def read_json(
     request: web.Request, limit: int, example: str
 ) -> tuple[bytes, Any] | web.Response:
-    """The body and its JSON value, or the error to answer: 413 over `limit`, 400 not JSON."""
+    """The body and its JSON value, or the error to answer: 413 over `limit`, 400 not JSON
+    or nested too deep."""
     raw = await read_body(request, limit)
     if raw is None:
         return api_error(ApiError.TOO_LARGE, f"body over {limit} bytes")
     try:
         return raw, jsonutil.loads(raw)
+    except jsonutil.TooDeep as exc:
+        return api_error(ApiError.TOO_DEEP, str(exc))
     except ValueError:
         return api_error(ApiError.BAD_JSON, "body is not JSON", example)
 
