@@ -19,6 +19,7 @@ from relay.auth.handshake import Handshake
 from relay.cluster.base import Presence
 from relay.device.link import WebSocketLink
 from relay.device.session import Session
+from relay.logsafe import printable
 from relay.resources import Relay
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class DeviceLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes log lines with the device id."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"[{self.extra['device'] if self.extra else '?'}] {msg}", kwargs
+        return f"[{printable(self.extra['device']) if self.extra else '?'}] {msg}", kwargs
 
 
 class Connection:

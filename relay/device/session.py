@@ -31,6 +31,7 @@ from protocol.session_state import AudioVerdict
 from relay.device.link import Link
 from relay.device.listener import Listener, VoiceDeps
 from relay.device.turn import Turn, TurnDeps
+from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
@@ -242,13 +243,13 @@ class Session:
         self.custom(msg)
 
     def _on_mcp(self, _msg: Mcp) -> None:
-        log.debug("mcp message from %s ignored: no MCP peer configured", self.device_id)
+        log.debug("mcp message from %s ignored: no MCP peer configured", printable(self.device_id))
 
     def _on_ping(self, _msg: Ping) -> None:
         self.link.send_json(device.pong(), "pong")
 
     def _on_hello(self, _msg: Hello) -> None:
-        log.debug("repeated hello from %s ignored", self.device_id)
+        log.debug("repeated hello from %s ignored", printable(self.device_id))
 
     def _on_goodbye(self, _msg: Goodbye) -> None:
         self.link.request_close(CloseCode.NORMAL)  # the device ends the session (§1.3)
@@ -307,4 +308,4 @@ class Session:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("turn of %s failed", self.device_id, exc_info=exc)
+            log.error("turn of %s failed", printable(self.device_id), exc_info=exc)

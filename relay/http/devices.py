@@ -22,6 +22,7 @@ from relay.answers import api_error
 from relay.auth.handshake import canonical_device_id
 from relay.cluster.base import Presence
 from relay.http.api import read_json
+from relay.logsafe import printable
 from relay.resources import RELAY_KEY, Relay
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ async def deliver(relay: Relay, device_id: str, message: bytes) -> PushReason | 
         body = jsonutil.loads(message)
         text = message.decode()
     except ValueError:
-        log.warning("undecodable push for %s dropped", device_id)
+        log.warning("undecodable push for %s dropped", printable(device_id))
         return "rejected"
     if _check_push(body, text) is not None:
         return "rejected"
