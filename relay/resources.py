@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -20,6 +20,7 @@ from relay.device.turn import TurnDeps
 
 if TYPE_CHECKING:
     from relay.device.connection import Connection
+    from relay.device.session import Session
 
 
 @dataclass(slots=True)
@@ -37,6 +38,8 @@ class Relay:
     voice: VoiceDeps | None = None
     detect: DetectRules = field(default_factory=DetectRules)
     connections: dict[str, Connection] = field(default_factory=dict)
+    # Simulate streams in progress: the handler's task and its session, drained like devices.
+    simulations: dict[asyncio.Task[Any], Session] = field(default_factory=dict)
     _synced: dict[tuple[str, str], int] = field(default_factory=dict)
     draining: asyncio.Event = field(default_factory=asyncio.Event)
 

@@ -167,6 +167,7 @@ class Turn:
                     async for event in it:
                         sp = classify(event)
                         if sp is None:
+                            await link.room()  # a simulate client reads at its own pace
                             link.send_json(self._envelope(event.raw), "custom")
                             continue
                         if speech_task is None:

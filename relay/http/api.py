@@ -75,6 +75,8 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
 async def simulate(request: web.Request) -> web.StreamResponse:
     """`POST /api/v1/simulate`: run one turn as a device would, answer as SSE."""
     relay = request.app[RELAY_KEY]
+    if relay.draining.is_set():
+        return api_error(ApiError.DRAINING, "relay is shutting down")
     got = await read_json(request, MAX_SIMULATE_BODY, _SIMULATE_EXAMPLE)
     if isinstance(got, web.Response):
         return got
@@ -121,6 +123,9 @@ async def simulate(request: web.Request) -> web.StreamResponse:
         target=relay.target_for(device_id, agent),
         max_passthrough=cfg.server.max_passthrough_per_session,
     )
+    handler = asyncio.current_task()
+    assert handler is not None
+    relay.simulations[handler] = session  # a drain waits for its turn (relay/run/server.py)
     try:
         if custom is not None:
             session.custom(custom)
@@ -135,6 +140,7 @@ async def simulate(request: web.Request) -> web.StreamResponse:
         gone.cancel()
         await link.flush(5.0)
     finally:
+        del relay.simulations[handler]
         await session.close()
         await link.close()
     return resp
