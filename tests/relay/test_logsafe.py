@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import sys
@@ -15,7 +14,7 @@ import pytest
 
 from relay.logsafe import OneLineFormatter, printable
 from tests.relay.conftest import RelayFactory
-from tests.relay.test_cli import ROOT, clean_env, stop, wait_http
+from tests.relay.test_cli import spawn_relay, stop, wait_http
 from tests.relay.test_simulate import closed_port
 
 FORGED = "evil\n2030-01-01 00:00:00,000 ERROR relay: forged\r\x1b[2J\u2028x\x85y"
@@ -84,22 +83,7 @@ async def test_peer_chosen_values_are_escaped_in_the_relays_log(
 
 async def test_relay_serve_writes_one_line_per_record() -> None:
     port = closed_port()
-    relay = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        "--config",
-        "config.toml",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        cwd=ROOT,
-        env=clean_env(),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    relay = await spawn_relay(port)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:

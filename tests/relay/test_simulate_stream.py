@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from typing import Any
 
 import aiohttp
@@ -13,7 +12,7 @@ from aiohttp import web
 
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import FakeBusiness, open_stream, session_of, sse
-from tests.relay.test_cli import ROOT, clean_env, stop, wait_http
+from tests.relay.test_cli import spawn_business, spawn_relay, stop, wait_http
 from tests.relay.test_simulate import SIMULATE, closed_port, parse_sse, responses
 
 MAC = "66:9C:4B:DA:13:EA"
@@ -74,34 +73,8 @@ async def test_sigterm_drains_a_simulate_stream() -> None:
     # The business answers after 3 s: longer than the 1 s aiohttp gives handlers at shutdown,
     # shorter than [server] drain_timeout_s (30 s in config.toml).
     relay_port, business_port = closed_port(), closed_port()
-    business = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "examples/business_service.py",
-        "--port",
-        str(business_port),
-        "--chat-delay",
-        "3",
-        cwd=ROOT,
-        env=clean_env(),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    relay = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        "--config",
-        "config.toml",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(relay_port),
-        cwd=ROOT,
-        env=clean_env(RELAY__BUSINESS__0__URL=f"http://127.0.0.1:{business_port}/chat"),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    business = await spawn_business(business_port, "--chat-delay", "3")
+    relay = await spawn_relay(relay_port, business_port=business_port)
     base = f"http://127.0.0.1:{relay_port}"
     try:
         async with aiohttp.ClientSession() as http:
