@@ -4,6 +4,8 @@
 sources; nothing runs it. mypy checks it, so an entry cannot outlive the name it keeps.
 """
 
+import logging
+
 import onnxruntime
 
 from asr_tts.segmenter import Segmenter
@@ -27,3 +29,6 @@ FrameCache(max_bytes=0).evictions
 onnxruntime.SessionOptions.intra_op_num_threads
 onnxruntime.SessionOptions.inter_op_num_threads
 onnxruntime.SessionOptions.log_severity_level
+
+# Read by logging.Formatter.formatMessage when the format names %(asctime)s (relay/logsafe.py).
+logging.LogRecord.asctime

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 
+from protocol.jsonutil import MAX_DEPTH
+
 
 class CloseCode(IntEnum):
     """WebSocket close codes the relay uses (docs/protocol.md §1.7)."""
@@ -32,6 +34,7 @@ class DeviceError(StrEnum):
     NOT_READY = "not_ready"
     BUSY = "busy"
     TEXT_TOO_LONG = "text_too_long"
+    TOO_DEEP = "too_deep"
 
 
 class BusinessError(StrEnum):
@@ -80,6 +83,7 @@ MESSAGES: dict[str, str] = {
     DeviceError.NOT_READY: "send hello first",
     DeviceError.BUSY: "too many requests in flight for this session",
     DeviceError.TEXT_TOO_LONG: "the text is longer than this relay accepts",
+    DeviceError.TOO_DEEP: f"JSON nested deeper than {MAX_DEPTH} levels",
     BusinessError.UNREACHABLE: "business service could not be reached",
     BusinessError.STATUS: "business service answered with an error status",
     BusinessError.CONTENT_TYPE: "business service did not answer with text/event-stream",
@@ -102,6 +106,7 @@ class ApiError(StrEnum):
 
     BAD_REQUEST = "bad_request"
     BAD_JSON = "bad_json"
+    TOO_DEEP = "too_deep"
     TOO_LARGE = "too_large"
     UNAUTHORIZED = "unauthorized"
     UNKNOWN_AGENT = "unknown_agent"
@@ -130,6 +135,7 @@ class ApiError(StrEnum):
 HTTP: dict[ApiError, tuple[int, str]] = {
     ApiError.BAD_REQUEST: (400, ""),
     ApiError.BAD_JSON: (400, ""),
+    ApiError.TOO_DEEP: (400, f"nest arrays and objects at most {MAX_DEPTH} levels deep"),
     ApiError.TOO_LARGE: (413, ""),
     ApiError.UNAUTHORIZED: (401, "send Authorization: Bearer <token> with an [api] token"),
     ApiError.UNKNOWN_AGENT: (400, "see [[business]] name"),

@@ -48,6 +48,7 @@ from relay.cluster.base import (
     page_of,
 )
 from relay.cluster.redis_scripts import SCRIPTS
+from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,11 @@ class RedisCluster(NodeInbox):
         args = (p.device_id, self.node_id, p.session_id, p.connected_at, p.last_seen)
         prev = await self._write("register", "claim", p.device_id, *args, self._ttl_ms)
         if prev is not None and (node := _text(prev[0])) and node != self.node_id:
-            log.info("[%s] moved here from node %s: replacing there", p.device_id, node)
+            log.info(
+                "[%s] moved here from node %s: replacing there",
+                printable(p.device_id),
+                printable(node),
+            )
             await self._send(node, NodeReplace(p.device_id, _text(prev[1])))
 
     async def unregister(self, device_id: str, session_id: str) -> None:
@@ -238,7 +243,7 @@ class RedisCluster(NodeInbox):
                 return await self._scripts[script](keys=keys, args=args)
         except _ERRORS as exc:
             bump(self.errors, op)
-            log.warning("[%s] cluster %s failed: %s", device_id, op, type(exc).__name__)
+            log.warning("[%s] cluster %s failed: %s", printable(device_id), op, type(exc).__name__)
             return None
 
     async def _list_redis(self, r: Redis, cursor: str | None, limit: int) -> Page:

@@ -19,6 +19,7 @@ from protocol.audio_format import AudioFormat
 from protocol.business import Speak, classify, envelope, error_event
 from protocol.errors import BusinessError
 from relay.device.link import Held, Link
+from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Speech:
         except TTSError as exc:
             # The rest of this answer cannot be heard; later answers may still be.
             self._deps.metrics.tts_errors.inc()
-            log.warning("tts failed for session %s: %s", sid, exc)
+            log.warning("tts failed for session %s: %s", sid, printable(exc))
 
 
 class Turn:
@@ -166,6 +167,7 @@ class Turn:
                     async for event in it:
                         sp = classify(event)
                         if sp is None:
+                            await link.room()  # a simulate client reads at its own pace
                             link.send_json(self._envelope(event.raw), "custom")
                             continue
                         if speech_task is None:

@@ -56,12 +56,15 @@ async def read_body(request: web.Request, limit: int) -> bytes | None:
 async def read_json(
     request: web.Request, limit: int, example: str
 ) -> tuple[bytes, Any] | web.Response:
-    """The body and its JSON value, or the error to answer: 413 over `limit`, 400 not JSON."""
+    """The body and its JSON value, or the error to answer: 413 over `limit`, 400 not JSON
+    or nested too deep."""
     raw = await read_body(request, limit)
     if raw is None:
         return api_error(ApiError.TOO_LARGE, f"body over {limit} bytes")
     try:
         return raw, jsonutil.loads(raw)
+    except jsonutil.TooDeep as exc:
+        return api_error(ApiError.TOO_DEEP, str(exc))
     except ValueError:
         return api_error(ApiError.BAD_JSON, "body is not JSON", example)
 
@@ -86,6 +89,8 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
 async def simulate(request: web.Request) -> web.StreamResponse:
     """`POST /api/v1/simulate`: run one turn as a device would, answer as SSE."""
     relay = request.app[RELAY_KEY]
+    if relay.draining.is_set():
+        return api_error(ApiError.DRAINING, "relay is shutting down")
     got = await read_json(request, MAX_SIMULATE_BODY, _SIMULATE_EXAMPLE)
     if isinstance(got, web.Response):
         return got
@@ -124,14 +129,18 @@ async def simulate(request: web.Request) -> web.StreamResponse:
         device.DEFAULT_PLAY_BUFFER_MS / 1000,
         audio_base64=request.query.get("audio") == "base64",
     )
+    room = request.app[DEVICE_ROOM]
     session = Session(
         link,
-        request.app[DEVICE_ROOM].deps,
+        room.deps,
         downlink,
         device_id=device_id,
         target=relay.target_for(device_id, agent),
         max_passthrough=cfg.server.max_passthrough_per_session,
     )
+    handler = asyncio.current_task()
+    assert handler is not None
+    room.simulations[handler] = session  # a drain waits for its turn (relay/run/server.py)
     try:
         if custom is not None:
             session.custom(custom)
@@ -146,6 +155,7 @@ async def simulate(request: web.Request) -> web.StreamResponse:
         gone.cancel()
         await link.flush(5.0)
     finally:
+        del room.simulations[handler]
         await session.close()
         await link.close()
     return resp

@@ -28,24 +28,32 @@ LINGER_S = 2.0
 
 
 async def drain(app: web.Application, timeout_s: float) -> None:
-    """Graceful drain: `/readyz` turns 503 and new devices are refused at once, turns in
-    flight get up to `timeout_s` to finish, then every device is closed with 1001."""
-    relay, devices = app[RELAY_KEY], app[DEVICE_ROOM].connections
+    """Graceful drain: `/readyz` turns 503 and new devices and simulate calls are refused at
+    once, turns in flight (a device's or a simulate stream's) get up to `timeout_s` to
+    finish, then every device is closed with 1001 and every simulate stream ends."""
+    relay, room = app[RELAY_KEY], app[DEVICE_ROOM]
+    devices = room.connections
     relay.draining.set()
-    conns = list(devices)
-    log.info("draining: %d devices connected", len(conns))
-    busy = [asyncio.ensure_future(c.session.wait_idle()) for c in conns]
+    sessions = [c.session for c in devices]
+    log.info(
+        "draining: %d devices connected, %d simulate streams", len(sessions), len(room.simulations)
+    )
+    sessions += room.simulations.values()
+    busy = [asyncio.ensure_future(s.wait_idle()) for s in sessions]
     if busy:
         _done, pending = await asyncio.wait(busy, timeout=timeout_s)
         for fut in pending:
             fut.cancel()
         if pending:
-            log.info("drain timeout: %d devices still had a turn in flight", len(pending))
+            log.info("drain timeout: %d sessions still had a turn in flight", len(pending))
     readers = []
     for conn in devices:
         conn.request_close(CloseCode.GOING_AWAY)
         if conn.task is not None:
             readers.append(conn.task)
+    for handler, session in list(room.simulations.items()):
+        session.link.request_close(CloseCode.GOING_AWAY)  # what is queued is still written
+        readers.append(handler)
     if readers:
         await asyncio.wait(readers, timeout=CLOSE_WAIT_S)
 
