@@ -76,8 +76,9 @@ class BusinessClient:
     ) -> AsyncGenerator[BusinessEvent, None]:
         """POST `body` and yield each event that passes the session check (§2.3).
 
-        Ends at `message_end` or end of stream. Failures of §2.6 end the iteration quietly;
-        `stats.failure` then names the error the device must be told.
+        Ends at `message_end` or end of stream. Failures of §2.6, and an end of stream
+        without `message_end` (§2.7), end the iteration quietly; `stats.failure` then names
+        the error the device must be told.
         """
         clock = asyncio.get_running_loop().time  # deadlines on the loop's own clock
         start = clock()
@@ -113,7 +114,7 @@ class BusinessClient:
                         await _drain(resp)
                         return
                 if not chunk:
-                    stats.outcome = BusinessOutcome.NO_END
+                    stats.outcome = BusinessOutcome.INCOMPLETE
                     return
                 if stats.first_event_s is not None:
                     deadline = min(clock() + target.idle_timeout_s, total_deadline)
