@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from bridges.http import Endpoint, HTTPClient, HTTPError, Response
-from protocol.business import BadEvent, BusinessEvent, is_end, parse_event, session_ok
+from protocol.business import (
+    BadEvent,
+    BusinessEvent,
+    is_end,
+    parse_event,
+    relay_headers,
+    session_ok,
+)
 from protocol.errors import BusinessError, BusinessOutcome, business_error
 from protocol.sse import SSEDecoder, SSEEvent
 
@@ -26,13 +34,23 @@ class BusinessTarget:
 
     name: str
     url: str
-    token: str = ""
+    token: str = field(default="", repr=False)  # secrets stay out of every repr and log
+    signing_secret: str = field(default="", repr=False)  # signs requests (§2.1)
     session_check: SessionCheck = "strict"
     connect_timeout_s: float = 3.0
     first_event_timeout_s: float = 15.0
     idle_timeout_s: float = 30.0
     total_timeout_s: float = 300.0
     max_event_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a request is for, as the relay vouches for it (§2.1, X-Relay-* headers): the
+    authenticated, canonical device id and the device connection's session id."""
+
+    device_id: str
+    session_id: str
 
 
 @dataclass(slots=True)
@@ -72,7 +90,12 @@ class BusinessClient:
         return endpoint
 
     async def stream(
-        self, target: BusinessTarget, body: bytes, expected_session: str, stats: StreamStats
+        self,
+        target: BusinessTarget,
+        body: bytes,
+        caller: Caller,
+        expected_session: str,
+        stats: StreamStats,
     ) -> AsyncGenerator[BusinessEvent, None]:
         """POST `body` and yield each event that passes the session check (§2.3).
 
@@ -93,7 +116,7 @@ class BusinessClient:
                 resp = await self._http.post(
                     self._endpoint(target.url),
                     body,
-                    _headers(target),
+                    _headers(target, caller, body),
                     connect_timeout_s=target.connect_timeout_s,
                 )
             _check_response(resp)
@@ -131,10 +154,19 @@ class BusinessClient:
             stats.total_s = clock() - start
 
 
-def _headers(target: BusinessTarget) -> dict[str, str]:
+def _headers(target: BusinessTarget, caller: Caller, body: bytes) -> dict[str, str]:
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if target.token:
         headers["Authorization"] = f"Bearer {target.token}"
+    headers.update(
+        relay_headers(
+            caller.device_id,
+            caller.session_id,
+            body,
+            secret=target.signing_secret,
+            now=int(time.time()),
+        )
+    )
     return headers
 
 

@@ -53,7 +53,8 @@ class BusinessConfig:
 
     name: str
     url: str
-    token: str = ""
+    token: str = field(default="", repr=False)
+    signing_secret: str = field(default="", repr=False)  # signs every request (§2.1)
     session_check: Literal["strict", "lenient"] = "strict"
     connect_timeout_s: float = 3.0
     first_event_timeout_s: float = 15.0
@@ -67,6 +68,7 @@ class BusinessConfig:
             name=self.name,
             url=self.url,
             token=self.token,
+            signing_secret=self.signing_secret,
             session_check=self.session_check,
             connect_timeout_s=self.connect_timeout_s,
             first_event_timeout_s=self.first_event_timeout_s,
