@@ -9,7 +9,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from bridges.http import Endpoint, HTTPClient, HTTPError, Response
+from bridges.http import IDLE_TIMEOUT_S, Endpoint, HTTPClient, HTTPError, Response
 from protocol.business import (
     BadEvent,
     BusinessEvent,
@@ -41,6 +41,7 @@ class BusinessTarget:
     first_event_timeout_s: float = 15.0
     idle_timeout_s: float = 30.0
     total_timeout_s: float = 300.0
+    keepalive_timeout_s: float = IDLE_TIMEOUT_S  # an idle pooled connection is closed after
     max_event_bytes: int = 1 << 20
 
 
@@ -118,6 +119,7 @@ class BusinessClient:
                     body,
                     _headers(target, caller, body),
                     connect_timeout_s=target.connect_timeout_s,
+                    keepalive_s=target.keepalive_timeout_s,
                 )
             _check_response(resp)
             while True:

@@ -65,6 +65,7 @@ class BusinessConfig:
     first_event_timeout_s: float = 15.0
     idle_timeout_s: float = 30.0
     total_timeout_s: float = 300.0
+    keepalive_timeout_s: float = 4.0  # idle pooled connections to it are closed after this
     devices: tuple[str, ...] = ()
 
     def target(self) -> BusinessTarget:
@@ -79,6 +80,7 @@ class BusinessConfig:
             first_event_timeout_s=self.first_event_timeout_s,
             idle_timeout_s=self.idle_timeout_s,
             total_timeout_s=self.total_timeout_s,
+            keepalive_timeout_s=self.keepalive_timeout_s,
         )
 
 
