@@ -1,5 +1,5 @@
 """Every error code the relay speaks, and the one mapping from a failure to what a peer is
-told: a device `error` message (docs/protocol.md §1.5), a business error event (§2.6), a
+told: a device `error` message (docs/protocol.md §1.5), a business error event (§2.6, §2.7), a
 close code (§1.7), or an HTTP status with `errorType` and a hint (the HTTP API)."""
 
 from __future__ import annotations
@@ -38,20 +38,21 @@ class DeviceError(StrEnum):
 
 
 class BusinessError(StrEnum):
-    """Codes of the error events a device receives when a business request fails (§2.6)."""
+    """Codes of the error events a device receives when a business request fails (§2.6, §2.7)."""
 
     UNREACHABLE = "business_unreachable"
     STATUS = "business_status"
     CONTENT_TYPE = "business_content_type"
     TIMEOUT = "business_timeout"
     NOT_CONFIGURED = "business_not_configured"
+    INCOMPLETE = "business_incomplete"
 
 
 class BusinessOutcome(StrEnum):
     """How one business request ended; a small fixed set, used as a metric label."""
 
     OK = "ok"
-    NO_END = "no_message_end"
+    INCOMPLETE = "incomplete"  # the stream ended without this request's message_end (§2.7)
     UNREACHABLE = "unreachable"
     STATUS = "status"
     CONTENT_TYPE = "content_type"
@@ -59,12 +60,13 @@ class BusinessOutcome(StrEnum):
     CANCELLED = "cancelled"
 
 
-# The outcomes a device is told about, in the §2.4 envelope (§2.6).
+# The outcomes a device is told about, in the §2.4 envelope (§2.6, §2.7).
 _BUSINESS_ERROR = {
     BusinessOutcome.UNREACHABLE: BusinessError.UNREACHABLE,
     BusinessOutcome.STATUS: BusinessError.STATUS,
     BusinessOutcome.CONTENT_TYPE: BusinessError.CONTENT_TYPE,
     BusinessOutcome.TIMEOUT: BusinessError.TIMEOUT,
+    BusinessOutcome.INCOMPLETE: BusinessError.INCOMPLETE,
 }
 
 
@@ -89,6 +91,7 @@ MESSAGES: dict[str, str] = {
     BusinessError.CONTENT_TYPE: "business service did not answer with text/event-stream",
     BusinessError.TIMEOUT: "business service did not answer in time",
     BusinessError.NOT_CONFIGURED: "no business service is configured for this device",
+    BusinessError.INCOMPLETE: "business service ended its answer without message_end",
 }
 
 

@@ -13,6 +13,11 @@ from bridges.business import BusinessTarget
 from protocol.device import WAKE_WORDS, DetectRules
 
 SignedInt = Annotated[int, "signed"]  # an int key that may be negative (others may not)
+# A credential sent in an HTTP header (`Authorization: Bearer …`) or compared with one: visible
+# ASCII only, "" = none (relay/config/load.py checks it; a list of them may not hold "").
+Token = Annotated[str, "token"]
+# A key the relay signs or checks with (HMAC): printable text, "" = none.
+Secret = Annotated[str, "secret"]
 
 
 class ConfigError(ValueError):
@@ -48,9 +53,9 @@ class AuthConfig:
     """`[auth]`: how devices authenticate at the handshake."""
 
     mode: Literal["none", "tokens", "hmac", "redis"] = "none"
-    tokens: tuple[str, ...] = ()  # mode "tokens"
+    tokens: tuple[Token, ...] = field(default=(), repr=False)  # mode "tokens"
     allowed_devices: tuple[str, ...] = ()  # empty = every device id
-    hmac_secret: str = ""  # mode "hmac": the xiaozhi-compatible signed token
+    hmac_secret: Secret = field(default="", repr=False)  # mode "hmac": xiaozhi-compatible
     hmac_max_age_s: float = 30 * 24 * 3600.0
 
 
@@ -60,12 +65,14 @@ class BusinessConfig:
 
     name: str
     url: str
-    token: str = ""
+    token: Token = field(default="", repr=False)
+    signing_secret: Secret = field(default="", repr=False)  # signs every request (§2.1)
     session_check: Literal["strict", "lenient"] = "strict"
     connect_timeout_s: float = 3.0
     first_event_timeout_s: float = 15.0
     idle_timeout_s: float = 30.0
     total_timeout_s: float = 300.0
+    keepalive_timeout_s: float = 4.0  # idle pooled connections to it are closed after this
     devices: tuple[str, ...] = ()
 
     def target(self) -> BusinessTarget:
@@ -74,11 +81,13 @@ class BusinessConfig:
             name=self.name,
             url=self.url,
             token=self.token,
+            signing_secret=self.signing_secret,
             session_check=self.session_check,
             connect_timeout_s=self.connect_timeout_s,
             first_event_timeout_s=self.first_event_timeout_s,
             idle_timeout_s=self.idle_timeout_s,
             total_timeout_s=self.total_timeout_s,
+            keepalive_timeout_s=self.keepalive_timeout_s,
         )
 
 
@@ -87,7 +96,7 @@ class OpenAITTSConfig:
     """`[tts.openai]`: an OpenAI-compatible speech endpoint; empty base_url = not configured."""
 
     base_url: str = ""
-    api_key: str = ""
+    api_key: Token = field(default="", repr=False)
     model: str = "tts-1"
     voice: str = "alloy"
     timeout_s: float = 30.0
@@ -99,7 +108,7 @@ class HuoshanTTSConfig:
 
     url: str = "https://openspeech.bytedance.com/api/v1/tts"
     appid: str = ""
-    token: str = ""
+    token: Token = field(default="", repr=False)
     cluster: str = "volcano_tts"
     voice: str = "BV001_streaming"
     timeout_s: float = 30.0
@@ -126,7 +135,7 @@ class OpenAIASRConfig:
     """`[asr.openai]`: a Whisper-compatible transcription endpoint."""
 
     base_url: str = ""
-    api_key: str = ""
+    api_key: Token = field(default="", repr=False)
     model: str = "whisper-1"
     timeout_s: float = 30.0
 
@@ -137,7 +146,7 @@ class VolcengineASRConfig:
 
     url: str = "wss://openspeech.bytedance.com/api/v2/asr"
     appid: str = ""
-    token: str = ""
+    token: Token = field(default="", repr=False)
     cluster: str = ""
     timeout_s: float = 10.0
 
@@ -190,7 +199,7 @@ class ListenConfig:
 class ApiConfig:
     """`[api]`: bearer tokens of the HTTP API; empty = loopback clients only."""
 
-    tokens: tuple[str, ...] = ()
+    tokens: tuple[Token, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aioutil import cancel_and_wait
-from bridges.business import BusinessTarget
+from bridges.business import BusinessTarget, Caller
 from protocol import device
 from protocol.audio_format import AudioFormat
 from protocol.business import Speak, chat_request, envelope
@@ -278,7 +278,8 @@ class Session:
         if self.target is None:
             turn.fail(BusinessError.NOT_CONFIGURED)
             return
-        await turn.run(self.target, body, expected)
+        # The business learns who asks from the relay, not from the body (§2.1).
+        await turn.run(self.target, body, Caller(self.device_id, self.session_id), expected)
 
     def _start_chat(self, turn: Turn, work: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         previous = self._chat

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from asr_tts.codec import FrameEncoder
 from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.speaker import Speaker
-from bridges.business import BusinessClient, BusinessTarget, StreamStats
+from bridges.business import BusinessClient, BusinessTarget, Caller, StreamStats
 from metrics.registry import Metrics
 from protocol import device
 from protocol.audio_format import AudioFormat
@@ -155,14 +155,17 @@ class Turn:
             await speech.queue.put(sp)
             await speech.queue.put(None)
 
-    async def run(self, target: BusinessTarget, body: bytes, expected_session: str) -> None:
-        """POST `body` to `target` and route every event of the answer (§2.2–§2.6)."""
+    async def run(
+        self, target: BusinessTarget, body: bytes, caller: Caller, expected_session: str
+    ) -> None:
+        """POST `body` to `target` for `caller` and route every event of the answer
+        (§2.1–§2.7)."""
         deps, link = self._deps, self._link
         stats = StreamStats()
         async with asyncio.TaskGroup() as tg:
             speech_task: asyncio.Task[None] | None = None
             try:
-                events = deps.client.stream(target, body, expected_session, stats)
+                events = deps.client.stream(target, body, caller, expected_session, stats)
                 async with contextlib.aclosing(events) as it:
                     async for event in it:
                         sp = classify(event)

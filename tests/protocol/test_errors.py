@@ -101,6 +101,7 @@ def test_every_push_reason_is_an_api_error() -> None:
         (BusinessOutcome.STATUS, BusinessError.STATUS),
         (BusinessOutcome.CONTENT_TYPE, BusinessError.CONTENT_TYPE),
         (BusinessOutcome.TIMEOUT, BusinessError.TIMEOUT),
+        (BusinessOutcome.INCOMPLETE, BusinessError.INCOMPLETE),  # §2.7: never a silent end
         (BusinessOutcome.OK, None),
         (BusinessOutcome.CANCELLED, None),
     ],
