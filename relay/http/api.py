@@ -183,5 +183,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
-    body = request.app[RELAY_KEY].metrics.exposition()
+    metrics = request.app[RELAY_KEY].metrics
+    metrics.count_tasks()
+    body = metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
