@@ -4,11 +4,13 @@
 sources; nothing runs it. mypy checks it, so an entry cannot outlive the name it keeps.
 """
 
+import logging
+
 import onnxruntime
 
 from asr_tts.segmenter import Segmenter
 from asr_tts.tts.cache import FrameCache
-from protocol.codes import CloseCode
+from protocol.errors import CloseCode
 
 # The close codes of docs/protocol.md §1.7, named in one place: aiohttp itself closes with 1009
 # for a frame over max_msg_size; 1008 and 1011 are documented as reserved.
@@ -27,3 +29,6 @@ FrameCache(max_bytes=0).evictions
 onnxruntime.SessionOptions.intra_op_num_threads
 onnxruntime.SessionOptions.inter_op_num_threads
 onnxruntime.SessionOptions.log_severity_level
+
+# Read by logging.Formatter.formatMessage when the format names %(asctime)s (relay/logsafe.py).
+logging.LogRecord.asctime

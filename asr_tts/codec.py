@@ -3,36 +3,17 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import opuslib_next
 import soxr
 
 from asr_tts.pcm import Pcm
+from protocol.audio_format import AudioFormat
 
-# Sample rates and frame lengths libopus accepts (RFC 6716 §2.1.4; 80-120 ms since libopus 1.2).
-OPUS_SAMPLE_RATES = (8000, 12000, 16000, 24000, 48000)
-OPUS_FRAME_MS = (5, 10, 20, 40, 60, 80, 100, 120)
 _MAX_OPUS_FRAME_MS = 120
 _CHUNK = struct.Struct("<4sI")  # RIFF chunk header: id, size
 _FMT = struct.Struct("<HHIIHH")  # format tag, channels, rate, byte rate, block align, bits
-
-
-@dataclass(frozen=True, slots=True)
-class DownlinkFormat:
-    """The downlink audio the relay's hello declares to the device (docs/protocol.md §1.2)."""
-
-    format: Literal["opus", "pcm"] = "opus"
-    sample_rate: int = 24000
-    channels: int = 1
-    frame_duration_ms: int = 60
-
-    @property
-    def frame_samples(self) -> int:
-        """Samples per channel in one frame."""
-        return self.sample_rate * self.frame_duration_ms // 1000
 
 
 def resample(pcm: Pcm, rate: int) -> Pcm:
@@ -76,18 +57,11 @@ def pcm_from_wav(data: bytes) -> Pcm:
 class FrameEncoder:
     """Cuts an answer's PCM into downlink frames; one per answer stream, not thread-safe."""
 
-    def __init__(self, fmt: DownlinkFormat) -> None:
-        if fmt.channels < 1 or fmt.frame_duration_ms <= 0 or fmt.sample_rate <= 0:
-            raise ValueError(f"invalid downlink format {fmt}")
-        if fmt.sample_rate * fmt.frame_duration_ms % 1000:
-            raise ValueError(f"{fmt.frame_duration_ms} ms is not a whole number of samples")
+    def __init__(self, fmt: AudioFormat) -> None:
+        if problem := fmt.encode_problem():
+            raise ValueError(f"cannot send {problem}")
         self._encoder: opuslib_next.Encoder | None = None
         if fmt.format == "opus":
-            if (
-                fmt.sample_rate not in OPUS_SAMPLE_RATES
-                or fmt.frame_duration_ms not in OPUS_FRAME_MS
-            ):
-                raise ValueError(f"Opus cannot encode {fmt}")
             # Opus keeps state across frames, so one encoder spans the whole answer.
             self._encoder = opuslib_next.Encoder(
                 fmt.sample_rate, fmt.channels, opuslib_next.APPLICATION_AUDIO

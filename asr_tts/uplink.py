@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import opuslib_next
 import opuslib_next.api.decoder
 import soxr
 
-from asr_tts.codec import OPUS_FRAME_MS, OPUS_SAMPLE_RATES
+from protocol.audio_format import OPUS_SAMPLE_RATES, AudioFormat
 
 _MAX_OPUS_FRAME_MS = 120  # the longest packet libopus may hold (RFC 6716 §3.2.5)
 # ctypes binding of opus_decode(state, data, len, pcm, frame_size, decode_fec)
@@ -22,30 +20,12 @@ class AudioError(ValueError):
     """A packet or frame that cannot be decoded; the relay counts it and drops it."""
 
 
-@dataclass(frozen=True, slots=True)
-class UplinkFormat:
-    """The uplink audio a device's hello declares in `audio_params` (docs/protocol.md §1.2)."""
-
-    format: Literal["opus", "pcm"] = "opus"
-    sample_rate: int = 16000
-    channels: int = 1
-    frame_duration_ms: int = 60
-
-    def __post_init__(self) -> None:
-        if self.format not in ("opus", "pcm"):
-            raise ValueError(f"unknown uplink format {self.format!r}")
-        if self.channels not in (1, 2) or self.sample_rate <= 0 or self.frame_duration_ms <= 0:
-            raise ValueError(f"invalid uplink format {self}")
-        if self.format == "opus" and (
-            self.sample_rate not in OPUS_SAMPLE_RATES or self.frame_duration_ms not in OPUS_FRAME_MS
-        ):
-            raise ValueError(f"Opus cannot carry {self}")
-
-
 class UplinkDecoder:
     """Decodes one device audio stream to mono s16le; Opus keeps state, so not thread-safe."""
 
-    def __init__(self, fmt: UplinkFormat, target_rate: int = 16000) -> None:
+    def __init__(self, fmt: AudioFormat, target_rate: int = 16000) -> None:
+        if problem := fmt.decode_problem():
+            raise ValueError(f"cannot decode {problem}")
         if target_rate <= 0:
             raise ValueError(f"target rate must be positive, got {target_rate}")
         self.fmt = fmt

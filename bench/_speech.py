@@ -11,15 +11,16 @@ import subprocess
 
 import numpy as np
 
-from asr_tts.codec import DownlinkFormat, FrameEncoder, pcm_from_wav, resample
+from asr_tts.codec import FrameEncoder, pcm_from_wav, resample
 from asr_tts.pcm import Pcm
+from protocol.audio_format import AudioFormat
 
 RATE = 16000
 FRAME_MS = 60
 FRAME_S = FRAME_MS / 1000
 FRAME_BYTES = RATE * FRAME_MS // 1000 * 2  # one 60 ms frame of 16 kHz s16le
 # The uplink a device declares in its hello: Opus, 16 kHz mono, 60 ms (docs/protocol.md §1.2).
-UPLINK = DownlinkFormat("opus", RATE, 1, FRAME_MS)
+UPLINK = AudioFormat("opus", RATE, 1, FRAME_MS)
 
 
 def espeak(text: str, voice: str = "en-us", wpm: int = 140) -> bytes:

@@ -66,7 +66,7 @@ import aiohttp
 import orjson
 from aiohttp import WSMsgType
 
-from asr_tts.codec import DownlinkFormat, FrameEncoder
+from asr_tts.codec import FrameEncoder
 from asr_tts.tts.espeak import EmbeddedTTS
 from asr_tts.tts.speaker import Speaker
 from bench._cli import at_least_one, goal_lines, parser, run_main
@@ -87,6 +87,7 @@ from bench._devices import in_batches, mac, say_hello, unlimited_session, voice_
 from bench._peers import device_url, relay_env, start_relay
 from bench._pyspy import folded_top, start_py_spy
 from bench._sched import process_sched
+from protocol.audio_format import AudioFormat
 from protocol.business import Speak
 from relay.config.load import load
 from relay.device.turn import voice_of
@@ -183,9 +184,7 @@ async def sentence_plan(env: Mapping[str, str]) -> Plan:
     speaker = Speaker(
         {"embedded": EmbeddedTTS()}, "embedded", first_max_chars=tts.first_segment_chars or None
     )
-    encoder = FrameEncoder(
-        DownlinkFormat("opus", tts.downlink_sample_rate, 1, tts.frame_duration_ms)
-    )
+    encoder = FrameEncoder(AudioFormat("opus", tts.downlink_sample_rate, 1, tts.frame_duration_ms))
     voice = voice_of(Speak(answer=TEXT))  # a text_response speaks with the default voice
     return [(text, len(f)) async for text, f in speaker.sentences(TEXT, voice, encoder)]
 

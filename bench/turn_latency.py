@@ -44,12 +44,12 @@ from aiohttp import WSMsgType
 from prometheus_client.parser import text_string_to_metric_families
 
 from asr_tts.asr.pocketsphinx import EmbeddedASR
-from asr_tts.codec import DownlinkFormat, FrameEncoder
+from asr_tts.codec import FrameEncoder
 from asr_tts.segmenter import Segmenter, SegmenterConfig, SegmentEvent
 from asr_tts.tts.base import Voice
 from asr_tts.tts.espeak import EmbeddedTTS
 from asr_tts.tts.sentences import clean_for_speech, split_sentences
-from asr_tts.uplink import UplinkDecoder, UplinkFormat
+from asr_tts.uplink import UplinkDecoder
 from asr_tts.vad import SileroModel, VadStream
 from bench._cli import at_least_one, goal_lines, parser, run_main
 from bench._common import children, envelope, median, percentile, progress, r
@@ -57,6 +57,7 @@ from bench._devices import voice_hello
 from bench._peers import device_url, relay_env, start_business, start_relay
 from bench._sched import process_sched
 from bench._speech import FRAME_S, espeak, opus_packets, silence, trim
+from protocol.audio_format import AudioFormat
 
 GOAL_OVERHEAD_P99_MS = 30.0
 PHRASES = ("turn on the light", "turn off the light", "what time is it", "dance", "stop")
@@ -91,7 +92,7 @@ def prepare(phrase: str, model: SileroModel, seg: SegmenterConfig) -> Utterance:
     pcm = lead + speech + silence(TAIL_S)
     packets = opus_packets(pcm)
     last_speech = (len(lead) + len(speech) - 1) // (2 * 960)
-    decoder, vad, segmenter = UplinkDecoder(UplinkFormat()), VadStream(model), Segmenter(seg)
+    decoder, vad, segmenter = UplinkDecoder(AudioFormat()), VadStream(model), Segmenter(seg)
     decoded = bytearray()
     start_window = trigger = -1
     window = 0
@@ -250,7 +251,7 @@ async def tts_baseline(texts: list[str], reps: int) -> dict[str, dict[str, float
             t0 = time.perf_counter()
             pcm = await tts.synthesize(text, Voice())
             t1 = time.perf_counter()
-            FrameEncoder(DownlinkFormat()).encode(pcm)
+            FrameEncoder(AudioFormat(sample_rate=24000)).encode(pcm)
             enc.append((time.perf_counter() - t1) * 1000)
             synth.append((t1 - t0) * 1000)
         out[text] = {"synth_ms": r(median(synth), 2), "encode_ms": r(median(enc), 2)}

@@ -42,13 +42,14 @@ import numpy as np
 
 from asr_tts.asr.base import ASRStream
 from asr_tts.segmenter import SegmenterConfig
-from asr_tts.uplink import UplinkDecoder, UplinkFormat
+from asr_tts.uplink import UplinkDecoder
 from asr_tts.vad import SileroModel, VadStream
 from bench._cli import at_least_one, goal_lines, parser, run_main
 from bench._common import envelope, median, percentile, progress, r
 from bench._sched import thread_sched
 from bench._speech import FRAME_S, espeak, opus_packets, silence, trim
 from metrics.registry import Metrics
+from protocol.audio_format import AudioFormat
 from relay.config.schema import ServerConfig, VADConfig
 from relay.device.audio_batcher import AudioBatcher, AudioJob
 from relay.device.listener import Listener, VoiceDeps
@@ -213,7 +214,7 @@ async def run_point(  # noqa: PLR0915 - one measurement's phases and its figures
     for i in range(n):
         listener = Listener(
             deps,
-            UplinkFormat(),
+            AudioFormat(),
             on_speech=lambda: None,
             on_text=lambda _text, _t: None,
             device_id=f"bench-{i}",
@@ -319,7 +320,7 @@ async def run_point(  # noqa: PLR0915 - one measurement's phases and its figures
 
 def run_baseline(model: SileroModel, clip: list[bytes], n: int, steps: int) -> dict[str, Any]:
     """N streams, `steps` packets each, decoded and scored one batched step at a time."""
-    decoders = [UplinkDecoder(UplinkFormat()) for _ in range(n)]
+    decoders = [UplinkDecoder(AudioFormat()) for _ in range(n)]
     vads = [VadStream(model) for _ in range(n)]
     offsets = [(i * 7919) % len(clip) for i in range(n)]
     for k in range(3):  # warm-up: first calls allocate
@@ -375,7 +376,7 @@ def vad_cost_by_batch(
 
 def opus_decode_cost(clip: list[bytes], repeat: int = 5) -> float:
     """CPU us per packet of UplinkDecoder.decode alone (median of `repeat` passes)."""
-    decoder = UplinkDecoder(UplinkFormat())
+    decoder = UplinkDecoder(AudioFormat())
     runs = []
     for _ in range(repeat):
         t0 = time.thread_time()

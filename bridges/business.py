@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
-from enum import StrEnum
+from dataclasses import dataclass, field
 from typing import Literal
 
-from bridges.http import Endpoint, HTTPClient, HTTPError, Response
-from protocol.business import BadEvent, BusinessEvent, is_end, parse_event, session_ok
-from protocol.codes import BusinessError
+from bridges.http import IDLE_TIMEOUT_S, Endpoint, HTTPClient, HTTPError, Response
+from protocol.business import (
+    BadEvent,
+    BusinessEvent,
+    is_end,
+    parse_event,
+    relay_headers,
+    session_ok,
+)
+from protocol.errors import BusinessError, BusinessOutcome, business_error
 from protocol.sse import SSEDecoder, SSEEvent
 
 log = logging.getLogger(__name__)
@@ -27,40 +34,31 @@ class BusinessTarget:
 
     name: str
     url: str
-    token: str = ""
+    token: str = field(default="", repr=False)  # secrets stay out of every repr and log
+    signing_secret: str = field(default="", repr=False)  # signs requests (§2.1)
     session_check: SessionCheck = "strict"
     connect_timeout_s: float = 3.0
     first_event_timeout_s: float = 15.0
     idle_timeout_s: float = 30.0
     total_timeout_s: float = 300.0
+    keepalive_timeout_s: float = IDLE_TIMEOUT_S  # an idle pooled connection is closed after
     max_event_bytes: int = 1 << 20
 
 
-class Outcome(StrEnum):
-    """How a business request ended; a small fixed set, used as a metric label."""
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a request is for, as the relay vouches for it (§2.1, X-Relay-* headers): the
+    authenticated, canonical device id and the device connection's session id."""
 
-    OK = "ok"
-    NO_END = "no_message_end"
-    UNREACHABLE = "unreachable"
-    STATUS = "status"
-    CONTENT_TYPE = "content_type"
-    TIMEOUT = "timeout"
-    CANCELLED = "cancelled"
-
-
-_FAILURE_CODE = {
-    Outcome.UNREACHABLE: BusinessError.UNREACHABLE,
-    Outcome.STATUS: BusinessError.STATUS,
-    Outcome.CONTENT_TYPE: BusinessError.CONTENT_TYPE,
-    Outcome.TIMEOUT: BusinessError.TIMEOUT,
-}
+    device_id: str
+    session_id: str
 
 
 @dataclass(slots=True)
 class StreamStats:
     """What one request did; filled while streaming, read by the caller for metrics."""
 
-    outcome: Outcome = Outcome.CANCELLED
+    outcome: BusinessOutcome = BusinessOutcome.CANCELLED
     first_event_s: float | None = None
     total_s: float = 0.0
     events: int = 0
@@ -70,11 +68,11 @@ class StreamStats:
     @property
     def failure(self) -> BusinessError | None:
         """The error code the device is told, or None when the request did not fail."""
-        return _FAILURE_CODE.get(self.outcome)
+        return business_error(self.outcome)
 
 
 class _Failed(Exception):
-    def __init__(self, outcome: Outcome) -> None:
+    def __init__(self, outcome: BusinessOutcome) -> None:
         super().__init__(outcome)
         self.outcome = outcome
 
@@ -93,19 +91,25 @@ class BusinessClient:
         return endpoint
 
     async def stream(
-        self, target: BusinessTarget, body: bytes, expected_session: str, stats: StreamStats
+        self,
+        target: BusinessTarget,
+        body: bytes,
+        caller: Caller,
+        expected_session: str,
+        stats: StreamStats,
     ) -> AsyncGenerator[BusinessEvent, None]:
         """POST `body` and yield each event that passes the session check (§2.3).
 
-        Ends at `message_end` or end of stream. Failures of §2.6 end the iteration quietly;
-        `stats.failure` then names the error the device must be told.
+        Ends at `message_end` or end of stream. Failures of §2.6, and an end of stream
+        without `message_end` (§2.7), end the iteration quietly; `stats.failure` then names
+        the error the device must be told.
         """
         clock = asyncio.get_running_loop().time  # deadlines on the loop's own clock
         start = clock()
         total_deadline = start + target.total_timeout_s
         lenient = target.session_check == "lenient"
         decoder = SSEDecoder(target.max_event_bytes)
-        stats.outcome = Outcome.CANCELLED
+        stats.outcome = BusinessOutcome.CANCELLED
         resp: Response | None = None
         try:
             deadline = min(start + target.first_event_timeout_s, total_deadline)
@@ -113,8 +117,9 @@ class BusinessClient:
                 resp = await self._http.post(
                     self._endpoint(target.url),
                     body,
-                    _headers(target),
+                    _headers(target, caller, body),
                     connect_timeout_s=target.connect_timeout_s,
+                    keepalive_s=target.keepalive_timeout_s,
                 )
             _check_response(resp)
             while True:
@@ -130,31 +135,40 @@ class BusinessClient:
                     stats.events += 1
                     yield event
                     if is_end(event):
-                        stats.outcome = Outcome.OK
+                        stats.outcome = BusinessOutcome.OK
                         await _drain(resp)
                         return
                 if not chunk:
-                    stats.outcome = Outcome.NO_END
+                    stats.outcome = BusinessOutcome.INCOMPLETE
                     return
                 if stats.first_event_s is not None:
                     deadline = min(clock() + target.idle_timeout_s, total_deadline)
         except _Failed as exc:
             stats.outcome = exc.outcome
         except TimeoutError:
-            stats.outcome = Outcome.TIMEOUT
+            stats.outcome = BusinessOutcome.TIMEOUT
         except (HTTPError, OSError) as exc:
             log.info("business %s unreachable: %s", target.name, type(exc).__name__)
-            stats.outcome = Outcome.UNREACHABLE
+            stats.outcome = BusinessOutcome.UNREACHABLE
         finally:
             if resp is not None:
                 resp.release()
             stats.total_s = clock() - start
 
 
-def _headers(target: BusinessTarget) -> dict[str, str]:
+def _headers(target: BusinessTarget, caller: Caller, body: bytes) -> dict[str, str]:
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if target.token:
         headers["Authorization"] = f"Bearer {target.token}"
+    headers.update(
+        relay_headers(
+            caller.device_id,
+            caller.session_id,
+            body,
+            secret=target.signing_secret,
+            now=int(time.time()),
+        )
+    )
     return headers
 
 
@@ -191,6 +205,6 @@ async def _drain(resp: Response) -> None:
 
 def _check_response(resp: Response) -> None:
     if resp.status != 200:
-        raise _Failed(Outcome.STATUS)
+        raise _Failed(BusinessOutcome.STATUS)
     if resp.content_type != "text/event-stream":
-        raise _Failed(Outcome.CONTENT_TYPE)
+        raise _Failed(BusinessOutcome.CONTENT_TYPE)

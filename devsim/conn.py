@@ -15,10 +15,11 @@ import opuslib_next
 import orjson
 
 from aioutil import cancel_and_wait
-from asr_tts.codec import OPUS_SAMPLE_RATES, OpusDecoder
+from asr_tts.codec import OpusDecoder
 from devsim import work
+from protocol.audio_format import OPUS_SAMPLE_RATES
 from protocol.binary import FrameType, decode_frame, encode_frame
-from protocol.codes import ProtocolError
+from protocol.errors import ProtocolError
 
 if TYPE_CHECKING:
     from devsim.options import Mode, Options

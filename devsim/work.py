@@ -11,10 +11,11 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import orjson
 
-from asr_tts.codec import DownlinkFormat, FrameEncoder, pcm_from_wav, resample
+from asr_tts.codec import FrameEncoder, pcm_from_wav, resample
 from asr_tts.pcm import Pcm
 from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.espeak import EmbeddedTTS
+from protocol.audio_format import AudioFormat
 
 if TYPE_CHECKING:
     from devsim.options import Options
@@ -60,7 +61,7 @@ def encode_utterance(pcm: Pcm, raw_pcm: bool) -> Utterance:
     samples += bytes(-len(samples) % FRAME_BYTES)
     silence = bytes(round(SILENCE_S / FRAME_S) * FRAME_BYTES)
     # One encoder for speech and silence: Opus state runs across packets as on a device.
-    encoder = FrameEncoder(DownlinkFormat("pcm" if raw_pcm else "opus", RATE, 1, FRAME_MS))
+    encoder = FrameEncoder(AudioFormat("pcm" if raw_pcm else "opus", RATE, 1, FRAME_MS))
     packets = encoder.encode(Pcm(samples + silence, RATE))
     return Utterance(tuple(packets), len(samples) // FRAME_BYTES)
 

@@ -48,6 +48,12 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.edge_refused = Counter(
+            "relay_edge_refused_total",
+            "Sockets and requests the edge refused or cut before any handler, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.messages = Counter(
             "relay_messages_total",
             "Device text messages, by type and direction (in = from device).",

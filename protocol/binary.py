@@ -6,7 +6,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from protocol.codes import DeviceError, ProtocolError
+from protocol.errors import DeviceError, ProtocolError
 
 _V2 = struct.Struct(">HHIII")  # version, type, reserved, timestamp_ms, payload_size
 _V3 = struct.Struct(">BBH")  # type, reserved, payload_size

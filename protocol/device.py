@@ -10,23 +10,14 @@ from typing import Any, Literal
 import orjson
 
 from protocol import jsonutil
-from protocol.codes import MESSAGES, DeviceError, ProtocolError
+from protocol.audio_format import AudioFormat
+from protocol.errors import MESSAGES, DeviceError, ProtocolError
 
 ListenState = Literal["start", "stop", "detect"]
 ListenMode = Literal["manual", "auto", "realtime"]
 _STATES: tuple[ListenState, ...] = ("start", "stop", "detect")
 _MODES: tuple[ListenMode, ...] = ("manual", "auto", "realtime")
-
-
-@dataclass(frozen=True, slots=True)
-class AudioParams:
-    """Audio format of one direction (§1.2)."""
-
-    format: Literal["opus", "pcm"] = "opus"
-    sample_rate: int = 16000
-    channels: int = 1
-    frame_duration: int = 60
-    play_buffer_duration: int = 1000
+DEFAULT_PLAY_BUFFER_MS = 1000  # what a device that declares none is taken to hold (§1.2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +26,8 @@ class Hello:
 
     version: int = 1
     transport: str = "websocket"
-    audio_params: AudioParams = AudioParams()
+    audio_params: AudioFormat = AudioFormat()  # the uplink the device sends
+    play_buffer_ms: int = DEFAULT_PLAY_BUFFER_MS  # echoed in the relay's hello
     notify_config_updated: bool = False
     device_id: str | None = None
     token: str | None = None
@@ -156,6 +148,8 @@ def decode(data: str | bytes) -> DeviceMessage:
     """Decode one text frame; raise `ProtocolError` with the code the device will be told."""
     try:
         obj = jsonutil.loads(data)
+    except jsonutil.TooDeep as exc:
+        raise ProtocolError(DeviceError.TOO_DEEP) from exc
     except ValueError as exc:
         raise ProtocolError(DeviceError.BAD_JSON) from exc
     if not isinstance(obj, dict):
@@ -176,32 +170,31 @@ def decode(data: str | bytes) -> DeviceMessage:
 def _hello(obj: dict[str, Any]) -> Hello:
     version = obj.get("version", 1)
     ap = obj.get("audio_params")
+    ap = ap if isinstance(ap, dict) else {}
     features = obj.get("features")
     notify = features.get("notify") if isinstance(features, dict) else None
     return Hello(
         version=version if isinstance(version, int) and not isinstance(version, bool) else 1,
         transport=_opt_str(obj, "transport") or "websocket",
-        audio_params=_audio_params(ap) if isinstance(ap, dict) else AudioParams(),
+        audio_params=_audio_params(ap),
+        play_buffer_ms=_int_in(ap, "play_buffer_duration", DEFAULT_PLAY_BUFFER_MS, 0, 10000),
         notify_config_updated=isinstance(notify, dict) and notify.get("config_updated") is True,
         device_id=_opt_str(obj, "device_id"),
         token=_opt_str(obj, "token"),
     )
 
 
-def _audio_params(ap: dict[str, Any]) -> AudioParams:
+def _audio_params(ap: dict[str, Any]) -> AudioFormat:
     fmt = ap.get("format", "opus")
     if fmt not in ("opus", "pcm"):
         raise ProtocolError(DeviceError.INVALID_FIELD, "audio_params.format")
-    default = AudioParams()
-    frame_default = 20 if fmt == "pcm" else default.frame_duration
-    return AudioParams(
+    default = AudioFormat()
+    frame_default = 20 if fmt == "pcm" else default.frame_duration_ms
+    return AudioFormat(
         format=fmt,
         sample_rate=_int_in(ap, "sample_rate", default.sample_rate, 8000, 48000),
         channels=_int_in(ap, "channels", 1, 1, 2),
-        frame_duration=_int_in(ap, "frame_duration", frame_default, 10, 120),
-        play_buffer_duration=_int_in(
-            ap, "play_buffer_duration", default.play_buffer_duration, 0, 10000
-        ),
+        frame_duration_ms=_int_in(ap, "frame_duration", frame_default, 10, 120),
     )
 
 
@@ -296,8 +289,9 @@ def _int_in(obj: dict[str, Any], key: str, default: int, lo: int, hi: int) -> in
 # ---- relay → device (§1.2, §1.5) ---------------------------------------------------------
 
 
-def hello_reply(session_id: str, downlink: AudioParams) -> bytes:
-    """The relay's hello: `type` and `transport` are required by the firmware (§1.2)."""
+def hello_reply(session_id: str, downlink: AudioFormat, play_buffer_ms: int) -> bytes:
+    """The relay's hello: `type` and `transport` are required by the firmware (§1.2);
+    `audio_params` is the downlink the relay really sends, with the device's play buffer."""
     return orjson.dumps(
         {
             "type": "hello",
@@ -307,8 +301,8 @@ def hello_reply(session_id: str, downlink: AudioParams) -> bytes:
                 "format": downlink.format,
                 "sample_rate": downlink.sample_rate,
                 "channels": downlink.channels,
-                "frame_duration": downlink.frame_duration,
-                "play_buffer_duration": downlink.play_buffer_duration,
+                "frame_duration": downlink.frame_duration_ms,
+                "play_buffer_duration": play_buffer_ms,
             },
         }
     )

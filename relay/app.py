@@ -17,22 +17,23 @@ from asr_tts.asr.pocketsphinx import EmbeddedASR
 from bridges.business import BusinessClient
 from bridges.http import HTTPClient
 from metrics.registry import Metrics
-from protocol.codes import CloseCode
+from protocol.errors import CloseCode
 from protocol.node import PushReason
 from relay.auth.device import DeviceAuthenticator
 from relay.auth.handshake import canonical_device_id
 from relay.auth.tokens import open_token_store
 from relay.cluster.base import Cluster, LocalCluster, Presence
 from relay.cluster.redis import RedisCluster
+from relay.config.load import WORKER_ENV
 from relay.config.schema import Config
-from relay.device.connection import presence_of
+from relay.device.connection import DEVICE_ROOM, DeviceRoom
 from relay.device.endpoint import idle_sweeper, websocket_handler
 from relay.device.turn import TurnDeps
+from relay.edge import EDGE_KEY, Edge, edge_middleware
 from relay.http import api, devices, ota
 from relay.http.console import add_routes as add_console_routes
+from relay.providers import build_speaker, build_voice
 from relay.resources import RELAY_KEY, Relay
-from relay.run.providers import build_speaker, build_voice
-from relay.run.workers import WORKER_ENV
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,9 @@ WS_PATHS = ("/v1/ws/", "/xiaozhi/v1/")
 
 def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Application:
     """Build the relay application for `config`."""
-    app = web.Application(middlewares=[api.api_auth])
+    metrics = metrics or Metrics()
+    app = web.Application(middlewares=[edge_middleware, api.api_auth])
+    app[EDGE_KEY] = Edge(config.server, metrics)  # used when relay.run.server serves the app
     for path in WS_PATHS:
         app.router.add_get(path, websocket_handler)
         app.router.add_get(path.rstrip("/"), websocket_handler)
@@ -60,7 +63,7 @@ def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicati
             app.router.add_route("OPTIONS", route, ota.preflight)  # browsers' CORS preflight
     if config.console.enabled:  # a virtual device in the browser; off by default
         add_console_routes(app)
-    app.cleanup_ctx.append(_resources(config, metrics or Metrics()))
+    app.cleanup_ctx.append(_resources(config, metrics))
     app.on_shutdown.append(_close_devices)  # the last resort; relay.run.server drains first
     return app
 
@@ -87,30 +90,31 @@ def _resources(
         app[RELAY_KEY] = Relay(
             config=config,
             metrics=metrics,
-            deps=TurnDeps(BusinessClient(http), speaker, metrics, config.tts.stop_margin_ms / 1000),
             targets=targets,
             default_target=targets[config.business[0].name] if config.business else None,
             device_targets=device_targets,
-            voice=voice,
-            detect=config.listen.rules(),
             cluster=cluster,
             authenticator=DeviceAuthenticator(config.auth, redis),
         )
-        relay = app[RELAY_KEY]
+        app[DEVICE_ROOM] = room = DeviceRoom(
+            deps=TurnDeps(BusinessClient(http), speaker, metrics, config.tts.stop_margin_ms / 1000),
+            voice=voice,
+            detect=config.listen.rules(),
+        )
+        local = room.connections
 
         async def deliver(device_id: str, message: bytes) -> PushReason | None:
-            return await devices.deliver(relay, device_id, message)
+            return await devices.deliver(local, device_id, message)
 
         async def replace(device_id: str, session_id: str) -> None:
-            conn = relay.connections.get(device_id)
-            if conn is not None and conn.link.session_id == session_id:
-                conn.link.request_close(CloseCode.REPLACED)
+            if local.holds(device_id, session_id) and (conn := local.get(device_id)):
+                conn.request_close(CloseCode.REPLACED)
 
         def local_devices() -> list[Presence]:
-            return [presence_of(c, cluster.node_id) for c in relay.connections.values()]
+            return local.presences(cluster.node_id)
 
         await cluster.start(deliver, replace, local_devices)
-        sweeper = asyncio.get_running_loop().create_task(idle_sweeper(app[RELAY_KEY]))
+        sweeper = asyncio.get_running_loop().create_task(idle_sweeper(app[RELAY_KEY], local))
         try:
             yield
         finally:
@@ -130,10 +134,9 @@ def _resources(
 
 async def _close_devices(app: web.Application) -> None:
     # aiohttp docs (web_advanced): close open WebSockets with 1001 on shutdown.
-    relay = app[RELAY_KEY]
-    relay.draining.set()
-    for conn in list(relay.connections.values()):
-        conn.link.request_close(CloseCode.GOING_AWAY)
+    app[RELAY_KEY].draining.set()
+    for conn in app[DEVICE_ROOM].connections:
+        conn.request_close(CloseCode.GOING_AWAY)
 
 
 def build_cluster(config: Config) -> Cluster:

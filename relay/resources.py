@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from asr_tts.codec import DownlinkFormat
-from asr_tts.uplink import UplinkFormat
 from bridges.business import BusinessTarget
 from metrics.registry import Metrics
-from protocol.device import AudioParams, DetectRules
+from protocol.audio_format import AudioFormat, downlink_for
 from relay.auth.device import DeviceAuthenticator
 from relay.cluster.base import Cluster
 from relay.config.schema import Config
-from relay.device.listener import VoiceDeps
-from relay.device.turn import TurnDeps
-
-if TYPE_CHECKING:
-    from relay.device.connection import Connection
 
 
 @dataclass(slots=True)
@@ -29,15 +21,11 @@ class Relay:
 
     config: Config
     metrics: Metrics
-    deps: TurnDeps
     targets: dict[str, BusinessTarget]
     default_target: BusinessTarget | None
     device_targets: dict[str, BusinessTarget]
     cluster: Cluster
     authenticator: DeviceAuthenticator
-    voice: VoiceDeps | None = None
-    detect: DetectRules = field(default_factory=DetectRules)
-    connections: dict[str, Connection] = field(default_factory=dict)
     _synced: dict[tuple[str, str], int] = field(default_factory=dict)
     draining: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -57,34 +45,15 @@ class Relay:
             return t
         return self.device_targets.get(device_id, self.default_target)
 
-    def downlink(self, uplink: AudioParams) -> AudioParams:
-        """The downlink the relay declares and sends (§1.2): Opus at the configured rate, or
-        PCM at the device's own rate when the device declared PCM (browser clients)."""
+    def downlink(self, uplink: AudioFormat) -> AudioFormat:
+        """The downlink the relay declares and sends to a device that declared `uplink` (§1.2)."""
         tts = self.config.tts
-        if uplink.format == "pcm":
-            return AudioParams(
-                "pcm", uplink.sample_rate, 1, tts.frame_duration_ms, uplink.play_buffer_duration
-            )
-        return AudioParams(
-            "opus", tts.downlink_sample_rate, 1, tts.frame_duration_ms, uplink.play_buffer_duration
-        )
+        return downlink_for(uplink, tts.downlink_sample_rate, tts.frame_duration_ms)
 
     @staticmethod
-    def uplink_format(params: AudioParams) -> UplinkFormat | None:
-        """The decoder's view of the device's declared uplink; None when unusable."""
-        try:
-            return UplinkFormat(
-                params.format, params.sample_rate, params.channels, params.frame_duration
-            )
-        except ValueError:
-            return None
-
-    @staticmethod
-    def downlink_format(params: AudioParams) -> DownlinkFormat:
-        """The encoder's view of declared downlink audio params."""
-        return DownlinkFormat(
-            params.format, params.sample_rate, params.channels, params.frame_duration
-        )
+    def uplink_format(declared: AudioFormat) -> AudioFormat | None:
+        """The device's declared uplink when the relay can decode it, else None."""
+        return None if declared.decode_problem() else declared
 
 
 RELAY_KEY: web.AppKey[Relay] = web.AppKey("relay", Relay)

@@ -18,7 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar, cast, get_args
 
 import jsonschema_rs
 import orjson
@@ -29,9 +29,10 @@ import yaml
 from aiohttp import ClientSession, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
+from protocol.errors import HTTP, ApiError
+from protocol.node import PushReason
 from relay.app import make_app
 from relay.config.load import parse
-from relay.http import devices as api_devices
 from relay.resources import RELAY_KEY
 from tests.relay.fakes import open_stream, session_of, sse
 from tests.relay.test_simulate import closed_port, parse_sse
@@ -255,7 +256,8 @@ def test_every_route_is_documented() -> None:
 
 def test_push_statuses_match_the_relay() -> None:
     responses = SPEC["paths"]["/api/v1/devices/{device_id}/messages"]["post"]["responses"]
-    for reason, status in api_devices._STATUS.items():
+    for reason in get_args(PushReason):
+        status = HTTP[ApiError(reason)][0]
         content = responses[str(status)]["content"]["application/json"]
         assert content["schema"] == {"$ref": "#/components/schemas/PushNotDelivered"}
         assert reason in responses[str(status)]["description"]
@@ -569,6 +571,8 @@ async def test_draining_relay_answers_503(aiohttp_client: Any) -> None:
     for path in WS_PATHS:
         got, data = await ws_answer(client, path, headers={**UPGRADE, "Device-Id": MAC})
         assert (got, data["errorType"]) == (503, "draining")
+    resp = await client.post("/api/v1/simulate", json={"device_id": MAC, "text": "hi"})
+    assert (resp.status, (await resp.json())["errorType"]) == (503, "draining")
 
 
 async def test_ota_statuses(aiohttp_client: Any) -> None:

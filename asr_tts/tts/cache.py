@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from asr_tts.codec import DownlinkFormat
 from asr_tts.tts.base import Voice
+from protocol.audio_format import AudioFormat
 
 Frames = tuple[bytes, ...]
 # What changes the frames of a sentence: the provider that speaks it, the voice settings, the
 # downlink format and the text. Voice.provider is left out: the resolved provider name counts.
-CacheKey = tuple[str, tuple[str | None, float, float], DownlinkFormat, str]
+CacheKey = tuple[str, tuple[str | None, float, float], AudioFormat, str]
 
 
-def cache_key(provider: str, voice: Voice, fmt: DownlinkFormat, text: str) -> CacheKey:
+def cache_key(provider: str, voice: Voice, fmt: AudioFormat, text: str) -> CacheKey:
     """The key of `text` spoken by the provider named `provider` with `voice`, framed as `fmt`."""
     return provider, (voice.voice_type, voice.speed_ratio, voice.pitch_ratio), fmt, text
 

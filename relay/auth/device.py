@@ -8,6 +8,7 @@ import time
 
 from redis.asyncio import Redis
 
+from protocol.errors import ApiError
 from relay.auth.handshake import Handshake, HandshakeError, canonical_device_id, contains_token
 from relay.auth.tokens import TokenStoreUnavailable, binding_allows, lookup_redis_token, verify
 from relay.config.schema import AuthConfig
@@ -26,11 +27,14 @@ class DeviceAuthenticator:
         """Accept or refuse the device; tokens are compared in constant time, never logged."""
         cfg = self._cfg
         if self._allowed and hs.device_id not in self._allowed:
-            raise HandshakeError("device_not_allowed", "device is not allowed on this relay")
+            # docs/protocol.md §1.1 answers 401 here (the OTA check answers 403).
+            raise HandshakeError(
+                ApiError.DEVICE_NOT_ALLOWED, "device is not allowed on this relay", status=401
+            )
         if cfg.mode == "none":
             return
         if not hs.token:
-            raise HandshakeError("bad_token", "missing device token")
+            raise HandshakeError(ApiError.BAD_TOKEN, "missing device token")
         if cfg.mode == "tokens":
             ok = contains_token(hs.token, cfg.tokens)
         elif cfg.mode == "hmac":
@@ -45,15 +49,15 @@ class DeviceAuthenticator:
         else:
             ok = await self._check_redis(hs)
         if not ok:
-            raise HandshakeError("bad_token", "missing or invalid device token")
+            raise HandshakeError(ApiError.BAD_TOKEN, "missing or invalid device token")
 
     async def _check_redis(self, hs: Handshake) -> bool:
         if self._redis is None:
-            raise HandshakeError("token_store_unavailable", "token store not configured", 503)
+            raise HandshakeError(ApiError.TOKEN_STORE_UNAVAILABLE, "token store not configured")
         try:
             binding = await lookup_redis_token(self._redis, hs.token)
         except TokenStoreUnavailable as exc:
             raise HandshakeError(
-                "token_store_unavailable", "token store unavailable, retry shortly", 503
+                ApiError.TOKEN_STORE_UNAVAILABLE, "token store unavailable, retry shortly"
             ) from exc
         return binding is not None and binding_allows(binding, hs.device_id)

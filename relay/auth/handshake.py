@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from protocol.errors import ApiError, Refusal
 from relay.config.schema import ApiConfig
 
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}([:-]?)(?:[0-9A-Fa-f]{2}\1){4}[0-9A-Fa-f]{2}$")
@@ -26,14 +27,8 @@ class Handshake:
     raw_device_id: str = ""  # as sent: HMAC tokens are signed over it
 
 
-class HandshakeError(ValueError):
-    """The handshake cannot be accepted; `reason` is a small fixed label."""
-
-    def __init__(self, reason: str, message: str, status: int = 401) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-        self.status = status
+class HandshakeError(Refusal):
+    """The device WebSocket's handshake cannot be accepted (docs/protocol.md §1.1)."""
 
 
 def canonical_device_id(raw: str) -> str:
@@ -56,12 +51,12 @@ def parse_handshake(headers: Mapping[str, str], query: Mapping[str, str]) -> Han
 
     version_raw = get("Protocol-Version") or "1"
     if version_raw not in ("1", "2", "3"):
-        raise HandshakeError("bad_version", "Protocol-Version must be 1, 2 or 3", 400)
+        raise HandshakeError(ApiError.BAD_VERSION, "Protocol-Version must be 1, 2 or 3")
     raw_device_id = get("Device-Id")
     device_id = canonical_device_id(raw_device_id)
     if not device_id:
         raise HandshakeError(
-            "no_device_id", "Device-Id header or device-id parameter required", 400
+            ApiError.NO_DEVICE_ID, "Device-Id header or device-id parameter required"
         )
     token = get("Authorization")
     if token[:7].lower() == "bearer ":

@@ -53,6 +53,7 @@ from relay.cluster.base import (
 from relay.cluster.redis_client import REDIS_ERRORS as _ERRORS
 from relay.cluster.redis_client import list_page, open_client, parse_presence, text
 from relay.cluster.redis_scripts import SCRIPTS
+from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,11 @@ class RedisCluster(NodeInbox):
             raise
         for p, prev in zip(claims, answers, strict=False):
             if (node := text(prev[0])) and node != self.node_id:
-                log.info("[%s] moved here from node %s: replacing there", p.device_id, node)
+                log.info(
+                    "[%s] moved here from node %s: replacing there",
+                    printable(p.device_id),
+                    printable(node),
+                )
                 await self._send(node, NodeReplace(p.device_id, text(prev[1])))
 
     async def _supervise(self) -> None:

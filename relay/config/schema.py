@@ -13,6 +13,11 @@ from bridges.business import BusinessTarget
 from protocol.device import WAKE_WORDS, DetectRules
 
 SignedInt = Annotated[int, "signed"]  # an int key that may be negative (others may not)
+# A credential sent in an HTTP header (`Authorization: Bearer …`) or compared with one: visible
+# ASCII only, "" = none (relay/config/load.py checks it; a list of them may not hold "").
+Token = Annotated[str, "token"]
+# A key the relay signs or checks with (HMAC): printable text, "" = none.
+Secret = Annotated[str, "secret"]
 
 
 class ConfigError(ValueError):
@@ -34,6 +39,13 @@ class ServerConfig:
     gc_freeze: bool = True  # startup objects leave the collector's view (docs/performance.md)
     gc_gen0_threshold: int = 10000  # 0 keeps Python's default (700)
     check_origin: bool = False  # refuse device WebSockets from pages not in [ota] cors_origins
+    # The edge (relay/edge.py): every accepted socket, before aiohttp and before any auth.
+    request_head_timeout_s: float = 10.0  # a request head not complete by then: 408, closed
+    request_body_timeout_s: float = 30.0  # a request body not complete by then: 408, closed
+    keepalive_timeout_s: float = 75.0  # an idle kept-alive HTTP connection is closed after this
+    max_connections: int = 0  # sockets at once, device WebSockets included; 0 = auto (fd limit / 2)
+    max_http_per_address: int = 256  # sockets from one address that are not device WebSockets
+    probe_reserve: int = 8  # sockets beyond max_connections kept for /healthz, /readyz, /metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +53,9 @@ class AuthConfig:
     """`[auth]`: how devices authenticate at the handshake."""
 
     mode: Literal["none", "tokens", "hmac", "redis"] = "none"
-    tokens: tuple[str, ...] = ()  # mode "tokens"
+    tokens: tuple[Token, ...] = field(default=(), repr=False)  # mode "tokens"
     allowed_devices: tuple[str, ...] = ()  # empty = every device id
-    hmac_secret: str = ""  # mode "hmac": the xiaozhi-compatible signed token
+    hmac_secret: Secret = field(default="", repr=False)  # mode "hmac": xiaozhi-compatible
     hmac_max_age_s: float = 30 * 24 * 3600.0
 
 
@@ -53,12 +65,14 @@ class BusinessConfig:
 
     name: str
     url: str
-    token: str = ""
+    token: Token = field(default="", repr=False)
+    signing_secret: Secret = field(default="", repr=False)  # signs every request (§2.1)
     session_check: Literal["strict", "lenient"] = "strict"
     connect_timeout_s: float = 3.0
     first_event_timeout_s: float = 15.0
     idle_timeout_s: float = 30.0
     total_timeout_s: float = 300.0
+    keepalive_timeout_s: float = 4.0  # idle pooled connections to it are closed after this
     devices: tuple[str, ...] = ()
 
     def target(self) -> BusinessTarget:
@@ -67,11 +81,13 @@ class BusinessConfig:
             name=self.name,
             url=self.url,
             token=self.token,
+            signing_secret=self.signing_secret,
             session_check=self.session_check,
             connect_timeout_s=self.connect_timeout_s,
             first_event_timeout_s=self.first_event_timeout_s,
             idle_timeout_s=self.idle_timeout_s,
             total_timeout_s=self.total_timeout_s,
+            keepalive_timeout_s=self.keepalive_timeout_s,
         )
 
 
@@ -80,7 +96,7 @@ class OpenAITTSConfig:
     """`[tts.openai]`: an OpenAI-compatible speech endpoint; empty base_url = not configured."""
 
     base_url: str = ""
-    api_key: str = ""
+    api_key: Token = field(default="", repr=False)
     model: str = "tts-1"
     voice: str = "alloy"
     timeout_s: float = 30.0
@@ -92,7 +108,7 @@ class HuoshanTTSConfig:
 
     url: str = "https://openspeech.bytedance.com/api/v1/tts"
     appid: str = ""
-    token: str = ""
+    token: Token = field(default="", repr=False)
     cluster: str = "volcano_tts"
     voice: str = "BV001_streaming"
     timeout_s: float = 30.0
@@ -119,7 +135,7 @@ class OpenAIASRConfig:
     """`[asr.openai]`: a Whisper-compatible transcription endpoint."""
 
     base_url: str = ""
-    api_key: str = ""
+    api_key: Token = field(default="", repr=False)
     model: str = "whisper-1"
     timeout_s: float = 30.0
 
@@ -130,7 +146,7 @@ class VolcengineASRConfig:
 
     url: str = "wss://openspeech.bytedance.com/api/v2/asr"
     appid: str = ""
-    token: str = ""
+    token: Token = field(default="", repr=False)
     cluster: str = ""
     timeout_s: float = 10.0
 
@@ -183,7 +199,7 @@ class ListenConfig:
 class ApiConfig:
     """`[api]`: bearer tokens of the HTTP API; empty = loopback clients only."""
 
-    tokens: tuple[str, ...] = ()
+    tokens: tuple[Token, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)

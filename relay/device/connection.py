@@ -7,18 +7,23 @@ import asyncio
 import logging
 import secrets
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from protocol import device
-from protocol.binary import FrameType, decode_frame
-from protocol.codes import CloseCode, ProtocolError
-from protocol.device import Hello
+from protocol.device import DetectRules, Hello
+from protocol.errors import CloseCode
+from protocol.session_state import Audio, Deliver, Drop, Inbound, Refuse
 from relay.auth.handshake import Handshake
 from relay.cluster.base import Presence
+from relay.cluster.directory import DeviceDirectory
 from relay.device.link import WebSocketLink
+from relay.device.listener import VoiceDeps
 from relay.device.session import Session
+from relay.device.turn import TurnDeps
+from relay.logsafe import printable
 from relay.resources import Relay
 
 log = logging.getLogger(__name__)
@@ -33,7 +38,7 @@ class DeviceLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes log lines with the device id."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"[{self.extra['device'] if self.extra else '?'}] {msg}", kwargs
+        return f"[{printable(self.extra['device']) if self.extra else '?'}] {msg}", kwargs
 
 
 class Connection:
@@ -42,19 +47,23 @@ class Connection:
     def __init__(
         self,
         relay: Relay,
+        room: DeviceRoom,
         ws: web.WebSocketResponse,
         transport: asyncio.Transport | None,
         hs: Handshake,
         hello: Hello,
+        inbound: Inbound,
     ) -> None:
         self.relay = relay
         self.ws = ws
         self.hs = hs
+        self.inbound = inbound
         # §1.5: a pushed notify goes only to a device whose hello declared it.
         self.notify_config_updated = hello.notify_config_updated
         cfg = relay.config
         downlink = relay.downlink(hello.audio_params)
         self.downlink = downlink
+        self.play_buffer_ms = hello.play_buffer_ms
         self.link = WebSocketLink(
             ws,
             transport,
@@ -62,30 +71,53 @@ class Connection:
             new_session_id(),
             relay.metrics,
             cfg.server.outbox_max,
-            downlink.frame_duration / 1000,
-            downlink.play_buffer_duration / 1000,
+            downlink.frame_s,
+            hello.play_buffer_ms / 1000,
         )
         self.session = Session(
             self.link,
-            relay.deps,
-            relay.downlink_format(downlink),
+            room.deps,
+            downlink,
             device_id=hs.device_id,
             target=relay.target_for(hs.device_id, hs.agent_id),
             max_passthrough=cfg.server.max_passthrough_per_session,
-            voice=relay.voice,
+            voice=room.voice,
             uplink=relay.uplink_format(hello.audio_params),
-            detect=relay.detect,
+            detect=room.detect,
         )
         self.log = DeviceLog(log, {"device": hs.device_id})
         self.last_rx = self.started = asyncio.get_running_loop().time()
         self.connected_at = time.time()
         self.touched = self.last_rx  # last_rx already reported to the cluster
         self.task: asyncio.Task[Any] | None = None  # the reader, once running
-        self._bad_frame_reported = False
         self._audio_in = (
             relay.metrics.audio_frames.labels("in"),
             relay.metrics.message_bytes.labels("audio", "in"),
         )
+
+    @property
+    def device_id(self) -> str:
+        """The canonical device id (§1.1)."""
+        return self.hs.device_id
+
+    @property
+    def session_id(self) -> str:
+        """The relay-generated session id (§1.2)."""
+        return self.link.session_id
+
+    def presence(self, node: str) -> Presence:
+        """What the cluster knows of this connection."""
+        return Presence(
+            device_id=self.hs.device_id,
+            node=node,
+            session_id=self.link.session_id,
+            connected_at=self.connected_at,
+            last_seen=self.connected_at + (self.last_rx - self.started),
+        )
+
+    def request_close(self, code: int) -> None:
+        """Close this connection with `code` (§1.7), from any task."""
+        self.link.request_close(code)
 
     async def run(self) -> None:
         """Answer hello, then read until the device leaves or the link is closed."""
@@ -105,7 +137,9 @@ class Connection:
                 task.cancel()
 
         link.wake = wake
-        link.send_json(device.hello_reply(link.session_id, self.downlink), "hello")
+        link.send_json(
+            device.hello_reply(link.session_id, self.downlink, self.play_buffer_ms), "hello"
+        )
         loop = asyncio.get_running_loop()
         try:
             while not link.closed:
@@ -127,45 +161,43 @@ class Connection:
             await link.close(link.close_code or CloseCode.NORMAL)
 
     def _on_message(self, msg: Any) -> bool:
-        m = self.relay.metrics
         if msg.type == WSMsgType.TEXT:
-            self._on_text(msg.data)
+            verdict = self.inbound.text(msg.data)
         elif msg.type == WSMsgType.BINARY:
-            try:
-                frame = decode_frame(self.hs.protocol_version, msg.data)
-            except ProtocolError as exc:
-                m.protocol_errors.labels(exc.code.value).inc()
-                if not self._bad_frame_reported:  # once: a broken framer would flood the log
-                    self._bad_frame_reported = True
-                    self.link.send_json(device.error(self.link.session_id, exc.code), "error")
-                return True
-            if frame.type is FrameType.JSON:
-                self._on_text(frame.payload)
-            else:
-                count, size = self._audio_in
-                count.inc()
-                size.inc(len(frame.payload))
-                self.session.on_audio(frame.payload)
+            verdict = self.inbound.binary(msg.data)
         elif msg.type == WSMsgType.ERROR:
             self.log.info("websocket error: %s", type(self.ws.exception()).__name__)
+            if isinstance(msg.data, WebSocketError):  # aiohttp closed with its code (1009)
+                self.link.request_close(msg.data.code)
             return False
         else:  # CLOSE, CLOSING, CLOSED
             return False
+        if isinstance(verdict, Audio):
+            count, size = self._audio_in
+            count.inc()
+            size.inc(len(verdict.payload))
+            self.session.on_audio(verdict.payload)
+        elif isinstance(verdict, Deliver):
+            count, size = self.relay.metrics.message_counters(
+                _TYPE_LABEL[type(verdict.message)], "in"
+            )
+            count.inc()
+            size.inc(verdict.size)
+            self.session.handle(verdict.message)
+        elif isinstance(verdict, Refuse | Drop) and (
+            reply := refusal(self.relay, verdict, self.link.session_id)
+        ):
+            self.link.send_json(reply, "error")
         return True
 
-    def _on_text(self, data: bytes | str) -> None:
-        m = self.relay.metrics
-        try:
-            msg = device.decode(data)
-        except ProtocolError as exc:
-            m.protocol_errors.labels(exc.code.value).inc()
-            m.messages.labels("invalid", "in").inc()
-            self.link.send_json(device.error(self.link.session_id, exc.code), "error")
-            return
-        count, size = m.message_counters(_TYPE_LABEL[type(msg)], "in")
-        count.inc()
-        size.inc(len(data))
-        self.session.handle(msg)
+
+def refusal(relay: Relay, verdict: Refuse | Drop, session_id: str | None) -> bytes | None:
+    """Count a frame the device should not have sent; the `error` to send it, if any (§1.5)."""
+    relay.metrics.protocol_errors.labels(verdict.code.value).inc()
+    if isinstance(verdict, Drop):
+        return None
+    relay.metrics.messages.labels("invalid", "in").inc()
+    return device.error(session_id, verdict.code)
 
 
 _TYPE_LABEL = {
@@ -180,12 +212,16 @@ _TYPE_LABEL = {
 }
 
 
-def presence_of(conn: Connection, node: str) -> Presence:
-    """What the cluster knows of a local connection."""
-    return Presence(
-        device_id=conn.hs.device_id,
-        node=node,
-        session_id=conn.link.session_id,
-        connected_at=conn.connected_at,
-        last_seen=conn.connected_at + (conn.last_rx - conn.started),
-    )
+@dataclass(slots=True)
+class DeviceRoom:
+    """What device sessions need besides the relay's resources, and this node's devices."""
+
+    deps: TurnDeps
+    voice: VoiceDeps | None = None
+    detect: DetectRules = field(default_factory=DetectRules)
+    connections: DeviceDirectory[Connection] = field(default_factory=DeviceDirectory)
+    # Simulate streams in progress: the handler's task and its session, drained like devices.
+    simulations: dict[asyncio.Task[Any], Session] = field(default_factory=dict)
+
+
+DEVICE_ROOM: web.AppKey[DeviceRoom] = web.AppKey("device_room", DeviceRoom)

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from aioutil import cancel_and_wait
 from asr_tts.asr.base import ASRError, ASRProvider, ASRStream
 from asr_tts.segmenter import Segmenter, SegmenterConfig, SegmentEvent
-from asr_tts.uplink import UplinkDecoder, UplinkFormat
+from asr_tts.uplink import UplinkDecoder
 from asr_tts.vad import SileroModel, VadStream
 from metrics.registry import Metrics
+from protocol.audio_format import AudioFormat
 from protocol.device import ListenMode
+from protocol.session_state import AudioVerdict, ListenAction, ListenState
 from relay.device.audio_batcher import AudioBatcher, AudioJob
+from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +55,7 @@ class Listener:
     def __init__(
         self,
         deps: VoiceDeps,
-        fmt: UplinkFormat,
+        fmt: AudioFormat,
         *,
         on_speech: Callable[[], None],
         on_text: TextCallback,
@@ -66,7 +69,7 @@ class Listener:
         self._on_speech = on_speech
         self._on_text = on_text
         self._device_id = device_id
-        self.mode: ListenMode | None = None
+        self.state = ListenState()  # the listen mode and a manual stop waiting (§1.3)
         self._pending: deque[tuple[float, bytes]] = deque()  # (loop time it arrived, packet)
         self._pump: asyncio.Task[None] | None = None
         pre = deps.segmenter.pre_roll_s + deps.segmenter.min_speech_s
@@ -75,41 +78,43 @@ class Listener:
         self._opening: asyncio.Task[ASRStream] | None = None
         self._utterance_s = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._stop_at: float | None = None  # a manual `listen stop` waiting for the backlog
+        self._stop_at = 0.0  # when a manual `listen stop` waiting for the backlog came
 
     @property
     def capturing(self) -> bool:
         """An utterance is being captured right now."""
         return self._stream is not None or self._opening is not None
 
+    @property
+    def mode(self) -> ListenMode | None:
+        """The listen mode in force, None when not listening."""
+        return self.state.mode
+
     def start(self, mode: ListenMode) -> None:
         """`listen start`: (re)arm the microphone in `mode`."""
-        if self._stop_at is not None:  # a new turn before the last stop's backlog was done
-            self._finish_stop(self._stop_at)
-        if self.mode is not None and self.capturing and mode != "manual":
-            return  # the firmware re-sends start; keep the utterance in progress
-        self.mode = mode
-        self._segmenter.reset()
-        self._ring.clear()
+        for action in self.state.start(mode, capturing=self.capturing):
+            if action is ListenAction.FINISH_STOP:  # a new turn before the last stop's backlog
+                self._end_capture(self._stop_at)
+            elif action is ListenAction.ARM:  # KEEP: the utterance in progress goes on
+                self._segmenter.reset()
+                self._ring.clear()
 
     def stop(self) -> None:
         """`listen stop`: in manual mode the utterance ends here, once the audio received
         before the stop has been processed; otherwise stop listening."""
         now = time.monotonic()
-        if self.mode == "manual" and self._pump is not None:
+        if self.state.stop(audio_pending=self._pump is not None) is ListenAction.DEFER_STOP:
             self._stop_at = now  # the pump ends the utterance when its backlog is done
             return
-        self._finish_stop(now)
+        self._end_capture(now)
 
-    def _finish_stop(self, t_end: float) -> None:
-        self._stop_at = None
+    def _end_capture(self, t_end: float) -> None:
         if self.capturing:
             self._end_utterance(t_end)
-        self.mode = None
 
     def feed(self, packet: bytes) -> bool:
         """One uplink audio packet; False when it was dropped (not listening, backlog)."""
-        if self.mode is None or self._stop_at is not None:
+        if self.state.audio(speaking=False) is not AudioVerdict.FEED:
             return False
         if len(self._pending) >= self._deps.max_pending_packets:
             return False
@@ -123,7 +128,7 @@ class Listener:
         """Drop the utterance being captured, the audio not yet processed and any
         recognition in flight (`abort`); the listen mode stays in force (docs/protocol.md
         §1.3), so what the user says next is heard."""
-        self._stop_at = None
+        self.state.stop_pending = False
         self._pending.clear()
         self._segmenter.reset()
         self._ring.clear()
@@ -132,7 +137,7 @@ class Listener:
 
     async def close(self) -> None:
         """Stop everything this listener owns."""
-        self.mode = None
+        self.state = ListenState()
         self._pending.clear()
         await cancel_and_wait(self._pump)
         await self.cancel()
@@ -147,7 +152,7 @@ class Listener:
                 self._pending.clear()
                 # Push-to-talk ends at `listen stop`: Silero, over half the cost, would
                 # score windows that nothing reads.
-                vad = None if self.mode == "manual" else self._vad
+                vad = self._vad if self.state.uses_vad else None
                 job = AudioJob(self._decoder, vad, self._carry, packets)
                 await self._deps.batcher.submit(job)
                 if job.bad_packets:
@@ -157,12 +162,13 @@ class Listener:
         except Exception:
             # A failure of the VAD model or the executor: this stream loses its audio
             # backlog, the device and the relay carry on.
-            log.exception("[%s] audio processing failed", self._device_id)
+            log.exception("[%s] audio processing failed", printable(self._device_id))
             self._pending.clear()
         finally:
             self._pump = None
-            if self._stop_at is not None:
-                self._finish_stop(self._stop_at)
+            if self.state.stop_pending:
+                self.state.finish_stop()
+                self._end_capture(self._stop_at)
 
     def _drop_late(self) -> None:
         """While waiting for speech in auto and realtime modes, drop what waited past
@@ -170,7 +176,7 @@ class Listener:
         never seconds late. An utterance being captured keeps all its audio, whatever the
         wait (a first decoder can take 0.5 s to load), and so does push-to-talk."""
         late_s = self._deps.max_late_s
-        if self.mode == "manual" or late_s <= 0 or self.capturing:
+        if not self.state.uses_vad or late_s <= 0 or self.capturing:
             return
         pending = self._pending
         deadline = asyncio.get_running_loop().time() - late_s
@@ -280,4 +286,4 @@ class Listener:
 
     def _provider_error(self, exc: Exception) -> None:
         self._deps.metrics.provider_errors.labels("asr", self._deps.asr.name).inc()
-        log.warning("[%s] asr failed: %s", self._device_id, exc)
+        log.warning("[%s] asr failed: %s", printable(self._device_id), printable(exc))

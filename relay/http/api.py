@@ -11,12 +11,15 @@ from aiohttp import web
 
 from metrics.registry import CONTENT_TYPE
 from protocol import device, jsonutil
-from protocol.codes import ProtocolError
-from protocol.device import AudioParams, Custom
+from protocol.audio_format import AudioFormat
+from protocol.device import Custom
+from protocol.errors import ApiError, ProtocolError
+from relay.answers import api_error, api_exception
 from relay.auth.handshake import api_allowed, canonical_device_id
-from relay.device.connection import new_session_id
+from relay.device.connection import DEVICE_ROOM, new_session_id
 from relay.device.link import SSELink
 from relay.device.session import Session
+from relay.edge import EDGE_KEY
 from relay.resources import RELAY_KEY
 
 log = logging.getLogger(__name__)
@@ -25,34 +28,45 @@ MAX_SIMULATE_BODY = 64 * 1024
 _SIMULATE_EXAMPLE = '{"device_id":"…","text":"…"}'
 
 
-def api_error(status: int, error_type: str, error: str, hint: str = "") -> web.Response:
-    """Every API error has this shape: `{"error","errorType","hint"}`."""
-    return web.json_response({"error": error, "errorType": error_type, "hint": hint}, status=status)
-
-
 async def read_body(request: web.Request, limit: int) -> bytes | None:
-    """The request body, or None when it is over `limit` bytes (chunked bodies included)."""
+    """The request body, or None when it is over `limit` bytes (chunked bodies included).
+    Raises a 408 when the body is not complete within `[server] request_body_timeout_s`, and
+    a 400 when it ends early or its chunked framing is broken; a client gone mid-body is
+    one DEBUG line, not the traceback aiohttp would log for a handler's exception."""
+    timeout_s = request.app[RELAY_KEY].config.server.request_body_timeout_s
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+    except TimeoutError:
+        request.app[EDGE_KEY].refused("body_timeout")
+        msg = f"body not received in {timeout_s:g} s"
+        raise api_exception(ApiError.REQUEST_TIMEOUT, msg) from None
+    except (ConnectionResetError, web.RequestPayloadError) as exc:
+        log.debug("request body cut short: %s", type(exc).__name__)
+        raise api_exception(ApiError.BAD_BODY, "body cut short or undecodable") from None
     return b"".join(chunks)
 
 
 async def read_json(
     request: web.Request, limit: int, example: str
 ) -> tuple[bytes, Any] | web.Response:
-    """The body and its JSON value, or the error to answer: 413 over `limit`, 400 not JSON."""
+    """The body and its JSON value, or the error to answer: 413 over `limit`, 400 not JSON
+    or nested too deep."""
     raw = await read_body(request, limit)
     if raw is None:
-        return api_error(413, "too_large", f"body over {limit} bytes")
+        return api_error(ApiError.TOO_LARGE, f"body over {limit} bytes")
     try:
         return raw, jsonutil.loads(raw)
+    except jsonutil.TooDeep as exc:
+        return api_error(ApiError.TOO_DEEP, str(exc))
     except ValueError:
-        return api_error(400, "bad_json", "body is not JSON", example)
+        return api_error(ApiError.BAD_JSON, "body is not JSON", example)
 
 
 @web.middleware
@@ -67,7 +81,7 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
                 if cfg.tokens
                 else "no [api] tokens are configured, so only loopback clients are served"
             )
-            return api_error(401, "unauthorized", "missing or invalid API token", hint)
+            return api_error(ApiError.UNAUTHORIZED, "missing or invalid API token", hint)
     resp: web.StreamResponse = await handler(request)
     return resp
 
@@ -75,18 +89,18 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
 async def simulate(request: web.Request) -> web.StreamResponse:
     """`POST /api/v1/simulate`: run one turn as a device would, answer as SSE."""
     relay = request.app[RELAY_KEY]
+    if relay.draining.is_set():
+        return api_error(ApiError.DRAINING, "relay is shutting down")
     got = await read_json(request, MAX_SIMULATE_BODY, _SIMULATE_EXAMPLE)
     if isinstance(got, web.Response):
         return got
     raw, body = got
     problem = _check_simulate(body)
     if problem:
-        return api_error(400, "bad_request", problem, _SIMULATE_EXAMPLE)
+        return api_error(ApiError.BAD_REQUEST, problem, _SIMULATE_EXAMPLE)
     agent = body.get("agent") or ""
     if agent and agent not in relay.targets:
-        return api_error(
-            400, "unknown_agent", f"no business named {agent!r}", "see [[business]] name"
-        )
+        return api_error(ApiError.UNKNOWN_AGENT, f"no business named {agent!r}")
     device_id = canonical_device_id(body["device_id"])
     custom: Custom | None = None
     if "custom" in body:
@@ -96,12 +110,12 @@ async def simulate(request: web.Request) -> web.StreamResponse:
         try:
             custom_msg = device.decode('{"type":"custom","payload":' + payload_text + "}")
         except ProtocolError:
-            return api_error(400, "bad_request", "custom must be a JSON object")
+            return api_error(ApiError.BAD_REQUEST, "custom must be a JSON object")
         assert isinstance(custom_msg, Custom)
         custom = custom_msg
 
     cfg = relay.config
-    downlink = relay.downlink(AudioParams())
+    downlink = relay.downlink(AudioFormat())
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -111,18 +125,22 @@ async def simulate(request: web.Request) -> web.StreamResponse:
         new_session_id(),
         relay.metrics,
         cfg.server.outbox_max,
-        downlink.frame_duration / 1000,
-        downlink.play_buffer_duration / 1000,
+        downlink.frame_s,
+        device.DEFAULT_PLAY_BUFFER_MS / 1000,
         audio_base64=request.query.get("audio") == "base64",
     )
+    room = request.app[DEVICE_ROOM]
     session = Session(
         link,
-        relay.deps,
-        relay.downlink_format(downlink),
+        room.deps,
+        downlink,
         device_id=device_id,
         target=relay.target_for(device_id, agent),
         max_passthrough=cfg.server.max_passthrough_per_session,
     )
+    handler = asyncio.current_task()
+    assert handler is not None
+    room.simulations[handler] = session  # a drain waits for its turn (relay/run/server.py)
     try:
         if custom is not None:
             session.custom(custom)
@@ -137,6 +155,7 @@ async def simulate(request: web.Request) -> web.StreamResponse:
         gone.cancel()
         await link.flush(5.0)
     finally:
+        del room.simulations[handler]
         await session.close()
         await link.close()
     return resp

@@ -16,11 +16,16 @@ from aiohttp import web
 from protocol import device_push, jsonutil
 from protocol.business import speak_with_voice
 from protocol.device_push import BadDevicePush
+from protocol.errors import HTTP, ApiError, api_error_body
 from protocol.node import PushReason
+from relay.answers import api_error
 from relay.auth.handshake import canonical_device_id
 from relay.cluster.base import Presence
-from relay.http.api import api_error, read_json
-from relay.resources import RELAY_KEY, Relay
+from relay.cluster.directory import DeviceDirectory
+from relay.device.connection import Connection
+from relay.http.api import read_json
+from relay.logsafe import printable
+from relay.resources import RELAY_KEY
 
 log = logging.getLogger(__name__)
 
@@ -30,21 +35,6 @@ _PUSH_EXAMPLE = (
     '{"command":{"event":"message","type":"command","details":{…}}}, {"speak":"…"} or '
     '{"device":{"type":"llm","emotion":"happy"}}'
 )
-_STATUS = {
-    "offline": 404,
-    "timeout": 504,
-    "redis_unavailable": 503,
-    "rejected": 409,
-    "not_supported": 409,
-}
-_HINTS = {
-    "offline": "the device is not connected to any relay",
-    "timeout": "the relay holding the device did not confirm in time; it may still arrive",
-    "redis_unavailable": "the cluster store is unreachable; devices on this node still work",
-    "rejected": "the device's connection was closing and did not take the message",
-    "not_supported": "the device's hello did not declare features.notify.config_updated, "
-    "so it would ignore a notify",
-}
 
 
 async def push(request: web.Request) -> web.Response:
@@ -57,7 +47,7 @@ async def push(request: web.Request) -> web.Response:
     raw, body = got
     problem = _check_push(body, raw.decode())
     if problem is not None:
-        return api_error(400, "bad_request", *problem)
+        return api_error(ApiError.BAD_REQUEST, *problem)
     device_id = canonical_device_id(request.match_info["device_id"])
     timeout_s = relay.config.redis.push_timeout_s
     result = await relay.cluster.push(device_id, raw, timeout_s)
@@ -65,16 +55,9 @@ async def push(request: web.Request) -> web.Response:
     relay.metrics.push.labels(outcome).inc()
     if result.delivered:
         return web.json_response({"delivered": True, "node": result.node})
+    status, body = api_error_body(ApiError(outcome), f"not delivered: {outcome}")
     return web.json_response(
-        {
-            "delivered": False,
-            "reason": outcome,
-            "node": result.node,
-            "error": f"not delivered: {outcome}",
-            "errorType": outcome,
-            "hint": _HINTS.get(outcome, ""),
-        },
-        status=_STATUS.get(outcome, 409),
+        {"delivered": False, "reason": outcome, "node": result.node} | body, status=status
     )
 
 
@@ -106,17 +89,19 @@ def _check_push(body: Any, text: str) -> tuple[str, str] | None:
     return None
 
 
-async def deliver(relay: Relay, device_id: str, message: bytes) -> PushReason | None:
+async def deliver(
+    devices: DeviceDirectory[Connection], device_id: str, message: bytes
+) -> PushReason | None:
     """Hand a validated push to the local connection of `device_id` (the owning node): None
     when the connection took it, else why not."""
-    conn = relay.connections.get(device_id)
+    conn = devices.get(device_id)
     if conn is None or conn.link.closed:
         return "rejected"
     try:
         body = jsonutil.loads(message)
         text = message.decode()
     except ValueError:
-        log.warning("undecodable push for %s dropped", device_id)
+        log.warning("undecodable push for %s dropped", printable(device_id))
         return "rejected"
     if _check_push(body, text) is not None:
         return "rejected"
@@ -144,9 +129,9 @@ async def list_devices(request: web.Request) -> web.Response:
     try:
         limit = int(request.query.get("limit", "100"))
     except ValueError:
-        return api_error(400, "bad_request", "limit must be an integer", "?limit=100")
+        return api_error(ApiError.BAD_REQUEST, "limit must be an integer", "?limit=100")
     if not 1 <= limit <= 1000:
-        return api_error(400, "bad_request", "limit must be between 1 and 1000", "?limit=100")
+        return api_error(ApiError.BAD_REQUEST, "limit must be between 1 and 1000", "?limit=100")
     cursor = request.query.get("cursor") or None
     page = await relay.cluster.list(cursor, limit)
     body: dict[str, Any] = {
@@ -156,7 +141,7 @@ async def list_devices(request: web.Request) -> web.Response:
     if page.partial:
         # Listing only what this node holds must not pass for the whole cluster.
         body["partial"] = True
-        body["hint"] = _HINTS["redis_unavailable"]
+        body["hint"] = HTTP[ApiError.REDIS_UNAVAILABLE][1]
     return web.json_response(body)
 
 
@@ -167,14 +152,9 @@ async def get_device(request: web.Request) -> web.Response:
     found = await relay.cluster.locate(device_id)
     if found is None and not relay.cluster.available:
         # Only this node's devices are known now: "not connected" could be false.
-        return api_error(
-            503,
-            "redis_unavailable",
-            "the cluster store is unreachable",
-            _HINTS["redis_unavailable"],
-        )
+        return api_error(ApiError.REDIS_UNAVAILABLE, "the cluster store is unreachable")
     if found is None:
-        return api_error(404, "offline", "the device is not connected", "GET /api/v1/devices")
+        return api_error(ApiError.OFFLINE, "the device is not connected", "GET /api/v1/devices")
     return web.json_response(_presence_json(found))
 
 

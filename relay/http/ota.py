@@ -30,11 +30,14 @@ from typing import Any
 from aiohttp import web
 
 from protocol import jsonutil
+from protocol.errors import ApiError, Refusal
 from relay import cors
+from relay.answers import api_error, refused
 from relay.auth.handshake import canonical_device_id
 from relay.auth.tokens import mint
 from relay.config.schema import AuthConfig, Config, OtaConfig
-from relay.http.api import api_error, read_body
+from relay.http.api import read_body
+from relay.logsafe import printable
 from relay.resources import RELAY_KEY
 
 log = logging.getLogger(__name__)
@@ -57,15 +60,11 @@ class OtaRequest:
     app_version: str  # body `application.version`, else the User-Agent's version
 
 
-class OtaRequestError(ValueError):
-    """The check cannot be answered; mapped to one API error in `handle`."""
+_SYSTEM_INFO = "send the system-info JSON object"
 
-    def __init__(self, status: int, error_type: str, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-        self.message = message
-        self.hint = hint
+
+class OtaRequestError(Refusal):
+    """The check cannot be answered; mapped to one API error in `handle`."""
 
 
 async def handle(request: web.Request) -> web.Response:
@@ -87,9 +86,7 @@ def _with_cors(request: web.Request, resp: web.Response) -> web.Response:
 
 
 def _disabled() -> web.Response:
-    return api_error(
-        404, "ota_disabled", "the OTA check is disabled on this relay", "[ota] enabled"
-    )
+    return api_error(ApiError.OTA_DISABLED, "the OTA check is disabled on this relay")
 
 
 async def _check(request: web.Request) -> web.Response:
@@ -101,10 +98,12 @@ async def _check(request: web.Request) -> web.Response:
         check_allowed(config.auth, req.device_id)
         url = websocket_url(request, config.ota)
     except OtaRequestError as exc:
-        log.info("ota check refused (%s)", exc.error_type)
-        return api_error(exc.status, exc.error_type, exc.message, exc.hint)
+        log.info("ota check refused (%s)", exc.code)
+        return refused(exc)
     answer = build_answer(config, req, url, time.time())
-    log.info("[%s] ota check from %s", req.device_id, req.user_agent[:64] or "?")
+    log.info(
+        "[%s] ota check from %s", printable(req.device_id), printable(req.user_agent[:64] or "?")
+    )
     # The answer may carry a device token: no cache may keep it.
     return web.json_response(answer, headers={"Cache-Control": "no-store"})
 
@@ -116,19 +115,13 @@ def _preflight(request: web.Request) -> web.Response:
     origin = request.headers.get("Origin")
     if origin is not None and cors.allow_origin(cfg.cors_origins, origin) is None:
         log.info("ota preflight refused (bad_origin)")
-        return api_error(
-            403,
-            "bad_origin",
-            "this page's origin may not call the OTA check",
-            "add the page's origin (scheme://host[:port]) to [ota] cors_origins",
-        )
+        return api_error(ApiError.BAD_ORIGIN, "this page's origin may not call the OTA check")
     allow_headers = cors.requested_headers(
         request.headers.get("Access-Control-Request-Headers", "")
     )
     if allow_headers is None:
         return api_error(
-            400,
-            "bad_request",
+            ApiError.BAD_REQUEST,
             "Access-Control-Request-Headers is not a list of header names",
             f"comma-separated header names, at most {cors.MAX_REQUEST_HEADERS} characters",
         )
@@ -143,25 +136,21 @@ async def parse_request(request: web.Request) -> OtaRequest:
     device_id = canonical_device_id(raw_device_id)
     if not device_id:
         raise OtaRequestError(
-            400, "no_device_id", "Device-Id header required", "send the device's MAC address"
+            ApiError.NO_DEVICE_ID, "Device-Id header required", "send the device's MAC address"
         )
     user_agent = request.headers.get("User-Agent", "").strip()
     body: Any = {}
     if request.body_exists:
         raw = await read_body(request, MAX_BODY)
         if raw is None:
-            raise OtaRequestError(413, "too_large", f"body over {MAX_BODY} bytes", "")
+            raise OtaRequestError(ApiError.TOO_LARGE, f"body over {MAX_BODY} bytes")
         if raw.strip():
             try:
                 body = jsonutil.loads(raw)
             except ValueError as exc:
-                raise OtaRequestError(
-                    400, "bad_json", "body is not JSON", "send the system-info JSON object"
-                ) from exc
+                raise OtaRequestError(ApiError.BAD_JSON, "body is not JSON", _SYSTEM_INFO) from exc
     if not isinstance(body, dict):
-        raise OtaRequestError(
-            400, "bad_json", "body is not a JSON object", "send the system-info JSON object"
-        )
+        raise OtaRequestError(ApiError.BAD_JSON, "body is not a JSON object", _SYSTEM_INFO)
     app = body.get("application")
     version = app.get("version") if isinstance(app, dict) else None
     if not isinstance(version, str) or not version:
@@ -181,12 +170,7 @@ def check_allowed(auth: AuthConfig, device_id: str) -> None:
     if auth.allowed_devices and device_id not in {
         canonical_device_id(d) for d in auth.allowed_devices
     }:
-        raise OtaRequestError(
-            403,
-            "device_not_allowed",
-            "device is not allowed on this relay",
-            "add the device id to [auth] allowed_devices",
-        )
+        raise OtaRequestError(ApiError.DEVICE_NOT_ALLOWED, "device is not allowed on this relay")
 
 
 def websocket_url(request: web.Request, cfg: OtaConfig) -> str:
@@ -200,9 +184,7 @@ def websocket_url(request: web.Request, cfg: OtaConfig) -> str:
         scheme = proto if proto in ("http", "https", "ws", "wss") else scheme
         host = request.headers.get("X-Forwarded-Host", "").split(",")[0].strip() or host
     if not _HOST.fullmatch(host):
-        raise OtaRequestError(
-            400, "bad_host", "cannot derive the WebSocket URL from Host", "set [ota] websocket_url"
-        )
+        raise OtaRequestError(ApiError.BAD_HOST, "cannot derive the WebSocket URL from Host")
     ws_scheme = "wss" if scheme in ("https", "wss") else "ws"
     return f"{ws_scheme}://{host}{WS_PATH}"
 

@@ -11,9 +11,10 @@ from collections.abc import Sequence
 
 import uvloop
 
-from relay.config.load import load
+from relay.config.load import WORKER_ENV, load
 from relay.config.schema import ConfigError
-from relay.run.workers import WORKER_ENV, listening_socket, run_workers
+from relay.logsafe import OneLineFormatter
+from relay.run.workers import listening_socket, run_workers
 
 log = logging.getLogger("relay")
 
@@ -71,9 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print("config ok")
         return 0
-    logging.basicConfig(
-        level=config.log.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()  # one record, one line: see relay/logsafe.py
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=config.log.level, handlers=[handler])
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     if not config.business:

@@ -14,8 +14,7 @@ from collections.abc import Sequence
 from prometheus_client import multiprocess
 
 from metrics.registry import MULTIPROC_ENV
-
-WORKER_ENV = "RELAY_WORKER_INDEX"  # set for each worker process; its index
+from relay.config.load import WORKER_ENV
 
 
 def listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:

@@ -10,8 +10,9 @@ import wave
 import numpy as np
 import pytest
 
-from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder, pcm_from_wav, resample
+from asr_tts.codec import FrameEncoder, OpusDecoder, pcm_from_wav, resample
 from asr_tts.pcm import Pcm
+from protocol.audio_format import AudioFormat
 
 
 def tone(seconds: float, rate: int, freq: float = 440.0, amplitude: int = 8000) -> Pcm:
@@ -50,7 +51,7 @@ def wav_bytes(pcm: Pcm, channels: int = 1) -> bytes:
     [(0.06, 24000), (0.061, 24000), (0.01, 24000), (1.0, 24000), (1.0, 22050), (0.5, 16000)],
 )
 def test_opus_frames_count_and_decode_to_whole_frames(seconds: float, rate: int) -> None:
-    encoder = FrameEncoder(DownlinkFormat())
+    encoder = FrameEncoder(AudioFormat(sample_rate=24000))
     frames = encoder.encode(tone(seconds, rate))
     assert len(frames) == math.ceil(round(seconds * 1000) / 60)
     decoder = OpusDecoder(24000)
@@ -61,7 +62,7 @@ def test_opus_frames_count_and_decode_to_whole_frames(seconds: float, rate: int)
 
 def test_opus_frames_carry_the_sound() -> None:
     source = tone(1.2, 24000)
-    frames = FrameEncoder(DownlinkFormat()).encode(source)
+    frames = FrameEncoder(AudioFormat(sample_rate=24000)).encode(source)
     decoder = OpusDecoder(24000)
     decoded = b"".join(decoder.decode(f) for f in frames)
     # Skip the codec's start-up; the body of the tone survives with its level and pitch.
@@ -71,7 +72,7 @@ def test_opus_frames_carry_the_sound() -> None:
 
 
 def test_opus_silence_stays_silent() -> None:
-    frames = FrameEncoder(DownlinkFormat()).encode(Pcm(bytes(24000 * 2), 24000))
+    frames = FrameEncoder(AudioFormat(sample_rate=24000)).encode(Pcm(bytes(24000 * 2), 24000))
     decoder = OpusDecoder(24000)
     assert len(frames) == 17
     assert all(rms(decoder.decode(f)) < 10 for f in frames)
@@ -80,7 +81,7 @@ def test_opus_silence_stays_silent() -> None:
 @pytest.mark.parametrize(("rate", "ms"), [(16000, 60), (16000, 20), (24000, 60), (8000, 10)])
 def test_pcm_frames_have_exact_size(rate: int, ms: int) -> None:
     source = tone(0.25, rate)
-    frames = FrameEncoder(DownlinkFormat("pcm", rate, 1, ms)).encode(source)
+    frames = FrameEncoder(AudioFormat("pcm", rate, 1, ms)).encode(source)
     assert all(len(f) == rate * ms // 1000 * 2 for f in frames)
     assert len(frames) == math.ceil(250 / ms)
     joined = b"".join(frames)
@@ -89,7 +90,7 @@ def test_pcm_frames_have_exact_size(rate: int, ms: int) -> None:
 
 
 def test_pcm_frames_are_resampled_to_the_declared_rate() -> None:
-    frames = FrameEncoder(DownlinkFormat("pcm", 16000, 1, 60)).encode(tone(0.6, 22050))
+    frames = FrameEncoder(AudioFormat("pcm", 16000, 1, 60)).encode(tone(0.6, 22050))
     assert len(frames) == 10
     assert all(len(f) == 1920 for f in frames)
     assert peak_hz(Pcm(b"".join(frames), 16000)) == pytest.approx(440, abs=5)
@@ -97,7 +98,7 @@ def test_pcm_frames_are_resampled_to_the_declared_rate() -> None:
 
 def test_stereo_pcm_frames_duplicate_the_mono_samples() -> None:
     source = tone(0.02, 16000)
-    (frame,) = FrameEncoder(DownlinkFormat("pcm", 16000, 2, 20)).encode(source)
+    (frame,) = FrameEncoder(AudioFormat("pcm", 16000, 2, 20)).encode(source)
     x = np.frombuffer(frame, dtype="<i2")
     assert x.size == 640
     assert np.array_equal(x[0::2], x[1::2])
@@ -105,21 +106,21 @@ def test_stereo_pcm_frames_duplicate_the_mono_samples() -> None:
 
 
 def test_empty_pcm_gives_no_frames() -> None:
-    assert FrameEncoder(DownlinkFormat()).encode(Pcm(b"", 22050)) == []
-    assert FrameEncoder(DownlinkFormat("pcm")).encode(Pcm(b"", 24000)) == []
+    assert FrameEncoder(AudioFormat(sample_rate=24000)).encode(Pcm(b"", 22050)) == []
+    assert FrameEncoder(AudioFormat("pcm", 24000)).encode(Pcm(b"", 24000)) == []
 
 
 @pytest.mark.parametrize(
     "fmt",
     [
-        DownlinkFormat("opus", 22050),
-        DownlinkFormat("opus", 24000, 1, 30),
-        DownlinkFormat("pcm", 22050, 1, 7),
-        DownlinkFormat("pcm", 16000, 0, 60),
-        DownlinkFormat("pcm", 16000, 1, 0),
+        AudioFormat("opus", 22050),
+        AudioFormat("opus", 24000, 1, 30),
+        AudioFormat("pcm", 22050, 1, 7),
+        AudioFormat("pcm", 16000, 0, 60),
+        AudioFormat("pcm", 16000, 1, 0),
     ],
 )
-def test_impossible_formats_are_refused(fmt: DownlinkFormat) -> None:
+def test_impossible_formats_are_refused(fmt: AudioFormat) -> None:
     with pytest.raises(ValueError, match="format|Opus|samples"):
         FrameEncoder(fmt)
 

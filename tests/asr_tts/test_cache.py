@@ -7,13 +7,14 @@ from contextlib import aclosing
 
 import pytest
 
-from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder
+from asr_tts.codec import FrameEncoder, OpusDecoder
 from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.cache import CacheKey, FrameCache, cache_key
 from asr_tts.tts.speaker import Speaker
+from protocol.audio_format import AudioFormat
 from tests.asr_tts.test_speaker import SENTENCES, TEXT, FakeTTS, collect, other_tasks, rms
 
-OPUS = DownlinkFormat()
+OPUS = AudioFormat(sample_rate=24000)
 
 
 def key(text: str, provider: str = "p", voice: Voice | None = None) -> CacheKey:
@@ -37,7 +38,7 @@ def test_a_stored_entry_comes_back_and_counts_as_a_hit() -> None:
 def test_every_part_of_the_key_matters() -> None:
     cache = FrameCache(1000)
     cache.put(key("a"), frames(10))
-    pcm = DownlinkFormat("pcm", 16000, 1, 60)
+    pcm = AudioFormat("pcm", 16000, 1, 60)
     misses = [
         key("b"),
         key("a", provider="q"),
@@ -152,9 +153,13 @@ async def test_cached_opus_frames_play_inside_another_answer() -> None:
     # Cached packets come from another encoder; one decoder plays them within a new answer.
     fake, cache = FakeTTS(), FrameCache(1_000_000)
     spk = Speaker({"fake": fake}, "fake", cache=cache)
-    await collect(spk.sentences("One here. Two here.", Voice(), FrameEncoder(DownlinkFormat())))
+    await collect(
+        spk.sentences("One here. Two here.", Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
+    )
     out = await collect(
-        spk.sentences("Zero here. Two here. Three.", Voice(), FrameEncoder(DownlinkFormat()))
+        spk.sentences(
+            "Zero here. Two here. Three.", Voice(), FrameEncoder(AudioFormat(sample_rate=24000))
+        )
     )
     assert fake.calls == ["One here.", "Two here.", "Zero here.", "Three."]
     decoder = OpusDecoder(24000)
@@ -166,11 +171,11 @@ async def test_cached_opus_frames_play_inside_another_answer() -> None:
 async def test_the_cache_tells_voices_and_downlinks_apart() -> None:
     fake, cache = FakeTTS(), FrameCache(1_000_000)
     spk = Speaker({"fake": fake}, "fake", cache=cache)
-    pcm_fmt = DownlinkFormat("pcm", 16000, 1, 60)
+    pcm_fmt = AudioFormat("pcm", 16000, 1, 60)
     for voice, fmt in [
-        (Voice(), DownlinkFormat()),
-        (Voice(voice_type="other"), DownlinkFormat()),
-        (Voice(speed_ratio=1.2), DownlinkFormat()),
+        (Voice(), AudioFormat(sample_rate=24000)),
+        (Voice(voice_type="other"), AudioFormat(sample_rate=24000)),
+        (Voice(speed_ratio=1.2), AudioFormat(sample_rate=24000)),
         (Voice(), pcm_fmt),
         (Voice(), pcm_fmt),  # the only repeat
     ]:
@@ -183,9 +188,13 @@ async def test_failed_and_cancelled_sentences_are_not_cached() -> None:
     cache = FrameCache(1_000_000)
     failing = Speaker({"f": FakeTTS("f", fail=SENTENCES[1])}, "f", cache=cache)
     with pytest.raises(TTSError):
-        await collect(failing.sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat())))
+        await collect(
+            failing.sentences(TEXT, Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
+        )
     hanging = Speaker({"h": FakeTTS("h", hang=SENTENCES[1])}, "h", cache=cache)
-    async with aclosing(hanging.sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat()))) as it:
+    async with aclosing(
+        hanging.sentences(TEXT, Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
+    ) as it:
         await anext(it)
         await asyncio.sleep(0.01)
     assert len(cache) == 2  # the first sentence of each answer

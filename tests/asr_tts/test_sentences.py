@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from asr_tts.codec import DownlinkFormat, FrameEncoder
+from asr_tts.codec import FrameEncoder
 from asr_tts.tts.base import Voice
 from asr_tts.tts.sentences import clean_for_speech, split_sentences
+from protocol.audio_format import AudioFormat
 from tests.asr_tts.test_speaker import FakeTTS, collect, speaker
 
 
@@ -209,5 +210,7 @@ async def test_speaker_starts_a_long_first_sentence_at_its_first_comma() -> None
     first = "今天天气很好，非常适合出去走走，我们一起去附近的公园散步吧。"
     for options, expected in [({}, [first[:7], first[7:]]), ({"first_max_chars": None}, [first])]:
         spk = speaker(FakeTTS(), **options)
-        out = await collect(spk.sentences(first + "好。", Voice(), FrameEncoder(DownlinkFormat())))
+        out = await collect(
+            spk.sentences(first + "好。", Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
+        )
         assert [s for s, _ in out] == [*expected, "好。"]

@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder
+from asr_tts.codec import FrameEncoder, OpusDecoder
 from asr_tts.pcm import Pcm
 from asr_tts.tts.base import TTSError, TTSProvider, Voice
 from asr_tts.tts.cache import FrameCache
 from asr_tts.tts.espeak import EmbeddedTTS
 from asr_tts.tts.speaker import HEAD_FRAMES, Speaker
+from protocol.audio_format import AudioFormat
 
 SECONDS_PER_CHAR = 0.02
 
@@ -107,7 +108,9 @@ SENTENCES = ["First sentence.", "The second one is longer!", "第三句。"]
 async def test_sentences_come_in_order_with_decodable_frames() -> None:
     # The first sentence is the slowest to synthesise; order must not depend on timing.
     fake = FakeTTS(delays={SENTENCES[0]: 0.05})
-    out = await collect(speaker(fake).sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat())))
+    out = await collect(
+        speaker(fake).sentences(TEXT, Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
+    )
     assert [s for s, _ in out] == SENTENCES
     decoder = OpusDecoder(24000)
     for sentence, frames in out:
@@ -118,7 +121,7 @@ async def test_sentences_come_in_order_with_decodable_frames() -> None:
 
 
 async def test_pcm_downlink_frames() -> None:
-    fmt = DownlinkFormat("pcm", 16000, 1, 60)
+    fmt = AudioFormat("pcm", 16000, 1, 60)
     out = await collect(speaker(FakeTTS()).sentences("Hello there.", Voice(), FrameEncoder(fmt)))
     ((sentence, frames),) = out
     assert len(frames) == expected_frames(sentence)
@@ -129,7 +132,7 @@ async def test_prefetch_runs_exactly_one_sentence_ahead() -> None:
     fake = FakeTTS()
     text = "One. Two. Three. Four."
     async with aclosing(
-        speaker(fake).sentences(text, Voice(), FrameEncoder(DownlinkFormat()))
+        speaker(fake).sentences(text, Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
     ) as it:
         first = await anext(it)
         assert first[0] == "One."
@@ -148,8 +151,10 @@ async def test_unknown_provider_falls_back_to_the_default_and_is_reported() -> N
     assert spk.provider_for(Voice(provider="nope")) is default
     assert spk.provider_for(Voice(provider="huoshan")) is huoshan
     for voice in (Voice(provider="nope"), Voice(provider="huoshan"), Voice(), Voice(provider="")):
-        await collect(spk.sentences("Hi. Yo.", voice, FrameEncoder(DownlinkFormat())))
-    await collect(spk.sentences("😀", Voice(provider="gone"), FrameEncoder(DownlinkFormat())))
+        await collect(spk.sentences("Hi. Yo.", voice, FrameEncoder(AudioFormat(sample_rate=24000))))
+    await collect(
+        spk.sentences("😀", Voice(provider="gone"), FrameEncoder(AudioFormat(sample_rate=24000)))
+    )
     assert reported == ["nope"]  # two sentences, one answer; nothing said, nothing fell back
     assert default.calls == ["Hi.", "Yo."] * 3
     assert huoshan.calls == ["Hi.", "Yo."]
@@ -163,7 +168,9 @@ def test_default_provider_must_be_registered() -> None:
 async def test_markdown_and_emoji_are_neither_spoken_nor_shown() -> None:
     fake = FakeTTS()
     out = await collect(
-        speaker(fake).sentences("**Hello** 👋 there.\n\n", Voice(), FrameEncoder(DownlinkFormat()))
+        speaker(fake).sentences(
+            "**Hello** 👋 there.\n\n", Voice(), FrameEncoder(AudioFormat(sample_rate=24000))
+        )
     )
     assert [s for s, _ in out] == ["Hello there."]
     assert fake.calls == ["Hello there."]
@@ -173,7 +180,10 @@ async def test_markdown_and_emoji_are_neither_spoken_nor_shown() -> None:
 async def test_nothing_to_say_yields_nothing(text: str) -> None:
     fake = FakeTTS()
     assert (
-        await collect(speaker(fake).sentences(text, Voice(), FrameEncoder(DownlinkFormat()))) == []
+        await collect(
+            speaker(fake).sentences(text, Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
+        )
+        == []
     )
     assert fake.calls == []
 
@@ -184,7 +194,7 @@ async def test_provider_error_ends_the_iteration_after_the_good_sentences() -> N
 
     async def consume() -> None:
         async for sentence, _ in speaker(fake).sentences(
-            TEXT, Voice(), FrameEncoder(DownlinkFormat())
+            TEXT, Voice(), FrameEncoder(AudioFormat(sample_rate=24000))
         ):
             got.append(sentence)
 
@@ -196,7 +206,7 @@ async def test_provider_error_ends_the_iteration_after_the_good_sentences() -> N
 
 async def test_stopping_early_cancels_the_prefetch() -> None:
     fake = FakeTTS(hang=SENTENCES[1])
-    it = speaker(fake).sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat()))
+    it = speaker(fake).sentences(TEXT, Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
     async with asyncio.timeout(2), aclosing(it):
         async for sentence, _ in it:
             assert sentence == SENTENCES[0]
@@ -209,7 +219,7 @@ async def test_stopping_early_cancels_the_prefetch() -> None:
 
 async def test_dropping_the_iterator_without_aclosing_still_cancels() -> None:
     fake = FakeTTS(hang=SENTENCES[1])
-    it = speaker(fake).sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat()))
+    it = speaker(fake).sentences(TEXT, Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
     async for _ in it:
         await asyncio.sleep(0.01)
         break
@@ -225,7 +235,9 @@ async def test_dropping_the_iterator_without_aclosing_still_cancels() -> None:
 async def test_cancelling_the_consumer_cancels_synthesis() -> None:
     fake = FakeTTS(hang=SENTENCES[0])
     consumer = asyncio.create_task(
-        collect(speaker(fake).sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat())))
+        collect(
+            speaker(fake).sentences(TEXT, Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
+        )
     )
     async with asyncio.timeout(1):
         await fake.called.wait()
@@ -240,7 +252,7 @@ class RecordingEncoder(FrameEncoder):
     """Notes the thread each encode ran on, and can be slow."""
 
     def __init__(self, delay: float = 0.0, on_start: Callable[[], object] | None = None) -> None:
-        super().__init__(DownlinkFormat())
+        super().__init__(AudioFormat(sample_rate=24000))
         self.delay = delay
         self.on_start = on_start
         self.threads: list[str] = []
@@ -282,7 +294,9 @@ async def test_cancellation_waits_for_a_running_encode() -> None:
 async def test_embedded_speech_end_to_end() -> None:
     spk = Speaker({"embedded": EmbeddedTTS()}, "embedded")
     out = await collect(
-        spk.sentences("Hello there. 你好，世界。", Voice(), FrameEncoder(DownlinkFormat()))
+        spk.sentences(
+            "Hello there. 你好，世界。", Voice(), FrameEncoder(AudioFormat(sample_rate=24000))
+        )
     )
     assert [s for s, _ in out] == ["Hello there.", "你好，世界。"]
     decoder = OpusDecoder(24000)
@@ -297,7 +311,9 @@ async def test_embedded_speech_stopped_early_leaves_no_process() -> None:
     before = child_processes()
     spk = Speaker({"embedded": EmbeddedTTS()}, "embedded")
     text = "One sentence here. " * 5
-    async with aclosing(spk.sentences(text, Voice(), FrameEncoder(DownlinkFormat()))) as it:
+    async with aclosing(
+        spk.sentences(text, Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
+    ) as it:
         async for _ in it:
             break
     assert not other_tasks()
@@ -309,7 +325,7 @@ async def test_each_synthesis_reports_its_provider_and_latency() -> None:
     fake = FakeTTS("fake", delays={SENTENCES[0]: 0.05, SENTENCES[1]: 0.02}, fail=SENTENCES[2])
     spk = speaker(fake, on_synth=lambda name, s: timings.append((name, s)))
     with pytest.raises(TTSError):
-        await collect(spk.sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat())))
+        await collect(spk.sentences(TEXT, Voice(), FrameEncoder(AudioFormat(sample_rate=24000))))
     assert [name for name, _ in timings] == ["fake", "fake"]  # not for the failed sentence
     # uvloop fires timers against its cached clock, up to a millisecond early: leave slack.
     assert 0.045 <= timings[0][1] < 1
@@ -339,14 +355,17 @@ async def test_the_first_frames_go_out_before_the_first_sentence_is_encoded() ->
         assert (await anext(it))[::2] == ("Two.", True)
     # The same encoder state runs through head and rest: the frames are those of one encode.
     pcm = tone(len("This first sentence is long enough to be split.") * SECONDS_PER_CHAR)
-    assert head + rest == FrameEncoder(DownlinkFormat()).encode(pcm)
+    assert head + rest == FrameEncoder(AudioFormat(sample_rate=24000)).encode(pcm)
 
 
 async def test_answers_wanting_the_same_sentence_at_once_share_one_synthesis() -> None:
     fake = FakeTTS(delays={s: 0.05 for s in SENTENCES})
     spk = speaker(fake, cache=FrameCache(1_000_000))
     outs = await asyncio.gather(
-        *(collect(spk.sentences(TEXT, Voice(), FrameEncoder(DownlinkFormat()))) for _ in range(5))
+        *(
+            collect(spk.sentences(TEXT, Voice(), FrameEncoder(AudioFormat(sample_rate=24000))))
+            for _ in range(5)
+        )
     )
     assert sorted(fake.calls) == sorted(SENTENCES)
     assert all(out == outs[0] for out in outs)
@@ -358,11 +377,15 @@ async def test_a_shared_sentence_is_made_again_when_its_first_answer_stops() -> 
     fake = FakeTTS(delays={"Hello there.": 0.2})
     spk = speaker(fake, cache=FrameCache(1_000_000))
     first = asyncio.create_task(
-        collect(spk.sentences("Hello there.", Voice(), FrameEncoder(DownlinkFormat())))
+        collect(
+            spk.sentences("Hello there.", Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
+        )
     )
     await fake.called.wait()
     second = asyncio.create_task(
-        collect(spk.sentences("Hello there.", Voice(), FrameEncoder(DownlinkFormat())))
+        collect(
+            spk.sentences("Hello there.", Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
+        )
     )
     await asyncio.sleep(0.05)
     assert fake.calls == ["Hello there."]  # the second waits for the first
@@ -379,7 +402,9 @@ async def test_a_failed_shared_sentence_fails_every_answer_waiting_for_it() -> N
     spk = speaker(fake, cache=FrameCache(1_000_000))
     results = await asyncio.gather(
         *(
-            collect(spk.sentences("Hello there.", Voice(), FrameEncoder(DownlinkFormat())))
+            collect(
+                spk.sentences("Hello there.", Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
+            )
             for _ in range(3)
         ),
         return_exceptions=True,
@@ -388,5 +413,7 @@ async def test_a_failed_shared_sentence_fails_every_answer_waiting_for_it() -> N
     assert fake.calls == ["Hello there."]
     # Nothing failed is kept: the next answer asks the provider again.
     fake.fail = None
-    out = await collect(spk.sentences("Hello there.", Voice(), FrameEncoder(DownlinkFormat())))
+    out = await collect(
+        spk.sentences("Hello there.", Voice(), FrameEncoder(AudioFormat(sample_rate=24000)))
+    )
     assert len(out[0][1]) == expected_frames("Hello there.")

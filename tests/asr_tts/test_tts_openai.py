@@ -18,12 +18,13 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder
+from asr_tts.codec import FrameEncoder, OpusDecoder
 from asr_tts.pcm import Pcm
 from asr_tts.tts import openai as tts_openai
 from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.openai import OpenAITTS
 from asr_tts.tts.speaker import Speaker
+from protocol.audio_format import AudioFormat
 
 KEY = "sk-test-0123456789"
 SECONDS_PER_CHAR = 0.02
@@ -261,7 +262,10 @@ async def test_speaker_turns_openai_speech_into_opus(
 ) -> None:
     spk = Speaker({"openai": provider(base_url, session)}, "openai")
     out = [
-        item async for item in spk.sentences("One. Two!", Voice(), FrameEncoder(DownlinkFormat()))
+        item
+        async for item in spk.sentences(
+            "One. Two!", Voice(), FrameEncoder(AudioFormat(sample_rate=24000))
+        )
     ]
     assert [s for s, _ in out] == ["One.", "Two!"]
     decoder = OpusDecoder(24000)

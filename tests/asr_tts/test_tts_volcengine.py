@@ -15,11 +15,12 @@ import pytest
 from aiohttp import web
 from pytest_aiohttp import AiohttpServer
 
-from asr_tts.codec import DownlinkFormat, FrameEncoder, OpusDecoder
+from asr_tts.codec import FrameEncoder, OpusDecoder
 from asr_tts.pcm import Pcm
 from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.speaker import Speaker
 from asr_tts.tts.volcengine import VolcengineTTS
+from protocol.audio_format import AudioFormat
 from tests.asr_tts.test_tts_openai import rms, sine, wav
 
 APPID, TOKEN = "1234567", "tok-secret-abc"
@@ -273,7 +274,7 @@ async def test_the_business_picks_huoshan_by_name(
 
     spk = Speaker({"embedded": Silent(), "huoshan": provider(url, session)}, "embedded")
     voice = Voice(provider="huoshan", voice_type="BV700_V2_streaming", speed_ratio=1.2)
-    encoder = FrameEncoder(DownlinkFormat())
+    encoder = FrameEncoder(AudioFormat(sample_rate=24000))
     out = [item async for item in spk.sentences("第一句。第二句！", voice, encoder)]
     assert [s for s, _ in out] == ["第一句。", "第二句！"]
     decoder = OpusDecoder(24000)

@@ -10,7 +10,8 @@ import soxr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asr_tts.uplink import AudioError, UplinkDecoder, UplinkFormat
+from asr_tts.uplink import AudioError, UplinkDecoder
+from protocol.audio_format import AudioFormat
 
 I16 = npt.NDArray[np.int16]
 
@@ -43,7 +44,7 @@ def opus_packets(x: I16, rate: int, channels: int = 1, frame_ms: int = 60) -> li
 
 
 def test_opus_16k_60ms_packet_decodes_to_960_samples_of_the_same_tone() -> None:
-    decoder = UplinkDecoder(UplinkFormat())
+    decoder = UplinkDecoder(AudioFormat())
     out = [decoder.decode(p) for p in opus_packets(tone(1.2, 16000), 16000)]
     assert len(out) == 20
     assert all(len(o) == 960 * 2 for o in out)
@@ -51,7 +52,7 @@ def test_opus_16k_60ms_packet_decodes_to_960_samples_of_the_same_tone() -> None:
 
 
 def test_opus_24k_uplink_comes_out_at_16k() -> None:
-    decoder = UplinkDecoder(UplinkFormat(sample_rate=24000))
+    decoder = UplinkDecoder(AudioFormat(sample_rate=24000))
     out = [decoder.decode(p) for p in opus_packets(tone(1.2, 24000), 24000)]
     assert [len(o) for o in out] == [960 * 2] * 20
     assert peak_hz(samples(b"".join(out[2:])), 16000) == pytest.approx(440, abs=5)
@@ -59,14 +60,14 @@ def test_opus_24k_uplink_comes_out_at_16k() -> None:
 
 def test_stereo_opus_is_folded_to_mono() -> None:
     stereo = np.repeat(tone(0.6, 16000), 2)
-    decoder = UplinkDecoder(UplinkFormat(channels=2))
+    decoder = UplinkDecoder(AudioFormat(channels=2))
     out = [decoder.decode(p) for p in opus_packets(stereo, 16000, channels=2)]
     assert [len(o) for o in out] == [960 * 2] * 10
     assert peak_hz(samples(b"".join(out[2:])), 16000) == pytest.approx(440, abs=5)
 
 
 def test_pcm_24k_is_resampled_to_16k_length() -> None:
-    decoder = UplinkDecoder(UplinkFormat(format="pcm", sample_rate=24000, frame_duration_ms=20))
+    decoder = UplinkDecoder(AudioFormat(format="pcm", sample_rate=24000, frame_duration_ms=20))
     x = tone(2.0, 24000)
     out = b"".join(decoder.decode(x[i : i + 480].tobytes()) for i in range(0, x.size, 480))
     # The streaming resampler holds back its filter delay (~36 ms), never more.
@@ -75,7 +76,7 @@ def test_pcm_24k_is_resampled_to_16k_length() -> None:
 
 
 def test_pcm_at_target_rate_passes_through_unchanged() -> None:
-    decoder = UplinkDecoder(UplinkFormat(format="pcm", frame_duration_ms=20))
+    decoder = UplinkDecoder(AudioFormat(format="pcm", frame_duration_ms=20))
     frame = tone(0.02, 16000).tobytes()
     assert decoder.decode(frame) == frame
 
@@ -84,7 +85,7 @@ def test_pcm_at_target_rate_passes_through_unchanged() -> None:
     "packet", [b"\xff", b"\x03", b"\xfb\x00", b"\xff\xff\xff", b"\x0e\xfaq\xa4"]
 )
 def test_garbage_opus_raises_audio_error_and_the_stream_goes_on(packet: bytes) -> None:
-    decoder = UplinkDecoder(UplinkFormat())
+    decoder = UplinkDecoder(AudioFormat())
     good = opus_packets(tone(0.12, 16000), 16000)
     assert len(decoder.decode(good[0])) == 1920
     with pytest.raises(AudioError):
@@ -94,7 +95,7 @@ def test_garbage_opus_raises_audio_error_and_the_stream_goes_on(packet: bytes) -
 
 @pytest.mark.parametrize("fmt", ["opus", "pcm"])
 def test_empty_packet_raises_audio_error(fmt: str) -> None:
-    decoder = UplinkDecoder(UplinkFormat(format="pcm") if fmt == "pcm" else UplinkFormat())
+    decoder = UplinkDecoder(AudioFormat(format="pcm") if fmt == "pcm" else AudioFormat())
     with pytest.raises(AudioError):
         decoder.decode(b"")
 
@@ -102,7 +103,7 @@ def test_empty_packet_raises_audio_error(fmt: str) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.binary(min_size=0, max_size=1500))
 def test_any_bytes_decode_to_pcm_or_audio_error(packet: bytes) -> None:
-    decoder = UplinkDecoder(UplinkFormat(sample_rate=24000))
+    decoder = UplinkDecoder(AudioFormat(sample_rate=24000))
     try:
         out = decoder.decode(packet)
     except AudioError:
@@ -113,7 +114,7 @@ def test_any_bytes_decode_to_pcm_or_audio_error(packet: bytes) -> None:
 
 @pytest.mark.parametrize(("channels", "size"), [(1, 1), (1, 641), (2, 2), (2, 642), (2, 6)])
 def test_pcm_that_is_not_whole_samples_raises_audio_error(channels: int, size: int) -> None:
-    decoder = UplinkDecoder(UplinkFormat(format="pcm", channels=channels))
+    decoder = UplinkDecoder(AudioFormat(format="pcm", channels=channels))
     with pytest.raises(AudioError):
         decoder.decode(bytes(size))
 
@@ -122,7 +123,7 @@ def test_stereo_pcm_is_averaged_to_mono() -> None:
     left = tone(0.02, 16000, amplitude=20000)
     right = np.full(left.size, 3000, dtype="<i2")
     stereo = np.stack([left, right], axis=1).reshape(-1).astype("<i2")
-    decoder = UplinkDecoder(UplinkFormat(format="pcm", channels=2))
+    decoder = UplinkDecoder(AudioFormat(format="pcm", channels=2))
     out = samples(decoder.decode(stereo.tobytes()))
     expected = (left.astype(np.int32) + 3000) // 2
     assert out.tolist() == expected.tolist()
@@ -130,7 +131,7 @@ def test_stereo_pcm_is_averaged_to_mono() -> None:
 
 def test_stereo_pcm_at_full_scale_does_not_wrap() -> None:
     loud = np.full(640, 32767, dtype="<i2")
-    decoder = UplinkDecoder(UplinkFormat(format="pcm", channels=2))
+    decoder = UplinkDecoder(AudioFormat(format="pcm", channels=2))
     assert set(samples(decoder.decode(loud.tobytes())).tolist()) == {32767}
 
 
@@ -138,7 +139,7 @@ def test_chunked_resampling_equals_resampling_the_whole() -> None:
     x = (tone(1.5, 24000) + tone(1.5, 24000, freq=3100.0, amplitude=4000)).astype("<i2")
     whole = soxr.resample(x, 24000, 16000)
     rng = np.random.default_rng(7)
-    decoder = UplinkDecoder(UplinkFormat(format="pcm", sample_rate=24000))
+    decoder = UplinkDecoder(AudioFormat(format="pcm", sample_rate=24000))
     out, i = [], 0
     while i < x.size:
         n = int(rng.integers(1, 700))
@@ -162,11 +163,11 @@ def test_chunked_resampling_equals_resampling_the_whole() -> None:
 )
 def test_formats_the_decoder_cannot_take_are_refused(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="format|Opus"):
-        UplinkFormat(**kwargs)  # type: ignore[arg-type]
+        UplinkDecoder(AudioFormat(**kwargs))  # type: ignore[arg-type]
 
 
 def test_target_rate_outside_opus_rates_goes_through_the_resampler() -> None:
-    decoder = UplinkDecoder(UplinkFormat(), target_rate=22050)
+    decoder = UplinkDecoder(AudioFormat(), target_rate=22050)
     out = b"".join(decoder.decode(p) for p in opus_packets(tone(1.2, 16000), 16000))
     assert 22050 * 1.2 - 22050 * 0.05 <= len(out) // 2 <= 22050 * 1.2
     assert peak_hz(samples(out), 22050) == pytest.approx(440, abs=5)

@@ -14,11 +14,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpServer
 
-from bridges.business import BusinessClient, BusinessTarget, Outcome, StreamStats
+from bridges.business import BusinessClient, BusinessTarget, Caller, StreamStats
 from bridges.http import HTTPClient
 from protocol.business import BusinessEvent, chat_request
+from protocol.errors import BusinessOutcome
 
 SID = "session-0123456789"
+CALLER = Caller("669C4BDA13EA", SID)
 
 
 def sse(obj: dict[str, Any]) -> bytes:
@@ -48,7 +50,7 @@ async def collect(
     client: BusinessClient, tgt: BusinessTarget, body: bytes
 ) -> tuple[list[BusinessEvent], StreamStats]:
     stats = StreamStats()
-    events = [event async for event in client.stream(tgt, body, SID, stats)]
+    events = [event async for event in client.stream(tgt, body, CALLER, SID, stats)]
     return events, stats
 
 
@@ -79,7 +81,7 @@ async def test_events_are_delivered_as_they_arrive(
     stats = StreamStats()
     seen: list[tuple[bytes, bool]] = []
     tgt = target(str(server.make_url("/chat")), token="t0k3n")
-    async for event in business.stream(tgt, body, SID, stats):
+    async for event in business.stream(tgt, body, CALLER, SID, stats):
         seen.append((event.raw, first_seen.is_set()))
         first_seen.set()
     assert seen == [
@@ -87,7 +89,7 @@ async def test_events_are_delivered_as_they_arrive(
         (orjson.dumps(chat("two")), True),
         (orjson.dumps(END), True),
     ]
-    assert (stats.outcome, stats.events, stats.failure) == (Outcome.OK, 3, None)
+    assert (stats.outcome, stats.events, stats.failure) == (BusinessOutcome.OK, 3, None)
     [(headers, received)] = requests
     assert received == body
     assert headers["Content-Type"] == "application/json"
@@ -117,7 +119,7 @@ async def test_requests_reuse_one_connection(
     tgt = target(str(server.make_url("/")))
     for _ in range(3):
         events, stats = await collect(business, tgt, b"{}")
-        assert (len(events), stats.outcome) == (2, Outcome.OK)
+        assert (len(events), stats.outcome) == (2, BusinessOutcome.OK)
     assert len(peers) == 3
     assert len(set(peers)) == 1
 
@@ -164,7 +166,7 @@ async def raw_business(response: bytes) -> AsyncIterator[str]:
 async def test_broken_http_ends_as_unreachable(business: BusinessClient, response: bytes) -> None:
     async with raw_business(response) as url:
         events, stats = await collect(business, target(url), b"{}")
-    assert (events, stats.outcome) == ([], Outcome.UNREACHABLE)
+    assert (events, stats.outcome) == ([], BusinessOutcome.UNREACHABLE)
 
 
 async def test_refused_connection_ends_as_unreachable(business: BusinessClient) -> None:
@@ -172,4 +174,4 @@ async def test_refused_connection_ends_as_unreachable(business: BusinessClient) 
         sock.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{sock.getsockname()[1]}/"
         events, stats = await collect(business, target(url), b"{}")
-    assert (events, stats.outcome) == ([], Outcome.UNREACHABLE)
+    assert (events, stats.outcome) == ([], BusinessOutcome.UNREACHABLE)

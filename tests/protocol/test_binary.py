@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.binary import V3_MAX_PAYLOAD, BinaryFrame, FrameType, decode_frame, encode_frame
-from protocol.codes import DeviceError, ProtocolError
+from protocol.errors import DeviceError, ProtocolError
 
 OPUS = bytes(range(7))  # stands in for one Opus packet
 

@@ -7,12 +7,11 @@ import json
 import orjson
 import pytest
 
-from protocol import device
-from protocol.codes import MESSAGES, DeviceError, ProtocolError
+from protocol import device, jsonutil
+from protocol.audio_format import AudioFormat
 from protocol.device import (
     EMOJI,
     Abort,
-    AudioParams,
     Custom,
     DetectRules,
     DeviceMessage,
@@ -32,6 +31,7 @@ from protocol.device import (
     tts_start,
     tts_stop,
 )
+from protocol.errors import MESSAGES, DeviceError, ProtocolError
 
 BIG = 123456789012345678901234567890
 
@@ -72,7 +72,8 @@ def test_hello_from_firmware() -> None:
     assert decode(FIRMWARE_HELLO) == Hello(
         version=1,
         transport="websocket",
-        audio_params=AudioParams("opus", 16000, 1, 60, 1000),
+        audio_params=AudioFormat("opus", 16000, 1, 60),
+        play_buffer_ms=1000,
         notify_config_updated=True,
         device_id=None,
         token=None,
@@ -87,14 +88,15 @@ def test_minimal_hello_takes_firmware_defaults() -> None:
     assert decode('{"type":"hello"}') == Hello(
         version=1,
         transport="websocket",
-        audio_params=AudioParams("opus", 16000, 1, 60, 1000),
+        audio_params=AudioFormat("opus", 16000, 1, 60),
+        play_buffer_ms=1000,
         notify_config_updated=False,
     )
 
 
 def test_hello_without_transport_and_audio_params() -> None:
     hello = decode('{"type":"hello","version":3,"features":{"mcp":true}}')
-    assert hello == Hello(version=3, audio_params=AudioParams())
+    assert hello == Hello(version=3, audio_params=AudioFormat())
 
 
 def test_hello_pcm_variant() -> None:
@@ -104,17 +106,17 @@ def test_hello_pcm_variant() -> None:
         '"endianness":"little","frame_duration":20,"frame_size":320,'
         '"sample_format":"signed_int16","play_buffer_duration":1000}}'
     )
-    assert hello == Hello(audio_params=AudioParams("pcm", 16000, 1, 20, 1000))
+    assert hello == Hello(audio_params=AudioFormat("pcm", 16000, 1, 20), play_buffer_ms=1000)
 
 
 def test_hello_pcm_default_frame_is_20ms() -> None:
     hello = decode('{"type":"hello","audio_params":{"format":"pcm"}}')
-    assert hello == Hello(audio_params=AudioParams("pcm", 16000, 1, 20, 1000))
+    assert hello == Hello(audio_params=AudioFormat("pcm", 16000, 1, 20), play_buffer_ms=1000)
 
 
 def test_hello_opus_defaults_for_absent_audio_fields() -> None:
     hello = decode('{"type":"hello","audio_params":{"sample_rate":24000}}')
-    assert hello == Hello(audio_params=AudioParams("opus", 24000, 1, 60, 1000))
+    assert hello == Hello(audio_params=AudioFormat("opus", 24000, 1, 60), play_buffer_ms=1000)
 
 
 def test_hello_audio_params_bounds_included() -> None:
@@ -126,8 +128,8 @@ def test_hello_audio_params_bounds_included() -> None:
         '{"type":"hello","audio_params":{"sample_rate":48000,"channels":2,'
         '"frame_duration":120,"play_buffer_duration":10000}}'
     )
-    assert low == Hello(audio_params=AudioParams("opus", 8000, 1, 10, 0))
-    assert high == Hello(audio_params=AudioParams("opus", 48000, 2, 120, 10000))
+    assert low == Hello(audio_params=AudioFormat("opus", 8000, 1, 10), play_buffer_ms=0)
+    assert high == Hello(audio_params=AudioFormat("opus", 48000, 2, 120), play_buffer_ms=10000)
 
 
 def test_hello_non_object_audio_params_ignored() -> None:
@@ -446,15 +448,35 @@ def test_non_finite_literal_is_bad_json(literal: str) -> None:
     assert_rejected(f'{{"type":"custom","payload":{{"v":{literal}}}}}', DeviceError.BAD_JSON)
 
 
-def test_deep_nesting_is_bad_json() -> None:
-    assert_rejected("[" * 100_000, DeviceError.BAD_JSON)
+def test_deep_unclosed_nesting_is_too_deep() -> None:
+    assert_rejected("[" * 100_000, DeviceError.TOO_DEEP)
+
+
+@pytest.mark.parametrize("mtype", ["custom", "mcp", "iot", "listen"])
+@pytest.mark.parametrize("depth", [jsonutil.MAX_DEPTH, 1000])
+def test_deep_nesting_is_too_deep(mtype: str, depth: int) -> None:
+    # 1000 levels pass orjson; the payload's source text was then re-scanned by the
+    # stdlib's recursive scanner, which overflowed (RecursionError) and dropped the device.
+    deep = "[" * depth + "]" * depth
+    exc = rejected(f'{{"type":"{mtype}","payload":{deep},"descriptors":{deep}}}')
+    assert (exc.code, exc.detail) == (DeviceError.TOO_DEEP, "")
+    assert "64 levels" in MESSAGES[exc.code]
+
+
+@pytest.mark.parametrize("mtype", ["custom", "mcp"])
+def test_payload_nested_to_the_limit_passes(mtype: str) -> None:
+    deep = "[" * (jsonutil.MAX_DEPTH - 1) + "]" * (jsonutil.MAX_DEPTH - 1)
+    payload = f'{{"type":"x","details":{{"d":{deep[2:-2]}}}}}'
+    msg = decode(f'{{"type":"{mtype}","payload":{payload}}}')
+    assert isinstance(msg, Custom | Mcp)
+    assert msg.payload == payload.encode()
 
 
 # ---- relay → device (§1.2, §1.5) --------------------------------------------------------
 
 
 def test_hello_reply_bytes() -> None:
-    assert hello_reply("sid-1", AudioParams("opus", 24000, 1, 60, 500)) == (
+    assert hello_reply("sid-1", AudioFormat("opus", 24000, 1, 60), 500) == (
         b'{"type":"hello","transport":"websocket","session_id":"sid-1",'
         b'"audio_params":{"format":"opus","sample_rate":24000,"channels":1,'
         b'"frame_duration":60,"play_buffer_duration":500}}'
@@ -462,7 +484,7 @@ def test_hello_reply_bytes() -> None:
 
 
 def test_hello_reply_pcm() -> None:
-    assert orjson.loads(hello_reply("S", AudioParams("pcm", 16000, 2, 20, 0))) == {
+    assert orjson.loads(hello_reply("S", AudioFormat("pcm", 16000, 2, 20), 0)) == {
         "type": "hello",
         "transport": "websocket",
         "session_id": "S",

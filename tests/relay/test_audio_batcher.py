@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 
-from asr_tts.codec import DownlinkFormat, FrameEncoder
+from asr_tts.codec import FrameEncoder
 from asr_tts.pcm import Pcm
-from asr_tts.uplink import UplinkDecoder, UplinkFormat
+from asr_tts.uplink import UplinkDecoder
 from asr_tts.vad import SileroModel, VadStream
+from protocol.audio_format import AudioFormat
 from relay.device.audio_batcher import FULL_BATCH, AudioBatcher, AudioJob
 
-PACKET = FrameEncoder(DownlinkFormat("opus", 16000, 1, 60)).encode(Pcm(bytes(1920), 16000))[0]
+PACKET = FrameEncoder(AudioFormat("opus", 16000, 1, 60)).encode(Pcm(bytes(1920), 16000))[0]
 
 
 class CountingExecutor(ThreadPoolExecutor):
@@ -37,7 +38,7 @@ def model() -> SileroModel:
 
 
 def job(model: SileroModel) -> AudioJob:
-    return AudioJob(UplinkDecoder(UplinkFormat()), VadStream(model), bytearray(), [PACKET, PACKET])
+    return AudioJob(UplinkDecoder(AudioFormat()), VadStream(model), bytearray(), [PACKET, PACKET])
 
 
 async def busy(
@@ -133,7 +134,7 @@ async def test_push_to_talk_audio_is_decoded_but_not_scored(model: SileroModel) 
     # A job without a VAD stream (manual mode) shares the batch with scored ones.
     with CountingExecutor() as pool:
         batcher = AudioBatcher(pool, max_in_flight=1)
-        silent = AudioJob(UplinkDecoder(UplinkFormat()), None, bytearray(), [PACKET, PACKET])
+        silent = AudioJob(UplinkDecoder(AudioFormat()), None, bytearray(), [PACKET, PACKET])
         scored = job(model)
         done = await asyncio.wait_for(
             asyncio.gather(batcher.submit(silent), batcher.submit(scored)), 2

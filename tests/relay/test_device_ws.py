@@ -271,13 +271,26 @@ async def test_bad_text_gets_error_and_connection_stays(
     assert await dev.recv() == {"type": "pong"}
 
 
-async def test_oversized_frame_closes_1009(make_relay: RelayFactory) -> None:
+def ping_of(size: int) -> str:
+    """A ping message of exactly `size` bytes."""
+    head, tail = '{"type":"ping","pad":"', '"}'
+    return head + "x" * (size - len(head) - len(tail)) + tail
+
+
+async def test_a_frame_of_max_message_bytes_passes_one_more_closes_1009(
+    make_relay: RelayFactory,
+) -> None:
     client = await make_relay(server={"max_message_bytes": 1024})
     dev = await Device.connect(client)
-    await dev.ws.send_str('{"type":"ping","pad":"' + "x" * 2000 + '"}')
+    await dev.ws.send_str(ping_of(1024))  # the limit is the largest message taken
+    assert await dev.recv() == {"type": "pong"}
+    await dev.ws.send_str(ping_of(1025))
     msg = await dev.ws.receive(timeout=5)
     assert msg.type == WSMsgType.CLOSE
     assert dev.ws.close_code == 1009
+    await asyncio.sleep(0.1)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'relay_connections_closed_total{code="1009"} 1.0' in metrics
 
 
 async def test_bad_binary_header_reported_once(make_relay: RelayFactory) -> None:
@@ -373,3 +386,37 @@ async def test_silent_device_is_closed_after_idle_timeout(make_relay: RelayFacto
     assert loop.time() - start < 3
     await talker.send({"type": "ping"})
     assert await talker.recv() == {"type": "pong"}
+
+
+@pytest.mark.parametrize(
+    ("rate", "frame_ms"), [(11025, 40), (8001, 60), (12345, 60), (16000, 60), (44100, 60)]
+)
+async def test_pcm_hello_at_any_rate_is_answered_with_a_downlink_that_is_sent(
+    make_relay: RelayFactory, rate: int, frame_ms: int
+) -> None:
+    """A PCM device at a rate whose 60 ms frames are not whole samples still hears its answer:
+    the relay's hello declares the downlink it really sends, and every frame has that size."""
+    client = await make_relay()
+    dev = await Device.connect(
+        client,
+        hello={
+            "type": "hello",
+            "audio_params": {"format": "pcm", "sample_rate": rate, "frame_duration": 20},
+        },
+    )
+    declared = dev.hello["audio_params"]
+    assert declared["format"] == "pcm"
+    assert declared["channels"] == 1
+    assert declared["frame_duration"] == frame_ms
+    down_rate = declared["sample_rate"]
+    assert down_rate == (16000 if rate in (8001, 12345) else rate)
+    await dev.send(
+        {"session_id": dev.session_id, "type": "listen", "state": "detect", "text": "hi"}
+        | {"text_response": "Hello there."}
+    )
+    msgs = await dev.recv_until(is_tts_stop)
+    assert [m.get("state") for m in msgs if m["type"] == "tts"][0] == "start"
+    assert msgs[-1]["is_aborted"] is False
+    assert dev.audio
+    assert {len(f) for f in dev.audio} == {2 * down_rate * frame_ms // 1000}
+    await dev.ws.close()

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from aiohttp import WSMsgType
 
-from protocol.codes import CloseCode
+from protocol.errors import CloseCode
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device, FakeBusiness, is_tts_stop
 from tests.relay.voice_helpers import chat_msgs, metric, wait_metric

@@ -10,18 +10,18 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from asr_tts.asr.base import ASRStream
-from asr_tts.codec import DownlinkFormat, FrameEncoder
+from asr_tts.codec import FrameEncoder
 from asr_tts.pcm import Pcm
 from asr_tts.segmenter import SegmenterConfig
-from asr_tts.uplink import UplinkFormat
 from asr_tts.vad import SileroModel
 from metrics.registry import Metrics
+from protocol.audio_format import AudioFormat
 from protocol.device import ListenMode
 from relay.device.audio_batcher import AudioBatcher
 from relay.device.listener import Listener, VoiceDeps
 from tests.relay.voice_helpers import SpeechBank, opus_packets, silence
 
-PACKET = FrameEncoder(DownlinkFormat("opus", 16000, 1, 60)).encode(Pcm(bytes(1920), 16000))[0]
+PACKET = FrameEncoder(AudioFormat("opus", 16000, 1, 60)).encode(Pcm(bytes(1920), 16000))[0]
 
 
 class _Utterance:
@@ -78,7 +78,7 @@ async def feed_while_busy(model: SileroModel, mode: ListenMode) -> tuple[float, 
             max_late_s=0.2,
         )
         listener = Listener(
-            deps, UplinkFormat(), on_speech=lambda: None, on_text=lambda *_: None, device_id="d"
+            deps, AudioFormat(), on_speech=lambda: None, on_text=lambda *_: None, device_id="d"
         )
         listener.start(mode)
         stuck = pool.submit(time.sleep, 0.6)  # another job hogs the only audio thread
@@ -131,7 +131,7 @@ async def test_an_utterance_keeps_its_audio_while_the_asr_is_slow_to_open(
         )
         listener = Listener(
             deps,
-            UplinkFormat(),
+            AudioFormat(),
             on_speech=lambda: None,
             on_text=lambda text, _t: texts.append(text),
             device_id="d",

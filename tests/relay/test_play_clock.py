@@ -14,10 +14,11 @@ import orjson
 import pytest
 from aiohttp import WSMsgType, web
 
-from asr_tts.codec import DownlinkFormat, FrameEncoder
+from asr_tts.codec import FrameEncoder
 from asr_tts.tts.base import Voice
 from asr_tts.tts.espeak import EmbeddedTTS
 from asr_tts.tts.speaker import Speaker
+from protocol.audio_format import AudioFormat
 from protocol.binary import FrameType, decode_frame
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device, FakeBusiness, open_stream, session_of, sse
@@ -96,7 +97,7 @@ async def sentence_frames(text: str) -> list[tuple[str, int]]:
     """(caption, frames) of each sentence as the relay cuts and encodes `text`: the same
     speaker, provider and encoder (espeak-ng is deterministic)."""
     speaker = Speaker({"embedded": EmbeddedTTS()}, "embedded")
-    encoder = FrameEncoder(DownlinkFormat())
+    encoder = FrameEncoder(AudioFormat(sample_rate=24000))
     return [(s, len(f)) async for s, f in speaker.sentences(text, Voice(), encoder)]
 
 

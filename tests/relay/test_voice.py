@@ -501,8 +501,16 @@ async def test_a_long_utterance_does_not_stall_other_devices(
     client = await voice_relay(make_relay)
     pcm = speech.say("turn on the light. what time is it. dance. " * 6)
     assert 10 < len(pcm) / 32000 < 14  # under vad.max_utterance_s (15 s): one utterance
-    rtts, text = await pongs_while_recognising(client, pcm)
-    assert text.startswith("turn on the light what time is it dance")
     # pocketsphinx holds the GIL while it decodes: in a thread of the relay this utterance
-    # stalled the loop 80-280 ms; in a decoder process it costs the loop a pipe round trip.
-    assert max(rtts) < 0.06, rtts
+    # stalled the loop 80-280 ms every time; in a decoder process it costs the loop a pipe
+    # round trip. A loaded machine can also pause this process once for as long (seen: one
+    # ping of 171 ms among hundreds under 1 ms), so the best of three tries is what counts:
+    # a decoder in the loop's process fails all three.
+    worst: list[float] = []
+    for _ in range(3):
+        rtts, text = await pongs_while_recognising(client, pcm)
+        assert text.startswith("turn on the light what time is it dance")
+        worst.append(max(rtts))
+        if worst[-1] < 0.06:
+            break
+    assert min(worst) < 0.06, worst
