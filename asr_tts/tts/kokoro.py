@@ -67,6 +67,10 @@ class _Worker:
     def stop(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def join(self) -> None:
+        """Wait until the pool has shut down (its process is gone)."""
+        self._pool.shutdown(wait=True)
+
     def kill(self) -> None:
         """End the process now, in the middle of a call; it is never reused."""
         self.broken = True
@@ -156,9 +160,12 @@ class KokoroTTS:
         return [pid for w in self._workers for pid in w.pids()]
 
     def close(self) -> None:
-        """Stop every worker (each after its running call)."""
+        """End every worker now (the relay has drained its answers by then) and wait, a few
+        ms, for its pool's thread: on Python 3.11 a process pool still closing while the
+        interpreter exits can fail in the exit hook (a write to a closed pipe)."""
         for w in self._workers:
-            w.stop()
+            w.kill()
+            w.join()
         self._workers.clear()
         self._idle.clear()
 

@@ -75,7 +75,7 @@ class Speaker:
         self._first_max_chars = first_max_chars
 
     def close(self) -> None:
-        """Stop the providers' worker processes, for those that have any."""
+        """End the providers' worker processes, for those that have any."""
         for provider in {id(p): p for p in self._providers.values()}.values():
             close = getattr(provider, "close", None)
             if callable(close):

@@ -129,30 +129,26 @@ def shadow_corrupt_part(tmp_path: Path) -> Path:
     return bad
 
 
+def check_config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`relay check-config` with the shipped config, as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "relay", "check-config", "--config", "config.toml"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_a_corrupt_model_part_stops_the_relay_naming_the_file(tmp_path: Path) -> None:
     bad = shadow_corrupt_part(tmp_path)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
-    done = subprocess.run(
-        [sys.executable, "-m", "relay", "check-config", "--config", "config.toml"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = check_config(env)
     assert done.returncode == 2, done.stderr
     assert str(bad) in done.stderr
-    env["RELAY__TTS__FALLBACK"] = "espeak"
-    fallback = subprocess.run(
-        [sys.executable, "-m", "relay", "check-config", "--config", "config.toml"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    fallback = check_config({**env, "RELAY__TTS__FALLBACK": "espeak"})
     assert fallback.returncode == 0, fallback.stderr
 
 
