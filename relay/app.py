@@ -120,6 +120,7 @@ def _resources(
         finally:
             await cancel_and_wait(sweeper)
             await cluster.stop()
+            speaker.close()  # Kokoro's worker processes end
             if isinstance(voice.asr, EmbeddedASR):
                 voice.asr.close()  # its decoder processes exit after their running call
             if redis is not None:

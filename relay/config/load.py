@@ -82,6 +82,8 @@ def _check_speech_out(cfg: Config) -> None:
     if cfg.tts.frame_duration_ms not in OPUS_FRAME_MS:
         lengths = ", ".join(map(str, OPUS_FRAME_MS))
         raise ConfigError(f"tts.frame_duration_ms: Opus frames are {lengths} ms")
+    if cfg.tts.pool_size < 1 or cfg.tts.threads < 1:
+        raise ConfigError("tts.pool_size: pool_size and threads must be at least 1")
     if cfg.tts.stop_margin_ms > 2000:
         raise ConfigError("tts.stop_margin_ms: at most 2000 (the device waits for tts stop)")
     if cfg.tts.provider == "openai" and not cfg.tts.openai.base_url:

@@ -115,12 +115,27 @@ class HuoshanTTSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KokoroVoiceConfig:
+    """`[tts] voice.zh` / `voice.en`: the Kokoro style per language: a name, a blend
+    ("jf_nezumi:0.6+jm_kumo:0.4") or "mean"; empty = the built-in default."""
+
+    zh: str = ""
+    en: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class TTSConfig:
     """`[tts]`: the default provider and the downlink audio the relay declares (§1.2)."""
 
-    provider: Literal["embedded", "openai", "huoshan"] = "embedded"
-    max_concurrency: int = 4
+    # "embedded" is Kokoro; "espeak" the light espeak-ng voice (what "embedded" was before).
+    provider: Literal["embedded", "espeak", "openai", "huoshan"] = "embedded"
+    max_concurrency: int = 4  # espeak-ng processes at once
     timeout_s: float = 20.0
+    voice: KokoroVoiceConfig = field(default_factory=KokoroVoiceConfig)
+    voices_dir: str = ""  # more Kokoro style vectors (*.npy, *.npz)
+    pool_size: int = 1  # Kokoro worker processes (~350-600 MB each)
+    threads: int = 2  # onnxruntime threads per Kokoro worker
+    fallback: Literal["", "espeak"] = ""  # Kokoro's files missing or corrupt: espeak speaks
     downlink_sample_rate: int = 24000
     frame_duration_ms: int = 60
     cache_mb: int = 32  # encoded frames of recent sentences; 0 = no cache
