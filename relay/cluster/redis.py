@@ -26,11 +26,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from protocol.mcp import ToolAnswer, ToolRequest, encode_request
 from protocol.node import (
     NodeAck,
+    NodeAsk,
     NodeMessage,
     NodePush,
     NodeReplace,
+    NodeReply,
     decode_node_message,
     encode_node_message,
 )
@@ -42,6 +45,7 @@ from relay.cluster.base import (
     Presence,
     PushResult,
     Replace,
+    answer_tools,
     bump,
     clamp_limit,
     deliver_local,
@@ -58,6 +62,7 @@ _ERRORS = (RedisError, OSError)  # OSError includes TimeoutError from asyncio.ti
 _BATCH = 256  # devices per renewal script call
 _LIST_ROUNDS = 8  # refills of a page thinned by expired members
 _BACKOFF_MIN_S = 0.05
+ASK_MARGIN_S = 1.0  # a tools request waits its own timeout plus this for the holder's reply
 
 
 def _text(raw: object) -> str:
@@ -232,6 +237,34 @@ class RedisCluster(NodeInbox):
         finally:
             self._pending.pop(rid, None)
 
+    async def tools(self, device_id: str, req: ToolRequest) -> tuple[ToolAnswer, str | None]:
+        """Answer here if the device is local, else ask its node through its inbox; the
+        asker waits the request's timeout and a margin, the holder answers within it."""
+        bump(self.ops, "tools")
+        if device_id in self._local and self._serve_tools is not None:
+            return await answer_tools(self._serve_tools, device_id, req), self.node_id
+        r = self._redis
+        if not self._up or r is None:
+            return ToolAnswer("redis_unavailable"), None
+        rid, waiter = self._expect_reply()
+        node: str | None = None
+        try:
+            async with asyncio.timeout(req.timeout_s + ASK_MARGIN_S):
+                node = _text(await r.hget(self._key(device_id), "node")) or None
+                if node is None or node == self.node_id:
+                    return ToolAnswer("offline"), None
+                msg = NodeAsk(rid, self.node_id, device_id, encode_request(req))
+                if await r.publish(self._inbox(node), encode_node_message(msg)) == 0:
+                    return ToolAnswer("offline"), node  # its node died; TTL pending
+                return await waiter, node
+        except TimeoutError:
+            return ToolAnswer("timeout"), node
+        except _ERRORS:
+            bump(self.errors, "tools")
+            return ToolAnswer("redis_unavailable"), node
+        finally:
+            self._asks.pop(rid, None)
+
     async def _write(self, op: str, script: str, device_id: str, *args: object) -> Any:
         """Run a claim/release script; a no-op counted in `errors` when Redis is away."""
         if not self._up:
@@ -367,7 +400,13 @@ class RedisCluster(NodeInbox):
                     await self._send(_text(holder), NodeReplace(p.device_id, _text(holder_session)))
 
     async def _send(self, node: str, msg: NodeMessage) -> None:
-        op = "ack" if isinstance(msg, NodeAck) else "replace"
+        op = (
+            "ack"
+            if isinstance(msg, NodeAck)
+            else "reply"
+            if isinstance(msg, NodeReply)
+            else "replace"
+        )
         bump(self.ops, op)
         try:
             if self._redis is None:

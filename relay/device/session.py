@@ -12,7 +12,7 @@ from aioutil import cancel_and_wait
 from bridges.business import BusinessTarget, Caller
 from protocol import device
 from protocol.audio_format import AudioFormat
-from protocol.business import Speak, chat_request, envelope
+from protocol.business import Speak, chat_request, envelope, mcp_notification_request
 from protocol.device import (
     Abort,
     Custom,
@@ -30,6 +30,8 @@ from protocol.errors import BusinessError, CloseCode, DeviceError
 from protocol.session_state import AudioVerdict
 from relay.device.link import Link
 from relay.device.listener import Listener, VoiceDeps
+from relay.device.mcp import McpClient
+from relay.device.tools import ToolContext
 from relay.device.turn import Turn, TurnDeps
 from relay.logsafe import printable
 
@@ -51,6 +53,8 @@ class Session:
         voice: VoiceDeps | None = None,
         uplink: AudioFormat | None = None,
         detect: DetectRules | None = None,
+        mcp: McpClient | None = None,
+        max_tool_calls: int = 8,
     ) -> None:
         self.link = link
         self.device_id = device_id
@@ -63,6 +67,8 @@ class Session:
         self._uplink = uplink
         self._detect = detect or DetectRules()
         self.iot: Iot | None = None  # what pre-MCP firmware last said of its things (§1.3)
+        self.mcp = mcp  # the device's tools, when its hello declared MCP (§3.1)
+        self._max_tool_calls = max_tool_calls
         self._listener: Listener | None = None
         self._chat: tuple[asyncio.Task[None], Turn] | None = None
         self._passthrough: dict[asyncio.Task[None], Turn] = {}
@@ -91,7 +97,10 @@ class Session:
     def chat(self, text: str, speech_end: float | None = None) -> asyncio.Task[None]:
         """Start a chat turn for `text`, replacing the running one (§2.1)."""
         ts = time.time_ns() // 1_000_000
-        body = chat_request(self.device_id, text, self.session_id, ts)
+        tools = None
+        if self.target is not None and self.target.device_tools:  # §3.3
+            tools = self.mcp.tools if self.mcp is not None else b"[]"
+        body = chat_request(self.device_id, text, self.session_id, ts, tools)
         turn = self._turn("chat", always_stop=True, speech_end=speech_end)
         return self._start_chat(turn, lambda: self._run(turn, body, self.session_id))
 
@@ -100,12 +109,19 @@ class Session:
         if len(self._passthrough) >= self._max_passthrough:
             self.link.send_json(device.error(self.session_id, DeviceError.BUSY), "error")
             return None
-        turn = self._turn(msg.request_type, always_stop=False)
-        expected = msg.payload_session_id or self.session_id
-        task = self._own(self._run(turn, msg.payload, expected))
+        return self._pass(msg.request_type, msg.payload, msg.payload_session_id)
+
+    def _pass(self, request_type: str, body: bytes, expected: str | None) -> asyncio.Task[None]:
+        turn = self._turn(request_type, always_stop=False)
+        task = self._own(self._run(turn, body, expected or self.session_id))
         self._passthrough[task] = turn
         task.add_done_callback(lambda t: self._passthrough.pop(t, None))
         return task
+
+    def start_mcp(self) -> None:
+        """Set up the device's MCP session (§3.1), as a task of this session."""
+        if self.mcp is not None:
+            self._own(self.mcp.setup())
 
     async def abort(self, *, keep_listening: bool = False) -> None:
         """Cut the current answer: cancel recognition in flight, the chat turn and any
@@ -121,9 +137,9 @@ class Session:
                 tasks.append(task)
                 spoke = True  # the device waits for this answer: tell it the answer is cut
         for task, turn in (*self._passthrough.items(), *self._pushed.items()):
-            if turn.speech is not None:
+            if turn.speech is not None or turn.tools_pending:  # §3.3: calls are cancelled
                 tasks.append(task)
-                spoke = spoke or turn.speech.started
+                spoke = spoke or (turn.speech is not None and turn.speech.started)
         await cancel_and_wait(tasks)
         if spoke:
             self.link.send_json(device.tts_stop(self.session_id, aborted=True), "tts")
@@ -132,6 +148,8 @@ class Session:
         """Cancel every turn of this session and wait for them to finish."""
         if self._listener is not None:
             await self._listener.close()
+        if self.mcp is not None:
+            self.mcp.close()  # calls waiting for the device answer "offline"
         self._chat = None
         await cancel_and_wait(list(self._tasks))
 
@@ -242,8 +260,26 @@ class Session:
     def _on_custom(self, msg: Custom) -> None:
         self.custom(msg)
 
-    def _on_mcp(self, _msg: Mcp) -> None:
-        log.debug("mcp message from %s ignored: no MCP peer configured", printable(self.device_id))
+    def _on_mcp(self, msg: Mcp) -> None:
+        if self.mcp is None:
+            self._deps.metrics.mcp_messages.labels("no_session").inc()
+            return
+        note = self.mcp.on_message(msg.payload)
+        if note is None:
+            return
+        log.debug("[%s] mcp %s from the device", printable(self.device_id), printable(note.method))
+        target = self.target
+        if target is None or not target.device_tools:
+            return
+        if len(self._passthrough) >= self._max_passthrough:
+            self._deps.metrics.mcp_messages.labels("not_forwarded").inc()
+            return
+        ts = time.time_ns() // 1_000_000
+        self._pass(
+            "mcp_notification",
+            mcp_notification_request(self.device_id, msg.payload, self.session_id, ts),
+            None,
+        )
 
     def _on_ping(self, _msg: Ping) -> None:
         self.link.send_json(device.pong(), "pong")
@@ -264,6 +300,11 @@ class Session:
     def _turn(
         self, request_type: str, *, always_stop: bool, speech_end: float | None = None
     ) -> Turn:
+        tools = None
+        if self.target is not None and self.target.device_tools:
+            timeout_s = self.mcp.timeout_s if self.mcp is not None else 0.0
+            m = self._deps.metrics
+            tools = ToolContext(self.device_id, self.mcp, self._max_tool_calls, timeout_s, m)
         return Turn(
             self.link,
             self._deps,
@@ -272,6 +313,7 @@ class Session:
             request_type=request_type,
             always_stop=always_stop,
             speech_end=speech_end,
+            tools=tools,
         )
 
     async def _run(self, turn: Turn, body: bytes, expected: str) -> None:
