@@ -37,6 +37,8 @@ from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
+TOOL_RESULT_GRACE_S = 1.0  # a closing session lets pending tool calls post their failure
+
 
 class Session:
     """One device conversation: one chat turn at a time, pass-through turns beside it."""
@@ -150,8 +152,17 @@ class Session:
             await self._listener.close()
         if self.mcp is not None:
             self.mcp.close()  # calls waiting for the device answer "offline"
+            # §3.3: a business whose tool call the device left behind is told so; its
+            # answer to that is not waited for long (the device is gone).
+            posting = [t for t, turn in self._turns() if turn.tools_pending]
+            if posting:
+                await asyncio.wait(posting, timeout=TOOL_RESULT_GRACE_S)
         self._chat = None
         await cancel_and_wait(list(self._tasks))
+
+    def _turns(self) -> list[tuple[asyncio.Task[None], Turn]]:
+        chat = [self._chat] if self._chat is not None else []
+        return [*chat, *self._passthrough.items(), *self._pushed.items()]
 
     async def wait_idle(self) -> None:
         """Wait until no turn is running (used by the simulate endpoint and drains)."""

@@ -50,6 +50,7 @@ class ToolRunner:
         self._wake = asyncio.Event()
         self._closed = False
         self._started = 0
+        self._busy = False  # a call, or the post of its result, is under way
 
     def submit(self, call: ToolCall) -> None:
         """Queue a call behind the others."""
@@ -65,16 +66,18 @@ class ToolRunner:
     @property
     def pending(self) -> bool:
         """Calls wait or run."""
-        return bool(self._calls) or not self._closed
+        return bool(self._calls) or self._busy or not self._closed
 
     async def run(self) -> None:
         """Run the calls in order until closed and empty."""
         while True:
             if self._calls:
                 call = self._calls.popleft()
+                self._busy = True
                 outcome = await self._outcome(call)
                 ts = time.time_ns() // 1_000_000
                 await self._post(tool_result_request(self._ctx.device_id, call, outcome, ts))
+                self._busy = False
             elif self._closed:
                 return
             else:
