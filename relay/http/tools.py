@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from protocol import jsonutil
@@ -25,7 +24,7 @@ from relay.resources import RELAY_KEY
 MAX_CALL_BODY = 64 * 1024
 MAX_TIMEOUT_S = 60.0
 _CALL_EXAMPLE = '{"arguments":{"volume":50},"timeout_s":10}'
-_ERRORS: dict[ToolReason, tuple[ApiError, str | None]] = {
+ERRORS: dict[ToolReason, tuple[ApiError, str | None]] = {
     "offline": (ApiError.OFFLINE, None),
     "timeout": (ApiError.TIMEOUT, "the device did not answer in time; it may still run the call"),
     "redis_unavailable": (ApiError.REDIS_UNAVAILABLE, None),
@@ -91,9 +90,9 @@ def _answer(device_id: str, answer: ToolAnswer, node: str | None, *, listing: bo
         head: dict[str, Any] = {"device_id": device_id, "node": node}
         if not listing:
             head["delivered"] = True
-        body = orjson.dumps(head)[:-1] + b"," + answer.body[1:]
-        return web.Response(body=body, content_type="application/json")
-    code, hint = _ERRORS[answer.reason]
+        # Parsed again with the same care as any peer's JSON: big integers stay exact.
+        return web.json_response(head | jsonutil.loads(answer.body))
+    code, hint = ERRORS[answer.reason]
     status, err = api_error_body(code, f"no answer from the device: {answer.reason}", hint)
     out = {"device_id": device_id, "delivered": False, "reason": answer.reason, "node": node}
     return web.json_response(out | err, status=status)

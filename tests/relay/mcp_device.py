@@ -75,6 +75,7 @@ class McpDevice:
     server_name: str = "bread-compact-wifi"
     requests: list[dict[str, Any]] = field(default_factory=list)
     others: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
+    texts: list[str] = field(default_factory=list)  # the other messages' text, as received
     called: asyncio.Event = field(default_factory=asyncio.Event)
     _task: asyncio.Task[None] | None = None
 
@@ -112,6 +113,7 @@ class McpDevice:
                 continue
             obj = orjson.loads(msg.data)
             if obj.get("type") != "mcp":
+                self.texts.append(msg.data if isinstance(msg.data, str) else msg.data.decode())
                 await self.others.put(obj)
                 continue
             payload = obj["payload"]
