@@ -221,3 +221,27 @@ async def test_notifications_reach_a_device_tools_business(
     assert body["details"]["payload"] == note
     assert body["details"]["session_id"] == emu.dev.session_id
     assert body["auth"] == {"device_id": "669C4BDA13EA"}
+
+
+async def test_a_new_utterance_cancels_the_pending_call(
+    make_relay: RelayFactory, fake: FakeBusiness
+) -> None:
+    tool_business(
+        fake, lambda b: [("self.get_device_status", {})] if b["details"]["msg"] == "one" else []
+    )
+    client = await make_relay(business_overrides={"device_tools": True})
+    emu = await tools_device(client, delay_s=0.5)
+    await emu.dev.send({"type": "listen", "state": "detect", "text": "one"})
+    await asyncio.wait_for(emu.called.wait(), 10)
+    msgs = await turn_of(emu, "two")  # the first turn is cut, the second one ends
+    assert msgs[-1] == {
+        "session_id": emu.dev.session_id,
+        "type": "tts",
+        "state": "stop",
+        "is_aborted": False,
+    }
+    async with asyncio.timeout(5):
+        while value(await scrape(client), "relay_mcp_messages_total", kind="late") < 1:
+            await asyncio.sleep(0.05)
+    assert [b["details"]["msg"] for b in bodies(fake, "chat")] == ["one", "two"]
+    assert bodies(fake, "tool_result") == []
