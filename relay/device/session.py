@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -37,6 +38,7 @@ from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
+TOOLS_WAIT_S = 2.0  # a chat right after the hello waits this long for the tool list
 TOOL_RESULT_GRACE_S = 1.0  # a closing session lets pending tool calls post their failure
 
 
@@ -99,12 +101,26 @@ class Session:
     def chat(self, text: str, speech_end: float | None = None) -> asyncio.Task[None]:
         """Start a chat turn for `text`, replacing the running one (§2.1)."""
         ts = time.time_ns() // 1_000_000
-        tools = None
-        if self.target is not None and self.target.device_tools:  # §3.3
-            tools = self.mcp.tools if self.mcp is not None else b"[]"
-        body = chat_request(self.device_id, text, self.session_id, ts, tools)
         turn = self._turn("chat", always_stop=True, speech_end=speech_end)
-        return self._start_chat(turn, lambda: self._run(turn, body, self.session_id))
+
+        async def run() -> None:
+            tools = await self._tools_for_chat()
+            body = chat_request(self.device_id, text, self.session_id, ts, tools)
+            await self._run(turn, body, self.session_id)
+
+        return self._start_chat(turn, run)
+
+    async def _tools_for_chat(self) -> bytes | None:
+        """The tool list a chat request carries (§3.3): None unless the business has
+        device_tools; a device still listing its tools is waited for, briefly."""
+        if self.target is None or not self.target.device_tools:
+            return None
+        if self.mcp is None:
+            return b"[]"
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(TOOLS_WAIT_S):
+                await self.mcp.ready.wait()
+        return self.mcp.tools
 
     def custom(self, msg: Custom) -> asyncio.Task[None] | None:
         """Start a pass-through turn for a `custom` payload (§2.1, §2.3); None when over the cap."""

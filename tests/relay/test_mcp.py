@@ -12,9 +12,10 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from devsim.mcp import Prop, Tool
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device
-from tests.relay.mcp_device import MCP_HELLO, McpDevice, Prop, Tool
+from tests.relay.mcp_device import MCP_HELLO, McpDevice
 from tests.relay.test_api import scrape, value
 
 MAC = "66:9C:4B:DA:13:EA"

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from examples import business_service
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device, FakeBusiness, open_stream, session_of, sse
 from tests.relay.mcp_device import MCP_HELLO, McpDevice
@@ -245,3 +246,16 @@ async def test_a_new_utterance_cancels_the_pending_call(
             await asyncio.sleep(0.05)
     assert [b["details"]["msg"] for b in bodies(fake, "chat")] == ["one", "two"]
     assert bodies(fake, "tool_result") == []
+
+
+async def test_reference_business_turns_louder_into_the_volume_tool(
+    make_relay: RelayFactory, aiohttp_server: Any
+) -> None:
+    reference = await aiohttp_server(business_service.make_app())
+    client = await make_relay(
+        business_overrides={"device_tools": True, "url": str(reference.make_url("/chat"))}
+    )
+    emu = await tools_device(client)
+    msgs = await turn_of(emu, "大声一点")
+    assert emu.volume == 80
+    assert captions(msgs) == ["好的，音量已调到 80。"]
