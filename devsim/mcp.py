@@ -8,7 +8,7 @@ request without `jsonrpc` 2.0, a `method` or an integer `id`, pages `tools/list`
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -67,7 +67,6 @@ class ToolServer:
     tools: list[Tool]
     name: str = "bread-compact-wifi"
     version: str = "1.6.2"
-    capabilities: dict[str, Any] = field(default_factory=dict)  # from initialize
 
     def handle(self, p: Any) -> bytes | None:
         """The reply to payload `p`; None for what the firmware drops without a word."""
@@ -82,9 +81,7 @@ class ToolServer:
             return None
         if isinstance(rid, bool) or not isinstance(rid, int):
             return None  # the firmware logs "Invalid id" and drops it
-        if method == "initialize":
-            caps = (params or {}).get("capabilities")
-            self.capabilities = caps if isinstance(caps, dict) else {}
+        if method == "initialize":  # capabilities.vision would set the camera's upload URL
             info = {"name": self.name, "version": self.version}
             init = {"protocolVersion": "2024-11-05", "capabilities": {"tools": {}}}
             return result(rid, orjson.dumps({**init, "serverInfo": info}))
