@@ -188,10 +188,16 @@ class Turn:
         return self._runner is not None and self._runner.pending
 
     async def _request(
-        self, target: BusinessTarget, body: bytes, caller: Caller, expected_session: str
+        self,
+        target: BusinessTarget,
+        body: bytes,
+        caller: Caller,
+        expected_session: str,
+        request_type: str | None = None,
     ) -> None:
-        """One business request of this turn: its events spoken, passed through, or run as
-        tool calls."""
+        """One business request of this turn (the first, or a `tool_result`): its events
+        spoken, passed through, or run as tool calls."""
+        kind = request_type or self.request_type
         deps, link = self._deps, self._link
         stats = StreamStats()
         try:
@@ -206,7 +212,7 @@ class Turn:
                     sp = classify(event)
                     if sp is None:
                         await link.room()  # a simulate client reads at its own pace
-                        link.send_json(self._envelope(event.raw), "custom")
+                        link.send_json(self._envelope(event.raw, kind), "custom")
                         continue
                     if self._speech_task is None:
                         self._speech_task = self._task(self._speech().run())
@@ -214,14 +220,14 @@ class Turn:
         finally:
             self._record(stats)
         if (code := stats.failure) is not None:
-            link.send_json(self._envelope(error_event(link.session_id, code)), "custom")
+            link.send_json(self._envelope(error_event(link.session_id, code), kind), "custom")
 
     def _tool_runner(self, target: BusinessTarget, caller: Caller, expected: str) -> ToolRunner:
         if self._runner is None:
             assert self._tools is not None
 
             async def post(result: bytes) -> None:
-                await self._request(target, result, caller, expected)
+                await self._request(target, result, caller, expected, "tool_result")
 
             self._runner = ToolRunner(self._tools, post)
             self._runner_task = self._task(self._runner.run())
@@ -242,9 +248,10 @@ class Turn:
             self.speech = Speech(self._link, self._deps, self._fmt, self._lock, self._speech_end)
         return self.speech
 
-    def _envelope(self, event_raw: bytes) -> bytes:
+    def _envelope(self, event_raw: bytes, request_type: str | None = None) -> bytes:
         ts = time.time_ns() // 1_000_000
-        return envelope(self._link.session_id, self.request_type, event_raw, ts)
+        kind = request_type or self.request_type
+        return envelope(self._link.session_id, kind, event_raw, ts)
 
     def _record(self, stats: StreamStats) -> None:
         m = self._deps.metrics

@@ -93,6 +93,10 @@ async def test_louder_runs_the_volume_tool_and_speaks_the_result(
     assert result["details"]["session_id"] == emu.dev.session_id
     assert result["auth"] == {"device_id": "669C4BDA13EA"}
     assert captions(msgs) == ["c0 done."]
+    # One message_end per request, each with its own request type (§2.4).
+    ends = [m["payload"] for m in msgs if m.get("type") == "custom"]
+    assert [e["original_request_type"] for e in ends] == ["chat", "tool_result"]
+    assert all(e["business_response"]["event"] == "message_end" for e in ends)
     # The tool_call event itself is consumed, not passed to the device.
     assert not any(
         m.get("type") == "custom" and m["payload"]["business_response"].get("type") == "tool_call"
