@@ -255,12 +255,8 @@ def encode_request(req: ToolRequest) -> bytes:
 
 def decode_request(raw: bytes) -> ToolRequest | None:
     """Parse what `encode_request` wrote; None for anything else."""
-    head, _, arguments = raw.partition(b"\n")
-    try:
-        h = orjson.loads(head)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(h, dict):
+    h, arguments = jsonutil.head_and_body(raw)
+    if h is None:
         return None
     name, ttl = h.get("name"), h.get("ttl")
     if (name is None or isinstance(name, str)) and isinstance(ttl, int | float) and ttl > 0:

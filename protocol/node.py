@@ -10,6 +10,7 @@ from typing import Literal, cast, get_args
 
 import orjson
 
+from protocol import jsonutil
 from protocol.mcp import REASONS, ToolReason
 
 # Why a push was not delivered; HTTP statuses are chosen from these (docs/protocol.md §4).
@@ -88,12 +89,8 @@ def encode_node_message(msg: NodeMessage) -> bytes:
 
 def decode_node_message(raw: bytes) -> NodeMessage | None:
     """Parse what `encode_node_message` wrote; None for anything else."""
-    head, _, body = raw.partition(b"\n")  # orjson never writes a raw newline
-    try:
-        h = orjson.loads(head)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(h, dict):
+    h, body = jsonutil.head_and_body(raw)
+    if h is None:
         return None
     kind, rid, dev, sid = h.get("t"), h.get("id"), h.get("dev"), h.get("sid")
     if kind == "push" and isinstance(rid, str) and isinstance(dev, str):
