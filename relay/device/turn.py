@@ -61,7 +61,6 @@ class Speech:
         fmt: AudioFormat,
         lock: asyncio.Lock,
         speech_end: float | None = None,
-        tools: ToolContext | None = None,
     ) -> None:
         self._link = link
         self._speech_end = speech_end  # monotonic end of the user's speech, if any
