@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 from aiohttp import web
-from redis.asyncio import Redis
 
 from aioutil import cancel_and_wait
 from asr_tts.asr.pocketsphinx import EmbeddedASR
@@ -23,6 +22,7 @@ from protocol.mcp import ToolAnswer, ToolRequest
 from protocol.node import PushReason
 from relay.auth.device import DeviceAuthenticator
 from relay.auth.handshake import canonical_device_id
+from relay.auth.tokens import open_token_store
 from relay.cluster.base import Cluster, LocalCluster, Presence
 from relay.cluster.redis import RedisCluster
 from relay.config.load import WORKER_ENV
@@ -84,7 +84,7 @@ def _resources(
         cloud = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         speaker = build_speaker(config, cloud, executor, metrics)
         voice = build_voice(config, cloud, audio_executor, metrics)
-        redis = Redis.from_url(config.redis.url) if config.redis.url else None
+        redis = open_token_store(config.redis.url) if config.redis.url else None
         cluster = build_cluster(config)
         targets = {b.name: b.target() for b in config.business}
         device_targets = {  # entries may be MACs with colons: canonical form (§1.1)

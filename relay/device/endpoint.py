@@ -119,3 +119,4 @@ async def idle_sweeper(relay: Relay, devices: DeviceDirectory[Connection]) -> No
                 conn.touched = conn.last_rx
                 await relay.cluster.touch(conn.hs.device_id, conn.link.session_id)
         relay.sync_cluster_metrics()
+        relay.metrics.count_tasks()

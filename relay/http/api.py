@@ -181,14 +181,28 @@ async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, headers={"X-Relay-Worker": str(os.getpid())})
 
 
+_DEGRADED = {
+    "status": "degraded",
+    "reason": "redis_unavailable",
+    "hint": "Redis is away or does not answer: devices connect and talk, but presence, "
+    "listing and pushes cover this node only until it returns",
+}
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """Ready to take devices; 503 while draining."""
-    if request.app[RELAY_KEY].draining.is_set():
+    """Ready to take devices; 503 while draining; "degraded" (still 200: devices are served)
+    while the cluster store (Redis) is away or does not answer."""
+    relay = request.app[RELAY_KEY]
+    if relay.draining.is_set():
         return web.json_response({"status": "draining"}, status=503)
+    if not relay.cluster.available:
+        return web.json_response(_DEGRADED)
     return web.json_response({"status": "ready"})
 
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
-    body = request.app[RELAY_KEY].metrics.exposition()
+    metrics = request.app[RELAY_KEY].metrics
+    metrics.count_tasks()
+    body = metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
