@@ -2,10 +2,10 @@
 
 The reference business and a relay run as subprocesses on the documented ports (8090, 8000),
 or on free ports substituted consistently into the commands when those are taken. A
-simulated device (`66:9C:4B:DA:13:EA`) is connected throughout, as the push commands need.
-Each guide gets a relay and a business of its own. Each ```sh block that contains `curl` runs
-with `bash -c`, in document order; it must exit 0 and print every `<!-- expect: … -->` line
-written just above it.
+simulated MCP device (`66:9C:4B:DA:13:EA`, tests/relay/mcp_device.py) is connected
+throughout, as the push and tools commands need. Each guide gets a relay and a business of its
+own. Each ```sh block that contains `curl` runs with `bash -c`, in document order; it must exit
+0 and print every `<!-- expect: … -->` line written just above it.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from pathlib import Path
 import aiohttp
 import orjson
 import pytest
-from aiohttp import WSMsgType
 
+from tests.relay.fakes import Device
+from tests.relay.mcp_device import MCP_HELLO, McpDevice
 from tests.relay.test_cli import ROOT, clean_env, stop, wait_http
 from tests.relay.test_simulate import closed_port
 
@@ -125,13 +126,6 @@ async def stack() -> AsyncIterator[Stack]:
         await stop(business)
 
 
-async def run_device(ws: aiohttp.ClientWebSocketResponse, texts: list[str]) -> None:
-    """Read everything the relay sends, as a device that keeps up must."""
-    async for msg in ws:
-        if msg.type == WSMsgType.TEXT:
-            texts.append(msg.data)
-
-
 @each_guide
 def test_guide_has_curl_commands_with_expectations(guide: Path) -> None:
     commands = guide_commands(guide)
@@ -145,15 +139,18 @@ async def test_every_curl_command_of_the_guide_works(guide: Path, stack: Stack) 
     # Not a skip: a guide whose commands are never run rots unnoticed.
     assert shutil.which("curl"), "this test runs the guide's curl commands: apt-get install curl"
     env = {**clean_env(), "RELAY_TOKEN": TOKEN}
-    device_texts: list[str] = []
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(
             f"http://127.0.0.1:{stack.relay}/xiaozhi/v1/", headers={"Device-Id": DEVICE_MAC}
         )
-        await ws.send_str('{"type":"hello","version":1,"transport":"websocket"}')
+        # A device that declares MCP and serves the firmware's tools (docs/protocol.md §3).
+        await ws.send_str(orjson.dumps(MCP_HELLO).decode())
         hello = orjson.loads((await ws.receive(timeout=5)).data)
         assert hello["type"] == "hello"
-        reader = asyncio.get_running_loop().create_task(run_device(ws, device_texts))
+        dev = Device(ws, 1)
+        dev.session_id = hello["session_id"]
+        emu = McpDevice(dev).start()
+        device_texts = emu.texts
         try:
             for cmd in guide_commands(guide):
                 script = with_ports(cmd.script, stack.relay, stack.business)
@@ -175,8 +172,10 @@ async def test_every_curl_command_of_the_guide_works(guide: Path, stack: Stack) 
                     assert expected in out, f"{expected!r} missing; {where}"
         finally:
             await ws.close()
-            await asyncio.wait([reader])
+            await emu.stop()
 
+    # The tool call of the guide ran on the device.
+    assert emu.volume == 60
     # The device really received the pushed command, in the §2.4 envelope.
     pushed = [orjson.loads(t) for t in device_texts if '"wag_tail"' in t]
     assert [p["payload"]["original_request_type"] for p in pushed] == ["push"]
