@@ -100,6 +100,9 @@ async def test_device_without_mcp_and_unknown_device_through_another_node(
 ) -> None:
     a, b = await two_relays(make_relay, redis_server)
     await Device.connect(a, device_id=MAC)
+    async with asyncio.timeout(5):  # registration is written in the background
+        while (await b.get(f"/api/v1/devices/{CANONICAL}")).status != 200:
+            await asyncio.sleep(0.02)
     resp = await b.get(TOOLS)
     assert resp.status == 409
     assert (await resp.json())["node"] == "A"
