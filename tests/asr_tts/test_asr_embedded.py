@@ -291,9 +291,12 @@ async def test_the_loop_keeps_running_while_the_full_vocabulary_decodes(speak: S
             cpu, wall = time.process_time() - cpu, time.monotonic() - wall
             done.set()
         assert "please stop" in text
-        gaps = [b - a for a, b in zip(ticks, ticks[1:], strict=False)]
-        # 6-8 ms here; 16 ms with two busy processes beside, 29 ms with four.
-        assert max(gaps) < 0.04, max(gaps)
+        gaps = sorted(b - a for a, b in zip(ticks, ticks[1:], strict=False))
+        # 6-8 ms here; 16 ms with two busy processes beside, 29 ms with four. A decoder in
+        # this process stalls the loop at every call, so most long gaps would be its; a
+        # loaded machine pauses the process now and then (one gap of 66 ms seen among
+        # hundreds of 5 ms): the 95th percentile is what tells the two apart.
+        assert gaps[len(gaps) * 95 // 100] < 0.04, gaps[-10:]
         # The decoding itself (real-time factor 0.15-0.6) is not this process's work.
         assert cpu < 0.15 * wall, (cpu, wall)
     finally:
