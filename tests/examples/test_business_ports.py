@@ -61,7 +61,8 @@ def go_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("no `go` on PATH: the Go business example was NOT tested (apt golang-go)")
     binary = tmp_path_factory.mktemp("business-go") / "business-go"
     cache = os.environ.get("GOCACHE") or str(Path(tempfile.gettempdir()) / "relay-test-gocache")
-    env = clean_env(GOCACHE=cache, GOFLAGS="-mod=mod", GOTOOLCHAIN="local", CGO_ENABLED="0")
+    env = clean_env(GOCACHE=cache, GOTOOLCHAIN="local", CGO_ENABLED="0")
+    env.setdefault("GOPATH", str(Path(cache) / "gopath"))  # no module is fetched: stdlib only
     subprocess.run(
         [go, "build", "-o", str(binary), "."],
         cwd=ROOT / "examples/business-go",
