@@ -15,8 +15,9 @@ RUN pip install --no-cache-dir . \
  && python -c 'from asr_tts.tts import kokoro_files as f; f.check(f.locate())'
 COPY config.toml ./
 COPY examples examples
-RUN useradd --system relay
-USER relay
+# A fixed numeric user, so that Kubernetes' runAsNonRoot can check it (deploy/kubernetes/).
+RUN useradd --system --uid 10001 --user-group --no-create-home relay
+USER 10001:10001
 EXPOSE 8000
-HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
+HEALTHCHECK --interval=15s --timeout=5s --start-period=60s CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz')"
 CMD ["python", "-m", "relay", "serve", "--config", "/app/config.toml"]

@@ -12,6 +12,10 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # The integration guide's curl commands are run by a test (tests/test_docs_curl.py).
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The Node and Go business examples are run against the relay by a test
+# (tests/examples/test_business_ports.py).
+command -v node >/dev/null 2>&1 || command -v nodejs >/dev/null 2>&1 || missing+=(nodejs)
+command -v go >/dev/null 2>&1 || missing+=(golang-go)
 # The browser console test (tests/relay/test_console.py) drives Debian's Chromium; only on
 # request (scripts/test.sh asks), since it is large and the relay itself never needs it.
 if [ "${RELAY_SETUP_BROWSER:-0}" = 1 ] && [ ! -x /usr/bin/chromium ]; then

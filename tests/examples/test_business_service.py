@@ -13,15 +13,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 from pytest_aiohttp import AiohttpClient
 
 from examples import business_service
 from examples.business_service import make_app, parse_args
-from tests.relay.test_cli import ROOT, clean_env, stop, wait_http
-from tests.relay.test_simulate import closed_port
 
 Event = dict[str, Any]
 SID = "session_12345"
@@ -323,48 +320,7 @@ async def until_logged(path: Path, text: str, count: int, timeout: float = 10.0)
         await asyncio.sleep(0.05)
 
 
-async def test_a_client_gone_mid_answer_is_no_error_and_the_next_is_answered(
-    tmp_path: Path,
-) -> None:
-    # The relay closes the connection in the middle of an answer when it cancels a turn (an
-    # abort, a barge-in): the service, run as a newcomer runs it, must take that quietly.
-    port = closed_port()
-    url = f"http://127.0.0.1:{port}/chat"
-    log_path = tmp_path / "business.log"
-    with log_path.open("wb") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *("examples/business_service.py", "--port", str(port), "--chat-delay", "0.1"),
-            cwd=ROOT,
-            env=clean_env(),
-            stdout=log_file,
-            stderr=log_file,
-        )
-        try:
-            async with aiohttp.ClientSession() as http:
-                await wait_http(http, f"http://127.0.0.1:{port}/", proc)
-                for _ in range(3):
-                    resp = await http.post(url, json=request_body("chat", msg="Tell me a story"))
-                    assert resp.status == 200
-                    first = parse_sse(await resp.content.readuntil(b"\n\n"))
-                    assert first[0]["type"] == "chat"
-                    resp.close()  # drops the connection with the rest of the answer unread
-                await until_logged(log_path, "went away", 3)  # its next writes met closed sockets
-                async with http.post(url, json=request_body("chat", msg="Hello")) as resp:
-                    assert resp.status == 200
-                    events = parse_sse(await resp.read())
-            assert events[-1] == {"event": "message_end", "session_id": SID}
-            assert "Hello" in " ".join(answers(events))
-        finally:
-            code = await stop(proc)
-    log = log_path.read_text(encoding="utf-8", errors="replace")
-    assert code == 0, log
-    assert "Traceback" not in log, log
-    assert not [line for line in log.splitlines() if "ERROR" in line], log
-    # Noticed, at information level: the test did cut answers mid-stream.
-    gone = [line for line in log.splitlines() if "went away" in line]
-    assert len(gone) == 3, log
-    assert all(" INFO " in line for line in gone), log
+# A client gone mid-answer: tests/examples/test_business_ports.py (the three services alike).
 
 
 def test_token_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,3 @@
+module example.com/relay-business
+
+go 1.19
