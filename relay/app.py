@@ -14,7 +14,7 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from aioutil import cancel_and_wait
-from asr_tts.asr.pocketsphinx import EmbeddedASR
+from asr_tts.asr.pool import DecoderPool
 from bridges.business import BusinessClient
 from bridges.http import HTTPClient
 from metrics.registry import Metrics
@@ -117,7 +117,7 @@ def _resources(
         finally:
             await cancel_and_wait(sweeper)
             await cluster.stop()
-            if isinstance(voice.asr, EmbeddedASR):
+            if isinstance(voice.asr, DecoderPool):
                 voice.asr.close()  # its decoder processes exit after their running call
             if redis is not None:
                 await redis.aclose()

@@ -3,14 +3,16 @@ microphone pipeline (ASR, VAD, audio batcher)."""
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Executor
 
 import aiohttp
 
-from asr_tts.asr.base import ASRProvider
+from asr_tts.asr.base import ASRError, ASRProvider
 from asr_tts.asr.openai import OpenAIASR
-from asr_tts.asr.pocketsphinx import EmbeddedASR
+from asr_tts.asr.pocketsphinx import PocketsphinxASR
 from asr_tts.asr.volcengine import VolcengineASR
+from asr_tts.asr.whisper import WhisperASR, check_model
 from asr_tts.segmenter import SegmenterConfig
 from asr_tts.tts.base import TTSProvider
 from asr_tts.tts.cache import FrameCache
@@ -20,9 +22,11 @@ from asr_tts.tts.speaker import Speaker
 from asr_tts.tts.volcengine import VolcengineTTS
 from asr_tts.vad import SileroModel
 from metrics.registry import Metrics
-from relay.config.schema import Config
+from relay.config.schema import ASRConfig, Config
 from relay.device.audio_batcher import AudioBatcher
 from relay.device.listener import VoiceDeps
+
+log = logging.getLogger(__name__)
 
 
 def build_speaker(
@@ -90,11 +94,61 @@ def build_asr(config: Config, session: aiohttp.ClientSession) -> ASRProvider:
             url=v.url,
             timeout_s=v.timeout_s,
         )
-    return EmbeddedASR(
+    return _embedded(asr)
+
+
+def uses_whisper(asr: ASRConfig) -> bool:
+    """Whether `[asr]` asks for the Whisper model ("embedded" without grammar_words)."""
+    return asr.provider == "embedded" and not asr.grammar_words
+
+
+def asr_problem(config: Config) -> str | None:
+    """Why the relay cannot start with this `[asr]`: the Whisper model files are missing or
+    corrupt and no fallback is configured. None when it can."""
+    asr = config.asr
+    if not uses_whisper(asr) or asr.fallback:
+        return None
+    try:
+        check_model(asr.model_dir)
+    except ASRError as exc:
+        return f'{exc} ([asr] fallback = "pocketsphinx" starts without it)'
+    return None
+
+
+def _embedded(asr: ASRConfig) -> ASRProvider:
+    """Whisper base, or pocketsphinx when asked for (or as the configured fallback)."""
+    if asr.provider == "embedded" and asr.grammar_words:
+        # Before Whisper, "embedded" was pocketsphinx and grammar_words its command grammar.
+        log.warning('[asr] grammar_words is a pocketsphinx setting: using provider "pocketsphinx"')
+    if uses_whisper(asr):
+        try:
+            check_model(asr.model_dir)
+            return WhisperASR(
+                pool_size=asr.pool_size,
+                timeout_s=asr.timeout_s,
+                language=asr.language or "auto",
+                threads=asr.threads,
+                model_dir=asr.model_dir,
+            )
+        except ASRError as exc:
+            if not asr.fallback:
+                raise
+            log.error(  # noqa: TRY400 - the message says it all, a traceback would not help
+                "EMBEDDED ASR UNAVAILABLE: %s. Falling back to pocketsphinx: US English only", exc
+            )
+    return PocketsphinxASR(
         pool_size=asr.pool_size,
         timeout_s=asr.timeout_s,
         grammar_words=asr.grammar_words or None,
     )
+
+
+def _default_language(asr: ASRConfig) -> str | None:
+    """What a listener asks for when its device names no language: Whisper holds its own
+    default (auto), the cloud recognisers are given the configured one."""
+    if uses_whisper(asr) or asr.language in ("", "auto"):
+        return None
+    return asr.language
 
 
 def build_voice(
@@ -117,5 +171,5 @@ def build_voice(
         ),
         metrics=metrics,
         max_late_s=vad.max_late_ms / 1000,
-        language=config.asr.language or None,
+        language=_default_language(config.asr),
     )

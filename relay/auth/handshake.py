@@ -25,10 +25,19 @@ class Handshake:
     protocol_version: int
     agent_id: str
     raw_device_id: str = ""  # as sent: HMAC tokens are signed over it
+    language: str = ""  # the language the device speaks ("zh", "en", …); empty: not said
 
 
 class HandshakeError(Refusal):
     """The device WebSocket's handshake cannot be accepted (docs/protocol.md §1.1)."""
+
+
+def spoken_language(value: str) -> str:
+    """The primary language of a `language` parameter or an Accept-Language header, lower
+    case ("zh-CN,zh;q=0.9,en;q=0.8" -> "zh"); empty when it names none ("*", "")."""
+    first = value.split(",")[0].split(";")[0].strip().lower()
+    primary = first.replace("_", "-").split("-")[0]
+    return primary if primary.isascii() and primary.isalpha() else ""
 
 
 def canonical_device_id(raw: str) -> str:
@@ -68,6 +77,8 @@ def parse_handshake(headers: Mapping[str, str], query: Mapping[str, str]) -> Han
         protocol_version=int(version_raw),
         agent_id=get("X-Agent-ID"),
         raw_device_id=raw_device_id,
+        # The query parameter is the device's own choice; a browser sends its locale's header.
+        language=spoken_language(query.get("language") or headers.get("Accept-Language", "")),
     )
 
 

@@ -78,6 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     port = args.port if args.port is not None else config.server.port
     if not config.business:
         log.warning("no [[business]] configured: devices will get business_not_configured")
+    from relay.providers import asr_problem  # imports the speech providers: serving only
+
+    if problem := asr_problem(config):
+        print(f"asr error: {problem}", file=sys.stderr)
+        return 2
     if args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return 2
