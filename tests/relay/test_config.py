@@ -38,6 +38,7 @@ def test_shipped_config_loads_with_documented_keys() -> None:
     assert b.first_event_timeout_s == 15.0
     assert b.idle_timeout_s == 30.0
     assert cfg.tts.provider == "embedded"
+    assert (cfg.asr.provider, cfg.asr.language, cfg.asr.fallback) == ("embedded", "auto", "")
     assert cfg.tts.downlink_sample_rate == 24000
     assert cfg.tts.frame_duration_ms == 60
     assert cfg.api.tokens == ()
@@ -101,6 +102,10 @@ def test_values_are_frozen() -> None:
         ({"tts": {"stop_margin_ms": 2001}}, "tts.stop_margin_ms"),
         ({"tts": {"stop_margin_ms": -1}}, "tts.stop_margin_ms"),
         ({"listen": {"wake_word": []}}, "listen.wake_word"),
+        ({"asr": {"language": "fr"}}, "asr.language"),
+        ({"asr": {"language": "zh-CN"}}, "asr.language"),
+        ({"asr": {"provider": "whisper"}}, "asr.provider"),
+        ({"asr": {"fallback": "openai"}}, "asr.fallback"),
     ],
 )
 def test_bad_value_names_the_key(data: dict[str, Any], key: str) -> None:
