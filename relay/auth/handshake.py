@@ -5,8 +5,9 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from protocol.errors import ApiError, Refusal
 from relay.config.schema import ApiConfig
@@ -38,6 +39,30 @@ def spoken_language(value: str) -> str:
     first = value.split(",")[0].split(";")[0].strip().lower()
     primary = first.replace("_", "-").split("-")[0]
     return primary if primary.isascii() and primary.isalpha() else ""
+
+
+class SpokenLanguages:
+    """The language each device's OTA check named (its Accept-Language: the firmware sends it
+    there), for a WebSocket handshake of the same device that names none. In this process's
+    memory, at most `limit` devices, the least recently heard forgotten first."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._limit = limit
+        self._by_device: OrderedDict[str, str] = OrderedDict()
+
+    def remember(self, device_id: str, accept_language: str) -> None:
+        """Note the language of `device_id`'s OTA check (nothing when it names none)."""
+        if language := spoken_language(accept_language):
+            self._by_device[device_id] = language
+            self._by_device.move_to_end(device_id)
+            if len(self._by_device) > self._limit:
+                self._by_device.popitem(last=False)
+
+    def complete(self, hs: Handshake) -> Handshake:
+        """`hs`, with the remembered language if it names none itself."""
+        if hs.language or not (known := self._by_device.get(hs.device_id)):
+            return hs
+        return replace(hs, language=known)
 
 
 def canonical_device_id(raw: str) -> str:

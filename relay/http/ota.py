@@ -89,7 +89,8 @@ def _disabled() -> web.Response:
 
 
 async def _check(request: web.Request) -> web.Response:
-    config = request.app[RELAY_KEY].config
+    relay = request.app[RELAY_KEY]
+    config = relay.config
     if not config.ota.enabled:
         return _disabled()
     try:
@@ -100,6 +101,7 @@ async def _check(request: web.Request) -> web.Response:
         log.info("ota check refused (%s)", exc.code)
         return refused(exc)
     answer = build_answer(config, req, url, time.time())
+    relay.languages.remember(req.device_id, request.headers.get("Accept-Language", ""))
     log.info("[%s] ota check from %s", req.device_id, req.user_agent[:64] or "?")
     # The answer may carry a device token: no cache may keep it.
     return web.json_response(answer, headers={"Cache-Control": "no-store"})

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from asr_tts.asr.base import ASRProvider
@@ -25,8 +26,9 @@ from asr_tts.tts.espeak import MANDARIN_VOICE, to_pinyin
 from relay.device.connection import DEVICE_ROOM
 from relay.resources import RELAY_KEY
 from tests.relay.conftest import RelayFactory
-from tests.relay.fakes import FakeBusiness
+from tests.relay.fakes import FakeBusiness, open_stream, session_of, sse
 from tests.relay.voice_helpers import (
+    FakeTranscriber,
     SpeechBank,
     VoiceDevice,
     is_stt,
@@ -75,6 +77,13 @@ def voice_asr(client: TestClient[Any, Any]) -> ASRProvider:
     return asr
 
 
+async def silent_answer(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """A business that answers every request with nothing to say: each turn ends at once."""
+    resp = await open_stream(request)
+    await resp.write(sse({"event": "message_end", "session_id": session_of(body)}))
+    return resp
+
+
 async def say(dev: VoiceDevice, pcm: bytes, speed: float = 8.0) -> str:
     """Push-to-talk `pcm`; the stt text, once the answer's `tts stop` has come."""
     await dev.listen("manual")
@@ -88,6 +97,7 @@ async def say(dev: VoiceDevice, pcm: bytes, speed: float = 8.0) -> str:
 async def test_english_and_mandarin_commands_are_heard(
     make_relay: RelayFactory, fake: FakeBusiness, speech: SpeechBank
 ) -> None:
+    fake.script = silent_answer  # no answer to play out in real time between the commands
     client = await make_relay()
     asr = voice_asr(client)
     assert isinstance(asr, WhisperASR)
@@ -201,3 +211,40 @@ async def test_grammar_words_with_embedded_still_mean_the_pocketsphinx_grammar(
     assert isinstance(asr, PocketsphinxASR)
     assert asr.batch
     assert any("grammar_words" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_language_a_device_names_reaches_the_recogniser(
+    make_relay: RelayFactory, fake: FakeBusiness, speech: SpeechBank, aiohttp_server: Any
+) -> None:
+    # Seen from the recogniser's side (a Whisper-compatible endpoint records each request's
+    # language): the handshake's parameter or header, else the device's OTA check's header.
+    fake.script = silent_answer
+    transcriber = FakeTranscriber()
+    server = await aiohttp_server(transcriber.app())
+    openai = {"base_url": str(server.make_url("/"))}
+    client = await make_relay(asr={"provider": "openai", "openai": openai})
+    ota = await client.post(
+        "/xiaozhi/ota/",
+        headers={"Device-Id": "AA:00:00:00:00:04", "Accept-Language": "zh-CN,zh;q=0.9"},
+        data=b'{"application":{"version":"1.0.0"}}',
+    )
+    assert ota.status == 200, await ota.text()
+    devices = [
+        await VoiceDevice.connect(client, device_id="AA:00:00:00:00:01"),
+        await VoiceDevice.connect(
+            client, device_id="AA:00:00:00:00:02", path="/xiaozhi/v1/?language=en"
+        ),
+        await VoiceDevice.connect(
+            client, device_id="AA:00:00:00:00:03", headers={"Accept-Language": "zh-TW"}
+        ),
+        await VoiceDevice.connect(client, device_id="AA:00:00:00:00:04"),  # from its OTA check
+        await VoiceDevice.connect(
+            client, device_id="AA:00:00:00:00:04", path="/xiaozhi/v1/?language=en"
+        ),  # its own choice wins (and replaces the connection before)
+    ]
+    for dev in (*devices[:3], devices[4]):
+        await say(dev, speech.say("dance"))
+    assert transcriber.languages == [None, "en", "zh", "en"]
+    await devices[4].dev.ws.close()
+    await say(await VoiceDevice.connect(client, device_id="AA:00:00:00:00:04"), speech.say("dance"))
+    assert transcriber.languages[-1] == "zh"

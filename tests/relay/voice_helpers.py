@@ -355,6 +355,7 @@ class FakeTranscriber:
     mode: Literal["error", "stall", "empty", "ok"] = "ok"
     text: str = "dance"
     hits: int = 0
+    languages: list[str | None] = field(default_factory=list)  # each request's, None if absent
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -362,7 +363,9 @@ class FakeTranscriber:
         return app
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        await request.read()
+        form = await request.post()
+        language = form.get("language")
+        self.languages.append(language if isinstance(language, str) else None)
         self.hits += 1
         if self.mode == "error":
             body = {"error": {"message": "boom", "type": "server_error", "code": None}}
