@@ -129,6 +129,14 @@ def _resources(
     return ctx
 
 
+def warm_up(app: web.Application) -> None:
+    """Load the embedded recogniser's first decoder now rather than at the first utterance
+    (`relay serve`; tests start it when they speak)."""
+    voice = app[DEVICE_ROOM].voice
+    if voice is not None and isinstance(voice.asr, DecoderPool):
+        voice.asr.warm()
+
+
 async def _close_devices(app: web.Application) -> None:
     # aiohttp docs (web_advanced): close open WebSockets with 1001 on shutdown.
     app[RELAY_KEY].draining.set()

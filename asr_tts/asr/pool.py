@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import multiprocessing
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 from asr_tts.asr import worker as asr_worker
 from asr_tts.asr.base import BYTES_PER_SECOND, MAX_UTTERANCE_S, ASRError, ASRStream
 
+log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _JOB_BYTES = BYTES_PER_SECOND // 4  # feed() hands audio to a streaming worker in 250 ms lots
 _MAX_BYTES = MAX_UTTERANCE_S * BYTES_PER_SECOND
@@ -128,6 +130,7 @@ class DecoderPool:
         self._idle: list[_Worker] = []
         self._workers: set[_Worker] = set()  # started and not stopped: close() stops them
         self._closed = False
+        self._warming: asyncio.Task[None] | None = None
 
     @property
     def batch(self) -> bool:
@@ -144,6 +147,21 @@ class DecoderPool:
         except TimeoutError as exc:
             raise ASRError(f"no free decoder within {self.timeout_s} s") from exc
         return _PooledStream(self, worker, language)
+
+    def warm(self) -> None:
+        """Start one decoder now, in the background, so that the first utterance does not
+        wait for its load (Whisper: 1-3 s); a failure is logged, the next open() tries again."""
+
+        async def start() -> None:
+            try:
+                stream = await self.open()
+            except ASRError as exc:
+                log.warning("%s: no decoder started ahead of use: %s", self.backend.label, exc)
+                return
+            await stream.cancel()
+
+        if self._warming is None:
+            self._warming = asyncio.get_running_loop().create_task(start())
 
     def close(self) -> None:
         """Refuse new work and stop the worker processes (each after its running call)."""

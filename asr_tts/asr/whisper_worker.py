@@ -223,7 +223,12 @@ def _token_budget(seconds: float) -> int:
 
 def _detect(state: _State, audio: np.ndarray[Any, Any]) -> str:
     """The likeliest of the allowed languages, by Whisper's language probabilities."""
-    _lang, _p, probs = state.model.detect_language(audio)
+    model = state.model
+    # The first window's features exactly as transcribe() cuts them (its last frame off), so
+    # that the encoder output detection computes is the one decoding reuses (_share_encoding).
+    features = model.feature_extractor(audio)
+    window = features[:, : min(model.feature_extractor.nb_max_frames, features.shape[-1] - 1)]
+    _lang, _p, probs = model.detect_language(features=window)
     allowed = dict.fromkeys(state.languages, 0.0)
     for lang, p in probs:
         if lang in allowed:

@@ -11,7 +11,7 @@ import socket
 from aiohttp import web
 
 from protocol.errors import CloseCode
-from relay.app import make_app
+from relay.app import make_app, warm_up
 from relay.config.schema import Config
 from relay.device.connection import DEVICE_ROOM
 from relay.resources import RELAY_KEY
@@ -49,6 +49,7 @@ async def serve(config: Config, sock: socket.socket) -> None:
     app = make_app(config)
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
+    warm_up(app)
     await web.SockSite(runner, sock).start()
     host, port = sock.getsockname()[:2]
     log.info("relay listening on http://%s:%d (pid %d)", host, port, os.getpid())

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -248,3 +250,47 @@ async def test_the_language_a_device_names_reaches_the_recogniser(
     await devices[4].dev.ws.close()
     await say(await VoiceDevice.connect(client, device_id="AA:00:00:00:00:04"), speech.say("dance"))
     assert transcriber.languages[-1] == "zh"
+
+
+def spawned_children(pid: int) -> set[int]:
+    """The processes `pid` started with multiprocessing's spawn (decoders, its tracker)."""
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
+        if parent == pid and b"spawn_main" in cmdline:
+            found.add(int(proc.name))
+    return found
+
+
+def test_relay_serve_loads_a_decoder_at_start_and_leaves_none_at_stop(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text("[server]\nport = 0\n", encoding="utf-8")
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "relay", "serve", "--config", str(config)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not (workers := spawned_children(relay.pid)) and time.monotonic() < deadline:
+            assert relay.poll() is None, relay.stderr.read() if relay.stderr else ""
+            time.sleep(0.05)
+        assert workers, "no decoder process was started"
+        relay.send_signal(signal.SIGTERM)
+        assert relay.wait(timeout=30) == 0
+    finally:
+        if relay.poll() is None:
+            relay.kill()
+            relay.wait()
+    left = {p for p in workers if Path(f"/proc/{p}").exists()}
+    deadline = time.monotonic() + 10
+    while left and time.monotonic() < deadline:  # orphans exit when they see the parent gone
+        time.sleep(0.05)
+        left = {p for p in left if Path(f"/proc/{p}").exists()}
+    assert left == set()
