@@ -11,9 +11,9 @@ Workers start lazily, up to `pool_size`; the spawn itself blocks the loop 10-15 
 utterance holds a worker from open() to finish() or cancel(). A worker that dies (killed,
 crashed) fails the utterance in flight with ASRError and is never used again: the next open()
 starts a new one in its place. A finish() that takes longer than `timeout_s` kills its worker
-the same way. close() stops every worker once its running call, if any, has ended; a worker
-also exits when this process dies. multiprocessing adds one small helper process, its
-resource tracker, for as long as this process lives.
+the same way. close() stops every worker once its running call, if any, has ended (one still
+loading is ended at once); a worker also exits when this process dies. multiprocessing adds
+one small helper process, its resource tracker, for as long as this process lives.
 
 A backend either decodes audio while it arrives (`process`, called with 250 ms lots) or takes
 the whole utterance in one `finish` call (batch).
@@ -164,11 +164,15 @@ class DecoderPool:
             self._warming = asyncio.get_running_loop().create_task(start())
 
     def close(self) -> None:
-        """Refuse new work and stop the worker processes (each after its running call)."""
+        """Refuse new work and stop the worker processes (each after its running call; one
+        still loading its model is ended at once: nothing waits for it)."""
         self._closed = True
         self._idle.clear()
         for worker in self._workers:
-            worker.stop()
+            if worker.loaded.done():
+                worker.stop()
+            else:
+                worker.kill()
         self._workers.clear()
 
     def give_back(self, worker: _Worker) -> None:
