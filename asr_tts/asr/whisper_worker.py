@@ -136,6 +136,7 @@ class _State:
     model: WhisperModel
     languages: tuple[str, ...]  # what "auto" chooses between
     to_simplified: Callable[[str], str]
+    encoded: list[tuple[bytes, Any]]  # this utterance's encoder output, by its features' hash
 
 
 _state: _State | None = None
@@ -163,22 +164,23 @@ def load(model_dir: str, threads: int, languages: tuple[str, ...]) -> int:
         )
     except (RuntimeError, ValueError) as exc:
         raise ASRError(f"cannot load the Whisper model: {exc}") from exc
-    _share_encoding(model)
-    _state = _State(model, languages, opencc.OpenCC("t2s").convert)
+    encoded: list[tuple[bytes, Any]] = []
+    _share_encoding(model, encoded)
+    _state = _State(model, languages, opencc.OpenCC("t2s").convert, encoded)
     return os.getpid()
 
 
-def _share_encoding(model: WhisperModel) -> None:
+def _share_encoding(model: WhisperModel, encoded: list[tuple[bytes, Any]]) -> None:
     """Encode the same 30 s window once per utterance, not once for language detection and
-    again for decoding: detect_language() and transcribe() each encode their features."""
+    again for decoding: detect_language() and transcribe() each encode their features.
+    `encoded` keeps the last window's output; finish() empties it for each utterance."""
     encode = model.encode
-    last: list[tuple[bytes, Any]] = []
 
     def shared(features: np.ndarray[Any, Any]) -> Any:
         key = hashlib.blake2b(np.ascontiguousarray(features).data, digest_size=16).digest()
-        if not last or last[0][0] != key:
-            last[:] = [(key, encode(features))]
-        return last[0][1]
+        if not encoded or encoded[0][0] != key:
+            encoded[:] = [(key, encode(features))]
+        return encoded[0][1]
 
     model.__dict__["encode"] = shared
 
@@ -192,6 +194,7 @@ def finish(pcm: bytes, first: bool, language: str | None) -> str:
     state = _state
     if state is None:
         raise ASRError("no Whisper model loaded in this worker")
+    state.encoded.clear()  # nothing of an earlier utterance is reused
     audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
     if audio.size == 0 or float(np.sqrt(np.mean(np.square(audio)))) < _SILENT_RMS:
         return ""
