@@ -44,7 +44,15 @@ from asr_tts.codec import pcm_from_wav, resample
 from asr_tts.pcm import Pcm
 from asr_tts.tts.espeak import MANDARIN_VOICE, to_pinyin
 from bench._cli import parser, run_main
-from bench._common import children, envelope, percentile, progress, r, rss_kib
+from bench._common import (
+    children,
+    envelope,
+    percentile,
+    progress,
+    r,
+    rss_kib,
+    spawned_children,
+)
 from bench._devices import voice_hello
 from bench._peers import device_url, relay_env, start_relay
 from bench._speech import FRAME_S, RATE, espeak, opus_packets, silence, trim
@@ -292,18 +300,9 @@ async def latency(http: aiohttp.ClientSession, port: int, turns: int) -> dict[st
 
 
 def worker_rss_mib(relay_pid: int) -> list[float]:
-    """Resident memory of the relay's decoder processes (its children running spawn_main)."""
-    out = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (proc / "stat").read_text()
-            cmd = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        ours = int(stat[stat.rindex(")") + 2 :].split()[1]) == relay_pid and b"spawn_main" in cmd
-        if ours and (kib := rss_kib(int(proc.name))) > 20_000:  # not the resource tracker
-            out.append(r(kib / 1024, 0))
-    return out
+    """Resident memory of the relay's decoder processes."""
+    rss = [rss_kib(pid) for pid in spawned_children(relay_pid)]
+    return [r(kib / 1024, 0) for kib in rss if kib > 20_000]  # not multiprocessing's helper
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -40,14 +40,13 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pocketsphinx import Decoder
 
 from asr_tts.asr.pocketsphinx import PocketsphinxASR, command_grammar
-from bench._common import envelope, median, percentile, progress, r, rss_kib
+from bench._common import envelope, median, percentile, progress, r, rss_kib, spawned_children
 
 TEXT = "turn on the light. what time is it. dance. " * 6
 COMMANDS = ["turn on the light", "turn off the light", "what time is it", "dance", "stop"]
@@ -193,16 +192,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def worker_pids() -> list[int]:
     """This process's children that are decoder workers (spawned by multiprocessing)."""
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (proc / "stat").read_text()
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == os.getpid() and b"spawn_main" in cmdline:
-            pids.append(int(proc.name))
-    return pids
+    return spawned_children(os.getpid())
 
 
 def mib(kib: int) -> float:

@@ -27,6 +27,7 @@ from asr_tts.asr.whisper_worker import PINNED, model_files
 from asr_tts.tts.espeak import MANDARIN_VOICE, to_pinyin
 from relay.device.connection import DEVICE_ROOM
 from relay.resources import RELAY_KEY
+from tests.asr_tts.test_asr_pocketsphinx import decoder_processes
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import FakeBusiness, open_stream, session_of, sse
 from tests.relay.voice_helpers import (
@@ -252,21 +253,6 @@ async def test_the_language_a_device_names_reaches_the_recogniser(
     assert transcriber.languages[-1] == "zh"
 
 
-def spawned_children(pid: int) -> set[int]:
-    """The processes `pid` started with multiprocessing's spawn (decoders, its tracker)."""
-    found = set()
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (proc / "stat").read_text()
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        parent = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if parent == pid and b"spawn_main" in cmdline:
-            found.add(int(proc.name))
-    return found
-
-
 def test_relay_serve_loads_a_decoder_at_start_and_leaves_none_at_stop(tmp_path: Path) -> None:
     config = tmp_path / "relay.toml"
     config.write_text("[server]\nport = 0\n", encoding="utf-8")
@@ -278,7 +264,7 @@ def test_relay_serve_loads_a_decoder_at_start_and_leaves_none_at_stop(tmp_path: 
     )
     try:
         deadline = time.monotonic() + 60
-        while not (workers := spawned_children(relay.pid)) and time.monotonic() < deadline:
+        while not (workers := decoder_processes(relay.pid)) and time.monotonic() < deadline:
             assert relay.poll() is None, relay.stderr.read() if relay.stderr else ""
             time.sleep(0.05)
         assert workers, "no decoder process was started"
