@@ -4,10 +4,13 @@
 sources; nothing runs it. mypy checks it, so an entry cannot outlive the name it keeps.
 """
 
+import logging
+
 import onnxruntime
 
 from asr_tts.segmenter import Segmenter
 from asr_tts.tts.cache import FrameCache
+from asr_tts.tts.kokoro import KokoroTTS
 from protocol.errors import CloseCode
 
 # The close codes of docs/protocol.md §1.7, named in one place: aiohttp itself closes with 1009
@@ -27,3 +30,9 @@ FrameCache(max_bytes=0).evictions
 onnxruntime.SessionOptions.intra_op_num_threads
 onnxruntime.SessionOptions.inter_op_num_threads
 onnxruntime.SessionOptions.log_severity_level
+
+# Read by logging.Formatter.formatMessage when the format names %(asctime)s (relay/logsafe.py).
+logging.LogRecord.asctime
+
+# Read by the licence test: the modules a Kokoro worker imported (no GPL phonemiser).
+KokoroTTS.loaded_modules

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-from bridges.http import Endpoint, HTTPClient, HTTPError, Response
-from protocol.business import BadEvent, BusinessEvent, is_end, parse_event, session_ok
+from bridges.http import IDLE_TIMEOUT_S, Endpoint, HTTPClient, HTTPError, Response
+from protocol.business import (
+    BadEvent,
+    BusinessEvent,
+    is_end,
+    parse_event,
+    relay_headers,
+    session_ok,
+)
 from protocol.errors import BusinessError, BusinessOutcome, business_error
 from protocol.sse import SSEDecoder, SSEEvent
 
@@ -26,13 +34,24 @@ class BusinessTarget:
 
     name: str
     url: str
-    token: str = ""
+    token: str = field(default="", repr=False)  # secrets stay out of every repr and log
+    signing_secret: str = field(default="", repr=False)  # signs requests (§2.1)
     session_check: SessionCheck = "strict"
     connect_timeout_s: float = 3.0
     first_event_timeout_s: float = 15.0
     idle_timeout_s: float = 30.0
     total_timeout_s: float = 300.0
+    keepalive_timeout_s: float = IDLE_TIMEOUT_S  # an idle pooled connection is closed after
     max_event_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who a request is for, as the relay vouches for it (§2.1, X-Relay-* headers): the
+    authenticated, canonical device id and the device connection's session id."""
+
+    device_id: str
+    session_id: str
 
 
 @dataclass(slots=True)
@@ -72,12 +91,18 @@ class BusinessClient:
         return endpoint
 
     async def stream(
-        self, target: BusinessTarget, body: bytes, expected_session: str, stats: StreamStats
+        self,
+        target: BusinessTarget,
+        body: bytes,
+        caller: Caller,
+        expected_session: str,
+        stats: StreamStats,
     ) -> AsyncGenerator[BusinessEvent, None]:
         """POST `body` and yield each event that passes the session check (§2.3).
 
-        Ends at `message_end` or end of stream. Failures of §2.6 end the iteration quietly;
-        `stats.failure` then names the error the device must be told.
+        Ends at `message_end` or end of stream. Failures of §2.6, and an end of stream
+        without `message_end` (§2.7), end the iteration quietly; `stats.failure` then names
+        the error the device must be told.
         """
         clock = asyncio.get_running_loop().time  # deadlines on the loop's own clock
         start = clock()
@@ -92,8 +117,9 @@ class BusinessClient:
                 resp = await self._http.post(
                     self._endpoint(target.url),
                     body,
-                    _headers(target),
+                    _headers(target, caller, body),
                     connect_timeout_s=target.connect_timeout_s,
+                    keepalive_s=target.keepalive_timeout_s,
                 )
             _check_response(resp)
             while True:
@@ -113,7 +139,7 @@ class BusinessClient:
                         await _drain(resp)
                         return
                 if not chunk:
-                    stats.outcome = BusinessOutcome.NO_END
+                    stats.outcome = BusinessOutcome.INCOMPLETE
                     return
                 if stats.first_event_s is not None:
                     deadline = min(clock() + target.idle_timeout_s, total_deadline)
@@ -130,10 +156,19 @@ class BusinessClient:
             stats.total_s = clock() - start
 
 
-def _headers(target: BusinessTarget) -> dict[str, str]:
+def _headers(target: BusinessTarget, caller: Caller, body: bytes) -> dict[str, str]:
     headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
     if target.token:
         headers["Authorization"] = f"Bearer {target.token}"
+    headers.update(
+        relay_headers(
+            caller.device_id,
+            caller.session_id,
+            body,
+            secret=target.signing_secret,
+            now=int(time.time()),
+        )
+    )
     return headers
 
 

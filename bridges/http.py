@@ -2,6 +2,10 @@
 keep-alive connections. aiohttp's client costs several hundred µs of CPU per request; this
 one does only what the business wire needs (docs/protocol.md §2.1): POST, status, headers,
 chunked / Content-Length / close-delimited bodies, TLS, keep-alive. It never retries.
+
+Idle pooled connections are swept once a second while there are any: those the server closed
+(or wrote to while idle) and those idle longer than their keep-alive timeout are closed, so
+none lingers in CLOSE-WAIT until the next request to that server.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from urllib.parse import urlsplit
 MAX_HEADER_BYTES = 64 * 1024
 READ_SIZE = 64 * 1024
 IDLE_TIMEOUT_S = 4.0  # below common server keep-alive timeouts (Node.js: 5 s)
+SWEEP_INTERVAL_S = 1.0  # how often idle connections are checked while there are any
 MAX_IDLE_PER_ORIGIN = 512
 USER_AGENT = "voice-relay/0.1"
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")  # RFC 9112 §7.1: chunk-size = 1*HEXDIG
@@ -54,18 +59,20 @@ class Endpoint:
 
 
 class _Conn:
-    __slots__ = ("idle_since", "reader", "writer")
+    __slots__ = ("idle_since", "keepalive_s", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader
         self.writer = writer
         self.idle_since = 0.0
+        self.keepalive_s = IDLE_TIMEOUT_S
 
     def usable(self, now: float) -> bool:
         # Bytes that arrived while idle (a server's 408 before it closes) are no answer to
         # the next request: such a connection is done. StreamReader has no public peek.
+        # A server that closed its side leaves the reader at EOF (our socket in CLOSE-WAIT).
         return (
-            now - self.idle_since < IDLE_TIMEOUT_S
+            now - self.idle_since < self.keepalive_s
             and not self.reader._buffer  # type: ignore[attr-defined]
             and not self.reader.at_eof()
             and not self.writer.is_closing()
@@ -210,6 +217,7 @@ class HTTPClient:
         self._idle: dict[tuple[str, str, int], deque[_Conn]] = {}
         self._ssl = ssl_context
         self._closed = False
+        self._sweep_timer: asyncio.TimerHandle | None = None
 
     async def post(
         self,
@@ -218,8 +226,11 @@ class HTTPClient:
         headers: Mapping[str, str],
         *,
         connect_timeout_s: float,
+        keepalive_s: float | None = None,
     ) -> Response:
-        """Send a POST and read the response head; the caller reads the body and releases."""
+        """Send a POST and read the response head; the caller reads the body and releases.
+        The connection then waits in the pool at most `keepalive_s` (default IDLE_TIMEOUT_S)
+        for the next request to this origin."""
         if self._closed:
             raise HTTPError("client closed")
         key = (endpoint.scheme, endpoint.host, endpoint.port)
@@ -237,6 +248,7 @@ class HTTPClient:
         # Encoded before a connection is taken: an unencodable head leaks none.
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
         conn = self._take(key) or await self._connect(endpoint, connect_timeout_s)
+        conn.keepalive_s = IDLE_TIMEOUT_S if keepalive_s is None else keepalive_s
         resp = Response(self, key, conn)
         try:
             conn.writer.write(head + body)
@@ -251,6 +263,9 @@ class HTTPClient:
     async def close(self) -> None:
         """Close every pooled connection."""
         self._closed = True
+        if self._sweep_timer is not None:
+            self._sweep_timer.cancel()
+            self._sweep_timer = None
         for conns in self._idle.values():
             for conn in conns:
                 conn.close()
@@ -271,13 +286,36 @@ class HTTPClient:
         if conns is None:
             conns = self._idle[key] = deque()
         now = time.monotonic()
-        while conns and now - conns[0].idle_since >= IDLE_TIMEOUT_S:
+        while conns and now - conns[0].idle_since >= conns[0].keepalive_s:
             conns.popleft().close()
         if self._closed or len(conns) >= MAX_IDLE_PER_ORIGIN:
             conn.close()
             return
         conn.idle_since = now
         conns.append(conn)
+        self._arm_sweep()
+
+    def _arm_sweep(self) -> None:
+        if self._sweep_timer is None and self._idle and not self._closed:
+            loop = asyncio.get_running_loop()
+            self._sweep_timer = loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def _sweep(self) -> None:
+        # Closes what the next request would discard anyway, without waiting for it.
+        self._sweep_timer = None
+        now = time.monotonic()
+        for key, conns in list(self._idle.items()):
+            keep: deque[_Conn] = deque()
+            for conn in conns:
+                if conn.usable(now):
+                    keep.append(conn)
+                else:
+                    conn.close()
+            if keep:
+                self._idle[key] = keep
+            else:
+                del self._idle[key]
+        self._arm_sweep()
 
     async def _connect(self, endpoint: Endpoint, timeout_s: float) -> _Conn:
         ctx: ssl.SSLContext | None = None

@@ -14,19 +14,27 @@ spoken (its details.answer; optional tts_provider, voice_type, speed_ratio, pitc
 its optional details.emotion (happy, sad, thinking, ...) is shown on the device's screen
 before the answer is spoken. Every other event (commands, data, errors) reaches the device
 untouched as a custom message.
-Run: python examples/business_service.py --port 8090 [--token T] (or env BUSINESS_TOKEN).
+Who is asking: a pass-through body is the device's own text, so trust the relay's headers, not
+the body's auth.device_id: X-Relay-Device-Id (the authenticated device) and X-Relay-Session-Id
+(its connection). With a signing secret (the relay's `[[business]] signing_secret`) every
+request must carry X-Relay-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
+"<t>.<raw body>")>; a missing or wrong one, or a t more than 5 minutes off, is answered 401.
+Run: python examples/business_service.py --port 8090 [--token T] [--signing-secret S]
+(or env BUSINESS_TOKEN, BUSINESS_SIGNING_SECRET).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import hmac
 import itertools
 import logging
 import os
 import re
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +52,7 @@ KEYWORD_ACTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
     (("wag", "摇尾巴"), "wag_tail", {"duration": 3}),
 )
 DEMO_BATTERY_LEVEL = 85  # a real service would answer from its own records
+SIGNATURE_MAX_SKEW_S = 300  # a signed request older (or newer) than this is refused
 
 # details.emotion of a chat event (docs/protocol.md §2.2): the face on the device's screen, one of
 # neutral, happy, laughing, funny, sad, angry, crying, loving, embarrassed, surprised, shocked,
@@ -63,6 +72,7 @@ class Settings:
 
     token: str | None
     chat_delay_s: float
+    signing_secret: bytes | None = None
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -158,13 +168,33 @@ def authorized(request: web.Request, token: str | None) -> bool:
     return hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected)
 
 
+def relay_signed(secret: bytes, header: str, body: bytes, now: float | None = None) -> bool:
+    """Whether `header` (X-Relay-Signature) signs `body`, the raw bytes received, with
+    `secret`, at a time within SIGNATURE_MAX_SKEW_S of `now`."""
+    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
+    t, v1 = fields.get("t", ""), fields.get("v1", "")
+    now = time.time() if now is None else now
+    if not (t.isascii() and t.isdigit()) or abs(now - int(t)) > SIGNATURE_MAX_SKEW_S:
+        return False
+    mac = hmac.new(secret, t.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(mac.encode(), v1.encode("utf-8", "replace"))
+
+
 async def handle(request: web.Request) -> web.StreamResponse:
     """POST /chat: validate the request, then stream the answer as Server-Sent Events."""
     settings = request.app[SETTINGS]
     if not authorized(request, settings.token):
         return json_error(401, "unauthorized")
+    raw = await request.read()
+    secret = settings.signing_secret
+    if secret and not relay_signed(secret, request.headers.get("X-Relay-Signature", ""), raw):
+        return json_error(401, "missing, wrong or expired X-Relay-Signature")
+    # The device this request is for, as the relay vouches for it: use it (not the body's
+    # auth.device_id, which a device can write as it likes) to look up your own records.
+    device_id = urllib.parse.unquote(request.headers.get("X-Relay-Device-Id", ""))
+    log.debug("request for device %r", device_id[:64])
     try:
-        body = orjson.loads(await request.read())
+        body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return json_error(400, "body is not JSON")
     if not isinstance(body, dict) or not isinstance(body.get("type"), str):
@@ -202,21 +232,31 @@ async def handle(request: web.Request) -> web.StreamResponse:
     return response
 
 
-def make_app(*, token: str | None = None, chat_delay_s: float = 0.0) -> web.Application:
-    """Build the service; `chat_delay_s` sleeps before each chat event (latency experiments)."""
+def make_app(
+    *, token: str | None = None, chat_delay_s: float = 0.0, signing_secret: str | None = None
+) -> web.Application:
+    """Build the service; `chat_delay_s` sleeps before each chat event (latency experiments),
+    `signing_secret` makes every request need a valid X-Relay-Signature."""
     app = web.Application()
-    app[SETTINGS] = Settings(token=token or None, chat_delay_s=chat_delay_s)
+    secret = signing_secret.encode() if signing_secret else None
+    app[SETTINGS] = Settings(token=token or None, chat_delay_s=chat_delay_s, signing_secret=secret)
     app.router.add_post("/chat", handle)
     app.router.add_post("/", handle)
     return app
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """Command-line options; the token defaults to the BUSINESS_TOKEN environment variable."""
+    """Command-line options; the token and the signing secret default to the BUSINESS_TOKEN
+    and BUSINESS_SIGNING_SECRET environment variables."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8090)
     parser.add_argument("--token", default=os.environ.get("BUSINESS_TOKEN"))
+    parser.add_argument(
+        "--signing-secret",
+        default=os.environ.get("BUSINESS_SIGNING_SECRET"),
+        help="the relay's [[business]] signing_secret: requests must carry X-Relay-Signature",
+    )
     parser.add_argument("--chat-delay", type=float, default=0.0, help="seconds before each event")
     return parser.parse_args(argv)
 
@@ -227,7 +267,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    app = make_app(token=args.token, chat_delay_s=args.chat_delay)
+    app = make_app(
+        token=args.token, chat_delay_s=args.chat_delay, signing_secret=args.signing_secret
+    )
     web.run_app(app, host=args.host, port=args.port)
 
 

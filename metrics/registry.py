@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -26,6 +27,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",  # summed over the live worker processes
         )
+        self.event_loop_tasks = Gauge(
+            "relay_event_loop_tasks",
+            "asyncio tasks alive in the relay's event loop (a leak shows as steady growth).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.connections_opened = Counter(
             "relay_connections_opened_total", "Device connections accepted.", registry=r
         )
@@ -38,6 +45,12 @@ class Metrics:
         self.handshake_rejected = Counter(
             "relay_handshake_rejected_total",
             "Device handshakes refused before the upgrade, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.edge_refused = Counter(
+            "relay_edge_refused_total",
+            "Sockets and requests the edge refused or cut before any handler, by reason.",
             ["reason"],
             registry=r,
         )
@@ -184,6 +197,10 @@ class Metrics:
             "Answers whose tts_provider is not configured; spoken by the default provider.",
             registry=r,
         )
+
+    def count_tasks(self) -> None:
+        """Set `relay_event_loop_tasks` from the running loop (at scrapes and sweeps)."""
+        self.event_loop_tasks.set(len(asyncio.all_tasks()))
 
     def message_counters(self, mtype: str, direction: str) -> tuple[Counter, Counter]:
         """The (messages, bytes) children for a type and direction, resolved once: the

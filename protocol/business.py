@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -11,6 +14,11 @@ from protocol import jsonutil
 from protocol.errors import MESSAGES, BusinessError
 
 MAX_EMOTION_CHARS = 32  # an emotion is one word of the firmware's set; longer is not one
+DEVICE_ID_HEADER = "X-Relay-Device-Id"
+SESSION_ID_HEADER = "X-Relay-Session-Id"
+SIGNATURE_HEADER = "X-Relay-Signature"
+# Visible ASCII but "%" stays as it is in an X-Relay-* value; the rest is percent-encoded.
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +57,33 @@ def chat_request(device_id: str, text: str, session_id: str, timestamp_ms: int) 
             "details": {"msg": text, "session_id": session_id, "timestamp": timestamp_ms},
         }
     )
+
+
+def relay_headers(
+    device_id: str, session_id: str, body: bytes, *, secret: str, now: int
+) -> dict[str, str]:
+    """The headers the relay vouches for on every business request (§2.1, "who is asking"):
+    the authenticated device and the connection's session, and with a `secret` a signature
+    over `now` (Unix seconds) and the exact body bytes."""
+    headers = {
+        DEVICE_ID_HEADER: header_value(device_id),
+        SESSION_ID_HEADER: header_value(session_id),
+    }
+    if secret:
+        headers[SIGNATURE_HEADER] = signature(secret, body, now)
+    return headers
+
+
+def header_value(text: str) -> str:
+    """`text` as an HTTP header value: unchanged when it is visible ASCII without "%" (every
+    MAC, UUID and session id), otherwise percent-encoded UTF-8 (`urllib.parse.unquote`)."""
+    return quote(text, safe=_HEADER_SAFE)
+
+
+def signature(secret: str, body: bytes, t: int) -> str:
+    """`t=<t>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>` (§2.1); the secret as UTF-8."""
+    mac = hmac.new(secret.encode(), b"%d.%s" % (t, body), hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
 
 
 def parse_event(data: str) -> BusinessEvent:

@@ -148,6 +148,8 @@ def decode(data: str | bytes) -> DeviceMessage:
     """Decode one text frame; raise `ProtocolError` with the code the device will be told."""
     try:
         obj = jsonutil.loads(data)
+    except jsonutil.TooDeep as exc:
+        raise ProtocolError(DeviceError.TOO_DEEP) from exc
     except ValueError as exc:
         raise ProtocolError(DeviceError.BAD_JSON) from exc
     if not isinstance(obj, dict):

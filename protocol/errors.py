@@ -1,10 +1,12 @@
 """Every error code the relay speaks, and the one mapping from a failure to what a peer is
-told: a device `error` message (docs/protocol.md §1.5), a business error event (§2.6), a
+told: a device `error` message (docs/protocol.md §1.5), a business error event (§2.6, §2.7), a
 close code (§1.7), or an HTTP status with `errorType` and a hint (the HTTP API)."""
 
 from __future__ import annotations
 
 from enum import IntEnum, StrEnum
+
+from protocol.jsonutil import MAX_DEPTH
 
 
 class CloseCode(IntEnum):
@@ -12,6 +14,7 @@ class CloseCode(IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002  # a client frame without the mask bit (RFC 6455 §5.1)
     POLICY = 1008
     TOO_BIG = 1009
     INTERNAL = 1011
@@ -31,23 +34,25 @@ class DeviceError(StrEnum):
     NOT_READY = "not_ready"
     BUSY = "busy"
     TEXT_TOO_LONG = "text_too_long"
+    TOO_DEEP = "too_deep"
 
 
 class BusinessError(StrEnum):
-    """Codes of the error events a device receives when a business request fails (§2.6)."""
+    """Codes of the error events a device receives when a business request fails (§2.6, §2.7)."""
 
     UNREACHABLE = "business_unreachable"
     STATUS = "business_status"
     CONTENT_TYPE = "business_content_type"
     TIMEOUT = "business_timeout"
     NOT_CONFIGURED = "business_not_configured"
+    INCOMPLETE = "business_incomplete"
 
 
 class BusinessOutcome(StrEnum):
     """How one business request ended; a small fixed set, used as a metric label."""
 
     OK = "ok"
-    NO_END = "no_message_end"
+    INCOMPLETE = "incomplete"  # the stream ended without this request's message_end (§2.7)
     UNREACHABLE = "unreachable"
     STATUS = "status"
     CONTENT_TYPE = "content_type"
@@ -55,12 +60,13 @@ class BusinessOutcome(StrEnum):
     CANCELLED = "cancelled"
 
 
-# The outcomes a device is told about, in the §2.4 envelope (§2.6).
+# The outcomes a device is told about, in the §2.4 envelope (§2.6, §2.7).
 _BUSINESS_ERROR = {
     BusinessOutcome.UNREACHABLE: BusinessError.UNREACHABLE,
     BusinessOutcome.STATUS: BusinessError.STATUS,
     BusinessOutcome.CONTENT_TYPE: BusinessError.CONTENT_TYPE,
     BusinessOutcome.TIMEOUT: BusinessError.TIMEOUT,
+    BusinessOutcome.INCOMPLETE: BusinessError.INCOMPLETE,
 }
 
 
@@ -79,11 +85,13 @@ MESSAGES: dict[str, str] = {
     DeviceError.NOT_READY: "send hello first",
     DeviceError.BUSY: "too many requests in flight for this session",
     DeviceError.TEXT_TOO_LONG: "the text is longer than this relay accepts",
+    DeviceError.TOO_DEEP: f"JSON nested deeper than {MAX_DEPTH} levels",
     BusinessError.UNREACHABLE: "business service could not be reached",
     BusinessError.STATUS: "business service answered with an error status",
     BusinessError.CONTENT_TYPE: "business service did not answer with text/event-stream",
     BusinessError.TIMEOUT: "business service did not answer in time",
     BusinessError.NOT_CONFIGURED: "no business service is configured for this device",
+    BusinessError.INCOMPLETE: "business service ended its answer without message_end",
 }
 
 
@@ -101,6 +109,7 @@ class ApiError(StrEnum):
 
     BAD_REQUEST = "bad_request"
     BAD_JSON = "bad_json"
+    TOO_DEEP = "too_deep"
     TOO_LARGE = "too_large"
     UNAUTHORIZED = "unauthorized"
     UNKNOWN_AGENT = "unknown_agent"
@@ -119,12 +128,17 @@ class ApiError(StrEnum):
     REDIS_UNAVAILABLE = "redis_unavailable"
     REJECTED = "rejected"
     NOT_SUPPORTED = "not_supported"
+    # The edge, on any path (README "Limits at the edge").
+    OVER_CAPACITY = "over_capacity"
+    REQUEST_TIMEOUT = "request_timeout"
+    BAD_BODY = "bad_body"
 
 
 # Status and default hint of each `errorType`; a call site may give a more precise hint.
 HTTP: dict[ApiError, tuple[int, str]] = {
     ApiError.BAD_REQUEST: (400, ""),
     ApiError.BAD_JSON: (400, ""),
+    ApiError.TOO_DEEP: (400, f"nest arrays and objects at most {MAX_DEPTH} levels deep"),
     ApiError.TOO_LARGE: (413, ""),
     ApiError.UNAUTHORIZED: (401, "send Authorization: Bearer <token> with an [api] token"),
     ApiError.UNKNOWN_AGENT: (400, "see [[business]] name"),
@@ -162,6 +176,9 @@ HTTP: dict[ApiError, tuple[int, str]] = {
         "the device's hello did not declare features.notify.config_updated,"
         " so it would ignore a notify",
     ),
+    ApiError.OVER_CAPACITY: (503, "retry shortly, or connect to another relay"),
+    ApiError.REQUEST_TIMEOUT: (408, "send the whole request at once"),
+    ApiError.BAD_BODY: (400, ""),
 }
 
 

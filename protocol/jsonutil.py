@@ -16,6 +16,23 @@ _scanstring: Callable[[str, int], tuple[str, int]] = json.decoder.scanstring  # 
 
 _WS = re.compile(r"[ \t\n\r]*")
 
+MAX_DEPTH = 64
+"""Arrays and objects nested deeper than this are refused: no peer needs more, and the
+stdlib's recursive scanner (`members`, the big-number fallback) fails near 1,000 levels."""
+
+# Depth is measured on the bracket skeleton of a document: its strings (whose brackets are
+# text) and everything but brackets removed, `{}` written as `[]`.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_SQUARE = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKET = bytes(range(256)).translate(None, b"[]{}")
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than `MAX_DEPTH` levels."""
+
+    def __init__(self) -> None:
+        super().__init__(f"JSON nested deeper than {MAX_DEPTH} levels")
+
 
 def _skip(text: str, idx: int) -> int:
     m = _WS.match(text, idx)
@@ -27,22 +44,44 @@ def _no_constant(name: str) -> Any:
 
 
 def loads(data: bytes | str) -> Any:
-    """Parse strict JSON (RFC 8259: UTF-8, no NaN/Infinity, no BOM); raise ValueError.
+    """Parse strict JSON (RFC 8259: UTF-8, no NaN/Infinity, no BOM) nested at most
+    `MAX_DEPTH` levels; raise ValueError (`TooDeep` for the nesting).
 
     orjson reads integers beyond 64 bits as floats and refuses numbers beyond a double; the
     stdlib, in strict mode, parses what orjson refuses. Code that forwards JSON must forward
     its source text (`member_text`), never a re-serialisation.
     """
     try:
-        return orjson.loads(data)
+        obj = orjson.loads(data)
     except orjson.JSONDecodeError:
         text = data.decode("utf-8") if isinstance(data, bytes) else data  # UnicodeDecodeError
         try:
             obj = json.loads(text, parse_constant=_no_constant)
-            _reject_lone_surrogates(obj)  # the stdlib accepts "\ud800"; UTF-8 and orjson do not
-            return obj
         except RecursionError as exc:
-            raise ValueError("JSON nested too deeply") from exc
+            raise TooDeep from exc
+        _check_depth(text)
+        _reject_lone_surrogates(obj)  # the stdlib accepts "\ud800"; UTF-8 and orjson do not
+        return obj
+    _check_depth(data)
+    return obj
+
+
+def _check_depth(doc: bytes | str) -> None:
+    """Raise `TooDeep` when valid JSON `doc` nests arrays and objects beyond `MAX_DEPTH`.
+
+    Most documents hold fewer brackets than the limit, which two counts in C show. Others
+    are cut to their bracket skeleton, from which each pass removes the innermost pairs: the
+    passes needed are the depth, so at most `MAX_DEPTH` of them, each a C-speed replace."""
+    if isinstance(doc, str):
+        doc = doc.encode("utf-8", "surrogatepass")
+    if doc.count(b"[") + doc.count(b"{") <= MAX_DEPTH:
+        return
+    skeleton = _STRING.sub(b"", doc).translate(_SQUARE, _NOT_BRACKET)
+    for _level in range(MAX_DEPTH):
+        skeleton = skeleton.replace(b"[]", b"")
+        if not skeleton:
+            return
+    raise TooDeep
 
 
 def _reject_lone_surrogates(obj: Any) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import orjson
 from aiohttp import web
 
 from protocol.errors import ApiError, Refusal, api_error_body
@@ -18,3 +19,15 @@ def refused(exc: Refusal) -> web.Response:
     """The HTTP answer to a refused request."""
     status, body = exc.answer()
     return web.json_response(body, status=status)
+
+
+_RAISED = {400: web.HTTPBadRequest, 408: web.HTTPRequestTimeout}
+
+
+def api_exception(code: ApiError, error: str, hint: str | None = None) -> web.HTTPException:
+    """The answer of `api_error` as an exception, for where a handler cannot return one (a
+    body that cannot be read); the connection closes after it."""
+    status, body = api_error_body(code, error, hint)
+    exc = _RAISED[status](text=orjson.dumps(body).decode(), content_type="application/json")
+    exc.force_close()
+    return exc

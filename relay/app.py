@@ -11,7 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import aiohttp
 from aiohttp import web
-from redis.asyncio import Redis
 
 from aioutil import cancel_and_wait
 from asr_tts.asr.pool import DecoderPool
@@ -22,6 +21,7 @@ from protocol.errors import CloseCode
 from protocol.node import PushReason
 from relay.auth.device import DeviceAuthenticator
 from relay.auth.handshake import canonical_device_id
+from relay.auth.tokens import open_token_store
 from relay.cluster.base import Cluster, LocalCluster, Presence
 from relay.cluster.redis import RedisCluster
 from relay.config.load import WORKER_ENV
@@ -29,6 +29,7 @@ from relay.config.schema import Config
 from relay.device.connection import DEVICE_ROOM, DeviceRoom
 from relay.device.endpoint import idle_sweeper, websocket_handler
 from relay.device.turn import TurnDeps
+from relay.edge import EDGE_KEY, Edge, edge_middleware
 from relay.http import api, devices, ota
 from relay.http.console import add_routes as add_console_routes
 from relay.providers import build_speaker, build_voice
@@ -42,7 +43,9 @@ WS_PATHS = ("/v1/ws/", "/xiaozhi/v1/")
 
 def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Application:
     """Build the relay application for `config`."""
-    app = web.Application(middlewares=[api.api_auth])
+    metrics = metrics or Metrics()
+    app = web.Application(middlewares=[edge_middleware, api.api_auth])
+    app[EDGE_KEY] = Edge(config.server, metrics)  # used when relay.run.server serves the app
     for path in WS_PATHS:
         app.router.add_get(path, websocket_handler)
         app.router.add_get(path.rstrip("/"), websocket_handler)
@@ -60,7 +63,7 @@ def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicati
             app.router.add_route("OPTIONS", route, ota.preflight)  # browsers' CORS preflight
     if config.console.enabled:  # a virtual device in the browser; off by default
         add_console_routes(app)
-    app.cleanup_ctx.append(_resources(config, metrics or Metrics()))
+    app.cleanup_ctx.append(_resources(config, metrics))
     app.on_shutdown.append(_close_devices)  # the last resort; relay.run.server drains first
     return app
 
@@ -78,7 +81,7 @@ def _resources(
         cloud = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         speaker = build_speaker(config, cloud, executor, metrics)
         voice = build_voice(config, cloud, audio_executor, metrics)
-        redis = Redis.from_url(config.redis.url) if config.redis.url else None
+        redis = open_token_store(config.redis.url) if config.redis.url else None
         cluster = build_cluster(config)
         targets = {b.name: b.target() for b in config.business}
         device_targets = {  # entries may be MACs with colons: canonical form (§1.1)
@@ -117,6 +120,7 @@ def _resources(
         finally:
             await cancel_and_wait(sweeper)
             await cluster.stop()
+            speaker.close()  # Kokoro's worker processes end
             if isinstance(voice.asr, DecoderPool):
                 voice.asr.close()  # its decoder processes exit after their running call
             if redis is not None:

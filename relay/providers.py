@@ -17,12 +17,14 @@ from asr_tts.segmenter import SegmenterConfig
 from asr_tts.tts.base import TTSProvider
 from asr_tts.tts.cache import FrameCache
 from asr_tts.tts.espeak import EmbeddedTTS
+from asr_tts.tts.kokoro import KokoroTTS
+from asr_tts.tts.kokoro_files import ModelFileError
 from asr_tts.tts.openai import OpenAITTS
 from asr_tts.tts.speaker import Speaker
 from asr_tts.tts.volcengine import VolcengineTTS
 from asr_tts.vad import SileroModel
 from metrics.registry import Metrics
-from relay.config.schema import ASRConfig, Config
+from relay.config.schema import ASRConfig, Config, ConfigError
 from relay.device.audio_batcher import AudioBatcher
 from relay.device.listener import VoiceDeps
 
@@ -34,9 +36,11 @@ def build_speaker(
 ) -> Speaker:
     """The TTS registry keyed by the name a business sends in `tts_provider` (§2.2)."""
     tts = config.tts
-    providers: dict[str, TTSProvider] = {
-        "embedded": EmbeddedTTS(max_concurrency=tts.max_concurrency, timeout_s=tts.timeout_s)
-    }
+    espeak = EmbeddedTTS(max_concurrency=tts.max_concurrency, timeout_s=tts.timeout_s)
+    # A business's tts_provider "embedded" names the relay's own voice, whichever it is.
+    providers: dict[str, TTSProvider] = {"espeak": espeak, "embedded": espeak}
+    if tts.provider == "embedded":
+        providers["embedded"] = build_kokoro(config) or espeak
     if tts.openai.base_url:
         providers["openai"] = OpenAITTS(
             tts.openai.base_url,
@@ -73,6 +77,26 @@ def build_speaker(
     )
 
 
+def build_kokoro(config: Config) -> KokoroTTS | None:
+    """Kokoro with its files checked; None (espeak speaks) if they are bad and `[tts] fallback
+    = "espeak"`, else ConfigError naming the bad file: the relay refuses to start."""
+    tts = config.tts
+    try:
+        return KokoroTTS(
+            pool_size=tts.pool_size,
+            threads=tts.threads,
+            timeout_s=tts.timeout_s,
+            voices={"zh": tts.voice.zh, "en": tts.voice.en},
+            voices_dir=tts.voices_dir or None,
+        )
+    except ModelFileError as exc:
+        if tts.fallback != "espeak":
+            raise ConfigError(f"tts.provider: {exc}") from exc
+        # The message names the bad file; a traceback would add nothing.
+        log.error("KOKORO CANNOT SPEAK, espeak-ng speaks instead ([tts] fallback): %s", exc)  # noqa: TRY400
+        return None
+
+
 def build_asr(config: Config, session: aiohttp.ClientSession) -> ASRProvider:
     """The configured speech recogniser."""
     asr = config.asr
@@ -97,30 +121,12 @@ def build_asr(config: Config, session: aiohttp.ClientSession) -> ASRProvider:
     return _embedded(asr)
 
 
-def uses_whisper(asr: ASRConfig) -> bool:
-    """Whether `[asr]` asks for the Whisper model ("embedded" without grammar_words)."""
-    return asr.provider == "embedded" and not asr.grammar_words
-
-
-def asr_problem(config: Config) -> str | None:
-    """Why the relay cannot start with this `[asr]`: the Whisper model files are missing or
-    corrupt and no fallback is configured. None when it can."""
-    asr = config.asr
-    if not uses_whisper(asr) or asr.fallback:
-        return None
-    try:
-        check_model(asr.model_dir)
-    except ASRError as exc:
-        return f'{exc} ([asr] fallback = "pocketsphinx" starts without it)'
-    return None
-
-
 def _embedded(asr: ASRConfig) -> ASRProvider:
     """Whisper base, or pocketsphinx when asked for (or as the configured fallback)."""
     if asr.provider == "embedded" and asr.grammar_words:
         # Before Whisper, "embedded" was pocketsphinx and grammar_words its command grammar.
         log.warning('[asr] grammar_words is a pocketsphinx setting: using provider "pocketsphinx"')
-    if uses_whisper(asr):
+    if asr.uses_whisper:
         try:
             check_model(asr.model_dir)
             return WhisperASR(
@@ -132,7 +138,7 @@ def _embedded(asr: ASRConfig) -> ASRProvider:
             )
         except ASRError as exc:
             if not asr.fallback:
-                raise
+                raise ConfigError(f"asr.provider: {exc}") from exc
             log.error(  # noqa: TRY400 - the message says it all, a traceback would not help
                 "EMBEDDED ASR UNAVAILABLE: %s. Falling back to pocketsphinx: US English only", exc
             )
@@ -146,7 +152,7 @@ def _embedded(asr: ASRConfig) -> ASRProvider:
 def _default_language(asr: ASRConfig) -> str | None:
     """What a listener asks for when its device names no language: Whisper holds its own
     default (auto), the cloud recognisers are given the configured one."""
-    if uses_whisper(asr) or asr.language in ("", "auto"):
+    if asr.uses_whisper or asr.language in ("", "auto"):
         return None
     return asr.language
 

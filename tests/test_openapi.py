@@ -571,6 +571,8 @@ async def test_draining_relay_answers_503(aiohttp_client: Any) -> None:
     for path in WS_PATHS:
         got, data = await ws_answer(client, path, headers={**UPGRADE, "Device-Id": MAC})
         assert (got, data["errorType"]) == (503, "draining")
+    resp = await client.post("/api/v1/simulate", json={"device_id": MAC, "text": "hi"})
+    assert (resp.status, (await resp.json())["errorType"]) == (503, "draining")
 
 
 async def test_ota_statuses(aiohttp_client: Any) -> None:

@@ -31,7 +31,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from asr_tts.asr import worker as asr_worker
+from asr_tts import workerproc
 from asr_tts.asr.base import BYTES_PER_SECOND, MAX_UTTERANCE_S, ASRError, ASRStream
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class _Worker:
     def __init__(self, backend: Backend) -> None:
         self._label = backend.label
         self._pool = ProcessPoolExecutor(
-            1, mp_context=_SPAWN, initializer=asr_worker.init, initargs=(dict(backend.env),)
+            1, mp_context=_SPAWN, initializer=workerproc.init, initargs=(dict(backend.env),)
         )
         self._stopped = False
         self.broken = False  # its process died or its decoder failed to load: never reuse it

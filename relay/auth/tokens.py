@@ -22,9 +22,10 @@ from dataclasses import dataclass
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
 from relay.auth.handshake import canonical_device_id
+from relay.cluster.redis_client import REDIS_ERRORS, retried_errors
 
 DEFAULT_SKEW_S = 60.0  # `ts` is the minting server's clock, not the device's: NTP-close
 MAX_TOKEN_CHARS = 512
@@ -84,6 +85,11 @@ class TokenBinding:
     expires_at: float | None  # Unix seconds; None = no expiry
 
 
+def open_token_store(url: str) -> Redis:
+    """The client `lookup_redis_token` asks (a stale pooled socket is retried once)."""
+    return Redis.from_url(url, retry_on_error=retried_errors())
+
+
 class TokenStoreUnavailable(Exception):
     """Redis could not be asked: answer the device 503 (retry), not 401 (wrong token)."""
 
@@ -104,7 +110,7 @@ async def lookup_redis_token(
             except ResponseError:  # WRONGTYPE: stored as a hash
                 row = await redis.hgetall(key)
                 return _binding({_str(k): _str(v) for k, v in row.items()})
-    except (RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:
         raise TokenStoreUnavailable("token store unavailable") from exc
     if raw is None:
         return None

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from protocol.node import NodeAck, NodeMessage, NodePush, PushReason
+from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ async def deliver_local(
     except TimeoutError:
         return PushResult(False, node, "timeout")
     except Exception:
-        log.exception("[%s] deliver failed", device_id)
+        log.exception("[%s] deliver failed", printable(device_id))
         return PushResult(False, node, "rejected")
     return PushResult(reason is None, node, reason)
 
@@ -191,7 +192,7 @@ class NodeInbox:
             if self._replace is not None:
                 await self._replace(device_id, session_id)
         except Exception:
-            log.exception("[%s] replace callback failed", device_id)
+            log.exception("[%s] replace callback failed", printable(device_id))
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

@@ -7,7 +7,13 @@ so ZRANGEBYLEX pages it by id (cursor = last id), where members whose hash expir
 skipped and removed while listing; `node:{id}`, a node's pub/sub inbox (push, ack, replace).
 Claim, release and renewal are Lua scripts, each one atomic step: of two concurrent
 registrations the later sees the earlier and replaces it. Scripts touch several keys, so
-this targets one Redis (or a Sentinel-managed primary), not Redis Cluster."""
+this targets one Redis (or a Sentinel-managed primary), not Redis Cluster.
+
+Nothing a device waits for waits on Redis: `register` and `unregister` queue the claim or
+release, and one writer per session sends what is queued in batches. A write Redis does not
+answer within `op_timeout_s` ends the session (Redis is away or frozen: `available` turns
+false); the next session rebuilds presence from the node's connections, which covers every
+queued claim, and then sends the queued releases."""
 
 from __future__ import annotations
 
@@ -17,14 +23,11 @@ import dataclasses
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from protocol.node import (
     NodeAck,
@@ -47,30 +50,16 @@ from relay.cluster.base import (
     deliver_local,
     page_of,
 )
+from relay.cluster.redis_client import REDIS_ERRORS as _ERRORS
+from relay.cluster.redis_client import list_page, open_client, parse_presence, text
 from relay.cluster.redis_scripts import SCRIPTS
+from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
-POOL_SIZE = 64  # connections to Redis per node; more callers wait for one
-
-_ERRORS = (RedisError, OSError)  # OSError includes TimeoutError from asyncio.timeout()
-_BATCH = 256  # devices per renewal script call
-_LIST_ROUNDS = 8  # refills of a page thinned by expired members
+_BATCH = 256  # devices per renewal script call, claims or releases per write round
+_MAX_RELEASES = 10_000  # queued while Redis is away; beyond, the oldest are left to the TTL
 _BACKOFF_MIN_S = 0.05
-
-
-def _text(raw: object) -> str:
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
-
-
-def _presence(device_id: str, row: Mapping[Any, Any]) -> Presence | None:
-    try:
-        node, session = _text(row[b"node"]), _text(row[b"session_id"])
-        return Presence(
-            device_id, node, session, float(row[b"connected_at"]), float(row[b"last_seen"])
-        )
-    except (KeyError, ValueError):  # expired meanwhile, or not written by us
-        return None
 
 
 class RedisCluster(NodeInbox):
@@ -100,6 +89,11 @@ class RedisCluster(NodeInbox):
         self._scripts: dict[str, Callable[..., Awaitable[Any]]] = {}
         self._supervisor: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()  # one writer at a time keeps claims and renewals ordered
+        self._claims: dict[str, Presence] = {}  # registered here, not yet sent to Redis
+        self._releases: dict[tuple[str, str], None] = {}  # (device, session), in order
+        self._queued = asyncio.Event()  # wakes the writer
+        self._settled = asyncio.Event()  # nothing queued
+        self._settled.set()
         self._attempted = asyncio.Event()
         self._up = False
         self._local_devices: LocalDevices = lambda: ()
@@ -118,19 +112,7 @@ class RedisCluster(NodeInbox):
     async def start(self, deliver: Deliver, replace: Replace, local_devices: LocalDevices) -> None:
         """Connect and subscribe in the background; waits (bounded) for the first attempt."""
         self._deliver, self._replace, self._local_devices = deliver, replace, local_devices
-        # One quick retry for a stale pooled socket; outages are the supervisor's business.
-        t = self._op_timeout
-        # A blocking pool: under a burst of pushes, callers wait (bounded by op_timeout) for a
-        # connection instead of failing with MaxConnectionsError (docs/performance.md §13).
-        pool = BlockingConnectionPool.from_url(
-            self._url,
-            max_connections=POOL_SIZE,
-            timeout=t,
-            socket_connect_timeout=t,
-            socket_timeout=t,
-            retry=Retry(NoBackoff(), 1),
-        )
-        self._redis = r = Redis(connection_pool=pool)
+        self._redis = r = open_client(self._url, self._op_timeout)
         self._scripts = {name: r.register_script(text) for name, text in SCRIPTS}
         self._attempted.clear()
         self._supervisor = asyncio.create_task(self._supervise(), name="cluster-redis")
@@ -139,7 +121,10 @@ class RedisCluster(NodeInbox):
                 await self._attempted.wait()
 
     async def stop(self) -> None:
-        """Cancel every task and close the client; presence left behind expires by TTL."""
+        """Send what is queued (bounded), cancel every task and close the client; presence
+        left behind expires by TTL."""
+        if self._up:
+            await self.settle(self._op_timeout)
         await self._cancel_tasks(self._supervisor)
         self._supervisor = None
         if self._redis is not None:
@@ -148,23 +133,48 @@ class RedisCluster(NodeInbox):
             self._redis = None
 
     async def register(self, p: Presence) -> None:
-        """Claim the device atomically; a previous holder on another node gets a replace."""
+        """Claim the device for this node without waiting on Redis: the claim is queued, and
+        a previous holder on another node gets a replace once it lands."""
         bump(self.ops, "register")
         p = dataclasses.replace(p, node=self.node_id)
         self._local[p.device_id] = p
-        args = (p.device_id, self.node_id, p.session_id, p.connected_at, p.last_seen)
-        prev = await self._write("register", "claim", p.device_id, *args, self._ttl_ms)
-        if prev is not None and (node := _text(prev[0])) and node != self.node_id:
-            log.info("[%s] moved here from node %s: replacing there", p.device_id, node)
-            await self._send(node, NodeReplace(p.device_id, _text(prev[1])))
+        self._claims[p.device_id] = p
+        self._enqueued("register")
 
     async def unregister(self, device_id: str, session_id: str) -> None:
-        """Drop the device's presence if `session_id` still holds it."""
+        """Drop the device's presence if `session_id` still holds it (queued, like claims)."""
         bump(self.ops, "unregister")
         p = self._local.get(device_id)
         if p is not None and p.session_id == session_id:
             del self._local[device_id]
-        await self._write("unregister", "release", device_id, device_id, session_id)
+        q = self._claims.get(device_id)
+        if q is not None and q.session_id == session_id:
+            del self._claims[device_id]  # never sent: nothing in Redis to release
+        else:
+            self._releases[device_id, session_id] = None
+            if len(self._releases) > _MAX_RELEASES:
+                del self._releases[next(iter(self._releases))]
+                bump(self.errors, "unregister")
+        self._enqueued("unregister")
+
+    async def settle(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) until every queued claim and release reached Redis."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._settled.wait()
+        return self._settled.is_set()
+
+    def _enqueued(self, op: str) -> None:
+        if not self._up:
+            bump(self.errors, op)  # applied when Redis returns
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._claims or self._releases:
+            self._settled.clear()
+            self._queued.set()
+        else:
+            self._settled.set()
 
     async def touch(self, device_id: str, session_id: str) -> None:
         """Note activity in memory; the next heartbeat writes last_seen to Redis."""
@@ -186,7 +196,7 @@ class RedisCluster(NodeInbox):
         except _ERRORS:
             bump(self.errors, "locate")
             row = {}
-        return _presence(device_id, row) or self._local.get(device_id)
+        return parse_presence(device_id, row) or self._local.get(device_id)
 
     async def list(self, cursor: str | None, limit: int) -> Page:
         """A page of the whole cluster by device id; this node's devices when Redis is away."""
@@ -195,7 +205,9 @@ class RedisCluster(NodeInbox):
         if self._up and self._redis is not None:
             with contextlib.suppress(*_ERRORS):
                 async with asyncio.timeout(2 * self._op_timeout):
-                    return await self._list_redis(self._redis, cursor, limit)
+                    return await list_page(
+                        self._redis, self._scripts["prune"], self._prefix, cursor, limit
+                    )
         bump(self.errors, "list")
         return page_of(self._local.values(), cursor, limit)._replace(partial=True)
 
@@ -211,7 +223,7 @@ class RedisCluster(NodeInbox):
         node: str | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                node = _text(await r.hget(self._key(device_id), "node")) or None
+                node = text(await r.hget(self._key(device_id), "node")) or None
                 if node is None or node == self.node_id:
                     return PushResult(False, None, "offline")
                 msg = NodePush(rid, self.node_id, device_id, timeout_s, message)
@@ -227,43 +239,51 @@ class RedisCluster(NodeInbox):
         finally:
             self._pending.pop(rid, None)
 
-    async def _write(self, op: str, script: str, device_id: str, *args: object) -> Any:
-        """Run a claim/release script; a no-op counted in `errors` when Redis is away."""
-        if not self._up:
-            bump(self.errors, op)
-            return None
-        try:
-            async with self._lock, asyncio.timeout(self._op_timeout):
-                keys = (self._key(device_id), self._index)
-                return await self._scripts[script](keys=keys, args=args)
-        except _ERRORS as exc:
-            bump(self.errors, op)
-            log.warning("[%s] cluster %s failed: %s", device_id, op, type(exc).__name__)
-            return None
+    async def _write_queued(self) -> None:
+        """The session's writer: what `register`/`unregister` queued, in batches."""
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            while self._claims or self._releases:
+                await self._write_batch()
+            self._settled.set()
 
-    async def _list_redis(self, r: Redis, cursor: str | None, limit: int) -> Page:
-        out: list[Presence] = []
-        start = "-" if cursor is None else "(" + cursor
-        for _ in range(_LIST_ROUNDS):
-            want = limit - len(out)
-            ids = [_text(raw) for raw in await r.zrangebylex(self._index, start, "+", 0, want)]
-            if not ids:
-                return Page(out, None)
-            async with r.pipeline(transaction=False) as pipe:
-                for device_id in ids:
-                    pipe.hgetall(self._key(device_id))
-                rows = await pipe.execute()
-            found = [_presence(d, row) for d, row in zip(ids, rows, strict=True)]
-            out += [p for p in found if p is not None]
-            if stale := [d for d, p in zip(ids, found, strict=True) if p is None]:
-                keys = [*map(self._key, stale), self._index]
-                await self._scripts["prune"](keys=keys, args=stale)
-            if len(ids) < want:
-                return Page(out, None)
-            if len(out) >= limit:
-                break
-            start = "(" + ids[-1]
-        return Page(out, ids[-1])
+    async def _write_batch(self) -> None:
+        """One pipeline of claims and releases; on failure the releases stay queued and the
+        error ends the session (its rebuild claims every device still connected)."""
+        assert self._redis is not None
+        claims = [self._claims.pop(d) for d in list(self._claims)[:_BATCH]]
+        releases = list(self._releases)[:_BATCH]
+        for done in releases:
+            del self._releases[done]
+        claim, release = self._scripts["claim"], self._scripts["release"]
+        try:
+            async with (
+                self._lock,
+                asyncio.timeout(self._op_timeout),
+                self._redis.pipeline(transaction=False) as pipe,
+            ):
+                for p in claims:
+                    args = (p.device_id, self.node_id, p.session_id, p.connected_at)
+                    keys = (self._key(p.device_id), self._index)
+                    await claim(keys=keys, args=(*args, p.last_seen, self._ttl_ms), client=pipe)
+                for device_id, session_id in releases:
+                    keys = (self._key(device_id), self._index)
+                    await release(keys=keys, args=(device_id, session_id), client=pipe)
+                answers = await pipe.execute()
+        except _ERRORS:
+            for op, n in (("register", len(claims)), ("unregister", len(releases))):
+                self.errors[op] = self.errors.get(op, 0) + n
+            self._releases.update(dict.fromkeys(releases))
+            raise
+        for p, prev in zip(claims, answers, strict=False):
+            if (node := text(prev[0])) and node != self.node_id:
+                log.info(
+                    "[%s] moved here from node %s: replacing there",
+                    printable(p.device_id),
+                    printable(node),
+                )
+                await self._send(node, NodeReplace(p.device_id, text(prev[1])))
 
     async def _supervise(self) -> None:
         """Keep one connected session alive; reconnect with bounded, jittered backoff."""
@@ -272,15 +292,17 @@ class RedisCluster(NodeInbox):
             connects = self.ops.get("connect", 0)
             try:
                 await self._session()
-            except _ERRORS as exc:  # loud once per outage, quiet while retrying
-                level = logging.WARNING if delay == _BACKOFF_MIN_S else logging.DEBUG
-                log.log(level, "cluster: redis unavailable (%s)", type(exc).__name__)
-            except Exception:
-                log.exception("cluster: session failed")
+            except Exception as exc:
+                if self.ops.get("connect", 0) != connects:
+                    delay = _BACKOFF_MIN_S  # it was up: a new outage
+                if not isinstance(exc, _ERRORS):
+                    log.exception("cluster: session failed")
+                elif delay == _BACKOFF_MIN_S:  # one line per outage, quiet while retrying
+                    log.warning("cluster: redis unavailable (%s)", type(exc).__name__)
+                else:
+                    log.debug("cluster: redis still unavailable (%s)", type(exc).__name__)
             bump(self.errors, "connect")
             self._attempted.set()
-            if self.ops.get("connect", 0) != connects:
-                delay = _BACKOFF_MIN_S
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self._backoff_max)
 
@@ -301,7 +323,8 @@ class RedisCluster(NodeInbox):
             bump(self.ops, "connect")
             self._attempted.set()
             log.info("cluster: node %s connected to redis", self.node_id)
-            tasks = [asyncio.create_task(self._listen(pubsub)), asyncio.create_task(self._beat())]
+            work = (self._listen(pubsub), self._beat(), self._write_queued())
+            tasks = [asyncio.create_task(w) for w in work]
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 t.result()
@@ -338,10 +361,17 @@ class RedisCluster(NodeInbox):
                 log.exception("cluster: local_devices() failed; keeping the known devices")
                 fresh = list(self._local.values())
             self._local = {p.device_id: dataclasses.replace(p, node=self.node_id) for p in fresh}
+            self._claims.clear()  # the rebuild claims them
+            self._wake_writer()
         ids = list(self._local)
         for i in range(0, len(ids), _BATCH):
             async with self._lock:
-                batch = [self._local[d] for d in ids[i : i + _BATCH] if d in self._local]
+                # A device whose claim is still queued is not renewed: its claim comes first.
+                batch = [
+                    self._local[d]
+                    for d in ids[i : i + _BATCH]
+                    if d in self._local and d not in self._claims
+                ]
                 args: list[object] = [self.node_id, self._ttl_ms, int(rebuild)]
                 for p in batch:
                     args += (p.device_id, p.session_id, p.connected_at, p.last_seen)
@@ -358,8 +388,8 @@ class RedisCluster(NodeInbox):
                     if (q := self._local.get(p.device_id)) and q.session_id == p.session_id:
                         del self._local[p.device_id]
                     self._spawn(self._call_replace(p.device_id, p.session_id))
-                elif status == 1 and _text(holder) not in ("", self.node_id):
-                    await self._send(_text(holder), NodeReplace(p.device_id, _text(holder_session)))
+                elif status == 1 and text(holder) not in ("", self.node_id):
+                    await self._send(text(holder), NodeReplace(p.device_id, text(holder_session)))
 
     async def _send(self, node: str, msg: NodeMessage) -> None:
         op = "ack" if isinstance(msg, NodeAck) else "replace"

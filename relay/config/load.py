@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 from collections.abc import Mapping
@@ -26,13 +27,16 @@ from protocol.device import phrase_key
 from relay.config.schema import (
     Config,
     ConfigError,
+    Secret,
     SignedInt,
+    Token,
 )
 from relay.cors import origin_problem
 
 ENV_PREFIX = "RELAY__"
 # Set by `relay serve --workers N` for each worker process: its index (relay/run/workers.py).
 WORKER_ENV = "RELAY_WORKER_INDEX"
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]*")  # what a bearer token may hold (a header value)
 
 
 def load(path: str | Path | None, env: Mapping[str, str] | None = None) -> Config:
@@ -78,6 +82,8 @@ def _check_speech_out(cfg: Config) -> None:
     if cfg.tts.frame_duration_ms not in OPUS_FRAME_MS:
         lengths = ", ".join(map(str, OPUS_FRAME_MS))
         raise ConfigError(f"tts.frame_duration_ms: Opus frames are {lengths} ms")
+    if cfg.tts.pool_size < 1 or cfg.tts.threads < 1:
+        raise ConfigError("tts.pool_size: pool_size and threads must be at least 1")
     if cfg.tts.stop_margin_ms > 2000:
         raise ConfigError("tts.stop_margin_ms: at most 2000 (the device waits for tts stop)")
     if cfg.tts.provider == "openai" and not cfg.tts.openai.base_url:
@@ -219,11 +225,15 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
         return _build(tp, value, key)
     if origin is tuple:
         (item_tp, _ellipsis) = get_args(tp)
-        if item_tp is str and isinstance(value, str):
+        if item_tp in (str, Token) and isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list")
-        return tuple(_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+        items = tuple(_convert(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value))
+        if item_tp == Token and "" in items:
+            # An empty token would match a request that sends none (or only spaces).
+            raise ConfigError(f"{key}[{items.index('')}]: a token must not be empty")
+        return items
     if origin is Literal:
         if value not in get_args(tp):
             allowed = ", ".join(repr(a) for a in get_args(tp))
@@ -251,11 +261,26 @@ def _convert_scalar(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
             raise ConfigError(f"{key}: expected a positive number")
         return float(value)
-    if tp is str:
+    if tp in (str, Token, Secret):
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string")
+        _check_credential(tp, value, key)
         return value
     raise ConfigError(f"{key}: unsupported type")  # pragma: no cover - schema bug
+
+
+def _check_credential(tp: Any, value: str, key: str) -> None:
+    # The messages never repeat the value: it is a secret.
+    if tp == Token and not _VISIBLE_ASCII.fullmatch(value):
+        raise ConfigError(
+            f"{key}: a token is sent in an HTTP header, so it may hold only visible ASCII"
+            " characters (no spaces, line breaks, control or non-ASCII characters)"
+        )
+    if tp == Secret and value and (not value.isprintable() or not value.strip()):
+        raise ConfigError(
+            f"{key}: a secret must be printable text, not only spaces (no line breaks,"
+            " control or invisible characters); leave it empty to turn it off"
+        )
 
 
 def _join(path: str, key: str) -> str:

@@ -13,6 +13,11 @@ from bridges.business import BusinessTarget
 from protocol.device import WAKE_WORDS, DetectRules
 
 SignedInt = Annotated[int, "signed"]  # an int key that may be negative (others may not)
+# A credential sent in an HTTP header (`Authorization: Bearer …`) or compared with one: visible
+# ASCII only, "" = none (relay/config/load.py checks it; a list of them may not hold "").
+Token = Annotated[str, "token"]
+# A key the relay signs or checks with (HMAC): printable text, "" = none.
+Secret = Annotated[str, "secret"]
 
 
 class ConfigError(ValueError):
@@ -34,6 +39,13 @@ class ServerConfig:
     gc_freeze: bool = True  # startup objects leave the collector's view (docs/performance.md)
     gc_gen0_threshold: int = 10000  # 0 keeps Python's default (700)
     check_origin: bool = False  # refuse device WebSockets from pages not in [ota] cors_origins
+    # The edge (relay/edge.py): every accepted socket, before aiohttp and before any auth.
+    request_head_timeout_s: float = 10.0  # a request head not complete by then: 408, closed
+    request_body_timeout_s: float = 30.0  # a request body not complete by then: 408, closed
+    keepalive_timeout_s: float = 75.0  # an idle kept-alive HTTP connection is closed after this
+    max_connections: int = 0  # sockets at once, device WebSockets included; 0 = auto (fd limit / 2)
+    max_http_per_address: int = 256  # sockets from one address that are not device WebSockets
+    probe_reserve: int = 8  # sockets beyond max_connections kept for /healthz, /readyz, /metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,9 +53,9 @@ class AuthConfig:
     """`[auth]`: how devices authenticate at the handshake."""
 
     mode: Literal["none", "tokens", "hmac", "redis"] = "none"
-    tokens: tuple[str, ...] = ()  # mode "tokens"
+    tokens: tuple[Token, ...] = field(default=(), repr=False)  # mode "tokens"
     allowed_devices: tuple[str, ...] = ()  # empty = every device id
-    hmac_secret: str = ""  # mode "hmac": the xiaozhi-compatible signed token
+    hmac_secret: Secret = field(default="", repr=False)  # mode "hmac": xiaozhi-compatible
     hmac_max_age_s: float = 30 * 24 * 3600.0
 
 
@@ -53,12 +65,14 @@ class BusinessConfig:
 
     name: str
     url: str
-    token: str = ""
+    token: Token = field(default="", repr=False)
+    signing_secret: Secret = field(default="", repr=False)  # signs every request (§2.1)
     session_check: Literal["strict", "lenient"] = "strict"
     connect_timeout_s: float = 3.0
     first_event_timeout_s: float = 15.0
     idle_timeout_s: float = 30.0
     total_timeout_s: float = 300.0
+    keepalive_timeout_s: float = 4.0  # idle pooled connections to it are closed after this
     devices: tuple[str, ...] = ()
 
     def target(self) -> BusinessTarget:
@@ -67,11 +81,13 @@ class BusinessConfig:
             name=self.name,
             url=self.url,
             token=self.token,
+            signing_secret=self.signing_secret,
             session_check=self.session_check,
             connect_timeout_s=self.connect_timeout_s,
             first_event_timeout_s=self.first_event_timeout_s,
             idle_timeout_s=self.idle_timeout_s,
             total_timeout_s=self.total_timeout_s,
+            keepalive_timeout_s=self.keepalive_timeout_s,
         )
 
 
@@ -80,7 +96,7 @@ class OpenAITTSConfig:
     """`[tts.openai]`: an OpenAI-compatible speech endpoint; empty base_url = not configured."""
 
     base_url: str = ""
-    api_key: str = ""
+    api_key: Token = field(default="", repr=False)
     model: str = "tts-1"
     voice: str = "alloy"
     timeout_s: float = 30.0
@@ -92,19 +108,34 @@ class HuoshanTTSConfig:
 
     url: str = "https://openspeech.bytedance.com/api/v1/tts"
     appid: str = ""
-    token: str = ""
+    token: Token = field(default="", repr=False)
     cluster: str = "volcano_tts"
     voice: str = "BV001_streaming"
     timeout_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
+class KokoroVoiceConfig:
+    """`[tts] voice.zh` / `voice.en`: the Kokoro style per language: a name, a blend
+    ("jf_nezumi:0.6+jm_kumo:0.4") or "mean"; empty = the built-in default."""
+
+    zh: str = ""
+    en: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class TTSConfig:
     """`[tts]`: the default provider and the downlink audio the relay declares (§1.2)."""
 
-    provider: Literal["embedded", "openai", "huoshan"] = "embedded"
-    max_concurrency: int = 4
+    # "embedded" is Kokoro; "espeak" the light espeak-ng voice (what "embedded" was before).
+    provider: Literal["embedded", "espeak", "openai", "huoshan"] = "embedded"
+    max_concurrency: int = 4  # espeak-ng processes at once
     timeout_s: float = 20.0
+    voice: KokoroVoiceConfig = field(default_factory=KokoroVoiceConfig)
+    voices_dir: str = ""  # more Kokoro style vectors (*.npy, *.npz)
+    pool_size: int = 1  # Kokoro worker processes (~350-600 MB each)
+    threads: int = 2  # onnxruntime threads per Kokoro worker
+    fallback: Literal["", "espeak"] = ""  # Kokoro's files missing or corrupt: espeak speaks
     downlink_sample_rate: int = 24000
     frame_duration_ms: int = 60
     cache_mb: int = 32  # encoded frames of recent sentences; 0 = no cache
@@ -119,7 +150,7 @@ class OpenAIASRConfig:
     """`[asr.openai]`: a Whisper-compatible transcription endpoint."""
 
     base_url: str = ""
-    api_key: str = ""
+    api_key: Token = field(default="", repr=False)
     model: str = "whisper-1"
     timeout_s: float = 30.0
 
@@ -130,7 +161,7 @@ class VolcengineASRConfig:
 
     url: str = "wss://openspeech.bytedance.com/api/v2/asr"
     appid: str = ""
-    token: str = ""
+    token: Token = field(default="", repr=False)
     cluster: str = ""
     timeout_s: float = 10.0
 
@@ -150,6 +181,12 @@ class ASRConfig:
     timeout_s: float = 20.0
     openai: OpenAIASRConfig = field(default_factory=OpenAIASRConfig)
     volcengine: VolcengineASRConfig = field(default_factory=VolcengineASRConfig)
+
+    @property
+    def uses_whisper(self) -> bool:
+        """Whether Whisper is asked for: "embedded" without grammar_words (with them,
+        configurations written when "embedded" was pocketsphinx keep its command grammar)."""
+        return self.provider == "embedded" and not self.grammar_words
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +224,7 @@ class ListenConfig:
 class ApiConfig:
     """`[api]`: bearer tokens of the HTTP API; empty = loopback clients only."""
 
-    tokens: tuple[str, ...] = ()
+    tokens: tuple[Token, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import WebSocketError, WSMsgType, web
 
 from protocol import device
 from protocol.device import DetectRules, Hello
@@ -23,6 +23,7 @@ from relay.device.link import WebSocketLink
 from relay.device.listener import VoiceDeps
 from relay.device.session import Session
 from relay.device.turn import TurnDeps
+from relay.logsafe import printable
 from relay.resources import Relay
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ class DeviceLog(logging.LoggerAdapter[logging.Logger]):
     """Prefixes log lines with the device id."""
 
     def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
-        return f"[{self.extra['device'] if self.extra else '?'}] {msg}", kwargs
+        return f"[{printable(self.extra['device']) if self.extra else '?'}] {msg}", kwargs
 
 
 class Connection:
@@ -166,6 +167,8 @@ class Connection:
             verdict = self.inbound.binary(msg.data)
         elif msg.type == WSMsgType.ERROR:
             self.log.info("websocket error: %s", type(self.ws.exception()).__name__)
+            if isinstance(msg.data, WebSocketError):  # aiohttp closed with its code (1009)
+                self.link.request_close(msg.data.code)
             return False
         else:  # CLOSE, CLOSING, CLOSED
             return False
@@ -217,6 +220,8 @@ class DeviceRoom:
     voice: VoiceDeps | None = None
     detect: DetectRules = field(default_factory=DetectRules)
     connections: DeviceDirectory[Connection] = field(default_factory=DeviceDirectory)
+    # Simulate streams in progress: the handler's task and its session, drained like devices.
+    simulations: dict[asyncio.Task[Any], Session] = field(default_factory=dict)
 
 
 DEVICE_ROOM: web.AppKey[DeviceRoom] = web.AppKey("device_room", DeviceRoom)

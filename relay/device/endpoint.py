@@ -15,6 +15,7 @@ from relay.auth.handshake import HandshakeError, parse_handshake
 from relay.cluster.directory import DeviceDirectory
 from relay.cors import origin_allowed
 from relay.device.connection import DEVICE_ROOM, Connection, refusal
+from relay.edge import EDGE_KEY, upgrade_tail
 from relay.resources import RELAY_KEY, Relay
 
 log = logging.getLogger(__name__)
@@ -58,12 +59,18 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         m.handshake_rejected.labels(exc.code.value).inc()
         return refused(exc)
     ws = web.WebSocketResponse(
-        max_msg_size=relay.config.server.max_message_bytes,
+        # aiohttp refuses a message of max_msg_size bytes; the relay takes max_message_bytes.
+        max_msg_size=relay.config.server.max_message_bytes + 1,
         compress=False,
         autoping=True,
         decode_text=False,
     )
+    edge = request.app[EDGE_KEY].connection(request)  # None when served without the edge
+    if edge is not None:
+        edge.expect_frames(upgrade_tail(request))
     await ws.prepare(request)
+    if edge is not None:
+        edge.frames_open()
     try:
         inbound = Inbound(hs.protocol_version)
         hello = await _await_hello(ws, relay, inbound)
@@ -88,7 +95,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         await conn.run()
     finally:
         m.connections_active.dec()
-        code = conn.link.close_code or ws.close_code or CloseCode.NORMAL
+        closed_by_edge = edge.close_code if edge is not None else None  # 1002: unmasked frame
+        code = closed_by_edge or conn.link.close_code or ws.close_code or CloseCode.NORMAL
         m.connections_closed.labels(str(int(code))).inc()
         if room.connections.remove(conn):
             await relay.cluster.unregister(hs.device_id, sid)
@@ -111,3 +119,4 @@ async def idle_sweeper(relay: Relay, devices: DeviceDirectory[Connection]) -> No
                 conn.touched = conn.last_rx
                 await relay.cluster.touch(conn.hs.device_id, conn.link.session_id)
         relay.sync_cluster_metrics()
+        relay.metrics.count_tasks()

@@ -87,6 +87,11 @@ class Link:
         self._count_out(msg, mtype)
         self._put([(_TEXT, msg)], 0)
 
+    async def room(self) -> None:
+        """Return when the outbox can take more. A device link returns at once: a device
+        that stops reading fills its bounded outbox and is closed (1013, docs/protocol.md
+        §1.7). A link that makes its producer wait instead overrides this."""
+
     def _count_out(self, msg: bytes, mtype: str) -> None:
         count, size = self._metrics.message_counters(mtype, "out")
         count.inc()
@@ -374,7 +379,12 @@ class WebSocketLink(Link):
 
 
 class SSELink(Link):
-    """The simulate endpoint: each device message becomes one SSE event."""
+    """The simulate endpoint: each device message becomes one SSE event.
+
+    Its client is a program reading a stream to its end, not a device with a small buffer:
+    a turn that produces faster than the client reads waits for it (`room`) instead of
+    losing the stream when the outbox fills, so the whole answer arrives, its backlog
+    bounded by the outbox: at most half of it queued and one batch being written."""
 
     def __init__(
         self,
@@ -391,8 +401,25 @@ class SSELink(Link):
         self._resp = resp
         self._audio_base64 = audio_base64
         self._seq = 0
+        self._has_room: asyncio.Event | None = None  # made only when a producer waits
+
+    async def room(self) -> None:
+        while not self._closed and len(self._pending) >= self._max // 2:
+            if self._has_room is None:
+                self._has_room = asyncio.Event()
+            await self._has_room.wait()
+
+    def _wake_producer(self) -> None:
+        if self._has_room is not None:
+            self._has_room.set()
+            self._has_room = None
+
+    def _mark_closed(self) -> None:
+        super()._mark_closed()
+        self._wake_producer()
 
     async def _write_items(self, items: list[Item], audio: int) -> None:
+        self._wake_producer()  # the writer took the queue: there is room again
         loop = asyncio.get_running_loop()
         for item in items:
             # One item at a time: each audio frame is accounted as it is written.

@@ -23,6 +23,7 @@ from protocol.audio_format import AudioFormat
 from protocol.device import ListenMode
 from protocol.session_state import AudioVerdict, ListenAction, ListenState
 from relay.device.audio_batcher import AudioBatcher, AudioJob
+from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,7 @@ class Listener:
         except Exception:
             # A failure of the VAD model or the executor: this stream loses its audio
             # backlog, the device and the relay carry on.
-            log.exception("[%s] audio processing failed", self._device_id)
+            log.exception("[%s] audio processing failed", printable(self._device_id))
             self._pending.clear()
         finally:
             self._pump = None
@@ -289,4 +290,4 @@ class Listener:
 
     def _provider_error(self, exc: Exception) -> None:
         self._deps.metrics.provider_errors.labels("asr", self._deps.asr.name).inc()
-        log.warning("[%s] asr failed: %s", self._device_id, exc)
+        log.warning("[%s] asr failed: %s", printable(self._device_id), printable(exc))

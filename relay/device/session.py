@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from aioutil import cancel_and_wait
-from bridges.business import BusinessTarget
+from bridges.business import BusinessTarget, Caller
 from protocol import device
 from protocol.audio_format import AudioFormat
 from protocol.business import Speak, chat_request, envelope
@@ -31,6 +31,7 @@ from protocol.session_state import AudioVerdict
 from relay.device.link import Link
 from relay.device.listener import Listener, VoiceDeps
 from relay.device.turn import Turn, TurnDeps
+from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class Session:
         ts = time.time_ns() // 1_000_000
         body = chat_request(self.device_id, text, self.session_id, ts)
         turn = self._turn("chat", always_stop=True, speech_end=speech_end)
-        return self._start_chat(turn, self._run(turn, body, self.session_id))
+        return self._start_chat(turn, lambda: self._run(turn, body, self.session_id))
 
     def custom(self, msg: Custom) -> asyncio.Task[None] | None:
         """Start a pass-through turn for a `custom` payload (§2.1, §2.3); None when over the cap."""
@@ -186,7 +187,8 @@ class Session:
         # docs/protocol.md §1.3: a wake word, or text the user typed.
         if msg.text_response:
             turn = self._turn("chat", always_stop=False)
-            self._start_chat(turn, turn.speak(Speak(answer=msg.text_response)))
+            speak = Speak(answer=msg.text_response)
+            self._start_chat(turn, lambda: turn.speak(speak))
             return
         text = (msg.text or "").strip()
         rules = self._detect
@@ -241,13 +243,13 @@ class Session:
         self.custom(msg)
 
     def _on_mcp(self, _msg: Mcp) -> None:
-        log.debug("mcp message from %s ignored: no MCP peer configured", self.device_id)
+        log.debug("mcp message from %s ignored: no MCP peer configured", printable(self.device_id))
 
     def _on_ping(self, _msg: Ping) -> None:
         self.link.send_json(device.pong(), "pong")
 
     def _on_hello(self, _msg: Hello) -> None:
-        log.debug("repeated hello from %s ignored", self.device_id)
+        log.debug("repeated hello from %s ignored", printable(self.device_id))
 
     def _on_goodbye(self, _msg: Goodbye) -> None:
         self.link.request_close(CloseCode.NORMAL)  # the device ends the session (§1.3)
@@ -276,27 +278,27 @@ class Session:
         if self.target is None:
             turn.fail(BusinessError.NOT_CONFIGURED)
             return
-        await turn.run(self.target, body, expected)
+        # The business learns who asks from the relay, not from the body (§2.1).
+        await turn.run(self.target, body, Caller(self.device_id, self.session_id), expected)
 
-    def _start_chat(self, turn: Turn, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    def _start_chat(self, turn: Turn, work: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         previous = self._chat
-        task = self._own(self._after(previous, coro))
+        task = self._own(self._after(previous, work))
         self._chat = (task, turn)
         return task
 
     async def _after(
-        self, previous: tuple[asyncio.Task[None], Turn] | None, coro: Coroutine[Any, Any, None]
+        self, previous: tuple[asyncio.Task[None], Turn] | None, work: Callable[[], Awaitable[None]]
     ) -> None:
         # docs/protocol.md §1.3: a new utterance cancels the running chat turn, whose
-        # device then hears `tts stop` aborted before the new answer starts.
-        try:
-            if previous is not None and not previous[0].done():
-                await cancel_and_wait(previous[0])
-                if previous[1].speech is not None and previous[1].speech.started:
-                    self.link.send_json(device.tts_stop(self.session_id, aborted=True), "tts")
-            await coro
-        finally:
-            coro.close()  # never started when cancelled while waiting: no "never awaited" noise
+        # device then hears `tts stop` aborted before the new answer starts. The turn's
+        # coroutine is made here, once this task runs: made by the caller, it was never
+        # awaited when this task was cancelled before its first step (a session closed at once).
+        if previous is not None and not previous[0].done():
+            await cancel_and_wait(previous[0])
+            if previous[1].speech is not None and previous[1].speech.started:
+                self.link.send_json(device.tts_stop(self.session_id, aborted=True), "tts")
+        await work()
 
     def _own(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
@@ -307,4 +309,4 @@ class Session:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
-            log.error("turn of %s failed", self.device_id, exc_info=exc)
+            log.error("turn of %s failed", printable(self.device_id), exc_info=exc)

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from asr_tts.codec import FrameEncoder
 from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.speaker import Speaker
-from bridges.business import BusinessClient, BusinessTarget, StreamStats
+from bridges.business import BusinessClient, BusinessTarget, Caller, StreamStats
 from metrics.registry import Metrics
 from protocol import device
 from protocol.audio_format import AudioFormat
 from protocol.business import Speak, classify, envelope, error_event
 from protocol.errors import BusinessError
 from relay.device.link import Held, Link
+from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class Speech:
         except TTSError as exc:
             # The rest of this answer cannot be heard; later answers may still be.
             self._deps.metrics.tts_errors.inc()
-            log.warning("tts failed for session %s: %s", sid, exc)
+            log.warning("tts failed for session %s: %s", sid, printable(exc))
 
 
 class Turn:
@@ -154,18 +155,22 @@ class Turn:
             await speech.queue.put(sp)
             await speech.queue.put(None)
 
-    async def run(self, target: BusinessTarget, body: bytes, expected_session: str) -> None:
-        """POST `body` to `target` and route every event of the answer (§2.2–§2.6)."""
+    async def run(
+        self, target: BusinessTarget, body: bytes, caller: Caller, expected_session: str
+    ) -> None:
+        """POST `body` to `target` for `caller` and route every event of the answer
+        (§2.1–§2.7)."""
         deps, link = self._deps, self._link
         stats = StreamStats()
         async with asyncio.TaskGroup() as tg:
             speech_task: asyncio.Task[None] | None = None
             try:
-                events = deps.client.stream(target, body, expected_session, stats)
+                events = deps.client.stream(target, body, caller, expected_session, stats)
                 async with contextlib.aclosing(events) as it:
                     async for event in it:
                         sp = classify(event)
                         if sp is None:
+                            await link.room()  # a simulate client reads at its own pace
                             link.send_json(self._envelope(event.raw), "custom")
                             continue
                         if speech_task is None:

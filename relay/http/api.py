@@ -14,11 +14,12 @@ from protocol import device, jsonutil
 from protocol.audio_format import AudioFormat
 from protocol.device import Custom
 from protocol.errors import ApiError, ProtocolError
-from relay.answers import api_error
+from relay.answers import api_error, api_exception
 from relay.auth.handshake import api_allowed, canonical_device_id
 from relay.device.connection import DEVICE_ROOM, new_session_id
 from relay.device.link import SSELink
 from relay.device.session import Session
+from relay.edge import EDGE_KEY
 from relay.resources import RELAY_KEY
 
 log = logging.getLogger(__name__)
@@ -28,26 +29,42 @@ _SIMULATE_EXAMPLE = '{"device_id":"…","text":"…"}'
 
 
 async def read_body(request: web.Request, limit: int) -> bytes | None:
-    """The request body, or None when it is over `limit` bytes (chunked bodies included)."""
+    """The request body, or None when it is over `limit` bytes (chunked bodies included).
+    Raises a 408 when the body is not complete within `[server] request_body_timeout_s`, and
+    a 400 when it ends early or its chunked framing is broken; a client gone mid-body is
+    one DEBUG line, not the traceback aiohttp would log for a handler's exception."""
+    timeout_s = request.app[RELAY_KEY].config.server.request_body_timeout_s
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in request.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    return None
+                chunks.append(chunk)
+    except TimeoutError:
+        request.app[EDGE_KEY].refused("body_timeout")
+        msg = f"body not received in {timeout_s:g} s"
+        raise api_exception(ApiError.REQUEST_TIMEOUT, msg) from None
+    except (ConnectionResetError, web.RequestPayloadError) as exc:
+        log.debug("request body cut short: %s", type(exc).__name__)
+        raise api_exception(ApiError.BAD_BODY, "body cut short or undecodable") from None
     return b"".join(chunks)
 
 
 async def read_json(
     request: web.Request, limit: int, example: str
 ) -> tuple[bytes, Any] | web.Response:
-    """The body and its JSON value, or the error to answer: 413 over `limit`, 400 not JSON."""
+    """The body and its JSON value, or the error to answer: 413 over `limit`, 400 not JSON
+    or nested too deep."""
     raw = await read_body(request, limit)
     if raw is None:
         return api_error(ApiError.TOO_LARGE, f"body over {limit} bytes")
     try:
         return raw, jsonutil.loads(raw)
+    except jsonutil.TooDeep as exc:
+        return api_error(ApiError.TOO_DEEP, str(exc))
     except ValueError:
         return api_error(ApiError.BAD_JSON, "body is not JSON", example)
 
@@ -72,6 +89,8 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
 async def simulate(request: web.Request) -> web.StreamResponse:
     """`POST /api/v1/simulate`: run one turn as a device would, answer as SSE."""
     relay = request.app[RELAY_KEY]
+    if relay.draining.is_set():
+        return api_error(ApiError.DRAINING, "relay is shutting down")
     got = await read_json(request, MAX_SIMULATE_BODY, _SIMULATE_EXAMPLE)
     if isinstance(got, web.Response):
         return got
@@ -110,14 +129,18 @@ async def simulate(request: web.Request) -> web.StreamResponse:
         device.DEFAULT_PLAY_BUFFER_MS / 1000,
         audio_base64=request.query.get("audio") == "base64",
     )
+    room = request.app[DEVICE_ROOM]
     session = Session(
         link,
-        request.app[DEVICE_ROOM].deps,
+        room.deps,
         downlink,
         device_id=device_id,
         target=relay.target_for(device_id, agent),
         max_passthrough=cfg.server.max_passthrough_per_session,
     )
+    handler = asyncio.current_task()
+    assert handler is not None
+    room.simulations[handler] = session  # a drain waits for its turn (relay/run/server.py)
     try:
         if custom is not None:
             session.custom(custom)
@@ -132,6 +155,7 @@ async def simulate(request: web.Request) -> web.StreamResponse:
         gone.cancel()
         await link.flush(5.0)
     finally:
+        del room.simulations[handler]
         await session.close()
         await link.close()
     return resp
@@ -157,14 +181,28 @@ async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, headers={"X-Relay-Worker": str(os.getpid())})
 
 
+_DEGRADED = {
+    "status": "degraded",
+    "reason": "redis_unavailable",
+    "hint": "Redis is away or does not answer: devices connect and talk, but presence, "
+    "listing and pushes cover this node only until it returns",
+}
+
+
 async def readyz(request: web.Request) -> web.Response:
-    """Ready to take devices; 503 while draining."""
-    if request.app[RELAY_KEY].draining.is_set():
+    """Ready to take devices; 503 while draining; "degraded" (still 200: devices are served)
+    while the cluster store (Redis) is away or does not answer."""
+    relay = request.app[RELAY_KEY]
+    if relay.draining.is_set():
         return web.json_response({"status": "draining"}, status=503)
+    if not relay.cluster.available:
+        return web.json_response(_DEGRADED)
     return web.json_response({"status": "ready"})
 
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
-    body = request.app[RELAY_KEY].metrics.exposition()
+    metrics = request.app[RELAY_KEY].metrics
+    metrics.count_tasks()
+    body = metrics.exposition()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

@@ -24,6 +24,7 @@ from relay.cluster.base import Presence
 from relay.cluster.directory import DeviceDirectory
 from relay.device.connection import Connection
 from relay.http.api import read_json
+from relay.logsafe import printable
 from relay.resources import RELAY_KEY
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ async def deliver(
         body = jsonutil.loads(message)
         text = message.decode()
     except ValueError:
-        log.warning("undecodable push for %s dropped", device_id)
+        log.warning("undecodable push for %s dropped", printable(device_id))
         return "rejected"
     if _check_push(body, text) is not None:
         return "rejected"

@@ -37,6 +37,7 @@ from relay.auth.handshake import canonical_device_id
 from relay.auth.tokens import mint
 from relay.config.schema import AuthConfig, Config, OtaConfig
 from relay.http.api import read_body
+from relay.logsafe import printable
 from relay.resources import RELAY_KEY
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,9 @@ async def _check(request: web.Request) -> web.Response:
         return refused(exc)
     answer = build_answer(config, req, url, time.time())
     relay.languages.remember(req.device_id, request.headers.get("Accept-Language", ""))
-    log.info("[%s] ota check from %s", req.device_id, req.user_agent[:64] or "?")
+    log.info(
+        "[%s] ota check from %s", printable(req.device_id), printable(req.user_agent[:64] or "?")
+    )
     # The answer may carry a device token: no cache may keep it.
     return web.json_response(answer, headers={"Cache-Control": "no-store"})
 

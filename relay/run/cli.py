@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import uvloop
 
 from relay.config.load import WORKER_ENV, load
-from relay.config.schema import ConfigError
+from relay.config.schema import Config, ConfigError
+from relay.logsafe import OneLineFormatter
 from relay.run.workers import listening_socket, run_workers
 
 log = logging.getLogger("relay")
@@ -60,29 +61,46 @@ def _strip(argv: Sequence[str], options: tuple[str, ...]) -> list[str]:
     return out
 
 
+def _check_speech_files(config: Config) -> None:
+    """Kokoro's and Whisper's files, when they are used without a fallback: a bad one stops
+    the start (and check-config)."""
+    if config.tts.provider == "embedded" and config.tts.fallback != "espeak":
+        from asr_tts.tts import kokoro_files  # numpy: only when the files are checked
+
+        try:
+            kokoro_files.check(kokoro_files.locate())
+        except kokoro_files.ModelFileError as exc:
+            raise ConfigError(f"tts.provider: {exc}") from exc
+    if config.asr.uses_whisper and not config.asr.fallback:
+        from asr_tts.asr.base import ASRError
+        from asr_tts.asr.whisper import check_model  # numpy, hashlib: only when checked
+
+        try:
+            check_model(config.asr.model_dir)
+        except ASRError as exc:
+            fallback = '[asr] fallback = "pocketsphinx" starts without it'
+            raise ConfigError(f"asr.provider: {exc} ({fallback})") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
     try:
         config = load(args.config)
+        _check_speech_files(config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     if args.command == "check-config":
         print("config ok")
         return 0
-    logging.basicConfig(
-        level=config.log.level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler()  # one record, one line: see relay/logsafe.py
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=config.log.level, handlers=[handler])
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     if not config.business:
         log.warning("no [[business]] configured: devices will get business_not_configured")
-    from relay.providers import asr_problem  # imports the speech providers: serving only
-
-    if problem := asr_problem(config):
-        print(f"asr error: {problem}", file=sys.stderr)
-        return 2
     if args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return 2

@@ -14,12 +14,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpServer
 
-from bridges.business import BusinessClient, BusinessTarget, StreamStats
+from bridges.business import BusinessClient, BusinessTarget, Caller, StreamStats
 from bridges.http import HTTPClient
 from protocol.business import BusinessEvent, chat_request
 from protocol.errors import BusinessOutcome
 
 SID = "session-0123456789"
+CALLER = Caller("669C4BDA13EA", SID)
 
 
 def sse(obj: dict[str, Any]) -> bytes:
@@ -49,7 +50,7 @@ async def collect(
     client: BusinessClient, tgt: BusinessTarget, body: bytes
 ) -> tuple[list[BusinessEvent], StreamStats]:
     stats = StreamStats()
-    events = [event async for event in client.stream(tgt, body, SID, stats)]
+    events = [event async for event in client.stream(tgt, body, CALLER, SID, stats)]
     return events, stats
 
 
@@ -80,7 +81,7 @@ async def test_events_are_delivered_as_they_arrive(
     stats = StreamStats()
     seen: list[tuple[bytes, bool]] = []
     tgt = target(str(server.make_url("/chat")), token="t0k3n")
-    async for event in business.stream(tgt, body, SID, stats):
+    async for event in business.stream(tgt, body, CALLER, SID, stats):
         seen.append((event.raw, first_seen.is_set()))
         first_seen.set()
     assert seen == [

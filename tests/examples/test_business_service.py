@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import hashlib
+import hmac
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -215,6 +218,75 @@ async def test_right_token_is_accepted(aiohttp_client: AiohttpClient) -> None:
     assert parse_sse(await resp.read()) == [{"event": "message_end", "session_id": SID}]
 
 
+SECRET = "s1gning-secret"
+
+
+def signed(body: bytes, t: int, secret: str = SECRET) -> str:
+    """X-Relay-Signature for `body` at `t`, computed here from the documented formula."""
+    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+BODY = orjson.dumps(request_body("report"))
+
+
+# Each takes the current time: a header made when the tests are collected would age.
+BAD_SIGNATURES: dict[str, Callable[[int], str | None]] = {
+    "missing": lambda now: None,
+    "empty": lambda now: "",
+    "empty fields": lambda now: "t=,v1=",
+    "wrong secret": lambda now: signed(BODY, now, secret="another-secret"),
+    "other bytes": lambda now: signed(BODY + b" ", now),
+    "too old (a replay)": lambda now: signed(BODY, now - 310),
+    "too far ahead": lambda now: signed(BODY, now + 310),
+    "upper-case hex": lambda now: signed(BODY, now).upper(),
+    "not an ASCII number": lambda now: signed(BODY, now).replace("t=", "t=\u0661"),
+    "zero mac": lambda now: f"v1={'0' * 64},t={now}",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_SIGNATURES))
+async def test_bad_or_missing_signature_is_401(aiohttp_client: AiohttpClient, case: str) -> None:
+    client = await aiohttp_client(make_app(signing_secret=SECRET))
+    headers = {"Content-Type": "application/json"}
+    header = BAD_SIGNATURES[case](int(time.time()))
+    if header is not None:
+        headers["X-Relay-Signature"] = header
+    resp = await client.post("/chat", data=BODY, headers=headers)
+    assert resp.status == 401
+    assert "X-Relay-Signature" in (await resp.json())["error"]
+
+
+@pytest.mark.parametrize("skew", [0, -280, 280])
+async def test_good_signature_is_accepted(aiohttp_client: AiohttpClient, skew: int) -> None:
+    client = await aiohttp_client(make_app(signing_secret=SECRET, token="secret"))
+    headers = {
+        "Content-Type": "application/json",
+        "Authorization": "Bearer secret",
+        "X-Relay-Signature": signed(BODY, int(time.time()) + skew),
+    }
+    resp = await client.post("/chat", data=BODY, headers=headers)
+    assert resp.status == 200
+    assert parse_sse(await resp.read()) == [{"event": "message_end", "session_id": SID}]
+
+
+async def test_without_a_secret_no_signature_is_needed(aiohttp_client: AiohttpClient) -> None:
+    client = await aiohttp_client(make_app())
+    resp = await client.post("/chat", data=BODY, headers={"X-Relay-Signature": "t=1,v1=bad"})
+    assert resp.status == 200
+
+
+def test_relay_signed_matches_the_documented_example() -> None:
+    body = (
+        b'{"auth":{"device_id":"669C4BDA13EA"},"type":"chat","details":{"msg":"hello",'
+        b'"session_id":"q3JxVwQyX1m8W9cUe0m4ZQ","timestamp":1717000000000}}'
+    )
+    header = "t=1717000000,v1=08b82e2a10cd3667c28ff49d4b96c07b3c7f00538ea2e60e4e3c837fc7d5e1ae"
+    assert header == signed(body, 1717000000, secret="change-me")
+    assert business_service.relay_signed(b"change-me", header, body, now=1717000000 + 300)
+    assert not business_service.relay_signed(b"change-me", header, body, now=1717000000 + 301)
+
+
 @pytest.mark.parametrize(
     "raw",
     [b"not json", b"", b"[1, 2]", b'"chat"', b'{"details": {}}', b'{"type": 3}', b'{"type": null}'],
@@ -297,9 +369,12 @@ async def test_a_client_gone_mid_answer_is_no_error_and_the_next_is_answered(
 
 def test_token_defaults_to_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BUSINESS_TOKEN", "from-env")
+    monkeypatch.setenv("BUSINESS_SIGNING_SECRET", "secret-from-env")
     args = parse_args([])
     assert (args.host, args.port, args.token) == ("127.0.0.1", 8090, "from-env")
+    assert args.signing_secret == "secret-from-env"
     assert parse_args(["--token", "cli"]).token == "cli"
+    assert parse_args(["--signing-secret", "cli"]).signing_secret == "cli"
 
 
 def test_imports_only_stdlib_aiohttp_and_orjson() -> None:

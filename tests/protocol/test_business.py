@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 import pytest
@@ -16,9 +19,12 @@ from protocol.business import (
     classify,
     envelope,
     error_event,
+    header_value,
     is_end,
     parse_event,
+    relay_headers,
     session_ok,
+    signature,
 )
 from protocol.errors import MESSAGES, BusinessError
 
@@ -349,3 +355,63 @@ def test_error_event_shape(code: BusinessError) -> None:
     assert orjson.loads(envelope("S", "chat", parsed.raw, 5))["payload"]["business_response"] == (
         orjson.loads(raw)
     )
+
+
+# ---- who is asking (§2.1) -------------------------------------------------------------
+
+DOC_BODY = (
+    b'{"auth":{"device_id":"669C4BDA13EA"},"type":"chat","details":{"msg":"hello",'
+    b'"session_id":"q3JxVwQyX1m8W9cUe0m4ZQ","timestamp":1717000000000}}'
+)
+
+
+def test_signature_is_the_documented_example() -> None:
+    assert signature("change-me", DOC_BODY, 1717000000) == (
+        "t=1717000000,v1=08b82e2a10cd3667c28ff49d4b96c07b3c7f00538ea2e60e4e3c837fc7d5e1ae"
+    )
+
+
+@pytest.mark.parametrize("body", [b"", b"{}", b'{"a":"\\u00e9"}', "é 设备".encode(), bytes(256)])
+@pytest.mark.parametrize("secret", ["s", "päss wörd", "x" * 200])
+def test_signature_is_hmac_sha256_of_t_dot_body(body: bytes, secret: str) -> None:
+    t = 1700000000
+    mac = hmac.new(secret.encode(), str(t).encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert signature(secret, body, t) == f"t={t},v1={mac}"
+
+
+def test_relay_headers_with_a_secret() -> None:
+    headers = relay_headers("669C4BDA13EA", "sid-1", DOC_BODY, secret="change-me", now=1717000000)
+    assert headers == {
+        "X-Relay-Device-Id": "669C4BDA13EA",
+        "X-Relay-Session-Id": "sid-1",
+        "X-Relay-Signature": signature("change-me", DOC_BODY, 1717000000),
+    }
+
+
+def test_relay_headers_without_a_secret_are_unsigned() -> None:
+    headers = relay_headers("669C4BDA13EA", "sid-1", DOC_BODY, secret="", now=1717000000)
+    assert headers == {"X-Relay-Device-Id": "669C4BDA13EA", "X-Relay-Session-Id": "sid-1"}
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["669C4BDA13EA", "dev-1_a.b~c", "!#$&'()*+,/:;<=>?@[]^`{|}\"", "q3JxVwQyX1m8W9cUe0m4ZQ"],
+)
+def test_header_value_keeps_visible_ascii(text: str) -> None:
+    assert header_value(text) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "encoded"),
+    [
+        ("100%", "100%25"),
+        ("a b", "a%20b"),
+        ("x\r\ny: z", "x%0D%0Ay:%20z"),
+        ("\x7f\x00", "%7F%00"),
+        ("Küche", "K%C3%BCche"),
+        ("设备", "%E8%AE%BE%E5%A4%87"),
+    ],
+)
+def test_header_value_percent_encodes_the_rest(text: str, encoded: str) -> None:
+    assert header_value(text) == encoded
+    assert unquote(encoded) == text

@@ -7,7 +7,7 @@ import json
 import orjson
 import pytest
 
-from protocol import device
+from protocol import device, jsonutil
 from protocol.audio_format import AudioFormat
 from protocol.device import (
     EMOJI,
@@ -448,8 +448,28 @@ def test_non_finite_literal_is_bad_json(literal: str) -> None:
     assert_rejected(f'{{"type":"custom","payload":{{"v":{literal}}}}}', DeviceError.BAD_JSON)
 
 
-def test_deep_nesting_is_bad_json() -> None:
-    assert_rejected("[" * 100_000, DeviceError.BAD_JSON)
+def test_deep_unclosed_nesting_is_too_deep() -> None:
+    assert_rejected("[" * 100_000, DeviceError.TOO_DEEP)
+
+
+@pytest.mark.parametrize("mtype", ["custom", "mcp", "iot", "listen"])
+@pytest.mark.parametrize("depth", [jsonutil.MAX_DEPTH, 1000])
+def test_deep_nesting_is_too_deep(mtype: str, depth: int) -> None:
+    # 1000 levels pass orjson; the payload's source text was then re-scanned by the
+    # stdlib's recursive scanner, which overflowed (RecursionError) and dropped the device.
+    deep = "[" * depth + "]" * depth
+    exc = rejected(f'{{"type":"{mtype}","payload":{deep},"descriptors":{deep}}}')
+    assert (exc.code, exc.detail) == (DeviceError.TOO_DEEP, "")
+    assert "64 levels" in MESSAGES[exc.code]
+
+
+@pytest.mark.parametrize("mtype", ["custom", "mcp"])
+def test_payload_nested_to_the_limit_passes(mtype: str) -> None:
+    deep = "[" * (jsonutil.MAX_DEPTH - 1) + "]" * (jsonutil.MAX_DEPTH - 1)
+    payload = f'{{"type":"x","details":{{"d":{deep[2:-2]}}}}}'
+    msg = decode(f'{{"type":"{mtype}","payload":{payload}}}')
+    assert isinstance(msg, Custom | Mcp)
+    assert msg.payload == payload.encode()
 
 
 # ---- relay → device (§1.2, §1.5) --------------------------------------------------------

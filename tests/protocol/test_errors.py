@@ -26,6 +26,7 @@ def test_close_codes() -> None:
     assert {code.name: code.value for code in CloseCode} == {
         "NORMAL": 1000,
         "GOING_AWAY": 1001,
+        "PROTOCOL_ERROR": 1002,
         "POLICY": 1008,
         "TOO_BIG": 1009,
         "INTERNAL": 1011,
@@ -100,6 +101,7 @@ def test_every_push_reason_is_an_api_error() -> None:
         (BusinessOutcome.STATUS, BusinessError.STATUS),
         (BusinessOutcome.CONTENT_TYPE, BusinessError.CONTENT_TYPE),
         (BusinessOutcome.TIMEOUT, BusinessError.TIMEOUT),
+        (BusinessOutcome.INCOMPLETE, BusinessError.INCOMPLETE),  # §2.7: never a silent end
         (BusinessOutcome.OK, None),
         (BusinessOutcome.CANCELLED, None),
     ],

@@ -137,3 +137,53 @@ def test_member_text_is_a_substring_of_the_source() -> None:
     found = jsonutil.member_text(f'{{"payload": {member} }}', "payload")
     assert found == member
     assert json.loads(found) == {"z": 1, "big": BIG, "u": "小智 🙂"}
+
+
+def nested(depth: int, inner: str = "1") -> str:
+    """`inner` inside `depth` levels of alternating arrays and objects."""
+    text = inner
+    for level in range(depth):
+        text = f"[{text}]" if level % 2 else f'{{"k":{text}}}'
+    return text
+
+
+@pytest.mark.parametrize("depth", [1, jsonutil.MAX_DEPTH])
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_loads_accepts_nesting_up_to_the_limit(depth: int, as_bytes: bool) -> None:
+    text = nested(depth)
+    assert jsonutil.loads(text.encode() if as_bytes else text) == json.loads(text)
+
+
+@pytest.mark.parametrize("depth", [jsonutil.MAX_DEPTH + 1, 1000, 1024, 1025, 5000])
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_loads_refuses_deeper_nesting(depth: int, as_bytes: bool) -> None:
+    # 1000: orjson parses it and the stdlib's scanner would overflow; 1025 and more: orjson
+    # refuses it and the stdlib fallback would overflow.
+    text = nested(depth)
+    with pytest.raises(jsonutil.TooDeep, match="deeper than 64 levels"):
+        jsonutil.loads(text.encode() if as_bytes else text)
+
+
+@pytest.mark.parametrize("depth", [jsonutil.MAX_DEPTH + 1, 900, 3000])
+def test_loads_refuses_deep_nesting_on_the_stdlib_path(depth: int) -> None:
+    # A number beyond a double sends the document to the stdlib.
+    with pytest.raises(jsonutil.TooDeep):
+        jsonutil.loads(nested(depth, str(HUGE)))
+
+
+def test_loads_counts_no_bracket_inside_a_string() -> None:
+    text = '["' + "[{" * 100 + '\\"' + "]}" * 3 + '", {"a": [1, "]"]}]'
+    assert jsonutil.loads(text)[1] == {"a": [1, "]"]}
+
+
+def test_loads_many_shallow_brackets_are_fine() -> None:
+    text = "[" + ",".join(['{"a":[1,{"b":[]}]}'] * 500) + "]"
+    assert len(jsonutil.loads(text.encode())) == 500
+
+
+def test_member_text_of_the_deepest_accepted_document() -> None:
+    # What loads accepts, members can scan: the stdlib scanner is safe under the limit.
+    inner = nested(jsonutil.MAX_DEPTH - 1)
+    text = f'{{"payload":{inner}}}'
+    jsonutil.loads(text)
+    assert jsonutil.member_text(text, "payload") == inner

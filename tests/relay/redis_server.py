@@ -1,12 +1,15 @@
 """A private, real redis-server for tests: a free loopback port, no persistence, a temp dir;
-it can be killed and restarted on the same port to test outages."""
+it can be killed and restarted on the same port, or frozen and thawed, to test outages; and
+a TCP relay in front of it that can reset every connection, as a dying host does."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import shutil
+import signal
 import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -73,10 +76,82 @@ class RedisServer:
             await self._proc.wait()
         self._proc = None
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its sockets and data but answers nothing."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: the server answers again, starting with what piled up meanwhile."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
+
     async def restart(self) -> None:
         """Start a fresh, empty server on the same port."""
         await self.kill()
         await self.start()
+
+
+class ResettingRelay:
+    """A TCP relay on a loopback port in front of `target_port`; `reset()` ends every relayed
+    connection with a TCP reset (RST), as a host does for a process killed with data in
+    flight: the client's pooled sockets die while idle, not with a clean close."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._clients: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        self._clients.add(writer)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.transport.abort()
+            return
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            up_writer.transport.abort()
+            self._clients.discard(writer)
+            self._tasks.discard(task)
+
+    def reset(self) -> None:
+        """End every client connection with RST (SO_LINGER 0, then close)."""
+        for writer in self._clients:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+
+    async def close(self) -> None:
+        self.reset()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        if self._tasks:  # each ends once its sockets are gone
+            await asyncio.wait(self._tasks, timeout=READY_TIMEOUT_S)
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.transport.abort()
 
 
 def redis_binary() -> str | None:

@@ -100,6 +100,19 @@ async def test_metrics_count_hello_and_connections(make_relay: RelayFactory) -> 
     assert value(after, "relay_connections_closed_total", code="1000") == 1.0
 
 
+async def test_metrics_count_event_loop_tasks(make_relay: RelayFactory) -> None:
+    client = await make_relay()
+    idle = value(await scrape(client), "relay_event_loop_tasks")
+    assert idle >= 1  # at least the scrape's own handler
+    devices = [await Device.connect(client, device_id=f"dev-{i}") for i in range(3)]
+    assert value(await scrape(client), "relay_event_loop_tasks") >= idle + 3
+    for dev in devices:
+        await dev.ws.close()
+    async with asyncio.timeout(5):  # each connection's tasks end with it
+        while value(await scrape(client), "relay_event_loop_tasks") != idle:
+            await asyncio.sleep(0.02)
+
+
 async def test_metrics_count_business_requests(make_relay: RelayFactory) -> None:
     client = await make_relay()
     before = await scrape(client)

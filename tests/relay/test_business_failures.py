@@ -420,12 +420,15 @@ async def test_stream_without_message_end_ends_the_turn(
     client = await make_relay()
     dev = await Device.connect(client)
     await dev.send(custom(dev))
-    first = [await dev.recv(), await dev.recv()]
-    for m in first:
+    msgs = await dev.recv_until(is_end)
+    for m in msgs[:2]:
         assert_envelope(m, dev, "report")
-    assert responses(first) == [command(dev.session_id, 1), command(dev.session_id, 2)]
-    await wait_metric(client, outcome("no_message_end"), 1)
-    # The turn is over and told the device nothing more: no error envelope is queued.
+    assert responses(msgs[:2]) == [command(dev.session_id, 1), command(dev.session_id, 2)]
+    # §2.7: the device waiting for message_end is told that none is coming.
+    assert len(msgs) == 3
+    assert_error(msgs[2], dev, "business_incomplete")
+    await wait_metric(client, outcome("incomplete"), 1)
+    # The turn is over and told the device nothing more.
     await dev.send({"type": "ping"})
     assert await dev.recv() == {"type": "pong"}
     await next_request_works(dev, fake)
@@ -449,7 +452,7 @@ async def test_business_honouring_accept_encoding_is_understood(
     await dev.send(custom(dev))
     async with asyncio.timeout(3):  # the request is over, one way or the other
         while not (
-            await metric(client, outcome("ok")) or await metric(client, outcome("no_message_end"))
+            await metric(client, outcome("ok")) or await metric(client, outcome("incomplete"))
         ):
             await asyncio.sleep(0.02)
     await dev.send({"type": "ping"})  # everything the turn sent is queued before the pong

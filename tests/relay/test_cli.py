@@ -75,6 +75,46 @@ async def stop(proc: asyncio.subprocess.Process) -> int:
     return proc.returncode
 
 
+async def spawn_relay(
+    port: int, *args: str, business_port: int | None = None
+) -> asyncio.subprocess.Process:
+    """`python -m relay serve` on loopback `port` with the shipped config (its stderr, the log,
+    piped), pointed at the reference business on `business_port` if given."""
+    extra = {"RELAY__BUSINESS__0__URL": f"http://127.0.0.1:{business_port}/chat"}
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "relay",
+        "serve",
+        "--config",
+        "config.toml",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *args,
+        cwd=ROOT,
+        env=clean_env(**(extra if business_port is not None else {})),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def spawn_business(port: int, *args: str) -> asyncio.subprocess.Process:
+    """The reference business service (examples/business_service.py) on loopback `port`."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "examples/business_service.py",
+        "--port",
+        str(port),
+        *args,
+        cwd=ROOT,
+        env=clean_env(),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+
+
 async def wait_http(session: aiohttp.ClientSession, url: str, proc: Any) -> None:
     """Poll `url` until any HTTP answer comes back, bounded by STARTUP_S."""
     async with asyncio.timeout(STARTUP_S):
@@ -91,41 +131,17 @@ async def wait_http(session: aiohttp.ClientSession, url: str, proc: Any) -> None
 
 async def test_serve_runs_a_turn_with_the_reference_business() -> None:
     relay_port, business_port = closed_port(), closed_port()
-    business = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "examples/business_service.py",
-        "--port",
-        str(business_port),
-        cwd=ROOT,
-        env=clean_env(),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    business = await spawn_business(business_port)
     relay: asyncio.subprocess.Process | None = None
     try:
-        relay = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "relay",
-            "serve",
-            "--config",
-            "config.toml",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(relay_port),
-            cwd=ROOT,
-            env=clean_env(RELAY__BUSINESS__0__URL=f"http://127.0.0.1:{business_port}/chat"),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        relay = await spawn_relay(relay_port, business_port=business_port)
         base = f"http://127.0.0.1:{relay_port}"
         async with aiohttp.ClientSession() as http:
             await wait_http(http, f"http://127.0.0.1:{business_port}/", business)
             await wait_http(http, f"{base}/healthz", relay)
             async with http.get(f"{base}/healthz") as resp:
                 assert resp.status == 200
-            async with asyncio.timeout(20):
+            async with asyncio.timeout(60):  # the shipped config: Kokoro loads on first use
                 resp = await http.post(
                     f"{base}/api/v1/simulate", json={"device_id": "d-cli", "text": "please dance"}
                 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -19,6 +20,7 @@ from relay.cluster.base import Cluster, LocalCluster, Page, Presence, PushResult
 from relay.cluster.redis import RedisCluster
 from tests.relay.redis_server import (  # noqa: F401 (pytest finds the fixture by name)
     RedisServer,
+    ResettingRelay,
     free_port,
     redis_server_fixture,
 )
@@ -61,11 +63,15 @@ class Node:
     async def start(self) -> None:
         await self.cluster.start(self.deliver, self.replace, self.local_devices)
 
-    async def connect(self, device_id: str, session_id: str = "", last_seen: float = 0) -> None:
+    async def connect(
+        self, device_id: str, session_id: str = "", last_seen: float = 0, *, settle: bool = True
+    ) -> None:
         now = time.time()
         p = Presence(device_id, self.id, session_id or f"{self.id}-{device_id}", now, last_seen)
         self.held[device_id] = p
         await self.cluster.register(p)
+        if settle and self.cluster.available:  # the claim is queued: wait until it landed
+            assert await self.cluster.settle(2.0)
 
 
 async def eventually(check: Callable[[], object], timeout: float = 3.0) -> None:
@@ -172,10 +178,12 @@ async def test_unregister_removes_only_its_own_session(nodes: tuple[Node, Node])
     await a.connect("d1", "s1")
     await b.connect("d1", "s2")
     await a.cluster.unregister("d1", "s1")  # the replaced connection closing late
+    assert await a.cluster.settle(2.0)
     found = await b.cluster.locate("d1")
     assert found is not None
     assert found.session_id == "s2"
     await b.cluster.unregister("d1", "s2")
+    assert await b.cluster.settle(2.0)
     assert await a.cluster.locate("d1") is None
     assert await a.cluster.push("d1", b"m", 1.0) == PushResult(False, None, "offline")
 
@@ -281,6 +289,78 @@ async def test_redis_outage_degrades_then_recovers(
     assert await b.cluster.locate("d2") is None
     assert await b.cluster.push("d1", b"again", 1.0) == PushResult(True, "A", None)
     assert a.delivered[-1] == ("d1", b"again")
+
+
+async def test_registration_does_not_wait_for_a_frozen_redis(
+    nodes: tuple[Node, Node], redis_server: RedisServer
+) -> None:
+    a, b = nodes
+    await b.connect("moved", "s-old")
+    redis_server.pause()  # alive, its sockets open, answering nothing
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        ids = [f"f{i}" for i in range(8)]
+        await asyncio.gather(*(a.connect(d, settle=False) for d in ids))
+        await a.connect("moved", "s-new", settle=False)  # it left B during the freeze
+        assert loop.time() - start < 0.3  # each used to wait its turn: 9 x 0.5 s
+        # The queued claims time out: the node says Redis is away (readiness: degraded).
+        await eventually(lambda: not a.cluster.available)
+        assert await a.cluster.push("f0", b"m", 1.0) == PushResult(True, "A", None)
+        page = await a.cluster.list(None, 100)
+        assert page.partial
+        assert {p.device_id for p in page.devices} == {*ids, "moved"}
+    finally:
+        redis_server.resume()
+
+    await eventually(lambda: a.cluster.available and b.cluster.available, timeout=5.0)
+
+    async def all_on_a() -> bool:
+        return all([await _at(b, d, "A") for d in (*ids, "moved")])
+
+    await eventually(all_on_a)
+    await eventually(lambda: set(b.replaced) == {("moved", "s-old")})  # closed there: 4001
+    assert a.replaced == []
+    page = await b.cluster.list(None, 100)
+    assert not page.partial
+    assert {(p.device_id, p.node) for p in page.devices} == {(d, "A") for d in (*ids, "moved")}
+    assert await b.cluster.push("f3", b"far", 1.0) == PushResult(True, "A", None)
+    assert await b.cluster.push("moved", b"far", 1.0) == PushResult(True, "A", None)
+    assert a.delivered[-2:] == [("f3", b"far"), ("moved", b"far")]
+
+
+async def test_sockets_reset_under_the_nodes_are_an_outage_not_a_crash(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay.cluster")
+    relay = ResettingRelay(redis_server.port)
+    await relay.start()
+    try:
+        async with two_nodes(relay.url, HEARTBEAT_S) as (a, b):
+            for i in range(4):
+                await a.connect(f"d{i}")
+            assert await b.cluster.push("d0", b"m", 1.0) == PushResult(True, "A", None)
+            beats = (a.cluster.ops.get("heartbeat", 0), b.cluster.ops.get("heartbeat", 0))
+            relay.reset()  # every socket, the idle pooled ones too, dies with a TCP reset
+            # Heartbeats run on the pooled sockets the reset killed while they sat idle.
+            await eventually(
+                lambda: (
+                    a.cluster.ops.get("heartbeat", 0) >= beats[0] + 2
+                    and b.cluster.ops.get("heartbeat", 0) >= beats[1] + 2
+                    and a.cluster.available
+                    and b.cluster.available
+                )
+            )
+            await a.connect("d9")
+            assert await b.cluster.push("d9", b"m", 1.0) == PushResult(True, "A", None)
+            page = await b.cluster.list(None, 10)
+            assert (len(page.devices), page.partial) == (5, False)
+    finally:
+        await relay.close()
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) <= 2, warnings  # at most one line per node
+    assert all(w.startswith("cluster: redis unavailable (") for w in warnings), warnings
 
 
 async def test_push_waiting_for_ack_fails_fast_when_redis_dies(

@@ -271,13 +271,26 @@ async def test_bad_text_gets_error_and_connection_stays(
     assert await dev.recv() == {"type": "pong"}
 
 
-async def test_oversized_frame_closes_1009(make_relay: RelayFactory) -> None:
+def ping_of(size: int) -> str:
+    """A ping message of exactly `size` bytes."""
+    head, tail = '{"type":"ping","pad":"', '"}'
+    return head + "x" * (size - len(head) - len(tail)) + tail
+
+
+async def test_a_frame_of_max_message_bytes_passes_one_more_closes_1009(
+    make_relay: RelayFactory,
+) -> None:
     client = await make_relay(server={"max_message_bytes": 1024})
     dev = await Device.connect(client)
-    await dev.ws.send_str('{"type":"ping","pad":"' + "x" * 2000 + '"}')
+    await dev.ws.send_str(ping_of(1024))  # the limit is the largest message taken
+    assert await dev.recv() == {"type": "pong"}
+    await dev.ws.send_str(ping_of(1025))
     msg = await dev.ws.receive(timeout=5)
     assert msg.type == WSMsgType.CLOSE
     assert dev.ws.close_code == 1009
+    await asyncio.sleep(0.1)
+    metrics = await (await client.get("/metrics")).text()
+    assert 'relay_connections_closed_total{code="1009"} 1.0' in metrics
 
 
 async def test_bad_binary_header_reported_once(make_relay: RelayFactory) -> None:

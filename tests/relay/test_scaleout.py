@@ -109,8 +109,11 @@ async def connect(
     relay: RelayProcess,
     device_id: str,
     hello: dict[str, Any] | None = None,
+    *,
+    seen_by: RelayProcess | None = None,
 ) -> Device:
-    """A device on `relay` (a new TCP connection), past its hello."""
+    """A device on `relay` (a new TCP connection), past its hello; with `seen_by`, also
+    until that node sees it there (presence is written just after the hello)."""
     ws = await http.ws_connect(relay.ws_url, headers={"Device-Id": device_id, "Client-Id": "c"})
     dev = Device(ws, 1)
     await dev.send(hello or {"type": "hello", "version": 1, "transport": "websocket"})
@@ -118,7 +121,21 @@ async def connect(
     assert reply["type"] == "hello"
     dev.session_id = reply["session_id"]
     dev.hello = reply
+    if seen_by is not None:
+        await seen_on(http, seen_by, device_id, relay.name)
     return dev
+
+
+async def seen_on(
+    http: aiohttp.ClientSession, relay: RelayProcess, device_id: str, node: str
+) -> None:
+    """Poll `relay` until it locates the device on `node`."""
+    async with asyncio.timeout(5.0):
+        while True:
+            found = await presence(http, relay, device_id)
+            if found is not None and found["node"] == node:
+                return
+            await asyncio.sleep(0.02)
 
 
 async def push(
@@ -215,7 +232,7 @@ async def pair(
 
 async def test_push_through_either_node_reaches_the_device(pair: Pair) -> None:
     a, b, http = pair.a, pair.b, pair.http
-    dev = await connect(http, a, MAC)
+    dev = await connect(http, a, MAC, seen_by=b)
 
     status, answer = await push(http, b, MAC, b'{"command":' + COMMAND_TEXT.encode() + b"}")
     assert (status, answer) == (200, {"delivered": True, "node": "a"})
@@ -253,8 +270,8 @@ async def test_push_through_either_node_reaches_the_device(pair: Pair) -> None:
 
 async def test_device_messages_through_the_other_node(pair: Pair) -> None:
     a, b, http = pair.a, pair.b, pair.http
-    plain = await connect(http, a, MAC)
-    notified = await connect(http, a, "dev-notify", NOTIFY_HELLO)
+    plain = await connect(http, a, MAC, seen_by=b)
+    notified = await connect(http, a, "dev-notify", NOTIFY_HELLO, seen_by=b)
 
     body = b'{"device":{"session_id":"forged","type":"llm","emotion":"thinking","n":1.50}}'
     status, answer = await push(http, b, MAC, body)
@@ -286,7 +303,7 @@ async def test_device_messages_through_the_other_node(pair: Pair) -> None:
 
 async def test_reconnect_on_another_node_replaces_the_old_connection(pair: Pair) -> None:
     a, b, http = pair.a, pair.b, pair.http
-    old = await connect(http, a, MAC)
+    old = await connect(http, a, MAC, seen_by=b)
     new = await connect(http, b, MAC)
     assert await closed_with(old) == 4001
 
@@ -319,7 +336,7 @@ async def test_redis_outage_keeps_local_traffic_and_heals(
     pair: Pair, redis_server: RedisServer
 ) -> None:
     a, b, http = pair.a, pair.b, pair.http
-    dev = await connect(http, a, MAC)
+    dev = await connect(http, a, MAC, seen_by=b)
     found = await presence(http, b, MAC)
     assert found is not None
     assert found["node"] == "a"
@@ -369,7 +386,7 @@ async def test_reconnect_during_outage_is_settled_when_redis_returns(
     pair: Pair, redis_server: RedisServer
 ) -> None:
     a, b, http = pair.a, pair.b, pair.http
-    old = await connect(http, a, MAC)
+    old = await connect(http, a, MAC, seen_by=b)
     await redis_server.kill()
     await asyncio.sleep(0.2)  # both nodes notice (their subscriptions drop)
     new = await connect(http, b, MAC)  # no cross-node word possible: "a" keeps the old one
@@ -394,9 +411,63 @@ async def test_reconnect_during_outage_is_settled_when_redis_returns(
     await stop_all((a, b), (new,))
 
 
+async def readiness(http: aiohttp.ClientSession, relay: RelayProcess) -> dict[str, Any]:
+    async with http.get(f"{relay.base}/readyz") as resp:
+        assert resp.status == 200
+        answer: dict[str, Any] = await resp.json()
+        return answer
+
+
+async def test_frozen_redis_does_not_hold_hellos_back(
+    pair: Pair, redis_server: RedisServer
+) -> None:
+    a, b, http = pair.a, pair.b, pair.http
+    old = await connect(http, b, MAC, seen_by=a)
+    assert (await readiness(http, a))["status"] == "ready"
+    redis_server.pause()  # alive and connected, answering nothing
+    loop = asyncio.get_running_loop()
+
+    async def timed(device_id: str) -> tuple[Device, float]:
+        start = loop.time()
+        dev = await connect(http, a, device_id)
+        return dev, loop.time() - start
+
+    try:
+        ids = [f"frozen-{i}" for i in range(8)]
+        timed_devices = await asyncio.gather(*(timed(d) for d in ids), timed(MAC))
+        waits = sorted(t for _, t in timed_devices)
+        # Each used to queue behind the one before for a 2 s timeout: 2, 4 ... 18 s.
+        assert waits[-1] < 1.5, waits
+        async with asyncio.timeout(8.0):  # the first claim times out after 2 s
+            while (ready := await readiness(http, a))["status"] != "degraded":
+                await asyncio.sleep(0.1)
+        assert ready["reason"] == "redis_unavailable", ready
+        devices = [dev for dev, _ in timed_devices]
+        await custom_round_trip(devices[0], 7)  # talking needs no Redis
+    finally:
+        redis_server.resume()
+
+    # Redis answers again: the claims land, and the old connection on "b" is replaced.
+    assert await closed_with(old, RECOVERY_S) == 4001
+    async with asyncio.timeout(RECOVERY_S):
+        while {d["device_id"]: d["node"] for d in await list_all(http, b)} != {
+            d: "a" for d in (*ids, CANONICAL)
+        }:
+            await asyncio.sleep(0.1)
+        while (await readiness(http, a))["status"] != "ready":
+            await asyncio.sleep(0.1)
+    status, answer = await push(http, b, "frozen-3", b'{"command":{"event":"message","n":8}}')
+    assert (status, answer) == (200, {"delivered": True, "node": "a"})
+    assert '"business_response":{"event":"message","n":8}' in await recv_raw(devices[3])
+    status, answer = await push(http, b, MAC, b'{"command":{"event":"message","n":9}}')
+    assert (status, answer) == (200, {"delivered": True, "node": "a"})
+    assert '"business_response":{"event":"message","n":9}' in await recv_raw(devices[-1])
+    await stop_all((a, b), tuple(devices))
+
+
 async def test_unresponsive_or_dead_node(pair: Pair) -> None:
     a, b, http = pair.a, pair.b, pair.http
-    dev = await connect(http, a, MAC)
+    dev = await connect(http, a, MAC, seen_by=b)
     loop = asyncio.get_running_loop()
 
     a.proc.send_signal(signal.SIGSTOP)  # alive and subscribed, but never answers
@@ -459,6 +530,8 @@ async def test_workers_are_nodes_of_the_cluster(
                     for _ in range(6):  # each device is a new TCP connection too
                         device_id = f"w{len(devices) + len(batch):02d}"
                         batch[device_id] = await connect(http, relay, device_id)
+                        while await presence(api, relay, device_id) is None:
+                            await asyncio.sleep(0.02)  # its presence lands just after hello
                     devices.update(batch)
                     # Whichever worker takes the push, it reaches the device on either one.
                     for device_id, dev in batch.items():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from typing import Any
 
 import aiohttp
@@ -14,7 +13,7 @@ from aiohttp import WSMsgType, web
 from relay.run.server import drain
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device, FakeBusiness, open_stream, session_of, sse
-from tests.relay.test_cli import ROOT, clean_env, stop, wait_http
+from tests.relay.test_cli import spawn_business, spawn_relay, stop, wait_http
 from tests.relay.test_simulate import closed_port
 
 
@@ -84,24 +83,7 @@ async def test_drain_timeout_cuts_a_turn_that_does_not_finish(
 
 async def test_two_workers_share_a_port_and_merge_metrics() -> None:
     port = closed_port()
-    relay = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        "--config",
-        "config.toml",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "2",
-        cwd=ROOT,
-        env=clean_env(),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    relay = await spawn_relay(port, "--workers", "2")
     base = f"http://127.0.0.1:{port}"
     try:
         pids: set[int] = set()
@@ -132,34 +114,8 @@ async def test_two_workers_share_a_port_and_merge_metrics() -> None:
 
 async def test_sigterm_drains_a_turn_in_flight_and_exits_0() -> None:
     relay_port, business_port = closed_port(), closed_port()
-    business = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "examples/business_service.py",
-        "--port",
-        str(business_port),
-        "--chat-delay",
-        "0.7",
-        cwd=ROOT,
-        env=clean_env(),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    relay = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay",
-        "serve",
-        "--config",
-        "config.toml",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(relay_port),
-        cwd=ROOT,
-        env=clean_env(RELAY__BUSINESS__0__URL=f"http://127.0.0.1:{business_port}/chat"),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    business = await spawn_business(business_port, "--chat-delay", "0.7")
+    relay = await spawn_relay(relay_port, business_port=business_port)
     base = f"http://127.0.0.1:{relay_port}"
     try:
         async with aiohttp.ClientSession() as http:

@@ -14,10 +14,12 @@ from relay.auth.tokens import (
     binding_allows,
     lookup_redis_token,
     mint,
+    open_token_store,
     verify,
 )
 from tests.relay.redis_server import (  # noqa: F401 (pytest finds the fixture by name)
     RedisServer,
+    ResettingRelay,
     free_port,
     redis_server_fixture,
 )
@@ -171,3 +173,20 @@ async def test_unreachable_store_is_reported_without_the_token() -> None:
     finally:
         await r.aclose()
     assert "secret-token-value" not in str(info.value)
+
+
+async def test_sockets_reset_while_idle_are_retried_or_reported(redis_server: RedisServer) -> None:
+    relay = ResettingRelay(redis_server.port)
+    await relay.start()
+    r = open_token_store(relay.url)
+    try:
+        await r.set("token:abc", b'{"device_id":"d1","user_id":"u1"}')
+        relay.reset()  # the pooled socket dies with a TCP reset while idle
+        assert await lookup_redis_token(r, "abc") == TokenBinding("d1", "u1", None)
+        relay.reset()
+        await redis_server.kill()  # and this time Redis is gone
+        with pytest.raises(TokenStoreUnavailable):
+            await lookup_redis_token(r, "abc", timeout_s=1.0)
+    finally:
+        await r.aclose()
+        await relay.close()

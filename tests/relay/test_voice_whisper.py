@@ -188,7 +188,7 @@ def test_the_relay_refuses_to_start_without_its_model(
         timeout=60,
     )
     assert done.returncode == 2, done.stderr
-    assert re.search(f"asr error: {message}", done.stderr), done.stderr
+    assert re.search(f"config error: asr.provider: {message}", done.stderr), done.stderr
     assert 'fallback = "pocketsphinx"' in done.stderr
 
 

@@ -1,10 +1,4 @@
-"""What every embedded-ASR worker process does first, whatever decoder it then loads.
-
-asr_tts.asr.pool starts each worker with the "spawn" method and this module's init() as the
-process pool's initializer; it imports only the standard library, so a worker imports no more
-than the decoder module its calls name (asr_tts.asr.pocketsphinx_worker or
-asr_tts.asr.whisper_worker).
-"""
+"""What every speech worker process does first (started with "spawn" by its pool)."""
 
 from __future__ import annotations
 
@@ -16,12 +10,12 @@ import threading
 from collections.abc import Mapping
 
 
-def init(env: Mapping[str, str]) -> None:
-    """Set up a new worker: its environment, Ctrl-C is for the parent, it ends with its parent."""
-    # Set before any decoder library is imported: some read their settings at import time.
-    os.environ.update(env)
+def init(env: Mapping[str, str] | None = None) -> None:
+    """Set up a new worker: `env` in its environment (before any library that reads it is
+    imported), Ctrl-C is for the parent, and the worker ends with its parent."""
+    os.environ.update(env or {})
     # The parent stops its workers when it shuts down; a terminal's Ctrl-C reaches the whole
-    # process group and would kill the decodes that shutdown lets finish.
+    # process group and would kill the calls that shutdown lets finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     if parent is not None:

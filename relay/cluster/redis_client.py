@@ -1,0 +1,95 @@
+"""The Redis side of the cluster layer that holds no state (relay/cluster/redis.py): the
+client and its pool, what counts as Redis being away, reading presence rows, and paging
+the device index."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from relay.cluster.base import Page, Presence
+
+POOL_SIZE = 64  # connections to Redis per node; more callers wait for one
+_LIST_ROUNDS = 8  # refills of a page thinned by expired members
+
+# What a Redis call raises when Redis is away, for every caller that treats it as an outage
+# (the cluster layer, the token store). OSError includes TimeoutError from asyncio.timeout().
+# RuntimeError: on uvloop, a command written to a pooled socket that the peer reset while it
+# sat idle (Redis killed with data in flight) fails with "unable to perform operation on
+# <TCPTransport closed=True>; the handler is closed", which redis-py passes on unchanged.
+REDIS_ERRORS: tuple[type[Exception], ...] = (RedisError, OSError, RuntimeError)
+
+
+def retried_errors() -> list[type[Exception]]:
+    """`retry_on_error` for a client: besides redis-py's own ConnectionError and
+    TimeoutError, the RuntimeError of a pooled socket reset while idle is retried once on a
+    fresh connection, as a socket closed cleanly is. A new list: redis-py appends to it."""
+    return [RuntimeError]
+
+
+def open_client(url: str, op_timeout_s: float) -> Redis:
+    """A client on a blocking pool: under a burst of pushes, callers wait (bounded by
+    `op_timeout_s`) for a connection instead of failing with MaxConnectionsError
+    (docs/performance.md §13). One quick retry for a stale pooled socket; outages are the
+    supervisor's business."""
+    t = op_timeout_s
+    pool = BlockingConnectionPool.from_url(
+        url,
+        max_connections=POOL_SIZE,
+        timeout=t,
+        socket_connect_timeout=t,
+        socket_timeout=t,
+        retry=Retry(NoBackoff(), 1),
+        retry_on_error=retried_errors(),
+    )
+    return Redis(connection_pool=pool)
+
+
+def text(raw: object) -> str:
+    """A Redis reply (bytes, str or None) as text."""
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
+
+
+def parse_presence(device_id: str, row: Mapping[Any, Any]) -> Presence | None:
+    """A device's presence hash; None when it expired meanwhile or was not written by us."""
+    try:
+        node, session = text(row[b"node"]), text(row[b"session_id"])
+        return Presence(
+            device_id, node, session, float(row[b"connected_at"]), float(row[b"last_seen"])
+        )
+    except (KeyError, ValueError):
+        return None
+
+
+async def list_page(
+    r: Redis, prune: Callable[..., Awaitable[Any]], prefix: str, cursor: str | None, limit: int
+) -> Page:
+    """A page of `{prefix}devices` by id from `cursor`, with members whose hash expired
+    skipped (the page refilled) and removed by the `prune` script."""
+    index = f"{prefix}devices"
+    out: list[Presence] = []
+    start = "-" if cursor is None else "(" + cursor
+    for _ in range(_LIST_ROUNDS):
+        want = limit - len(out)
+        ids = [text(raw) for raw in await r.zrangebylex(index, start, "+", 0, want)]
+        if not ids:
+            return Page(out, None)
+        async with r.pipeline(transaction=False) as pipe:
+            for device_id in ids:
+                pipe.hgetall(f"{prefix}dev:{device_id}")
+            rows = await pipe.execute()
+        found = [parse_presence(d, row) for d, row in zip(ids, rows, strict=True)]
+        out += [p for p in found if p is not None]
+        if stale := [d for d, p in zip(ids, found, strict=True) if p is None]:
+            await prune(keys=[*(f"{prefix}dev:{d}" for d in stale), index], args=stale)
+        if len(ids) < want:
+            return Page(out, None)
+        if len(out) >= limit:
+            break
+        start = "(" + ids[-1]
+    return Page(out, ids[-1])
