@@ -12,7 +12,8 @@ COPY relay relay
 COPY metrics metrics
 COPY devsim devsim
 RUN pip install --no-cache-dir . \
- && python -c 'from asr_tts.tts import kokoro_files as f; f.check(f.locate())'
+ && python -c 'from asr_tts.tts import kokoro_files as f; f.check(f.locate())' \
+ && python -c 'from asr_tts.asr.whisper import check_model; check_model()'
 COPY config.toml ./
 COPY examples examples
 # A fixed numeric user, so that Kubernetes' runAsNonRoot can check it (deploy/kubernetes/).

@@ -7,10 +7,13 @@ import multiprocessing.connection
 import os
 import signal
 import threading
+from collections.abc import Mapping
 
 
-def init() -> None:
-    """Set up a new worker: Ctrl-C is for the parent, and the worker ends with its parent."""
+def init(env: Mapping[str, str] | None = None) -> None:
+    """Set up a new worker: `env` in its environment (before any library that reads it is
+    imported), Ctrl-C is for the parent, and the worker ends with its parent."""
+    os.environ.update(env or {})
     # The parent stops its workers when it shuts down; a terminal's Ctrl-C reaches the whole
     # process group and would kill the calls that shutdown lets finish.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -61,6 +61,20 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def spawned_children(parent: int) -> list[int]:
+    """The processes `parent` started with multiprocessing's "spawn" (decoder workers)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == parent and b"spawn_main" in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
 def self_cpu_seconds() -> float:
     """CPU time of this (load generator) process."""
     t = os.times()

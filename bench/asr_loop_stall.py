@@ -11,7 +11,7 @@ Each repetition feeds the utterance in 60 ms frames (yielding to the loop betwee
 and finishes it, while a task wakes every 5 ms and records the gaps between its wake-ups.
 Two designs, interleaved repetition by repetition so that both see the same noise:
 
-- process: `EmbeddedASR` as it is (each decoder in a spawned worker process);
+- process: `PocketsphinxASR` as it is (each decoder in a spawned worker process);
 - thread: the design it replaced, rebuilt here: the decoder in this process, its calls in a
   one-thread ThreadPoolExecutor, audio in 60 ms process_raw() slices (the command grammar:
   a cepstral-mean pass under a one-word search, then the slices).
@@ -40,14 +40,13 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pocketsphinx import Decoder
 
-from asr_tts.asr.pocketsphinx import EmbeddedASR, command_grammar
-from bench._common import envelope, median, percentile, progress, r, rss_kib
+from asr_tts.asr.pocketsphinx import PocketsphinxASR, command_grammar
+from bench._common import envelope, median, percentile, progress, r, rss_kib, spawned_children
 
 TEXT = "turn on the light. what time is it. dance. " * 6
 COMMANDS = ["turn on the light", "turn off the light", "what time is it", "dance", "stop"]
@@ -147,7 +146,7 @@ class ThreadDesign:
         return await asyncio.wrap_future(final)
 
 
-async def process_recognise(asr: EmbeddedASR, pcm: bytes) -> str:
+async def process_recognise(asr: PocketsphinxASR, pcm: bytes) -> str:
     """One utterance through the provider, fed in 60 ms frames."""
     stream = await asr.open()
     for i in range(0, len(pcm), FRAME_BYTES):
@@ -193,16 +192,7 @@ def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def worker_pids() -> list[int]:
     """This process's children that are decoder workers (spawned by multiprocessing)."""
-    pids = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (proc / "stat").read_text()
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == os.getpid() and b"spawn_main" in cmdline:
-            pids.append(int(proc.name))
-    return pids
+    return spawned_children(os.getpid())
 
 
 def mib(kib: int) -> float:
@@ -214,7 +204,7 @@ async def run_mode(name: str, grammar: list[str] | None, pcm: bytes, reps: int) 
     """Both designs in one mode: the decoder's start, a warm-up, `reps` interleaved runs."""
     rss_before = rss_kib(os.getpid())
     thread = ThreadDesign(grammar)
-    asr = EmbeddedASR(pool_size=1, timeout_s=120, grammar_words=grammar)
+    asr = PocketsphinxASR(pool_size=1, timeout_s=120, grammar_words=grammar)
 
     async def process_start(_pcm: bytes) -> str:
         await (await asr.open()).cancel()

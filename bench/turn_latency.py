@@ -43,7 +43,7 @@ import orjson
 from aiohttp import WSMsgType
 from prometheus_client.parser import text_string_to_metric_families
 
-from asr_tts.asr.pocketsphinx import EmbeddedASR
+from asr_tts.asr.pocketsphinx import PocketsphinxASR
 from asr_tts.codec import FrameEncoder
 from asr_tts.segmenter import Segmenter, SegmenterConfig, SegmentEvent
 from asr_tts.tts.base import Voice
@@ -223,7 +223,7 @@ async def speak_turn(  # noqa: C901, PLR0915 - one timed turn, read top to botto
 
 async def asr_baseline(utts: list[Utterance], words: list[str], reps: int) -> dict[str, float]:
     """ASR of the very utterance audio the relay recognises, in this process (median, ms)."""
-    asr = EmbeddedASR(pool_size=1, grammar_words=words)
+    asr = PocketsphinxASR(pool_size=1, grammar_words=words)
     try:
         out: dict[str, float] = {}
         for u in utts:

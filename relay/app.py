@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from aioutil import cancel_and_wait
-from asr_tts.asr.pocketsphinx import EmbeddedASR
+from asr_tts.asr.pool import DecoderPool
 from bridges.business import BusinessClient
 from bridges.http import HTTPClient
 from metrics.registry import Metrics
@@ -128,7 +128,7 @@ def _resources(
             await cancel_and_wait(sweeper)
             await cluster.stop()
             speaker.close()  # Kokoro's worker processes end
-            if isinstance(voice.asr, EmbeddedASR):
+            if isinstance(voice.asr, DecoderPool):
                 voice.asr.close()  # its decoder processes exit after their running call
             if redis is not None:
                 await redis.aclose()
@@ -138,6 +138,14 @@ def _resources(
             audio_executor.shutdown(wait=False, cancel_futures=True)
 
     return ctx
+
+
+def warm_up(app: web.Application) -> None:
+    """Load the embedded recogniser's first decoder now rather than at the first utterance
+    (`relay serve`; tests start it when they speak)."""
+    voice = app[DEVICE_ROOM].voice
+    if voice is not None and isinstance(voice.asr, DecoderPool):
+        voice.asr.warm()
 
 
 async def _close_devices(app: web.Application) -> None:

@@ -8,10 +8,11 @@ from concurrent.futures import Executor
 
 import aiohttp
 
-from asr_tts.asr.base import ASRProvider
+from asr_tts.asr.base import ASRError, ASRProvider
 from asr_tts.asr.openai import OpenAIASR
-from asr_tts.asr.pocketsphinx import EmbeddedASR
+from asr_tts.asr.pocketsphinx import PocketsphinxASR
 from asr_tts.asr.volcengine import VolcengineASR
+from asr_tts.asr.whisper import WhisperASR, check_model
 from asr_tts.segmenter import SegmenterConfig
 from asr_tts.tts.base import TTSProvider
 from asr_tts.tts.cache import FrameCache
@@ -23,7 +24,7 @@ from asr_tts.tts.speaker import Speaker
 from asr_tts.tts.volcengine import VolcengineTTS
 from asr_tts.vad import SileroModel
 from metrics.registry import Metrics
-from relay.config.schema import Config, ConfigError
+from relay.config.schema import ASRConfig, Config, ConfigError
 from relay.device.audio_batcher import AudioBatcher
 from relay.device.listener import VoiceDeps
 
@@ -117,11 +118,43 @@ def build_asr(config: Config, session: aiohttp.ClientSession) -> ASRProvider:
             url=v.url,
             timeout_s=v.timeout_s,
         )
-    return EmbeddedASR(
+    return _embedded(asr)
+
+
+def _embedded(asr: ASRConfig) -> ASRProvider:
+    """Whisper base, or pocketsphinx when asked for (or as the configured fallback)."""
+    if asr.provider == "embedded" and asr.grammar_words:
+        # Before Whisper, "embedded" was pocketsphinx and grammar_words its command grammar.
+        log.warning('[asr] grammar_words is a pocketsphinx setting: using provider "pocketsphinx"')
+    if asr.uses_whisper:
+        try:
+            check_model(asr.model_dir)
+            return WhisperASR(
+                pool_size=asr.pool_size,
+                timeout_s=asr.timeout_s,
+                language=asr.language or "auto",
+                threads=asr.threads,
+                model_dir=asr.model_dir,
+            )
+        except ASRError as exc:
+            if not asr.fallback:
+                raise ConfigError(f"asr.provider: {exc}") from exc
+            log.error(  # noqa: TRY400 - the message says it all, a traceback would not help
+                "EMBEDDED ASR UNAVAILABLE: %s. Falling back to pocketsphinx: US English only", exc
+            )
+    return PocketsphinxASR(
         pool_size=asr.pool_size,
         timeout_s=asr.timeout_s,
         grammar_words=asr.grammar_words or None,
     )
+
+
+def _default_language(asr: ASRConfig) -> str | None:
+    """What a listener asks for when its device names no language: Whisper holds its own
+    default (auto), the cloud recognisers are given the configured one."""
+    if asr.uses_whisper or asr.language in ("", "auto"):
+        return None
+    return asr.language
 
 
 def build_voice(
@@ -144,5 +177,5 @@ def build_voice(
         ),
         metrics=metrics,
         max_late_s=vad.max_late_ms / 1000,
-        language=config.asr.language or None,
+        language=_default_language(config.asr),
     )

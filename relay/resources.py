@@ -11,6 +11,7 @@ from bridges.business import BusinessTarget
 from metrics.registry import Metrics
 from protocol.audio_format import AudioFormat, downlink_for
 from relay.auth.device import DeviceAuthenticator
+from relay.auth.handshake import SpokenLanguages
 from relay.cluster.base import Cluster
 from relay.config.schema import Config
 
@@ -27,6 +28,7 @@ class Relay:
     cluster: Cluster
     authenticator: DeviceAuthenticator
     _synced: dict[tuple[str, str], int] = field(default_factory=dict)
+    languages: SpokenLanguages = field(default_factory=SpokenLanguages)  # from OTA checks
     draining: asyncio.Event = field(default_factory=asyncio.Event)
 
     def sync_cluster_metrics(self) -> None:

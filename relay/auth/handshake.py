@@ -5,8 +5,9 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from protocol.errors import ApiError, Refusal
 from relay.config.schema import ApiConfig
@@ -25,10 +26,43 @@ class Handshake:
     protocol_version: int
     agent_id: str
     raw_device_id: str = ""  # as sent: HMAC tokens are signed over it
+    language: str = ""  # the language the device speaks ("zh", "en", …); empty: not said
 
 
 class HandshakeError(Refusal):
     """The device WebSocket's handshake cannot be accepted (docs/protocol.md §1.1)."""
+
+
+def spoken_language(value: str) -> str:
+    """The primary language of a `language` parameter or an Accept-Language header, lower
+    case ("zh-CN,zh;q=0.9,en;q=0.8" -> "zh"); empty when it names none ("*", "")."""
+    first = value.split(",")[0].split(";")[0].strip().lower()
+    primary = first.replace("_", "-").split("-")[0]
+    return primary if primary.isascii() and primary.isalpha() else ""
+
+
+class SpokenLanguages:
+    """The language each device's OTA check named (its Accept-Language: the firmware sends it
+    there), for a WebSocket handshake of the same device that names none. In this process's
+    memory, at most `limit` devices, the least recently heard forgotten first."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._limit = limit
+        self._by_device: OrderedDict[str, str] = OrderedDict()
+
+    def remember(self, device_id: str, accept_language: str) -> None:
+        """Note the language of `device_id`'s OTA check (nothing when it names none)."""
+        if language := spoken_language(accept_language):
+            self._by_device[device_id] = language
+            self._by_device.move_to_end(device_id)
+            if len(self._by_device) > self._limit:
+                self._by_device.popitem(last=False)
+
+    def complete(self, hs: Handshake) -> Handshake:
+        """`hs`, with the remembered language if it names none itself."""
+        if hs.language or not (known := self._by_device.get(hs.device_id)):
+            return hs
+        return replace(hs, language=known)
 
 
 def canonical_device_id(raw: str) -> str:
@@ -68,6 +102,8 @@ def parse_handshake(headers: Mapping[str, str], query: Mapping[str, str]) -> Han
         protocol_version=int(version_raw),
         agent_id=get("X-Agent-ID"),
         raw_device_id=raw_device_id,
+        # The query parameter is the device's own choice; a browser sends its locale's header.
+        language=spoken_language(query.get("language") or headers.get("Accept-Language", "")),
     )
 
 

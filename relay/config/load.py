@@ -93,7 +93,15 @@ def _check_speech_out(cfg: Config) -> None:
         raise ConfigError('tts.huoshan.appid: appid and token required for provider "huoshan"')
 
 
+EMBEDDED_LANGUAGES = ("", "auto", "zh", "en")
+
+
 def _check_speech_in(cfg: Config) -> None:
+    if cfg.asr.provider == "embedded" and cfg.asr.language not in EMBEDDED_LANGUAGES:
+        raise ConfigError(
+            f'asr.language: the embedded recogniser takes "auto", "zh" or "en", '
+            f"got {cfg.asr.language!r}"
+        )
     if cfg.asr.provider == "openai" and not cfg.asr.openai.base_url:
         raise ConfigError('asr.openai.base_url: required when asr.provider = "openai"')
     if cfg.asr.provider == "volcengine" and not (

@@ -172,13 +172,23 @@ class VolcengineASRConfig:
 class ASRConfig:
     """`[asr]`: which provider recognises speech, and its settings."""
 
-    provider: Literal["embedded", "openai", "volcengine"] = "embedded"
-    language: str = ""  # empty: the provider's default
-    pool_size: int = 2  # embedded: decoder processes (~145 MB each, ~75 MB with a grammar)
-    grammar_words: tuple[str, ...] = ()  # embedded: restrict to these words (commands)
+    # embedded: Whisper base (Mandarin, English); pocketsphinx: the light US English one
+    provider: Literal["embedded", "pocketsphinx", "openai", "volcengine"] = "embedded"
+    language: str = ""  # embedded: "auto" (zh or en, the default), "zh", "en"; empty: default
+    pool_size: int = 2  # embedded, pocketsphinx: decoder processes
+    threads: int = 0  # embedded: cores per decode; 0 = all (up to 4)
+    model_dir: str = ""  # embedded: the Whisper files; empty = the installed model packages
+    fallback: Literal["", "pocketsphinx"] = ""  # embedded model unusable: refuse to start, or this
+    grammar_words: tuple[str, ...] = ()  # pocketsphinx: restrict to these words (commands)
     timeout_s: float = 20.0
     openai: OpenAIASRConfig = field(default_factory=OpenAIASRConfig)
     volcengine: VolcengineASRConfig = field(default_factory=VolcengineASRConfig)
+
+    @property
+    def uses_whisper(self) -> bool:
+        """Whether Whisper is asked for: "embedded" without grammar_words (with them,
+        configurations written when "embedded" was pocketsphinx keep its command grammar)."""
+        return self.provider == "embedded" and not self.grammar_words
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,7 +85,7 @@ class Connection:
             device_id=hs.device_id,
             target=relay.target_for(hs.device_id, hs.agent_id),
             max_passthrough=cfg.server.max_passthrough_per_session,
-            voice=room.voice,
+            voice=room.voice.speaking(hs.language) if room.voice is not None else None,
             uplink=relay.uplink_format(hello.audio_params),
             detect=room.detect,
             mcp=mcp,

@@ -53,7 +53,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         m.handshake_rejected.labels("bad_origin").inc()
         return api_error(ApiError.BAD_ORIGIN, "this page's origin may not open a device WebSocket")
     try:
-        hs = parse_handshake(request.headers, request.query)
+        hs = relay.languages.complete(parse_handshake(request.headers, request.query))
         await relay.authenticator.check(hs)
     except HandshakeError as exc:
         m.handshake_rejected.labels(exc.code.value).inc()

@@ -11,7 +11,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aioutil import cancel_and_wait
 from asr_tts.asr.base import ASRError, ASRProvider, ASRStream
@@ -43,7 +43,11 @@ class VoiceDeps:
     # auto and realtime modes, no utterance in progress: audio that waited longer than this
     # for decode + VAD is dropped (speech or a barge-in found seconds late is worth nothing)
     max_late_s: float = 0.3
-    language: str | None = None
+    language: str | None = None  # what the ASR is asked for; None: its default
+
+    def speaking(self, language: str) -> VoiceDeps:
+        """These dependencies for a device that speaks `language` (empty: the default)."""
+        return replace(self, language=language) if language else self
 
 
 TextCallback = Callable[[str, float], None]  # (recognised text, monotonic end of speech)

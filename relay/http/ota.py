@@ -90,7 +90,8 @@ def _disabled() -> web.Response:
 
 
 async def _check(request: web.Request) -> web.Response:
-    config = request.app[RELAY_KEY].config
+    relay = request.app[RELAY_KEY]
+    config = relay.config
     if not config.ota.enabled:
         return _disabled()
     try:
@@ -101,6 +102,7 @@ async def _check(request: web.Request) -> web.Response:
         log.info("ota check refused (%s)", exc.code)
         return refused(exc)
     answer = build_answer(config, req, url, time.time())
+    relay.languages.remember(req.device_id, request.headers.get("Accept-Language", ""))
     log.info(
         "[%s] ota check from %s", printable(req.device_id), printable(req.user_agent[:64] or "?")
     )

@@ -62,7 +62,8 @@ def _strip(argv: Sequence[str], options: tuple[str, ...]) -> list[str]:
 
 
 def _check_speech_files(config: Config) -> None:
-    """Kokoro's files, when it is the voice without a fallback: a bad one stops the start."""
+    """Kokoro's and Whisper's files, when they are used without a fallback: a bad one stops
+    the start (and check-config)."""
     if config.tts.provider == "embedded" and config.tts.fallback != "espeak":
         from asr_tts.tts import kokoro_files  # numpy: only when the files are checked
 
@@ -70,6 +71,15 @@ def _check_speech_files(config: Config) -> None:
             kokoro_files.check(kokoro_files.locate())
         except kokoro_files.ModelFileError as exc:
             raise ConfigError(f"tts.provider: {exc}") from exc
+    if config.asr.uses_whisper and not config.asr.fallback:
+        from asr_tts.asr.base import ASRError
+        from asr_tts.asr.whisper import check_model  # numpy, hashlib: only when checked
+
+        try:
+            check_model(config.asr.model_dir)
+        except ASRError as exc:
+            fallback = '[asr] fallback = "pocketsphinx" starts without it'
+            raise ConfigError(f"asr.provider: {exc} ({fallback})") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import socket
 from aiohttp import web
 
 from protocol.errors import CloseCode
-from relay.app import make_app
+from relay.app import make_app, warm_up
 from relay.config.schema import Config
 from relay.device.connection import DEVICE_ROOM
 from relay.edge import EDGE_KEY
@@ -91,6 +91,7 @@ async def serve(config: Config, sock: socket.socket) -> None:
     raise_descriptor_limit()
     app = make_app(config)
     runner, server = await start(app, sock)
+    warm_up(app)
     host, port = sock.getsockname()[:2]
     log.info("relay listening on http://%s:%d (pid %d)", host, port, os.getpid())
     stop = asyncio.Event()

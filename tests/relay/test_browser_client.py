@@ -129,7 +129,7 @@ def count(log: list[dict[str, Any]], mtype: str, state: str | None = None) -> in
 async def test_a_browser_client_from_another_origin_talks_turn_after_turn(
     make_relay: RelayFactory, fake: FakeBusiness, browser: Browser, aiohttp_server: Any
 ) -> None:
-    client = await make_relay(asr={"grammar_words": [PHRASE, TYPED]})
+    client = await make_relay(asr={"provider": "pocketsphinx", "grammar_words": [PHRASE, TYPED]})
     relay_origin = str(client.make_url("")).rstrip("/")
     page_url = await serve_page(aiohttp_server)
     assert page_url.split("/")[2] != relay_origin.split("/")[2]  # another origin

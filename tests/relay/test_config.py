@@ -38,6 +38,7 @@ def test_shipped_config_loads_with_documented_keys() -> None:
     assert b.first_event_timeout_s == 15.0
     assert b.idle_timeout_s == 30.0
     assert cfg.tts.provider == "embedded"
+    assert (cfg.asr.provider, cfg.asr.language, cfg.asr.fallback) == ("embedded", "auto", "")
     assert cfg.tts.downlink_sample_rate == 24000
     assert cfg.tts.frame_duration_ms == 60
     assert cfg.api.tokens == ()
@@ -108,6 +109,10 @@ def test_values_are_frozen() -> None:
         ({"mcp": {"max_calls_per_turn": 0}}, "mcp.max_calls_per_turn"),
         ({"mcp": {"vision": {"url": "ws://cam.example/"}}}, "mcp.vision.url"),
         ({"business": [business(device_tools="yes")]}, "business[0].device_tools"),
+        ({"asr": {"language": "fr"}}, "asr.language"),
+        ({"asr": {"language": "zh-CN"}}, "asr.language"),
+        ({"asr": {"provider": "whisper"}}, "asr.provider"),
+        ({"asr": {"fallback": "openai"}}, "asr.fallback"),
     ],
 )
 def test_bad_value_names_the_key(data: dict[str, Any], key: str) -> None:

@@ -157,7 +157,9 @@ async def test_console_is_a_device_that_speaks_and_hears(  # noqa: PLR0915 - one
     tmp_path: Path,
 ) -> None:
     started = time.monotonic()
-    client = await make_relay(console={"enabled": True}, asr={"grammar_words": [PHRASE]})
+    client = await make_relay(
+        console={"enabled": True}, asr={"provider": "pocketsphinx", "grammar_words": [PHRASE]}
+    )
     page, hello, errors = await connect(browser, client)
     assert hello["audio_params"]["format"] == "pcm"  # §1.2: a PCM hello gets PCM downlink
     assert hello["audio_params"]["sample_rate"] == 16000
@@ -251,7 +253,9 @@ async def test_console_is_a_device_that_speaks_and_hears(  # noqa: PLR0915 - one
 async def test_console_opus_framing_v3_auto_mode(
     make_relay: RelayFactory, fake: FakeBusiness, browser: Browser
 ) -> None:
-    client = await make_relay(console={"enabled": True}, asr={"grammar_words": [PHRASE]})
+    client = await make_relay(
+        console={"enabled": True}, asr={"provider": "pocketsphinx", "grammar_words": [PHRASE]}
+    )
     probe = await browser.new_page()
     await probe.goto(str(client.make_url("/console")))  # WebCodecs needs a secure context
     supported = await probe.evaluate(

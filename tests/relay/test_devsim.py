@@ -103,7 +103,7 @@ async def test_text_response_answer_written_to_wav(
 
 
 async def test_spoken_utterance_manual_mode(make_relay: RelayFactory, fake: FakeBusiness) -> None:
-    client = await make_relay(asr={"grammar_words": [COMMAND]})
+    client = await make_relay(asr={"provider": "pocketsphinx", "grammar_words": [COMMAND]})
     # Real time, as a device sends: faster, `listen stop` can overtake the audio still queued
     # in the relay (test_manual_stop_waits_for_queued_audio).
     code, out, err = await simulate(client, "--say", COMMAND, "--mode", "manual")
@@ -127,7 +127,7 @@ async def test_spoken_utterance_manual_mode(make_relay: RelayFactory, fake: Fake
 async def test_protocol_versions(
     make_relay: RelayFactory, version: int, mode: str, extra: tuple[str, ...]
 ) -> None:
-    client = await make_relay(asr={"grammar_words": [COMMAND]})
+    client = await make_relay(asr={"provider": "pocketsphinx", "grammar_words": [COMMAND]})
     args = ["--say", COMMAND, "--mode", mode, "--protocol", str(version), *extra]
     code, out, err = await simulate(client, *args, "--json")
     assert code == 0, err
@@ -144,7 +144,9 @@ async def test_protocol_versions(
 async def test_manual_stop_waits_for_queued_audio(make_relay: RelayFactory) -> None:
     # A burst (Wi-Fi stall, then catch-up): every frame arrives just before `listen stop`.
     # With the prefix in the grammar, only the whole utterance is heard as COMMAND.
-    client = await make_relay(asr={"grammar_words": ["turn on", COMMAND]})
+    client = await make_relay(
+        asr={"provider": "pocketsphinx", "grammar_words": ["turn on", COMMAND]}
+    )
     code, out, _err = await simulate(client, "--say", COMMAND, "--speed", "1000", "--timeout", "5")
     assert code == 0
     assert f"stt: {COMMAND!r}" in out

@@ -38,7 +38,7 @@ from tests.relay.voice_helpers import (
     wait_metric,
 )
 
-GRAMMAR = {"grammar_words": list(COMMANDS)}
+GRAMMAR = {"provider": "pocketsphinx", "grammar_words": list(COMMANDS)}
 DEVICE_ID = "669C4BDA13EA"  # the canonical form of Device.connect's default MAC (§1.1)
 
 
@@ -442,7 +442,7 @@ async def test_a_voice_turn_is_measured(
     assert stt_texts(await dev.until(is_stt)) == ["turn off the light"]
     (await dev.answer()).check_spoken()
     for sample in (
-        'relay_asr_seconds_count{provider="embedded"}',
+        'relay_asr_seconds_count{provider="pocketsphinx"}',
         "relay_vad_segments_total",
         "relay_speech_end_to_first_audio_seconds_count",
         'relay_tts_seconds_count{provider="espeak"}',

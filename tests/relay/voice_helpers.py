@@ -25,7 +25,7 @@ RATE = 16000
 FRAME_SAMPLES = 960  # 60 ms at 16 kHz: one uplink packet (docs/protocol.md §1.4)
 FRAME_BYTES = FRAME_SAMPLES * 2
 FRAME_S = 0.06
-# The embedded recogniser's command vocabulary for these tests (`asr.grammar_words`).
+# The pocketsphinx command vocabulary for these tests (`asr.grammar_words`).
 COMMANDS = ("turn on the light", "turn off the light", "what time is it", "dance", "stop")
 PCM_HELLO: dict[str, Any] = {
     "type": "hello",
@@ -152,10 +152,19 @@ class VoiceDevice:
 
     @classmethod
     async def connect(
-        cls, client: TestClient[Any, Any], *, version: int = 1, device_id: str = "66:9C:4B:DA:13:EA"
+        cls,
+        client: TestClient[Any, Any],
+        *,
+        version: int = 1,
+        device_id: str = "66:9C:4B:DA:13:EA",
+        path: str = "/xiaozhi/v1/",
+        headers: dict[str, str] | None = None,
     ) -> VoiceDevice:
         """Connect with an Opus 16 kHz / 60 ms uplink hello (docs/protocol.md §1.2)."""
-        return cls(await Device.connect(client, version=version, device_id=device_id))
+        dev = await Device.connect(
+            client, version=version, device_id=device_id, path=path, headers=headers
+        )
+        return cls(dev)
 
     @classmethod
     async def connect_pcm(cls, client: TestClient[Any, Any]) -> VoiceDevice:
@@ -346,6 +355,7 @@ class FakeTranscriber:
     mode: Literal["error", "stall", "empty", "ok"] = "ok"
     text: str = "dance"
     hits: int = 0
+    languages: list[str | None] = field(default_factory=list)  # each request's, None if absent
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -353,7 +363,9 @@ class FakeTranscriber:
         return app
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        await request.read()
+        form = await request.post()
+        language = form.get("language")
+        self.languages.append(language if isinstance(language, str) else None)
         self.hits += 1
         if self.mode == "error":
             body = {"error": {"message": "boom", "type": "server_error", "code": None}}

@@ -1,10 +1,10 @@
-"""The inside of one embedded-ASR worker process: one pocketsphinx decoder and its utterance.
+"""The inside of one pocketsphinx worker process: one decoder and its utterance.
 
-asr_tts.asr.pocketsphinx starts each worker with the "spawn" method and calls the functions
-below in it, one call at a time. Whatever this module imports, every worker imports, so it
-stays on pocketsphinx, numpy and the standard library (plus asr_tts.asr.base for ASRError,
-which imports no more). The decoder lives in a module global: the process itself is the
-resource its parent owns, and it never holds more than this one decoder.
+asr_tts.asr.pocketsphinx starts each worker (asr_tts.asr.pool, "spawn") and calls the
+functions below in it, one call at a time. Whatever this module imports, every such worker
+imports, so it stays on pocketsphinx, numpy and the standard library (plus asr_tts.asr.base
+for ASRError, which imports no more). The decoder lives in a module global: the process itself
+is the resource its parent owns, and it never holds more than this one decoder.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import numpy as np
 from pocketsphinx import Decoder
 
 from asr_tts.asr.base import ASRError
-from asr_tts.workerproc import init as init  # the pool starts each worker with it
 
 SEARCH = "commands"
 _CMN_SEARCH = "cmn"  # one word: a search that costs next to nothing while features are made
@@ -71,8 +70,11 @@ def _build(grammar: str | None, vocabulary: frozenset[str]) -> Decoder:
     return decoder
 
 
-def process(pcm: bytes, first: bool) -> None:
-    """Decode more audio of the utterance (full vocabulary); `first` begins a new one."""
+def process(pcm: bytes, first: bool, language: str | None) -> None:
+    """Decode more audio of the utterance (full vocabulary); `first` begins a new one.
+
+    `language` is ignored: the model is US English.
+    """
     state = _begin(first)
     _decode(state.decoder, _dither(state, pcm))
 
@@ -101,8 +103,10 @@ def _own_cmn(decoder: Decoder, data: bytes) -> None:
     decoder.start_utt()
 
 
-def finish(pcm: bytes, first: bool) -> str:
+def finish(pcm: bytes, first: bool, language: str | None) -> str:
     """Decode the last audio, end the utterance and return the best hypothesis ("" if none).
+
+    `language` is ignored: the model is US English.
 
     With the command grammar `pcm` is the whole utterance, normalised with its own cepstral
     mean, so the same audio always gives the same text, whatever the decoder heard before.

@@ -9,39 +9,19 @@ import asyncio
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from asr_tts.asr.base import ASRError, ASRStream
-from asr_tts.asr.pocketsphinx import EmbeddedASR, command_grammar
-from asr_tts.codec import pcm_from_wav, resample
+from asr_tts.asr.pocketsphinx import PocketsphinxASR, command_grammar
+from tests.asr_tts.conftest import Speak
 
 CHUNK = 1920  # 60 ms of 16 kHz s16le
 COMMANDS = ["turn on the light", "turn off the light", "what time is it", "dance", "stop"]
-Speak = Callable[..., bytes]
-
-
-@pytest.fixture(scope="module")
-def speak() -> Speak:
-    """espeak-ng speech as 16 kHz s16le, cached per module."""
-    cache: dict[tuple[str, str], bytes] = {}
-
-    def say(text: str, voice: str = "en") -> bytes:
-        if (text, voice) not in cache:
-            wav = subprocess.run(
-                ["espeak-ng", "--stdout", "-s", "140", "-v", voice, text],
-                capture_output=True,
-                check=True,
-            ).stdout
-            cache[text, voice] = resample(pcm_from_wav(wav), 16000).samples
-        return cache[text, voice]
-
-    return say
 
 
 def process_state(pid: int) -> tuple[str, int] | None:
@@ -90,8 +70,8 @@ async def no_process_left() -> AsyncIterator[None]:
 
 
 @pytest.fixture
-async def commands() -> AsyncIterator[EmbeddedASR]:
-    asr = EmbeddedASR(grammar_words=COMMANDS)
+async def commands() -> AsyncIterator[PocketsphinxASR]:
+    asr = PocketsphinxASR(grammar_words=COMMANDS)
     yield asr
     asr.close()
 
@@ -102,7 +82,7 @@ async def feed_all(stream: ASRStream, pcm: bytes) -> None:
         await stream.feed(pcm[i : i + CHUNK])
 
 
-async def recognise(asr: EmbeddedASR, pcm: bytes) -> str:
+async def recognise(asr: PocketsphinxASR, pcm: bytes) -> str:
     """One whole utterance."""
     stream = await asr.open()
     await feed_all(stream, pcm)
@@ -116,12 +96,12 @@ async def recognise(asr: EmbeddedASR, pcm: bytes) -> str:
     [("turn on the light", "en"), ("what time is it", "en"), ("dance", "en-us")],
 )
 async def test_commands_are_recognised(
-    commands: EmbeddedASR, speak: Speak, text: str, voice: str
+    commands: PocketsphinxASR, speak: Speak, text: str, voice: str
 ) -> None:
     assert await recognise(commands, speak(text, voice)) == text
 
 
-async def test_commands_in_a_row(commands: EmbeddedASR, speak: Speak) -> None:
+async def test_commands_in_a_row(commands: PocketsphinxASR, speak: Speak) -> None:
     text = await recognise(commands, speak("turn off the light. stop", "en-us"))
     assert text == "turn off the light stop"
 
@@ -129,7 +109,7 @@ async def test_commands_in_a_row(commands: EmbeddedASR, speak: Speak) -> None:
 async def test_full_vocabulary_gets_plain_words(speak: Speak) -> None:
     # Full-vocabulary recognition of espeak-ng's voice is poor ("turn on the light" comes
     # out as "do not ah like"); two clear words survive.
-    asr = EmbeddedASR(pool_size=1)
+    asr = PocketsphinxASR(pool_size=1)
     try:
         assert "please stop" in await recognise(asr, speak("please stop", "en-us"))
     finally:
@@ -137,7 +117,7 @@ async def test_full_vocabulary_gets_plain_words(speak: Speak) -> None:
 
 
 async def test_timeouts_leave_the_pool_usable(speak: Speak) -> None:
-    asr = EmbeddedASR(pool_size=1, timeout_s=0.01)  # full vocabulary: a worker starts in ~0.5 s
+    asr = PocketsphinxASR(pool_size=1, timeout_s=0.01)  # full vocabulary: a worker starts in ~0.5 s
     try:
         with pytest.raises(ASRError, match="no free decoder"):
             await asr.open()  # the load goes on and its decoder joins the pool
@@ -160,13 +140,13 @@ async def test_timeouts_leave_the_pool_usable(speak: Speak) -> None:
         asr.close()
 
 
-async def test_silence_is_empty(commands: EmbeddedASR) -> None:
+async def test_silence_is_empty(commands: PocketsphinxASR) -> None:
     assert await recognise(commands, bytes(32000)) == ""
     assert await recognise(commands, b"") == ""
 
 
 async def test_pool_bound_makes_open_wait_and_time_out(speak: Speak) -> None:
-    asr = EmbeddedASR(pool_size=1, timeout_s=5, grammar_words=COMMANDS)
+    asr = PocketsphinxASR(pool_size=1, timeout_s=5, grammar_words=COMMANDS)
     try:
         first = await asr.open()  # starts the worker: ~0.3 s, longer on a busy machine
         asr.timeout_s = 0.3
@@ -185,7 +165,7 @@ async def test_pool_bound_makes_open_wait_and_time_out(speak: Speak) -> None:
         asr.close()
 
 
-async def test_cancel_returns_a_clean_decoder(commands: EmbeddedASR, speak: Speak) -> None:
+async def test_cancel_returns_a_clean_decoder(commands: PocketsphinxASR, speak: Speak) -> None:
     stream = await commands.open()
     await feed_all(stream, speak("what time is it"))
     await stream.cancel()
@@ -193,7 +173,7 @@ async def test_cancel_returns_a_clean_decoder(commands: EmbeddedASR, speak: Spea
     await stream.feed(speak("dance", "en-us"))  # ignored
     with pytest.raises(ASRError, match="already finished or cancelled"):
         await stream.finish()
-    asr = EmbeddedASR(pool_size=1, timeout_s=5, grammar_words=COMMANDS)
+    asr = PocketsphinxASR(pool_size=1, timeout_s=5, grammar_words=COMMANDS)
     try:
         cancelled = await asr.open()
         await feed_all(cancelled, speak("what time is it"))
@@ -203,7 +183,7 @@ async def test_cancel_returns_a_clean_decoder(commands: EmbeddedASR, speak: Spea
         asr.close()
 
 
-async def test_two_utterances_decode_side_by_side(commands: EmbeddedASR, speak: Speak) -> None:
+async def test_two_utterances_decode_side_by_side(commands: PocketsphinxASR, speak: Speak) -> None:
     a, b = await commands.open(), await commands.open()
     left, right = speak("turn on the light"), speak("dance", "en-us")
     for i in range(0, max(len(left), len(right)), CHUNK):
@@ -214,7 +194,7 @@ async def test_two_utterances_decode_side_by_side(commands: EmbeddedASR, speak: 
 
 
 async def test_words_missing_from_the_dictionary_fail_at_open() -> None:
-    asr = EmbeddedASR(grammar_words=["turn on the zorblax"])
+    asr = PocketsphinxASR(grammar_words=["turn on the zorblax"])
     try:
         with pytest.raises(ASRError, match=r"missing from the pronunciation dictionary.*zorblax"):
             await asr.open()
@@ -222,19 +202,19 @@ async def test_words_missing_from_the_dictionary_fail_at_open() -> None:
         asr.close()
 
 
-async def test_a_closed_pool_refuses_work(commands: EmbeddedASR, speak: Speak) -> None:
+async def test_a_closed_pool_refuses_work(commands: PocketsphinxASR, speak: Speak) -> None:
     stream = await commands.open()
     await feed_all(stream, speak("dance", "en-us"))
     commands.close()
     with pytest.raises(ASRError, match="pool is closed"):
         await stream.finish()
-    fresh = EmbeddedASR(pool_size=1, timeout_s=1)
+    fresh = PocketsphinxASR(pool_size=1, timeout_s=1)
     fresh.close()
     with pytest.raises(ASRError, match="pool is closed"):
         await fresh.open()
 
 
-async def test_an_utterance_too_long_is_refused(commands: EmbeddedASR) -> None:
+async def test_an_utterance_too_long_is_refused(commands: PocketsphinxASR) -> None:
     stream = await commands.open()
     second = bytes(32000)
     for _ in range(120):
@@ -246,7 +226,7 @@ async def test_an_utterance_too_long_is_refused(commands: EmbeddedASR) -> None:
 
 def test_pool_size_must_be_positive() -> None:
     with pytest.raises(ValueError, match="pool_size"):
-        EmbeddedASR(pool_size=0)
+        PocketsphinxASR(pool_size=0)
 
 
 @pytest.mark.parametrize("phrases", [[], ["turn on", ""], ["on/off"], ["ein würfel"]])
@@ -269,7 +249,7 @@ async def test_the_loop_keeps_running_while_the_full_vocabulary_decodes(speak: S
     # stood still 40-60 ms at a time here, up to 105 ms with the two cores busy elsewhere.
     pcm = speak("please stop the music. turn on the light and tell me what time it is. " * 2)
     assert len(pcm) / 32000 > 8
-    asr = EmbeddedASR(pool_size=1)
+    asr = PocketsphinxASR(pool_size=1)
     try:
         stream = await asr.open()
         loop = asyncio.get_running_loop()
@@ -309,7 +289,7 @@ async def test_the_loop_keeps_running_while_the_full_vocabulary_decodes(speak: S
 async def test_a_killed_worker_fails_its_utterance_and_is_replaced(
     speak: Speak, grammar: list[str] | None, phrase: str
 ) -> None:
-    asr = EmbeddedASR(pool_size=1, timeout_s=5, grammar_words=grammar)
+    asr = PocketsphinxASR(pool_size=1, timeout_s=5, grammar_words=grammar)
     try:
         assert phrase in await recognise(asr, speak(phrase, "en-us"))
         (first,) = decoder_processes()
@@ -340,7 +320,7 @@ async def recognise_rest(stream: ASRStream, pcm: bytes) -> str:
 
 
 async def test_close_stops_every_worker_after_its_running_call(speak: Speak) -> None:
-    asr = EmbeddedASR(pool_size=2, grammar_words=COMMANDS)
+    asr = PocketsphinxASR(pool_size=2, grammar_words=COMMANDS)
     try:
         busy, idle = await asr.open(), await asr.open()
         assert len(decoder_processes()) == 2
@@ -362,10 +342,10 @@ async def test_close_stops_every_worker_after_its_running_call(speak: Speak) -> 
 
 ORPHAN_SCRIPT = """
 import asyncio
-from asr_tts.asr.pocketsphinx import EmbeddedASR
+from asr_tts.asr.pocketsphinx import PocketsphinxASR
 
 async def main():
-    asr = EmbeddedASR(pool_size=1, grammar_words=["dance"])
+    asr = PocketsphinxASR(pool_size=1, grammar_words=["dance"])
     stream = await asr.open()
     print("ready", flush=True)
     await asyncio.sleep(60)
