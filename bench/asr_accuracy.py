@@ -32,6 +32,7 @@ import asyncio
 import math
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,9 @@ from aiohttp import WSMsgType
 
 from asr_tts.codec import pcm_from_wav, resample
 from asr_tts.pcm import Pcm
+from asr_tts.tts.base import Voice
 from asr_tts.tts.espeak import MANDARIN_VOICE, to_pinyin
+from asr_tts.tts.kokoro import KokoroTTS
 from bench._cli import parser, run_main
 from bench._common import (
     children,
@@ -130,10 +133,26 @@ def white_noise(seconds: float, dbfs: float, seed: int = 7) -> bytes:
     return np.clip(x * 32768 * math.pow(10.0, dbfs / 20), -32768, 32767).astype("<i2").tobytes()
 
 
-def test_set() -> dict[str, list[tuple[str, bytes]]]:
-    """Every set: name -> [(expected text, PCM)]."""
-    en = [(p, trim(espeak(p)) + silence(0.3)) for p in ENGLISH]
-    zh = [(p, trim(espeak(to_pinyin(p), MANDARIN_VOICE)) + silence(0.3)) for p in MANDARIN]
+async def kokoro_voice(phrases: Sequence[str]) -> list[tuple[str, bytes]]:
+    """`phrases` spoken by the relay's embedded Kokoro voice (default voices), at 16 kHz."""
+    tts = KokoroTTS()
+    try:
+        out = []
+        for p in phrases:
+            pcm = await tts.synthesize(p, Voice())
+            out.append((p, trim(resample(pcm, RATE).samples) + silence(0.3)))
+        return out
+    finally:
+        tts.close()
+
+
+async def test_set(voice: str) -> dict[str, list[tuple[str, bytes]]]:
+    """Every set: name -> [(expected text, PCM)]; the synthetic ones in `voice`."""
+    if voice == "kokoro":
+        en, zh = await kokoro_voice(ENGLISH), await kokoro_voice(MANDARIN)
+    else:
+        en = [(p, trim(espeak(p)) + silence(0.3)) for p in ENGLISH]
+        zh = [(p, trim(espeak(to_pinyin(p), MANDARIN_VOICE)) + silence(0.3)) for p in MANDARIN]
     return {
         "real_en": real_english(),
         "synth_en": en,
@@ -306,8 +325,8 @@ def worker_rss_mib(relay_pid: int) -> list[float]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    progress("synthesising the test set")
-    sets = test_set()
+    progress(f"synthesising the test set ({args.voice})")
+    sets = await test_set(args.voice)
     results: dict[str, Any] = {}
     for provider in args.providers.split(","):
         progress(f"{provider}:")
@@ -321,7 +340,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         results[provider] = {"accuracy": acc, "latency": lat, "worker_rss_mib": rss}
         progress(f"  latency: {lat}, worker RSS MiB {rss}")
     doc = envelope(
-        "asr_accuracy", {"providers": args.providers, "turns": args.turns, "speed": args.speed}
+        "asr_accuracy",
+        {
+            "providers": args.providers,
+            "turns": args.turns,
+            "speed": args.speed,
+            "voice": args.voice,
+        },
     )
     doc["results"] = results
     return doc
@@ -348,6 +373,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--providers", default="embedded,pocketsphinx")
     p.add_argument("--turns", type=int, default=10, help="latency turns per provider")
     p.add_argument("--speed", type=float, default=4.0, help="push-to-talk pace, × real time")
+    p.add_argument(
+        "--voice",
+        choices=("espeak", "kokoro"),
+        default="espeak",
+        help="who speaks the synthetic sets: espeak-ng, or the relay's embedded Kokoro voice",
+    )
     return p.parse_args(argv)
 
 
