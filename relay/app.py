@@ -97,7 +97,13 @@ def _resources(
             authenticator=DeviceAuthenticator(config.auth, redis),
         )
         app[DEVICE_ROOM] = room = DeviceRoom(
-            deps=TurnDeps(BusinessClient(http), speaker, metrics, config.tts.stop_margin_ms / 1000),
+            deps=TurnDeps(
+                BusinessClient(http),
+                speaker,
+                metrics,
+                config.tts.stop_margin_ms / 1000,
+                log_text_chars=config.log.stt_chars,
+            ),
             voice=voice,
             detect=config.listen.rules(),
         )
@@ -115,10 +121,11 @@ def _resources(
 
         await cluster.start(deliver, replace, local_devices)
         sweeper = asyncio.get_running_loop().create_task(idle_sweeper(app[RELAY_KEY], local))
+        probe = asyncio.get_running_loop().create_task(room.deps.reach.probe(targets.values()))
         try:
             yield
         finally:
-            await cancel_and_wait(sweeper)
+            await cancel_and_wait([sweeper, probe])
             await cluster.stop()
             if isinstance(voice.asr, EmbeddedASR):
                 voice.asr.close()  # its decoder processes exit after their running call

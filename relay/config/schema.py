@@ -239,9 +239,11 @@ class ConsoleConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    """`[log]`: stdlib logging level."""
+    """`[log]`: level, format and how much of what users say the log keeps."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"  # json: one object per line (README.md, "Logs")
+    stt_chars: int = 64  # recognised text kept in a turn's log line; 0 = none (privacy)
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,7 +92,7 @@ class Session:
         """Start a chat turn for `text`, replacing the running one (§2.1)."""
         ts = time.time_ns() // 1_000_000
         body = chat_request(self.device_id, text, self.session_id, ts)
-        turn = self._turn("chat", always_stop=True, speech_end=speech_end)
+        turn = self._turn("chat", always_stop=True, speech_end=speech_end, text=text)
         return self._start_chat(turn, lambda: self._run(turn, body, self.session_id))
 
     def custom(self, msg: Custom) -> asyncio.Task[None] | None:
@@ -262,7 +262,12 @@ class Session:
     # ---- turns ------------------------------------------------------------------------
 
     def _turn(
-        self, request_type: str, *, always_stop: bool, speech_end: float | None = None
+        self,
+        request_type: str,
+        *,
+        always_stop: bool,
+        speech_end: float | None = None,
+        text: str | None = None,
     ) -> Turn:
         return Turn(
             self.link,
@@ -272,6 +277,7 @@ class Session:
             request_type=request_type,
             always_stop=always_stop,
             speech_end=speech_end,
+            text=text,
         )
 
     async def _run(self, turn: Turn, body: bytes, expected: str) -> None:

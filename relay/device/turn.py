@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from asr_tts.codec import FrameEncoder
 from asr_tts.tts.base import TTSError, Voice
@@ -19,7 +19,9 @@ from protocol.audio_format import AudioFormat
 from protocol.business import Speak, classify, envelope, error_event
 from protocol.errors import BusinessError
 from relay.device.link import Held, Link
+from relay.logs import Every, cut, dropped_note, ms, story, warn_business
 from relay.logsafe import printable
+from relay.reach import Reachability
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ class TurnDeps:
     speaker: Speaker
     metrics: Metrics
     stop_margin_s: float = 0.03  # `tts stop` this long after the last frame has played (§1.6)
+    log_text_chars: int = 64  # `[log] stt_chars`: recognised text kept in a turn's log line
+    warnings: Every = field(default_factory=Every)  # a business's mistakes, once a minute
+    reach: Reachability = field(default_factory=Reachability)  # for /readyz
 
 
 def voice_of(sp: Speak) -> Voice:
@@ -66,6 +71,7 @@ class Speech:
         self._lock = lock
         self.queue: asyncio.Queue[Speak | None] = asyncio.Queue(SPEECH_QUEUE_MAX)
         self.started = False  # `tts start` went out: an abort must send `tts stop` aborted
+        self.frames = 0  # audio frames handed to the link, for the turn's log line
 
     async def run(self) -> None:
         """Consume the queue until None, speaking each answer in order."""
@@ -110,11 +116,13 @@ class Speech:
                     group = Held(tuple(held)) if held else None
                     held = []
                     if self._speech_end is not None and frames:
+                        self.frames += 1
                         await link.paced_audio(frames[:1], group)
                         delay = time.monotonic() - self._speech_end
                         self._deps.metrics.speech_to_audio.observe(delay)
                         self._speech_end = None
                         frames, group = frames[1:], None
+                    self.frames += len(frames)
                     await link.paced_audio(frames, group)
             if held:  # an answer with nothing to say still shows its emotion
                 await link.paced_audio((), Held(tuple(held)))
@@ -137,6 +145,7 @@ class Turn:
         request_type: str,
         always_stop: bool,
         speech_end: float | None = None,
+        text: str | None = None,
     ) -> None:
         self._link = link
         self._deps = deps
@@ -145,6 +154,7 @@ class Turn:
         self.request_type = request_type
         self._always_stop = always_stop  # chat turns end with `tts stop` even when silent
         self._speech_end = speech_end
+        self._text = text  # what the user said, for the log line
         self.speech: Speech | None = None
 
     async def speak(self, sp: Speak) -> None:
@@ -159,9 +169,22 @@ class Turn:
         self, target: BusinessTarget, body: bytes, caller: Caller, expected_session: str
     ) -> None:
         """POST `body` to `target` for `caller` and route every event of the answer
-        (§2.1–§2.7)."""
-        deps, link = self._deps, self._link
+        (§2.1–§2.7); one log line tells how it went."""
         stats = StreamStats()
+        try:
+            await self._stream(target, body, caller, expected_session, stats)
+        finally:
+            self._tell(target, caller, expected_session, stats)
+
+    async def _stream(
+        self,
+        target: BusinessTarget,
+        body: bytes,
+        caller: Caller,
+        expected_session: str,
+        stats: StreamStats,
+    ) -> None:
+        deps, link = self._deps, self._link
         async with asyncio.TaskGroup() as tg:
             speech_task: asyncio.Task[None] | None = None
             try:
@@ -178,6 +201,8 @@ class Turn:
                         await self._speech().queue.put(sp)
             finally:
                 self._record(stats)
+            if (note := dropped_note(target, expected_session, stats)) is not None:
+                link.diagnose(note)
             if (code := stats.failure) is not None:
                 link.send_json(self._envelope(error_event(link.session_id, code)), "custom")
             if speech_task is not None:
@@ -199,6 +224,29 @@ class Turn:
     def _envelope(self, event_raw: bytes) -> bytes:
         ts = time.time_ns() // 1_000_000
         return envelope(self._link.session_id, self.request_type, event_raw, ts)
+
+    def _tell(
+        self, target: BusinessTarget, caller: Caller, expected: str, stats: StreamStats
+    ) -> None:
+        story(
+            log,
+            "turn",
+            device=caller.device_id,
+            session=caller.session_id,
+            kind=self.request_type,
+            text=None if self._text is None else cut(self._text, self._deps.log_text_chars),
+            business=target.name,
+            outcome=stats.outcome.value,
+            status=stats.status,
+            events=stats.events,
+            first_event_ms=None
+            if stats.first_event_s is None
+            else round(stats.first_event_s * 1e3),
+            total_ms=ms(stats.total_s),
+            frames=self.speech.frames if self.speech is not None else 0,
+        )
+        warn_business(self._deps.warnings, target, expected, stats)
+        self._deps.reach.saw(target, stats)
 
     def _record(self, stats: StreamStats) -> None:
         m = self._deps.metrics

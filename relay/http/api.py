@@ -181,12 +181,14 @@ async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, headers={"X-Relay-Worker": str(os.getpid())})
 
 
-_DEGRADED = {
-    "status": "degraded",
-    "reason": "redis_unavailable",
-    "hint": "Redis is away or does not answer: devices connect and talk, but presence, "
-    "listing and pushes cover this node only until it returns",
-}
+_REDIS_HINT = (
+    "Redis is away or does not answer: devices connect and talk, but presence, "
+    "listing and pushes cover this node only until it returns"
+)
+_BUSINESS_HINT = (
+    "a business service cannot be reached: its devices get business_unreachable until it "
+    "answers (`businesses` names them, the log their URLs)"
+)
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -195,9 +197,19 @@ async def readyz(request: web.Request) -> web.Response:
     relay = request.app[RELAY_KEY]
     if relay.draining.is_set():
         return web.json_response({"status": "draining"}, status=503)
+    reasons: list[str] = []
+    hints: list[str] = []
     if not relay.cluster.available:
-        return web.json_response(_DEGRADED)
-    return web.json_response({"status": "ready"})
+        reasons.append("redis_unavailable")
+        hints.append(_REDIS_HINT)
+    unreachable = sorted(request.app[DEVICE_ROOM].deps.reach.unreachable)
+    if unreachable:
+        reasons.append("business_unreachable")
+        hints.append(_BUSINESS_HINT)
+    if not reasons:
+        return web.json_response({"status": "ready"})
+    answer = {"status": "degraded", "reason": reasons[0], "reasons": reasons}
+    return web.json_response({**answer, "hint": "; ".join(hints), "businesses": unreachable})
 
 
 async def metrics(request: web.Request) -> web.Response:

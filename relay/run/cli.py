@@ -13,7 +13,7 @@ import uvloop
 
 from relay.config.load import WORKER_ENV, load
 from relay.config.schema import ConfigError
-from relay.logsafe import OneLineFormatter
+from relay.logs import configure as configure_logging
 from relay.run.workers import listening_socket, run_workers
 
 log = logging.getLogger("relay")
@@ -72,9 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print("config ok")
         return 0
-    handler = logging.StreamHandler()  # one record, one line: see relay/logsafe.py
-    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=config.log.level, handlers=[handler])
+    configure_logging(config.log)  # one record, one line (relay/logs.py)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     if not config.business:
