@@ -101,7 +101,9 @@ async def test_missing_or_blank_device_id_is_400(make_relay: RelayFactory) -> No
     assert (await resp.json())["errorType"] == "no_device_id"
 
 
-@pytest.mark.parametrize("body", [b'{"application":', b"\xff\xfe", b"[1,2]", b'"text"'])
+@pytest.mark.parametrize(
+    "body", [b'{"application":', b"\xff\xfe", b"[1,2]", b'"text"', b"\r", b" \n"]
+)
 async def test_malformed_body_is_400(make_relay: RelayFactory, body: bytes) -> None:
     client = await make_relay()
     answer = await ota(client, body=body, status=400)
