@@ -120,12 +120,14 @@ def _resources(
             return local.presences(cluster.node_id)
 
         await cluster.start(deliver, replace, local_devices)
+        # Each business once, before serving: a warning for one that cannot be reached (at
+        # most its connect_timeout_s), never a refusal to start.
+        await room.deps.reach.probe(targets.values())
         sweeper = asyncio.get_running_loop().create_task(idle_sweeper(app[RELAY_KEY], local))
-        probe = asyncio.get_running_loop().create_task(room.deps.reach.probe(targets.values()))
         try:
             yield
         finally:
-            await cancel_and_wait([sweeper, probe])
+            await cancel_and_wait(sweeper)
             await cluster.stop()
             if isinstance(voice.asr, EmbeddedASR):
                 voice.asr.close()  # its decoder processes exit after their running call

@@ -203,6 +203,13 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """`[metrics]`: bearer tokens that may read `/metrics` and nothing else (Prometheus)."""
+
+    tokens: tuple[Token, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class RedisConfig:
     """`[redis]`: empty url = single node, all state in memory."""
 
@@ -258,6 +265,7 @@ class Config:
     vad: VADConfig = field(default_factory=VADConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     log: LogConfig = field(default_factory=LogConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
