@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.relay.test_simulate import closed_port, parse_sse
 
@@ -168,3 +170,56 @@ async def test_serve_runs_a_turn_with_the_reference_business() -> None:
         if relay is not None:
             await stop(relay)
         await stop(business)
+
+
+def test_version_names_the_package_and_python() -> None:
+    import platform
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"relay {version} (Python {platform.python_version()})"
+
+
+def test_the_relay_console_script_runs_the_cli() -> None:
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, func = scripts["relay"].partition(":")
+    code = "import sys; sys.argv = ['relay', 'check-config', '--config', 'config.toml']; "
+    code += f"from {module} import {func}; {func}()"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "config ok"), result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_one_line_and_exit_code_2(workers: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run_cli(
+            "serve",
+            "--config",
+            "config.toml",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            workers,
+        )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"cannot listen on 127.0.0.1:{port}: Address already in use (another process listens "
+        "there: stop it, or choose another port with --port or [server] port)"
+    ], result.stderr
