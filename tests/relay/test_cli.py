@@ -223,3 +223,60 @@ def test_a_port_in_use_is_one_line_and_exit_code_2(workers: str) -> None:
         f"cannot listen on 127.0.0.1:{port}: Address already in use (another process listens "
         "there: stop it, or choose another port with --port or [server] port)"
     ], result.stderr
+
+
+def run_script(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["bash", "scripts/run.sh"],
+        cwd=ROOT,
+        env=clean_env(PYTHON=sys.executable, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_run_sh_stops_clearly_when_the_business_port_is_taken() -> None:
+    relay_port = closed_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = run_script({"BUSINESS_PORT": str(port), "RELAY_PORT": str(relay_port)})
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                proc.communicate(timeout=30)
+    assert proc.returncode == 1, (out, err)
+    assert f"port {port} is in use" in err
+    assert "relay on" not in out  # the relay never started
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", relay_port)) != 0
+
+
+async def test_run_sh_uses_its_ports_and_enables_the_console() -> None:
+    business_port, relay_port = closed_port(), closed_port()
+    env = {"BUSINESS_PORT": str(business_port), "RELAY_PORT": str(relay_port)}
+    proc = run_script(env)
+    base = f"http://127.0.0.1:{relay_port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(STARTUP_S * 2):
+                while True:
+                    assert proc.poll() is None, proc.communicate()
+                    try:
+                        resp = await http.get(f"{base}/readyz")
+                        if (await resp.json())["status"] == "ready":
+                            break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.2)
+            assert (await http.get(f"{base}/console")).status == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{business_port}/chat" in out
+    assert f"browser console: {base}/console" in out
