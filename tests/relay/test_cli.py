@@ -18,6 +18,7 @@ from tests.relay.test_simulate import closed_port, parse_sse
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_S = 15.0
+SERVE_LOCAL = ("serve", "--config", "config.toml", "--host", "127.0.0.1", "--port")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -87,12 +88,7 @@ async def spawn_relay(
         sys.executable,
         "-m",
         "relay",
-        "serve",
-        "--config",
-        "config.toml",
-        "--host",
-        "127.0.0.1",
-        "--port",
+        *SERVE_LOCAL,
         str(port),
         *args,
         cwd=ROOT,
@@ -207,17 +203,7 @@ def test_a_port_in_use_is_one_line_and_exit_code_2(workers: str) -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = run_cli(
-            "serve",
-            "--config",
-            "config.toml",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            workers,
-        )
+        result = run_cli(*SERVE_LOCAL, str(port), "--workers", workers)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         f"cannot listen on 127.0.0.1:{port}: Address already in use (another process listens "
