@@ -11,7 +11,8 @@ COPY asr_tts asr_tts
 COPY relay relay
 COPY metrics metrics
 COPY devsim devsim
-RUN pip install --no-cache-dir .
+RUN pip install --no-cache-dir . \
+ && python -c 'from asr_tts.tts import kokoro_files as f; f.check(f.locate())'
 COPY config.toml ./
 COPY examples examples
 RUN useradd --system relay

@@ -10,6 +10,7 @@ import onnxruntime
 
 from asr_tts.segmenter import Segmenter
 from asr_tts.tts.cache import FrameCache
+from asr_tts.tts.kokoro import KokoroTTS
 from protocol.errors import CloseCode
 
 # The close codes of docs/protocol.md §1.7, named in one place: aiohttp itself closes with 1009
@@ -32,3 +33,6 @@ onnxruntime.SessionOptions.log_severity_level
 
 # Read by logging.Formatter.formatMessage when the format names %(asctime)s (relay/logsafe.py).
 logging.LogRecord.asctime
+
+# Read by the licence test: the modules a Kokoro worker imported (no GPL phonemiser).
+KokoroTTS.loaded_modules

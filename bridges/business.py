@@ -40,6 +40,7 @@ class BusinessTarget:
     total_timeout_s: float = 300.0
     keepalive_timeout_s: float = IDLE_TIMEOUT_S  # an idle pooled connection is closed after
     max_event_bytes: int = 1 << 20
+    device_tools: bool = False  # tool lists in chat requests, tool_call events run (§3.3)
 
 
 @dataclass(frozen=True, slots=True)

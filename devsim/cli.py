@@ -39,11 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     add("--agent", default="", help="X-Agent-ID: which business service answers")
     add("--query-auth", action="store_true", help="identity as query parameters (browsers)")
     add("--pcm", action="store_true", help="declare and send raw 16 kHz PCM instead of Opus")
+    add("--mcp", action="store_true", help="declare MCP and serve the firmware's common tools")
+    add("--stay", type=_seconds, default=0.0, metavar="S", help="stay connected S s after the turn")
     turn = p.add_mutually_exclusive_group().add_argument
     turn("--say", metavar="TEXT", help="speak TEXT (synthesised offline by espeak-ng)")
     turn("--wav", metavar="FILE", help="speak a mono 16-bit WAV file (any sample rate)")
     turn("--custom", metavar="JSON|@FILE", help="send a custom payload ($SESSION_ID replaced)")
     turn("--text-response", metavar="TEXT", help="listen detect asking the relay to say TEXT")
+    turn("--text", metavar="TEXT", help="typed text (listen detect): a chat turn without audio")
     add("--mode", choices=("manual", "auto", "realtime"), default="manual", help="listen mode")
     add("--abort-after", type=_positive, metavar="S", help="send abort S s after tts start")
     add("--out", metavar="FILE", help="write the answer audio to a WAV file")
@@ -72,6 +75,13 @@ def _positive(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text}")
+    return value
+
+
 def _count(limit: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         if not 1 <= (value := int(text)) <= limit:
@@ -91,7 +101,7 @@ async def run(opts: Options, stdout: TextIO | None = None, stderr: TextIO | None
         return work.EXIT_INPUT
     if opts.devices > 1 or opts.turns > 1:
         if plan.kind == "none":
-            print("devsim: load needs --say, --wav, --custom or --text-response", file=err)
+            print("devsim: load needs --say, --wav, --custom, --text or --text-response", file=err)
             return work.EXIT_INPUT
         return await load.run_load(opts, plan, out, err)
     printer = work.Printer(
@@ -102,11 +112,13 @@ async def run(opts: Options, stdout: TextIO | None = None, stderr: TextIO | None
     trace: work.Trace | None = None
     async with aiohttp.ClientSession() as session:
         try:
-            async with asyncio.timeout(opts.timeout):
+            async with asyncio.timeout(opts.timeout + opts.stay):
                 conn = await connect(session, opts, device_id, printer, keep_audio=bool(opts.out))
                 try:
                     if plan.kind != "none":
-                        trace = await conn.turn(plan, opts, grace=CUSTOM_GRACE_S)
+                        async with asyncio.timeout(opts.timeout):
+                            trace = await conn.turn(plan, opts, grace=CUSTOM_GRACE_S)
+                    await asyncio.sleep(opts.stay)  # e.g. for its tools to be called (--mcp)
                 finally:
                     await conn.close()
         except TimeoutError:

@@ -17,6 +17,7 @@ import orjson
 from aioutil import cancel_and_wait
 from asr_tts.codec import OpusDecoder
 from devsim import work
+from devsim.mcp import DeviceState, ToolServer, firmware_tools
 from protocol.audio_format import OPUS_SAMPLE_RATES
 from protocol.binary import FrameType, decode_frame, encode_frame
 from protocol.errors import ProtocolError
@@ -51,9 +52,10 @@ def hello_message(opts: Options) -> dict[str, Any]:
         params |= {"format": "pcm", "bit_depth": 16, "endianness": "little"}
         params |= {"frame_size": work.FRAME_BYTES // 2, "sample_format": "signed_int16"}
     params |= {"frame_duration": work.FRAME_MS, "play_buffer_duration": 1000}
-    return {"type": "hello", "version": opts.protocol, "transport": "websocket"} | {
-        "audio_params": params
-    }
+    hello: dict[str, Any] = {"type": "hello", "version": opts.protocol, "transport": "websocket"}
+    if opts.mcp:  # a tool server, as the firmware's (docs/protocol.md §3)
+        hello["features"] = {"mcp": True}
+    return hello | {"audio_params": params}
 
 
 class Conn:
@@ -67,6 +69,7 @@ class Conn:
         printer: work.Printer,
         *,
         keep_audio: bool = False,
+        tools: ToolServer | None = None,
     ) -> None:
         self.ws, self.version, self.hello, self.printer = ws, version, hello, printer
         self.session_id = sid if isinstance(sid := hello.get("session_id"), str) else ""
@@ -85,6 +88,8 @@ class Conn:
         if self.pcm is not None and opus:
             self._decoder = OpusDecoder(self.down_rate, self.down_channels, frame_ms)
         self.trace: work.Trace | None = None
+        self.tools = tools  # the device's MCP tool server (--mcp)
+        self._replies: set[asyncio.Task[None]] = set()
         self._closing = False
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
@@ -118,6 +123,9 @@ class Conn:
         loop, sid = asyncio.get_running_loop(), self.session_id
         if plan.kind == "custom":
             await self.send(custom_message(sid, plan.custom))
+        elif plan.kind == "text" and plan.typed:  # typed text: a chat turn (§1.3)
+            msg = {"state": "detect", "text": plan.text}
+            await self.send({"session_id": sid, "type": "listen"} | msg)
         elif plan.kind == "text":  # a wake word with text to speak (§1.3)
             msg = {"state": "detect", "text": WAKE_WORD, "text_response": plan.text}
             await self.send({"session_id": sid, "type": "listen"} | msg)
@@ -185,8 +193,21 @@ class Conn:
             return
         if self.printer.stream is not None:  # load mode prints nothing: skip the work
             self.printer.line(now, "< " + orjson.dumps(msg).decode())
+        if self.tools is not None and msg.get("type") == "mcp":
+            self._answer_mcp(msg.get("payload"))
         if self.trace is not None:
             work.record(self.trace, msg, now)
+
+    def _answer_mcp(self, payload: Any) -> None:
+        assert self.tools is not None
+        reply = self.tools.handle(payload)
+        if reply is None:
+            return
+        sid = orjson.dumps(self.session_id)
+        msg = b'{"session_id":%b,"type":"mcp","payload":%b}' % (sid, reply)
+        task = asyncio.get_running_loop().create_task(self.send(msg))
+        self._replies.add(task)
+        task.add_done_callback(self._replies.discard)
 
     def _on_binary(self, data: bytes, now: float) -> None:
         try:
@@ -218,7 +239,7 @@ class Conn:
         """Close the WebSocket (normal closure) and stop reading."""
         self._closing = True
         await self.ws.close()
-        await cancel_and_wait(self._reader)
+        await cancel_and_wait([self._reader, *self._replies])
 
 
 def _int(value: Any, default: int) -> int:
@@ -268,7 +289,8 @@ async def connect(
     except BaseException:
         await ws.close()
         raise
-    return Conn(ws, opts.protocol, hello, printer, keep_audio=keep_audio)
+    tools = ToolServer(firmware_tools(DeviceState())) if opts.mcp else None
+    return Conn(ws, opts.protocol, hello, printer, keep_audio=keep_audio, tools=tools)
 
 
 async def _relay_hello(

@@ -19,10 +19,13 @@ class Options:
     agent: str
     query_auth: bool
     pcm: bool
+    mcp: bool
+    stay: float
     say: str | None
     wav: str | None
     custom: str | None
     text_response: str | None
+    text: str | None
     mode: Mode
     abort_after: float | None
     out: str | None

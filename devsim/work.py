@@ -51,6 +51,7 @@ class Plan:
     custom: bytes = b""
     text: str = ""
     utterance: Utterance | None = None
+    typed: bool = False  # `text` is typed text for the business, not text to speak
 
 
 def encode_utterance(pcm: Pcm, raw_pcm: bool) -> Utterance:
@@ -79,6 +80,8 @@ async def prepare(opts: Options) -> Plan:
         return Plan("custom", custom=raw.strip())
     if opts.text_response is not None:
         return Plan("text", text=opts.text_response)
+    if opts.text is not None:
+        return Plan("text", text=opts.text, typed=True)
     if opts.say is not None:
         try:
             pcm = await EmbeddedTTS().synthesize(opts.say, Voice())

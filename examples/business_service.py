@@ -19,6 +19,11 @@ the body's auth.device_id: X-Relay-Device-Id (the authenticated device) and X-Re
 (its connection). With a signing secret (the relay's `[[business]] signing_secret`) every
 request must carry X-Relay-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
 "<t>.<raw body>")>; a missing or wrong one, or a t more than 5 minutes off, is answered 401.
+Device tools (docs/protocol.md §3.3), for a relay `[[business]]` with `device_tools = true`:
+a chat request then carries the device's MCP tools in `details.tools`. Asked "louder" / "大声一点"
+(or "quieter" / "小声一点") by a device that has `self.audio_speaker.set_volume`, this service
+answers with a `tool_call` event; the relay runs it on the device and POSTs a `tool_result`
+request, answered here with a spoken sentence.
 Run: python examples/business_service.py --port 8090 [--token T] [--signing-secret S]
 (or env BUSINESS_TOKEN, BUSINESS_SIGNING_SECRET).
 """
@@ -50,6 +55,13 @@ log = logging.getLogger("business_service")
 KEYWORD_ACTIONS: tuple[tuple[tuple[str, ...], str, dict[str, Any]], ...] = (
     (("dance", "跳舞"), "dance", {"duration": 5}),
     (("wag", "摇尾巴"), "wag_tail", {"duration": 3}),
+)
+# Phrases that change the volume of a device with the firmware's volume tool (§3.3), and the
+# volume each sets (a model would first read self.get_device_status and go up from there).
+VOLUME_TOOL = "self.audio_speaker.set_volume"
+VOLUME_PHRASES: tuple[tuple[tuple[str, ...], int], ...] = (
+    (("louder", "turn it up", "大声一点", "大声点", "声音大一点"), 80),
+    (("quieter", "turn it down", "小声一点", "小声点", "声音小一点"), 30),
 )
 DEMO_BATTERY_LEVEL = 85  # a real service would answer from its own records
 SIGNATURE_MAX_SKEW_S = 300  # a signed request older (or newer) than this is refused
@@ -96,10 +108,33 @@ def emotion_of(msg: str) -> str:
     return "neutral"
 
 
+def volume_call(msg: str, tools: Any) -> Event | None:
+    """A `tool_call` setting the volume, when `msg` asks for it and the device has the tool."""
+    names = {t.get("name") for t in tools if isinstance(t, dict)} if isinstance(tools, list) else ()
+    if VOLUME_TOOL not in names:
+        return None
+    lowered = msg.lower()
+    for words, volume in VOLUME_PHRASES:
+        if any(word in lowered for word in words):
+            # The call id carries what this service needs to word the result.
+            lang = "zh" if is_chinese(msg) else "en"
+            details = {"call_id": f"volume-{volume}-{lang}", "name": VOLUME_TOOL}
+            return {
+                "event": "message",
+                "type": "tool_call",
+                "details": {**details, "arguments": {"volume": volume}},
+            }
+    return None
+
+
 def chat_events(details: dict[str, Any]) -> Iterator[Event]:
-    """Answer a chat message: spoken sentences, then a command if a keyword was heard."""
+    """Answer a chat message: spoken sentences, then a command if a keyword was heard; a
+    volume phrase with the device's volume tool is a tool call instead."""
     msg = details.get("msg")
     msg = msg.strip() if isinstance(msg, str) else ""
+    if (call := volume_call(msg, details.get("tools"))) is not None:
+        yield call  # the answer is spoken once the relay posts the tool_result
+        return
     if is_chinese(msg):
         sentences = [f"你刚才说：「{msg}」。", "我是示例业务服务，这句话会被合成为语音。"]
     elif msg:
@@ -152,7 +187,38 @@ def get_events(details: dict[str, Any]) -> Iterator[Event]:
     yield command("data_response", params)
 
 
-HANDLERS = {"chat": chat_events, "report": report_events, "reset": reset_events, "get": get_events}
+def tool_result_events(details: dict[str, Any]) -> Iterator[Event]:
+    """Say what came of a tool call: the volume now set, or why the device did not do it."""
+    error = details.get("error")
+    call_id = details.get("call_id")
+    call_id = call_id if isinstance(call_id, str) else ""
+    if isinstance(error, dict):
+        why = error.get("message") if isinstance(error.get("message"), str) else "unknown"
+        answer = {"answer": f"The device could not do it: {why}.", "emotion": "sad"}
+    elif call_id.startswith("volume-"):
+        volume, _, lang = call_id.removeprefix("volume-").partition("-")
+        said = (
+            f"好的，音量已调到 {volume}。" if lang == "zh" else f"Done, the volume is now {volume}."
+        )
+        answer = {"answer": said, "emotion": "happy"}
+    else:
+        answer = {"answer": "Done."}
+    yield {"event": "message", "type": "chat", "details": answer}
+
+
+def mcp_notification_events(details: dict[str, Any]) -> Iterator[Event]:
+    """A device's MCP notification (its state changed, ...): nothing to say."""
+    yield from ()
+
+
+HANDLERS = {
+    "chat": chat_events,
+    "report": report_events,
+    "reset": reset_events,
+    "get": get_events,
+    "tool_result": tool_result_events,
+    "mcp_notification": mcp_notification_events,
+}
 
 
 def json_error(status: int, message: str) -> web.Response:

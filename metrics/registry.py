@@ -203,6 +203,39 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.mcp_sessions = Counter(
+            "relay_mcp_sessions_total",
+            "MCP set-ups of devices (initialize, tools/list), by result: ready, unavailable.",
+            ["result"],
+            registry=r,
+        )
+        self.mcp_messages = Counter(
+            "relay_mcp_messages_total",
+            "Device MCP messages, by kind: reply, notification, late (after its timeout),"
+            " unknown_id, or why it was malformed.",
+            ["kind"],
+            registry=r,
+        )
+        self.mcp_tools_dropped = Counter(
+            "relay_mcp_tools_dropped_total",
+            "Tools of device lists not kept, by reason: max_tools, max_bytes, invalid,"
+            " duplicate, max_pages.",
+            ["reason"],
+            registry=r,
+        )
+        self.tool_calls = Counter(
+            "relay_tool_calls_total",
+            "Device tool calls, by origin (api, answer) and result (ok, device_error or the"
+            " reason there was no answer).",
+            ["via", "result"],
+            registry=r,
+        )
+        self.tool_call_duration = Histogram(
+            "relay_tool_call_seconds",
+            "Device tool calls answered by the device, from request to answer.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.message_bytes = Counter(
             "relay_message_bytes_total",
             "Bytes of device text messages and audio, by type and direction.",

@@ -48,15 +48,75 @@ class BadEvent(ValueError):
     """An SSE event whose data is not a JSON object: skipped and counted (§2.6)."""
 
 
-def chat_request(device_id: str, text: str, session_id: str, timestamp_ms: int) -> bytes:
-    """Body of a chat request built from recognised or entered text (§2.1)."""
+def chat_request(
+    device_id: str, text: str, session_id: str, timestamp_ms: int, tools: bytes | None = None
+) -> bytes:
+    """Body of a chat request built from recognised or entered text (§2.1); `tools`, the
+    device's tool list as a JSON array, goes in `details.tools` (§3.3)."""
+    details: dict[str, Any] = {"msg": text, "session_id": session_id, "timestamp": timestamp_ms}
+    if tools is not None:
+        details["tools"] = orjson.Fragment(tools)
+    return orjson.dumps({"auth": {"device_id": device_id}, "type": "chat", "details": details})
+
+
+def mcp_notification_request(
+    device_id: str, payload: bytes, session_id: str, timestamp_ms: int
+) -> bytes:
+    """A device's MCP notification for a business with device tools (§3.1), its payload
+    as the device wrote it."""
+    details = {
+        "payload": orjson.Fragment(payload),
+        "session_id": session_id,
+        "timestamp": timestamp_ms,
+    }
     return orjson.dumps(
-        {
-            "auth": {"device_id": device_id},
-            "type": "chat",
-            "details": {"msg": text, "session_id": session_id, "timestamp": timestamp_ms},
-        }
+        {"auth": {"device_id": device_id}, "type": "mcp_notification", "details": details}
     )
+
+
+def tool_result_request(device_id: str, call: ToolCall, outcome: bytes, timestamp_ms: int) -> bytes:
+    """What became of a `tool_call` (§3.3): `outcome`, a JSON object with `"result"` or
+    `"error"` (and `"is_error"`), gives the members the details carry beside the call's id
+    and name."""
+    head = orjson.dumps({"call_id": call.call_id, "name": call.name})
+    tail = orjson.dumps({"session_id": call.session_id, "timestamp": timestamp_ms})
+    details = head[:-1] + b"," + outcome[1:-1] + b"," + tail[1:]
+    auth = orjson.dumps({"device_id": device_id})
+    return b'{"auth":%b,"type":"tool_result","details":%b}' % (auth, details)
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A `tool_call` event (§3.3): the call's id, the tool's name and the arguments' text;
+    `problem` says what is wrong with it (then it is not run)."""
+
+    call_id: str
+    name: str
+    arguments: bytes
+    session_id: str
+    problem: str | None = None
+
+
+def tool_call(event: BusinessEvent, session_id: str) -> ToolCall | None:
+    """The tool call an event asks for, or None when it is not a `message/tool_call`."""
+    if event.event != "message" or event.type != "tool_call":
+        return None
+    d = event.details if isinstance(event.details, dict) else {}
+    call_id, name = d.get("call_id"), d.get("name")
+    call = ToolCall(
+        call_id if isinstance(call_id, str) else "",
+        name if isinstance(name, str) else "",
+        b"{}",
+        session_id,
+    )
+    if not call.name:
+        return replace(call, problem="unknown_tool")
+    arguments = d.get("arguments", {})
+    if not isinstance(arguments, dict):
+        return replace(call, problem="bad_arguments")
+    text = jsonutil.member_text(event.raw.decode(), "details") or "{}"
+    raw = jsonutil.member_text(text, "arguments")
+    return replace(call, arguments=raw.encode() if raw is not None else b"{}")
 
 
 def relay_headers(

@@ -29,6 +29,7 @@ class Hello:
     audio_params: AudioFormat = AudioFormat()  # the uplink the device sends
     play_buffer_ms: int = DEFAULT_PLAY_BUFFER_MS  # echoed in the relay's hello
     notify_config_updated: bool = False
+    mcp: bool = False  # the device is an MCP tool server (§3.1)
     device_id: str | None = None
     token: str | None = None
 
@@ -61,7 +62,7 @@ class Custom:
 
 @dataclass(frozen=True, slots=True)
 class Mcp:
-    """Device-side MCP traffic (JSON-RPC 2.0), opaque to the relay."""
+    """Device-side MCP traffic (JSON-RPC 2.0, §3): the payload's source text."""
 
     payload: bytes
 
@@ -179,6 +180,7 @@ def _hello(obj: dict[str, Any]) -> Hello:
         audio_params=_audio_params(ap),
         play_buffer_ms=_int_in(ap, "play_buffer_duration", DEFAULT_PLAY_BUFFER_MS, 0, 10000),
         notify_config_updated=isinstance(notify, dict) and notify.get("config_updated") is True,
+        mcp=isinstance(features, dict) and features.get("mcp") is True,
         device_id=_opt_str(obj, "device_id"),
         token=_opt_str(obj, "token"),
     )

@@ -128,6 +128,10 @@ class ApiError(StrEnum):
     REDIS_UNAVAILABLE = "redis_unavailable"
     REJECTED = "rejected"
     NOT_SUPPORTED = "not_supported"
+    # A device tools request without the device's answer (docs/protocol.md §3.2).
+    MCP_UNSUPPORTED = "mcp_unsupported"
+    TOOLS_UNAVAILABLE = "tools_unavailable"
+    UNKNOWN_TOOL = "unknown_tool"
     # The edge, on any path (README "Limits at the edge").
     OVER_CAPACITY = "over_capacity"
     REQUEST_TIMEOUT = "request_timeout"
@@ -176,6 +180,15 @@ HTTP: dict[ApiError, tuple[int, str]] = {
         "the device's hello did not declare features.notify.config_updated,"
         " so it would ignore a notify",
     ),
+    ApiError.MCP_UNSUPPORTED: (
+        409,
+        "the device's hello did not declare features.mcp (or [mcp] enabled is false)",
+    ),
+    ApiError.TOOLS_UNAVAILABLE: (
+        503,
+        "the device has not listed its tools yet, or did not answer within [mcp] timeout_s",
+    ),
+    ApiError.UNKNOWN_TOOL: (404, "GET /api/v1/devices/{device_id}/tools lists its tools"),
     ApiError.OVER_CAPACITY: (503, "retry shortly, or connect to another relay"),
     ApiError.REQUEST_TIMEOUT: (408, "send the whole request at once"),
     ApiError.BAD_BODY: (400, ""),

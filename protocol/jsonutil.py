@@ -105,6 +105,17 @@ def dumps(obj: Any) -> bytes:
         return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def head_and_body(raw: bytes) -> tuple[dict[str, Any] | None, bytes]:
+    """Split a framed message: a JSON object on its first line (orjson never writes a raw
+    newline), then bytes carried untouched; None for a first line that is not an object."""
+    head, _, body = raw.partition(b"\n")
+    try:
+        h = orjson.loads(head)
+    except orjson.JSONDecodeError:
+        return None, body
+    return (h if isinstance(h, dict) else None), body
+
+
 def member_text(text: str, key: str) -> str | None:
     """The exact source text of top-level member `key` of a JSON object (last one wins).
 

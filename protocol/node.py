@@ -1,6 +1,7 @@
 """The node-to-node wire (README.md "Many processes and machines"): a push forwarded to the
-node that holds the device, its acknowledgement, and the request to close a device that
-connected elsewhere. Pure: bytes in, messages out."""
+node that holds the device, its acknowledgement, a device-tools request forwarded the same
+way and its answer, and the request to close a device that connected elsewhere. Pure: bytes
+in, messages out."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from dataclasses import dataclass
 from typing import Literal, cast, get_args
 
 import orjson
+
+from protocol import jsonutil
+from protocol.mcp import REASONS, ToolReason
 
 # Why a push was not delivered; HTTP statuses are chosen from these (docs/protocol.md §4).
 PushReason = Literal["offline", "timeout", "redis_unavailable", "rejected", "not_supported"]
@@ -41,7 +45,27 @@ class NodeReplace:
     session_id: str
 
 
-NodeMessage = NodePush | NodeAck | NodeReplace
+@dataclass(frozen=True, slots=True)
+class NodeAsk:
+    """A device-tools request (`protocol.mcp.encode_request`) forwarded to the node that
+    holds the device; answered by a `NodeReply` (docs/protocol.md §3.2)."""
+
+    request_id: str
+    sender: str
+    device_id: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReply:
+    """The holding node's answer to a `NodeAsk`: why not, or the answer's JSON object."""
+
+    request_id: str
+    reason: ToolReason | None
+    body: bytes
+
+
+NodeMessage = NodePush | NodeAck | NodeReplace | NodeAsk | NodeReply
 _REASONS: tuple[PushReason, ...] = get_args(PushReason)
 
 
@@ -53,17 +77,20 @@ def encode_node_message(msg: NodeMessage) -> bytes:
     if isinstance(msg, NodeAck):
         ack = {"t": "ack", "id": msg.request_id, "ok": msg.delivered, "why": msg.reason}
         return orjson.dumps(ack) + b"\n"
+    if isinstance(msg, NodeAsk):
+        ask = {"t": "ask", "id": msg.request_id, "from": msg.sender, "dev": msg.device_id}
+        return orjson.dumps(ask) + b"\n" + msg.body
+    if isinstance(msg, NodeReply):
+        return (
+            orjson.dumps({"t": "reply", "id": msg.request_id, "why": msg.reason}) + b"\n" + msg.body
+        )
     return orjson.dumps({"t": "replace", "dev": msg.device_id, "sid": msg.session_id})
 
 
 def decode_node_message(raw: bytes) -> NodeMessage | None:
     """Parse what `encode_node_message` wrote; None for anything else."""
-    head, _, body = raw.partition(b"\n")  # orjson never writes a raw newline
-    try:
-        h = orjson.loads(head)
-    except orjson.JSONDecodeError:
-        return None
-    if not isinstance(h, dict):
+    h, body = jsonutil.head_and_body(raw)
+    if h is None:
         return None
     kind, rid, dev, sid = h.get("t"), h.get("id"), h.get("dev"), h.get("sid")
     if kind == "push" and isinstance(rid, str) and isinstance(dev, str):
@@ -75,4 +102,14 @@ def decode_node_message(raw: bytes) -> NodeMessage | None:
         return NodeAck(rid, ok, cast(PushReason, why) if why in _REASONS else None)
     elif kind == "replace" and isinstance(dev, str) and isinstance(sid, str):
         return NodeReplace(dev, sid)
+    elif kind == "ask" and isinstance(rid, str) and isinstance(dev, str):
+        sender = h.get("from")
+        if isinstance(sender, str):
+            return NodeAsk(rid, sender, dev, body)
+    elif (
+        kind == "reply"
+        and isinstance(rid, str)
+        and ((why := h.get("why")) is None or why in REASONS)
+    ):
+        return NodeReply(rid, cast(ToolReason | None, why), body)
     return None

@@ -18,6 +18,7 @@ from bridges.business import BusinessClient
 from bridges.http import HTTPClient
 from metrics.registry import Metrics
 from protocol.errors import CloseCode
+from protocol.mcp import ToolAnswer, ToolRequest
 from protocol.node import PushReason
 from relay.auth.device import DeviceAuthenticator
 from relay.auth.handshake import canonical_device_id
@@ -30,7 +31,7 @@ from relay.device.connection import DEVICE_ROOM, DeviceRoom
 from relay.device.endpoint import idle_sweeper, websocket_handler
 from relay.device.turn import TurnDeps
 from relay.edge import EDGE_KEY, Edge, edge_middleware
-from relay.http import api, devices, ota
+from relay.http import api, devices, ota, tools
 from relay.http.console import add_routes as add_console_routes
 from relay.providers import build_speaker, build_voice
 from relay.resources import RELAY_KEY, Relay
@@ -53,6 +54,8 @@ def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicati
     app.router.add_post("/api/v1/devices/{device_id}/messages", devices.push)
     app.router.add_get("/api/v1/devices", devices.list_devices)
     app.router.add_get("/api/v1/devices/{device_id}", devices.get_device)
+    app.router.add_get("/api/v1/devices/{device_id}/tools", tools.list_tools)
+    app.router.add_post("/api/v1/devices/{device_id}/tools/{name}", tools.call_tool)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)
@@ -119,6 +122,10 @@ def _resources(
         def local_devices() -> list[Presence]:
             return local.presences(cluster.node_id)
 
+        async def serve_tools(device_id: str, req: ToolRequest) -> ToolAnswer:
+            return await tools.serve(local, device_id, req)
+
+        cluster.serve_tools(serve_tools)
         await cluster.start(deliver, replace, local_devices)
         # Each business once, before serving: a warning for one that cannot be reached (at
         # most its connect_timeout_s), never a refusal to start.
@@ -129,6 +136,7 @@ def _resources(
         finally:
             await cancel_and_wait(sweeper)
             await cluster.stop()
+            speaker.close()  # Kokoro's worker processes end
             if isinstance(voice.asr, EmbeddedASR):
                 voice.asr.close()  # its decoder processes exit after their running call
             if redis is not None:

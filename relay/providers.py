@@ -3,6 +3,7 @@ microphone pipeline (ASR, VAD, audio batcher)."""
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Executor
 
 import aiohttp
@@ -15,14 +16,18 @@ from asr_tts.segmenter import SegmenterConfig
 from asr_tts.tts.base import TTSProvider
 from asr_tts.tts.cache import FrameCache
 from asr_tts.tts.espeak import EmbeddedTTS
+from asr_tts.tts.kokoro import KokoroTTS
+from asr_tts.tts.kokoro_files import ModelFileError
 from asr_tts.tts.openai import OpenAITTS
 from asr_tts.tts.speaker import Speaker
 from asr_tts.tts.volcengine import VolcengineTTS
 from asr_tts.vad import SileroModel
 from metrics.registry import Metrics
-from relay.config.schema import Config
+from relay.config.schema import Config, ConfigError
 from relay.device.audio_batcher import AudioBatcher
 from relay.device.listener import VoiceDeps
+
+log = logging.getLogger(__name__)
 
 
 def build_speaker(
@@ -30,9 +35,11 @@ def build_speaker(
 ) -> Speaker:
     """The TTS registry keyed by the name a business sends in `tts_provider` (§2.2)."""
     tts = config.tts
-    providers: dict[str, TTSProvider] = {
-        "embedded": EmbeddedTTS(max_concurrency=tts.max_concurrency, timeout_s=tts.timeout_s)
-    }
+    espeak = EmbeddedTTS(max_concurrency=tts.max_concurrency, timeout_s=tts.timeout_s)
+    # A business's tts_provider "embedded" names the relay's own voice, whichever it is.
+    providers: dict[str, TTSProvider] = {"espeak": espeak, "embedded": espeak}
+    if tts.provider == "embedded":
+        providers["embedded"] = build_kokoro(config) or espeak
     if tts.openai.base_url:
         providers["openai"] = OpenAITTS(
             tts.openai.base_url,
@@ -67,6 +74,26 @@ def build_speaker(
         on_encode=metrics.tts_encode.observe,
         first_max_chars=tts.first_segment_chars or None,
     )
+
+
+def build_kokoro(config: Config) -> KokoroTTS | None:
+    """Kokoro with its files checked; None (espeak speaks) if they are bad and `[tts] fallback
+    = "espeak"`, else ConfigError naming the bad file: the relay refuses to start."""
+    tts = config.tts
+    try:
+        return KokoroTTS(
+            pool_size=tts.pool_size,
+            threads=tts.threads,
+            timeout_s=tts.timeout_s,
+            voices={"zh": tts.voice.zh, "en": tts.voice.en},
+            voices_dir=tts.voices_dir or None,
+        )
+    except ModelFileError as exc:
+        if tts.fallback != "espeak":
+            raise ConfigError(f"tts.provider: {exc}") from exc
+        # The message names the bad file; a traceback would add nothing.
+        log.error("KOKORO CANNOT SPEAK, espeak-ng speaks instead ([tts] fallback): %s", exc)  # noqa: TRY400
+        return None
 
 
 def build_asr(config: Config, session: aiohttp.ClientSession) -> ASRProvider:

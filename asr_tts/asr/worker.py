@@ -9,17 +9,14 @@ resource its parent owns, and it never holds more than this one decoder.
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.connection
 import os
-import signal
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 from pocketsphinx import Decoder
 
 from asr_tts.asr.base import ASRError
+from asr_tts.workerproc import init as init  # the pool starts each worker with it
 
 SEARCH = "commands"
 _CMN_SEARCH = "cmn"  # one word: a search that costs next to nothing while features are made
@@ -41,25 +38,6 @@ class _State:
 
 
 _state: _State | None = None
-
-
-def init() -> None:
-    """Set up a new worker: Ctrl-C is for the parent, and the worker ends with its parent."""
-    # The parent stops its workers when it shuts down; a terminal's Ctrl-C reaches the whole
-    # process group and would kill the decodes that shutdown lets finish.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    parent = multiprocessing.parent_process()
-    if parent is not None:
-        # A parent killed outright (SIGKILL, the OOM killer) never stops its workers, and
-        # a worker holds its own end of the call queue, so it would wait for calls forever.
-        watch = threading.Thread(target=_exit_with, args=(parent.sentinel,), daemon=True)
-        watch.start()
-
-
-def _exit_with(parent_sentinel: int) -> None:
-    """Exit this process as soon as the parent process has ended."""
-    multiprocessing.connection.wait([parent_sentinel])
-    os._exit(1)
 
 
 def load(grammar: str | None, vocabulary: frozenset[str]) -> int:

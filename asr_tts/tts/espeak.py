@@ -1,4 +1,4 @@
-"""The offline "embedded" TTS provider: espeak-ng in a subprocess, Mandarin through pinyin."""
+"""The light offline TTS provider "espeak": espeak-ng in a subprocess, Mandarin through pinyin."""
 
 from __future__ import annotations
 
@@ -54,9 +54,10 @@ def _parse_voices(listing: str) -> frozenset[str]:
 
 
 class EmbeddedTTS:
-    """TTS provider named "embedded": espeak-ng, offline, English and Mandarin."""
+    """TTS provider named "espeak" (`[tts] provider = "espeak"`): espeak-ng, offline, English,
+    Mandarin and the many languages espeak-ng has."""
 
-    name = "embedded"
+    name = "espeak"
 
     def __init__(
         self,

@@ -74,6 +74,13 @@ class Speaker:
         self._on_encode = on_encode
         self._first_max_chars = first_max_chars
 
+    def close(self) -> None:
+        """End the providers' worker processes, for those that have any."""
+        for provider in {id(p): p for p in self._providers.values()}.values():
+            close = getattr(provider, "close", None)
+            if callable(close):
+                close()
+
     def provider_for(self, voice: Voice) -> TTSProvider:
         """The voice's provider if it is registered, else the default (docs/protocol.md §2.2)."""
         if not voice.provider:

@@ -15,7 +15,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from protocol.node import NodeAck, NodeMessage, NodePush, PushReason
+from protocol.mcp import ToolAnswer, ToolRequest, decode_request
+from protocol.node import NodeAck, NodeAsk, NodeMessage, NodePush, NodeReply, PushReason
 from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ Deliver = Callable[[str, bytes], Awaitable[PushReason | None]]
 ("rejected", or "not_supported" when the device did not declare the feature)."""
 Replace = Callable[[str, str], Awaitable[None]]
 """(device_id, session_id) -> close that local connection with 4001 (docs/protocol.md §1.7)."""
+ServeTools = Callable[[str, ToolRequest], Awaitable[ToolAnswer]]
+"""(device_id, request) -> the answer of the local connection's MCP client (docs/protocol.md
+§3.2), within the request's timeout; "offline" when the device is not here."""
 LocalDevices = Callable[[], Iterable[Presence]]
 """The devices this node holds now, to rebuild presence after a Redis outage."""
 
@@ -96,6 +100,13 @@ class Cluster(Protocol):
     async def push(self, device_id: str, message: bytes, timeout_s: float) -> PushResult:
         """Deliver `message` to the device on whichever node holds it; truly acknowledged."""
 
+    def serve_tools(self, handler: ServeTools) -> None:
+        """Answer tools requests for this node's devices with `handler`."""
+
+    async def tools(self, device_id: str, req: ToolRequest) -> tuple[ToolAnswer, str | None]:
+        """List or call the device's tools on whichever node holds it: the answer, and the
+        node that gave it (docs/protocol.md §3.2)."""
+
 
 def bump(counter: dict[str, int], op: str) -> None:
     """Add one to `counter[op]` (the `ops`/`errors` counters exposed for metrics)."""
@@ -133,6 +144,15 @@ async def deliver_local(
     return PushResult(reason is None, node, reason)
 
 
+async def answer_tools(serve: ServeTools, device_id: str, req: ToolRequest) -> ToolAnswer:
+    """This node's answer to a tools request; a handler that fails answers "offline"."""
+    try:
+        return await serve(device_id, req)
+    except Exception:
+        log.exception("[%s] tools request failed", printable(device_id))
+        return ToolAnswer("offline")
+
+
 class NodeInbox:
     """Node-to-node bookkeeping, whatever carries the messages: pushes waiting for their
     ack, and the deliveries and replacements other nodes ask of this one, as owned tasks."""
@@ -147,6 +167,18 @@ class NodeInbox:
         self._max_inbound = max_inbound
         self._deliver: Deliver | None = None
         self._replace: Replace | None = None
+        self._asks: dict[str, asyncio.Future[ToolAnswer]] = {}  # tools requests sent
+        self._serve_tools: ServeTools | None = None
+
+    def serve_tools(self, handler: ServeTools) -> None:
+        """Answer tools requests for this node's devices with `handler`."""
+        self._serve_tools = handler
+
+    def _expect_reply(self) -> tuple[str, asyncio.Future[ToolAnswer]]:
+        """A new request id and the future its `NodeReply` resolves; `_asks.pop` it when done."""
+        rid = secrets.token_hex(8)
+        self._asks[rid] = waiter = asyncio.get_running_loop().create_future()
+        return rid, waiter
 
     async def _send(self, node: str, msg: NodeMessage) -> None:
         """Carry `msg` to `node`'s inbox: the transport's part."""
@@ -162,6 +194,9 @@ class NodeInbox:
         for waiter in self._pending.values():
             if not waiter.done():
                 waiter.set_result((False, "redis_unavailable"))
+        for asked in self._asks.values():
+            if not asked.done():
+                asked.set_result(ToolAnswer("redis_unavailable"))
 
     def _receive(self, msg: NodeMessage | None) -> None:
         """One inbox message: resolve an ack, or start a delivery or a replacement."""
@@ -169,12 +204,18 @@ class NodeInbox:
             waiter = self._pending.get(msg.request_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result((msg.delivered, msg.reason))
+        elif isinstance(msg, NodeReply):
+            asked = self._asks.get(msg.request_id)
+            if asked is not None and not asked.done():
+                asked.set_result(ToolAnswer(msg.reason, msg.body))
         elif msg is None:
             bump(self.errors, "bad_message")
         elif len(self._tasks) >= self._max_inbound:
             bump(self.errors, "inbound_overflow")  # the pusher times out
         elif isinstance(msg, NodePush):
             self._spawn(self._answer_push(msg))
+        elif isinstance(msg, NodeAsk):
+            self._spawn(self._answer_ask(msg))
         else:
             p = self._local.get(msg.device_id)
             if p is not None and p.session_id == msg.session_id:
@@ -186,6 +227,16 @@ class NodeInbox:
         if m.device_id in self._local and self._deliver is not None:
             res = await deliver_local(self._deliver, m.device_id, m.message, m.timeout_s, "")
         await self._send(m.sender, NodeAck(m.request_id, res.delivered, res.reason))
+
+    async def _answer_ask(self, m: NodeAsk) -> None:
+        req = decode_request(m.body)
+        if req is None:
+            bump(self.errors, "bad_message")
+            return  # the asker times out
+        answer = ToolAnswer("offline")
+        if m.device_id in self._local and self._serve_tools is not None:
+            answer = await answer_tools(self._serve_tools, m.device_id, req)
+        await self._send(m.sender, NodeReply(m.request_id, answer.reason, answer.body))
 
     async def _call_replace(self, device_id: str, session_id: str) -> None:
         try:
@@ -217,6 +268,7 @@ class LocalCluster:
         self.errors: dict[str, int] = {}
         self._devices: dict[str, Presence] = {}
         self._deliver: Deliver | None = None
+        self._serve_tools: ServeTools | None = None
 
     @property
     def available(self) -> bool:
@@ -268,3 +320,14 @@ class LocalCluster:
         if device_id not in self._devices or self._deliver is None:
             return PushResult(False, None, "offline")
         return await deliver_local(self._deliver, device_id, message, timeout_s, self.node_id)
+
+    def serve_tools(self, handler: ServeTools) -> None:
+        """Answer tools requests with `handler`."""
+        self._serve_tools = handler
+
+    async def tools(self, device_id: str, req: ToolRequest) -> tuple[ToolAnswer, str | None]:
+        """The local connection's answer; "offline" when the device is not here."""
+        bump(self.ops, "tools")
+        if device_id not in self._devices or self._serve_tools is None:
+            return ToolAnswer("offline"), None
+        return await answer_tools(self._serve_tools, device_id, req), self.node_id

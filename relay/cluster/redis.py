@@ -29,11 +29,14 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from protocol.mcp import ToolAnswer, ToolRequest, encode_request
 from protocol.node import (
     NodeAck,
+    NodeAsk,
     NodeMessage,
     NodePush,
     NodeReplace,
+    NodeReply,
     decode_node_message,
     encode_node_message,
 )
@@ -45,6 +48,7 @@ from relay.cluster.base import (
     Presence,
     PushResult,
     Replace,
+    answer_tools,
     bump,
     clamp_limit,
     deliver_local,
@@ -60,6 +64,7 @@ log = logging.getLogger(__name__)
 _BATCH = 256  # devices per renewal script call, claims or releases per write round
 _MAX_RELEASES = 10_000  # queued while Redis is away; beyond, the oldest are left to the TTL
 _BACKOFF_MIN_S = 0.05
+ASK_MARGIN_S = 1.0  # a tools request waits its own timeout plus this for the holder's reply
 
 
 class RedisCluster(NodeInbox):
@@ -239,6 +244,34 @@ class RedisCluster(NodeInbox):
         finally:
             self._pending.pop(rid, None)
 
+    async def tools(self, device_id: str, req: ToolRequest) -> tuple[ToolAnswer, str | None]:
+        """Answer here if the device is local, else ask its node through its inbox; the
+        asker waits the request's timeout and a margin, the holder answers within it."""
+        bump(self.ops, "tools")
+        if device_id in self._local and self._serve_tools is not None:
+            return await answer_tools(self._serve_tools, device_id, req), self.node_id
+        r = self._redis
+        if not self._up or r is None:
+            return ToolAnswer("redis_unavailable"), None
+        rid, waiter = self._expect_reply()
+        node: str | None = None
+        try:
+            async with asyncio.timeout(req.timeout_s + ASK_MARGIN_S):
+                node = text(await r.hget(self._key(device_id), "node")) or None
+                if node is None or node == self.node_id:
+                    return ToolAnswer("offline"), None
+                msg = NodeAsk(rid, self.node_id, device_id, encode_request(req))
+                if await r.publish(self._inbox(node), encode_node_message(msg)) == 0:
+                    return ToolAnswer("offline"), node  # its node died; TTL pending
+                return await waiter, node
+        except TimeoutError:
+            return ToolAnswer("timeout"), node
+        except _ERRORS:
+            bump(self.errors, "tools")
+            return ToolAnswer("redis_unavailable"), node
+        finally:
+            self._asks.pop(rid, None)
+
     async def _write_queued(self) -> None:
         """The session's writer: what `register`/`unregister` queued, in batches."""
         while True:
@@ -392,7 +425,7 @@ class RedisCluster(NodeInbox):
                     await self._send(text(holder), NodeReplace(p.device_id, text(holder_session)))
 
     async def _send(self, node: str, msg: NodeMessage) -> None:
-        op = "ack" if isinstance(msg, NodeAck) else "replace"
+        op = {NodeAck: "ack", NodeReply: "reply"}.get(type(msg), "replace")
         bump(self.ops, op)
         try:
             if self._redis is None:

@@ -61,6 +61,7 @@ def parse(data: Mapping[str, Any]) -> Config:
     _check_speech_in(cfg)
     _check_auth_and_redis(cfg)
     _check_ota(cfg)
+    _check_mcp(cfg)
     return cfg
 
 
@@ -82,6 +83,8 @@ def _check_speech_out(cfg: Config) -> None:
     if cfg.tts.frame_duration_ms not in OPUS_FRAME_MS:
         lengths = ", ".join(map(str, OPUS_FRAME_MS))
         raise ConfigError(f"tts.frame_duration_ms: Opus frames are {lengths} ms")
+    if cfg.tts.pool_size < 1 or cfg.tts.threads < 1:
+        raise ConfigError("tts.pool_size: pool_size and threads must be at least 1")
     if cfg.tts.stop_margin_ms > 2000:
         raise ConfigError("tts.stop_margin_ms: at most 2000 (the device waits for tts stop)")
     if cfg.tts.provider == "openai" and not cfg.tts.openai.base_url:
@@ -110,6 +113,22 @@ def _check_speech_in(cfg: Config) -> None:
             raise ConfigError(f"listen.wake_words[{i}]: a wake word needs letters or digits")
     if cfg.listen.max_text_chars < 1:
         raise ConfigError("listen.max_text_chars: must be at least 1")
+
+
+def _check_mcp(cfg: Config) -> None:
+    m = cfg.mcp
+    if not 0 < m.timeout_s <= 300:
+        raise ConfigError("mcp.timeout_s: must be above 0 and at most 300")
+    if m.max_tools < 1:
+        raise ConfigError("mcp.max_tools: must be at least 1")
+    if m.max_list_bytes < 1024:
+        raise ConfigError("mcp.max_list_bytes: must be at least 1024")
+    if m.max_calls_per_turn < 1:
+        raise ConfigError("mcp.max_calls_per_turn: must be at least 1")
+    if m.vision.url and not m.vision.url.startswith(("http://", "https://")):
+        raise ConfigError(
+            "mcp.vision.url: must be an http:// or https:// URL (the device posts to it)"
+        )
 
 
 def _check_auth_and_redis(cfg: Config) -> None:

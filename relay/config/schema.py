@@ -74,6 +74,7 @@ class BusinessConfig:
     total_timeout_s: float = 300.0
     keepalive_timeout_s: float = 4.0  # idle pooled connections to it are closed after this
     devices: tuple[str, ...] = ()
+    device_tools: bool = False  # gets the device's tools and may call them (§3.3)
 
     def target(self) -> BusinessTarget:
         """The bridge's view of this service."""
@@ -88,6 +89,7 @@ class BusinessConfig:
             idle_timeout_s=self.idle_timeout_s,
             total_timeout_s=self.total_timeout_s,
             keepalive_timeout_s=self.keepalive_timeout_s,
+            device_tools=self.device_tools,
         )
 
 
@@ -115,12 +117,27 @@ class HuoshanTTSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KokoroVoiceConfig:
+    """`[tts] voice.zh` / `voice.en`: the Kokoro style per language: a name, a blend
+    ("jf_nezumi:0.6+jm_kumo:0.4") or "mean"; empty = the built-in default."""
+
+    zh: str = ""
+    en: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class TTSConfig:
     """`[tts]`: the default provider and the downlink audio the relay declares (§1.2)."""
 
-    provider: Literal["embedded", "openai", "huoshan"] = "embedded"
-    max_concurrency: int = 4
+    # "embedded" is Kokoro; "espeak" the light espeak-ng voice (what "embedded" was before).
+    provider: Literal["embedded", "espeak", "openai", "huoshan"] = "embedded"
+    max_concurrency: int = 4  # espeak-ng processes at once
     timeout_s: float = 20.0
+    voice: KokoroVoiceConfig = field(default_factory=KokoroVoiceConfig)
+    voices_dir: str = ""  # more Kokoro style vectors (*.npy, *.npz)
+    pool_size: int = 1  # Kokoro worker processes (~350-600 MB each)
+    threads: int = 2  # onnxruntime threads per Kokoro worker
+    fallback: Literal["", "espeak"] = ""  # Kokoro's files missing or corrupt: espeak speaks
     downlink_sample_rate: int = 24000
     frame_duration_ms: int = 60
     cache_mb: int = 32  # encoded frames of recent sentences; 0 = no cache
@@ -221,6 +238,26 @@ class RedisConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VisionConfig:
+    """`[mcp.vision]`: where a device's camera sends its pictures; empty url = none."""
+
+    url: str = ""
+    token: Secret = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class McpConfig:
+    """`[mcp]`: the relay as MCP client of devices that declare it (docs/protocol.md §3)."""
+
+    enabled: bool = True  # stock firmware expects `initialize` after a hello with features.mcp
+    timeout_s: float = 10.0  # a device request (set-up step or tool call) answered within this
+    max_tools: int = 128  # tools kept per device; more are dropped and counted
+    max_list_bytes: int = 256 * 1024  # JSON size of the kept list; beyond, dropped and counted
+    max_calls_per_turn: int = 8  # tool calls one user turn may run (§3.3)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+
+
+@dataclass(frozen=True, slots=True)
 class OtaConfig:
     """`[ota]`: the firmware's boot-time check (docs/protocol.md §1.0): where and how to connect."""
 
@@ -267,6 +304,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    mcp: McpConfig = field(default_factory=McpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     ota: OtaConfig = field(default_factory=OtaConfig)

@@ -21,6 +21,7 @@ from relay.cluster.base import Presence
 from relay.cluster.directory import DeviceDirectory
 from relay.device.link import WebSocketLink
 from relay.device.listener import VoiceDeps
+from relay.device.mcp import McpClient
 from relay.device.session import Session
 from relay.device.turn import TurnDeps
 from relay.logsafe import printable
@@ -74,6 +75,9 @@ class Connection:
             downlink.frame_s,
             hello.play_buffer_ms / 1000,
         )
+        mcp = None
+        if hello.mcp and cfg.mcp.enabled:  # §3.1
+            mcp = McpClient(self.link, cfg.mcp, relay.metrics, hs.device_id)
         self.session = Session(
             self.link,
             room.deps,
@@ -84,6 +88,8 @@ class Connection:
             voice=room.voice,
             uplink=relay.uplink_format(hello.audio_params),
             detect=room.detect,
+            mcp=mcp,
+            max_tool_calls=cfg.mcp.max_calls_per_turn,
         )
         self.log = DeviceLog(log, {"device": hs.device_id})
         self.last_rx = self.started = asyncio.get_running_loop().time()
@@ -140,6 +146,7 @@ class Connection:
         link.send_json(
             device.hello_reply(link.session_id, self.downlink, self.play_buffer_ms), "hello"
         )
+        self.session.start_mcp()  # right after the relay's hello (§3.1)
         loop = asyncio.get_running_loop()
         try:
             while not link.closed:

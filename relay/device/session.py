@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -12,7 +13,7 @@ from aioutil import cancel_and_wait
 from bridges.business import BusinessTarget, Caller
 from protocol import device
 from protocol.audio_format import AudioFormat
-from protocol.business import Speak, chat_request, envelope
+from protocol.business import Speak, chat_request, envelope, mcp_notification_request
 from protocol.device import (
     Abort,
     Custom,
@@ -30,10 +31,15 @@ from protocol.errors import BusinessError, CloseCode, DeviceError
 from protocol.session_state import AudioVerdict
 from relay.device.link import Link
 from relay.device.listener import Listener, VoiceDeps
+from relay.device.mcp import McpClient
+from relay.device.tools import ToolContext
 from relay.device.turn import Turn, TurnDeps
 from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
+
+TOOLS_WAIT_S = 2.0  # a chat right after the hello waits this long for the tool list
+TOOL_RESULT_GRACE_S = 1.0  # a closing session lets pending tool calls post their failure
 
 
 class Session:
@@ -51,6 +57,8 @@ class Session:
         voice: VoiceDeps | None = None,
         uplink: AudioFormat | None = None,
         detect: DetectRules | None = None,
+        mcp: McpClient | None = None,
+        max_tool_calls: int = 8,
     ) -> None:
         self.link = link
         self.device_id = device_id
@@ -63,6 +71,8 @@ class Session:
         self._uplink = uplink
         self._detect = detect or DetectRules()
         self.iot: Iot | None = None  # what pre-MCP firmware last said of its things (§1.3)
+        self.mcp = mcp  # the device's tools, when its hello declared MCP (§3.1)
+        self._max_tool_calls = max_tool_calls
         self._listener: Listener | None = None
         self._chat: tuple[asyncio.Task[None], Turn] | None = None
         self._passthrough: dict[asyncio.Task[None], Turn] = {}
@@ -91,21 +101,45 @@ class Session:
     def chat(self, text: str, speech_end: float | None = None) -> asyncio.Task[None]:
         """Start a chat turn for `text`, replacing the running one (§2.1)."""
         ts = time.time_ns() // 1_000_000
-        body = chat_request(self.device_id, text, self.session_id, ts)
         turn = self._turn("chat", always_stop=True, speech_end=speech_end, text=text)
-        return self._start_chat(turn, lambda: self._run(turn, body, self.session_id))
+
+        async def run() -> None:
+            tools = await self._tools_for_chat()
+            body = chat_request(self.device_id, text, self.session_id, ts, tools)
+            await self._run(turn, body, self.session_id)
+
+        return self._start_chat(turn, run)
+
+    async def _tools_for_chat(self) -> bytes | None:
+        """The tool list a chat request carries (§3.3): None unless the business has
+        device_tools; a device still listing its tools is waited for, briefly."""
+        if self.target is None or not self.target.device_tools:
+            return None
+        if self.mcp is None:
+            return b"[]"
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(TOOLS_WAIT_S):
+                await self.mcp.ready.wait()
+        return self.mcp.tools
 
     def custom(self, msg: Custom) -> asyncio.Task[None] | None:
         """Start a pass-through turn for a `custom` payload (§2.1, §2.3); None when over the cap."""
         if len(self._passthrough) >= self._max_passthrough:
             self.link.send_json(device.error(self.session_id, DeviceError.BUSY), "error")
             return None
-        turn = self._turn(msg.request_type, always_stop=False)
-        expected = msg.payload_session_id or self.session_id
-        task = self._own(self._run(turn, msg.payload, expected))
+        return self._pass(msg.request_type, msg.payload, msg.payload_session_id)
+
+    def _pass(self, request_type: str, body: bytes, expected: str | None) -> asyncio.Task[None]:
+        turn = self._turn(request_type, always_stop=False)
+        task = self._own(self._run(turn, body, expected or self.session_id))
         self._passthrough[task] = turn
         task.add_done_callback(lambda t: self._passthrough.pop(t, None))
         return task
+
+    def start_mcp(self) -> None:
+        """Set up the device's MCP session (§3.1), as a task of this session."""
+        if self.mcp is not None:
+            self._own(self.mcp.setup())
 
     async def abort(self, *, keep_listening: bool = False) -> None:
         """Cut the current answer: cancel recognition in flight, the chat turn and any
@@ -121,9 +155,9 @@ class Session:
                 tasks.append(task)
                 spoke = True  # the device waits for this answer: tell it the answer is cut
         for task, turn in (*self._passthrough.items(), *self._pushed.items()):
-            if turn.speech is not None:
+            if turn.speech is not None or turn.tools_pending:  # §3.3: calls are cancelled
                 tasks.append(task)
-                spoke = spoke or turn.speech.started
+                spoke = spoke or (turn.speech is not None and turn.speech.started)
         await cancel_and_wait(tasks)
         if spoke:
             self.link.send_json(device.tts_stop(self.session_id, aborted=True), "tts")
@@ -132,8 +166,19 @@ class Session:
         """Cancel every turn of this session and wait for them to finish."""
         if self._listener is not None:
             await self._listener.close()
+        if self.mcp is not None:
+            self.mcp.close()  # calls waiting for the device answer "offline"
+            # §3.3: a business whose tool call the device left behind is told so; its
+            # answer to that is not waited for long (the device is gone).
+            posting = [t for t, turn in self._turns() if turn.tools_pending]
+            if posting:
+                await asyncio.wait(posting, timeout=TOOL_RESULT_GRACE_S)
         self._chat = None
         await cancel_and_wait(list(self._tasks))
+
+    def _turns(self) -> list[tuple[asyncio.Task[None], Turn]]:
+        chat = [self._chat] if self._chat is not None else []
+        return [*chat, *self._passthrough.items(), *self._pushed.items()]
 
     async def wait_idle(self) -> None:
         """Wait until no turn is running (used by the simulate endpoint and drains)."""
@@ -242,8 +287,26 @@ class Session:
     def _on_custom(self, msg: Custom) -> None:
         self.custom(msg)
 
-    def _on_mcp(self, _msg: Mcp) -> None:
-        log.debug("mcp message from %s ignored: no MCP peer configured", printable(self.device_id))
+    def _on_mcp(self, msg: Mcp) -> None:
+        if self.mcp is None:
+            self._deps.metrics.mcp_messages.labels("no_session").inc()
+            return
+        note = self.mcp.on_message(msg.payload)
+        if note is None:
+            return
+        log.debug("[%s] mcp %s from the device", printable(self.device_id), printable(note.method))
+        target = self.target
+        if target is None or not target.device_tools:
+            return
+        if len(self._passthrough) >= self._max_passthrough:
+            self._deps.metrics.mcp_messages.labels("not_forwarded").inc()
+            return
+        ts = time.time_ns() // 1_000_000
+        self._pass(
+            "mcp_notification",
+            mcp_notification_request(self.device_id, msg.payload, self.session_id, ts),
+            None,
+        )
 
     def _on_ping(self, _msg: Ping) -> None:
         self.link.send_json(device.pong(), "pong")
@@ -269,6 +332,11 @@ class Session:
         speech_end: float | None = None,
         text: str | None = None,
     ) -> Turn:
+        tools = None
+        if self.target is not None and self.target.device_tools:
+            timeout_s = self.mcp.timeout_s if self.mcp is not None else 0.0
+            m = self._deps.metrics
+            tools = ToolContext(self.device_id, self.mcp, self._max_tool_calls, timeout_s, m)
         return Turn(
             self.link,
             self._deps,
@@ -278,6 +346,7 @@ class Session:
             always_stop=always_stop,
             speech_end=speech_end,
             text=text,
+            tools=tools,
         )
 
     async def _run(self, turn: Turn, body: bytes, expected: str) -> None:

@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from asr_tts.codec import FrameEncoder
 from asr_tts.tts.base import TTSError, Voice
@@ -16,9 +18,10 @@ from bridges.business import BusinessClient, BusinessTarget, Caller, StreamStats
 from metrics.registry import Metrics
 from protocol import device
 from protocol.audio_format import AudioFormat
-from protocol.business import Speak, classify, envelope, error_event
+from protocol.business import Speak, classify, envelope, error_event, tool_call
 from protocol.errors import BusinessError
 from relay.device.link import Held, Link
+from relay.device.tools import ToolContext, ToolRunner
 from relay.logs import Every, cut, dropped_note, ms, story, warn_business
 from relay.logsafe import printable
 from relay.reach import Reachability
@@ -145,6 +148,7 @@ class Turn:
         request_type: str,
         always_stop: bool,
         speech_end: float | None = None,
+        tools: ToolContext | None = None,
         text: str | None = None,
     ) -> None:
         self._link = link
@@ -155,7 +159,13 @@ class Turn:
         self._always_stop = always_stop  # chat turns end with `tts stop` even when silent
         self._speech_end = speech_end
         self._text = text  # what the user said, for the log line
+        self._requests: list[StreamStats] = []  # this turn's business requests, for the log
         self.speech: Speech | None = None
+        self._tools = tools  # the device's tools, for a business with device_tools (§3.3)
+        self._group: asyncio.TaskGroup | None = None
+        self._speech_task: asyncio.Task[None] | None = None
+        self._runner: ToolRunner | None = None
+        self._runner_task: asyncio.Task[None] | None = None
 
     async def speak(self, sp: Speak) -> None:
         """Speak directly, with no business request (`text_response`, pushed speech)."""
@@ -169,46 +179,87 @@ class Turn:
         self, target: BusinessTarget, body: bytes, caller: Caller, expected_session: str
     ) -> None:
         """POST `body` to `target` for `caller` and route every event of the answer
-        (§2.1–§2.7); one log line tells how it went."""
-        stats = StreamStats()
+        (§2.1–§2.7), and of the answers to its tool calls' results (§3.3); one log line
+        tells how it went."""
         try:
-            await self._stream(target, body, caller, expected_session, stats)
+            await self._answer(target, body, caller, expected_session)
         finally:
-            self._tell(target, caller, expected_session, stats)
+            self._tell(target, caller)
 
-    async def _stream(
+    async def _answer(
+        self, target: BusinessTarget, body: bytes, caller: Caller, expected_session: str
+    ) -> None:
+        link = self._link
+        async with asyncio.TaskGroup() as tg:
+            self._group = tg
+            await self._request(target, body, caller, expected_session)
+            if self._runner is not None and self._runner_task is not None:
+                self._runner.close()
+                await self._runner_task  # the calls still queued, and what their results ask
+            if self._speech_task is not None:
+                await self._speech().queue.put(None)
+            elif self._always_stop:
+                link.send_json(device.tts_stop(link.session_id, aborted=False), "tts")
+
+    @property
+    def tools_pending(self) -> bool:
+        """Tool calls of this turn wait or run (an abort cancels them, §3.3)."""
+        return self._runner is not None and self._runner.pending
+
+    async def _request(
         self,
         target: BusinessTarget,
         body: bytes,
         caller: Caller,
         expected_session: str,
-        stats: StreamStats,
+        request_type: str | None = None,
     ) -> None:
+        """One business request of this turn (the first, or a `tool_result`): its events
+        spoken, passed through, or run as tool calls."""
+        kind = request_type or self.request_type
         deps, link = self._deps, self._link
-        async with asyncio.TaskGroup() as tg:
-            speech_task: asyncio.Task[None] | None = None
-            try:
-                events = deps.client.stream(target, body, caller, expected_session, stats)
-                async with contextlib.aclosing(events) as it:
-                    async for event in it:
-                        sp = classify(event)
-                        if sp is None:
-                            await link.room()  # a simulate client reads at its own pace
-                            link.send_json(self._envelope(event.raw), "custom")
+        stats = StreamStats()
+        self._requests.append(stats)
+        try:
+            events = deps.client.stream(target, body, caller, expected_session, stats)
+            async with contextlib.aclosing(events) as it:
+                async for event in it:
+                    if self._tools is not None and target.device_tools:
+                        call = tool_call(event, expected_session)
+                        if call is not None:
+                            self._tool_runner(target, caller, expected_session).submit(call)
                             continue
-                        if speech_task is None:
-                            speech_task = tg.create_task(self._speech().run())
-                        await self._speech().queue.put(sp)
-            finally:
-                self._record(stats)
-            if (note := dropped_note(target, expected_session, stats)) is not None:
-                link.diagnose(note)
-            if (code := stats.failure) is not None:
-                link.send_json(self._envelope(error_event(link.session_id, code)), "custom")
-            if speech_task is not None:
-                await self._speech().queue.put(None)
-            elif self._always_stop:
-                link.send_json(device.tts_stop(link.session_id, aborted=False), "tts")
+                    sp = classify(event)
+                    if sp is None:
+                        await link.room()  # a simulate client reads at its own pace
+                        link.send_json(self._envelope(event.raw, kind), "custom")
+                        continue
+                    if self._speech_task is None:
+                        self._speech_task = self._task(self._speech().run())
+                    await self._speech().queue.put(sp)
+        finally:
+            self._record(stats)
+            warn_business(deps.warnings, target, expected_session, stats)
+            deps.reach.saw(target, stats)
+        if (note := dropped_note(target, expected_session, stats)) is not None:
+            link.diagnose(note)
+        if (code := stats.failure) is not None:
+            link.send_json(self._envelope(error_event(link.session_id, code), kind), "custom")
+
+    def _tool_runner(self, target: BusinessTarget, caller: Caller, expected: str) -> ToolRunner:
+        if self._runner is None:
+            assert self._tools is not None
+
+            async def post(result: bytes) -> None:
+                await self._request(target, result, caller, expected, "tool_result")
+
+            self._runner = ToolRunner(self._tools, post)
+            self._runner_task = self._task(self._runner.run())
+        return self._runner
+
+    def _task(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        assert self._group is not None
+        return self._group.create_task(coro)
 
     def fail(self, code: BusinessError) -> None:
         """Tell the device this turn could not start (e.g. no business configured)."""
@@ -221,13 +272,14 @@ class Turn:
             self.speech = Speech(self._link, self._deps, self._fmt, self._lock, self._speech_end)
         return self.speech
 
-    def _envelope(self, event_raw: bytes) -> bytes:
+    def _envelope(self, event_raw: bytes, request_type: str | None = None) -> bytes:
         ts = time.time_ns() // 1_000_000
-        return envelope(self._link.session_id, self.request_type, event_raw, ts)
+        kind = request_type or self.request_type
+        return envelope(self._link.session_id, kind, event_raw, ts)
 
-    def _tell(
-        self, target: BusinessTarget, caller: Caller, expected: str, stats: StreamStats
-    ) -> None:
+    def _tell(self, target: BusinessTarget, caller: Caller) -> None:
+        # The first request's answer; `requests` counts the tool results posted after it.
+        stats = self._requests[0] if self._requests else StreamStats()
         story(
             log,
             "turn",
@@ -239,14 +291,11 @@ class Turn:
             outcome=stats.outcome.value,
             status=stats.status,
             events=stats.events,
-            first_event_ms=None
-            if stats.first_event_s is None
-            else round(stats.first_event_s * 1e3),
+            first_event_ms=ms(stats.first_event_s),
             total_ms=ms(stats.total_s),
             frames=self.speech.frames if self.speech is not None else 0,
+            requests=len(self._requests),
         )
-        warn_business(self._deps.warnings, target, expected, stats)
-        self._deps.reach.saw(target, stats)
 
     def _record(self, stats: StreamStats) -> None:
         m = self._deps.metrics

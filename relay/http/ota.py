@@ -144,7 +144,7 @@ async def parse_request(request: web.Request) -> OtaRequest:
         raw = await read_body(request, MAX_BODY)
         if raw is None:
             raise OtaRequestError(ApiError.TOO_LARGE, f"body over {MAX_BODY} bytes")
-        if raw:  # empty = no system information; whitespace alone is no JSON
+        if raw:  # empty: no system info; anything else must be JSON (whitespace is not)
             try:
                 body = jsonutil.loads(raw)
             except ValueError as exc:

@@ -14,7 +14,7 @@ import uvloop
 
 from metrics.registry import build_version, python_version
 from relay.config.load import WORKER_ENV, load
-from relay.config.schema import ConfigError
+from relay.config.schema import Config, ConfigError
 from relay.logs import configure as configure_logging
 from relay.run.workers import listening_socket, run_workers
 
@@ -85,11 +85,23 @@ def run() -> None:
     sys.exit(main())
 
 
+def _check_speech_files(config: Config) -> None:
+    """Kokoro's files, when it is the voice without a fallback: a bad one stops the start."""
+    if config.tts.provider == "embedded" and config.tts.fallback != "espeak":
+        from asr_tts.tts import kokoro_files  # numpy: only when the files are checked
+
+        try:
+            kokoro_files.check(kokoro_files.locate())
+        except kokoro_files.ModelFileError as exc:
+            raise ConfigError(f"tts.provider: {exc}") from exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
     try:
         config = load(args.config)
+        _check_speech_files(config)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

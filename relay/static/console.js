@@ -614,26 +614,71 @@
     sendJson({ type: "custom", payload });
   }
 
-  async function push() {
-    const out = $("push-result");
+  // One call of the relay's HTTP API, on the host of the WebSocket URL; the answer goes to
+  // `out` and the log. Returns the parsed JSON answer, or null.
+  async function api(method, path, body, out, label) {
     const url = relayUrl();
-    const deviceId = $("device-id").value.trim();
-    if (!url || !deviceId) return logSys("push needs the relay URL and a device id", "error");
+    if (!url) {
+      logSys(`${label} needs the relay URL`, "error");
+      return null;
+    }
     const base = `${url.protocol === "wss:" ? "https:" : "http:"}//${url.host}`;
-    const target = `${base}/api/v1/devices/${encodeURIComponent(deviceId)}/messages`;
     const headers = { "Content-Type": "application/json" };
     const token = $("api-token").value.trim();
     if (token) headers.Authorization = `Bearer ${token}`;
     out.textContent = "…";
     try {
-      const resp = await fetch(target, { method: "POST", headers, body: $("push-body").value });
-      const body = await resp.text();
-      out.textContent = `${resp.status} ${body}`;
-      logEntry("sys", resp.ok ? "push" : "error", `push ${resp.status}`, body);
+      const resp = await fetch(base + path, { method, headers, body });
+      const text = await resp.text();
+      out.textContent = `${resp.status} ${text}`;
+      logEntry("sys", resp.ok ? label : "error", `${label} ${resp.status}`, text);
+      try {
+        return JSON.parse(text);
+      } catch {
+        return null;
+      }
     } catch (err) {
       out.textContent = `failed: ${err.message}`;
-      logSys(`push failed: ${err.message}`, "error");
+      logSys(`${label} failed: ${err.message}`, "error");
+      return null;
     }
+  }
+
+  async function push() {
+    const deviceId = $("device-id").value.trim();
+    if (!deviceId) return logSys("push needs a device id", "error");
+    const path = `/api/v1/devices/${encodeURIComponent(deviceId)}/messages`;
+    await api("POST", path, $("push-body").value, $("push-result"), "push");
+  }
+
+  function toolsPath() {
+    const deviceId = $("tools-device").value.trim() || $("device-id").value.trim();
+    return `/api/v1/devices/${encodeURIComponent(deviceId)}/tools`;
+  }
+
+  async function listTools() {
+    const answer = await api("GET", toolsPath(), undefined, $("tools-result"), "tools");
+    const select = $("tools-name");
+    select.replaceChildren();
+    for (const tool of (answer && Array.isArray(answer.tools) ? answer.tools : [])) {
+      const option = document.createElement("option");
+      option.value = option.textContent = String(tool.name); // text, never markup
+      option.title = String(tool.description || "");
+      select.append(option);
+    }
+  }
+
+  async function callTool() {
+    const name = $("tools-name").value;
+    if (!name) return logSys("list the tools first, then pick one", "error");
+    let args;
+    try {
+      args = JSON.parse($("tools-args").value || "{}");
+    } catch (err) {
+      return logSys(`arguments are not JSON: ${err.message}`, "error");
+    }
+    const body = JSON.stringify({ arguments: args });
+    await api("POST", `${toolsPath()}/${encodeURIComponent(name)}`, body, $("tools-result"), "tool call");
   }
 
   function render() {
@@ -672,6 +717,8 @@
     $("speak-send").addEventListener("click", speakText);
     $("custom-send").addEventListener("click", sendCustom);
     $("push-send").addEventListener("click", push);
+    $("tools-list").addEventListener("click", listTools);
+    $("tools-call").addEventListener("click", callTool);
     $("log-clear").addEventListener("click", () => $("log").replaceChildren());
     state.ticker = setInterval(() => {
       $("queued-ms").textContent = String(Math.round(audio.queuedMs()));

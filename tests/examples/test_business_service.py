@@ -391,3 +391,66 @@ def test_imports_only_stdlib_aiohttp_and_orjson() -> None:
         if isinstance(node, ast.ImportFrom) and node.module
     }
     assert roots - set(sys.stdlib_module_names) == {"aiohttp", "orjson"}
+
+
+VOLUME_TOOLS = [{"name": "self.audio_speaker.set_volume", "description": "", "inputSchema": {}}]
+
+
+@pytest.mark.parametrize(
+    ("msg", "call_id", "volume"),
+    [
+        ("Louder please", "volume-80-en", 80),
+        ("大声一点", "volume-80-zh", 80),
+        ("quieter", "volume-30-en", 30),
+    ],
+)
+async def test_volume_phrase_with_the_tool_is_a_tool_call(
+    aiohttp_client: AiohttpClient, msg: str, call_id: str, volume: int
+) -> None:
+    events = await post(aiohttp_client, request_body("chat", msg=msg, tools=VOLUME_TOOLS))
+    assert events[0] == {
+        "event": "message",
+        "session_id": SID,
+        "type": "tool_call",
+        "details": {
+            "call_id": call_id,
+            "name": "self.audio_speaker.set_volume",
+            "arguments": {"volume": volume},
+        },
+    }
+    assert events[1] == {"event": "message_end", "session_id": SID}
+
+
+async def test_volume_phrase_without_the_tool_is_an_ordinary_chat(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    tools: Any
+    for tools in ([], None, "x"):
+        events = await post(aiohttp_client, request_body("chat", msg="louder", tools=tools))
+        assert [e["type"] for e in events[:-1]] == ["chat", "chat"]
+
+
+@pytest.mark.parametrize(
+    ("details", "answer"),
+    [
+        ({"call_id": "volume-80-en", "result": {}}, "Done, the volume is now 80."),
+        ({"call_id": "volume-30-zh", "result": {}}, "好的，音量已调到 30。"),
+        ({"call_id": "c1", "result": {}}, "Done."),
+        (
+            {"call_id": "volume-80-en", "error": {"code": "timeout", "message": "too slow"}},
+            "The device could not do it: too slow.",
+        ),
+    ],
+)
+async def test_tool_result_is_spoken(
+    aiohttp_client: AiohttpClient, details: dict[str, Any], answer: str
+) -> None:
+    events = await post(aiohttp_client, request_body("tool_result", name="self.x", **details))
+    assert events[0]["type"] == "chat"
+    assert events[0]["details"]["answer"] == answer
+    assert events[-1]["event"] == "message_end"
+
+
+async def test_mcp_notification_answers_only_message_end(aiohttp_client: AiohttpClient) -> None:
+    events = await post(aiohttp_client, request_body("mcp_notification", payload={}))
+    assert events == [{"event": "message_end", "session_id": SID}]

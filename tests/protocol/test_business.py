@@ -15,16 +15,20 @@ from protocol.business import (
     BadEvent,
     BusinessEvent,
     Speak,
+    ToolCall,
     chat_request,
     classify,
     envelope,
     error_event,
     header_value,
     is_end,
+    mcp_notification_request,
     parse_event,
     relay_headers,
     session_ok,
     signature,
+    tool_call,
+    tool_result_request,
 )
 from protocol.errors import MESSAGES, BusinessError
 
@@ -415,3 +419,77 @@ def test_header_value_keeps_visible_ascii(text: str) -> None:
 def test_header_value_percent_encodes_the_rest(text: str, encoded: str) -> None:
     assert header_value(text) == encoded
     assert unquote(encoded) == text
+
+
+# ---- device tools (§3.1, §3.3) ------------------------------------------------------------
+
+
+def test_chat_request_carries_the_tool_list_untouched() -> None:
+    tools = (
+        b'[{"name":"self.x","description":"","inputSchema":{"n":123456789012345678901234567890}}]'
+    )
+    body = chat_request("D", "louder", "S", 5, tools)
+    assert tools in body
+    assert json.loads(body)["details"] == {
+        "msg": "louder",
+        "session_id": "S",
+        "timestamp": 5,
+        "tools": json.loads(tools),
+    }
+    assert "tools" not in orjson.loads(chat_request("D", "hi", "S", 5))["details"]
+
+
+def test_mcp_notification_request() -> None:
+    payload = b'{"jsonrpc":"2.0","method":"notifications/state_changed","params":{"n":1.50}}'
+    body = mcp_notification_request("D", payload, "S", 7)
+    assert payload in body
+    assert orjson.loads(body) == {
+        "auth": {"device_id": "D"},
+        "type": "mcp_notification",
+        "details": {"payload": orjson.loads(payload), "session_id": "S", "timestamp": 7},
+    }
+
+
+def _event(details: Any, **top: Any) -> Any:
+    raw = orjson.dumps(
+        {"event": "message", "type": "tool_call", "session_id": "S", "details": details, **top}
+    )
+    return parse_event(raw.decode())
+
+
+def test_tool_call_events() -> None:
+    raw = (
+        '{"event":"message","type":"tool_call","session_id":"S",'
+        '"details":{"call_id":"c1","name":"self.v","arguments":{"volume": 1.50}}}'
+    )
+    assert tool_call(parse_event(raw), "S") == ToolCall("c1", "self.v", b'{"volume": 1.50}', "S")
+    assert tool_call(_event({"call_id": "c2", "name": "self.v"}), "S") == ToolCall(
+        "c2", "self.v", b"{}", "S"
+    )
+    assert tool_call(_event({"name": "self.v", "arguments": [1]}), "S") == ToolCall(
+        "", "self.v", b"{}", "S", "bad_arguments"
+    )
+    assert tool_call(_event({"call_id": 5}), "S") == ToolCall("", "", b"{}", "S", "unknown_tool")
+    assert tool_call(_event("x"), "S") == ToolCall("", "", b"{}", "S", "unknown_tool")
+    assert tool_call(_event({}, type="chat"), "S") is None
+    assert tool_call(_event({}, event="message_end"), "S") is None
+
+
+def test_tool_result_request() -> None:
+    call = ToolCall("c1", "self.v", b"{}", "S")
+    body = tool_result_request(
+        "D", call, b'{"is_error":false,"result":{"n":123456789012345678901234567890}}', 9
+    )
+    assert b"123456789012345678901234567890" in body
+    assert json.loads(body) == {
+        "auth": {"device_id": "D"},
+        "type": "tool_result",
+        "details": {
+            "call_id": "c1",
+            "name": "self.v",
+            "is_error": False,
+            "result": {"n": 123456789012345678901234567890},
+            "session_id": "S",
+            "timestamp": 9,
+        },
+    }

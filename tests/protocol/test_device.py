@@ -75,6 +75,7 @@ def test_hello_from_firmware() -> None:
         audio_params=AudioFormat("opus", 16000, 1, 60),
         play_buffer_ms=1000,
         notify_config_updated=True,
+        mcp=True,
         device_id=None,
         token=None,
     )
@@ -96,7 +97,7 @@ def test_minimal_hello_takes_firmware_defaults() -> None:
 
 def test_hello_without_transport_and_audio_params() -> None:
     hello = decode('{"type":"hello","version":3,"features":{"mcp":true}}')
-    assert hello == Hello(version=3, audio_params=AudioFormat())
+    assert hello == Hello(version=3, audio_params=AudioFormat(), mcp=True)
 
 
 def test_hello_pcm_variant() -> None:
@@ -159,7 +160,17 @@ def test_hello_identity_from_browser_client() -> None:
 )
 def test_hello_notify_config_updated(features: str, notify: bool) -> None:
     hello = decode(f'{{"type":"hello","features":{features}}}')
-    assert hello == Hello(notify_config_updated=notify)
+    assert isinstance(hello, Hello)
+    assert hello.notify_config_updated is notify
+
+
+@pytest.mark.parametrize(
+    ("features", "mcp"),
+    [('{"mcp":true}', True), ('{"mcp":1}', False), ('{"mcp":"true"}', False), ("[]", False)],
+)
+def test_hello_features_mcp(features: str, mcp: bool) -> None:
+    # docs/protocol.md §3.1: only a literal true starts the MCP set-up.
+    assert decode(f'{{"type":"hello","features":{features}}}') == Hello(mcp=mcp)
 
 
 @pytest.mark.parametrize(("version", "expected"), [("2", 2), ("3", 3), ('"2"', 1), ("true", 1)])

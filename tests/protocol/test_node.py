@@ -6,8 +6,11 @@ import pytest
 
 from protocol.node import (
     NodeAck,
+    NodeAsk,
+    NodeMessage,
     NodePush,
     NodeReplace,
+    NodeReply,
     decode_node_message,
     encode_node_message,
 )
@@ -21,9 +24,12 @@ from protocol.node import (
         NodeAck("r2", False, "rejected"),
         NodeAck("r3", False, "not_supported"),
         NodeReplace("d1", "s1"),
+        NodeAsk("r4", "B", "d1", b'{"name":null}\n{"a":\n1}'),
+        NodeReply("r4", None, b'{"tools":[]}'),
+        NodeReply("r5", "timeout", b""),
     ],
 )
-def test_node_messages_round_trip(msg: NodePush | NodeAck | NodeReplace) -> None:
+def test_node_messages_round_trip(msg: NodeMessage) -> None:
     assert decode_node_message(encode_node_message(msg)) == msg
 
 
@@ -38,6 +44,10 @@ def test_node_messages_round_trip(msg: NodePush | NodeAck | NodeReplace) -> None
         (b'{"t":"ack","id":"r","ok":"yes"}\n', None),
         (b'{"t":"replace","dev":"d"}', None),
         (b'{"t":"other"}', None),
+        (b'{"t":"ask","id":"r","dev":"d"}\n{}', None),  # no sender
+        (b'{"t":"ask","id":"r","from":1,"dev":"d"}\n{}', None),
+        (b'{"t":"reply","id":"r","why":"<b>"}\n', None),  # a reason we never send
+        (b'{"t":"reply","id":7}\n', None),
         (b'{"t":"ack","id":"r","ok":false,"why":"<b>"}\n', NodeAck("r", False, None)),
     ],
 )

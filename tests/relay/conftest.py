@@ -30,6 +30,8 @@ def make_relay(aiohttp_client: Any, business: tuple[FakeBusiness, TestServer]) -
     async def factory(**overrides: Any) -> TestClient[Any, Any]:
         data: dict[str, Any] = {
             "server": {"hello_timeout_s": 2.0},
+            # The light voice unless a test asks for Kokoro (tests/relay/test_kokoro_voice.py).
+            "tts": {"provider": "espeak"},
             "business": [
                 {
                     "name": "fake",

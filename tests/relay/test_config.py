@@ -101,6 +101,13 @@ def test_values_are_frozen() -> None:
         ({"tts": {"stop_margin_ms": 2001}}, "tts.stop_margin_ms"),
         ({"tts": {"stop_margin_ms": -1}}, "tts.stop_margin_ms"),
         ({"listen": {"wake_word": []}}, "listen.wake_word"),
+        ({"mcp": {"timeout_s": 0}}, "mcp.timeout_s"),
+        ({"mcp": {"timeout_s": 301}}, "mcp.timeout_s"),
+        ({"mcp": {"max_tools": 0}}, "mcp.max_tools"),
+        ({"mcp": {"max_list_bytes": 1023}}, "mcp.max_list_bytes"),
+        ({"mcp": {"max_calls_per_turn": 0}}, "mcp.max_calls_per_turn"),
+        ({"mcp": {"vision": {"url": "ws://cam.example/"}}}, "mcp.vision.url"),
+        ({"business": [business(device_tools="yes")]}, "business[0].device_tools"),
     ],
 )
 def test_bad_value_names_the_key(data: dict[str, Any], key: str) -> None:

@@ -4,6 +4,7 @@ through (docs/protocol.md §1.1 query handshake, §1.2 PCM hello, §1.3 listen, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import os
@@ -22,7 +23,8 @@ from relay.config.load import load
 from relay.http.console import CSP
 from tests.relay.chromium import chromium, microphone_wav, needs_chromium
 from tests.relay.conftest import RelayFactory
-from tests.relay.fakes import FakeBusiness
+from tests.relay.fakes import Device, FakeBusiness
+from tests.relay.mcp_device import MCP_HELLO, McpDevice
 from tests.relay.voice_helpers import chat_msgs
 
 PHRASE = "turn on the light"
@@ -280,4 +282,39 @@ async def test_console_opus_framing_v3_auto_mode(
              .filter(e => e.textContent === "listen start").length >= 2""",
         timeout=5000,
     )
+    assert errors == []
+
+
+@needs_chromium
+async def test_console_lists_and_calls_a_devices_tools(
+    browser: Browser, make_relay: RelayFactory
+) -> None:
+    client = await make_relay(console={"enabled": True})
+    emu = McpDevice(await Device.connect(client, device_id="0A0B0C0D0E0F", hello=MCP_HELLO))
+    emu.start()
+    page = await browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    await page.goto(str(client.make_url("/console")))
+    await page.fill("#tools-device", "0A:0B:0C:0D:0E:0F")
+    for _ in range(50):  # the device lists its tools right after its hello
+        await page.click("#tools-list")
+        await page.wait_for_function(
+            "() => document.querySelector('#tools-result').textContent !== '…'"
+        )
+        if (await page.inner_text("#tools-result")).startswith("200"):
+            break
+        await asyncio.sleep(0.1)
+    options = await page.eval_on_selector_all("#tools-name option", "els => els.map(e => e.value)")
+    assert options == [t.name for t in emu.tools]
+    await page.select_option("#tools-name", "self.audio_speaker.set_volume")
+    await page.fill("#tools-args", '{"volume": 42}')
+    await page.click("#tools-call")
+    await page.wait_for_function(
+        "() => document.querySelector('#tools-result').textContent !== '…'"
+    )
+    status, _, body = (await page.inner_text("#tools-result")).partition(" ")
+    assert status == "200", body
+    assert orjson.loads(body)["result"]["content"] == [{"type": "text", "text": "true"}]
+    assert emu.volume == 42
     assert errors == []

@@ -21,6 +21,7 @@ from asr_tts.tts.base import Voice
 from asr_tts.tts.espeak import EmbeddedTTS
 from devsim import cli as devsim
 from devsim.load import device_ids, percentile
+from examples import business_service
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device, FakeBusiness, open_stream, session_of, sse
 
@@ -249,3 +250,51 @@ def test_help_runs_as_a_module(module: str, warning: str) -> None:
         assert option in result.stdout
     assert warning in result.stderr
     assert bool(warning) == ("FutureWarning" in result.stderr)
+
+
+async def test_mcp_device_serves_its_tools_while_it_stays(make_relay: RelayFactory) -> None:
+    # `--mcp`: the hello declares MCP and the simulator answers like the firmware; `--stay`
+    # keeps it connected after its (empty) turn so its tools can be called (docs/devsim.md).
+    client = await make_relay()
+    run = asyncio.ensure_future(
+        simulate(client, "--mcp", "--stay", "3", "--device-id", "66:9C:4B:DA:13:EA")
+    )
+    tools = "/api/v1/devices/669C4BDA13EA/tools"
+    async with asyncio.timeout(10):
+        while (resp := await client.get(tools)).status != 200:
+            await asyncio.sleep(0.05)
+    listed = await resp.json()
+    assert "self.audio_speaker.set_volume" in [t["name"] for t in listed["tools"]]
+    resp = await client.post(
+        f"{tools}/self.audio_speaker.set_volume", json={"arguments": {"volume": 5}}
+    )
+    answer = await resp.json()
+    assert resp.status == 200, answer
+    assert answer["result"]["content"] == [{"type": "text", "text": "true"}]
+    resp = await client.post(f"{tools}/self.get_device_status")
+    status = orjson.loads((await resp.json())["result"]["content"][0]["text"])
+    assert status["audio_speaker"] == {"volume": 5}
+    code, out, _err = await asyncio.wait_for(run, 10)
+    assert code == 0
+    assert any(m.get("type") == "mcp" for m in received(out))
+
+
+async def test_mcp_device_says_louder_to_the_reference_business(
+    make_relay: RelayFactory, aiohttp_server: Any
+) -> None:
+    # The whole loop of docs/devsim.md: typed text, a tool call the simulator answers,
+    # the tool result spoken by the reference business.
+    reference = await aiohttp_server(business_service.make_app())
+    client = await make_relay(
+        business_overrides={"device_tools": True, "url": str(reference.make_url("/chat"))}
+    )
+    code, out, err = await simulate(client, "--mcp", "--text", "louder")
+    assert code == 0, err
+    msgs = received(out)
+    calls = [m["payload"] for m in msgs if m.get("type") == "mcp"]
+    assert calls[-1]["method"] == "tools/call"
+    assert calls[-1]["params"] == {
+        "name": "self.audio_speaker.set_volume",
+        "arguments": {"volume": 80},
+    }
+    assert "Done, the volume is now 80." in out

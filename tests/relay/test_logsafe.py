@@ -61,16 +61,21 @@ async def test_peer_chosen_values_are_escaped_in_the_relays_log(
     caplog.set_level(logging.DEBUG, logger="relay")
     client = await make_relay()
     query = {"device-id": FORGED, "client-id": FORGED}
-    hello = {"type": "hello", "device_id": FORGED, "token": FORGED, "transport": FORGED}
+    hello: dict[str, Any] = {"type": "hello", "device_id": FORGED, "token": FORGED}
+    hello["transport"] = FORGED
+    hello["features"] = {"mcp": True}  # its MCP notifications are logged with its id (§3.1)
     first = await client.ws_connect("/xiaozhi/v1/", params=query)
     await first.send_str(orjson.dumps(hello).decode())
     assert orjson.loads((await first.receive(timeout=5)).data)["type"] == "hello"
     await first.send_str(orjson.dumps(hello).decode())  # a repeated hello is logged with the id
-    await first.send_str(orjson.dumps({"type": "mcp", "payload": {"m": FORGED}}).decode())
+    note = {"jsonrpc": "2.0", "method": FORGED}
+    await first.send_str(orjson.dumps({"type": "mcp", "payload": note}).decode())
     second = await client.ws_connect("/xiaozhi/v1/", params=query)  # replaces the first
     await second.send_str(orjson.dumps(hello).decode())
     assert orjson.loads((await second.receive(timeout=5)).data)["type"] == "hello"
-    assert (await first.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
+    while (msg := await first.receive(timeout=5)).type == aiohttp.WSMsgType.TEXT:
+        assert orjson.loads(msg.data)["type"] == "mcp"  # the relay's MCP set-up
+    assert msg.type == aiohttp.WSMsgType.CLOSE
     await second.close()
 
     lines = [r.getMessage() for r in caplog.records if r.name.startswith("relay")]

@@ -132,7 +132,7 @@ NOTIFY_HELLO = {
     "type": "hello",
     "version": 1,
     "transport": "websocket",
-    "features": {"mcp": True, "notify": {"config_updated": True}},
+    "features": {"aec": True, "notify": {"config_updated": True}},  # no mcp: no initialize
 }
 
 
@@ -205,7 +205,7 @@ async def test_push_device_message_is_sent_beside_speech(make_relay: RelayFactor
     "hello",
     [
         pytest.param(None, id="no-features"),
-        pytest.param({**NOTIFY_HELLO, "features": {"mcp": True}}, id="no-notify"),
+        pytest.param({**NOTIFY_HELLO, "features": {"aec": True}}, id="no-notify"),
         pytest.param(
             {**NOTIFY_HELLO, "features": {"notify": {"config_updated": False}}}, id="declared-false"
         ),

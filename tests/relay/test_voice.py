@@ -445,7 +445,7 @@ async def test_a_voice_turn_is_measured(
         'relay_asr_seconds_count{provider="embedded"}',
         "relay_vad_segments_total",
         "relay_speech_end_to_first_audio_seconds_count",
-        'relay_tts_seconds_count{provider="embedded"}',
+        'relay_tts_seconds_count{provider="espeak"}',
     ):
         assert await metric(client, sample) >= 1, sample
     assert await metric(client, "relay_speech_end_to_first_audio_seconds_sum") < 5
