@@ -26,6 +26,7 @@ from tests.relay.fakes import (
     sse,
 )
 from tests.relay.test_business_failures import closed_port
+from tests.relay.test_mcp import call, mcp_device, tools_of
 from tests.relay.test_push_api import CANONICAL, push
 from tests.relay.test_simulate import simulate
 from tests.test_openapi import check_answer, component, validate
@@ -288,3 +289,21 @@ async def test_a_live_business_is_ready_and_one_found_dead_later_degrades(
     assert any(e.data.get("type") == "custom" for e in got)
     ready = await (await client.get("/readyz")).json()
     assert (ready["status"], ready["businesses"]) == ("degraded", ["fake"])
+
+
+async def test_a_tool_call_is_told(
+    make_relay: RelayFactory, story: pytest.LogCaptureFixture
+) -> None:
+    client = await make_relay()
+    await mcp_device(client)
+    await tools_of(client)
+    status, _ = await call(client, "self.audio_speaker.set_volume", {"arguments": {"volume": 30}})
+    assert status == 200
+    got = fields(await wait_for(story, "tool_call"))
+    assert got["device"] == "669C4BDA13EA"
+    assert (got["tool"], got["via"], got["result"]) == (
+        "self.audio_speaker.set_volume",
+        "api",
+        "ok",
+    )
+    assert got["duration_ms"] >= 0
