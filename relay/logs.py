@@ -8,6 +8,7 @@ first, so what a peer chose cannot start a line of its own in either format."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -39,9 +40,16 @@ def story(logger: logging.Logger, event: str, level: int = logging.INFO, **field
     """Log `event` with `fields`: `event key=value …` as text, the same names in JSON."""
     if not logger.isEnabledFor(level):
         return
-    safe = {k: printable(v) if isinstance(v, str) else v for k, v in fields.items()}
-    template = " ".join([event, *(f"{k}=%({k})s" for k in safe)])
-    logger.log(level, template, {k: _shown(v) for k, v in safe.items()}, extra=safe)
+    for key, value in fields.items():
+        if isinstance(value, str) and not value.isprintable():
+            fields[key] = printable(value)
+    shown = {k: str(v) if type(v) is int else _shown(v) for k, v in fields.items()}
+    logger.log(level, _template(event, tuple(fields)), shown, extra=fields)
+
+
+@functools.lru_cache(maxsize=64)  # one per log site: a few dozen
+def _template(event: str, keys: tuple[str, ...]) -> str:
+    return " ".join([event, *(f"{k}=%({k})s" for k in keys)])
 
 
 def _shown(value: Field) -> str:
@@ -164,6 +172,10 @@ def formatter(fmt: str) -> logging.Formatter:
 
 def configure(cfg: LogConfig) -> None:
     """Route every record to stderr in the configured format and level."""
+    # The logging HOWTO's "Optimization": no line writes the caller's file and line, the
+    # thread or the process, so the records need not look them up (a stack walk each).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(formatter(cfg.format))
     logging.basicConfig(level=cfg.level, handlers=[handler], force=True)
