@@ -36,3 +36,9 @@ logging.LogRecord.asctime
 
 # Read by the licence test: the modules a Kokoro worker imported (no GPL phonemiser).
 KokoroTTS.loaded_modules
+
+# Read by the logging module when it makes a record (relay/logs.py, configure).
+logging._srcfile
+logging.logThreads
+logging.logProcesses
+logging.logMultiprocessing

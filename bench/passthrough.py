@@ -412,6 +412,8 @@ def start_peers(
     prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
     probe = ["-m", "bench._probe", "relay"] if gc_stats else ["-m", "relay"]
     env = relay_env(bport)
+    if args.log != "off":  # a line per connect and per round trip (README.md, "Logs")
+        env |= {"RELAY__LOG__LEVEL": "INFO", "RELAY__LOG__FORMAT": args.log}
     if gc_stats:
         env["BENCH_PROBE_OUT"] = str(gc_stats)
     if args.gc_threshold:
@@ -532,6 +534,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed round trips per device first")
     p.add_argument("--duration-cap-s", type=float, default=120.0, help="cap per timed phase")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument(
+        "--log",
+        choices=("off", "text", "json"),
+        default="off",
+        help="the relay's log: off (WARNING, the default) or INFO in the text or JSON format",
+    )
     p.add_argument(
         "--also-serial",
         action=argparse.BooleanOptionalAction,

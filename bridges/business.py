@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
@@ -20,8 +19,6 @@ from protocol.business import (
 )
 from protocol.errors import BusinessError, BusinessOutcome, business_error
 from protocol.sse import SSEDecoder, SSEEvent
-
-log = logging.getLogger(__name__)
 
 SessionCheck = Literal["strict", "lenient"]
 DRAIN_TIMEOUT_S = 0.1
@@ -65,6 +62,12 @@ class StreamStats:
     events: int = 0
     foreign_dropped: int = 0
     bad_events: int = 0
+    # What the relay logs when a business errs (§2.3, §2.6): the first foreign `session_id`
+    # ("" = none given), the answer's status and content type, the connection's error.
+    foreign_session: str | None = None
+    status: int | None = None
+    content_type: str | None = None
+    error: str | None = None
 
     @property
     def failure(self) -> BusinessError | None:
@@ -122,6 +125,7 @@ class BusinessClient:
                     connect_timeout_s=target.connect_timeout_s,
                     keepalive_s=target.keepalive_timeout_s,
                 )
+            stats.status, stats.content_type = resp.status, resp.content_type
             _check_response(resp)
             while True:
                 async with asyncio.timeout_at(deadline):
@@ -149,7 +153,7 @@ class BusinessClient:
         except TimeoutError:
             stats.outcome = BusinessOutcome.TIMEOUT
         except (HTTPError, OSError) as exc:
-            log.info("business %s unreachable: %s", target.name, type(exc).__name__)
+            stats.error = type(exc).__name__  # logged by the caller, with the business's URL
             stats.outcome = BusinessOutcome.UNREACHABLE
         finally:
             if resp is not None:
@@ -187,6 +191,8 @@ def _accept(
         return None
     if not session_ok(event, expected_session, lenient=lenient):
         stats.foreign_dropped += 1
+        if stats.foreign_session is None:
+            stats.foreign_session = event.session_id or ""
         return None
     return event
 

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+import platform
+from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
@@ -13,6 +22,26 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+def build_version() -> str:
+    """The installed relay's version (pyproject.toml), or "unknown" when not installed."""
+    try:
+        return metadata.version("voice-relay")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def python_version() -> str:
+    """The running interpreter's version, e.g. 3.11.9."""
+    return platform.python_version()
+
+
+_PROCESS_METRICS = {
+    "process_cpu_seconds": "CPU time (user and system) this relay process has used, seconds.",
+    "process_resident_memory_bytes": "Resident memory of this relay process.",
+    "process_open_fds": "Descriptors this relay process holds open (sockets included).",
+}
 
 
 class Metrics:
@@ -230,10 +259,41 @@ class Metrics:
             "Answers whose tts_provider is not configured; spoken by the default provider.",
             registry=r,
         )
+        self.build_info = Gauge(
+            "relay_build_info",
+            "Always 1: the relay's version and the Python running it.",
+            ["version", "python"],
+            registry=r,
+            multiprocess_mode="max",
+        )
+        self.build_info.labels(build_version(), python_version()).set(1)
+        # This process's CPU, memory and descriptors, as prometheus-client's ProcessCollector
+        # reads them; gauges of our own so that with several workers each one shows (a `pid`
+        # label, "liveall"), which the collector's own metrics cannot.
+        self._process = ProcessCollector(registry=None)
+        self.process = {
+            family: Gauge(
+                f"relay_{family}",
+                doc,
+                registry=r,
+                multiprocess_mode="liveall",
+            )
+            for family, doc in _PROCESS_METRICS.items()
+        }
+        self.sample_process()
 
     def count_tasks(self) -> None:
-        """Set `relay_event_loop_tasks` from the running loop (at scrapes and sweeps)."""
+        """Set `relay_event_loop_tasks` and the process gauges from the running loop and the
+        process (at scrapes and sweeps)."""
         self.event_loop_tasks.set(len(asyncio.all_tasks()))
+        self.sample_process()
+
+    def sample_process(self) -> None:
+        """Set the `relay_process_*` gauges from this process's /proc entries."""
+        for family in self._process.collect():
+            gauge = self.process.get(family.name)
+            if gauge is not None and family.samples:
+                gauge.set(family.samples[0].value)
 
     def message_counters(self, mtype: str, direction: str) -> tuple[Counter, Counter]:
         """The (messages, bytes) children for a type and direction, resolved once: the

@@ -100,7 +100,13 @@ def _resources(
             authenticator=DeviceAuthenticator(config.auth, redis),
         )
         app[DEVICE_ROOM] = room = DeviceRoom(
-            deps=TurnDeps(BusinessClient(http), speaker, metrics, config.tts.stop_margin_ms / 1000),
+            deps=TurnDeps(
+                BusinessClient(http),
+                speaker,
+                metrics,
+                config.tts.stop_margin_ms / 1000,
+                log_text_chars=config.log.stt_chars,
+            ),
             voice=voice,
             detect=config.listen.rules(),
         )
@@ -121,6 +127,9 @@ def _resources(
 
         cluster.serve_tools(serve_tools)
         await cluster.start(deliver, replace, local_devices)
+        # Each business once, before serving: a warning for one that cannot be reached (at
+        # most its connect_timeout_s), never a refusal to start.
+        await room.deps.reach.probe(targets.values())
         sweeper = asyncio.get_running_loop().create_task(idle_sweeper(app[RELAY_KEY], local))
         try:
             yield

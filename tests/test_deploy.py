@@ -285,9 +285,10 @@ def test_compose_names_the_services_and_wires_them() -> None:
     mounts = {v.split(":")[1] for v in services["prometheus"]["volumes"]}
     prometheus = load_yaml(PROMETHEUS)
     assert set(prometheus["rule_files"]) <= mounts
-    # One token for the relays' API and Prometheus's scrape.
+    # Prometheus scrapes with the relays' metrics-only token, never one of their API tokens.
     secret = services["prometheus"]["secrets"][0]
-    assert compose["secrets"][secret] == {"environment": "RELAY_API_TOKEN"}
+    assert compose["secrets"][secret] == {"environment": "RELAY_METRICS_TOKEN"}
+    assert {e["RELAY__METRICS__TOKENS"].split(":")[0] for e in envs} == {"${RELAY_METRICS_TOKEN"}
     assert {e["RELAY__API__TOKENS"].split(":")[0] for e in envs} == {"${RELAY_API_TOKEN"}
     (job,) = prometheus["scrape_configs"]
     assert job["authorization"] == {"type": "Bearer", "credentials_file": f"/run/secrets/{secret}"}
@@ -300,7 +301,9 @@ def test_compose_names_the_services_and_wires_them() -> None:
 def test_compose_relay_environment_is_a_valid_config(relay: str) -> None:
     env = dict(load_yaml(COMPOSE)["services"][relay]["environment"])
     env["RELAY__API__TOKENS"] = "t0ken"  # what compose substitutes from RELAY_API_TOKEN
+    env["RELAY__METRICS__TOKENS"] = "m3trics"  # and from RELAY_METRICS_TOKEN
     config = load(ROOT / "config.toml", env=env)
+    assert config.metrics.tokens == ("m3trics",)
     assert config.redis.url == "redis://redis:6379/0"
     assert config.redis.node_id == relay
     assert config.api.tokens == ("t0ken",)

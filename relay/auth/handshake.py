@@ -119,9 +119,21 @@ def api_allowed(authorization: str | None, remote: str | None, cfg: ApiConfig) -
     """Bearer token from `[api] tokens`; with none configured, loopback clients only."""
     if not cfg.tokens:
         return _is_loopback(remote)
-    if not authorization or authorization[:7].lower() != "bearer ":
+    return _bearer_in(authorization, cfg.tokens)
+
+
+def metrics_allowed(
+    authorization: str | None, remote: str | None, api: ApiConfig, tokens: tuple[str, ...]
+) -> bool:
+    """`/metrics`: a token of `[metrics] tokens` (read metrics, nothing else), or what the
+    API allows."""
+    return _bearer_in(authorization, tokens) or api_allowed(authorization, remote, api)
+
+
+def _bearer_in(authorization: str | None, tokens: tuple[str, ...]) -> bool:
+    if not tokens or not authorization or authorization[:7].lower() != "bearer ":
         return False
-    return contains_token(authorization[7:].strip(), cfg.tokens)
+    return contains_token(authorization[7:].strip(), tokens)
 
 
 def _is_loopback(remote: str | None) -> bool:

@@ -230,6 +230,13 @@ class ApiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """`[metrics]`: bearer tokens that may read `/metrics` and nothing else (Prometheus)."""
+
+    tokens: tuple[Token, ...] = field(default=(), repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class RedisConfig:
     """`[redis]`: empty url = single node, all state in memory."""
 
@@ -286,9 +293,11 @@ class ConsoleConfig:
 
 @dataclass(frozen=True, slots=True)
 class LogConfig:
-    """`[log]`: stdlib logging level."""
+    """`[log]`: level, format and how much of what users say the log keeps."""
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"  # json: one object per line (README.md, "Logs")
+    stt_chars: int = 64  # recognised text kept in a turn's log line; 0 = none (privacy)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +312,7 @@ class Config:
     vad: VADConfig = field(default_factory=VADConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     mcp: McpConfig = field(default_factory=McpConfig)
     log: LogConfig = field(default_factory=LogConfig)

@@ -29,6 +29,7 @@ CLOSE_TIMEOUT_S = 5.0
 _AUDIO: Final = 0
 _TEXT: Final = 1
 _HELD: Final = 2  # text held until the audio before it plays (docs/protocol.md §1.6)
+_NOTE: Final = 3  # a diagnostic for whoever reads a simulate stream; devices get none
 # The pacer aims this far under §1.6's bound: the device's clock starts when the first frame
 # arrives, so a first frame delivered a little late (a busy network or device) would
 # otherwise show as lead above the bound. 5 ms of a 1 s buffer costs nothing audible.
@@ -86,6 +87,9 @@ class Link:
         """Queue one text message (already serialised) of device message type `mtype`."""
         self._count_out(msg, mtype)
         self._put([(_TEXT, msg)], 0)
+
+    def diagnose(self, note: bytes) -> None:
+        """A diagnostic (JSON) for a person reading this link; a device link drops it."""
 
     async def room(self) -> None:
         """Return when the outbox can take more. A device link returns at once: a device
@@ -403,6 +407,9 @@ class SSELink(Link):
         self._seq = 0
         self._has_room: asyncio.Event | None = None  # made only when a producer waits
 
+    def diagnose(self, note: bytes) -> None:
+        self._put([(_NOTE, note)], 0)
+
     async def room(self) -> None:
         while not self._closed and len(self._pending) >= self._max // 2:
             if self._has_room is None:
@@ -429,6 +436,9 @@ class SSELink(Link):
     async def _write_one(self, kind: int, data: bytes) -> None:
         if kind == _TEXT:
             await self._resp.write(b"data: " + data + b"\n\n")
+            return
+        if kind == _NOTE:
+            await self._resp.write(b"event: diagnostic\ndata: " + data + b"\n\n")
             return
         info: dict[str, object] = {"seq": self._seq, "bytes": len(data)}
         if self._audio_base64:

@@ -16,6 +16,7 @@ from protocol import mcp
 from protocol.mcp import Notification, Reply, ToolAnswer
 from relay.config.schema import McpConfig
 from relay.device.link import Link
+from relay.logs import ms, story
 from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
@@ -135,8 +136,19 @@ class McpClient:
 
     async def call(self, name: str, arguments: bytes, timeout_s: float, via: str) -> ToolAnswer:
         """Run tool `name` on the device: its answer, or why there is none."""
+        start = time.perf_counter()
         answer, result = await self._call(name, arguments, timeout_s)
         self._metrics.tool_calls.labels(via, result).inc()
+        duration_ms = ms(time.perf_counter() - start)
+        story(
+            log,
+            "tool_call",
+            device=self._device,
+            tool=name[:80],
+            via=via,
+            result=result,
+            duration_ms=duration_ms,
+        )
         return answer
 
     async def _call(self, name: str, arguments: bytes, timeout_s: float) -> tuple[ToolAnswer, str]:

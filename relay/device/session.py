@@ -101,7 +101,7 @@ class Session:
     def chat(self, text: str, speech_end: float | None = None) -> asyncio.Task[None]:
         """Start a chat turn for `text`, replacing the running one (§2.1)."""
         ts = time.time_ns() // 1_000_000
-        turn = self._turn("chat", always_stop=True, speech_end=speech_end)
+        turn = self._turn("chat", always_stop=True, speech_end=speech_end, text=text)
 
         async def run() -> None:
             tools = await self._tools_for_chat()
@@ -325,7 +325,12 @@ class Session:
     # ---- turns ------------------------------------------------------------------------
 
     def _turn(
-        self, request_type: str, *, always_stop: bool, speech_end: float | None = None
+        self,
+        request_type: str,
+        *,
+        always_stop: bool,
+        speech_end: float | None = None,
+        text: str | None = None,
     ) -> Turn:
         tools = None
         if self.target is not None and self.target.device_tools:
@@ -340,6 +345,7 @@ class Session:
             request_type=request_type,
             always_stop=always_stop,
             speech_end=speech_end,
+            text=text,
             tools=tools,
         )
 

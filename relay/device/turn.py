@@ -8,7 +8,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from asr_tts.codec import FrameEncoder
@@ -22,7 +22,9 @@ from protocol.business import Speak, classify, envelope, error_event, tool_call
 from protocol.errors import BusinessError
 from relay.device.link import Held, Link
 from relay.device.tools import ToolContext, ToolRunner
+from relay.logs import Every, cut, dropped_note, ms, story, warn_business
 from relay.logsafe import printable
+from relay.reach import Reachability
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,9 @@ class TurnDeps:
     speaker: Speaker
     metrics: Metrics
     stop_margin_s: float = 0.03  # `tts stop` this long after the last frame has played (§1.6)
+    log_text_chars: int = 64  # `[log] stt_chars`: recognised text kept in a turn's log line
+    warnings: Every = field(default_factory=Every)  # a business's mistakes, once a minute
+    reach: Reachability = field(default_factory=Reachability)  # for /readyz
 
 
 def voice_of(sp: Speak) -> Voice:
@@ -69,6 +74,7 @@ class Speech:
         self._lock = lock
         self.queue: asyncio.Queue[Speak | None] = asyncio.Queue(SPEECH_QUEUE_MAX)
         self.started = False  # `tts start` went out: an abort must send `tts stop` aborted
+        self.frames = 0  # audio frames handed to the link, for the turn's log line
 
     async def run(self) -> None:
         """Consume the queue until None, speaking each answer in order."""
@@ -113,11 +119,13 @@ class Speech:
                     group = Held(tuple(held)) if held else None
                     held = []
                     if self._speech_end is not None and frames:
+                        self.frames += 1
                         await link.paced_audio(frames[:1], group)
                         delay = time.monotonic() - self._speech_end
                         self._deps.metrics.speech_to_audio.observe(delay)
                         self._speech_end = None
                         frames, group = frames[1:], None
+                    self.frames += len(frames)
                     await link.paced_audio(frames, group)
             if held:  # an answer with nothing to say still shows its emotion
                 await link.paced_audio((), Held(tuple(held)))
@@ -141,6 +149,7 @@ class Turn:
         always_stop: bool,
         speech_end: float | None = None,
         tools: ToolContext | None = None,
+        text: str | None = None,
     ) -> None:
         self._link = link
         self._deps = deps
@@ -149,6 +158,8 @@ class Turn:
         self.request_type = request_type
         self._always_stop = always_stop  # chat turns end with `tts stop` even when silent
         self._speech_end = speech_end
+        self._text = text  # what the user said, for the log line
+        self._requests: list[StreamStats] = []  # this turn's business requests, for the log
         self.speech: Speech | None = None
         self._tools = tools  # the device's tools, for a business with device_tools (§3.3)
         self._group: asyncio.TaskGroup | None = None
@@ -168,7 +179,16 @@ class Turn:
         self, target: BusinessTarget, body: bytes, caller: Caller, expected_session: str
     ) -> None:
         """POST `body` to `target` for `caller` and route every event of the answer
-        (§2.1–§2.7), and of the answers to its tool calls' results (§3.3)."""
+        (§2.1–§2.7), and of the answers to its tool calls' results (§3.3); one log line
+        tells how it went."""
+        try:
+            await self._answer(target, body, caller, expected_session)
+        finally:
+            self._tell(target, caller)
+
+    async def _answer(
+        self, target: BusinessTarget, body: bytes, caller: Caller, expected_session: str
+    ) -> None:
         link = self._link
         async with asyncio.TaskGroup() as tg:
             self._group = tg
@@ -199,6 +219,7 @@ class Turn:
         kind = request_type or self.request_type
         deps, link = self._deps, self._link
         stats = StreamStats()
+        self._requests.append(stats)
         try:
             events = deps.client.stream(target, body, caller, expected_session, stats)
             async with contextlib.aclosing(events) as it:
@@ -218,6 +239,10 @@ class Turn:
                     await self._speech().queue.put(sp)
         finally:
             self._record(stats)
+            warn_business(deps.warnings, target, expected_session, stats)
+            deps.reach.saw(target, stats)
+        if (note := dropped_note(target, expected_session, stats)) is not None:
+            link.diagnose(note)
         if (code := stats.failure) is not None:
             link.send_json(self._envelope(error_event(link.session_id, code), kind), "custom")
 
@@ -251,6 +276,26 @@ class Turn:
         ts = time.time_ns() // 1_000_000
         kind = request_type or self.request_type
         return envelope(self._link.session_id, kind, event_raw, ts)
+
+    def _tell(self, target: BusinessTarget, caller: Caller) -> None:
+        # The first request's answer; `requests` counts the tool results posted after it.
+        stats = self._requests[0] if self._requests else StreamStats()
+        story(
+            log,
+            "turn",
+            device=caller.device_id,
+            session=caller.session_id,
+            kind=self.request_type,
+            text=None if self._text is None else cut(self._text, self._deps.log_text_chars),
+            business=target.name,
+            outcome=stats.outcome.value,
+            status=stats.status,
+            events=stats.events,
+            first_event_ms=ms(stats.first_event_s),
+            total_ms=ms(stats.total_s),
+            frames=self.speech.frames if self.speech is not None else 0,
+            requests=len(self._requests),
+        )
 
     def _record(self, stats: StreamStats) -> None:
         m = self._deps.metrics

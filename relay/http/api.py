@@ -15,7 +15,7 @@ from protocol.audio_format import AudioFormat
 from protocol.device import Custom
 from protocol.errors import ApiError, ProtocolError
 from relay.answers import api_error, api_exception
-from relay.auth.handshake import api_allowed, canonical_device_id
+from relay.auth.handshake import api_allowed, canonical_device_id, metrics_allowed
 from relay.device.connection import DEVICE_ROOM, new_session_id
 from relay.device.link import SSELink
 from relay.device.session import Session
@@ -74,11 +74,17 @@ async def api_auth(request: web.Request, handler: Any) -> web.StreamResponse:
     """Bearer tokens from `[api] tokens` on `/api/` and `/metrics`; without tokens, loopback
     only. Health endpoints stay open for load balancers."""
     if request.path.startswith("/api/") or request.path == "/metrics":
-        cfg = request.app[RELAY_KEY].config.api
-        if not api_allowed(request.headers.get("Authorization"), request.remote, cfg):
+        config = request.app[RELAY_KEY].config
+        cfg, auth = config.api, request.headers.get("Authorization")
+        if request.path == "/metrics":
+            allowed = metrics_allowed(auth, request.remote, cfg, config.metrics.tokens)
+        else:
+            allowed = api_allowed(auth, request.remote, cfg)
+        if not allowed:
             hint = (
                 "send Authorization: Bearer <token> from [api] tokens"
-                if cfg.tokens
+                + (" or, for /metrics, [metrics] tokens" if config.metrics.tokens else "")
+                if cfg.tokens or config.metrics.tokens
                 else "no [api] tokens are configured, so only loopback clients are served"
             )
             return api_error(ApiError.UNAUTHORIZED, "missing or invalid API token", hint)
@@ -181,12 +187,14 @@ async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, headers={"X-Relay-Worker": str(os.getpid())})
 
 
-_DEGRADED = {
-    "status": "degraded",
-    "reason": "redis_unavailable",
-    "hint": "Redis is away or does not answer: devices connect and talk, but presence, "
-    "listing and pushes cover this node only until it returns",
-}
+_REDIS_HINT = (
+    "Redis is away or does not answer: devices connect and talk, but presence, "
+    "listing and pushes cover this node only until it returns"
+)
+_BUSINESS_HINT = (
+    "a business service cannot be reached: its devices get business_unreachable until it "
+    "answers (`businesses` names them, the log their URLs)"
+)
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -195,9 +203,19 @@ async def readyz(request: web.Request) -> web.Response:
     relay = request.app[RELAY_KEY]
     if relay.draining.is_set():
         return web.json_response({"status": "draining"}, status=503)
+    reasons: list[str] = []
+    hints: list[str] = []
     if not relay.cluster.available:
-        return web.json_response(_DEGRADED)
-    return web.json_response({"status": "ready"})
+        reasons.append("redis_unavailable")
+        hints.append(_REDIS_HINT)
+    unreachable = sorted(request.app[DEVICE_ROOM].deps.reach.unreachable)
+    if unreachable:
+        reasons.append("business_unreachable")
+        hints.append(_BUSINESS_HINT)
+    if not reasons:
+        return web.json_response({"status": "ready"})
+    answer = {"status": "degraded", "reason": reasons[0], "reasons": reasons}
+    return web.json_response({**answer, "hint": "; ".join(hints), "businesses": unreachable})
 
 
 async def metrics(request: web.Request) -> web.Response:

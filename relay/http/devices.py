@@ -24,6 +24,7 @@ from relay.cluster.base import Presence
 from relay.cluster.directory import DeviceDirectory
 from relay.device.connection import Connection
 from relay.http.api import read_json
+from relay.logs import story
 from relay.logsafe import printable
 from relay.resources import RELAY_KEY
 
@@ -115,6 +116,8 @@ async def deliver(
         if pushed.type == "notify" and not conn.notify_config_updated:
             return "not_supported"  # §1.5: only to devices that declared it in their hello
         conn.session.push_device(pushed)
+    kind = "command" if "command" in body else "speak" if "speak" in body else pushed.type
+    story(log, "push", device=conn.device_id, session=conn.session_id, kind=kind)
     return None
 
 

@@ -1,8 +1,9 @@
-"""Command line: `python -m relay serve --config PATH`."""
+"""Command line: `relay serve --config PATH` (or `python -m relay …`)."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import logging
 import os
@@ -11,9 +12,10 @@ from collections.abc import Sequence
 
 import uvloop
 
+from metrics.registry import build_version, python_version
 from relay.config.load import WORKER_ENV, load
 from relay.config.schema import Config, ConfigError
-from relay.logsafe import OneLineFormatter
+from relay.logs import configure as configure_logging
 from relay.run.workers import listening_socket, run_workers
 
 log = logging.getLogger("relay")
@@ -21,7 +23,12 @@ log = logging.getLogger("relay")
 
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's arguments."""
-    parser = argparse.ArgumentParser(prog="python -m relay", description=__doc__)
+    parser = argparse.ArgumentParser(prog="relay", description=__doc__)
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"relay {build_version()} (Python {python_version()})",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the relay")
     serve.add_argument("--config", help="TOML file (default: built-in defaults)")
@@ -61,6 +68,23 @@ def _strip(argv: Sequence[str], options: tuple[str, ...]) -> list[str]:
     return out
 
 
+def listen_error(host: str, port: int, exc: OSError) -> str:
+    """One line saying why the relay cannot listen, and what to do."""
+    what = exc.strerror or str(exc)
+    hint = {
+        errno.EADDRINUSE: "another process listens there: stop it, or choose another port "
+        "with --port or [server] port",
+        errno.EACCES: "ports below 1024 need privileges: choose a port of 1024 or more",
+        errno.EADDRNOTAVAIL: "no interface of this machine has that address: check [server] host",
+    }.get(exc.errno or 0, "check [server] host and port")
+    return f"cannot listen on {host}:{port}: {what} ({hint})"
+
+
+def run() -> None:
+    """The `relay` console script (pyproject.toml [project.scripts])."""
+    sys.exit(main())
+
+
 def _check_speech_files(config: Config) -> None:
     """Kokoro's and Whisper's files, when they are used without a fallback: a bad one stops
     the start (and check-config)."""
@@ -94,9 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         print("config ok")
         return 0
-    handler = logging.StreamHandler()  # one record, one line: see relay/logsafe.py
-    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=config.log.level, handlers=[handler])
+    configure_logging(config.log)  # one record, one line (relay/logs.py)
     host = args.host or config.server.host
     port = args.port if args.port is not None else config.server.port
     if not config.business:
@@ -104,12 +126,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return 2
+    reuse_port = args.workers > 1 or WORKER_ENV in os.environ
+    try:  # workers: a probe, so that a port already taken fails here, once, and port 0 resolves
+        sock = listening_socket(host, port, reuse_port=reuse_port)
+    except OSError as exc:
+        print(listen_error(host, port, exc), file=sys.stderr)
+        return 2
     if args.workers > 1:
+        port = sock.getsockname()[1]
+        sock.close()
         passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
-        return run_workers(_strip(passthrough, ("--workers", "--port")), args.workers, host, port)
+        return run_workers(_strip(passthrough, ("--workers", "--port")), args.workers, port)
     from relay.run.server import serve  # the app and its models: only in serving processes
 
-    sock = listening_socket(host, port, reuse_port=WORKER_ENV in os.environ)
     tune_gc(config.server.gc_freeze, config.server.gc_gen0_threshold)
     uvloop.run(serve(config, sock))
     return 0

@@ -30,13 +30,10 @@ def listening_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket
     return sock
 
 
-def run_workers(argv: Sequence[str], workers: int, host: str, port: int) -> int:
+def run_workers(argv: Sequence[str], workers: int, port: int) -> int:
     """Run `workers` relay processes on one port (SO_REUSEPORT); merge their metrics
     through prometheus-client's multiprocess mode; forward SIGTERM/SIGINT; exit 0 when
-    all workers exited cleanly."""
-    probe = listening_socket(host, port, reuse_port=True)  # fail early if the port is taken
-    port = probe.getsockname()[1]
-    probe.close()
+    all workers exited cleanly. `port` is free for them (the CLI has probed it)."""
     with tempfile.TemporaryDirectory(prefix="relay-metrics-") as metrics_dir:
         children: list[subprocess.Popen[bytes]] = []
         for i in range(workers):

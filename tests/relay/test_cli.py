@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.relay.test_simulate import closed_port, parse_sse
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_S = 15.0
+SERVE_LOCAL = ("serve", "--config", "config.toml", "--host", "127.0.0.1", "--port")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -85,12 +88,7 @@ async def spawn_relay(
         sys.executable,
         "-m",
         "relay",
-        "serve",
-        "--config",
-        "config.toml",
-        "--host",
-        "127.0.0.1",
-        "--port",
+        *SERVE_LOCAL,
         str(port),
         *args,
         cwd=ROOT,
@@ -168,3 +166,103 @@ async def test_serve_runs_a_turn_with_the_reference_business() -> None:
         if relay is not None:
             await stop(relay)
         await stop(business)
+
+
+def test_version_names_the_package_and_python() -> None:
+    import platform
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"relay {version} (Python {platform.python_version()})"
+
+
+def test_the_relay_console_script_runs_the_cli() -> None:
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, func = scripts["relay"].partition(":")
+    code = "import sys; sys.argv = ['relay', 'check-config', '--config', 'config.toml']; "
+    code += f"from {module} import {func}; {func}()"
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "config ok"), result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_port_in_use_is_one_line_and_exit_code_2(workers: str) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = run_cli(*SERVE_LOCAL, str(port), "--workers", workers)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"cannot listen on 127.0.0.1:{port}: Address already in use (another process listens "
+        "there: stop it, or choose another port with --port or [server] port)"
+    ], result.stderr
+
+
+def run_script(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["bash", "scripts/run.sh"],
+        cwd=ROOT,
+        env=clean_env(PYTHON=sys.executable, **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def test_run_sh_stops_clearly_when_the_business_port_is_taken() -> None:
+    relay_port = closed_port()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        proc = run_script({"BUSINESS_PORT": str(port), "RELAY_PORT": str(relay_port)})
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGINT)
+                proc.communicate(timeout=30)
+    assert proc.returncode == 1, (out, err)
+    assert f"port {port} is in use" in err
+    assert "relay on" not in out  # the relay never started
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", relay_port)) != 0
+
+
+async def test_run_sh_uses_its_ports_and_enables_the_console() -> None:
+    business_port, relay_port = closed_port(), closed_port()
+    env = {"BUSINESS_PORT": str(business_port), "RELAY_PORT": str(relay_port)}
+    proc = run_script(env)
+    base = f"http://127.0.0.1:{relay_port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(STARTUP_S * 2):
+                while True:
+                    assert proc.poll() is None, proc.communicate()
+                    try:
+                        resp = await http.get(f"{base}/readyz")
+                        if (await resp.json())["status"] == "ready":
+                            break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.2)
+            assert (await http.get(f"{base}/console")).status == 200
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{business_port}/chat" in out
+    assert f"browser console: {base}/console" in out

@@ -104,9 +104,11 @@ async def test_relay_serve_writes_one_line_per_record() -> None:
     assert relay.stderr is not None
     err = (await relay.stderr.read()).decode()
     records = err.splitlines()
+    # Connect, replacing, close: each names the device, escaped.
     assert [line for line in records if "forged" in line] == [
-        line for line in records if ESCAPED in line and "replacing previous connection" in line
+        line for line in records if ESCAPED in line
     ]
-    assert any(ESCAPED in line for line in records)
+    assert any("replacing previous connection" in line for line in records if ESCAPED in line)
+    assert sum(" connect device=" in line for line in records if ESCAPED in line) == 2
     stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
     assert all(stamp.match(line) or line.startswith("  ") for line in records), err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from typing import Any
 
@@ -107,6 +108,22 @@ async def test_two_workers_share_a_port_and_merge_metrics() -> None:
                     async with aiohttp.ClientSession() as one:
                         resp = await one.get(f"{base}/healthz")
                         pids.add(int(resp.headers["X-Relay-Worker"]))
+            # Each worker's CPU, memory and descriptors show apart (by pid), whichever answers;
+            # the build information once.
+            async with asyncio.timeout(20):
+                while True:
+                    text = await (await http.get(f"{base}/metrics")).text()
+                    rss = re.findall(
+                        r'^relay_process_resident_memory_bytes\{pid="(\d+)"\} (\S+)', text, re.M
+                    )
+                    if {int(pid) for pid, _ in rss} == pids:
+                        break
+                    await asyncio.sleep(0.5)
+            assert all(float(value) > 1e6 for _, value in rss)
+            fds = re.findall(r'^relay_process_open_fds\{pid="\d+"\} (\S+)', text, re.M)
+            assert len(fds) == 2
+            assert all(float(v) > 0 for v in fds)
+            assert len(re.findall(r"^relay_build_info\{", text, re.M)) == 1
     finally:
         code = await stop(relay)
     assert code == 0

@@ -1,0 +1,181 @@
+"""The relay's story in its log: one INFO line per thing a device or a business does
+(connect, refused handshake, turn, push, close), warnings that name the business at fault,
+and the two output formats of `[log] format` (README.md, "Logs").
+
+Every line is written by `story`: its fields go to the text line as `key=value` and to a
+JSON line as members of the same names (`extra=`), each string escaped with `printable`
+first, so what a peer chose cannot start a line of its own in either format."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+import time
+from collections.abc import Callable
+from urllib.parse import urlsplit, urlunsplit
+
+import orjson
+from pythonjsonlogger.json import JsonFormatter
+
+from bridges.business import BusinessTarget, StreamStats
+from protocol.errors import BusinessOutcome
+from relay.config.schema import LogConfig
+from relay.logsafe import OneLineFormatter, printable
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# JSON members besides a line's own fields, under stable names (README.md, "Logs").
+JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+JSON_RENAME = {"asctime": "time", "levelname": "level", "name": "logger"}
+WARN_EVERY_S = 60.0
+
+Field = str | int | float | None
+log = logging.getLogger("relay.business")
+_FAILED = (BusinessOutcome.UNREACHABLE, BusinessOutcome.STATUS, BusinessOutcome.CONTENT_TYPE)
+SESSION_HINT = "every event must carry the request's session_id (docs/protocol.md §2.3)"
+INVALID_HINT = "each event's data must be one JSON object (docs/protocol.md §2.2)"
+
+
+def story(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Field) -> None:
+    """Log `event` with `fields`: `event key=value …` as text, the same names in JSON."""
+    if not logger.isEnabledFor(level):
+        return
+    for key, value in fields.items():
+        if isinstance(value, str) and not value.isprintable():
+            fields[key] = printable(value)
+    shown = {k: str(v) if type(v) is int else _shown(v) for k, v in fields.items()}
+    logger.log(level, _template(event, tuple(fields)), shown, extra=fields)
+
+
+@functools.lru_cache(maxsize=64)  # one per log site: a few dozen
+def _template(event: str, keys: tuple[str, ...]) -> str:
+    return " ".join([event, *(f"{k}=%({k})s" for k in keys)])
+
+
+def _shown(value: Field) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.0f}"
+    if isinstance(value, str) and (not value or " " in value or '"' in value or "=" in value):
+        return '"' + value.replace('"', '\\"') + '"'  # already escaped by printable
+    return str(value)
+
+
+def ms(seconds: float | None) -> int | None:
+    """A duration for a log line: whole milliseconds."""
+    return None if seconds is None else round(seconds * 1000)
+
+
+def cut(text: str, limit: int) -> str | None:
+    """`text` for a log line: at most `limit` characters (an ellipsis when longer); None
+    when `limit` is 0 (the operator keeps what users say out of the log)."""
+    if limit <= 0:
+        return None
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def safe_url(url: str) -> str:
+    """`url` without what may be a credential: its user and password, query and fragment."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable url>"
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{port}" if port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+class Every:
+    """At most one report per key every `interval_s`: `due(key)` is None while quiet, else
+    how many reports were held back since the last one. Keys come from the configuration
+    (business names), a small fixed set."""
+
+    def __init__(
+        self, interval_s: float = WARN_EVERY_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def due(self, key: str) -> int | None:
+        """None when `key` was reported less than `interval_s` ago (counted), else the count."""
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self._interval_s:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        self._last[key] = (now, 0)
+        return last[1] if last is not None else 0
+
+
+def warn_business(every: Every, target: BusinessTarget, expected: str, stats: StreamStats) -> None:
+    """A WARNING, at most once a minute per business and mistake, for what the business did
+    wrong in one answer: events for another session (or none) dropped, a failed request."""
+    name = target.name
+    if stats.foreign_dropped and (held := every.due(f"{name} session")) is not None:
+        story(
+            log,
+            "business_session_mismatch",
+            logging.WARNING,
+            business=name,
+            dropped=stats.foreign_dropped,
+            expected=expected,
+            got=(stats.foreign_session or "")[:80] or None,  # None: the event had none
+            held_back=held,
+            hint=SESSION_HINT,
+        )
+    outcome = stats.outcome
+    if outcome in _FAILED and (held := every.due(f"{name} {outcome.value}")) is not None:
+        story(
+            log,
+            "business_failed",
+            logging.WARNING,
+            business=name,
+            url=safe_url(target.url),
+            outcome=outcome.value,
+            status=stats.status,
+            content_type=stats.content_type,
+            error=stats.error,
+            held_back=held,
+        )
+
+
+def dropped_note(target: BusinessTarget, expected: str, stats: StreamStats) -> bytes | None:
+    """The diagnostic a simulate stream ends with when the business answered but every
+    event was dropped (docs/openapi.yaml, `Diagnostic`); None when some event got through."""
+    if stats.events or not (stats.foreign_dropped or stats.bad_events):
+        return None
+    hint = SESSION_HINT if stats.foreign_dropped else INVALID_HINT
+    return orjson.dumps(
+        {
+            "code": "events_dropped",
+            "business": target.name,
+            "dropped_session": stats.foreign_dropped,
+            "dropped_invalid": stats.bad_events,
+            "expected_session_id": expected,
+            "got_session_id": (stats.foreign_session or "")[:80] or None,
+            "hint": hint,
+        }
+    )
+
+
+def formatter(fmt: str) -> logging.Formatter:
+    """The formatter of `[log] format`: `text` (one escaped line) or `json` (one object)."""
+    if fmt == "json":
+        return JsonFormatter(JSON_FORMAT, rename_fields=JSON_RENAME, json_ensure_ascii=False)
+    return OneLineFormatter(TEXT_FORMAT)
+
+
+def configure(cfg: LogConfig) -> None:
+    """Route every record to stderr in the configured format and level."""
+    # The logging HOWTO's "Optimization": no line writes the caller's file and line, the
+    # thread or the process, so the records need not look them up (a stack walk each).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(formatter(cfg.format))
+    logging.basicConfig(level=cfg.level, handlers=[handler], force=True)
