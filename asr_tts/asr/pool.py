@@ -106,6 +106,10 @@ class _Worker:
         self._stopped = True
         self._pool.shutdown(wait=False)
 
+    def join(self) -> None:
+        """Wait until the process pool has shut down (after `stop` or `kill`)."""
+        self._pool.shutdown(wait=True)
+
     def kill(self) -> None:
         """End the process now, in the middle of a call: its calls fail, it is never reused."""
         self.broken = True
@@ -165,14 +169,19 @@ class DecoderPool:
 
     def close(self) -> None:
         """Refuse new work and stop the worker processes (each after its running call; one
-        still loading its model is ended at once: nothing waits for it)."""
+        still loading its model is ended at once: nothing waits for it). An idle or killed
+        worker's pool is also joined, a few ms: on Python 3.11 a process pool still closing
+        while the interpreter exits can fail in its exit hook (a write to a closed pipe)."""
         self._closed = True
+        idle = set(self._idle)
         self._idle.clear()
         for worker in self._workers:
             if worker.loaded.done():
                 worker.stop()
             else:
                 worker.kill()
+            if worker in idle or worker.broken:
+                worker.join()
         self._workers.clear()
 
     def give_back(self, worker: _Worker) -> None:
