@@ -143,6 +143,8 @@ def _resources(
                 await redis.aclose()
             await http.close()
             await cloud.close()
+            if isinstance(voice.asr, DecoderPool):
+                await voice.asr.wait_closed()
             executor.shutdown(wait=False, cancel_futures=True)
             audio_executor.shutdown(wait=False, cancel_futures=True)
 

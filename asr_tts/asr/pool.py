@@ -24,9 +24,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
+import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -38,8 +38,6 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _JOB_BYTES = BYTES_PER_SECOND // 4  # feed() hands audio to a streaming worker in 250 ms lots
 _MAX_BYTES = MAX_UTTERANCE_S * BYTES_PER_SECOND
-# A fresh interpreter that imports only what it unpickles (the backend's worker module).
-_SPAWN = multiprocessing.get_context("spawn")
 
 # In the worker: (pcm, first call of the utterance, language) -> None or the text.
 Process = Callable[[bytes, bool, str | None], None]
@@ -58,16 +56,13 @@ class Backend:
     env: Mapping[str, str] = field(default_factory=dict)  # set in the worker before its imports
 
 
-class _Worker:
-    """One decoder in a process of its own: a single-worker process pool, one call at a time."""
+class _Worker(workerproc.WorkerProcess):
+    """One decoder in a process of its own, one call at a time."""
 
     def __init__(self, backend: Backend) -> None:
+        super().__init__(backend.env)
         self._label = backend.label
-        self._pool = ProcessPoolExecutor(
-            1, mp_context=_SPAWN, initializer=workerproc.init, initargs=(dict(backend.env),)
-        )
         self._stopped = False
-        self.broken = False  # its process died or its decoder failed to load: never reuse it
         # Starts the process (a few ms on the caller's thread), then loads the decoder in it.
         try:
             self.loaded: Future[int] = self.submit(backend.load, *backend.load_args)
@@ -75,18 +70,12 @@ class _Worker:
             self.stop()
             raise
 
-    @property
-    def usable(self) -> bool:
-        """Whether the worker can take an utterance."""
-        # The pool's manager thread sets `_broken` as soon as it sees the process end.
-        return not (self.broken or self._pool._broken)
-
     def submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
         """Run `fn(*args)` in the worker process, after the calls already submitted."""
         if self._stopped:
             raise ASRError("the decoder pool is closed")
         try:
-            return self._pool.submit(fn, *args)
+            return super().submit(fn, *args)
         except BrokenProcessPool as exc:
             raise self.error(exc) from exc
         except (RuntimeError, OSError) as exc:  # the process cannot start
@@ -104,20 +93,7 @@ class _Worker:
     def stop(self) -> None:
         """Make the process exit once its running call, if any, has ended; never blocks."""
         self._stopped = True
-        self._pool.shutdown(wait=False)
-
-    def join(self) -> None:
-        """Wait until the process pool has shut down (after `stop` or `kill`)."""
-        self._pool.shutdown(wait=True)
-
-    def kill(self) -> None:
-        """End the process now, in the middle of a call: its calls fail, it is never reused."""
-        self.broken = True
-        # ProcessPoolExecutor offers no public kill before Python 3.14 (kill_workers()).
-        for process in list(self._pool._processes.values()):
-            with contextlib.suppress(OSError):
-                process.kill()
-        self.stop()
+        super().stop()
 
 
 class DecoderPool:
@@ -133,6 +109,7 @@ class DecoderPool:
         self._permits = asyncio.Semaphore(pool_size)  # one per utterance or worker starting
         self._idle: list[_Worker] = []
         self._workers: set[_Worker] = set()  # started and not stopped: close() stops them
+        self._closing: list[_Worker] = []  # stopped by close(): wait_closed() joins them
         self._closed = False
         self._warming: asyncio.Task[None] | None = None
 
@@ -168,21 +145,33 @@ class DecoderPool:
             self._warming = asyncio.get_running_loop().create_task(start())
 
     def close(self) -> None:
-        """Refuse new work and stop the worker processes (each after its running call; one
-        still loading its model is ended at once: nothing waits for it). An idle or killed
-        worker's pool is also joined, a few ms: on Python 3.11 a process pool still closing
-        while the interpreter exits can fail in its exit hook (a write to a closed pipe)."""
+        """Refuse new work and stop the worker processes: each after its running call; one
+        still loading its model is ended at once (nothing waits for it). Then await
+        `wait_closed()` before the interpreter exits."""
         self._closed = True
-        idle = set(self._idle)
         self._idle.clear()
         for worker in self._workers:
             if worker.loaded.done():
                 worker.stop()
             else:
                 worker.kill()
-            if worker in idle or worker.broken:
-                worker.join()
+        self._closing.extend(self._workers)
         self._workers.clear()
+
+    async def wait_closed(self, timeout_s: float = 5.0) -> None:
+        """After close(): wait until every worker process has exited, killing one whose
+        running call lasts past `timeout_s`. On Python 3.11 a process pool still shutting
+        down while the interpreter exits can fail in its exit hook (a traceback on stderr)."""
+        closing, self._closing = self._closing, []
+
+        def join() -> None:
+            deadline = time.monotonic() + timeout_s
+            for worker in closing:
+                if not worker.join(max(0.0, deadline - time.monotonic())):
+                    worker.kill()
+                    worker.join()
+
+        await asyncio.to_thread(join)
 
     def give_back(self, worker: _Worker) -> None:
         """Take a worker back after an utterance: idle for the next one, or stopped if broken."""

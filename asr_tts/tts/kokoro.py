@@ -14,12 +14,10 @@ against pinned hashes (asr_tts.tts.kokoro_files).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import multiprocessing
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TypeVar
@@ -33,51 +31,27 @@ from asr_tts.tts.sentences import split_sentences
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-_SPAWN = multiprocessing.get_context("spawn")
 CALL_CHARS = 40  # a worker call speaks one clause of at most this many characters
 _CLAUSE_GAP = bytes(2 * int(0.12 * files.SAMPLE_RATE))  # silence between clauses
 DEFAULT_VOICES = {"zh": "jf_nezumi", "en": "mean"}  # the issue's measured best per language
 
 
-class _Worker:
-    """One model in a process of its own: a single-worker process pool, one call at a time."""
+class _Worker(workerproc.WorkerProcess):
+    """One model in a process of its own, one call at a time."""
 
     def __init__(self, threads: int, voices_dir: str | None) -> None:
-        self._pool = ProcessPoolExecutor(1, mp_context=_SPAWN, initializer=workerproc.init)
-        self.broken = False
+        super().__init__()
         self.loaded: Future[int] = self.submit(worker.load, threads, voices_dir)
-
-    @property
-    def usable(self) -> bool:
-        return not (self.broken or self._pool._broken)
 
     def submit(self, fn: Callable[..., _T], *args: object) -> Future[_T]:
         try:
-            return self._pool.submit(fn, *args)
+            return super().submit(fn, *args)
         except BrokenProcessPool as exc:
             self.broken = True
             raise TTSError("the Kokoro worker process died") from exc
         except (RuntimeError, OSError) as exc:
             self.broken = True
             raise TTSError(f"cannot start a Kokoro worker process: {exc}") from exc
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._pool._processes.values() if p.pid is not None]
-
-    def stop(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def join(self) -> None:
-        """Wait until the pool has shut down (its process is gone)."""
-        self._pool.shutdown(wait=True)
-
-    def kill(self) -> None:
-        """End the process now, in the middle of a call; it is never reused."""
-        self.broken = True
-        for process in list(self._pool._processes.values()):
-            with contextlib.suppress(OSError):
-                process.kill()
-        self.stop()
 
 
 class KokoroTTS:

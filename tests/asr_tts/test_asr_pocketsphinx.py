@@ -10,8 +10,10 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures.process import _ExecutorManagerThread
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,11 @@ async def wait_until_gone(pids: set[int], timeout_s: float = 5.0) -> set[int]:
     while (left := {p for p in pids if child_state(p)}) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     return left
+
+
+def pool_threads() -> list[threading.Thread]:
+    """The process pools' manager threads still running in this process."""
+    return [t for t in threading.enumerate() if isinstance(t, _ExecutorManagerThread)]
 
 
 @pytest.fixture(autouse=True)
@@ -337,7 +344,41 @@ async def test_close_stops_every_worker_after_its_running_call(speak: Speak) -> 
             await asr.open()
     finally:
         asr.close()
+        await asr.wait_closed()
+    assert pool_threads() == []
     assert await wait_until_gone(decoder_processes()) == set()
+
+
+async def test_wait_closed_ends_a_worker_still_loading_and_its_pool() -> None:
+    # A relay stopped within a second of starting: the warm-up decoder is still loading. A pool
+    # whose thread still runs when the interpreter exits can print a traceback (Python 3.11).
+    asr = PocketsphinxASR(pool_size=1, grammar_words=COMMANDS)
+    asr.warm()
+    async with asyncio.timeout(5):
+        while not decoder_processes():
+            await asyncio.sleep(0.001)
+    asr.close()
+    await asr.wait_closed()
+    assert pool_threads() == []
+    assert await wait_until_gone(decoder_processes(), timeout_s=1) == set()
+
+
+async def test_wait_closed_kills_a_call_that_outlasts_it(speak: Speak) -> None:
+    asr = PocketsphinxASR(pool_size=1)  # full vocabulary: a long decode
+    try:
+        stream = await asr.open()
+        await feed_all(stream, speak("turn on the light. what time is it. " * 10))
+        decoding = asyncio.create_task(stream.finish())
+        await asyncio.sleep(0.05)
+        asr.close()
+        start = time.monotonic()
+        await asr.wait_closed(timeout_s=0.01)
+        assert time.monotonic() - start < 1.0
+        assert pool_threads() == []
+        with pytest.raises(ASRError):  # killed, or closed before its last call
+            await decoding
+    finally:
+        asr.close()
 
 
 ORPHAN_SCRIPT = """

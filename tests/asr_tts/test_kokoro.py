@@ -29,7 +29,12 @@ GPL_MODULES = ("phonemizer", "espeakng_loader", "spacy")
 def kokoro() -> Iterator[KokoroTTS]:
     tts = KokoroTTS(pool_size=1, threads=2, timeout_s=60)
     yield tts
+    workers = list(tts._workers)
     tts.close()
+    # Each worker's pool thread has ended too: one still running when the interpreter exits
+    # can print a traceback (Python 3.11).
+    assert workers
+    assert not [w for w in workers if w.running]
 
 
 def loudness(samples: bytes) -> float:
