@@ -1,10 +1,9 @@
 """Device links: where a session's messages go. A WebSocket is one kind, the simulate SSE
-stream another, so both run the very same Session and Turn code."""
+stream another (relay.device.sse_link), so both run the very same Session and Turn code."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections import deque
@@ -12,7 +11,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-import orjson
 from aiohttp import web
 
 from aioutil import cancel_and_wait
@@ -26,10 +24,10 @@ from protocol.websocket import FIN_BINARY, FIN_TEXT
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S = 5.0
-_AUDIO: Final = 0
-_TEXT: Final = 1
+AUDIO: Final = 0
+TEXT: Final = 1
 _HELD: Final = 2  # text held until the audio before it plays (docs/protocol.md §1.6)
-_NOTE: Final = 3  # a diagnostic for whoever reads a simulate stream; devices get none
+NOTE: Final = 3  # a diagnostic for whoever reads a simulate stream; devices get none
 # The pacer aims this far under §1.6's bound: the device's clock starts when the first frame
 # arrives, so a first frame delivered a little late (a busy network or device) would
 # otherwise show as lead above the bound. 5 ms of a 1 s buffer costs nothing audible.
@@ -46,7 +44,7 @@ class Held:
     messages: tuple[tuple[bytes, str], ...]
 
 
-Item = tuple[int, bytes | Held]  # an outbox entry: (_AUDIO | _TEXT, bytes) or (_HELD, Held)
+Item = tuple[int, bytes | Held]  # an outbox entry: (AUDIO | TEXT, bytes) or (_HELD, Held)
 
 
 class Link:
@@ -86,7 +84,7 @@ class Link:
     def send_json(self, msg: bytes, mtype: str) -> None:
         """Queue one text message (already serialised) of device message type `mtype`."""
         self._count_out(msg, mtype)
-        self._put([(_TEXT, msg)], 0)
+        self._put([(TEXT, msg)], 0)
 
     def diagnose(self, note: bytes) -> None:
         """A diagnostic (JSON) for a person reading this link; a device link drops it."""
@@ -118,7 +116,7 @@ class Link:
                 await asyncio.sleep(self.pacer.delay(now, self._queued_audio))
                 continue
             batch = frames[i : i + k]
-            items: list[Item] = [(_AUDIO, f) for f in batch]
+            items: list[Item] = [(AUDIO, f) for f in batch]
             if i == 0 and held is not None:
                 items.insert(0, (_HELD, held))
             i += k
@@ -168,14 +166,14 @@ class Link:
         for kind, data in items:
             if not isinstance(data, Held):
                 out.append((kind, data))
-                frames += kind == _AUDIO
+                frames += kind == AUDIO
                 continue
             due = max(self.pacer.play_start(now, frames), self._last_due)
             self._last_due = due
             if due <= now:
                 for msg, mtype in data.messages:
                     self._count_out(msg, mtype)
-                    out.append((_TEXT, msg))
+                    out.append((TEXT, msg))
             else:
                 self._hold(data, due)
         return out
@@ -326,7 +324,7 @@ class WebSocketLink(Link):
         self.wake: Callable[[], None] | None = None  # set by the connection's reader
 
     def _frame(self, kind: int, data: bytes) -> bytes:
-        if kind == _AUDIO:
+        if kind == AUDIO:
             ts = int((time.monotonic() - self._start) * 1000)
             return websocket.frame(FIN_BINARY, encode_frame(self._version, data, timestamp_ms=ts))
         return websocket.frame(FIN_TEXT, data)
@@ -380,72 +378,3 @@ class WebSocketLink(Link):
             log.info("close of %s timed out: dropping the connection", self.session_id)
             if self._transport is not None:
                 self._transport.abort()
-
-
-class SSELink(Link):
-    """The simulate endpoint: each device message becomes one SSE event.
-
-    Its client is a program reading a stream to its end, not a device with a small buffer:
-    a turn that produces faster than the client reads waits for it (`room`) instead of
-    losing the stream when the outbox fills, so the whole answer arrives, its backlog
-    bounded by the outbox: at most half of it queued and one batch being written."""
-
-    def __init__(
-        self,
-        resp: web.StreamResponse,
-        session_id: str,
-        metrics: Metrics,
-        outbox_max: int,
-        frame_s: float,
-        lead_s: float,
-        *,
-        audio_base64: bool,
-    ) -> None:
-        super().__init__(session_id, metrics, outbox_max, frame_s, lead_s)
-        self._resp = resp
-        self._audio_base64 = audio_base64
-        self._seq = 0
-        self._has_room: asyncio.Event | None = None  # made only when a producer waits
-
-    def diagnose(self, note: bytes) -> None:
-        self._put([(_NOTE, note)], 0)
-
-    async def room(self) -> None:
-        while not self._closed and len(self._pending) >= self._max // 2:
-            if self._has_room is None:
-                self._has_room = asyncio.Event()
-            await self._has_room.wait()
-
-    def _wake_producer(self) -> None:
-        if self._has_room is not None:
-            self._has_room.set()
-            self._has_room = None
-
-    def _mark_closed(self) -> None:
-        super()._mark_closed()
-        self._wake_producer()
-
-    async def _write_items(self, items: list[Item], audio: int) -> None:
-        self._wake_producer()  # the writer took the queue: there is room again
-        loop = asyncio.get_running_loop()
-        for item in items:
-            # One item at a time: each audio frame is accounted as it is written.
-            for kind, data in self._release([item], loop.time()):
-                await self._write_one(kind, data)
-
-    async def _write_one(self, kind: int, data: bytes) -> None:
-        if kind == _TEXT:
-            await self._resp.write(b"data: " + data + b"\n\n")
-            return
-        if kind == _NOTE:
-            await self._resp.write(b"event: diagnostic\ndata: " + data + b"\n\n")
-            return
-        info: dict[str, object] = {"seq": self._seq, "bytes": len(data)}
-        if self._audio_base64:
-            info["audio"] = base64.b64encode(data).decode()
-        self._seq += 1
-        await self._resp.write(b"event: audio\ndata: " + orjson.dumps(info) + b"\n\n")
-        self._audio_written(1)
-
-    async def _close_peer(self, code: int) -> None:
-        return None  # the HTTP handler ends the response

@@ -17,8 +17,8 @@ from protocol.errors import ApiError, ProtocolError
 from relay.answers import api_error, api_exception
 from relay.auth.handshake import api_allowed, canonical_device_id, metrics_allowed
 from relay.device.connection import DEVICE_ROOM, new_session_id
-from relay.device.link import SSELink
 from relay.device.session import Session
+from relay.device.sse_link import SSELink
 from relay.edge import EDGE_KEY
 from relay.resources import RELAY_KEY
 
