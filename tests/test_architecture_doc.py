@@ -9,12 +9,17 @@
 - Anywhere in the page, a code-formatted `path/to/file.ext` names a file of the repository;
   with `:123` (or a `:123` alone after it) the file has that many lines; a module's `:Name`
   is defined in it.
+- The Mermaid pictures: the package picture's solid arrows are exactly the imports between
+  the packages (every one drawn, none invented); in the turn's sequence picture every arrow
+  into a module (a participant named by its path) starts with a function of that module;
+  every file a picture names exists.
 """
 
 from __future__ import annotations
 
 import ast
 import re
+import tomllib
 from functools import cache
 from pathlib import Path
 
@@ -31,6 +36,11 @@ _NAMED = re.compile(rf"({_FILE})(?::([A-Za-z_][\w.]*|\d+))?")
 _LINE_ONLY = re.compile(r":(\d+)")
 _CODE = re.compile(r"`([^`\n]+)`")
 _SECTIONS = {"spoken turn": ("## 2.", "## 3."), "pass-through": ("## 3.", "## 4.")}
+_MERMAID = re.compile(r"^```mermaid\n(.*?)^```", re.M | re.S)
+_IMPORT_ARROW = re.compile(r"^ *(\w+) --> (\w+) *$", re.M)
+_PARTICIPANT = re.compile(r"^ *participant (\w+) as (.+?) *$", re.M)
+_MESSAGE = re.compile(r"^ *(\w+) *-{1,2}(?:>>|>|x|\))[+-]? *(\w+) *: *(.*)$", re.M)
+_LEADING_NAME = re.compile(r"[A-Za-z_][\w.]*")
 
 
 def doc() -> str:
@@ -135,3 +145,69 @@ def test_the_checker_reads_names_as_meant() -> None:
     assert _NAMED.fullmatch("asr_tts/asr/worker.py:_begin")
     assert _NAMED.fullmatch("docs/performance.md:127")
     assert not _NAMED.fullmatch("docs/protocol.md §1.6")
+
+
+def pictures(kind: str) -> list[str]:
+    """The bodies of the page's Mermaid blocks of `kind` (flowchart, sequenceDiagram)."""
+    return [body for body in _MERMAID.findall(doc()) if body.startswith(kind)]
+
+
+def packages() -> list[str]:
+    """Our top-level packages, as import-linter knows them."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    roots: list[str] = config["tool"]["importlinter"]["root_packages"]
+    return roots
+
+
+def imports_between_packages() -> set[tuple[str, str]]:
+    """(importer, imported) for every package importing another, at any depth of its modules
+    (imports inside functions and under TYPE_CHECKING included, as import-linter counts them)."""
+    ours = set(packages())
+    found: set[tuple[str, str]] = set()
+    for package in ours:
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    names = [node.module]
+                else:
+                    continue
+                found |= {(package, root) for n in names if (root := n.split(".")[0]) in ours}
+    return {(a, b) for a, b in found if a != b}
+
+
+def test_the_package_picture_draws_every_import_and_no_other() -> None:
+    [layout] = pictures("flowchart")
+    drawn = set(_IMPORT_ARROW.findall(layout))
+    actual = imports_between_packages()
+    assert len(actual) > 10  # the scan still finds the imports
+    assert drawn - actual == set(), "drawn, but no such import"
+    assert actual - drawn == set(), "imported, but not drawn"
+
+
+def test_each_arrow_into_a_module_names_one_of_its_functions() -> None:
+    [turn] = pictures("sequenceDiagram")
+    modules = {
+        ident: name for ident, name in _PARTICIPANT.findall(turn) if re.fullmatch(_PATH, name)
+    }
+    assert len(modules) > 5, "the participants were not found"
+    bad = [why for path in modules.values() if (why := problem(path, "1")) is not None]
+    checked = 0
+    for _source, target, text in _MESSAGE.findall(turn):
+        if target not in modules:
+            continue  # the device, the business service: no code of ours
+        checked += 1
+        name = _LEADING_NAME.match(text)
+        if name is None:
+            bad.append(f"arrow into {modules[target]}: {text!r} starts with no function name")
+        elif (why := problem(modules[target], name[0])) is not None:
+            bad.append(f"arrow {text!r}: {why}")
+    assert not bad, "\n".join(bad)
+    assert checked > 15  # the pattern still finds the arrows
+
+
+def test_every_file_a_picture_names_exists() -> None:
+    named = [m[1] for body in _MERMAID.findall(doc()) for m in _NAMED.finditer(body)]
+    assert len(named) > 5
+    assert [path for path in named if not (ROOT / path).is_file()] == []

@@ -7,6 +7,9 @@ For each pair (README.md and README.zh-CN.md, docs/X.md and docs/zh-CN/X.md):
   comparison, so a translation may translate them; the commands themselves may not differ.
 - every other code block (JSON, TOML, Python, SSE, byte layouts) is the same too, comments
   aside: the examples other tests check in the English guide are then the Chinese ones.
+- a Mermaid picture has the same shape in both: the same participants, arrows, notes and
+  blocks (loop, alt, ...) in the same order; only its labels (the text after a participant's
+  `as`, an arrow's or a note's `:`, a block's keyword) are translated.
 - each links to the other on its first lines (the language switch), and every relative link
   of the six files, anchors included, resolves.
 
@@ -38,6 +41,13 @@ _FENCE = re.compile(r"^( *)```(\w*)\n(.*?)^\1```", re.M | re.S)
 _INLINE_CURL = re.compile(r"(?<!`)`(curl [^`]+)`(?!`)")
 _LINK = re.compile(r"\]\(([^)\s]+)\)")
 _HEADING = re.compile(r"^#{1,6} +(.+?) *#*$", re.M)
+# A Mermaid line and the part of it that is the picture's shape, not a label.
+_MERMAID_SHAPE = (
+    re.compile(r"^((?:participant|actor) \w+) as .*$"),
+    re.compile(r"^(\w+ *<{0,2}-{1,2}(?:>>|>|x|\))[+-]? *\w+) *:.*$"),
+    re.compile(r"^(Note (?:over|left of|right of) [\w, ]+?) *:.*$"),
+    re.compile(r"^(loop|alt|else|opt|par|and|critical|break|rect|box)\b.*$"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +77,22 @@ def strip_comments(code: str) -> str:
     return normalise("\n".join(lines))
 
 
+def mermaid_shape(code: str) -> str:
+    """A Mermaid picture without its labels (and without `%%` comments), one line per
+    statement: what a translation must keep."""
+    lines = []
+    for line in normalise(code).splitlines():
+        line = line.strip()
+        if line.startswith("%%"):
+            continue
+        for pattern in _MERMAID_SHAPE:
+            if m := pattern.match(line):
+                line = m[1]
+                break
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def normalise(code: str) -> str:
     """`code` with trailing spaces and blank lines dropped."""
     return "\n".join(s for s in (line.rstrip() for line in code.splitlines()) if s)
@@ -85,7 +111,12 @@ def code_of(name: str) -> tuple[Code, ...]:
     for m in _FENCE.finditer(text):
         lang, body = m[2].lower(), dedent(m[3], m[1])
         kind = "command" if lang in COMMAND_LANGS else "example"
-        code = strip_comments(body) if lang in HASH_COMMENT_LANGS else normalise(body)
+        if lang == "mermaid":
+            code = mermaid_shape(body)
+        elif lang in HASH_COMMENT_LANGS:
+            code = strip_comments(body)
+        else:
+            code = normalise(body)
         found.append(Code(kind, lang, code, text.count("\n", 0, m.start()) + 1))
     prose = _FENCE.sub(lambda m: "\n" * m[0].count("\n"), text)
     for m in _INLINE_CURL.finditer(prose):
@@ -180,6 +211,29 @@ def test_comment_stripping() -> None:
     )
     assert strip_comments('curl -d \'{"a":\n  "#b"}\'  # ok') == 'curl -d \'{"a":\n  "#b"}\''
     assert strip_comments("x#y") == "x#y"
+
+
+def test_a_mermaid_pictures_shape_is_kept_and_its_labels_are_not() -> None:
+    english = """sequenceDiagram
+    %% a comment
+    participant D as Device
+    D->>R: listen start
+    R-->>D: stt
+    Note over D,R: later
+    loop each sentence
+        R->>D: frames
+    end"""
+    chinese = english.replace("%% a comment", "%% 注释").replace("Device", "设备")
+    chinese = chinese.replace("listen start", "开始聆听").replace("later", "之后")
+    chinese = chinese.replace("each sentence", "每一句").replace("frames", "音频帧")
+    shape = "sequenceDiagram\nparticipant D\nD->>R\nR-->>D\nNote over D,R\nloop\nR->>D\nend"
+    assert mermaid_shape(english) == mermaid_shape(chinese) == shape
+    # Another arrow, another participant or a dropped step is a different picture.
+    assert mermaid_shape(english.replace("R-->>D", "R->>D")) != shape
+    assert mermaid_shape(english.replace("participant D", "participant E")) != shape
+    assert mermaid_shape(english.replace("    R->>D: frames\n", "")) != shape
+    # Flowcharts are compared whole: node labels carry code names.
+    assert mermaid_shape("flowchart TB\n    a --> b") == "flowchart TB\na --> b"
 
 
 def test_slugs_are_githubs() -> None:

@@ -12,6 +12,11 @@
 // With a signing secret every request must carry X-Relay-Signature: t=<unix seconds>,
 // v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>; a missing or wrong one, or a t more than
 // 5 minutes off, is answered 401.
+// Device tools (docs/protocol.md §3.3), for a relay [[business]] with `device_tools = true`:
+// a chat request then carries the device's MCP tools in details.tools. Asked "louder" /
+// "大声一点" (or "quieter" / "小声一点") by a device that has self.audio_speaker.set_volume,
+// this service answers with a `tool_call` event; the relay runs it on the device and POSTs a
+// `tool_result` request, answered here with a spoken sentence.
 // Run: go run . -port 8090 [-token T] [-signing-secret S]
 // (or env BUSINESS_TOKEN, BUSINESS_SIGNING_SECRET).
 package main
@@ -67,6 +72,25 @@ type Chat struct {
 	Emotion string `json:"emotion,omitempty"`
 }
 
+// ToolCall is the details of a tool_call event: which device tool to run, with what.
+type ToolCall struct {
+	CallID    string         `json:"call_id"`
+	Name      string         `json:"name"`
+	Arguments map[string]int `json:"arguments"`
+}
+
+// The firmware's volume tool, the phrases that change the volume and the volume each sets
+// (docs/protocol.md §3.3; a model would first read self.get_device_status and go up from there).
+const volumeTool = "self.audio_speaker.set_volume"
+
+var volumePhrases = []struct {
+	words  []string
+	volume int
+}{
+	{[]string{"louder", "turn it up", "大声一点", "大声点", "声音大一点"}, 80},
+	{[]string{"quieter", "turn it down", "小声一点", "小声点", "声音小一点"}, 30},
+}
+
 // Words in the user's message that trigger a device action (English matched case-insensitively).
 var keywordActions = []struct {
 	words    []string
@@ -105,16 +129,75 @@ func emotionOf(msg string) string {
 	return "neutral"
 }
 
+// stringOf is raw as a string when it is a JSON string (not null, not a number).
+func stringOf(raw json.RawMessage) (string, bool) {
+	var s string
+	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+		return "", false
+	}
+	return s, true
+}
+
+// objectOf is raw as an object's members when it is a JSON object (nil otherwise).
+func objectOf(raw json.RawMessage) map[string]json.RawMessage {
+	var members map[string]json.RawMessage
+	if json.Unmarshal(raw, &members) != nil {
+		return nil
+	}
+	return members
+}
+
+// hasTool tells whether tools, the chat request's details.tools, lists a tool called name.
+func hasTool(tools json.RawMessage, name string) bool {
+	var list []json.RawMessage
+	if json.Unmarshal(tools, &list) != nil {
+		return false
+	}
+	for _, tool := range list {
+		if got, ok := stringOf(objectOf(tool)["name"]); ok && got == name {
+			return true
+		}
+	}
+	return false
+}
+
+// volumeCall is a tool_call setting the volume, when msg asks for it and the device has the tool.
+func volumeCall(msg string, tools json.RawMessage) *Event {
+	if !hasTool(tools, volumeTool) {
+		return nil
+	}
+	lowered := strings.ToLower(msg)
+	for _, p := range volumePhrases {
+		for _, word := range p.words {
+			if !strings.Contains(lowered, word) {
+				continue
+			}
+			// The call id carries what this service needs to word the result.
+			lang := "en"
+			if isChinese(msg) {
+				lang = "zh"
+			}
+			call := ToolCall{fmt.Sprintf("volume-%d-%s", p.volume, lang), volumeTool, map[string]int{"volume": p.volume}}
+			return &Event{Event: "message", Type: "tool_call", Details: call}
+		}
+	}
+	return nil
+}
+
 func command(action string, params any) Event {
 	actions := []Action{{Action: action, Params: params}}
 	return Event{Event: "message", Type: "command", Details: map[string]any{"actions": actions}}
 }
 
-// chatEvents answers a chat message: spoken sentences, then a command if a keyword was heard.
+// chatEvents answers a chat message: spoken sentences, then a command if a keyword was heard;
+// a volume phrase with the device's volume tool is a tool call instead.
 func chatEvents(details map[string]json.RawMessage) []Event {
 	var msg string
 	_ = json.Unmarshal(details["msg"], &msg) // not a string: nothing was heard
 	msg = strings.TrimSpace(msg)
+	if call := volumeCall(msg, details["tools"]); call != nil {
+		return []Event{*call} // the answer is spoken once the relay posts the tool_result
+	}
 	var sentences []string
 	switch {
 	case isChinese(msg):
@@ -174,8 +257,35 @@ func getEvents(map[string]json.RawMessage) []Event {
 	return []Event{command("data_response", params)}
 }
 
+// toolResultEvents says what came of a tool call: the volume now set, or why the device did not do it.
+func toolResultEvents(details map[string]json.RawMessage) []Event {
+	callID, _ := stringOf(details["call_id"])
+	var answer Chat
+	if failure := objectOf(details["error"]); failure != nil {
+		why, ok := stringOf(failure["message"])
+		if !ok {
+			why = "unknown"
+		}
+		answer = Chat{Answer: "The device could not do it: " + why + ".", Emotion: "sad"}
+	} else if strings.HasPrefix(callID, "volume-") {
+		volume, lang, _ := strings.Cut(strings.TrimPrefix(callID, "volume-"), "-")
+		said := "Done, the volume is now " + volume + "."
+		if lang == "zh" {
+			said = "好的，音量已调到 " + volume + "。"
+		}
+		answer = Chat{Answer: said, Emotion: "happy"}
+	} else {
+		answer = Chat{Answer: "Done."}
+	}
+	return []Event{{Event: "message", Type: "chat", Details: answer}}
+}
+
+// mcpNotificationEvents: a device's MCP notification (its state changed, ...) needs no answer.
+func mcpNotificationEvents(map[string]json.RawMessage) []Event { return nil }
+
 var handlers = map[string]func(map[string]json.RawMessage) []Event{
 	"chat": chatEvents, "report": reportEvents, "reset": resetEvents, "get": getEvents,
+	"tool_result": toolResultEvents, "mcp_notification": mcpNotificationEvents,
 }
 
 // relaySigned tells whether header (X-Relay-Signature) signs body, the raw bytes received,

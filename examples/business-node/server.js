@@ -11,6 +11,11 @@
 // With a signing secret every request must carry X-Relay-Signature: t=<unix seconds>,
 // v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>; a missing or wrong one, or a t more than
 // 5 minutes off, is answered 401.
+// Device tools (docs/protocol.md §3.3), for a relay [[business]] with `device_tools = true`:
+// a chat request then carries the device's MCP tools in details.tools. Asked "louder" /
+// "大声一点" (or "quieter" / "小声一点") by a device that has self.audio_speaker.set_volume,
+// this service answers with a `tool_call` event; the relay runs it on the device and POSTs a
+// `tool_result` request, answered here with a spoken sentence.
 // Run: node examples/business-node/server.js --port 8090 [--token T] [--signing-secret S]
 // (or env BUSINESS_TOKEN, BUSINESS_SIGNING_SECRET).
 "use strict";
@@ -23,6 +28,13 @@ const { parseArgs } = require("node:util");
 const KEYWORD_ACTIONS = [
   [["dance", "跳舞"], "dance", { duration: 5 }],
   [["wag", "摇尾巴"], "wag_tail", { duration: 3 }],
+];
+// Phrases that change the volume of a device with the firmware's volume tool (§3.3), and the
+// volume each sets (a model would first read self.get_device_status and go up from there).
+const VOLUME_TOOL = "self.audio_speaker.set_volume";
+const VOLUME_PHRASES = [
+  [["louder", "turn it up", "大声一点", "大声点", "声音大一点"], 80],
+  [["quieter", "turn it down", "小声一点", "小声点", "声音小一点"], 30],
 ];
 const DEMO_BATTERY_LEVEL = 85; // a real service would answer from its own records
 const SIGNATURE_MAX_SKEW_S = 300; // a signed request older (or newer) than this is refused
@@ -48,9 +60,32 @@ function command(action, params) {
   return { event: "message", type: "command", details: { actions: [{ action, params }] } };
 }
 
-// Answer a chat message: spoken sentences, then a command if a keyword was heard.
+const isObject = (value) => value !== null && typeof value === "object" && !Array.isArray(value);
+
+// A tool_call setting the volume, when `msg` asks for it and the device has the tool.
+function volumeCall(msg, tools) {
+  if (!Array.isArray(tools) || !tools.some((t) => isObject(t) && t.name === VOLUME_TOOL)) return null;
+  const lowered = msg.toLowerCase();
+  for (const [words, volume] of VOLUME_PHRASES) {
+    if (words.some((w) => lowered.includes(w))) {
+      // The call id carries what this service needs to word the result.
+      const callId = `volume-${volume}-${isChinese(msg) ? "zh" : "en"}`;
+      const details = { call_id: callId, name: VOLUME_TOOL, arguments: { volume } };
+      return { event: "message", type: "tool_call", details };
+    }
+  }
+  return null;
+}
+
+// Answer a chat message: spoken sentences, then a command if a keyword was heard; a volume
+// phrase with the device's volume tool is a tool call instead.
 function* chatEvents(details) {
   const msg = typeof details.msg === "string" ? details.msg.trim() : "";
+  const call = volumeCall(msg, details.tools);
+  if (call !== null) {
+    yield call; // the answer is spoken once the relay posts the tool_result
+    return;
+  }
   let sentences;
   if (isChinese(msg)) {
     sentences = [`你刚才说：「${msg}」。`, "我是示例业务服务，这句话会被合成为语音。"];
@@ -96,7 +131,37 @@ function* getEvents() {
   });
 }
 
-const HANDLERS = { chat: chatEvents, report: reportEvents, reset: resetEvents, get: getEvents };
+// Say what came of a tool call: the volume now set, or why the device did not do it.
+function* toolResultEvents(details) {
+  const { error } = details;
+  const callId = typeof details.call_id === "string" ? details.call_id : "";
+  let answer;
+  if (isObject(error)) {
+    const why = typeof error.message === "string" ? error.message : "unknown";
+    answer = { answer: `The device could not do it: ${why}.`, emotion: "sad" };
+  } else if (callId.startsWith("volume-")) {
+    const rest = callId.slice("volume-".length);
+    const dash = rest.indexOf("-");
+    const [volume, lang] = dash < 0 ? [rest, ""] : [rest.slice(0, dash), rest.slice(dash + 1)];
+    const said = lang === "zh" ? `好的，音量已调到 ${volume}。` : `Done, the volume is now ${volume}.`;
+    answer = { answer: said, emotion: "happy" };
+  } else {
+    answer = { answer: "Done." };
+  }
+  yield { event: "message", type: "chat", details: answer };
+}
+
+// A device's MCP notification (its state changed, ...): nothing to say.
+function* mcpNotificationEvents() {}
+
+const HANDLERS = {
+  chat: chatEvents,
+  report: reportEvents,
+  reset: resetEvents,
+  get: getEvents,
+  tool_result: toolResultEvents,
+  mcp_notification: mcpNotificationEvents,
+};
 
 function safeEqual(a, b) {
   const x = Buffer.from(a);
@@ -155,13 +220,11 @@ function parseRequest(settings, req, raw, res) {
     jsonError(res, 400, "body is not JSON");
     return null;
   }
-  if (body === null || typeof body !== "object" || Array.isArray(body) || typeof body.type !== "string") {
+  if (!isObject(body) || typeof body.type !== "string") {
     jsonError(res, 400, 'body must be a JSON object with a string "type"');
     return null;
   }
-  const details = body.details;
-  const isObject = details !== null && typeof details === "object" && !Array.isArray(details);
-  return { type: body.type, details: isObject ? details : {} };
+  return { type: body.type, details: isObject(body.details) ? body.details : {} };
 }
 
 // POST /chat: validate the request, then stream the answer as Server-Sent Events.

@@ -1,7 +1,8 @@
 """The Node and Go business examples (examples/business-node/, examples/business-go/) do what
 the reference service does: run as a newcomer runs them, they answer every request exactly as
-examples/business_service.py does, check tokens and X-Relay-Signature the same way, and serve a
-device through a real relay. Node and Go come from Debian (`nodejs`, `golang-go`, installed by
+examples/business_service.py does (device tools' tool_call and tool_result included), check
+tokens and X-Relay-Signature the same way, and serve a device through a real relay, one with
+the firmware's tools among them. Node and Go come from Debian (`nodejs`, `golang-go`, installed by
 scripts/setup.sh); where one is absent its tests are skipped with the reason."""
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tests.examples.test_business_service import (
     BODY,
     SECRET,
     SID,
+    VOLUME_TOOLS,
     answers,
     parse_sse,
     request_body,
@@ -39,6 +41,7 @@ from tests.examples.test_business_service import (
 )
 from tests.relay.fakes import Device, is_end, is_tts_stop
 from tests.relay.test_cli import ROOT, clean_env, stop, wait_http
+from tests.relay.test_mcp_answers import captions, tools_device, turn_of
 from tests.relay.test_simulate import closed_port
 
 Event = dict[str, Any]
@@ -168,6 +171,30 @@ REQUESTS: dict[str, object] = {
     "no session id": {"type": "chat", "details": {"msg": "wag"}},
     "null session id": {"type": "reset", "details": {"session_id": None}},
     "details not an object": {"type": "chat", "details": [1]},
+    # Device tools (docs/protocol.md §3.3): a volume phrase with the tool is a tool call.
+    "louder with the tool": request_body("chat", msg=" Louder please ", tools=VOLUME_TOOLS),
+    "Chinese louder": request_body("chat", msg="大声一点", tools=VOLUME_TOOLS),
+    "quieter": request_body("chat", msg="Could you TURN IT DOWN?", tools=VOLUME_TOOLS),
+    "louder without the tool": request_body(
+        "chat", msg="louder", tools=[{"name": "self.x"}, VOLUME_TOOLS[0]["name"], {"name": 3}]
+    ),
+    "tools not a list": request_body("chat", msg="louder", tools=VOLUME_TOOLS[0]),
+    "tool result": request_body(
+        "tool_result",
+        call_id="volume-80-en",
+        name=VOLUME_TOOLS[0]["name"],
+        is_error=False,
+        result={"content": [{"type": "text", "text": "true"}], "isError": False},
+    ),
+    "Chinese tool result": request_body("tool_result", call_id="volume-30-zh", result={}),
+    "another call's result": request_body("tool_result", call_id="c1", result={}),
+    "call id not a string": request_body("tool_result", call_id=80, result={}),
+    "failed call": request_body(
+        "tool_result", call_id="volume-80-en", error={"code": "timeout", "message": "too slow"}
+    ),
+    "failed call, no message": request_body("tool_result", error={"code": "x", "message": 1}),
+    "error null": request_body("tool_result", call_id="volume-80-en", error=None),
+    "mcp notification": request_body("mcp_notification", payload={"method": "x"}),
 }
 BAD_BODIES = [
     b"not json",
@@ -278,6 +305,7 @@ async def test_token_and_signature_are_checked_like_the_reference(
 def relay_config(url: str, secret: str) -> dict[str, Any]:
     return {
         "server": {"hello_timeout_s": 2.0},
+        "tts": {"provider": "espeak"},  # the light voice: the business is under test here
         "business": [
             {
                 "name": "example",
@@ -286,6 +314,7 @@ def relay_config(url: str, secret: str) -> dict[str, Any]:
                 "signing_secret": secret,
                 "first_event_timeout_s": 5.0,
                 "idle_timeout_s": 5.0,
+                "device_tools": True,
             }
         ],
     }
@@ -335,9 +364,31 @@ async def test_a_device_talks_to_it_through_the_relay(
         assert got[0]["details"]["actions"][0]["params"]["battery_level"] == 85
         assert got[-1] == {"event": "message_end", "session_id": dev.session_id}
 
+        await dev.ws.close()
+        await volume_through_the_relay(client)
+
         # A relay that signs with another secret is refused: the device hears of it.
         wrong = await aiohttp_client(make_app(parse(relay_config(url, "another-secret"))))
         other = await Device.connect(wrong)
         [error] = await custom(other, "report")
         assert error["event"] == "error"
         assert error["details"]["code"] == "business_status"
+
+
+async def volume_through_the_relay(client: Any) -> None:
+    """A device with the firmware's tools says "louder": the business answers a tool_call, the
+    relay runs it on the device and posts the tool_result, whose answer is spoken
+    (docs/protocol.md §3.3). The other phrases are covered by REQUESTS, without the relay."""
+    emu = await tools_device(client)
+    try:
+        msgs = await turn_of(emu, "louder")
+        assert [c["params"] for c in emu.calls()] == [
+            {"name": VOLUME_TOOLS[0]["name"], "arguments": {"volume": 80}}
+        ]
+        assert emu.volume == 80
+        assert captions(msgs) == ["Done, the volume is now 80."]
+        ends = [m["payload"] for m in msgs if m.get("type") == "custom"]
+        assert [e["original_request_type"] for e in ends] == ["chat", "tool_result"]
+        assert [e["business_response"]["event"] for e in ends] == ["message_end"] * 2
+    finally:
+        await emu.stop()
