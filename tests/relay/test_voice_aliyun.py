@@ -14,7 +14,7 @@ from tests.asr_tts.fake_aliyun_nls import TOKEN_PATH, TTS_PATH, WS_PATH, FakeNLS
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import FakeBusiness
 from tests.relay.test_voice import push_to_talk
-from tests.relay.voice_helpers import SpeechBank, VoiceDevice
+from tests.relay.voice_helpers import SpeechBank, VoiceDevice, is_tts, metric
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,23 @@ async def test_a_turn_is_heard_and_spoken_by_aliyun_nls(
     assert [b["text"] for b in gateway.tts_bodies] == ["Echo 打开客厅的灯，然后关窗。."]
     assert gateway.problems == []
     assert gateway.token_requests == 2  # one token for the recogniser, one for the voice
+
+
+async def test_a_rate_limited_recogniser_ends_the_turn_once_and_is_counted(
+    make_relay: RelayFactory,
+    fake: FakeBusiness,
+    speech: SpeechBank,
+    nls: tuple[FakeNLS, dict[str, Any]],
+) -> None:
+    gateway, tables = nls
+    gateway.mode = "rate_limit"
+    client = await relay(make_relay, tables)
+    dev = await VoiceDevice.connect(client)
+    await push_to_talk(dev, speech.say("turn on the light"))
+    assert await dev.until(is_tts("stop"), timeout=3) == [
+        {"session_id": dev.session_id, "type": "stt", "text": ""},
+        {"session_id": dev.session_id, "type": "tts", "state": "stop", "is_aborted": False},
+    ]
+    assert fake.bodies == []
+    assert len(gateway.starts) == 1  # the rest of the push-to-talk did not try again
+    assert await metric(client, 'relay_provider_errors_total{kind="asr",provider="aliyun"}') == 1
