@@ -14,6 +14,7 @@ binary PCM with `Content-Type: audio/mpeg` from the RESTful synthesis, a JSON er
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import calendar
@@ -227,6 +228,8 @@ class FakeNLS:
             return
         self.check_start(header, payload)
         self.starts.append(start)
+        self.audio.clear()  # what this task streams
+        self.stopped = self.sent_first = False
         if self.mode == "rate_limit":
             await ws.send_json(
                 self.event(
@@ -423,3 +426,21 @@ class FakeNLS:
         """The gateway's JSON error answer."""
         body = {"task_id": task_id, "result": "", "status": code, "message": message}
         return web.json_response(body, status=status)
+
+
+def main() -> None:
+    """Serve the fake on loopback for a benchmark (bench/nls.py):
+    `python -m tests.asr_tts.fake_aliyun_nls --port P --access-key-id I --access-key-secret S
+    --appkey K`."""
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--access-key-id", required=True)
+    p.add_argument("--access-key-secret", required=True)
+    p.add_argument("--appkey", required=True)
+    args = p.parse_args()
+    fake = FakeNLS(args.access_key_id, args.access_key_secret, args.appkey)
+    web.run_app(fake.app(), host="127.0.0.1", port=args.port, print=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -79,7 +79,6 @@ async def test_streams_audio_and_joins_the_sentences(make: Make, fake: FakeNLS) 
 async def test_one_token_serves_many_utterances(make: Make, fake: FakeNLS) -> None:
     asr = make()
     for _ in range(3):
-        fake.sent_first = fake.stopped = False
         assert await recognise(await asr.open(), speech(0.3)) == "打开客厅的灯，然后关窗。"
     assert fake.token_requests == 1
     assert len({s["header"]["task_id"] for s in fake.starts}) == 3
@@ -91,7 +90,6 @@ async def test_an_expired_token_is_refreshed_and_the_task_retried_once(
     asr = make()
     await recognise(await asr.open(), speech(0.2))
     fake.expire_all()
-    fake.stopped = False
     assert await recognise(await asr.open(), speech(0.2)) == "打开客厅的灯，然后关窗。"
     assert fake.token_requests == 2
     assert fake.problems == []
