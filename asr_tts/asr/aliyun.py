@@ -17,9 +17,10 @@ Followed: Aliyun's "real-time speech recognition" WebSocket protocol page
   sentence is out), `TaskFailed` (header.status and status_text say why; the connection closes).
 
 The text of an utterance is its SentenceEnd results joined. A TaskFailed with status 40000001
-(the token is invalid or expired) at the start drops the cached token and starts again once
-with a fresh one; every other failure is an ASRError naming the status (40000005 is the
-gateway's "too many requests"), the token redacted from the text.
+(the token is invalid or expired) at the start, or a handshake refused with HTTP 401 or 403,
+drops the cached token and starts again once with a fresh one; every other failure is an
+ASRError naming the status (40000005 is the gateway's "too many requests"), the token redacted
+from the text.
 """
 
 from __future__ import annotations
@@ -47,7 +48,17 @@ class TaskFailed(ASRError):
 
     def __init__(self, status: int, text: str) -> None:
         super().__init__(f"Aliyun NLS error {status}: {text[:_MESSAGE_LIMIT]}")
-        self.status = status
+        self.token_refused = status == TOKEN_REJECTED
+
+
+class HandshakeRefused(ASRError):
+    """The gateway answered the WebSocket handshake with an HTTP error; 401 and 403 are taken
+    as a refused token (the page documents the refusal as TaskFailed 40000001 after the start,
+    this covers a gateway that refuses earlier)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"Aliyun NLS refused the handshake: HTTP {status}")
+        self.token_refused = status in (401, 403)
 
 
 def _event(data: str, token: str) -> tuple[str, dict[str, Any]]:
@@ -96,8 +107,8 @@ class AliyunASR:
             async with asyncio.timeout(self._timeout_s):
                 try:
                     return await self._start()
-                except TaskFailed as exc:
-                    if exc.status != TOKEN_REJECTED:
+                except (TaskFailed, HandshakeRefused) as exc:
+                    if not exc.token_refused:
                         raise
                 return await self._start()  # once more, with the token fetched again
         except TimeoutError as exc:
@@ -116,14 +127,17 @@ class AliyunASR:
                 timeout=aiohttp.ClientWSTimeout(ws_close=self._timeout_s),
             )
         except aiohttp.WSServerHandshakeError as exc:
-            raise ASRError(f"Aliyun NLS refused the handshake: HTTP {exc.status}") from exc
+            refused = HandshakeRefused(exc.status)
+            if refused.token_refused:
+                self._tokens.invalidate(token)
+            raise refused from exc
         except aiohttp.ClientError as exc:
             raise ASRError(f"cannot connect to Aliyun NLS: {type(exc).__name__}: {exc}") from exc
         stream = _AliyunStream(ws, self._appkey, token, self._timeout_s, self._packet_bytes)
         try:
             await stream.start()
         except TaskFailed as exc:
-            if exc.status == TOKEN_REJECTED:
+            if exc.token_refused:
                 self._tokens.invalidate(token)
             await stream.cancel()
             raise

@@ -71,6 +71,7 @@ class FakeNLS:
     mode: Mode = "ok"
     token_ttl_s: float = 86400.0
     delay_s: float = 0.0  # slow_first: before TranscriptionStarted and before the first audio
+    refuse_at_handshake: bool = False  # a bad token: HTTP 403 instead of TaskFailed after start
     tokens: dict[str, float] = field(default_factory=dict)  # issued token -> expire time
     nonces: set[str] = field(default_factory=set)
     token_requests: int = 0
@@ -177,6 +178,8 @@ class FakeNLS:
     async def transcribe(self, request: web.Request) -> web.StreamResponse:
         """One transcription task on its WebSocket."""
         token = request.headers.get("X-NLS-Token") or request.query.get("token")
+        if self.refuse_at_handshake and (refused := self.token_status(token)):
+            return web.json_response({"status": AUTH_FAILED, "message": refused}, status=403)
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         try:

@@ -95,6 +95,19 @@ async def test_an_expired_token_is_refreshed_and_the_task_retried_once(
     assert fake.problems == []
 
 
+async def test_a_token_refused_at_the_handshake_is_refreshed_too(make: Make, fake: FakeNLS) -> None:
+    fake.refuse_at_handshake = True
+    asr = make()
+    await recognise(await asr.open(), speech(0.2))
+    fake.expire_all()
+    assert await recognise(await asr.open(), speech(0.2)) == "打开客厅的灯，然后关窗。"
+    assert fake.token_requests == 2
+    fake.mode = "expired"
+    with pytest.raises(ASRError, match="refused the handshake: HTTP 403"):
+        await asr.open()
+    assert fake.token_requests == 3
+
+
 async def test_a_token_refused_twice_is_an_error(make: Make, fake: FakeNLS) -> None:
     fake.mode = "expired"  # every token, even a fresh one
     with pytest.raises(ASRError, match=f"error {AUTH_FAILED}: .*has expired") as info:
