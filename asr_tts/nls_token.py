@@ -19,7 +19,8 @@ using OpenAPI" page and its RPC signature page (signature version 1.0):
   `InvalidAccessKeyId.NotFound`, `SignatureDoesNotMatch`).
 
 A token lives for hours (ExpireTime says how many); it is fetched on first use, reused, and
-fetched again `refresh_before_s` before it expires. One fetch runs at a time: concurrent
+fetched again `refresh_before_s` before it expires (or half-way through its life, should it
+be issued for less than twice that: never a fetch per request). One fetch runs at a time: concurrent
 callers wait for it. A failed fetch is reported to every waiter and forgotten, so the next
 call tries again. A provider told by the gateway that the token is invalid or expired
 (status 40000001) calls `invalidate` and retries once with a fresh one.
@@ -92,7 +93,7 @@ class Token:
     """An issued token and when it expires (unix seconds)."""
 
     value: str
-    expire_time: float
+    refresh_at: float  # unix seconds: fetch a new one from then on
 
 
 class NLSTokens:
@@ -119,9 +120,9 @@ class NLSTokens:
         self._fetch: asyncio.Task[Token] | None = None
 
     async def get(self) -> str:
-        """A token valid for at least `refresh_before_s` more; TokenError when none is issued."""
+        """A token not yet due for refresh; TokenError when none is issued."""
         token = self._token
-        if token is not None and self._clock() < token.expire_time - self._refresh_before_s:
+        if token is not None and self._clock() < token.refresh_at:
             return token.value
         if self._fetch is None:
             self._fetch = asyncio.get_running_loop().create_task(self._create())
@@ -156,11 +157,14 @@ class NLSTokens:
         except aiohttp.ClientError as exc:
             # str(), not repr(): the error names the URL, whose query carries no secret.
             raise TokenError(f"CreateToken: {type(exc).__name__}: {exc}") from exc
-        return _parse_answer(status, raw)
+        value, expire = _parse_answer(status, raw)
+        now = self._clock()
+        return Token(value, expire - min(self._refresh_before_s, max(0.0, expire - now) / 2))
 
 
-def _parse_answer(status: int, raw: bytes) -> Token:
-    """The token in a CreateToken answer, or TokenError with the answer's code and message."""
+def _parse_answer(status: int, raw: bytes) -> tuple[str, float]:
+    """The token and its ExpireTime in a CreateToken answer, or TokenError with the answer's
+    code and message."""
     try:
         doc = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -174,4 +178,4 @@ def _parse_answer(status: int, raw: bytes) -> Token:
     value, expire = token.get("Id"), token.get("ExpireTime")
     if not isinstance(value, str) or not value or not isinstance(expire, int | float):
         raise TokenError("CreateToken: an answer without Token.Id and Token.ExpireTime")
-    return Token(value, float(expire))
+    return value, float(expire)

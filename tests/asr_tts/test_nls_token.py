@@ -126,6 +126,18 @@ async def test_the_token_is_refreshed_before_it_expires(make: Make, fake: FakeNL
     assert fake.problems == []  # a fresh nonce and a valid signature each time
 
 
+async def test_a_short_lived_token_is_kept_for_half_its_life(make: Make, fake: FakeNLS) -> None:
+    fake.token_ttl_s = 300  # less than twice refresh_before_s
+    clock = Clock()
+    tokens = make(clock=clock, refresh_before_s=600)
+    first = await tokens.get()
+    clock.now += 140
+    assert await tokens.get() == first
+    assert fake.token_requests == 1
+    clock.now += 20  # past half of its 300 s
+    assert await tokens.get() != first
+
+
 async def test_an_invalidated_token_is_replaced(make: Make, fake: FakeNLS) -> None:
     tokens = make()
     first = await tokens.get()
