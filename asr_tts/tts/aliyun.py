@@ -18,6 +18,12 @@ text, but the relay's TTSProvider returns a whole sentence, so the WebSocket's e
 handshake and a StartSynthesis round trip per sentence where the HTTP request rides a kept-alive
 connection of the shared session; the token, appkey and parameters are the same.
 
+Length: the page limits one request to 300 characters and silently truncates the rest, so a
+longer sentence goes as several requests (cut after the last punctuation or space that keeps a
+piece within the limit), their audio joined. A character outside ASCII is counted twice: the
+page does not say how it counts Chinese, and a piece too short costs one more request where a
+piece too long would lose words.
+
 Rates: speech_rate and pitch_rate map a ratio r (0.5 to 2, clamped) as the page's table does:
 -500, 0, 500 are 0.5x, 1x, 2x; between, (1 - 1/r) / 0.002 below 1 and (1 - 1/r) / 0.001 above.
 """
@@ -40,6 +46,8 @@ DEFAULT_URL = "https://nls-gateway-cn-shanghai.aliyuncs.com/stream/v1/tts"
 SAMPLE_RATE = 16000
 RATIO_RANGE = (0.5, 2.0)
 MAX_BODY_BYTES = 8 * 1024 * 1024  # two minutes of 16 kHz s16le and more
+MAX_TEXT = 300
+_BREAKS = frozenset("，。！？；：、,.!?;: \n\t")
 _DETAIL_LIMIT = 200
 
 
@@ -50,6 +58,27 @@ def rate_value(ratio: float) -> int:
     r = max(RATIO_RANGE[0], min(RATIO_RANGE[1], ratio))
     scale = 0.002 if r < 1 else 0.001
     return max(-500, min(500, round((1 - 1 / r) / scale)))
+
+
+def text_pieces(text: str, limit: int = MAX_TEXT) -> list[str]:
+    """`text` in pieces within `limit` (non-ASCII characters count 2), each cut after the last
+    break that fits, else at the limit."""
+    pieces: list[str] = []
+    while text:
+        weight, end, cut = 0, 0, 0
+        for i, ch in enumerate(text):
+            weight += 1 if ch.isascii() else 2
+            if weight > limit:
+                break
+            end = i + 1
+            if ch in _BREAKS:
+                cut = end
+        else:
+            pieces.append(text)
+            break
+        pieces.append(text[: cut or end])
+        text = text[cut or end :]
+    return pieces
 
 
 class _Refused(TTSError):
@@ -87,7 +116,12 @@ class AliyunTTS:
         self._timeout_s = timeout_s
 
     async def synthesize(self, text: str, voice: Voice) -> Pcm:
-        """Speak `text`; a refused token is fetched again once; TTSError on any failure."""
+        """Speak `text` (in pieces within the gateway's limit); TTSError on any failure."""
+        audio = [await self._piece(piece, voice) for piece in text_pieces(text)]
+        return Pcm(b"".join(pcm.samples for pcm in audio), self._sample_rate)
+
+    async def _piece(self, text: str, voice: Voice) -> Pcm:
+        """One request; a refused token is fetched again once."""
         try:
             return await self._attempt(text, voice)
         except _Refused as exc:

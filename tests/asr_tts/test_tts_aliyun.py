@@ -13,7 +13,7 @@ from pytest_aiohttp import AiohttpServer
 
 from asr_tts.nls_token import NLSTokens
 from asr_tts.pcm import Pcm
-from asr_tts.tts.aliyun import AliyunTTS, rate_value
+from asr_tts.tts.aliyun import AliyunTTS, rate_value, text_pieces
 from asr_tts.tts.base import TTSError, Voice
 from tests.asr_tts.fake_aliyun_nls import (
     AUTH_FAILED,
@@ -84,6 +84,23 @@ async def test_voice_speed_and_pitch_reach_the_wire(make: Make, fake: FakeNLS) -
     sent = [(b["voice"], b["speech_rate"], b["pitch_rate"]) for b in fake.tts_bodies]
     assert sent == [("aixia", 500, -500), ("xiaoyun", 500, -500), ("xiaoyun", 0, 200)]
     assert fake.token_requests == 1
+
+
+async def test_a_sentence_over_the_limit_goes_in_pieces(make: Make, fake: FakeNLS) -> None:
+    text = "这是一个很长的句子，" * 20 + "Short words, then more words until the end" * 3
+    pcm = await make().synthesize(text, Voice())
+    sent = [b["text"] for b in fake.tts_bodies]
+    assert "".join(sent) == text  # nothing lost to the gateway's truncation
+    assert len(sent) == 2  # 400 + 129 weighed: 300 (15 clauses), then the rest
+    assert all(sum(1 if c.isascii() else 2 for c in piece) <= 300 for piece in sent)
+    assert all(piece.endswith(("，", " ")) for piece in sent[:-1])  # cut after a break
+    assert len(pcm.samples) == sum(len(tone(0.05 * len(p), 16000)) for p in sent)
+
+
+def test_text_without_breaks_is_cut_at_the_limit() -> None:
+    assert text_pieces("a" * 650) == ["a" * 300, "a" * 300, "a" * 50]
+    assert text_pieces("语" * 151) == ["语" * 150, "语"]
+    assert text_pieces("") == []
 
 
 def test_rate_scale_follows_the_documented_table() -> None:
