@@ -59,6 +59,7 @@ def parse(data: Mapping[str, Any]) -> Config:
     _check_business_and_server(cfg)
     _check_speech_out(cfg)
     _check_speech_in(cfg)
+    _check_aliyun(cfg)
     _check_auth_and_redis(cfg)
     _check_ota(cfg)
     _check_mcp(cfg)
@@ -91,6 +92,17 @@ def _check_speech_out(cfg: Config) -> None:
         raise ConfigError('tts.openai.base_url: required when tts.provider = "openai"')
     if cfg.tts.provider == "huoshan" and not (cfg.tts.huoshan.appid and cfg.tts.huoshan.token):
         raise ConfigError('tts.huoshan.appid: appid and token required for provider "huoshan"')
+
+
+def _check_aliyun(cfg: Config) -> None:
+    """Aliyun NLS picked as the default needs its appkey and AccessKey."""
+    for kind, picked, nls in (
+        ("asr", cfg.asr.provider, cfg.asr.aliyun),
+        ("tts", cfg.tts.provider, cfg.tts.aliyun),
+    ):
+        if picked == "aliyun" and not (nls.appkey and nls.access_key_id and nls.access_key_secret):
+            keys = "appkey, access_key_id and access_key_secret"
+            raise ConfigError(f'{kind}.aliyun.appkey: {keys} required for provider "aliyun"')
 
 
 EMBEDDED_LANGUAGES = ("", "auto", "zh", "en")

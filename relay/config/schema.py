@@ -117,6 +117,21 @@ class HuoshanTTSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AliyunTTSConfig:
+    """`[tts.aliyun]`: Aliyun NLS RESTful streaming synthesis; empty appkey = not configured.
+    The AccessKey buys a token from CreateToken (asr_tts/nls_token.py), cached and renewed."""
+
+    url: str = "https://nls-gateway-cn-shanghai.aliyuncs.com/stream/v1/tts"
+    token_url: str = "https://nls-meta.cn-shanghai.aliyuncs.com/"
+    appkey: str = ""
+    access_key_id: Token = field(default="", repr=False)
+    access_key_secret: Secret = field(default="", repr=False)
+    voice: str = "xiaoyun"
+    volume: int = 50  # 0-100
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class KokoroVoiceConfig:
     """`[tts] voice.zh` / `voice.en`: the Kokoro style per language: a name, a blend
     ("jf_nezumi:0.6+jm_kumo:0.4") or "mean"; empty = the built-in default."""
@@ -130,7 +145,7 @@ class TTSConfig:
     """`[tts]`: the default provider and the downlink audio the relay declares (§1.2)."""
 
     # "embedded" is Kokoro; "espeak" the light espeak-ng voice (what "embedded" was before).
-    provider: Literal["embedded", "espeak", "openai", "huoshan"] = "embedded"
+    provider: Literal["embedded", "espeak", "openai", "huoshan", "aliyun"] = "embedded"
     max_concurrency: int = 4  # espeak-ng processes at once
     timeout_s: float = 20.0
     voice: KokoroVoiceConfig = field(default_factory=KokoroVoiceConfig)
@@ -145,6 +160,7 @@ class TTSConfig:
     stop_margin_ms: int = 30  # `tts stop` this long after the last frame has played (§1.6)
     openai: OpenAITTSConfig = field(default_factory=OpenAITTSConfig)
     huoshan: HuoshanTTSConfig = field(default_factory=HuoshanTTSConfig)
+    aliyun: AliyunTTSConfig = field(default_factory=AliyunTTSConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,11 +185,24 @@ class VolcengineASRConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AliyunASRConfig:
+    """`[asr.aliyun]`: Aliyun NLS real-time transcription over WebSocket; the AccessKey buys
+    a token from CreateToken (asr_tts/nls_token.py), cached and renewed before it expires."""
+
+    url: str = "wss://nls-gateway.cn-shanghai.aliyuncs.com/ws/v1"
+    token_url: str = "https://nls-meta.cn-shanghai.aliyuncs.com/"
+    appkey: str = ""  # the NLS project's; its language is set in Aliyun's console
+    access_key_id: Token = field(default="", repr=False)
+    access_key_secret: Secret = field(default="", repr=False)
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class ASRConfig:
     """`[asr]`: which provider recognises speech, and its settings."""
 
     # embedded: Whisper base (Mandarin, English); pocketsphinx: the light US English one
-    provider: Literal["embedded", "pocketsphinx", "openai", "volcengine"] = "embedded"
+    provider: Literal["embedded", "pocketsphinx", "openai", "volcengine", "aliyun"] = "embedded"
     language: str = ""  # embedded: "auto" (zh or en, the default), "zh", "en"; empty: default
     pool_size: int = 2  # embedded, pocketsphinx: decoder processes
     threads: int = 0  # embedded: cores per decode; 0 = all (up to 4)
@@ -183,6 +212,7 @@ class ASRConfig:
     timeout_s: float = 20.0
     openai: OpenAIASRConfig = field(default_factory=OpenAIASRConfig)
     volcengine: VolcengineASRConfig = field(default_factory=VolcengineASRConfig)
+    aliyun: AliyunASRConfig = field(default_factory=AliyunASRConfig)
 
     @property
     def uses_whisper(self) -> bool:

@@ -81,6 +81,9 @@ class Listener:
         self._stream: ASRStream | None = None
         self._opening: asyncio.Task[ASRStream] | None = None
         self._utterance_s = 0.0
+        # A push-to-talk whose recogniser could not open is over (its `stt ""` sent): the
+        # rest of its audio must not open one again per window, until the next listen start.
+        self._open_failed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop_at = 0.0  # when a manual `listen stop` waiting for the backlog came
 
@@ -96,6 +99,7 @@ class Listener:
 
     def start(self, mode: ListenMode) -> None:
         """`listen start`: (re)arm the microphone in `mode`."""
+        self._open_failed = False
         for action in self.state.start(mode, capturing=self.capturing):
             if action is ListenAction.FINISH_STOP:  # a new turn before the last stop's backlog
                 self._end_capture(self._stop_at)
@@ -197,6 +201,8 @@ class Listener:
         if self.mode == "manual":
             # Push-to-talk: everything between start and stop is the utterance.
             if not self.capturing:
+                if self._open_failed:
+                    return
                 self._begin_utterance()
             await self._feed_asr(window)
             return
@@ -236,6 +242,7 @@ class Listener:
                 return  # stop() ended this utterance while it opened: _recognise owns it
             self._opening, self._stream = None, stream
             if self._stream is None:
+                self._open_failed = True
                 self._on_text("", time.monotonic())
                 return
         if self._stream is None:

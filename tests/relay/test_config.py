@@ -113,6 +113,8 @@ def test_values_are_frozen() -> None:
         ({"asr": {"language": "zh-CN"}}, "asr.language"),
         ({"asr": {"provider": "whisper"}}, "asr.provider"),
         ({"asr": {"fallback": "openai"}}, "asr.fallback"),
+        ({"asr": {"provider": "aliyun", "aliyun": {"appkey": "k"}}}, "asr.aliyun.appkey"),
+        ({"tts": {"provider": "aliyun", "aliyun": {"access_key_id": "i"}}}, "tts.aliyun.appkey"),
     ],
 )
 def test_bad_value_names_the_key(data: dict[str, Any], key: str) -> None:

@@ -56,10 +56,14 @@ TOKEN_VALUES: dict[str, Table] = {
     "tts.huoshan.token": lambda t: {"tts": {"huoshan": {"token": t}}},
     "asr.openai.api_key": lambda t: {"asr": {"openai": {"api_key": t}}},
     "asr.volcengine.token": lambda t: {"asr": {"volcengine": {"token": t}}},
+    "asr.aliyun.access_key_id": lambda t: {"asr": {"aliyun": {"access_key_id": t}}},
+    "tts.aliyun.access_key_id": lambda t: {"tts": {"aliyun": {"access_key_id": t}}},
 }
 SECRETS: dict[str, Table] = {
     "business[0].signing_secret": lambda s: {"business": [business(signing_secret=s)]},
     "auth.hmac_secret": lambda s: {"auth": {"mode": "hmac", "hmac_secret": s}},
+    "asr.aliyun.access_key_secret": lambda s: {"asr": {"aliyun": {"access_key_secret": s}}},
+    "tts.aliyun.access_key_secret": lambda s: {"tts": {"aliyun": {"access_key_secret": s}}},
 }
 BAD_SECRETS = [
     " ",
@@ -134,8 +138,15 @@ def test_no_secret_is_in_a_repr() -> None:
             "api": {"tokens": [f"{SECRET_TEXT}-api"]},
             "auth": {"tokens": [f"{SECRET_TEXT}-dev"], "hmac_secret": f"{SECRET_TEXT}-hmac"},
             "business": [business(token=f"{SECRET_TEXT}-b", signing_secret=f"{SECRET_TEXT}-s")],
-            "tts": {"openai": {"api_key": f"{SECRET_TEXT}-1"}, "huoshan": {"token": "x"}},
-            "asr": {"openai": {"api_key": f"{SECRET_TEXT}-2"}},
+            "tts": {
+                "openai": {"api_key": f"{SECRET_TEXT}-1"},
+                "huoshan": {"token": "x"},
+                "aliyun": {"access_key_id": f"{SECRET_TEXT}-3", "access_key_secret": SECRET_TEXT},
+            },
+            "asr": {
+                "openai": {"api_key": f"{SECRET_TEXT}-2"},
+                "aliyun": {"access_key_id": f"{SECRET_TEXT}-4", "access_key_secret": SECRET_TEXT},
+            },
         }
     )
     shown = repr(cfg) + repr(cfg.business[0].target())

@@ -1,0 +1,158 @@
+"""The "aliyun" TTS provider (NLS RESTful streaming synthesis) against a local fake gateway
+that checks the token, the appkey and the body, and answers as Aliyun documents."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from pytest_aiohttp import AiohttpServer
+
+from asr_tts.nls_token import NLSTokens
+from asr_tts.pcm import Pcm
+from asr_tts.tts.aliyun import AliyunTTS, rate_value, text_pieces
+from asr_tts.tts.base import TTSError, Voice
+from tests.asr_tts.fake_aliyun_nls import (
+    AUTH_FAILED,
+    SERVER_ERROR,
+    TOKEN_PATH,
+    TOO_MANY_REQUESTS,
+    TTS_PATH,
+    FakeNLS,
+    tone,
+)
+
+Make = Callable[..., AliyunTTS]
+
+
+@pytest.fixture
+def fake() -> FakeNLS:
+    return FakeNLS()
+
+
+@pytest.fixture
+async def make(aiohttp_server: AiohttpServer, fake: FakeNLS) -> AsyncIterator[Make]:
+    """Providers pointed at the fake, sharing one token source."""
+    server = await aiohttp_server(fake.app())
+    async with aiohttp.ClientSession() as session:
+        tokens = NLSTokens(
+            access_key_id=fake.access_key_id,
+            access_key_secret=fake.access_key_secret,
+            session=session,
+            url=str(server.make_url(TOKEN_PATH)),
+        )
+
+        def provider(**overrides: Any) -> AliyunTTS:
+            params: dict[str, Any] = {
+                "appkey": fake.appkey,
+                "tokens": tokens,
+                "url": str(server.make_url(TTS_PATH)),
+                "timeout_s": 5.0,
+            }
+            return AliyunTTS(session=session, **(params | overrides))
+
+        yield provider
+
+
+async def test_speech_is_16khz_pcm_from_a_documented_request(make: Make, fake: FakeNLS) -> None:
+    text = "你好，世界。"
+    pcm = await make().synthesize(text, Voice())
+    assert pcm == Pcm(tone(0.05 * len(text), 16000), 16000)  # every streamed chunk, in order
+    [body] = fake.tts_bodies
+    assert body == {
+        "appkey": fake.appkey,
+        "token": next(iter(fake.tokens)),
+        "text": text,
+        "format": "pcm",
+        "sample_rate": 16000,
+        "voice": "xiaoyun",
+        "volume": 50,
+        "speech_rate": 0,
+        "pitch_rate": 0,
+    }
+    assert fake.problems == []
+
+
+async def test_voice_speed_and_pitch_reach_the_wire(make: Make, fake: FakeNLS) -> None:
+    tts = make()
+    await tts.synthesize("一", Voice("aliyun", "aixia", 2.0, 0.5))
+    await tts.synthesize("二", Voice(speed_ratio=9.0, pitch_ratio=0.01))
+    await tts.synthesize("三", Voice(speed_ratio=float("nan"), pitch_ratio=1.25))
+    sent = [(b["voice"], b["speech_rate"], b["pitch_rate"]) for b in fake.tts_bodies]
+    assert sent == [("aixia", 500, -500), ("xiaoyun", 500, -500), ("xiaoyun", 0, 200)]
+    assert fake.token_requests == 1
+
+
+async def test_a_sentence_over_the_limit_goes_in_pieces(make: Make, fake: FakeNLS) -> None:
+    text = "这是一个很长的句子，" * 20 + "Short words, then more words until the end" * 3
+    pcm = await make().synthesize(text, Voice())
+    sent = [b["text"] for b in fake.tts_bodies]
+    assert "".join(sent) == text  # nothing lost to the gateway's truncation
+    assert len(sent) == 2  # 400 + 129 weighed: 300 (15 clauses), then the rest
+    assert all(sum(1 if c.isascii() else 2 for c in piece) <= 300 for piece in sent)
+    assert all(piece.endswith(("，", " ")) for piece in sent[:-1])  # cut after a break
+    assert len(pcm.samples) == sum(len(tone(0.05 * len(p), 16000)) for p in sent)
+
+
+def test_text_without_breaks_is_cut_at_the_limit() -> None:
+    assert text_pieces("a" * 650) == ["a" * 300, "a" * 300, "a" * 50]
+    assert text_pieces("语" * 151) == ["语" * 150, "语"]
+    assert text_pieces("") == []
+
+
+def test_rate_scale_follows_the_documented_table() -> None:
+    assert [rate_value(r) for r in (0.5, 0.8, 1.0, 1.25, 2.0)] == [-500, -125, 0, 200, 500]
+
+
+async def test_an_expired_token_is_refreshed_and_the_sentence_retried_once(
+    make: Make, fake: FakeNLS
+) -> None:
+    tts = make()
+    await tts.synthesize("一", Voice())
+    fake.expire_all()
+    assert (await tts.synthesize("二", Voice())).samples
+    assert fake.token_requests == 2
+    fake.mode = "expired"
+    with pytest.raises(TTSError, match=f"HTTP 400 status {AUTH_FAILED}: .*has expired") as info:
+        await tts.synthesize("三", Voice())
+    assert fake.token_requests == 3  # once more, not in a loop
+    assert not any(token in str(info.value) for token in fake.tokens)
+
+
+@pytest.mark.parametrize(
+    ("mode", "match"),
+    [
+        ("rate_limit", f"HTTP 429 status {TOO_MANY_REQUESTS}: .*TOO_MANY_REQUESTS"),
+        ("task_failed", f"HTTP 500 status {SERVER_ERROR}"),
+        ("drop", "aliyun: ClientPayloadError|aliyun: ServerDisconnected"),
+        ("token_down", "aliyun: no token: CreateToken: HTTP 503"),
+    ],
+)
+async def test_gateway_failures_are_errors(
+    make: Make, fake: FakeNLS, mode: Any, match: str
+) -> None:
+    fake.mode = mode
+    with pytest.raises(TTSError, match=match):
+        await make().synthesize("一句话。", Voice())
+
+
+async def test_an_unknown_voice_or_appkey_is_refused(make: Make) -> None:
+    with pytest.raises(TTSError, match="status 40000000: .*voice nobody"):
+        await make().synthesize("hi", Voice(voice_type="nobody"))
+    with pytest.raises(TTSError, match="status 40000000: .*appkey"):
+        await make(appkey="other").synthesize("hi", Voice())
+
+
+async def test_a_slow_first_chunk_is_waited_for_and_a_stall_times_out(
+    make: Make, fake: FakeNLS
+) -> None:
+    fake.mode, fake.delay_s = "slow_first", 0.2
+    started = time.monotonic()
+    assert (await make().synthesize("慢", Voice())).samples
+    assert time.monotonic() - started >= 0.2
+    fake.mode = "stall"
+    with pytest.raises(TTSError, match=r"no answer within 0\.3 s"):
+        await make(timeout_s=0.3).synthesize("一句很长的话，一句很长的话。", Voice())
