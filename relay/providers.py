@@ -11,6 +11,7 @@ import aiohttp
 from asr_tts.asr.base import ASRError, ASRProvider
 from asr_tts.asr.openai import OpenAIASR
 from asr_tts.asr.pocketsphinx import PocketsphinxASR
+from asr_tts.asr.tencent import TencentASR
 from asr_tts.asr.volcengine import VolcengineASR
 from asr_tts.asr.whisper import WhisperASR, check_model
 from asr_tts.segmenter import SegmenterConfig
@@ -21,6 +22,7 @@ from asr_tts.tts.kokoro import KokoroTTS
 from asr_tts.tts.kokoro_files import ModelFileError
 from asr_tts.tts.openai import OpenAITTS
 from asr_tts.tts.speaker import Speaker
+from asr_tts.tts.tencent import TencentTTS
 from asr_tts.tts.volcengine import VolcengineTTS
 from asr_tts.vad import SileroModel
 from metrics.registry import Metrics
@@ -59,6 +61,17 @@ def build_speaker(
             cluster=tts.huoshan.cluster,
             default_voice=tts.huoshan.voice,
             timeout_s=tts.huoshan.timeout_s,
+        )
+    if tts.tencent.secret_id and tts.tencent.secret_key:
+        providers["tencent"] = TencentTTS(
+            secret_id=tts.tencent.secret_id,
+            secret_key=tts.tencent.secret_key,
+            session=session,
+            url=tts.tencent.url,
+            region=tts.tencent.region,
+            default_voice=tts.tencent.voice,
+            volume=tts.tencent.volume,
+            timeout_s=tts.tencent.timeout_s,
         )
     names = set(providers)
 
@@ -117,6 +130,17 @@ def build_asr(config: Config, session: aiohttp.ClientSession) -> ASRProvider:
             session=session,
             url=v.url,
             timeout_s=v.timeout_s,
+        )
+    if asr.provider == "tencent":
+        t = asr.tencent
+        return TencentASR(
+            appid=t.appid,
+            secret_id=t.secret_id,
+            secret_key=t.secret_key,
+            session=session,
+            engine_model_type=t.engine_model_type,
+            url=t.url,
+            timeout_s=t.timeout_s,
         )
     return _embedded(asr)
 

@@ -117,6 +117,20 @@ class HuoshanTTSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TencentTTSConfig:
+    """`[tts.tencent]`: Tencent Cloud TextToVoice (TC3-signed HTTPS); empty keys = not
+    configured."""
+
+    url: str = "https://tts.tencentcloudapi.com/"
+    secret_id: Token = field(default="", repr=False)
+    secret_key: Secret = field(default="", repr=False)
+    region: str = "ap-guangzhou"
+    voice: int = 101001  # a VoiceType number; a business's voice_type must be one too
+    volume: float = 0.0  # Tencent's scale, -10 to 10
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class KokoroVoiceConfig:
     """`[tts] voice.zh` / `voice.en`: the Kokoro style per language: a name, a blend
     ("jf_nezumi:0.6+jm_kumo:0.4") or "mean"; empty = the built-in default."""
@@ -130,7 +144,7 @@ class TTSConfig:
     """`[tts]`: the default provider and the downlink audio the relay declares (§1.2)."""
 
     # "embedded" is Kokoro; "espeak" the light espeak-ng voice (what "embedded" was before).
-    provider: Literal["embedded", "espeak", "openai", "huoshan"] = "embedded"
+    provider: Literal["embedded", "espeak", "openai", "huoshan", "tencent"] = "embedded"
     max_concurrency: int = 4  # espeak-ng processes at once
     timeout_s: float = 20.0
     voice: KokoroVoiceConfig = field(default_factory=KokoroVoiceConfig)
@@ -145,6 +159,7 @@ class TTSConfig:
     stop_margin_ms: int = 30  # `tts stop` this long after the last frame has played (§1.6)
     openai: OpenAITTSConfig = field(default_factory=OpenAITTSConfig)
     huoshan: HuoshanTTSConfig = field(default_factory=HuoshanTTSConfig)
+    tencent: TencentTTSConfig = field(default_factory=TencentTTSConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,11 +184,23 @@ class VolcengineASRConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TencentASRConfig:
+    """`[asr.tencent]`: Tencent Cloud real-time ASR over a signed WebSocket."""
+
+    url: str = "wss://asr.cloud.tencent.com/asr/v2"  # the AppID is appended
+    appid: str = ""
+    secret_id: Token = field(default="", repr=False)
+    secret_key: Secret = field(default="", repr=False)
+    engine_model_type: str = "16k_zh"  # devices speaking English get 16k_en
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class ASRConfig:
     """`[asr]`: which provider recognises speech, and its settings."""
 
     # embedded: Whisper base (Mandarin, English); pocketsphinx: the light US English one
-    provider: Literal["embedded", "pocketsphinx", "openai", "volcengine"] = "embedded"
+    provider: Literal["embedded", "pocketsphinx", "openai", "volcengine", "tencent"] = "embedded"
     language: str = ""  # embedded: "auto" (zh or en, the default), "zh", "en"; empty: default
     pool_size: int = 2  # embedded, pocketsphinx: decoder processes
     threads: int = 0  # embedded: cores per decode; 0 = all (up to 4)
@@ -183,6 +210,7 @@ class ASRConfig:
     timeout_s: float = 20.0
     openai: OpenAIASRConfig = field(default_factory=OpenAIASRConfig)
     volcengine: VolcengineASRConfig = field(default_factory=VolcengineASRConfig)
+    tencent: TencentASRConfig = field(default_factory=TencentASRConfig)
 
     @property
     def uses_whisper(self) -> bool:

@@ -56,10 +56,14 @@ TOKEN_VALUES: dict[str, Table] = {
     "tts.huoshan.token": lambda t: {"tts": {"huoshan": {"token": t}}},
     "asr.openai.api_key": lambda t: {"asr": {"openai": {"api_key": t}}},
     "asr.volcengine.token": lambda t: {"asr": {"volcengine": {"token": t}}},
+    "tts.tencent.secret_id": lambda t: {"tts": {"tencent": {"secret_id": t}}},
+    "asr.tencent.secret_id": lambda t: {"asr": {"tencent": {"secret_id": t}}},
 }
 SECRETS: dict[str, Table] = {
     "business[0].signing_secret": lambda s: {"business": [business(signing_secret=s)]},
     "auth.hmac_secret": lambda s: {"auth": {"mode": "hmac", "hmac_secret": s}},
+    "tts.tencent.secret_key": lambda s: {"tts": {"tencent": {"secret_key": s}}},
+    "asr.tencent.secret_key": lambda s: {"asr": {"tencent": {"secret_key": s}}},
 }
 BAD_SECRETS = [
     " ",
