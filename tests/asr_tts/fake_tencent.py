@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -36,9 +37,18 @@ ASR_PATH = f"/asr/v2/{APPID}"
 ENGINES = {"16k_zh", "16k_en", "16k_zh_large", "16k_zh_en", "16k_yue", "8k_zh"}
 AsrMode = Literal["ok", "empty", "two", "deny", "busy", "server_error", "drop", "stall", "slow"]
 TtsMode = Literal[
-    "ok", "busy", "error", "stall", "slow", "drop", "html", "bad_base64", "no_audio", "odd",
+    "ok",
+    "busy",
+    "error",
+    "stall",
+    "slow",
+    "drop",
+    "html",
+    "bad_base64",
+    "no_audio",
+    "odd",
     "other_session",
-]  # fmt: skip
+]
 VOICES = {101001, 101002, 1001}
 SPEECH_BYTES_PER_S = 32000
 
@@ -128,29 +138,30 @@ class FakeTencentASR:
 
     async def recognise(self, request: web.Request, ws: web.WebSocketResponse, vid: str) -> None:
         """Take binary audio until {"type": "end"}, answering like the document's examples."""
-        started, index = time.monotonic(), 0
+        started, received, index = time.monotonic(), 0, 0
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:
                 if json.loads(msg.data) != {"type": "end"}:
                     raise ValueError(f"text message {msg.data[:80]!r}")
                 self.got_end = True
-                await self.finish(ws, vid, time.monotonic())
+                await self.finish(ws, vid, time.monotonic(), received)
                 return
             if msg.type is not WSMsgType.BINARY or len(msg.data) % 2:
                 raise ValueError(f"{msg.type.name} message of {len(msg.data)} bytes")
             self.audio += msg.data
             self.packets.append(len(msg.data))
+            received += len(msg.data)
             elapsed = time.monotonic() - started
-            if len(self.audio) > SPEECH_BYTES_PER_S * 3 * max(1.0, math.ceil(elapsed)):
+            if received > SPEECH_BYTES_PER_S * 3 * max(1.0, math.ceil(elapsed)):
                 await ws.send_str(asr_message(vid, 4000, "音频数据发送过多"))
                 return
             if self.mode in ("server_error", "drop"):
                 await self.fail(request, ws, vid)
                 return
-            seconds = len(self.audio) // SPEECH_BYTES_PER_S
-            if seconds > index:  # a partial result for each new second of audio
-                index = seconds
-                await ws.send_str(self.result(vid, 0 if index == 1 else 1, self.text[:index]))
+            if received // SPEECH_BYTES_PER_S > index:  # a partial result per second of audio
+                index = received // SPEECH_BYTES_PER_S
+                partial = self.text[:index]
+                await ws.send_str(self.result(vid, 0 if index == 1 else 1, partial, received))
 
     async def fail(self, request: web.Request, ws: web.WebSocketResponse, vid: str) -> None:
         """Mid-stream: an error message (5000), or the connection cut without a word."""
@@ -159,26 +170,27 @@ class FakeTencentASR:
         elif request.transport is not None:
             request.transport.abort()
 
-    async def finish(self, ws: web.WebSocketResponse, vid: str, t_end: float) -> None:
+    async def finish(self, ws: web.WebSocketResponse, vid: str, t_end: float, size: int) -> None:
         """The stable result(s), then final: 1; nothing at all in mode "stall"."""
         if self.mode == "stall":
             await ws.receive()  # until the client gives up and closes
             return
         if self.mode == "two":
-            await ws.send_str(self.result(vid, 2, "Turn on the light.", index=0))
-            await ws.send_str(self.result(vid, 2, "Thanks", index=1))
+            await ws.send_str(self.result(vid, 2, "Turn on the light.", size, index=0))
+            await ws.send_str(self.result(vid, 2, "Thanks", size, index=1))
         elif self.mode != "empty":
-            await ws.send_str(self.result(vid, 2, self.text))
+            await ws.send_str(self.result(vid, 2, self.text, size))
         self.timings.append(time.monotonic() - t_end)
         await ws.send_str(asr_message(vid, message_id=f"{vid}_241", final=1))
 
-    def result(self, vid: str, slice_type: int, text: str, index: int = 0) -> str:
-        """A recognition result message."""
+    @staticmethod
+    def result(vid: str, slice_type: int, text: str, size: int, index: int = 0) -> str:
+        """A recognition result message for the first `size` bytes of audio."""
         result = {
             "slice_type": slice_type,
             "index": index,
             "start_time": 0,
-            "end_time": len(self.audio) // 32,
+            "end_time": size // 32,
             "voice_text_str": text,
             "word_size": 0,
             "word_list": [],
@@ -214,6 +226,7 @@ def tts_error(code: str, message: str) -> web.Response:
     return web.json_response(body)
 
 
+@functools.cache
 def sine(seconds: float, rate: int = 16000) -> bytes:
     """A loud 440 Hz tone as s16le."""
     n = int(seconds * rate)
