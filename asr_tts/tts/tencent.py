@@ -17,8 +17,9 @@ Codec "pcm" at 16000 Hz is raw s16le mono (the Speaker resamples to the downlink
 is Tencent's scale, not a ratio: the document maps -2, -1, 0, 1, 2, 6 to 0.6, 0.8, 1.0, 1.2,
 1.5 and 2.5 times, one decimal allowed; a business's speed_ratio is placed on that scale
 between the documented points. VoiceType is a number (e.g. 101001); Voice.voice_type must
-then be one. Not handled: the documented limit of 150 Chinese characters (500 letters) per
-call; a longer sentence is refused by the service (InvalidParameterValue) and is a TTSError.
+then be one. A call takes at most 150 Chinese characters (500 letters): the Speaker's
+sentences are at most 120 characters (asr_tts/tts/sentences.py), and a longer text from
+another caller is refused by the service (InvalidParameterValue), a TTSError.
 """
 
 from __future__ import annotations

@@ -133,6 +133,11 @@ def _check_tencent_asr(cfg: Config) -> None:
         raise ConfigError("asr.tencent.appid: appid, secret_id and secret_key are required")
     if t.appid and not (t.appid.isascii() and t.appid.isdigit()):
         raise ConfigError("asr.tencent.appid: Tencent's AppID is a number (API key page)")
+    if not t.engine_model_type.startswith("16k_"):
+        raise ConfigError(
+            "asr.tencent.engine_model_type: the relay sends 16 kHz audio, so a 16k_ engine "
+            "(16k_zh, 16k_zh_large, 16k_en, ...)"
+        )
 
 
 def _check_mcp(cfg: Config) -> None:

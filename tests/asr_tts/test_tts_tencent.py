@@ -124,6 +124,14 @@ async def test_errors_and_malformed_answers_are_errors(
         await provider(url, session).synthesize("hi", Voice())
 
 
+async def test_text_over_the_documented_limit_is_refused_by_the_service(
+    url: str, session: aiohttp.ClientSession, fake: FakeTencentTTS
+) -> None:
+    with pytest.raises(TTSError, match="InvalidParameterValue: Text must hold 1 to 150"):
+        await provider(url, session).synthesize("字" * 151, Voice())
+    assert fake.problems == ["Text must hold 1 to 150 characters"]
+
+
 async def test_a_slow_answer_times_out(
     url: str, session: aiohttp.ClientSession, fake: FakeTencentTTS
 ) -> None:

@@ -77,6 +77,10 @@ async def test_tts_tencent_is_registered_when_its_keys_are_set(
             r"^tts\.tencent\.secret_id: secret_id and secret_key required",
         ),
         ({"tts": {"tencent": {"voice": "zh-female"}}}, r"^tts\.tencent\.voice"),
+        (
+            {"asr": {"tencent": {"engine_model_type": "8k_zh"}}},
+            r"^asr\.tencent\.engine_model_type: the relay sends 16 kHz audio",
+        ),
     ],
 )
 def test_incomplete_or_bad_tencent_settings_are_refused(data: dict[str, Any], error: str) -> None:
