@@ -1,5 +1,7 @@
 """`[asr.tencent]` and `[tts.tencent]`: checked at load, built by relay/providers.py into
-providers that speak to the Tencent fakes with the configured account."""
+providers that speak to the Tencent fakes with the configured account, and a device's turn
+through them: its speech recognised by the ASR fake, the answer spoken by the TTS fake, a
+refusal ending the turn with `stt ""` and counted."""
 
 from __future__ import annotations
 
@@ -9,6 +11,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpServer
 
 from asr_tts.codec import FrameEncoder
@@ -18,8 +22,18 @@ from protocol.audio_format import AudioFormat
 from relay.config.load import load, parse
 from relay.config.schema import ConfigError
 from relay.providers import build_asr, build_speaker
-from tests.asr_tts.fake_tencent import APPID, SECRET_ID, SECRET_KEY, FakeTencentASR, FakeTencentTTS
+from tests.asr_tts.fake_tencent import (
+    APPID,
+    SECRET_ID,
+    SECRET_KEY,
+    AsrMode,
+    FakeTencentASR,
+    FakeTencentTTS,
+)
 from tests.asr_tts.test_asr_volcengine import recognise, speech
+from tests.relay.conftest import RelayFactory
+from tests.relay.fakes import FakeBusiness, open_stream, session_of, sse
+from tests.relay.voice_helpers import SpeechBank, VoiceDevice, is_stt, is_tts, metric, opus_packets
 
 KEYS = {"secret_id": SECRET_ID, "secret_key": SECRET_KEY}
 
@@ -101,3 +115,68 @@ def test_keys_come_from_the_environment_and_stay_out_of_reprs() -> None:
     assert (cfg.asr.tencent.secret_key, cfg.tts.tencent.secret_key) == (SECRET_KEY, SECRET_KEY)
     assert SECRET_KEY not in repr(cfg)
     assert SECRET_ID not in repr(cfg)
+
+
+async def speak_the_voice(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+    """A business answering every chat in Tencent's voice 101002."""
+    resp = await open_stream(request)
+    details = {"answer": "好的。", "tts_provider": "tencent", "voice_type": "101002"}
+    event = {"event": "message", "type": "chat", "session_id": session_of(body)}
+    await resp.write(sse(event | {"details": details}))
+    return resp
+
+
+async def tencent_relay(
+    make_relay: RelayFactory, aiohttp_server: AiohttpServer, asr_fake: FakeTencentASR
+) -> tuple[TestClient[Any, Any], FakeTencentTTS]:
+    """A relay hearing through the Tencent ASR fake and able to speak through its TTS fake."""
+    tts_fake = FakeTencentTTS()
+    asr_server = await aiohttp_server(asr_fake.app())
+    tts_server = await aiohttp_server(tts_fake.app())
+    asr_url = str(asr_server.make_url("/asr/v2")).replace("http", "ws", 1)
+    client = await make_relay(
+        asr={"provider": "tencent", "tencent": {"appid": APPID, "url": asr_url, **KEYS}},
+        tts={"tencent": {"url": str(tts_server.make_url("/")), **KEYS}},
+    )
+    return client, tts_fake
+
+
+async def test_a_device_turn_through_tencent_asr_and_tts(
+    make_relay: RelayFactory, aiohttp_server: AiohttpServer, fake: FakeBusiness
+) -> None:
+    fake.script = speak_the_voice
+    asr_fake = FakeTencentASR(text="打开灯")
+    client, tts_fake = await tencent_relay(make_relay, aiohttp_server, asr_fake)
+    dev = await VoiceDevice.connect(client)
+    await dev.listen("manual")
+    await dev.send_audio(opus_packets(SpeechBank().say("turn on the light")), 4.0)
+    await dev.stop_listening()
+    assert [m["text"] for m in await dev.until(is_stt)] == ["打开灯"]
+    (await dev.answer()).check_spoken()
+    assert asr_fake.got_end
+    assert asr_fake.problems == []
+    assert [(b["Text"], b["VoiceType"]) for b in tts_fake.bodies] == [("好的。", 101002)]
+
+
+@pytest.mark.parametrize("mode", ["busy", "server_error"])
+async def test_a_tencent_failure_ends_the_turn_once_and_is_counted_once(
+    make_relay: RelayFactory, aiohttp_server: AiohttpServer, fake: FakeBusiness, mode: AsrMode
+) -> None:
+    # busy: 4006 at the handshake, open() fails; server_error: 5000 after the first audio,
+    # feed() fails. Either way the rest of the push-to-talk is heard by no one: one `stt ""`
+    # at `listen stop`, one error counted, no second connection.
+    asr_fake = FakeTencentASR(mode=mode)
+    client, _ = await tencent_relay(make_relay, aiohttp_server, asr_fake)
+    dev = await VoiceDevice.connect(client)
+    await dev.listen("manual")
+    await dev.send_audio(opus_packets(SpeechBank().say("hello there")), 4.0)
+    await dev.stop_listening()
+    assert await dev.until(is_tts("stop"), timeout=3) == [
+        {"session_id": dev.session_id, "type": "stt", "text": ""},
+        {"session_id": dev.session_id, "type": "tts", "state": "stop", "is_aborted": False},
+    ]
+    assert await dev.quiet(0.3) == []
+    assert fake.bodies == []
+    assert len(asr_fake.queries) == 1
+    sample = 'relay_provider_errors_total{kind="asr",provider="tencent"}'
+    assert await metric(client, sample) == 1
