@@ -3,7 +3,7 @@
 Followed: Tencent's "实时语音识别（websocket）" document (API 2.0) and its Python speech SDK.
 
 - Handshake: `GET wss://asr.cloud.tencent.com/asr/v2/<appid>?<params>&signature=<sig>` with
-  secretid, timestamp, expired (timestamp + a day here; the document allows under 90 days),
+  secretid, timestamp, expired (timestamp + 15 minutes here; the document allows under 90 days),
   nonce (a positive integer of at most 10 digits), engine_model_type (e.g. 16k_zh, 16k_en),
   voice_id (a fresh UUID per connection), voice_format 1 (PCM) and needvad 1; the signature is
   asr_tts/tencent_sign.py's HMAC-SHA1 over the URL without its scheme. The server then sends a
@@ -40,7 +40,9 @@ from asr_tts.asr.base import BYTES_PER_SECOND, ASRError, ASRStream
 from asr_tts.tencent_sign import asr_query, asr_sign_text, asr_signature
 
 DEFAULT_URL = "wss://asr.cloud.tencent.com/asr/v2"
-SIGNATURE_LIFETIME_S = 24 * 3600
+# The handshake needs the signature for a moment; a URL that leaks is worth less the sooner
+# it expires (Tencent's SDK signs for a day).
+SIGNATURE_LIFETIME_S = 15 * 60
 _END = orjson.dumps({"type": "end"}).decode()
 _MESSAGE_LIMIT = 200
 
@@ -122,7 +124,7 @@ class TencentASR:
             raise ASRError(f"no connection to Tencent within {self._timeout_s} s") from exc
         except aiohttp.ClientError as exc:
             # Only a connector error's text, which names host and port: others may quote the
-            # URL, whose signature opens a connection for a day.
+            # URL, whose signature opens a connection for 15 minutes.
             detail = f": {exc}" if isinstance(exc, aiohttp.ClientConnectorError) else ""
             raise ASRError(f"cannot connect to Tencent: {type(exc).__name__}{detail}") from exc
         try:

@@ -62,6 +62,7 @@ async def test_streams_pcm_and_returns_the_final_text(make: Make, fake: FakeTenc
         "1",
     )
     assert SECRET_KEY not in str(query)
+    assert int(query["expired"]) - int(query["timestamp"]) == 15 * 60  # a leaked URL soon dies
 
 
 async def test_every_connection_is_freshly_signed_and_english_picks_16k_en(
@@ -178,6 +179,12 @@ async def test_packets_are_at_least_packet_ms(make: Make, fake: FakeTencentASR) 
     assert all(size >= 3200 for size in middle)  # 100 ms of 16 kHz s16le
     assert 0 < last < 3200  # what was pending went out before the end message
     assert sum(fake.packets) == 5 * 3200
+
+
+async def test_a_refused_upgrade_is_an_error_with_its_status(make: Make) -> None:
+    origin = make().signed_url(None, 0, 1, "v").origin()  # the fake's address
+    with pytest.raises(ASRError, match="Tencent refused the handshake: HTTP 404"):
+        await make(url=str(origin.with_path("/asr/v9"))).open()
 
 
 async def test_unreachable_server_is_an_error(make: Make) -> None:
