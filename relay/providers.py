@@ -12,6 +12,7 @@ from asr_tts.asr.aliyun import AliyunASR
 from asr_tts.asr.base import ASRError, ASRProvider
 from asr_tts.asr.openai import OpenAIASR
 from asr_tts.asr.pocketsphinx import PocketsphinxASR
+from asr_tts.asr.tencent import TencentASR
 from asr_tts.asr.volcengine import VolcengineASR
 from asr_tts.asr.whisper import WhisperASR, check_model
 from asr_tts.nls_token import NLSTokens
@@ -24,6 +25,7 @@ from asr_tts.tts.kokoro import KokoroTTS
 from asr_tts.tts.kokoro_files import ModelFileError
 from asr_tts.tts.openai import OpenAITTS
 from asr_tts.tts.speaker import Speaker
+from asr_tts.tts.tencent import TencentTTS
 from asr_tts.tts.volcengine import VolcengineTTS
 from asr_tts.vad import SileroModel
 from metrics.registry import Metrics
@@ -73,6 +75,17 @@ def build_speaker(
             default_voice=a.voice,
             volume=a.volume,
             timeout_s=a.timeout_s,
+        )
+    if tts.tencent.secret_id and tts.tencent.secret_key:
+        providers["tencent"] = TencentTTS(
+            secret_id=tts.tencent.secret_id,
+            secret_key=tts.tencent.secret_key,
+            session=session,
+            url=tts.tencent.url,
+            region=tts.tencent.region,
+            default_voice=tts.tencent.voice,
+            volume=tts.tencent.volume,
+            timeout_s=tts.tencent.timeout_s,
         )
     names = set(providers)
 
@@ -140,6 +153,17 @@ def build_asr(config: Config, session: aiohttp.ClientSession) -> ASRProvider:
             session=session,
             url=a.url,
             timeout_s=a.timeout_s,
+        )
+    if asr.provider == "tencent":
+        t = asr.tencent
+        return TencentASR(
+            appid=t.appid,
+            secret_id=t.secret_id,
+            secret_key=t.secret_key,
+            session=session,
+            engine_model_type=t.engine_model_type,
+            url=t.url,
+            timeout_s=t.timeout_s,
         )
     return _embedded(asr)
 

@@ -92,6 +92,9 @@ def _check_speech_out(cfg: Config) -> None:
         raise ConfigError('tts.openai.base_url: required when tts.provider = "openai"')
     if cfg.tts.provider == "huoshan" and not (cfg.tts.huoshan.appid and cfg.tts.huoshan.token):
         raise ConfigError('tts.huoshan.appid: appid and token required for provider "huoshan"')
+    tencent = cfg.tts.tencent
+    if cfg.tts.provider == "tencent" and not (tencent.secret_id and tencent.secret_key):
+        raise ConfigError('tts.tencent.secret_id: secret_id and secret_key required for "tencent"')
 
 
 def _check_aliyun(cfg: Config) -> None:
@@ -120,6 +123,7 @@ def _check_speech_in(cfg: Config) -> None:
         cfg.asr.volcengine.appid and cfg.asr.volcengine.token
     ):
         raise ConfigError('asr.volcengine.appid: appid and token required for "volcengine"')
+    _check_tencent_asr(cfg)
     if not 0 < cfg.vad.threshold <= 1:
         raise ConfigError("vad.threshold: must be in (0, 1]")
     if cfg.vad.max_utterance_s <= cfg.vad.min_speech_s:
@@ -133,6 +137,19 @@ def _check_speech_in(cfg: Config) -> None:
             raise ConfigError(f"listen.wake_words[{i}]: a wake word needs letters or digits")
     if cfg.listen.max_text_chars < 1:
         raise ConfigError("listen.max_text_chars: must be at least 1")
+
+
+def _check_tencent_asr(cfg: Config) -> None:
+    t = cfg.asr.tencent
+    if cfg.asr.provider == "tencent" and not (t.appid and t.secret_id and t.secret_key):
+        raise ConfigError("asr.tencent.appid: appid, secret_id and secret_key are required")
+    if t.appid and not (t.appid.isascii() and t.appid.isdigit()):
+        raise ConfigError("asr.tencent.appid: Tencent's AppID is a number (API key page)")
+    if not t.engine_model_type.startswith("16k_"):
+        raise ConfigError(
+            "asr.tencent.engine_model_type: the relay sends 16 kHz audio, so a 16k_ engine "
+            "(16k_zh, 16k_zh_large, 16k_en, ...)"
+        )
 
 
 def _check_mcp(cfg: Config) -> None:

@@ -24,6 +24,11 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message names the key."""
 
 
+# The providers `[tts] provider` and `[asr] provider` may name.
+TTSName = Literal["embedded", "espeak", "openai", "huoshan", "aliyun", "tencent"]
+ASRName = Literal["embedded", "pocketsphinx", "openai", "volcengine", "aliyun", "tencent"]
+
+
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     """`[server]`: listening socket and per-connection limits."""
@@ -132,6 +137,20 @@ class AliyunTTSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TencentTTSConfig:
+    """`[tts.tencent]`: Tencent Cloud TextToVoice (TC3-signed HTTPS); empty keys = not
+    configured."""
+
+    url: str = "https://tts.tencentcloudapi.com/"
+    secret_id: Token = field(default="", repr=False)
+    secret_key: Secret = field(default="", repr=False)
+    region: str = "ap-guangzhou"
+    voice: int = 101001  # a VoiceType number; a business's voice_type must be one too
+    volume: float = 0.0  # Tencent's scale, -10 to 10
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
 class KokoroVoiceConfig:
     """`[tts] voice.zh` / `voice.en`: the Kokoro style per language: a name, a blend
     ("jf_nezumi:0.6+jm_kumo:0.4") or "mean"; empty = the built-in default."""
@@ -145,7 +164,7 @@ class TTSConfig:
     """`[tts]`: the default provider and the downlink audio the relay declares (§1.2)."""
 
     # "embedded" is Kokoro; "espeak" the light espeak-ng voice (what "embedded" was before).
-    provider: Literal["embedded", "espeak", "openai", "huoshan", "aliyun"] = "embedded"
+    provider: TTSName = "embedded"
     max_concurrency: int = 4  # espeak-ng processes at once
     timeout_s: float = 20.0
     voice: KokoroVoiceConfig = field(default_factory=KokoroVoiceConfig)
@@ -161,6 +180,7 @@ class TTSConfig:
     openai: OpenAITTSConfig = field(default_factory=OpenAITTSConfig)
     huoshan: HuoshanTTSConfig = field(default_factory=HuoshanTTSConfig)
     aliyun: AliyunTTSConfig = field(default_factory=AliyunTTSConfig)
+    tencent: TencentTTSConfig = field(default_factory=TencentTTSConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +214,18 @@ class AliyunASRConfig:
     appkey: str = ""  # the NLS project's; its language is set in Aliyun's console
     access_key_id: Token = field(default="", repr=False)
     access_key_secret: Secret = field(default="", repr=False)
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class TencentASRConfig:
+    """`[asr.tencent]`: Tencent Cloud real-time ASR over a signed WebSocket."""
+
+    url: str = "wss://asr.cloud.tencent.com/asr/v2"  # the AppID is appended
+    appid: str = ""
+    secret_id: Token = field(default="", repr=False)
+    secret_key: Secret = field(default="", repr=False)
+    engine_model_type: str = "16k_zh"  # devices speaking English get 16k_en
     timeout_s: float = 10.0
 
 
@@ -202,7 +234,7 @@ class ASRConfig:
     """`[asr]`: which provider recognises speech, and its settings."""
 
     # embedded: Whisper base (Mandarin, English); pocketsphinx: the light US English one
-    provider: Literal["embedded", "pocketsphinx", "openai", "volcengine", "aliyun"] = "embedded"
+    provider: ASRName = "embedded"
     language: str = ""  # embedded: "auto" (zh or en, the default), "zh", "en"; empty: default
     pool_size: int = 2  # embedded, pocketsphinx: decoder processes
     threads: int = 0  # embedded: cores per decode; 0 = all (up to 4)
@@ -213,6 +245,7 @@ class ASRConfig:
     openai: OpenAIASRConfig = field(default_factory=OpenAIASRConfig)
     volcengine: VolcengineASRConfig = field(default_factory=VolcengineASRConfig)
     aliyun: AliyunASRConfig = field(default_factory=AliyunASRConfig)
+    tencent: TencentASRConfig = field(default_factory=TencentASRConfig)
 
     @property
     def uses_whisper(self) -> bool:

@@ -53,6 +53,24 @@ class VoiceDeps:
 TextCallback = Callable[[str, float], None]  # (recognised text, monotonic end of speech)
 
 
+class _Failed:
+    """The rest of an utterance whose provider failed, the error already counted and logged:
+    it takes the audio and hears nothing, so the turn ends with `stt ""` when the utterance
+    does (push-to-talk at `listen stop`), once, and no new stream is opened before then."""
+
+    async def feed(self, pcm: bytes) -> None:
+        return None
+
+    async def finish(self) -> str:
+        return ""
+
+    async def cancel(self) -> None:
+        return None
+
+
+_FAILED = _Failed()
+
+
 class Listener:
     """One device's microphone: one utterance at a time streamed to ASR (§1.3 modes)."""
 
@@ -81,9 +99,6 @@ class Listener:
         self._stream: ASRStream | None = None
         self._opening: asyncio.Task[ASRStream] | None = None
         self._utterance_s = 0.0
-        # A push-to-talk whose recogniser could not open is over (its `stt ""` sent): the
-        # rest of its audio must not open one again per window, until the next listen start.
-        self._open_failed = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop_at = 0.0  # when a manual `listen stop` waiting for the backlog came
 
@@ -99,7 +114,6 @@ class Listener:
 
     def start(self, mode: ListenMode) -> None:
         """`listen start`: (re)arm the microphone in `mode`."""
-        self._open_failed = False
         for action in self.state.start(mode, capturing=self.capturing):
             if action is ListenAction.FINISH_STOP:  # a new turn before the last stop's backlog
                 self._end_capture(self._stop_at)
@@ -201,8 +215,6 @@ class Listener:
         if self.mode == "manual":
             # Push-to-talk: everything between start and stop is the utterance.
             if not self.capturing:
-                if self._open_failed:
-                    return
                 self._begin_utterance()
             await self._feed_asr(window)
             return
@@ -240,11 +252,7 @@ class Listener:
                     self._provider_error(exc)
             if self._opening is not opening:
                 return  # stop() ended this utterance while it opened: _recognise owns it
-            self._opening, self._stream = None, stream
-            if self._stream is None:
-                self._open_failed = True
-                self._on_text("", time.monotonic())
-                return
+            self._opening, self._stream = None, stream if stream is not None else _FAILED
         if self._stream is None:
             return
         self._utterance_s += WINDOW_S
@@ -252,6 +260,8 @@ class Listener:
             await self._stream.feed(window)
         except ASRError as exc:
             self._provider_error(exc)
+            failed, self._stream = self._stream, _FAILED
+            await failed.cancel()
         if self.mode == "manual" and self._utterance_s >= self._deps.segmenter.max_utterance_s:
             self._end_utterance(time.monotonic())  # cut and recognised, not buffered forever
 
@@ -276,7 +286,8 @@ class Listener:
             assert stream is not None
             start = time.monotonic()
             text = (await stream.finish()).strip()
-            m.asr_latency.labels(provider).observe(time.monotonic() - start)
+            if stream is not _FAILED:
+                m.asr_latency.labels(provider).observe(time.monotonic() - start)
         except ASRError as exc:
             self._provider_error(exc)
         except asyncio.CancelledError:

@@ -58,12 +58,16 @@ TOKEN_VALUES: dict[str, Table] = {
     "asr.volcengine.token": lambda t: {"asr": {"volcengine": {"token": t}}},
     "asr.aliyun.access_key_id": lambda t: {"asr": {"aliyun": {"access_key_id": t}}},
     "tts.aliyun.access_key_id": lambda t: {"tts": {"aliyun": {"access_key_id": t}}},
+    "tts.tencent.secret_id": lambda t: {"tts": {"tencent": {"secret_id": t}}},
+    "asr.tencent.secret_id": lambda t: {"asr": {"tencent": {"secret_id": t}}},
 }
 SECRETS: dict[str, Table] = {
     "business[0].signing_secret": lambda s: {"business": [business(signing_secret=s)]},
     "auth.hmac_secret": lambda s: {"auth": {"mode": "hmac", "hmac_secret": s}},
     "asr.aliyun.access_key_secret": lambda s: {"asr": {"aliyun": {"access_key_secret": s}}},
     "tts.aliyun.access_key_secret": lambda s: {"tts": {"aliyun": {"access_key_secret": s}}},
+    "tts.tencent.secret_key": lambda s: {"tts": {"tencent": {"secret_key": s}}},
+    "asr.tencent.secret_key": lambda s: {"asr": {"tencent": {"secret_key": s}}},
 }
 BAD_SECRETS = [
     " ",

@@ -1,0 +1,274 @@
+"""The "tencent" ASR provider: Tencent Cloud real-time speech recognition over WebSocket.
+
+Followed: Tencent's "实时语音识别（websocket）" document (API 2.0) and its Python speech SDK.
+
+- Handshake: `GET wss://asr.cloud.tencent.com/asr/v2/<appid>?<params>&signature=<sig>` with
+  secretid, timestamp, expired (timestamp + 15 minutes here; the document allows under 90 days),
+  nonce (a positive integer of at most 10 digits), engine_model_type (e.g. 16k_zh, 16k_en),
+  voice_id (a fresh UUID per connection), voice_format 1 (PCM) and needvad 1; the signature is
+  asr_tts/tencent_sign.py's HMAC-SHA1 over the URL without its scheme. The server then sends a
+  text message: `{"code": 0, "message": "success", "voice_id"}`, or a non-zero code (4002 bad
+  signature, 4006 concurrency over the limit, ...) and closes. open() waits for it, so a
+  refused account fails at once and a server that does not answer fails within timeout_s.
+- Audio: binary messages of 16 kHz s16le PCM. The document asks for 40 ms every 40 ms and
+  refuses more than 3 s of audio within 1 s (code 4000); the relay feeds in real time (its
+  pre-roll burst is well under a second), in packets of packet_ms.
+- End: the text message `{"type": "end"}`. Results are text messages `{"code", "message",
+  "voice_id", "message_id", "result": {"slice_type", "index", "voice_text_str", ...}}`;
+  slice_type 2 is a sentence's stable text, `index` numbers the sentences (needvad may cut a
+  long utterance in several); the last message has `"final": 1` and no result, and the server
+  closes. The text returned is the sentences' latest texts in index order.
+- Any message with a non-zero code is an ASRError carrying it: 4000 too fast, 4001 invalid
+  parameter, 4002 authentication, 4003 service not opened, 4004 quota used up, 4005 account
+  in arrears, 4006 concurrency limit, 4007 audio not decodable, 4008 no audio for 15 s, 4009
+  client gone, 4010 unknown text message, 5000-5002 backend failure (retry), 6001 from abroad.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+import uuid
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from aioutil import cancel_and_wait
+from asr_tts.asr.base import BYTES_PER_SECOND, ASRError, ASRStream
+from asr_tts.tencent_sign import asr_query, asr_sign_text, asr_signature
+
+DEFAULT_URL = "wss://asr.cloud.tencent.com/asr/v2"
+# The handshake needs the signature for a moment; a URL that leaks is worth less the sooner
+# it expires (Tencent's SDK signs for a day).
+SIGNATURE_LIFETIME_S = 15 * 60
+_END = orjson.dumps({"type": "end"}).decode()
+_MESSAGE_LIMIT = 200
+
+
+def host_path(url: URL) -> str:
+    """`url` without its scheme and query: what the handshake signature covers."""
+    host = url.raw_host or ""
+    return (host if url.is_default_port() else f"{host}:{url.port}") + url.raw_path
+
+
+def join_sentences(texts: list[str]) -> str:
+    """Sentences as one text: a space between two that would otherwise glue Latin words."""
+    out = ""
+    for text in texts:
+        if out and text and out[-1].isascii() and text[0].isascii() and not out[-1].isspace():
+            out += " "
+        out += text
+    return out
+
+
+class TencentASR:
+    """ASR provider named "tencent": one signed WebSocket per utterance."""
+
+    name = "tencent"
+
+    def __init__(
+        self,
+        *,
+        appid: str,
+        secret_id: str,
+        secret_key: str,
+        session: aiohttp.ClientSession,
+        engine_model_type: str = "16k_zh",
+        url: str = DEFAULT_URL,
+        timeout_s: float = 10.0,
+        packet_ms: int = 40,
+    ) -> None:
+        self._secret_id, self._secret_key = secret_id, secret_key
+        self._session = session
+        self._url = URL(url.rstrip("/")) / appid
+        self._engine = engine_model_type
+        self._timeout_s = timeout_s
+        self._packet_bytes = BYTES_PER_SECOND * packet_ms // 1000
+
+    def engine_for(self, language: str | None) -> str:
+        """The engine for a device's language: English speakers get 16k_en, others the
+        configured engine (Mandarin by default; 16k_zh_en and the large models do both)."""
+        if language and language.lower().startswith("en"):
+            return "16k_en"
+        return self._engine
+
+    def signed_url(self, language: str | None, now: int, nonce: int, voice_id: str) -> URL:
+        """The handshake URL, signed."""
+        params = {
+            "secretid": self._secret_id,
+            "timestamp": str(now),
+            "expired": str(now + SIGNATURE_LIFETIME_S),
+            "nonce": str(nonce),
+            "engine_model_type": self.engine_for(language),
+            "voice_id": voice_id,
+            "voice_format": "1",
+            "needvad": "1",
+        }
+        signature = asr_signature(self._secret_key, asr_sign_text(host_path(self._url), params))
+        return URL(f"{self._url}?{asr_query(params, signature)}", encoded=True)
+
+    async def open(self, *, language: str | None = None) -> ASRStream:
+        """Connect, and wait for the handshake answer; `language` picks the engine."""
+        voice_id = str(uuid.uuid4())
+        url = self.signed_url(language, int(time.time()), secrets.randbelow(10**9) + 1, voice_id)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                ws = await self._session.ws_connect(
+                    url, timeout=aiohttp.ClientWSTimeout(ws_close=self._timeout_s)
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise ASRError(f"Tencent refused the handshake: HTTP {exc.status}") from exc
+        except TimeoutError as exc:
+            raise ASRError(f"no connection to Tencent within {self._timeout_s} s") from exc
+        except aiohttp.ClientError as exc:
+            # Only a connector error's text, which names host and port: others may quote the
+            # URL, whose signature opens a connection for 15 minutes.
+            detail = f": {exc}" if isinstance(exc, aiohttp.ClientConnectorError) else ""
+            raise ASRError(f"cannot connect to Tencent: {type(exc).__name__}{detail}") from exc
+        try:
+            await _handshake(ws, self._timeout_s)
+        except BaseException:
+            await ws.close()
+            raise
+        return _TencentStream(ws, self._timeout_s, self._packet_bytes)
+
+
+async def _handshake(ws: aiohttp.ClientWebSocketResponse, timeout_s: float) -> None:
+    """Wait for the server's first message: code 0, or an ASRError with its code."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            msg = await ws.receive()
+    except TimeoutError as exc:
+        raise ASRError(f"no handshake answer from Tencent within {timeout_s} s") from exc
+    _check(_parse(msg))
+
+
+def _parse(msg: aiohttp.WSMessage) -> dict[str, object]:
+    """One server message as a JSON object, or ASRError."""
+    if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+        raise ASRError("Tencent closed the connection before the final result")
+    if msg.type is aiohttp.WSMsgType.ERROR:
+        raise ASRError(f"connection to Tencent lost: {msg.data}")
+    if msg.type is not aiohttp.WSMsgType.TEXT:
+        raise ASRError(f"unexpected {msg.type.name} message from Tencent")
+    try:
+        doc = orjson.loads(msg.data)
+    except orjson.JSONDecodeError as exc:
+        raise ASRError("Tencent sent a message that is not JSON") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("code"), int):
+        raise ASRError("Tencent sent a message without an integer code")
+    return doc
+
+
+def _check(doc: dict[str, object]) -> None:
+    """ASRError when `doc` reports a failure."""
+    if doc["code"] != 0:
+        message = str(doc.get("message") or "")[:_MESSAGE_LIMIT]
+        raise ASRError(f"Tencent error {doc['code']}: {message}")
+
+
+class _TencentStream:
+    """One utterance on its own WebSocket; a reader task collects results until final."""
+
+    def __init__(
+        self, ws: aiohttp.ClientWebSocketResponse, timeout_s: float, packet_bytes: int
+    ) -> None:
+        self._ws = ws
+        self._timeout_s = timeout_s
+        self._packet_bytes = packet_bytes
+        self._pending = bytearray()
+        self._closed = False
+        self._sentences: dict[int, str] = {}
+        self._final: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._reader = asyncio.create_task(self._read())  # owned: cancelled by _close()
+
+    async def feed(self, pcm: bytes) -> None:
+        """Send audio in packets of at least packet_ms; raise ASRError once the server failed."""
+        if self._closed:
+            return
+        self._raise_if_failed()
+        self._pending += pcm
+        if self._pending and len(self._pending) >= self._packet_bytes:
+            await self._send(self._take())
+
+    async def finish(self) -> str:
+        """Send what is pending and the end message, then wait for the final result."""
+        if self._closed:
+            raise ASRError("the utterance is already finished or cancelled")
+        self._closed = True
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                if self._pending:
+                    await self._send(self._take())
+                await self._send(_END)
+                return await asyncio.shield(self._final)
+        except TimeoutError as exc:
+            raise ASRError(f"no final result within {self._timeout_s} s") from exc
+        finally:
+            await self._close()
+
+    async def cancel(self) -> None:
+        """Close the connection without waiting for a result; idempotent."""
+        self._closed = True
+        await self._close()
+
+    async def _send(self, data: bytes | str) -> None:
+        """Send audio (binary) or the end message (text); a failed send reports the server's
+        error when it sent one."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                if isinstance(data, str):
+                    await self._ws.send_str(data)
+                else:
+                    await self._ws.send_bytes(data)
+        except TimeoutError as exc:
+            raise ASRError(f"Tencent took no audio for {self._timeout_s} s") from exc
+        except (ConnectionError, aiohttp.ClientError) as exc:
+            self._raise_if_failed()
+            raise ASRError(f"connection to Tencent lost: {type(exc).__name__}: {exc}") from exc
+
+    def _take(self) -> bytes:
+        data = bytes(self._pending)
+        self._pending.clear()
+        return data
+
+    def _raise_if_failed(self) -> None:
+        final = self._final
+        if final.done() and not final.cancelled() and (exc := final.exception()) is not None:
+            raise exc
+
+    async def _read(self) -> None:
+        """Settle `_final` with the final text or the first failure."""
+        try:
+            text = await self._receive_final()
+        except ASRError as exc:
+            if not self._final.done():
+                self._final.set_exception(exc)
+        else:
+            if not self._final.done():
+                self._final.set_result(text)
+
+    async def _receive_final(self) -> str:
+        """Read results until the message with final: 1."""
+        while True:
+            doc = _parse(await self._ws.receive())
+            _check(doc)
+            result = doc.get("result")
+            if isinstance(result, dict):
+                index, text = result.get("index", 0), result.get("voice_text_str")
+                if isinstance(index, int) and isinstance(text, str):
+                    self._sentences[index] = text
+            if doc.get("final") == 1:
+                return join_sentences([self._sentences[i] for i in sorted(self._sentences)])
+
+    async def _close(self) -> None:
+        """Stop the reader and close the WebSocket."""
+        self._pending.clear()
+        await cancel_and_wait(self._reader)
+        if not self._final.done():
+            self._final.cancel()
+        elif not self._final.cancelled():
+            self._final.exception()  # retrieved: nobody else may ever look
+        await self._ws.close()
