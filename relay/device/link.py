@@ -10,7 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 import orjson
 from aiohttp import web
@@ -57,6 +57,8 @@ class Link:
     device holds no task and no queue (docs/performance.md: idle memory per device), and a
     paced answer costs no task per frame.
     """
+
+    source: ClassVar[str] = "device"  # the `source` label of a turn's business metrics
 
     def __init__(
         self, session_id: str, metrics: Metrics, outbox_max: int, frame_s: float, lead_s: float
@@ -389,6 +391,8 @@ class SSELink(Link):
     a turn that produces faster than the client reads waits for it (`room`) instead of
     losing the stream when the outbox fills, so the whole answer arrives, its backlog
     bounded by the outbox: at most half of it queued and one batch being written."""
+
+    source: ClassVar[str] = "simulate"  # its turns are counted apart from devices'
 
     def __init__(
         self,
