@@ -17,9 +17,11 @@ of audio, no event loop, no listener), i.e. the raw cost the relay's machinery a
 The batcher's window (`[vad] batch_window_ms`, how long a job waits for other streams to
 share its batch) is the relay's default unless --batch-window-ms lists others; the first is
 the one judged, the rest run interleaved with it as experiments, so all see the same noise.
+So do the log settings of --log (off, or INFO as text or JSON into
+bench/results/voice_streams-log.log): the first is judged, the others are experiments.
 
     python -m bench.voice_streams [--streams 100,200,300,400] [--seconds 6] [--repeat 3]
-                                  [--batch-window-ms 10,0]
+                                  [--batch-window-ms 10,0] [--log off,text,json]
 
 stdout: one JSON document; stderr: progress, then a table. See docs/performance.md.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import threading
@@ -45,14 +48,15 @@ from asr_tts.segmenter import SegmenterConfig
 from asr_tts.uplink import UplinkDecoder
 from asr_tts.vad import SileroModel, VadStream
 from bench._cli import at_least_one, goal_lines, parser, run_main
-from bench._common import envelope, median, percentile, progress, r
+from bench._common import RESULTS, envelope, median, percentile, progress, r
 from bench._sched import thread_sched
 from bench._speech import FRAME_S, espeak, opus_packets, silence, trim
 from metrics.registry import Metrics
 from protocol.audio_format import AudioFormat
-from relay.config.schema import ServerConfig, VADConfig
+from relay.config.schema import LogConfig, ServerConfig, VADConfig
 from relay.device.audio_batcher import AudioBatcher, AudioJob
 from relay.device.listener import Listener, VoiceDeps
+from relay.logs import configure, formatter
 from relay.run.cli import tune_gc
 
 P = ParamSpec("P")
@@ -408,24 +412,46 @@ def medians(reps: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def set_log(setting: str) -> None:
+    """The relay's logging as `[log]` would set it: off (WARNING) or INFO in the text or JSON
+    format, written to bench/results/voice_streams-log.log (not among the progress lines)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(RESULTS / "voice_streams-log.log", encoding="utf-8")
+    handler.setFormatter(formatter("text" if setting == "off" else setting))
+    level = logging.WARNING if setting == "off" else logging.INFO
+    configure(LogConfig(level="WARNING"))  # the record optimisations of relay.logs
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def variants(args: argparse.Namespace) -> list[tuple[str, float, str]]:
+    """(name, batch window s, log setting) of each run per repetition; the first is judged:
+    every batch window with the first log setting, then the other log settings."""
+    first_log = args.log[0]
+    out = [(f"batch_window_{d:g}ms", d / 1000, first_log) for d in args.batch_window_ms]
+    judged_s = args.batch_window_ms[0] / 1000
+    return out + [(f"log_{setting}", judged_s, setting) for setting in args.log[1:]]
+
+
 async def sweep(model: SileroModel, clip: list[bytes], args: argparse.Namespace) -> dict[str, Any]:
     """Every N of the sweep, `repeat` times: the baseline, then the relay, then each
-    experimental batch window, interleaved so that machine noise lands on all of them."""
+    experiment (batch window, log setting), interleaved so that machine noise lands on all."""
     points: dict[str, Any] = {}
+    runs_of = variants(args)
+    judged = runs_of[0][0]
     for n in args.streams:
         base_reps: list[dict[str, Any]] = []
-        runs: dict[float, list[dict[str, Any]]] = {d: [] for d in args.batch_window_ms}
-        judged = args.batch_window_ms[0]
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in runs_of}
         for i in range(args.repeat):
             progress(f"N={n} rep {i + 1}/{args.repeat}: baseline")
             base_reps.append(run_baseline(model, clip, n, args.baseline_steps))
-            for delay in args.batch_window_ms:
-                what = f"relay listeners, batch window {delay:g} ms"
-                if delay != judged:
+            for name, window_s, log_setting in runs_of:
+                what = f"relay listeners, batch window {window_s * 1000:g} ms, log {log_setting}"
+                if name != judged:
                     what = "experiment: " + what
                 progress(f"N={n} rep {i + 1}/{args.repeat}: {what}, {args.seconds:.0f}s")
-                got = await run_point(model, clip, n, args, delay / 1000)
-                runs[delay].append(got)
+                set_log(log_setting)
+                got = await run_point(model, clip, n, args, window_s)
+                runs[name].append(got)
                 progress(
                     f"  lag p50 {got['lag_p50_ms']:.1f} p99 {got['lag_p99_ms']:.1f} ms, "
                     f"dropped {got['dropped']}, cpu {got['cpu_us_per_frame']:.0f} us/frame "
@@ -442,13 +468,8 @@ async def sweep(model: SileroModel, clip: list[bytes], args: argparse.Namespace)
             "cpu_ratio_relay_over_baseline": r(
                 rmed["cpu_us_per_frame"] / bmed["cpu_us_per_frame"], 2
             ),
-            "experiments": {
-                f"batch_window_{d:g}ms": medians(reps) for d, reps in runs.items() if d != judged
-            },
-            "repetitions": {
-                "baseline": base_reps,
-                **{f"batch_window_{d:g}ms": reps for d, reps in runs.items()},
-            },
+            "experiments": {name: medians(reps) for name, reps in runs.items() if name != judged},
+            "repetitions": {"baseline": base_reps, **runs},
         }
     return points
 
@@ -509,6 +530,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma-separated AudioBatcher windows; the first (default: the relay's) is "
         "judged, the others are experiments",
     )
+    p.add_argument(
+        "--log",
+        type=lambda s: s.split(","),
+        default=["off"],
+        help="comma-separated log settings (off, text, json: INFO in that format); the "
+        "first is judged, the others run as experiments with the judged batch window",
+    )
     p.add_argument("--baseline-steps", type=int, default=50, help="60 ms steps per baseline")
     p.add_argument(
         "--mode",
@@ -519,6 +547,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     at_least_one(p, *args.streams, args.repeat, args.threads, args.in_flight)
+    if not set(args.log) <= {"off", "text", "json"}:
+        p.error("--log takes off, text and json")
     return args
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import platform
+from collections.abc import Iterable
+from dataclasses import dataclass
 from importlib import metadata
 
 from prometheus_client import (
@@ -42,6 +44,24 @@ _PROCESS_METRICS = {
     "process_resident_memory_bytes": "Resident memory of this relay process.",
     "process_open_fds": "Descriptors this relay process holds open (sockets included).",
 }
+
+
+SOURCES = ("device", "simulate")  # who a turn is for: a device, or POST /api/v1/simulate
+OTHER_BUSINESS = "other"  # a business name that is not configured (bounded label values)
+# The outcomes of a business request (protocol.errors.BusinessOutcome's values; this
+# package imports nothing of ours, so they are named here and checked by the tests).
+OUTCOMES = ("ok", "incomplete", "unreachable", "status", "content_type", "timeout", "cancelled")
+
+
+@dataclass(frozen=True, slots=True)
+class BusinessSeries:
+    """One business's and one source's series of the business metrics."""
+
+    requests: dict[str, Counter]  # by outcome
+    duration: Histogram
+    first_event: Histogram
+    bad_events: Counter
+    session_mismatch: Counter
 
 
 class Metrics:
@@ -106,32 +126,38 @@ class Metrics:
             "Devices disconnected because they could not keep up with their outbox.",
             registry=r,
         )
+        self._businesses: frozenset[str] = frozenset()
+        self._business_series: dict[tuple[str, str], BusinessSeries] = {}
         self.business_requests = Counter(
             "relay_business_requests_total",
-            "Business requests, by outcome.",
-            ["outcome"],
+            "Business requests, by business, source (device, simulate) and outcome.",
+            ["business", "source", "outcome"],
             registry=r,
         )
         self.business_duration = Histogram(
             "relay_business_request_duration_seconds",
-            "Business request duration, from POST to end of stream.",
+            "Business request duration, from POST to end of stream, by business and source.",
+            ["business", "source"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.business_first_event = Histogram(
             "relay_business_first_event_seconds",
-            "Time from POST to the first business event.",
+            "Time from POST to the first business event, by business and source.",
+            ["business", "source"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.business_bad_events = Counter(
             "relay_business_bad_events_total",
             "Business events skipped because their data is not a JSON object or is too large.",
+            ["business", "source"],
             registry=r,
         )
         self.session_mismatch = Counter(
             "relay_session_mismatch_dropped_total",
             "Business events dropped because their session_id is not the request's (§2.3).",
+            ["business", "source"],
             registry=r,
         )
         self.tts_errors = Counter(
@@ -306,6 +332,30 @@ class Metrics:
                 self.message_bytes.labels(mtype, direction),
             )
         return pair
+
+    def name_businesses(self, names: Iterable[str]) -> None:
+        """The configured business names, the only values of the `business` label (any
+        other is counted as `other`); their series start at zero for both sources."""
+        self._businesses = frozenset(names)
+        for name in self._businesses:
+            for source in SOURCES:
+                self.business(name, source)
+
+    def business(self, name: str, source: str) -> BusinessSeries:
+        """The business metrics of one configured business and one source (`device`,
+        `simulate`), resolved once: a turn then pays a few increments (hot path)."""
+        label = name if name in self._businesses else OTHER_BUSINESS
+        key = (label, source)
+        series = self._business_series.get(key)
+        if series is None:
+            series = self._business_series[key] = BusinessSeries(
+                {o: self.business_requests.labels(label, source, o) for o in OUTCOMES},
+                self.business_duration.labels(label, source),
+                self.business_first_event.labels(label, source),
+                self.business_bad_events.labels(label, source),
+                self.session_mismatch.labels(label, source),
+            )
+        return series
 
     def exposition(self) -> bytes:
         """The text format for `/metrics`; with several workers, merged over all of them."""

@@ -45,6 +45,7 @@ WS_PATHS = ("/v1/ws/", "/xiaozhi/v1/")
 def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Application:
     """Build the relay application for `config`."""
     metrics = metrics or Metrics()
+    metrics.name_businesses(b.name for b in config.business)  # the `business` label's values
     app = web.Application(middlewares=[edge_middleware, api.api_auth])
     app[EDGE_KEY] = Edge(config.server, metrics)  # used when relay.run.server serves the app
     for path in WS_PATHS:

@@ -8,7 +8,6 @@ first, so what a peer chose cannot start a line of its own in either format."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 import time
@@ -16,12 +15,12 @@ from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
-from pythonjsonlogger.json import JsonFormatter
+from pythonjsonlogger.orjson import OrjsonFormatter
 
 from bridges.business import BusinessTarget, StreamStats
 from protocol.errors import BusinessOutcome
 from relay.config.schema import LogConfig
-from relay.logsafe import OneLineFormatter, printable
+from relay.logsafe import OneLineFormatter, SecondStamp, printable
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # JSON members besides a line's own fields, under stable names (README.md, "Logs").
@@ -32,34 +31,48 @@ WARN_EVERY_S = 60.0
 Field = str | int | float | None
 log = logging.getLogger("relay.business")
 _FAILED = (BusinessOutcome.UNREACHABLE, BusinessOutcome.STATUS, BusinessOutcome.CONTENT_TYPE)
+# What `Logger.makeRecord` refuses in `extra=`: a field must not replace the record's own.
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+# What the stdlib records when `logging._srcfile` is None (configure): no caller looked up.
+_NO_FILE, _NO_FUNCTION = "(unknown file)", "(unknown function)"
 SESSION_HINT = "every event must carry the request's session_id (docs/protocol.md §2.3)"
 INVALID_HINT = "each event's data must be one JSON object (docs/protocol.md §2.2)"
 
 
 def story(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Field) -> None:
-    """Log `event` with `fields`: `event key=value …` as text, the same names in JSON."""
+    """Log `event` with `fields`: `event key=value …` as text, the same names in JSON.
+
+    The line costs the hot path (one per pass-through round trip), so the text is built in
+    one pass over the fields and the record is handed to the logger's handlers directly:
+    no `%` template, no argument mapping, no `extra=` merge (docs/performance.md, "What the
+    INFO log costs")."""
     if not logger.isEnabledFor(level):
         return
+    if not _RESERVED.isdisjoint(fields):
+        raise KeyError(f"{event}: a field would overwrite the record's own attribute")
+    parts = [event]
     for key, value in fields.items():
-        if isinstance(value, str) and not value.isprintable():
-            fields[key] = printable(value)
-    shown = {k: str(v) if type(v) is int else _shown(v) for k, v in fields.items()}
-    logger.log(level, _template(event, tuple(fields)), shown, extra=fields)
+        if isinstance(value, str):
+            if not value.isprintable():
+                value = fields[key] = printable(value)
+            parts.append(f"{key}={_quoted(value)}")
+        elif value is None:
+            parts.append(f"{key}=-")
+        elif type(value) is float:
+            parts.append(f"{key}={value:.0f}")
+        else:
+            parts.append(f"{key}={value}")
+    record = logging.getLogRecordFactory()(
+        logger.name, level, _NO_FILE, 0, " ".join(parts), None, None, _NO_FUNCTION
+    )
+    record.__dict__.update(fields)  # the JSON members (what `extra=` would have set)
+    logger.handle(record)
 
 
-@functools.lru_cache(maxsize=64)  # one per log site: a few dozen
-def _template(event: str, keys: tuple[str, ...]) -> str:
-    return " ".join([event, *(f"{k}=%({k})s" for k in keys)])
-
-
-def _shown(value: Field) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.0f}"
-    if isinstance(value, str) and (not value or " " in value or '"' in value or "=" in value):
-        return '"' + value.replace('"', '\\"') + '"'  # already escaped by printable
-    return str(value)
+def _quoted(value: str) -> str:
+    if value and " " not in value and '"' not in value and "=" not in value:
+        return value
+    return '"' + value.replace('"', '\\"') + '"'  # already escaped by printable
 
 
 def ms(seconds: float | None) -> int | None:
@@ -163,10 +176,15 @@ def dropped_note(target: BusinessTarget, expected: str, stats: StreamStats) -> b
     )
 
 
+class JsonLines(SecondStamp, OrjsonFormatter):
+    """python-json-logger's formatter on orjson (the relay's JSON library; UTF-8 as it is,
+    about twice as fast as the stdlib encoder here), its time stamp built once a second."""
+
+
 def formatter(fmt: str) -> logging.Formatter:
     """The formatter of `[log] format`: `text` (one escaped line) or `json` (one object)."""
     if fmt == "json":
-        return JsonFormatter(JSON_FORMAT, rename_fields=JSON_RENAME, json_ensure_ascii=False)
+        return JsonLines(JSON_FORMAT, rename_fields=JSON_RENAME)
     return OneLineFormatter(TEXT_FORMAT)
 
 

@@ -75,6 +75,15 @@ def _check_business_and_server(cfg: Config) -> None:
             raise ConfigError(f"business[{i}].url: must be an http:// or https:// URL")
     if not 0 <= cfg.server.port <= 65535:
         raise ConfigError("server.port: must be between 0 and 65535")
+    _check_metrics(cfg)
+
+
+def _check_metrics(cfg: Config) -> None:
+    port = cfg.metrics.port
+    if port > 65535:
+        raise ConfigError("metrics.port: must be between 0 (none) and 65535")
+    if port and port == cfg.server.port and cfg.metrics.host in ("", cfg.server.host):
+        raise ConfigError("metrics.port: must not be [server] port")
 
 
 def _check_speech_out(cfg: Config) -> None:

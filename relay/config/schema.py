@@ -294,9 +294,12 @@ class ApiConfig:
 
 @dataclass(frozen=True, slots=True)
 class MetricsConfig:
-    """`[metrics]`: bearer tokens that may read `/metrics` and nothing else (Prometheus)."""
+    """`[metrics]`: bearer tokens that may read `/metrics` and nothing else (Prometheus), and
+    an optional listener of its own that serves `/metrics` only, without a token."""
 
     tokens: tuple[Token, ...] = field(default=(), repr=False)
+    port: int = 0  # 0: no listener of its own, /metrics on the main port only
+    host: str = ""  # the metrics listener's address; empty: [server] host
 
 
 @dataclass(frozen=True, slots=True)

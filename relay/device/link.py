@@ -9,7 +9,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import ClassVar, Final
 
 from aiohttp import web
 
@@ -55,6 +55,8 @@ class Link:
     device holds no task and no queue (docs/performance.md: idle memory per device), and a
     paced answer costs no task per frame.
     """
+
+    source: ClassVar[str] = "device"  # the `source` label of a turn's business metrics
 
     def __init__(
         self, session_id: str, metrics: Metrics, outbox_max: int, frame_s: float, lead_s: float

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import ClassVar
 
 import orjson
 from aiohttp import web
@@ -19,6 +20,8 @@ class SSELink(Link):
     a turn that produces faster than the client reads waits for it (`room`) instead of
     losing the stream when the outbox fills, so the whole answer arrives, its backlog
     bounded by the outbox: at most half of it queued and one batch being written."""
+
+    source: ClassVar[str] = "simulate"  # its turns are counted apart from devices'
 
     def __init__(
         self,

@@ -238,7 +238,7 @@ class Turn:
                         self._speech_task = self._task(self._speech().run())
                     await self._speech().queue.put(sp)
         finally:
-            self._record(stats)
+            self._record(target, stats)
             warn_business(deps.warnings, target, expected_session, stats)
             deps.reach.saw(target, stats)
         if (note := dropped_note(target, expected_session, stats)) is not None:
@@ -297,13 +297,13 @@ class Turn:
             requests=len(self._requests),
         )
 
-    def _record(self, stats: StreamStats) -> None:
-        m = self._deps.metrics
-        m.business_requests.labels(stats.outcome.value).inc()
-        m.business_duration.observe(stats.total_s)
+    def _record(self, target: BusinessTarget, stats: StreamStats) -> None:
+        m = self._deps.metrics.business(target.name, self._link.source)
+        m.requests[stats.outcome.value].inc()
+        m.duration.observe(stats.total_s)
         if stats.first_event_s is not None:
-            m.business_first_event.observe(stats.first_event_s)
+            m.first_event.observe(stats.first_event_s)
         if stats.foreign_dropped:
             m.session_mismatch.inc(stats.foreign_dropped)
         if stats.bad_events:
-            m.business_bad_events.inc(stats.bad_events)
+            m.bad_events.inc(stats.bad_events)

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from metrics.registry import CONTENT_TYPE
+from metrics.registry import CONTENT_TYPE, Metrics
 from protocol import device, jsonutil
 from protocol.audio_format import AudioFormat
 from protocol.device import Custom
@@ -220,7 +220,23 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus text exposition."""
-    metrics = request.app[RELAY_KEY].metrics
+    return exposition(request.app[RELAY_KEY].metrics)
+
+
+def exposition(metrics: Metrics) -> web.Response:
+    """`/metrics`'s answer: the task count and process gauges read now, then every metric."""
     metrics.count_tasks()
-    body = metrics.exposition()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
+def metrics_app(metrics: Metrics) -> web.Application:
+    """The app of the `[metrics] port` listener: `/metrics` of the relay's own `metrics` and
+    nothing else, without a token, so that Prometheus holds no credential at all (the
+    address is the operator's to keep internal)."""
+
+    async def serve(_request: web.Request) -> web.Response:
+        return exposition(metrics)
+
+    app = web.Application()
+    app.router.add_get("/metrics", serve)
+    return app

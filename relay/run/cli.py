@@ -7,6 +7,7 @@ import errno
 import gc
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -68,12 +69,15 @@ def _strip(argv: Sequence[str], options: tuple[str, ...]) -> list[str]:
     return out
 
 
-def listen_error(host: str, port: int, exc: OSError) -> str:
-    """One line saying why the relay cannot listen, and what to do."""
+def listen_error(
+    host: str, port: int, exc: OSError, setting: str = "--port or [server] port"
+) -> str:
+    """One line saying why the relay cannot listen, and what to do; `setting` names where
+    the port was chosen."""
     what = exc.strerror or str(exc)
     hint = {
-        errno.EADDRINUSE: "another process listens there: stop it, or choose another port "
-        "with --port or [server] port",
+        errno.EADDRINUSE: f"another process listens there: stop it, or choose another port "
+        f"with {setting}",
         errno.EACCES: "ports below 1024 need privileges: choose a port of 1024 or more",
         errno.EADDRNOTAVAIL: "no interface of this machine has that address: check [server] host",
     }.get(exc.errno or 0, "check [server] host and port")
@@ -132,13 +136,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         print(listen_error(host, port, exc), file=sys.stderr)
         return 2
+    metrics_sock = _metrics_socket(config, host, reuse_port)
+    if isinstance(metrics_sock, str):
+        sock.close()
+        print(metrics_sock, file=sys.stderr)
+        return 2
     if args.workers > 1:
         port = sock.getsockname()[1]
         sock.close()
+        if metrics_sock is not None:
+            metrics_sock.close()
         passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
         return run_workers(_strip(passthrough, ("--workers", "--port")), args.workers, port)
     from relay.run.server import serve  # the app and its models: only in serving processes
 
     tune_gc(config.server.gc_freeze, config.server.gc_gen0_threshold)
-    uvloop.run(serve(config, sock))
+    uvloop.run(serve(config, sock, metrics_sock))
     return 0
+
+
+def _metrics_socket(config: Config, host: str, reuse_port: bool) -> socket.socket | str | None:
+    """The `[metrics] port` listener's socket (None when none is configured), or the one
+    line saying why it cannot listen."""
+    port = config.metrics.port
+    if not port:
+        return None
+    host = config.metrics.host or host
+    try:
+        return listening_socket(host, port, reuse_port=reuse_port)
+    except OSError as exc:
+        return listen_error(host, port, exc, "[metrics] port")

@@ -16,6 +16,7 @@ from relay.app import make_app, warm_up
 from relay.config.schema import Config
 from relay.device.connection import DEVICE_ROOM
 from relay.edge import EDGE_KEY
+from relay.http.api import metrics_app
 from relay.resources import RELAY_KEY
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,27 @@ def raise_descriptor_limit() -> None:
             log.info("descriptor limit stays at %d: %s", soft, exc)
 
 
-async def serve(config: Config, sock: socket.socket) -> None:
-    """Serve on `sock` until SIGTERM or SIGINT, then drain and stop."""
+async def start_metrics(app: web.Application, sock: socket.socket) -> web.AppRunner:
+    """Serve the app's `/metrics` alone on `sock` (`[metrics] port`); stop with `cleanup()`."""
+    runner = web.AppRunner(
+        metrics_app(app[RELAY_KEY].metrics), handle_signals=False, access_log=None
+    )
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+    host, port = sock.getsockname()[:2]
+    log.info("metrics listening on http://%s:%d/metrics (no token)", host, port)
+    return runner
+
+
+async def serve(
+    config: Config, sock: socket.socket, metrics_sock: socket.socket | None = None
+) -> None:
+    """Serve on `sock` (and `/metrics` alone on `metrics_sock`) until SIGTERM or SIGINT,
+    then drain and stop."""
     raise_descriptor_limit()
     app = make_app(config)
     runner, server = await start(app, sock)
+    metrics_runner = None if metrics_sock is None else await start_metrics(app, metrics_sock)
     warm_up(app)
     host, port = sock.getsockname()[:2]
     log.info("relay listening on http://%s:%d (pid %d)", host, port, os.getpid())
@@ -104,5 +121,7 @@ async def serve(config: Config, sock: socket.socket) -> None:
         await drain(app, config.server.drain_timeout_s)
     finally:
         server.close()
+        if metrics_runner is not None:  # scraped until the drain ends
+            await metrics_runner.cleanup()
         await runner.cleanup()
     log.info("relay stopped")

@@ -8,9 +8,12 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from metrics.registry import OUTCOMES, Metrics
+from protocol.errors import BusinessOutcome
 from relay.resources import RELAY_KEY
 from tests.relay.conftest import RelayFactory
-from tests.relay.fakes import Device
+from tests.relay.fakes import Device, is_end
+from tests.relay.test_business_failures import custom, wait_metric
 from tests.relay.test_simulate import simulate
 
 UPGRADE = {
@@ -115,11 +118,50 @@ async def test_metrics_count_event_loop_tasks(make_relay: RelayFactory) -> None:
 
 async def test_metrics_count_business_requests(make_relay: RelayFactory) -> None:
     client = await make_relay()
+    ok = {"business": "fake", "outcome": "ok"}
     before = await scrape(client)
-    assert value(before, "relay_business_requests_total", outcome="ok") == 0.0
+    # The configured business's series exist from the start, for both sources.
+    assert value(before, "relay_business_requests_total", **ok, source="simulate") == 0.0
+    assert (
+        "relay_business_requests_total",
+        frozenset({**ok, "source": "device"}.items()),
+    ) in before
     events = await simulate(client, {"device_id": "d", "text": "count me"})
     assert [e for e in events if e.name == "audio"]
     after = await scrape(client)
-    assert value(after, "relay_business_requests_total", outcome="ok") == 1.0
-    assert value(after, "relay_business_request_duration_seconds_count") == 1.0
+    # A simulated turn is counted apart from the devices' turns.
+    assert value(after, "relay_business_requests_total", **ok, source="simulate") == 1.0
+    assert value(after, "relay_business_requests_total", **ok, source="device") == 0.0
+    duration = "relay_business_request_duration_seconds_count"
+    assert value(after, duration, business="fake", source="simulate") == 1.0
     assert value(after, "relay_audio_frames_total", direction="out") > 0
+    dev = await Device.connect(client)
+    await dev.send(custom(dev))
+    await dev.recv_until(is_end)
+    await wait_metric(client, 'relay_business_requests_total{source="device",business="fake"}', 1)
+    after = await scrape(client)
+    assert value(after, "relay_business_requests_total", **ok, source="device") == 1.0
+    assert value(after, "relay_business_requests_total", **ok, source="simulate") == 1.0
+
+
+def test_the_business_label_takes_configured_names_only() -> None:
+    metrics = Metrics()
+    metrics.name_businesses(["weather", "shop"])
+    metrics.business("weather", "device").requests["ok"].inc()
+    metrics.business("not-configured", "device").requests["ok"].inc()
+    metrics.business("also-not", "simulate").requests["status"].inc()
+    text = metrics.exposition().decode()
+    names = {
+        s.labels["business"]
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "relay_business_requests_total"
+    }
+    assert names == {"weather", "shop", "other"}
+    assert 'relay_business_requests_total{business="other",outcome="ok",source="device"} 1.0' in (
+        text
+    )
+
+
+def test_the_outcomes_counted_are_the_protocols() -> None:
+    assert set(OUTCOMES) == {o.value for o in BusinessOutcome}

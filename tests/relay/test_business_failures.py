@@ -8,6 +8,7 @@ the same connection works.
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from multidict import CIMultiDict
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import (
@@ -30,6 +32,8 @@ from tests.relay.fakes import (
 )
 
 FOREIGN = "intruder-0123456789abcdef"
+
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -99,13 +103,17 @@ def assert_error(m: dict[str, Any], dev: Device, code: str, request_type: str = 
 
 
 async def metric(client: TestClient[Any, Any], sample: str) -> float:
-    """The value of one sample of GET /metrics, e.g. `relay_x_total{label="v"}`; 0 if absent."""
+    """The sum over the samples of GET /metrics that `sample` selects, e.g.
+    `relay_x_total{label="v"}`: that name, with at least those labels; 0 if none."""
+    name, _, selector = sample.partition("{")
+    wanted = dict(_LABEL.findall(selector))
     text = await (await client.get("/metrics")).text()
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name == sample:
-            return float(value)
-    return 0.0
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and wanted.items() <= s.labels.items()
+    )
 
 
 async def wait_metric(client: TestClient[Any, Any], sample: str, expected: float) -> None:

@@ -79,11 +79,13 @@ async def stop(proc: asyncio.subprocess.Process) -> int:
 
 
 async def spawn_relay(
-    port: int, *args: str, business_port: int | None = None
+    port: int, *args: str, business_port: int | None = None, **env: str
 ) -> asyncio.subprocess.Process:
     """`python -m relay serve` on loopback `port` with the shipped config (its stderr, the log,
-    piped), pointed at the reference business on `business_port` if given."""
+    piped), pointed at the reference business on `business_port` if given, `env` added."""
     extra = {"RELAY__BUSINESS__0__URL": f"http://127.0.0.1:{business_port}/chat"}
+    if business_port is None:
+        extra = {}
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -92,7 +94,7 @@ async def spawn_relay(
         str(port),
         *args,
         cwd=ROOT,
-        env=clean_env(**(extra if business_port is not None else {})),
+        env=clean_env(**extra, **env),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -128,12 +130,18 @@ async def wait_http(session: aiohttp.ClientSession, url: str, proc: Any) -> None
 
 
 async def test_serve_runs_a_turn_with_the_reference_business() -> None:
-    relay_port, business_port = closed_port(), closed_port()
+    relay_port, business_port, metrics_port = closed_port(), closed_port(), closed_port()
     business = await spawn_business(business_port)
     relay: asyncio.subprocess.Process | None = None
     try:
-        relay = await spawn_relay(relay_port, business_port=business_port)
+        relay = await spawn_relay(
+            relay_port,
+            business_port=business_port,
+            RELAY__API__TOKENS="t0ken",
+            RELAY__METRICS__PORT=str(metrics_port),
+        )
         base = f"http://127.0.0.1:{relay_port}"
+        auth = {"Authorization": "Bearer t0ken"}
         async with aiohttp.ClientSession() as http:
             await wait_http(http, f"http://127.0.0.1:{business_port}/", business)
             await wait_http(http, f"{base}/healthz", relay)
@@ -141,10 +149,18 @@ async def test_serve_runs_a_turn_with_the_reference_business() -> None:
                 assert resp.status == 200
             async with asyncio.timeout(60):  # the shipped config: Kokoro loads on first use
                 resp = await http.post(
-                    f"{base}/api/v1/simulate", json={"device_id": "d-cli", "text": "please dance"}
+                    f"{base}/api/v1/simulate",
+                    json={"device_id": "d-cli", "text": "please dance"},
+                    headers=auth,
                 )
                 assert resp.status == 200
                 events = parse_sse(await resp.text())
+            # [metrics] port: /metrics without a token, the simulated turn counted apart.
+            async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+                assert resp.status == 200
+                scraped = await resp.text()
+            async with http.get(f"{base}/metrics") as resp:
+                assert resp.status == 401
 
         assert events[0].data["type"] == "stt"
         assert [e for e in events if e.name == "audio"], "no audio"
@@ -156,6 +172,9 @@ async def test_serve_runs_a_turn_with_the_reference_business() -> None:
         assert texts[-1]["type"] == "tts"
         assert texts[-1]["state"] == "stop"
         assert texts[-1]["is_aborted"] is False
+        ok = 'relay_business_requests_total{business="reference",outcome="ok",source='
+        assert f'{ok}"simulate"}} 1.0' in scraped
+        assert f'{ok}"device"}} 0.0' in scraped
 
         code = await stop(relay)
         assert relay.stderr is not None

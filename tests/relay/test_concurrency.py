@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device, FakeBusiness, is_end, open_stream, session_of, sse
+from tests.relay.test_business_failures import metric
 
 DEVICES = 200
 # Connects go in waves: a burst beyond the test server's listen backlog (128) loses SYNs,
@@ -81,15 +82,6 @@ async def wide_client(client: TestClient[Any, Any]) -> AsyncIterator[TestClient[
         yield wide
     finally:
         await wide.close()
-
-
-async def metric(client: TestClient[Any, Any], sample: str) -> float:
-    text = await (await client.get("/metrics")).text()
-    for line in text.splitlines():
-        name, _, value = line.rpartition(" ")
-        if name == sample:
-            return float(value)
-    return 0.0
 
 
 async def wait_metric(client: TestClient[Any, Any], sample: str, expected: float) -> None:

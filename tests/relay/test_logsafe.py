@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 import pytest
 
+from relay.logs import formatter, story
 from relay.logsafe import OneLineFormatter, printable
 from tests.relay.conftest import RelayFactory
 from tests.relay.test_cli import spawn_relay, stop, wait_http
@@ -112,3 +113,20 @@ async def test_relay_serve_writes_one_line_per_record() -> None:
     assert sum(" connect device=" in line for line in records if ESCAPED in line) == 2
     stamp = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ ")
     assert all(stamp.match(line) or line.startswith("  ") for line in records), err
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_the_time_stamp_is_the_stdlib_default_across_seconds(fmt: str) -> None:
+    # Built once a second: records within a second, across a second and back must each get
+    # exactly what logging.Formatter writes by default.
+    ours, stdlib = formatter(fmt), logging.Formatter()
+    for created in (1700000000.0, 1700000000.999, 1700000001.0005, 1700000000.5, 1.25):
+        record = logging.makeLogRecord({"msg": "m", "created": created})
+        record.msecs = (created - int(created)) * 1000
+        assert ours.formatTime(record) == stdlib.formatTime(record)
+    assert ours.formatTime(record, "%H") == stdlib.formatTime(record, "%H")
+
+
+def test_a_story_field_must_not_replace_the_records_own() -> None:
+    with pytest.raises(KeyError):
+        story(logging.getLogger("relay.test"), "oops", level=logging.CRITICAL, msg="x")

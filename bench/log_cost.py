@@ -1,0 +1,157 @@
+"""What the relay's INFO log costs per pass-through round trip: logging off, INFO text and
+INFO JSON side by side in one run.
+
+One reference business, one relay per log setting (`[log] level` WARNING, or INFO with
+`[log] format` text or json), all started together; each repetition times the same
+`bench.passthrough` round trips (a device's `custom` message to its `message_end`) on every
+relay in turn, the order rotating, so the machine's noise lands on all of them. The relay
+writes its log to a file (bench/results/log-cost-relay-<setting>.log), one `turn` line per
+round trip at INFO. Relay CPU per round trip is compared with the relay that logs nothing,
+and with the business's own CPU in the same phase (a baseline that moves with the machine).
+
+    python -m bench.log_cost [--devices 300] [--round-trips-per-device 20] [--repeat 5]
+
+stdout: one JSON document; stderr: progress, then a table. See docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from bench._cli import at_least_one, goal_lines, parser, run_main
+from bench._common import children, envelope, median, progress, r
+from bench._devices import unlimited_session
+from bench._peers import device_url, relay_env, start_business, start_relay
+from bench.passthrough import Env, run_relay
+
+SETTINGS = ("off", "text", "json")
+GOAL_ADDED = 0.05  # at most 5 % more relay CPU per round trip than with logging off
+
+
+def relay_env_for(business_port: int, setting: str) -> dict[str, str]:
+    """The relay's environment for one log setting."""
+    env = relay_env(business_port)
+    if setting != "off":  # a line per connect and per round trip (README.md, "Logs")
+        env |= {"RELAY__LOG__LEVEL": "INFO", "RELAY__LOG__FORMAT": setting}
+    return env
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the business and a relay per setting; time them in turn; the JSON document."""
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    with children() as started:
+        business, bport = start_business(started, "log-cost-business")
+        async with unlimited_session() as ws_http:
+            envs = {}
+            for setting in SETTINGS:
+                env = relay_env_for(bport, setting)
+                relay, rport = start_relay(started, f"log-cost-relay-{setting}", env)
+                progress(f"relay ({setting}) pid {relay.pid} :{rport}")
+                envs[setting] = Env(
+                    relay, business, device_url(rport), "", bport, ws_http, args.duration_cap_s
+                )
+            for name, n, per_device in (
+                ("serial", 1, args.serial_round_trips),
+                ("concurrent", args.devices, args.round_trips_per_device),
+            ):
+                runs[name] = await interleaved(envs, name, n, per_device, args)
+    modes = {name: summarise(reps) for name, reps in runs.items()}
+    return envelope("log_cost", vars(args)) | {"modes": modes, "goals": goals(modes)}
+
+
+async def interleaved(
+    envs: dict[str, Env], name: str, n: int, per_device: int, args: argparse.Namespace
+) -> dict[str, list[dict[str, Any]]]:
+    """`repeat` rounds; each times every relay once, the first setting rotating."""
+    reps: dict[str, list[dict[str, Any]]] = {s: [] for s in envs}
+    order = list(envs)
+    for i in range(args.repeat):
+        for setting in order[i % len(order) :] + order[: i % len(order)]:
+            phase = await run_relay(envs[setting], 100 * i, n, per_device, args.warmup, "")
+            s = phase.summary()
+            reps[setting].append(s)
+            progress(
+                f"{name} rep {i + 1}/{args.repeat} log {setting}: {s['round_trips']} rt, "
+                f"p50 {s['p50_ms']:.3f} ms, relay cpu {s['relay_cpu_us_per_rt']:.1f} us/rt, "
+                f"business {s['business_cpu_us_per_rt']:.1f}"
+            )
+    return reps
+
+
+def summarise(reps: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per setting: medians of relay CPU, of relay ÷ business CPU and of p50; the added CPU
+    against `off` as the median of the per-repetition ratios (paired in time)."""
+    out: dict[str, Any] = {}
+    for setting, phases in reps.items():
+        paired = [
+            p["relay_cpu_us_per_rt"] / off["relay_cpu_us_per_rt"] - 1
+            for p, off in zip(phases, reps["off"], strict=True)
+        ]
+        out[setting] = {
+            "relay_cpu_us_per_rt": r(median([p["relay_cpu_us_per_rt"] for p in phases]), 1),
+            "relay_per_business_cpu": r(
+                median([p["relay_cpu_us_per_rt"] / p["business_cpu_us_per_rt"] for p in phases]),
+                3,
+            ),
+            "p50_ms": r(median([p["p50_ms"] for p in phases])),
+            "added_cpu_vs_off": r(median(paired), 3),
+            "round_trips": [p["round_trips"] for p in phases],
+            "errors": sum(p["errors"] for p in phases),
+        }
+    return out
+
+
+def goals(modes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's goal: INFO costs at most 5 % relay CPU per round trip, in each format."""
+    return [
+        {
+            "goal": f"[{name}] log {setting}: relay CPU per round trip <= +{GOAL_ADDED:.0%} "
+            "of logging off",
+            "value": f"{mode[setting]['added_cpu_vs_off']:+.1%}",
+            "pass": mode[setting]["added_cpu_vs_off"] <= GOAL_ADDED,
+        }
+        for name, mode in modes.items()
+        for setting in SETTINGS[1:]
+    ]
+
+
+def table(doc: dict[str, Any]) -> str:
+    """A short human-readable summary of the medians."""
+    lines = []
+    for name, mode in doc["modes"].items():
+        lines.append(f"{name}: median of {doc['params']['repeat']} interleaved repetitions")
+        lines.append(f"  {'log':<6}{'relay us/rt':>12}{'÷ business':>11}{'p50 ms':>9}{'added':>8}")
+        for setting, s in mode.items():
+            lines.append(
+                f"  {setting:<6}{s['relay_cpu_us_per_rt']:>12.1f}"
+                f"{s['relay_per_business_cpu']:>11.2f}{s['p50_ms']:>9.3f}"
+                f"{s['added_cpu_vs_off']:>+8.1%}"
+            )
+    lines += goal_lines(doc["goals"])
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    p = parser("log_cost", __doc__)
+    p.add_argument("--devices", type=int, default=300, help="concurrent devices")
+    p.add_argument("--round-trips-per-device", type=int, default=20)
+    p.add_argument("--serial-round-trips", type=int, default=1000, help="one device, in a row")
+    p.add_argument("--warmup", type=int, default=1, help="untimed round trips per device first")
+    p.add_argument("--duration-cap-s", type=float, default=120.0, help="cap per timed phase")
+    p.add_argument("--repeat", type=int, default=5)
+    args = p.parse_args(argv)
+    at_least_one(p, args.devices, args.round_trips_per_device, args.repeat)
+    at_least_one(p, args.serial_round_trips)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; JSON on stdout, table on stderr."""
+    return run_main(run, table, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
