@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -58,6 +60,8 @@ _FEED_BYTES = SAMPLE_RATE * 2 // 10  # the recogniser is fed 100 ms at a time
 _WAV_TYPES = frozenset({"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"})
 _L16 = "audio/l16"
 OPUS_FRAMES = "application/x-opus-frames"
+# The text as UTF-8, not \u escapes: a curl user reads Mandarin as it was said.
+_UTF8_JSON = functools.partial(json.dumps, ensure_ascii=False)
 _TTS_EXAMPLE = '{"text":"Hello there!","format":"wav"}'
 _TTS_STRINGS = ("voice_type", "tts_provider")
 _TTS_RATIOS = ("speed_ratio", "pitch_ratio")  # as in a chat event (docs/protocol.md §2.2)
@@ -71,7 +75,7 @@ async def stt(request: web.Request) -> web.StreamResponse:
         answer = await _hear(request)
     except Refusal as exc:
         return refused(exc)
-    return web.json_response(answer)
+    return web.json_response(answer, dumps=_UTF8_JSON)
 
 
 async def _hear(request: web.Request) -> dict[str, str | None]:

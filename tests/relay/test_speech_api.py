@@ -163,7 +163,7 @@ async def test_stt_provider_failures(
 async def test_stt_asks_for_the_language_a_device_would(
     make_relay: RelayFactory, aiohttp_server: Any
 ) -> None:
-    transcriber = FakeTranscriber(text="ni hao")
+    transcriber = FakeTranscriber(text="你好")
     server = await aiohttp_server(transcriber.app())
     client = await make_relay(
         asr={"provider": "openai", "openai": {"base_url": str(server.make_url("/"))}}
@@ -172,7 +172,8 @@ async def test_stt_asks_for_the_language_a_device_would(
     resp = await client.post(
         "/api/v1/stt?language=zh-CN", data=wav, headers={"Content-Type": "audio/wav"}
     )
-    assert await resp.json() == {"text": "ni hao", "provider": "openai", "language": "zh"}
+    assert await resp.json() == {"text": "你好", "provider": "openai", "language": "zh"}
+    assert "你好".encode() in await resp.read()  # UTF-8 as it is, no \u escapes
     resp = await client.post(
         "/api/v1/stt",
         data=wav,
