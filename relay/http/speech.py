@@ -43,10 +43,12 @@ from protocol.business import speak_with_voice
 from protocol.errors import ApiError, ProtocolError, Refusal
 from relay.answers import api_error, refused
 from relay.auth.handshake import spoken_language
+from relay.config.schema import TTSConfig
 from relay.device.connection import DEVICE_ROOM
 from relay.device.turn import voice_of
 from relay.http.api import read_body, read_json
 from relay.http.devices import MAX_SPEAK_CHARS
+from relay.logs import ms, story
 from relay.logsafe import printable
 from relay.resources import RELAY_KEY
 
@@ -71,11 +73,22 @@ async def stt(request: web.Request) -> web.StreamResponse:
     """`POST /api/v1/stt`: a recording in, `{"text","provider","language"}` out."""
     if request.app[RELAY_KEY].draining.is_set():
         return api_error(ApiError.DRAINING, "relay is shutting down")
+    started = time.monotonic()
+    voice = request.app[DEVICE_ROOM].voice
+    provider = voice.asr.name if voice is not None else None
     try:
         answer = await _hear(request)
     except Refusal as exc:
+        _told("stt", exc.code, provider, None, started)
         return refused(exc)
+    _told("stt", "ok", provider, len(answer["text"] or ""), started)
     return web.json_response(answer, dumps=_UTF8_JSON)
+
+
+def _told(op: str, result: str, provider: str | None, chars: int | None, started: float) -> None:
+    """The request's line in the log's story (README "Logs"); the text itself is left out."""
+    took = ms(time.monotonic() - started)
+    story(log, "speech", op=op, result=result, provider=provider, chars=chars, duration_ms=took)
 
 
 async def _hear(request: web.Request) -> dict[str, str | None]:
@@ -226,19 +239,15 @@ async def tts(request: web.Request) -> web.StreamResponse:
     if isinstance(got, web.Response):
         return got
     _raw, body = got
+    started = time.monotonic()
     try:
-        voice, fmt_name = _tts_request(body)
-        tts_cfg = relay.config.tts
-        if fmt_name == "opus":  # the frames, and so the cached sentences, a device is sent
-            fmt = relay.downlink(AudioFormat())
-        else:
-            pcm_fmt = AudioFormat("pcm", tts_cfg.downlink_sample_rate)
-            fmt = downlink_for(pcm_fmt, tts_cfg.downlink_sample_rate, tts_cfg.frame_duration_ms)
-        speaker = request.app[DEVICE_ROOM].deps.speaker
-        provider = speaker.provider_for(voice).name
+        voice, fmt = _tts_request(body, relay.config.tts, relay.downlink(AudioFormat()))
+        provider = request.app[DEVICE_ROOM].deps.speaker.provider_for(voice).name
         frames = await _speak(request, body["text"], voice, fmt, provider)
     except Refusal as exc:
+        _told("tts", exc.code, None, None, started)
         return refused(exc)
+    _told("tts", "ok", provider, len(body["text"]), started)
     headers = {"X-Relay-TTS-Provider": provider}
     if fmt.format == "opus":
         data = ogg_opus(frames, fmt.frame_s, fmt.sample_rate)
@@ -250,8 +259,10 @@ async def tts(request: web.Request) -> web.StreamResponse:
     )
 
 
-def _tts_request(body: Any) -> tuple[Voice, str]:
-    """The voice and format a `POST /api/v1/tts` body asks for; 400 when it is bad."""
+def _tts_request(body: Any, cfg: TTSConfig, opus: AudioFormat) -> tuple[Voice, AudioFormat]:
+    """The voice and audio format a `POST /api/v1/tts` body asks for; 400 when it is bad.
+    Opus is the downlink a device is sent (its frames, and so its cached sentences); WAV is
+    PCM at the downlink's rate."""
     if not isinstance(body, dict):
         raise Refusal(ApiError.BAD_REQUEST, "body must be a JSON object", _TTS_EXAMPLE)
     text = body.get("text")
@@ -270,7 +281,12 @@ def _tts_request(body: Any) -> tuple[Voice, str]:
         value = body.get(name, 1.0)
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0.1 <= value <= 10:
             raise Refusal(ApiError.BAD_REQUEST, f"{name} must be a number from 0.1 to 10")
-    return voice_of(speak_with_voice(text, body)), fmt
+    if fmt == "opus":
+        audio = opus
+    else:
+        rate = cfg.downlink_sample_rate
+        audio = downlink_for(AudioFormat("pcm", rate), rate, cfg.frame_duration_ms)
+    return voice_of(speak_with_voice(text, body)), audio
 
 
 async def _speak(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from typing import Any
 
 import av
@@ -53,7 +54,10 @@ def ogg_to_pcm(data: bytes) -> tuple[bytes, int]:
     return samples.tobytes(), rate
 
 
-async def test_tts_then_stt_round_trip_in_every_format(make_relay: RelayFactory) -> None:
+async def test_tts_then_stt_round_trip_in_every_format(
+    make_relay: RelayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="relay.http.speech")
     client = await make_relay(asr=GRAMMAR)
     said = "turn on the light"
 
@@ -86,6 +90,16 @@ async def test_tts_then_stt_round_trip_in_every_format(make_relay: RelayFactory)
     frames = b"".join(encode_frame(3, p) for p in opus_packets(at16k))
     heard = await client.post("/api/v1/stt", data=frames, headers={"Content-Type": OPUS_FRAMES})
     assert (await heard.json())["text"] == said
+
+    # One story line per request (README "Logs"), the text itself left out.
+    lines = [r.getMessage().rsplit(" duration_ms=", 1)[0] for r in caplog.records]
+    assert lines == [
+        "speech op=tts result=ok provider=espeak chars=17",
+        "speech op=stt result=ok provider=pocketsphinx chars=17",
+        "speech op=tts result=ok provider=espeak chars=17",
+        "speech op=stt result=ok provider=pocketsphinx chars=17",
+        "speech op=stt result=ok provider=pocketsphinx chars=17",
+    ]
 
 
 async def test_both_routes_need_the_api_token(make_relay: RelayFactory) -> None:
@@ -124,6 +138,7 @@ async def test_both_routes_need_the_api_token(make_relay: RelayFactory) -> None:
 )
 async def test_unusable_recordings_are_refused_before_any_recogniser(
     make_relay: RelayFactory,
+    caplog: pytest.LogCaptureFixture,
     content_type: str,
     body: bytes,
     status: int,
@@ -131,9 +146,12 @@ async def test_unusable_recordings_are_refused_before_any_recogniser(
     says: str,
 ) -> None:
     # The default recogniser (Whisper) would be slow to load: none of these reaches it.
+    caplog.set_level(logging.INFO, logger="relay.http.speech")
     client = await make_relay(vad={"max_utterance_s": 1.5})
     resp = await client.post("/api/v1/stt", data=body, headers={"Content-Type": content_type})
     assert says in await error_of(resp, status, error_type)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith(f"speech op=stt result={error_type} provider=embedded chars=- ")
 
 
 async def test_stt_is_503_when_no_decoder_frees_up_in_time(make_relay: RelayFactory) -> None:
