@@ -227,6 +227,21 @@ async def test_unusable_tts_requests_are_refused(
     assert says in await error_of(await client.post("/api/v1/tts", json=body), status, error_type)
 
 
+async def test_tts_falls_back_to_the_default_voice_and_shares_the_frame_cache(
+    make_relay: RelayFactory,
+) -> None:
+    client = await make_relay()
+    bodies = []
+    for _ in range(2):
+        resp = await client.post("/api/v1/tts", json={"text": "Hi.", "tts_provider": "nobody"})
+        assert resp.headers["X-Relay-TTS-Provider"] == "espeak"  # the default spoke
+        bodies.append(await resp.read())
+    assert bodies[0] == bodies[1]
+    assert await metric_value(client, "relay_tts_fallbacks_total") == 2.0
+    # The second answer came from the cache: one synthesis for both.
+    assert await metric_value(client, 'relay_tts_seconds_count{provider="espeak"}') == 1.0
+
+
 @pytest.mark.parametrize("fmt", ["wav", "opus"])
 async def test_text_with_nothing_to_say_is_one_silent_frame(
     make_relay: RelayFactory, fmt: str
