@@ -21,14 +21,14 @@ def decoded_samples(data: bytes) -> int:
 
 
 def test_a_long_answer_spans_pages_and_plays_whole() -> None:
-    # Noise at a high rate gives packets over 255 bytes (two lacing values each), and 20 s of
+    # Noise at a high rate gives packets over 255 bytes (two lacing values each), and 8 s of
     # 60 ms packets are more than one page's 255 segments.
     rng = np.random.default_rng(7)
-    noise = rng.integers(-20000, 20000, 48000 * 20, dtype=np.int16).astype("<i2").tobytes()
+    noise = rng.integers(-20000, 20000, 48000 * 8, dtype=np.int16).astype("<i2").tobytes()
     packets = FrameEncoder(AudioFormat("opus", 48000, 1, 60)).encode(Pcm(noise, 48000))
     assert max(len(p) for p in packets) > 255
     data = ogg_opus(packets, 0.06, 48000)
-    assert data.count(b"OggS") > 4  # two header pages and several audio pages
+    assert data.count(b"OggS") >= 4  # two header pages, and the audio on two or more
     assert decoded_samples(data) == len(packets) * 2880 - PRE_SKIP
 
 
