@@ -17,7 +17,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from asr_tts.ogg import ogg_opus
 from asr_tts.pcm import Pcm
 from asr_tts.tts.base import TTSError, Voice
 from asr_tts.uplink import AudioError, UplinkDecoder
+from metrics.registry import Metrics
 from protocol.audio_format import AudioFormat, downlink_for
 from protocol.binary import split_v3
 from protocol.business import speak_with_voice
@@ -151,7 +152,11 @@ def _decoder(request: web.Request) -> Callable[[bytes, float], Pcm]:
 
 
 def _number(
-    request: web.Request, params: Any, name: str, default: int, bounds: tuple[int, int]
+    request: web.Request,
+    params: Mapping[str, str],
+    name: str,
+    default: int,
+    bounds: tuple[int, int],
 ) -> int:
     """A media type parameter, else the query parameter of that name, else `default`."""
     raw = params.get(name) or request.query.get(name)
@@ -201,7 +206,7 @@ def _from_opus_frames(body: bytes, max_s: float) -> Pcm:
     return Pcm(bytes(pcm), SAMPLE_RATE)
 
 
-async def _recognise(asr: ASRProvider, language: str | None, pcm: bytes, metrics: Any) -> str:
+async def _recognise(asr: ASRProvider, language: str | None, pcm: bytes, metrics: Metrics) -> str:
     """The recording's text from `asr`, as a device's utterance is recognised."""
     try:
         stream = await asr.open(language=language)
@@ -220,7 +225,7 @@ async def _recognise(asr: ASRProvider, language: str | None, pcm: bytes, metrics
     return text
 
 
-def _asr_refusal(asr: ASRProvider, exc: ASRError, *, opening: bool, metrics: Any) -> Refusal:
+def _asr_refusal(asr: ASRProvider, exc: ASRError, *, opening: bool, metrics: Metrics) -> Refusal:
     metrics.provider_errors.labels("asr", asr.name).inc()
     log.warning("stt api: asr %s failed: %s", asr.name, printable(exc))
     if isinstance(exc.__cause__, TimeoutError):
