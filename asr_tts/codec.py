@@ -28,10 +28,11 @@ def resample(pcm: Pcm, rate: int) -> Pcm:
 
 
 def pcm_from_wav(data: bytes) -> Pcm:
-    """Parse a mono 16-bit PCM WAV file; raise ValueError when it is anything else."""
+    """Parse a 16-bit PCM WAV file, several channels mixed down to one (a partner's recording,
+    `POST /api/v1/stt`); raise ValueError when it is anything else."""
     if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
         raise ValueError("not a RIFF/WAVE file")
-    offset, rate = 12, 0
+    offset, rate, channels = 12, 0, 1
     while offset + _CHUNK.size <= len(data):
         chunk_id, size = _CHUNK.unpack_from(data, offset)
         body = offset + _CHUNK.size
@@ -40,7 +41,7 @@ def pcm_from_wav(data: bytes) -> Pcm:
                 raise ValueError("truncated fmt chunk")
             tag, channels, rate, _byte_rate, _align, bits = _FMT.unpack_from(data, body)
             # 0xFFFE is WAVE_FORMAT_EXTENSIBLE; its sub-format is PCM in every file we accept.
-            if tag not in (1, 0xFFFE) or channels != 1 or bits != 16 or rate <= 0:
+            if tag not in (1, 0xFFFE) or not 1 <= channels <= 8 or bits != 16 or rate <= 0:
                 raise ValueError(f"unsupported WAV format {tag}/{channels}ch/{bits}bit/{rate}Hz")
         elif chunk_id == b"data":
             if not rate:
@@ -48,10 +49,18 @@ def pcm_from_wav(data: bytes) -> Pcm:
             # A WAV streamed to a pipe (espeak-ng --stdout) carries a placeholder size
             # (0x7ffff000): the samples run to the end of the input.
             end = min(body + size, len(data))
-            end -= (end - body) % 2
-            return Pcm(bytes(data[body:end]), rate)
+            end -= (end - body) % (2 * channels)
+            return _mixed(bytes(data[body:end]), channels, rate)
         offset = body + size + (size & 1)  # chunks are padded to an even length
     raise ValueError("WAV without a data chunk")
+
+
+def _mixed(samples: bytes, channels: int, rate: int) -> Pcm:
+    """Interleaved s16le `samples` of `channels` channels as mono: their mean."""
+    if channels == 1:
+        return Pcm(samples, rate)
+    x = np.frombuffer(samples, dtype="<i2").reshape(-1, channels).astype(np.int32)
+    return Pcm((x.sum(axis=1) // channels).astype("<i2").tobytes(), rate)
 
 
 class FrameEncoder:

@@ -64,3 +64,22 @@ def encode_frame(
     if ftype is not FrameType.AUDIO:
         raise ValueError("protocol version 1 frames carry audio only")
     return payload
+
+
+def split_v3(data: bytes) -> list[bytes]:
+    """The audio payloads of protocol v3 frames written back to back (the Opus framing of
+    `POST /api/v1/stt`, docs/integration.md §4): each frame's header gives its length."""
+    payloads: list[bytes] = []
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < _V3.size:
+            raise ProtocolError(DeviceError.BAD_FRAME, f"v3 header cut short at byte {offset}")
+        ftype, _reserved, size = _V3.unpack_from(data, offset)
+        end = offset + _V3.size + size
+        if end > len(data):
+            raise ProtocolError(DeviceError.BAD_FRAME, f"v3 payload cut short at byte {offset}")
+        if ftype != FrameType.AUDIO:
+            raise ProtocolError(DeviceError.BAD_FRAME, f"frame at byte {offset} is not audio")
+        payloads.append(bytes(data[offset + _V3.size : end]))
+        offset = end
+    return payloads

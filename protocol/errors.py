@@ -136,6 +136,12 @@ class ApiError(StrEnum):
     OVER_CAPACITY = "over_capacity"
     REQUEST_TIMEOUT = "request_timeout"
     BAD_BODY = "bad_body"
+    # Speech over HTTP: POST /api/v1/stt and /api/v1/tts (docs/integration.md §4).
+    UNSUPPORTED_MEDIA = "unsupported_media_type"
+    BAD_AUDIO = "bad_audio"
+    ASR_BUSY = "asr_busy"
+    PROVIDER_TIMEOUT = "provider_timeout"
+    PROVIDER_FAILED = "provider_failed"
 
 
 # Status and default hint of each `errorType`; a call site may give a more precise hint.
@@ -192,6 +198,14 @@ HTTP: dict[ApiError, tuple[int, str]] = {
     ApiError.OVER_CAPACITY: (503, "retry shortly, or connect to another relay"),
     ApiError.REQUEST_TIMEOUT: (408, "send the whole request at once"),
     ApiError.BAD_BODY: (400, ""),
+    ApiError.UNSUPPORTED_MEDIA: (
+        415,
+        "send audio/wav, audio/L16;rate=<Hz> or application/x-opus-frames",
+    ),
+    ApiError.BAD_AUDIO: (422, "send 16-bit PCM WAV, raw 16-bit PCM or Opus packets with sound"),
+    ApiError.ASR_BUSY: (503, "every speech decoder is busy (see [asr] pool_size); retry shortly"),
+    ApiError.PROVIDER_TIMEOUT: (504, "the speech provider did not answer within its timeout_s"),
+    ApiError.PROVIDER_FAILED: (502, "the speech provider failed; the relay's log says why"),
 }
 
 

@@ -31,7 +31,7 @@ from relay.device.connection import DEVICE_ROOM, DeviceRoom
 from relay.device.endpoint import idle_sweeper, websocket_handler
 from relay.device.turn import TurnDeps
 from relay.edge import EDGE_KEY, Edge, edge_middleware
-from relay.http import api, devices, ota, tools
+from relay.http import api, devices, ota, speech, tools
 from relay.http.console import add_routes as add_console_routes
 from relay.providers import build_speaker, build_voice
 from relay.resources import RELAY_KEY, Relay
@@ -57,6 +57,9 @@ def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicati
     app.router.add_get("/api/v1/devices/{device_id}", devices.get_device)
     app.router.add_get("/api/v1/devices/{device_id}/tools", tools.list_tools)
     app.router.add_post("/api/v1/devices/{device_id}/tools/{name}", tools.call_tool)
+    # Speech over HTTP for partners: the relay's own recogniser and voice (docs/integration.md §4).
+    app.router.add_post("/api/v1/stt", speech.stt)
+    app.router.add_post("/api/v1/tts", speech.tts)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)

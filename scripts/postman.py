@@ -93,14 +93,17 @@ def url_of(spec: Json, path: str, params: list[Json]) -> Json:
     return url
 
 
-def body_of(spec: Json, operation: Json) -> Json | None:
-    """A raw JSON body from the request body's example, if the operation takes one."""
+def body_of(spec: Json, operation: Json) -> tuple[str, Json] | None:
+    """The body's media type and Postman body: raw JSON from the request body's example, or
+    a file to pick for a binary body (a recording); None when the operation takes none."""
     content = deref(spec, operation.get("requestBody", {})).get("content", {})
     if "application/json" not in content:
-        return None
+        if not content:
+            return None
+        return next(iter(content)), {"mode": "file", "file": {"src": ""}}
     example = example_of(spec, content["application/json"])
     raw = json.dumps(example, ensure_ascii=False, indent=2) if example is not None else "{}"
-    return {"mode": "raw", "raw": raw, "options": {"raw": {"language": "json"}}}
+    return "application/json", {"mode": "raw", "raw": raw, "options": {"raw": {"language": "json"}}}
 
 
 def request_of(spec: Json, path: str, method: str, operation: Json, shared: list[Json]) -> Json:
@@ -120,8 +123,8 @@ def request_of(spec: Json, path: str, method: str, operation: Json, shared: list
     }
     body = body_of(spec, operation)
     if body is not None:
-        request["header"].append({"key": "Content-Type", "value": "application/json"})
-        request["body"] = body
+        request["header"].append({"key": "Content-Type", "value": body[0]})
+        request["body"] = body[1]
     if operation.get("security") == []:
         request["auth"] = {"type": "noauth"}
     name = operation.get("summary") or f"{method.upper()} {path}"

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from asr_tts.asr.base import wav_from_pcm
 from tests.test_openapi import AUTH, ROOT, SPEC, TOKEN, LiveRelay, check_answer, response_spec
 
 COLLECTION_PATH = ROOT / "docs" / "postman_collection.json"
@@ -79,10 +80,12 @@ async def send(http: aiohttp.ClientSession, live: LiveRelay, request: dict[str, 
     headers = {h["key"]: h["value"] for h in request["header"] if not h.get("disabled")}
     if request.get("auth") != {"type": "noauth"}:
         headers.update(AUTH)
-    body = request.get("body", {}).get("raw")
-    async with http.request(
-        request["method"], raw, headers=headers, data=body.encode() if body else None
-    ) as resp:
+    body = request.get("body", {})
+    # A file body is the user's pick: here a second of silence as a WAV (heard as "").
+    payload = body["raw"].encode() if "raw" in body else None
+    if body.get("mode") == "file":
+        payload = wav_from_pcm(bytes(32000))
+    async with http.request(request["method"], raw, headers=headers, data=payload) as resp:
         data = await resp.read()
         path, method = spec_path(request), request["method"]
         # The tools requests meet a device that declared no MCP: 409 `mcp_unsupported`, which

@@ -174,17 +174,25 @@ def test_wav_skips_unknown_chunks_with_their_padding() -> None:
     assert pcm_from_wav(plain[:36] + extra + plain[36:]) == source
 
 
+def test_stereo_wav_is_mixed_down_to_mono() -> None:
+    # Left and right frame by frame: (1000, 3000), (-2000, -4000), and a frame cut short.
+    frames = struct.pack("<4h", 1000, 3000, -2000, -4000) + b"\x01\x00"
+    assert pcm_from_wav(wav_bytes(Pcm(frames, 8000), channels=2)) == Pcm(
+        struct.pack("<2h", 2000, -3000), 8000
+    )
+
+
 @pytest.mark.parametrize(
     "data",
     [
         b"",
         b"RIFX\x00\x00\x00\x00WAVE",
-        wav_bytes(Pcm(bytes(400), 16000), channels=2),
+        wav_bytes(Pcm(bytes(900), 16000), channels=9),
         wav_bytes(Pcm(bytes(400), 16000))[:36],
         b"RIFF\x00\x00\x00\x00WAVEdata\x04\x00\x00\x00\x00\x00\x00\x00",
         b"RIFF\x00\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00",
     ],
-    ids=["empty", "not-riff", "stereo", "no-data", "data-first", "short-fmt"],
+    ids=["empty", "not-riff", "nine-channels", "no-data", "data-first", "short-fmt"],
 )
 def test_unusable_wav_is_refused(data: bytes) -> None:
     with pytest.raises(ValueError, match="WAV|RIFF|chunk"):

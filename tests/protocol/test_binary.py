@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol.binary import V3_MAX_PAYLOAD, BinaryFrame, FrameType, decode_frame, encode_frame
+from protocol.binary import (
+    V3_MAX_PAYLOAD,
+    BinaryFrame,
+    FrameType,
+    decode_frame,
+    encode_frame,
+    split_v3,
+)
 from protocol.errors import DeviceError, ProtocolError
 
 OPUS = bytes(range(7))  # stands in for one Opus packet
@@ -178,3 +185,23 @@ def test_round_trip(version: int, payload: bytes, ftype: FrameType, timestamp: i
     assert len(frame) == {2: 16, 3: 4}[version] + len(payload)
     expected_ts = timestamp if version == 2 else 0
     assert decode_frame(version, frame) == BinaryFrame(ftype, payload, expected_ts)
+
+
+def test_split_v3_gives_each_audio_payload_in_order() -> None:
+    stream = encode_frame(3, b"one") + encode_frame(3, b"") + encode_frame(3, b"three")
+    assert split_v3(stream) == [b"one", b"", b"three"]
+    assert split_v3(b"") == []
+
+
+@pytest.mark.parametrize(
+    ("stream", "where"),
+    [
+        (encode_frame(3, b"ab") + b"\x00\x00", "header cut short at byte 6"),
+        (encode_frame(3, b"abc")[:-1], "payload cut short at byte 0"),
+        (encode_frame(3, b"a") + encode_frame(3, b"{}", FrameType.JSON), "byte 5 is not audio"),
+    ],
+)
+def test_split_v3_names_where_the_stream_breaks(stream: bytes, where: str) -> None:
+    with pytest.raises(ProtocolError, match=where) as err:
+        split_v3(stream)
+    assert err.value.code is DeviceError.BAD_FRAME
