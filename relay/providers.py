@@ -9,6 +9,7 @@ from concurrent.futures import Executor
 import aiohttp
 
 from asr_tts.asr.base import ASRError, ASRProvider
+from asr_tts.asr.dashscope import DashScopeASR
 from asr_tts.asr.openai import OpenAIASR
 from asr_tts.asr.pocketsphinx import PocketsphinxASR
 from asr_tts.asr.volcengine import VolcengineASR
@@ -16,6 +17,7 @@ from asr_tts.asr.whisper import WhisperASR, check_model
 from asr_tts.segmenter import SegmenterConfig
 from asr_tts.tts.base import TTSProvider
 from asr_tts.tts.cache import FrameCache
+from asr_tts.tts.dashscope import DashScopeTTS
 from asr_tts.tts.espeak import EmbeddedTTS
 from asr_tts.tts.kokoro import KokoroTTS
 from asr_tts.tts.kokoro_files import ModelFileError
@@ -59,6 +61,16 @@ def build_speaker(
             cluster=tts.huoshan.cluster,
             default_voice=tts.huoshan.voice,
             timeout_s=tts.huoshan.timeout_s,
+        )
+    if tts.dashscope.api_key:
+        providers["dashscope"] = DashScopeTTS(
+            api_key=tts.dashscope.api_key,
+            session=session,
+            url=tts.dashscope.url,
+            model=tts.dashscope.model,
+            default_voice=tts.dashscope.voice,
+            volume=tts.dashscope.volume,
+            timeout_s=tts.dashscope.timeout_s,
         )
     names = set(providers)
 
@@ -117,6 +129,11 @@ def build_asr(config: Config, session: aiohttp.ClientSession) -> ASRProvider:
             session=session,
             url=v.url,
             timeout_s=v.timeout_s,
+        )
+    if asr.provider == "dashscope":
+        d = asr.dashscope
+        return DashScopeASR(
+            api_key=d.api_key, session=session, url=d.url, model=d.model, timeout_s=d.timeout_s
         )
     return _embedded(asr)
 

@@ -91,6 +91,10 @@ def _check_speech_out(cfg: Config) -> None:
         raise ConfigError('tts.openai.base_url: required when tts.provider = "openai"')
     if cfg.tts.provider == "huoshan" and not (cfg.tts.huoshan.appid and cfg.tts.huoshan.token):
         raise ConfigError('tts.huoshan.appid: appid and token required for provider "huoshan"')
+    if cfg.tts.provider == "dashscope" and not cfg.tts.dashscope.api_key:
+        raise ConfigError('tts.dashscope.api_key: required when tts.provider = "dashscope"')
+    if not 0 <= cfg.tts.dashscope.volume <= 100:
+        raise ConfigError("tts.dashscope.volume: must be between 0 and 100")
 
 
 EMBEDDED_LANGUAGES = ("", "auto", "zh", "en")
@@ -108,6 +112,8 @@ def _check_speech_in(cfg: Config) -> None:
         cfg.asr.volcengine.appid and cfg.asr.volcengine.token
     ):
         raise ConfigError('asr.volcengine.appid: appid and token required for "volcengine"')
+    if cfg.asr.provider == "dashscope" and not cfg.asr.dashscope.api_key:
+        raise ConfigError('asr.dashscope.api_key: required when asr.provider = "dashscope"')
     if not 0 < cfg.vad.threshold <= 1:
         raise ConfigError("vad.threshold: must be in (0, 1]")
     if cfg.vad.max_utterance_s <= cfg.vad.min_speech_s:

@@ -117,6 +117,19 @@ class HuoshanTTSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DashScopeTTSConfig:
+    """`[tts.dashscope]`: Aliyun DashScope CosyVoice over WebSocket; empty api_key = not
+    configured."""
+
+    url: str = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
+    api_key: Token = field(default="", repr=False)
+    model: str = "cosyvoice-v1"
+    voice: str = "longxiaochun"
+    volume: int = 50  # 0-100
+    timeout_s: float = 10.0  # connection, task start, and each wait for more audio
+
+
+@dataclass(frozen=True, slots=True)
 class KokoroVoiceConfig:
     """`[tts] voice.zh` / `voice.en`: the Kokoro style per language: a name, a blend
     ("jf_nezumi:0.6+jm_kumo:0.4") or "mean"; empty = the built-in default."""
@@ -130,7 +143,7 @@ class TTSConfig:
     """`[tts]`: the default provider and the downlink audio the relay declares (§1.2)."""
 
     # "embedded" is Kokoro; "espeak" the light espeak-ng voice (what "embedded" was before).
-    provider: Literal["embedded", "espeak", "openai", "huoshan"] = "embedded"
+    provider: Literal["embedded", "espeak", "openai", "huoshan", "dashscope"] = "embedded"
     max_concurrency: int = 4  # espeak-ng processes at once
     timeout_s: float = 20.0
     voice: KokoroVoiceConfig = field(default_factory=KokoroVoiceConfig)
@@ -145,6 +158,7 @@ class TTSConfig:
     stop_margin_ms: int = 30  # `tts stop` this long after the last frame has played (§1.6)
     openai: OpenAITTSConfig = field(default_factory=OpenAITTSConfig)
     huoshan: HuoshanTTSConfig = field(default_factory=HuoshanTTSConfig)
+    dashscope: DashScopeTTSConfig = field(default_factory=DashScopeTTSConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,11 +183,21 @@ class VolcengineASRConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DashScopeASRConfig:
+    """`[asr.dashscope]`: Aliyun DashScope Paraformer real-time recognition over WebSocket."""
+
+    url: str = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
+    api_key: Token = field(default="", repr=False)
+    model: str = "paraformer-realtime-v2"
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class ASRConfig:
     """`[asr]`: which provider recognises speech, and its settings."""
 
     # embedded: Whisper base (Mandarin, English); pocketsphinx: the light US English one
-    provider: Literal["embedded", "pocketsphinx", "openai", "volcengine"] = "embedded"
+    provider: Literal["embedded", "pocketsphinx", "openai", "volcengine", "dashscope"] = "embedded"
     language: str = ""  # embedded: "auto" (zh or en, the default), "zh", "en"; empty: default
     pool_size: int = 2  # embedded, pocketsphinx: decoder processes
     threads: int = 0  # embedded: cores per decode; 0 = all (up to 4)
@@ -183,6 +207,7 @@ class ASRConfig:
     timeout_s: float = 20.0
     openai: OpenAIASRConfig = field(default_factory=OpenAIASRConfig)
     volcengine: VolcengineASRConfig = field(default_factory=VolcengineASRConfig)
+    dashscope: DashScopeASRConfig = field(default_factory=DashScopeASRConfig)
 
     @property
     def uses_whisper(self) -> bool:

@@ -113,6 +113,9 @@ def test_values_are_frozen() -> None:
         ({"asr": {"language": "zh-CN"}}, "asr.language"),
         ({"asr": {"provider": "whisper"}}, "asr.provider"),
         ({"asr": {"fallback": "openai"}}, "asr.fallback"),
+        ({"asr": {"provider": "dashscope"}}, "asr.dashscope.api_key"),
+        ({"tts": {"provider": "dashscope"}}, "tts.dashscope.api_key"),
+        ({"tts": {"dashscope": {"volume": 101}}}, "tts.dashscope.volume"),
     ],
 )
 def test_bad_value_names_the_key(data: dict[str, Any], key: str) -> None:

@@ -56,6 +56,8 @@ TOKEN_VALUES: dict[str, Table] = {
     "tts.huoshan.token": lambda t: {"tts": {"huoshan": {"token": t}}},
     "asr.openai.api_key": lambda t: {"asr": {"openai": {"api_key": t}}},
     "asr.volcengine.token": lambda t: {"asr": {"volcengine": {"token": t}}},
+    "asr.dashscope.api_key": lambda t: {"asr": {"dashscope": {"api_key": t}}},
+    "tts.dashscope.api_key": lambda t: {"tts": {"dashscope": {"api_key": t}}},
 }
 SECRETS: dict[str, Table] = {
     "business[0].signing_secret": lambda s: {"business": [business(signing_secret=s)]},
@@ -134,8 +136,15 @@ def test_no_secret_is_in_a_repr() -> None:
             "api": {"tokens": [f"{SECRET_TEXT}-api"]},
             "auth": {"tokens": [f"{SECRET_TEXT}-dev"], "hmac_secret": f"{SECRET_TEXT}-hmac"},
             "business": [business(token=f"{SECRET_TEXT}-b", signing_secret=f"{SECRET_TEXT}-s")],
-            "tts": {"openai": {"api_key": f"{SECRET_TEXT}-1"}, "huoshan": {"token": "x"}},
-            "asr": {"openai": {"api_key": f"{SECRET_TEXT}-2"}},
+            "tts": {
+                "openai": {"api_key": f"{SECRET_TEXT}-1"},
+                "huoshan": {"token": "x"},
+                "dashscope": {"api_key": f"{SECRET_TEXT}-4"},
+            },
+            "asr": {
+                "openai": {"api_key": f"{SECRET_TEXT}-2"},
+                "dashscope": {"api_key": f"{SECRET_TEXT}-3"},
+            },
         }
     )
     shown = repr(cfg) + repr(cfg.business[0].target())
