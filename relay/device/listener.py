@@ -30,6 +30,23 @@ log = logging.getLogger(__name__)
 WINDOW_S = VadStream.WINDOW_S
 
 
+class _RefusedStream:
+    """Stands for the stream of an utterance whose provider refused to open one (the error
+    is counted then): takes the rest of its audio and ends it with no text."""
+
+    async def feed(self, pcm: bytes) -> None:
+        """Nothing to send it to."""
+
+    async def finish(self) -> str:
+        return ""
+
+    async def cancel(self) -> None:
+        """Nothing to release."""
+
+
+_REFUSED = _RefusedStream()
+
+
 @dataclass(frozen=True, slots=True)
 class VoiceDeps:
     """What every listener needs from the app."""
@@ -234,10 +251,10 @@ class Listener:
                     self._provider_error(exc)
             if self._opening is not opening:
                 return  # stop() ended this utterance while it opened: _recognise owns it
-            self._opening, self._stream = None, stream
-            if self._stream is None:
-                self._on_text("", time.monotonic())
-                return
+            # Refused: the rest of the utterance goes nowhere and it ends as `stt ""`; were it
+            # no longer captured, every next window would open again and a provider refusing
+            # for its rate limit would get a request per window.
+            self._opening, self._stream = None, stream or _REFUSED
         if self._stream is None:
             return
         self._utterance_s += WINDOW_S
@@ -269,7 +286,8 @@ class Listener:
             assert stream is not None
             start = time.monotonic()
             text = (await stream.finish()).strip()
-            m.asr_latency.labels(provider).observe(time.monotonic() - start)
+            if stream is not _REFUSED:
+                m.asr_latency.labels(provider).observe(time.monotonic() - start)
         except ASRError as exc:
             self._provider_error(exc)
         except asyncio.CancelledError:
