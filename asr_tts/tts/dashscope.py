@@ -90,12 +90,11 @@ class DashScopeTTS:
     async def synthesize(self, text: str, voice: Voice) -> Pcm:
         """Speak `text` whole; TTSError on a failed, malformed, late or silent answer."""
         chunks = [chunk.samples async for chunk in self.stream(text, voice)]
-        if not chunks:
-            raise TTSError(f"{self.name}: the task finished without audio")
         return Pcm(b"".join(chunks), SAMPLE_RATE)
 
     async def stream(self, text: str, voice: Voice) -> AsyncGenerator[Pcm, None]:
-        """Speak `text`, yielding its audio as it arrives; TTSError when anything fails.
+        """Speak `text`, yielding its audio as it arrives; TTSError when anything fails
+        (a task that finishes without audio included).
 
         Use under contextlib.aclosing when stopping early: closing ends the connection."""
         try:
@@ -142,6 +141,8 @@ class DashScopeTTS:
                 continue
             event = self._event(msg, task_id)
             if event.name == "task-finished":
+                if not total:
+                    raise DashScopeError("the task finished without audio")
                 return
             if event.name != "result-generated":
                 raise dashscope.failure(event)

@@ -86,6 +86,7 @@ class FakeDashScope:
     first_delay_s: float = 0.0  # before the first result (ASR) or the first audio (TTS)
     result_delay_s: float = 0.0  # ASR: from finish-task to the last sentence
     hold: asyncio.Event = field(default_factory=asyncio.Event)  # TTS: cleared, the rest waits
+    hold_after: int = 0  # TTS: bytes of audio sent before `hold` (and "drop") apply
     runs: list[dict[str, Any]] = field(default_factory=list)  # run-task events received
     texts: list[str] = field(default_factory=list)  # TTS: continue-task texts
     audio: bytearray = field(default_factory=bytearray)  # ASR: audio received
@@ -328,16 +329,19 @@ class FakeDashScope:
             event("result-generated", task_id, {"type": "sentence-begin", "sentence": sentence})
         )
         pcm = b"" if self.mode == "empty" else tone(len(text) * SECONDS_PER_CHAR, rate)
+        paused = False  # hold_after counts this task's audio
         for i in range(0, len(pcm), TTS_CHUNK):
             synth = {"type": "sentence-synthesis", "sentence": sentence}
             await ws.send_str(event("result-generated", task_id, synth))
             await ws.send_bytes(pcm[i : i + TTS_CHUNK])
             if i == 0:
                 self.stamps.append((ended, time.monotonic()))
-                await self.held(ws)
             self.sent_audio += pcm[i : i + TTS_CHUNK]
-            if self.mode == "drop":
-                raise Dropped
+            if not paused and i + TTS_CHUNK >= self.hold_after:
+                paused = True
+                await self.held(ws)
+                if self.mode == "drop":
+                    raise Dropped
         end = {"type": "sentence-end", "sentence": sentence, "original_text": text}
         await ws.send_str(
             event(

@@ -15,7 +15,7 @@ from asr_tts.codec import FrameEncoder, OpusDecoder
 from asr_tts.pcm import Pcm
 from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.dashscope import DashScopeTTS
-from asr_tts.tts.speaker import Speaker
+from asr_tts.tts.speaker import HEAD_FRAMES, Speaker
 from protocol.audio_format import AudioFormat
 from tests.asr_tts.fake_dashscope import PATH, SECONDS_PER_CHAR, THROTTLED, FakeDashScope, tone
 from tests.asr_tts.test_tts_openai import rms
@@ -168,3 +168,56 @@ async def test_the_business_picks_dashscope_by_name(make: Make, fake: FakeDashSc
         assert rms(b"".join(decoder.decode(f) for f in frames)) > 1000
     assert fake.texts == ["第一句。", "第二句！"]
     assert [run["payload"]["parameters"]["rate"] for run in fake.runs] == [1.2, 1.2]
+
+
+LONG = "这是一个没有逗号的相当长的句子用来测试流式合成的首帧"  # one segment, 1.3 s of audio
+HEAD_BYTES = 24000 * 2 * HEAD_FRAMES * 60 // 1000
+
+
+async def test_an_answer_starts_playing_before_its_first_sentence_is_synthesised(
+    make: Make, fake: FakeDashScope
+) -> None:
+    fake.hold.clear()  # the fake stops after the head's audio until told
+    fake.hold_after = HEAD_BYTES
+    synths: list[str] = []
+    spk = Speaker({"dashscope": make()}, "dashscope", on_synth=lambda n, _s: synths.append(n))
+    fmt = AudioFormat(sample_rate=24000)
+    async with contextlib.aclosing(spk.segments(LONG, Voice(), FrameEncoder(fmt))) as it:
+        sentence, head, whole = await asyncio.wait_for(anext(it), 2)
+        assert (sentence, len(head), whole) == (LONG, HEAD_FRAMES, False)
+        assert len(fake.sent_audio) < len(LONG) * SECONDS_PER_CHAR * 48000  # not done yet
+        assert synths == ["dashscope"]
+        fake.hold.set()
+        more, rest, whole = await anext(it)
+        assert (more, whole) == (None, True)
+    # One encoder state runs through head and rest: the frames of one encode of the audio.
+    assert head + rest == FrameEncoder(fmt).encode(Pcm(bytes(fake.sent_audio), 24000))
+    assert fake.problems == []
+
+
+async def test_a_sentence_cut_after_its_streamed_head_closes_the_connection(
+    make: Make, fake: FakeDashScope
+) -> None:
+    fake.hold.clear()
+    fake.hold_after = HEAD_BYTES
+    spk = Speaker({"dashscope": make()}, "dashscope")
+    encoder = FrameEncoder(AudioFormat(sample_rate=24000))
+    async with contextlib.aclosing(spk.segments(LONG, Voice(), encoder)) as it:
+        await anext(it)
+    await asyncio.wait_for(fake.closed.wait(), 2)
+    fake.hold.set()
+
+
+async def test_a_short_first_sentence_and_a_failure_after_the_head(
+    make: Make, fake: FakeDashScope
+) -> None:
+    spk = Speaker({"dashscope": make()}, "dashscope")
+    encoder = FrameEncoder(AudioFormat(sample_rate=16000))
+    out = [s async for s in spk.segments("好。", Voice(), encoder)]  # 0.1 s: under the head
+    assert [(s, whole) for s, _, whole in out] == [("好。", True)]
+    fake.mode, fake.hold_after = "drop", HEAD_BYTES
+    segments = spk.segments(LONG, Voice(), encoder)
+    sentence, _, whole = await anext(segments)
+    assert (sentence, whole) == (LONG, False)
+    with pytest.raises(TTSError, match="dashscope: (the connection closed|connection lost)"):
+        await anext(segments)
