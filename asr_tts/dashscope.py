@@ -24,6 +24,7 @@ the next task, which would save a handshake per utterance or sentence, not done 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,9 @@ import aiohttp
 import orjson
 
 DEFAULT_URL = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
+# How long closing waits for the server's close frame: nothing more is wanted from the
+# connection, and a server still streaming a sentence nobody will hear may not answer soon.
+CLOSE_WAIT_S = 0.1
 MESSAGE_LIMIT = 200  # characters of a server's error message kept in ours
 
 
@@ -130,3 +134,10 @@ async def connect(
     except aiohttp.ClientError as exc:
         # str(), not repr(): the repr of some aiohttp errors carries the request headers.
         raise DashScopeError(f"cannot connect: {type(exc).__name__}: {exc}") from exc
+
+
+async def close(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Close the WebSocket; after CLOSE_WAIT_S without the server's reply, drop it."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLOSE_WAIT_S):
+            await ws.close()

@@ -223,4 +223,4 @@ class _DashScopeStream:
                 future.cancel()
             elif not future.cancelled():
                 future.exception()  # retrieved: nobody else may ever look
-        await self._ws.close()
+        await dashscope.close(self._ws)

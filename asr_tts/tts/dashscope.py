@@ -111,7 +111,7 @@ class DashScopeTTS:
         except (ConnectionError, aiohttp.ClientError) as exc:
             raise TTSError(f"{self.name}: connection lost: {type(exc).__name__}") from exc
         finally:
-            await ws.close()
+            await dashscope.close(ws)
 
     async def _audio(
         self, ws: aiohttp.ClientWebSocketResponse, text: str, voice: Voice

@@ -86,6 +86,7 @@ class FakeDashScope:
     first_delay_s: float = 0.0  # before the first result (ASR) or the first audio (TTS)
     result_delay_s: float = 0.0  # ASR: from finish-task to the last sentence
     hold: asyncio.Event = field(default_factory=asyncio.Event)  # TTS: cleared, the rest waits
+    pace: float = 0.0  # TTS: seconds of synthesis per second of audio, between frames
     hold_after: int = 0  # TTS: bytes of audio sent before `hold` (and "drop") apply
     runs: list[dict[str, Any]] = field(default_factory=list)  # run-task events received
     texts: list[str] = field(default_factory=list)  # TTS: continue-task texts
@@ -121,11 +122,10 @@ class FakeDashScope:
             run = json.loads(await self.text_message(ws))
             task_id = str(run["header"]["task_id"])  # the failure names the task, as it can
             self.check_run(run)
-            await (
-                self.recognise(ws, task_id)
-                if run["payload"]["task"] == "asr"
-                else self.speak(ws, task_id)
-            )
+            if run["payload"]["task"] == "asr":
+                await self.recognise(ws, task_id)
+            else:
+                await self.speak(ws, task_id, run["payload"]["parameters"]["sample_rate"])
         except Dropped:
             if request.transport is not None:
                 request.transport.abort()
@@ -293,26 +293,26 @@ class FakeDashScope:
         kind, _ = await self.message(ws)
         raise WireError(f"a {kind.name} message after finish-task")
 
-    async def speak(self, ws: web.WebSocketResponse, task_id: str) -> None:
+    async def speak(self, ws: web.WebSocketResponse, task_id: str, rate: int) -> None:
         """task-started, continue-task texts until finish-task, then the audio, task-finished."""
-        params = self.runs[-1]["payload"]["parameters"]
         await self.refuse_early(ws, task_id)
         await ws.send_str(event("task-started", task_id))
+        texts: list[str] = []  # this task's
         while True:
             doc = json.loads(await self.text_message(ws))
             if doc["header"]["action"] == "finish-task":
                 self.check_event(json.dumps(doc), task_id, "finish-task")
                 break
-            text = self.check_event(json.dumps(doc), task_id, "continue-task")["payload"]["input"][
-                "text"
-            ]
+            payload = self.check_event(json.dumps(doc), task_id, "continue-task")["payload"]
+            text = payload["input"]["text"]
             if not isinstance(text, str) or not text:
                 raise WireError("continue-task without text")
+            texts.append(text)
             self.texts.append(text)
         self.got_finish = True
-        if not self.texts:
+        if not texts:
             raise WireError("finish-task before any text")
-        await self.synthesise(ws, task_id, "".join(self.texts), params["sample_rate"])
+        await self.synthesise(ws, task_id, "".join(texts), rate)
 
     async def synthesise(
         self, ws: web.WebSocketResponse, task_id: str, text: str, rate: int
@@ -337,6 +337,8 @@ class FakeDashScope:
             if i == 0:
                 self.stamps.append((ended, time.monotonic()))
             self.sent_audio += pcm[i : i + TTS_CHUNK]
+            if self.pace:  # synthesis takes time: the next audio is not there yet
+                await asyncio.sleep(self.pace * TTS_CHUNK / 2 / rate)
             if not paused and i + TTS_CHUNK >= self.hold_after:
                 paused = True
                 await self.held(ws)

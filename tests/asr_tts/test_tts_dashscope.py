@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -221,3 +222,13 @@ async def test_a_short_first_sentence_and_a_failure_after_the_head(
     assert (sentence, whole) == (LONG, False)
     with pytest.raises(TTSError, match="dashscope: (the connection closed|connection lost)"):
         await anext(segments)
+
+
+async def test_abandoning_a_stream_does_not_wait_for_a_busy_server(
+    make: Make, fake: FakeDashScope
+) -> None:
+    fake.pace = 20.0  # two seconds per frame, during which the fake reads nothing
+    async with contextlib.aclosing(make().stream(LONG, Voice())) as chunks:
+        await anext(chunks)
+        started = time.monotonic()
+    assert time.monotonic() - started < 1.0  # dashscope.CLOSE_WAIT_S, then dropped
