@@ -132,6 +132,8 @@ class FakeDashScope:
             return ws
         except Finished:
             pass
+        except ConnectionResetError:  # the client dropped the connection mid-stream
+            self.closed.set()
         except (WireError, KeyError, TypeError, ValueError) as exc:
             self.problems.append(repr(exc))
             if not ws.closed:
