@@ -189,7 +189,9 @@ class Speaker:
                 started = time.monotonic()
                 pcm = await provider.synthesize(sentence, voice)
                 self._synthesised(provider, started)
-                await self._encode_head(encoder, pcm, head, part)
+                part.frames, rest = await self._encode(_encode_head, encoder, pcm, head)
+                if rest is not None:
+                    part.rest = functools.partial(self._encode, encoder.encode_frames, rest)
         except BaseException as exc:
             self._settle(part, exc)
             raise
@@ -200,12 +202,6 @@ class Speaker:
     def _synthesised(self, provider: TTSProvider, started: float) -> None:
         if self._on_synth is not None:
             self._on_synth(provider.name, time.monotonic() - started)
-
-    async def _encode_head(self, encoder: FrameEncoder, pcm: Pcm, head: int, part: _Part) -> None:
-        """`part` gets the frames of `pcm`, or (head > 0) its first `head` and the rest to come."""
-        part.frames, rest = await self._encode(_encode_head, encoder, pcm, head)
-        if rest is not None:
-            part.rest = functools.partial(self._encode, encoder.encode_frames, rest)
 
     async def _stream_head(
         self,
@@ -229,7 +225,9 @@ class Speaker:
         self._synthesised(provider, started)
         if pcm.complete:  # the whole sentence came before its head was due
             await chunks.aclose()
-            await self._encode_head(encoder, pcm.head, head, part)
+            part.frames, rest = await self._encode(_encode_head, encoder, pcm.head, head)
+            if rest is not None:
+                part.rest = functools.partial(self._encode, encoder.encode_frames, rest)
             return
         part.stop = chunks.aclose
         part.frames = await self._encode(encoder.encode, pcm.head)
