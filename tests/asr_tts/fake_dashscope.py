@@ -21,6 +21,7 @@ import math
 import re
 import struct
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -83,6 +84,7 @@ class FakeDashScope:
     sentences: int = 1  # ended sentences the recognition result is cut into
     last_ended: bool = True  # False: the last sentence never gets sentence_end
     mode: Mode = "ok"
+    start_delay_s: float = 0.0  # before task-started
     first_delay_s: float = 0.0  # before the first result (ASR) or the first audio (TTS)
     result_delay_s: float = 0.0  # ASR: from finish-task to the last sentence
     hold: asyncio.Event = field(default_factory=asyncio.Event)  # TTS: cleared, the rest waits
@@ -208,16 +210,19 @@ class FakeDashScope:
             raise WireError(f"expected {action}, got {header}")
         return doc
 
-    async def refuse_early(self, ws: web.WebSocketResponse, task_id: str) -> None:
-        """Answer a refused run-task (the rate limit) with task-failed and end."""
+    async def start(self, ws: web.WebSocketResponse, task_id: str) -> None:
+        """task-started after `start_delay_s`, nothing from the client meanwhile; or the
+        refusal of the rate limit (task-failed), which ends the session."""
         if self.mode == "throttle":
             await ws.send_str(failed(task_id, *THROTTLED))
             raise Finished
+        if self.start_delay_s:
+            await self.quiet(ws, asyncio.sleep(self.start_delay_s), "before task-started")
+        await ws.send_str(event("task-started", task_id))
 
     async def recognise(self, ws: web.WebSocketResponse, task_id: str) -> None:
         """task-started, audio until finish-task, sentences, task-finished."""
-        await self.refuse_early(ws, task_id)
-        await ws.send_str(event("task-started", task_id))
+        await self.start(ws, task_id)
         answered = 0
         while True:
             kind, data = await self.message(ws)
@@ -277,18 +282,23 @@ class FakeDashScope:
         await self.after_finish(ws)
 
     async def held(self, ws: web.WebSocketResponse) -> None:
-        """Wait until `hold` is set, or the client closes (Finished) or sends something."""
-        if self.hold.is_set():
-            return
-        held = asyncio.ensure_future(self.hold.wait())
+        """Wait until `hold` is set; the client may only close meanwhile."""
+        if not self.hold.is_set():
+            await self.quiet(ws, self.hold.wait(), "after finish-task")
+
+    async def quiet(self, ws: web.WebSocketResponse, until: Awaitable[object], when: str) -> None:
+        """Wait for `until`; the client closing ends the session (Finished), a message from it
+        is a WireError."""
+        waited = asyncio.ensure_future(until)
         sent = asyncio.ensure_future(self.message(ws))
-        await asyncio.wait({held, sent}, return_when=asyncio.FIRST_COMPLETED)
-        held.cancel()
+        await asyncio.wait({waited, sent}, return_when=asyncio.FIRST_COMPLETED)
+        waited.cancel()
         if not sent.done():
             sent.cancel()
+            await asyncio.wait({sent})  # its receive() is over before the next one starts
             return
         kind, _ = sent.result()
-        raise WireError(f"a {kind.name} message after finish-task")
+        raise WireError(f"a {kind.name} message {when}")
 
     async def after_finish(self, ws: web.WebSocketResponse) -> None:
         """Wait for the client to close; anything it sends is a problem."""
@@ -297,8 +307,7 @@ class FakeDashScope:
 
     async def speak(self, ws: web.WebSocketResponse, task_id: str, rate: int) -> None:
         """task-started, continue-task texts until finish-task, then the audio, task-finished."""
-        await self.refuse_early(ws, task_id)
-        await ws.send_str(event("task-started", task_id))
+        await self.start(ws, task_id)
         texts: list[str] = []  # this task's
         while True:
             doc = json.loads(await self.text_message(ws))

@@ -4,6 +4,7 @@ WebSocket, and the wire helpers both DashScope providers share."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -63,6 +64,15 @@ async def test_streams_audio_and_returns_the_final_text(make: Make, fake: FakeDa
         "sample_rate": 16000,
         "language_hints": ["zh"],
     }
+
+
+async def test_no_audio_goes_out_before_task_started(make: Make, fake: FakeDashScope) -> None:
+    fake.start_delay_s = 0.2  # audio sent meanwhile would be a problem the fake records
+    started = time.monotonic()
+    stream = await make().open()
+    assert time.monotonic() - started >= 0.2
+    assert await recognise(stream, speech(0.5)) == fake.text
+    assert fake.problems == []
 
 
 async def test_sentences_are_joined_and_tasks_are_fresh(make: Make, fake: FakeDashScope) -> None:
