@@ -10,6 +10,7 @@ import aiohttp
 
 from asr_tts.asr.aliyun import AliyunASR
 from asr_tts.asr.base import ASRError, ASRProvider
+from asr_tts.asr.dashscope import DashScopeASR
 from asr_tts.asr.openai import OpenAIASR
 from asr_tts.asr.pocketsphinx import PocketsphinxASR
 from asr_tts.asr.tencent import TencentASR
@@ -20,6 +21,7 @@ from asr_tts.segmenter import SegmenterConfig
 from asr_tts.tts.aliyun import AliyunTTS
 from asr_tts.tts.base import TTSProvider
 from asr_tts.tts.cache import FrameCache
+from asr_tts.tts.dashscope import DashScopeTTS
 from asr_tts.tts.espeak import EmbeddedTTS
 from asr_tts.tts.kokoro import KokoroTTS
 from asr_tts.tts.kokoro_files import ModelFileError
@@ -86,6 +88,16 @@ def build_speaker(
             default_voice=tts.tencent.voice,
             volume=tts.tencent.volume,
             timeout_s=tts.tencent.timeout_s,
+        )
+    if tts.dashscope.api_key:
+        providers["dashscope"] = DashScopeTTS(
+            api_key=tts.dashscope.api_key,
+            session=session,
+            url=tts.dashscope.url,
+            model=tts.dashscope.model,
+            default_voice=tts.dashscope.voice,
+            volume=tts.dashscope.volume,
+            timeout_s=tts.dashscope.timeout_s,
         )
     names = set(providers)
 
@@ -164,6 +176,11 @@ def build_asr(config: Config, session: aiohttp.ClientSession) -> ASRProvider:
             engine_model_type=t.engine_model_type,
             url=t.url,
             timeout_s=t.timeout_s,
+        )
+    if asr.provider == "dashscope":
+        d = asr.dashscope
+        return DashScopeASR(
+            api_key=d.api_key, session=session, url=d.url, model=d.model, timeout_s=d.timeout_s
         )
     return _embedded(asr)
 

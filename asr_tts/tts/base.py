@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from asr_tts.pcm import Pcm
 
@@ -29,4 +30,14 @@ class TTSProvider(Protocol):
 
     async def synthesize(self, text: str, voice: Voice) -> Pcm:
         """Speak `text` with `voice`; raise TTSError when the provider fails."""
+        ...
+
+
+@runtime_checkable
+class StreamingTTSProvider(TTSProvider, Protocol):
+    """A provider that can also hand out a sentence's audio as the service produces it."""
+
+    def stream(self, text: str, voice: Voice) -> AsyncGenerator[Pcm, None]:
+        """Speak `text`, yielding its audio in order, all at one sample rate; raise TTSError
+        when the provider fails. Closing the generator releases the provider's resources."""
         ...

@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import time
-from collections.abc import AsyncGenerator, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
 from aioutil import cancel_and_wait
 from asr_tts.codec import FrameEncoder
 from asr_tts.pcm import Pcm
-from asr_tts.tts.base import TTSProvider, Voice
+from asr_tts.tts.base import StreamingTTSProvider, TTSProvider, Voice
 from asr_tts.tts.cache import CacheKey, FrameCache, cache_key
 from asr_tts.tts.sentences import clean_for_speech, split_sentences
 
@@ -32,10 +33,12 @@ Segment = tuple[str | None, list[bytes], bool]
 
 @dataclass(slots=True)
 class _Part:
-    """One sentence's frames; `rest` holds raw frames still to encode (the first segment)."""
+    """One sentence's frames; `rest` makes the frames still to come (the first segment's,
+    encoded or synthesised after its head), `stop` abandons them."""
 
     frames: list[bytes]
-    rest: list[bytes] | None = None
+    rest: Callable[[], Awaitable[list[bytes]]] | None = None
+    stop: Callable[[], Awaitable[None]] | None = None
     key: CacheKey | None = None
     shared: asyncio.Future[list[bytes]] | None = None  # others waiting for these frames
 
@@ -129,9 +132,9 @@ class Speaker:
                 part = await pending
                 pending = None
                 last: Segment = (sentence, part.frames, True)
-                if part.rest is not None:  # the head goes out while the rest encodes
+                if part.rest is not None:  # the head goes out while the rest is made
                     yield sentence, part.frames, False
-                    rest = await self._encode(encoder.encode_frames, part.rest)
+                    rest = await part.rest()
                     part.frames = part.frames + rest
                     self._settle(part, None)
                     last = (None, rest, True)
@@ -144,6 +147,8 @@ class Speaker:
         finally:
             if part is not None:  # stopped between a first segment's head and its rest
                 self._settle(part, asyncio.CancelledError())
+                if part.stop is not None:
+                    await part.stop()
             if pending is not None:
                 await cancel_and_wait(pending)
                 if not pending.cancelled():
@@ -178,17 +183,63 @@ class Speaker:
         if cache is not None:
             part.shared = self._inflight[key] = asyncio.get_running_loop().create_future()
         try:
-            started = time.monotonic()
-            pcm = await provider.synthesize(sentence, voice)
-            if self._on_synth is not None:
-                self._on_synth(provider.name, time.monotonic() - started)
-            part.frames, part.rest = await self._encode(_encode_head, encoder, pcm, head)
+            if head and isinstance(provider, StreamingTTSProvider):
+                await self._stream_head(provider, sentence, voice, encoder, head, part)
+            else:
+                started = time.monotonic()
+                pcm = await provider.synthesize(sentence, voice)
+                self._synthesised(provider, started)
+                part.frames, rest = await self._encode(_encode_head, encoder, pcm, head)
+                if rest is not None:
+                    part.rest = functools.partial(self._encode, encoder.encode_frames, rest)
         except BaseException as exc:
             self._settle(part, exc)
             raise
         if part.rest is None:
             self._settle(part, None)
         return part
+
+    def _synthesised(self, provider: TTSProvider, started: float) -> None:
+        if self._on_synth is not None:
+            self._on_synth(provider.name, time.monotonic() - started)
+
+    async def _stream_head(
+        self,
+        provider: StreamingTTSProvider,
+        sentence: str,
+        voice: Voice,
+        encoder: FrameEncoder,
+        head: int,
+        part: _Part,
+    ) -> None:
+        """The first `head` frames of a sentence as soon as the provider has streamed their
+        audio; the rest of its audio is read and encoded by `part.rest`. `on_synth` reports
+        the time to the head's audio, the part of synthesis the device waits for."""
+        started = time.monotonic()
+        chunks = provider.stream(sentence, voice)
+        try:
+            pcm = await _read_at_least(chunks, head * encoder.fmt.frame_duration_ms / 1000)
+        except BaseException:
+            await chunks.aclose()
+            raise
+        self._synthesised(provider, started)
+        if pcm.complete:  # the whole sentence came before its head was due
+            await chunks.aclose()
+            part.frames, rest = await self._encode(_encode_head, encoder, pcm.head, head)
+            if rest is not None:
+                part.rest = functools.partial(self._encode, encoder.encode_frames, rest)
+            return
+        part.stop = chunks.aclose
+        part.frames = await self._encode(encoder.encode, pcm.head)
+        part.rest = functools.partial(self._stream_rest, chunks, pcm.rest, encoder)
+
+    async def _stream_rest(
+        self, chunks: AsyncGenerator[Pcm, None], first: Pcm, encoder: FrameEncoder
+    ) -> list[bytes]:
+        """The frames of the audio after a streamed head: `first`, then what the stream brings."""
+        async with contextlib.aclosing(chunks):
+            rest = [first.samples] + [chunk.samples async for chunk in chunks]
+        return await self._encode(encoder.encode, Pcm(b"".join(rest), first.sample_rate))
 
     def _settle(self, part: _Part, exc: BaseException | None) -> None:
         """Cache a finished sentence and hand it to the answers waiting for it, or fail them."""
@@ -222,6 +273,34 @@ class Speaker:
         if self._on_encode is not None:
             self._on_encode(time.monotonic() - started)
         return result
+
+
+@dataclass(frozen=True, slots=True)
+class _Streamed:
+    """The start of a streamed sentence: `head` (`seconds` of it, or all there was if
+    `complete`) and the audio received past it."""
+
+    head: Pcm
+    rest: Pcm
+    complete: bool
+
+
+async def _read_at_least(chunks: AsyncGenerator[Pcm, None], seconds: float) -> _Streamed:
+    """Read `chunks` until they hold `seconds` of audio, or until they end."""
+    got: list[bytes] = []
+    rate, size = 0, 0
+    while rate == 0 or size < 2 * round(seconds * rate):
+        chunk = await anext(chunks, None)
+        if chunk is None:
+            break
+        rate = chunk.sample_rate
+        got.append(chunk.samples)
+        size += len(chunk.samples)
+    samples = b"".join(got)
+    if rate == 0 or size < 2 * round(seconds * rate):
+        return _Streamed(Pcm(samples, rate or 1), Pcm(b"", rate or 1), True)
+    cut = 2 * round(seconds * rate)
+    return _Streamed(Pcm(samples[:cut], rate), Pcm(samples[cut:], rate), False)
 
 
 def _encode_head(

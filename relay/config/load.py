@@ -105,6 +105,11 @@ def _check_speech_out(cfg: Config) -> None:
     if cfg.tts.provider == "tencent" and not (tencent.secret_id and tencent.secret_key):
         raise ConfigError('tts.tencent.secret_id: secret_id and secret_key required for "tencent"')
 
+    if cfg.tts.provider == "dashscope" and not cfg.tts.dashscope.api_key:
+        raise ConfigError('tts.dashscope.api_key: required when tts.provider = "dashscope"')
+    if not 0 <= cfg.tts.dashscope.volume <= 100:
+        raise ConfigError("tts.dashscope.volume: must be between 0 and 100")
+
 
 def _check_aliyun(cfg: Config) -> None:
     """Aliyun NLS picked as the default needs its appkey and AccessKey."""
@@ -133,6 +138,8 @@ def _check_speech_in(cfg: Config) -> None:
     ):
         raise ConfigError('asr.volcengine.appid: appid and token required for "volcengine"')
     _check_tencent_asr(cfg)
+    if cfg.asr.provider == "dashscope" and not cfg.asr.dashscope.api_key:
+        raise ConfigError('asr.dashscope.api_key: required when asr.provider = "dashscope"')
     if not 0 < cfg.vad.threshold <= 1:
         raise ConfigError("vad.threshold: must be in (0, 1]")
     if cfg.vad.max_utterance_s <= cfg.vad.min_speech_s:

@@ -25,8 +25,10 @@ class ConfigError(ValueError):
 
 
 # The providers `[tts] provider` and `[asr] provider` may name.
-TTSName = Literal["embedded", "espeak", "openai", "huoshan", "aliyun", "tencent"]
-ASRName = Literal["embedded", "pocketsphinx", "openai", "volcengine", "aliyun", "tencent"]
+TTSName = Literal["embedded", "espeak", "openai", "huoshan", "aliyun", "tencent", "dashscope"]
+ASRName = Literal[
+    "embedded", "pocketsphinx", "openai", "volcengine", "aliyun", "tencent", "dashscope"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +153,19 @@ class TencentTTSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DashScopeTTSConfig:
+    """`[tts.dashscope]`: Aliyun DashScope CosyVoice over WebSocket; empty api_key = not
+    configured."""
+
+    url: str = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
+    api_key: Token = field(default="", repr=False)
+    model: str = "cosyvoice-v1"
+    voice: str = "longxiaochun"
+    volume: int = 50  # 0-100
+    timeout_s: float = 10.0  # connection, task start, and each wait for more audio
+
+
+@dataclass(frozen=True, slots=True)
 class KokoroVoiceConfig:
     """`[tts] voice.zh` / `voice.en`: the Kokoro style per language: a name, a blend
     ("jf_nezumi:0.6+jm_kumo:0.4") or "mean"; empty = the built-in default."""
@@ -181,6 +196,7 @@ class TTSConfig:
     huoshan: HuoshanTTSConfig = field(default_factory=HuoshanTTSConfig)
     aliyun: AliyunTTSConfig = field(default_factory=AliyunTTSConfig)
     tencent: TencentTTSConfig = field(default_factory=TencentTTSConfig)
+    dashscope: DashScopeTTSConfig = field(default_factory=DashScopeTTSConfig)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +246,16 @@ class TencentASRConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class DashScopeASRConfig:
+    """`[asr.dashscope]`: Aliyun DashScope Paraformer real-time recognition over WebSocket."""
+
+    url: str = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
+    api_key: Token = field(default="", repr=False)
+    model: str = "paraformer-realtime-v2"
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
 class ASRConfig:
     """`[asr]`: which provider recognises speech, and its settings."""
 
@@ -246,6 +272,7 @@ class ASRConfig:
     volcengine: VolcengineASRConfig = field(default_factory=VolcengineASRConfig)
     aliyun: AliyunASRConfig = field(default_factory=AliyunASRConfig)
     tencent: TencentASRConfig = field(default_factory=TencentASRConfig)
+    dashscope: DashScopeASRConfig = field(default_factory=DashScopeASRConfig)
 
     @property
     def uses_whisper(self) -> bool:

@@ -115,6 +115,9 @@ def test_values_are_frozen() -> None:
         ({"asr": {"fallback": "openai"}}, "asr.fallback"),
         ({"asr": {"provider": "aliyun", "aliyun": {"appkey": "k"}}}, "asr.aliyun.appkey"),
         ({"tts": {"provider": "aliyun", "aliyun": {"access_key_id": "i"}}}, "tts.aliyun.appkey"),
+        ({"asr": {"provider": "dashscope"}}, "asr.dashscope.api_key"),
+        ({"tts": {"provider": "dashscope"}}, "tts.dashscope.api_key"),
+        ({"tts": {"dashscope": {"volume": 101}}}, "tts.dashscope.volume"),
     ],
 )
 def test_bad_value_names_the_key(data: dict[str, Any], key: str) -> None:

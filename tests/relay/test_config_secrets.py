@@ -60,6 +60,8 @@ TOKEN_VALUES: dict[str, Table] = {
     "tts.aliyun.access_key_id": lambda t: {"tts": {"aliyun": {"access_key_id": t}}},
     "tts.tencent.secret_id": lambda t: {"tts": {"tencent": {"secret_id": t}}},
     "asr.tencent.secret_id": lambda t: {"asr": {"tencent": {"secret_id": t}}},
+    "asr.dashscope.api_key": lambda t: {"asr": {"dashscope": {"api_key": t}}},
+    "tts.dashscope.api_key": lambda t: {"tts": {"dashscope": {"api_key": t}}},
 }
 SECRETS: dict[str, Table] = {
     "business[0].signing_secret": lambda s: {"business": [business(signing_secret=s)]},
@@ -146,10 +148,12 @@ def test_no_secret_is_in_a_repr() -> None:
                 "openai": {"api_key": f"{SECRET_TEXT}-1"},
                 "huoshan": {"token": "x"},
                 "aliyun": {"access_key_id": f"{SECRET_TEXT}-3", "access_key_secret": SECRET_TEXT},
+                "dashscope": {"api_key": f"{SECRET_TEXT}-5"},
             },
             "asr": {
                 "openai": {"api_key": f"{SECRET_TEXT}-2"},
                 "aliyun": {"access_key_id": f"{SECRET_TEXT}-4", "access_key_secret": SECRET_TEXT},
+                "dashscope": {"api_key": f"{SECRET_TEXT}-6"},
             },
         }
     )
