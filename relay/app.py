@@ -56,6 +56,7 @@ def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicati
     app.router.add_get("/api/v1/devices/{device_id}", devices.get_device)
     app.router.add_get("/api/v1/devices/{device_id}/tools", tools.list_tools)
     app.router.add_post("/api/v1/devices/{device_id}/tools/{name}", tools.call_tool)
+    app.router.add_get("/api/v1/voices", api.voices)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/readyz", api.readyz)
     app.router.add_get("/metrics", api.metrics)

@@ -26,7 +26,7 @@ from asr_tts import workerproc
 from asr_tts.pcm import Pcm
 from asr_tts.tts import kokoro_files as files
 from asr_tts.tts import kokoro_worker as worker
-from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.base import TTSError, Voice, VoiceList
 from asr_tts.tts.sentences import split_sentences
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,11 @@ class KokoroTTS:
         if skipped:
             log.warning("Kokoro speaks Mandarin and English only: skipped %r", skipped[:40])
         return Pcm(b"".join(audio), files.SAMPLE_RATE)
+
+    async def voice_list(self) -> VoiceList:
+        """The style vectors (shipped and from voices_dir) and the voice of each language;
+        `voice_type` may also be "mean" or a blend."""
+        return VoiceList("kokoro", tuple(self.voice_names), dict(self._voices), blends=True)
 
     async def loaded_modules(self) -> list[str]:
         """The modules a worker has imported (the licence test looks for GPL ones)."""

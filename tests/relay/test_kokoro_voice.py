@@ -1,5 +1,6 @@
 """Kokoro, the embedded voice, over a real device WebSocket: answers in Mandarin, English and
-both, bad input, a killed worker, and bad model files (refuse to start, or fall back)."""
+both, bad input, a killed worker, and bad model files (refuse to start, or fall back); the
+voices API."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from aiohttp import web
 
 from asr_tts.tts.base import TTSProvider, Voice
 from asr_tts.tts.kokoro import KokoroTTS
-from asr_tts.tts.kokoro_files import MODEL_PARTS
+from asr_tts.tts.kokoro_files import MODEL_PARTS, STYLE_DIM
 from asr_tts.tts.speaker import Speaker
 from relay.device.connection import DEVICE_ROOM
 from tests.relay.conftest import RelayFactory
@@ -168,3 +170,47 @@ async def test_with_fallback_espeak_speaks_when_the_model_is_corrupt(
         (await ask(dev, "en")).check_spoken()
     assert str(bad) in caplog.text
     assert default_voice_of(client).name == "espeak"
+
+
+async def test_the_voices_api_lists_what_each_provider_speaks(
+    make_relay: RelayFactory, tmp_path: Path
+) -> None:
+    # An operator's extra Kokoro voice (one style row is enough to be listed) made the
+    # Mandarin default; a cloud provider configured with its default voice.
+    np.save(tmp_path / "zf_extra.npy", np.full((4, STYLE_DIM), 0.1, np.float32))
+    client = await make_relay(
+        api={"tokens": ["k1"]},
+        tts={
+            **KOKORO,
+            "voices_dir": str(tmp_path),
+            "voice": {"zh": "zf_extra"},
+            "openai": {"base_url": "http://127.0.0.1:9", "voice": "nova"},
+        },
+    )
+    refused = await client.get("/api/v1/voices")
+    assert refused.status == 401
+    assert (await refused.json())["errorType"] == "unauthorized"
+    resp = await client.get("/api/v1/voices", headers={"Authorization": "Bearer k1"})
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["default_provider"] == "embedded"
+    providers = {p["name"]: p for p in body["providers"]}
+    assert sorted(providers) == ["embedded", "espeak", "openai"]
+    kokoro = providers["embedded"]
+    assert (kokoro["engine"], kokoro["default"], kokoro["blends"]) == ("kokoro", True, True)
+    assert kokoro["voices"] == sorted(
+        ["jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo", "zf_extra"]
+    )
+    assert kokoro["default_voices"] == {"zh": "zf_extra", "en": "mean"}
+    espeak = providers["espeak"]
+    assert (espeak["engine"], espeak["default"]) == ("espeak-ng", False)
+    assert {"cmn-latn-pinyin", "en-us", "de"} <= set(espeak["voices"])
+    assert espeak["default_voices"] == {"zh": "cmn-latn-pinyin", "*": "en"}
+    assert providers["openai"] == {
+        "name": "openai",
+        "engine": "openai",
+        "default": False,
+        "voices": ["nova"],
+        "default_voices": {"*": "nova"},
+        "blends": False,
+    }
