@@ -153,9 +153,11 @@ def _resources(
 
 
 def warm_up(app: web.Application) -> None:
-    """Load the embedded recogniser's first decoder now rather than at the first utterance
-    (`relay serve`; tests start it when they speak)."""
-    voice = app[DEVICE_ROOM].voice
+    """Load the embedded recogniser's first decoder and Kokoro's first worker now rather than
+    at the first utterance and answer (`relay serve`; tests start them when they speak)."""
+    room = app[DEVICE_ROOM]
+    room.deps.speaker.warm()
+    voice = room.voice
     if voice is not None and isinstance(voice.asr, DecoderPool):
         voice.asr.warm()
 

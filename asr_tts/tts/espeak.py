@@ -113,7 +113,7 @@ class EmbeddedTTS:
             async with asyncio.timeout(self._timeout_s):
                 voices = await self._installed()
         except (TTSError, TimeoutError) as exc:
-            log.warning("cannot list espeak-ng's voices: %s", exc or "timed out")
+            log.warning("cannot list espeak-ng's voices: %s", str(exc) or "timed out")
             voices = frozenset()
         return VoiceList("espeak-ng", tuple(sorted(voices)), defaults)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
@@ -86,6 +87,7 @@ class KokoroTTS:
         self._idle: list[_Worker] = []
         self._workers: set[_Worker] = set()
         self._warned: set[str] = set()
+        self._warming: asyncio.Task[None] | None = None
 
     def _known(self, spec: str) -> str | None:
         """`spec` if every voice it names exists, else None (after one warning per spec)."""
@@ -125,6 +127,22 @@ class KokoroTTS:
             log.warning("Kokoro speaks Mandarin and English only: skipped %r", skipped[:40])
         return Pcm(b"".join(audio), files.SAMPLE_RATE)
 
+    def warm(self) -> None:
+        """Start one worker now and load the model in the background, so that the first
+        answer does not wait for the load (~1 s, more on a busy machine). A failed load is
+        logged, never fatal: the worker is retired and the first answer starts another."""
+
+        async def load() -> None:
+            try:
+                await self._call(os.getpid)  # a call returns once its worker has loaded
+            except Exception as exc:  # noqa: BLE001 - whatever the load raised, it is only logged
+                log.warning(
+                    "Kokoro: no worker loaded ahead of use: %s", str(exc) or type(exc).__name__
+                )
+
+        if self._warming is None:
+            self._warming = asyncio.get_running_loop().create_task(load())
+
     async def voice_list(self) -> VoiceList:
         """The style vectors (shipped and from voices_dir) and the voice of each language;
         `voice_type` may also be "mean" or a blend."""
@@ -142,6 +160,8 @@ class KokoroTTS:
         """End every worker now (the relay has drained its answers by then) and wait, a few
         ms, for its pool's thread: on Python 3.11 a process pool still closing while the
         interpreter exits can fail in the exit hook (a write to a closed pipe)."""
+        if self._warming is not None:
+            self._warming.cancel()  # a load cut short by the close is not a failure to log
         for w in self._workers:
             w.kill()
             w.join()

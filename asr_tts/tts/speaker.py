@@ -75,12 +75,21 @@ class Speaker:
         self._on_encode = on_encode
         self._first_max_chars = first_max_chars
 
+    def warm(self) -> None:
+        """Start the providers' worker processes ahead of the first answer, for those that
+        have any (Kokoro: one worker, its model loading in the background)."""
+        self._each("warm")
+
     def close(self) -> None:
         """End the providers' worker processes, for those that have any."""
+        self._each("close")
+
+    def _each(self, method: str) -> None:
+        """Call `method()` of every provider that has it, once per provider."""
         for provider in {id(p): p for p in self._providers.values()}.values():
-            close = getattr(provider, "close", None)
-            if callable(close):
-                close()
+            call = getattr(provider, method, None)
+            if callable(call):
+                call()
 
     async def voice_lists(self) -> dict[str, VoiceList]:
         """The voices of each provider by the name a business sends; a provider registered

@@ -5,6 +5,7 @@ One provider (one worker, the model loaded once) serves the whole test session.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -173,3 +174,30 @@ def test_more_voices_come_from_voices_dir(tmp_path: Path) -> None:
     assert files.blend(voices, "zf_extra:1+jm_kumo:1").shape == (510, 256)
     with pytest.raises(KeyError):
         files.blend(voices, "nobody")
+
+
+async def test_a_warm_up_whose_load_fails_is_logged_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The files are good when the provider is built; the worker it starts to warm up then
+    # finds a damaged part first on its path (a spawned worker inherits sys.path) and fails
+    # to load, long before any model would be.
+    tts = KokoroTTS(pool_size=1, timeout_s=60)
+    package = tmp_path / files.MODEL_PARTS[0][0]
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "part.bin").write_bytes(b"not the model")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with caplog.at_level(logging.WARNING):
+            tts.warm()
+            warming = tts._warming
+            tts.warm()  # once is enough
+            assert warming is not None
+            assert tts._warming is warming
+            await asyncio.wait_for(warming, 60)
+        assert "no worker loaded ahead of use" in caplog.text
+        assert str(package / "part.bin") in caplog.text
+        assert not tts._workers  # retired: the first answer starts a new one
+    finally:
+        tts.close()

@@ -4,6 +4,7 @@ voices API."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -20,6 +21,7 @@ from asr_tts.tts.base import TTSProvider, Voice
 from asr_tts.tts.kokoro import KokoroTTS
 from asr_tts.tts.kokoro_files import MODEL_PARTS, STYLE_DIM
 from asr_tts.tts.speaker import Speaker
+from relay.app import warm_up
 from relay.device.connection import DEVICE_ROOM
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import FakeBusiness, open_stream, session_of, sse
@@ -27,6 +29,7 @@ from tests.relay.voice_helpers import Answer, VoiceDevice, decode_answer, is_tts
 
 ROOT = Path(__file__).resolve().parents[2]
 KOKORO = {"provider": "embedded", "pool_size": 1, "threads": 2, "timeout_s": 60}
+CLOUD_ASR = {"provider": "openai", "openai": {"base_url": "http://127.0.0.1:9"}}
 # An answer's synthesis takes 1-4 s on a busy 2-core machine, and the first loads the model.
 ANSWER_TIMEOUT_S = 45
 
@@ -80,7 +83,16 @@ async def test_kokoro_speaks_both_languages_and_survives_bad_input(
             "long": {"answer": "这是一个很长的回答，" * 1000},
         }
     )
-    client = await make_relay(tts=KOKORO)
+    # A cloud recogniser (never called here): the warm-up then loads no Whisper decoder.
+    client = await make_relay(tts=KOKORO, asr=CLOUD_ASR)
+    # As `relay serve` does: one worker starts and loads the model before the first answer,
+    # and that worker speaks it.
+    warm_up(client.app)
+    kokoro = kokoro_of(client)
+    assert kokoro._warming is not None
+    await asyncio.wait_for(kokoro._warming, ANSWER_TIMEOUT_S)
+    (warm,) = kokoro._workers
+    assert warm.loaded.done()
     dev = await VoiceDevice.connect(client)
     with caplog.at_level(logging.WARNING):
         for msg, words in (("zh", "你好"), ("en", "Hello"), ("mixed", "WiFi"), ("voice", "好的")):
@@ -88,6 +100,7 @@ async def test_kokoro_speaks_both_languages_and_survives_bad_input(
             answer.check_spoken()
             assert words in answer.captions
             assert len(decode_answer(answer.frames)) / 2 / 24000 > 0.4, msg
+        assert kokoro._workers == {warm}
         assert "nobody_here" in caplog.text  # the default voice spoke, and the log says why
         for msg in ("empty", "marks", "emoji", "kana", "arabic"):
             answer = await ask(dev, msg)  # spoken or skipped: either way, it ends
