@@ -3,12 +3,13 @@
 onnxruntime holds no GIL while it runs, but a sentence costs 0.3-1.5 s of two cores and the
 phonemiser (jieba, pypinyin, cn2an) is pure Python with ~50 MB of dictionaries: both live in
 worker processes (asr_tts.tts.kokoro_worker), started with "spawn" like the embedded ASR's,
-so the loop pays a pipe round trip per sentence. Workers start lazily, up to `pool_size`,
-each loading the model in ~1 s (~350-600 MB resident); `threads` is onnxruntime's intra-op
-thread count in each. A worker that dies is replaced and its sentence tried once more on a
-new one; a call longer than `timeout_s` kills its worker (the slot is free at once) and fails
-with TTSError. Nothing is fetched: the model comes from the installed part packages, checked
-against pinned hashes (asr_tts.tts.kokoro_files).
+so the loop pays a pipe round trip per sentence. Workers start lazily, up to `pool_size`
+(`relay serve` starts the first at once: `warm`), each loading the model and making its slow
+first calls in ~2 s (~350-600 MB resident); `threads` is onnxruntime's intra-op thread count
+in each. A worker that dies is replaced and its sentence tried once more on a new one; a call
+longer than `timeout_s` (a load: LOAD_TIMEOUT_S) kills its worker (the slot is free at once)
+and fails with TTSError. Nothing is fetched: the model comes from the installed part
+packages, checked against pinned hashes (asr_tts.tts.kokoro_files).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from asr_tts.tts.sentences import split_sentences
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 CALL_CHARS = 40  # a worker call speaks one clause of at most this many characters
+LOAD_TIMEOUT_S = 120.0  # a worker's load (model, dictionaries, first run): ~2 s on a quiet machine
 _CLAUSE_GAP = bytes(2 * int(0.12 * files.SAMPLE_RATE))  # silence between clauses
 DEFAULT_VOICES = {"zh": "jf_nezumi", "en": "mean"}  # the issue's measured best per language
 
@@ -173,11 +175,16 @@ class KokoroTTS:
         async with self._slots:
             w = self._take()
             try:
-                async with asyncio.timeout(self.timeout_s):
+                # A load is not a call: on a busy machine it can take far longer than
+                # timeout_s, and killing it for that would only start the load again.
+                async with asyncio.timeout(LOAD_TIMEOUT_S):
                     await asyncio.wrap_future(w.loaded)
+                async with asyncio.timeout(self.timeout_s):
                     return await asyncio.wrap_future(w.submit(fn, *args))
             except TimeoutError as exc:
                 w.kill()  # a call cannot be interrupted: free the slot for a new worker
+                if not w.loaded.done():
+                    raise TTSError(f"Kokoro did not load within {LOAD_TIMEOUT_S} s") from exc
                 raise TTSError(f"Kokoro gave no result within {self.timeout_s} s") from exc
             except BrokenProcessPool:
                 w.broken = True

@@ -26,6 +26,7 @@ _CHUNK_BREAK = re.compile(r"(?<=[,.!?;:])\s*|\s+")
 _GAP_S = 0.05  # between runs of different languages
 _TRIM_LEVEL = 0.01
 _PAD = int(0.03 * files.SAMPLE_RATE)
+WARM_UP_TEXT = (("zh", "你好。"), ("en", "Hello."))
 
 
 @dataclass
@@ -57,7 +58,17 @@ def load(threads: int, voices_dir: str | None) -> int:
     )
     extra = Path(voices_dir) if voices_dir else None
     _engine = _Engine(session, files.vocab(model), files.load_voices(model, extra), Phonemizer())
+    _warm(_engine)
     return os.getpid()
+
+
+def _warm(engine: _Engine) -> None:
+    """Make the slow first calls now, as part of the load: jieba's dictionary (~1 s), the
+    English phonemiser, onnxruntime's first run. Otherwise the first answer pays for them."""
+    style = next(iter(engine.voices.values()))
+    for lang, text in WARM_UP_TEXT:
+        for chunk in chunks(engine.phonemizer(lang, text), engine.vocab):
+            _infer(engine, chunk, style, 1.0)
 
 
 def synthesize(text: str, voices: dict[str, str], speed: float) -> tuple[bytes, str]:

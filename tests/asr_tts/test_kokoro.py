@@ -100,6 +100,24 @@ async def test_a_killed_worker_is_replaced(kokoro: KokoroTTS) -> None:
     assert pid not in replaced
 
 
+async def test_a_load_is_not_held_to_the_call_timeout(kokoro: KokoroTTS) -> None:
+    await kokoro.synthesize("好。", Voice())
+    (pid,) = kokoro.worker_pids()
+    os.kill(pid, signal.SIGKILL)
+    async with asyncio.timeout(10):  # the pool notices its process is gone
+        while any(w.usable for w in kokoro._idle):
+            await asyncio.sleep(0.01)
+    # A new worker loads the model and makes its first calls (~2 s, more on a busy machine):
+    # far longer than this call timeout, which a call that only lists modules keeps to.
+    kokoro.timeout_s = 1.0
+    try:
+        in_worker = await kokoro.loaded_modules()
+    finally:
+        kokoro.timeout_s = 60
+    assert pid not in kokoro.worker_pids()
+    assert "jieba" in in_worker  # the load warmed the Mandarin phonemiser up
+
+
 async def test_no_gpl_phonemiser_is_imported(kokoro: KokoroTTS) -> None:
     await kokoro.synthesize("你好 hello。", Voice())
     in_worker = await kokoro.loaded_modules()
