@@ -154,6 +154,8 @@ def test_long_phonemes_come_in_bounded_chunks() -> None:
     assert len(pieces) > 5
     assert all(0 < len(p) <= MAX_TOKENS for p in pieces)
     assert chunks("  ", vocab) == []
+    slow = chunks("həlˈO, wˈɜɹld. " * 20, vocab, 32)
+    assert all(0 < len(p) <= 32 for p in slow)
 
 
 def test_blends_are_parsed() -> None:
