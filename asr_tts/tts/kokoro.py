@@ -131,7 +131,7 @@ class KokoroTTS:
 
     def warm(self) -> None:
         """Start one worker now and load the model in the background, so that the first
-        answer does not wait for the load (~1 s, more on a busy machine). A failed load is
+        answer does not wait for the load (~2 s, far more on a busy machine). A failed load is
         logged, never fatal: the worker is retired and the first answer starts another."""
 
         async def load() -> None:
