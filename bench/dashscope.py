@@ -41,7 +41,7 @@ from aiohttp import web
 from asr_tts.asr.dashscope import DashScopeASR
 from asr_tts.codec import FrameEncoder
 from asr_tts.pcm import Pcm
-from asr_tts.tts.base import Voice
+from asr_tts.tts.base import Voice, VoiceList
 from asr_tts.tts.dashscope import DashScopeTTS
 from asr_tts.tts.speaker import Speaker
 from bench._cli import at_least_one, goal_lines, parser, run_main
@@ -64,6 +64,9 @@ class _Whole:
 
     async def synthesize(self, text: str, voice: Voice) -> Pcm:
         return await self._tts.synthesize(text, voice)
+
+    async def voice_list(self) -> VoiceList:
+        return await self._tts.voice_list()
 
 
 def speech_like(seconds: float) -> bytes:

@@ -57,6 +57,7 @@ def make_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicati
     app.router.add_get("/api/v1/devices/{device_id}", devices.get_device)
     app.router.add_get("/api/v1/devices/{device_id}/tools", tools.list_tools)
     app.router.add_post("/api/v1/devices/{device_id}/tools/{name}", tools.call_tool)
+    app.router.add_get("/api/v1/voices", api.voices)
     # Speech over HTTP for partners: the relay's own recogniser and voice (docs/integration.md §4).
     app.router.add_post("/api/v1/stt", speech.stt)
     app.router.add_post("/api/v1/tts", speech.tts)
@@ -156,9 +157,11 @@ def _resources(
 
 
 def warm_up(app: web.Application) -> None:
-    """Load the embedded recogniser's first decoder now rather than at the first utterance
-    (`relay serve`; tests start it when they speak)."""
-    voice = app[DEVICE_ROOM].voice
+    """Load the embedded recogniser's first decoder and Kokoro's first worker now rather than
+    at the first utterance and answer (`relay serve`; tests start them when they speak)."""
+    room = app[DEVICE_ROOM]
+    room.deps.speaker.warm()
+    voice = room.voice
     if voice is not None and isinstance(voice.asr, DecoderPool):
         voice.asr.warm()
 

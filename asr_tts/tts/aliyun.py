@@ -39,7 +39,7 @@ import orjson
 
 from asr_tts.nls_token import TOKEN_REJECTED, NLSTokens, TokenError
 from asr_tts.pcm import Pcm
-from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.base import TTSError, Voice, VoiceList
 from asr_tts.tts.http_body import read_capped
 
 DEFAULT_URL = "https://nls-gateway-cn-shanghai.aliyuncs.com/stream/v1/tts"
@@ -114,6 +114,10 @@ class AliyunTTS:
         self._volume = max(0, min(100, volume))
         self._sample_rate = sample_rate
         self._timeout_s = timeout_s
+
+    async def voice_list(self) -> VoiceList:
+        """Only the configured default voice: the service's own catalogue is not asked."""
+        return VoiceList("aliyun", (self._default_voice,), {"*": self._default_voice})
 
     async def synthesize(self, text: str, voice: Voice) -> Pcm:
         """Speak `text` (in pieces within the gateway's limit); TTSError on any failure."""

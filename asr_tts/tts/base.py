@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from asr_tts.pcm import Pcm
@@ -19,6 +19,18 @@ class Voice:
     pitch_ratio: float = 1.0
 
 
+@dataclass(frozen=True, slots=True)
+class VoiceList:
+    """What a provider can speak, as `GET /api/v1/voices` lists it: the names a business may
+    send as `voice_type`, the voice that speaks each language when it sends none ("*": any
+    language), and whether `voice_type` may also mix named voices (Kokoro's blends)."""
+
+    engine: str
+    voices: tuple[str, ...]
+    defaults: Mapping[str, str] = field(default_factory=dict)
+    blends: bool = False
+
+
 class TTSError(Exception):
     """A TTS provider failed; the message is for logs and never reaches a peer."""
 
@@ -30,6 +42,10 @@ class TTSProvider(Protocol):
 
     async def synthesize(self, text: str, voice: Voice) -> Pcm:
         """Speak `text` with `voice`; raise TTSError when the provider fails."""
+        ...
+
+    async def voice_list(self) -> VoiceList:
+        """The voices this provider can speak (never raises: an empty list if it cannot tell)."""
         ...
 
 

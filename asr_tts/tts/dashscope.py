@@ -27,7 +27,7 @@ import aiohttp
 from asr_tts import dashscope
 from asr_tts.dashscope import DashScopeError
 from asr_tts.pcm import Pcm
-from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.base import TTSError, Voice, VoiceList
 
 DEFAULT_MODEL = "cosyvoice-v1"
 DEFAULT_VOICE = "longxiaochun"
@@ -86,6 +86,10 @@ class DashScopeTTS:
             model=self._model,
             parameters=parameters,
         )
+
+    async def voice_list(self) -> VoiceList:
+        """Only the configured default voice: the service's own catalogue is not asked."""
+        return VoiceList("dashscope", (self._default_voice,), {"*": self._default_voice})
 
     async def synthesize(self, text: str, voice: Voice) -> Pcm:
         """Speak `text` whole; TTSError on a failed, malformed, late or silent answer."""

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 import re
 
 from asr_tts.codec import pcm_from_wav
 from asr_tts.pcm import Pcm
-from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.base import TTSError, Voice, VoiceList
 
+log = logging.getLogger(__name__)
 # Reads pinyin with tone digits; Debian's plain "cmn" voice reads the digits in English.
 MANDARIN_VOICE = "cmn-latn-pinyin"
 _BASE_WPM = 175
@@ -103,15 +105,31 @@ class EmbeddedTTS:
         except ValueError as exc:
             raise TTSError(f"{self._binary} printed an unusable WAV: {exc}") from exc
 
+    async def voice_list(self) -> VoiceList:
+        """espeak-ng's installed voices; Han text is always read by the pinyin voice. Empty,
+        with a warning, when espeak-ng cannot be run."""
+        defaults = {"zh": MANDARIN_VOICE, "*": self._default_voice}
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                voices = await self._installed()
+        except (TTSError, TimeoutError) as exc:
+            log.warning("cannot list espeak-ng's voices: %s", str(exc) or "timed out")
+            voices = frozenset()
+        return VoiceList("espeak-ng", tuple(sorted(voices)), defaults)
+
     async def _voice_name(self, voice_type: str | None) -> str:
         """The business's voice_type if espeak-ng has such a voice, else the default voice."""
         if not voice_type:
             return self._default_voice
+        wanted = voice_type.lower()
+        return wanted if wanted in await self._installed() else self._default_voice
+
+    async def _installed(self) -> frozenset[str]:
+        """The installed voices, listed once."""
         if self._voices is None:
             listing = await self._run(["--voices"])
             self._voices = _parse_voices(listing.decode(errors="replace"))
-        wanted = voice_type.lower()
-        return wanted if wanted in self._voices else self._default_voice
+        return self._voices
 
     async def _run(self, args: list[str]) -> bytes:
         """Run espeak-ng with `args` and return its stdout; the process never outlives the call."""

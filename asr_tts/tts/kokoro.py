@@ -3,12 +3,13 @@
 onnxruntime holds no GIL while it runs, but a sentence costs 0.3-1.5 s of two cores and the
 phonemiser (jieba, pypinyin, cn2an) is pure Python with ~50 MB of dictionaries: both live in
 worker processes (asr_tts.tts.kokoro_worker), started with "spawn" like the embedded ASR's,
-so the loop pays a pipe round trip per sentence. Workers start lazily, up to `pool_size`,
-each loading the model in ~1 s (~350-600 MB resident); `threads` is onnxruntime's intra-op
-thread count in each. A worker that dies is replaced and its sentence tried once more on a
-new one; a call longer than `timeout_s` kills its worker (the slot is free at once) and fails
-with TTSError. Nothing is fetched: the model comes from the installed part packages, checked
-against pinned hashes (asr_tts.tts.kokoro_files).
+so the loop pays a pipe round trip per sentence. Workers start lazily, up to `pool_size`
+(`relay serve` starts the first at once: `warm`), each loading the model and making its slow
+first calls in ~2 s (~350-600 MB resident); `threads` is onnxruntime's intra-op thread count
+in each. A worker that dies is replaced and its sentence tried once more on a new one; a call
+longer than `timeout_s` (a load: LOAD_TIMEOUT_S) kills its worker (the slot is free at once)
+and fails with TTSError. Nothing is fetched: the model comes from the installed part
+packages, checked against pinned hashes (asr_tts.tts.kokoro_files).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
@@ -26,12 +28,13 @@ from asr_tts import workerproc
 from asr_tts.pcm import Pcm
 from asr_tts.tts import kokoro_files as files
 from asr_tts.tts import kokoro_worker as worker
-from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.base import TTSError, Voice, VoiceList
 from asr_tts.tts.sentences import split_sentences
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 CALL_CHARS = 40  # a worker call speaks one clause of at most this many characters
+LOAD_TIMEOUT_S = 120.0  # a worker's load (model, dictionaries, first run): ~2 s on a quiet machine
 _CLAUSE_GAP = bytes(2 * int(0.12 * files.SAMPLE_RATE))  # silence between clauses
 DEFAULT_VOICES = {"zh": "jf_nezumi", "en": "mean"}  # the issue's measured best per language
 
@@ -86,6 +89,7 @@ class KokoroTTS:
         self._idle: list[_Worker] = []
         self._workers: set[_Worker] = set()
         self._warned: set[str] = set()
+        self._warming: asyncio.Task[None] | None = None
 
     def _known(self, spec: str) -> str | None:
         """`spec` if every voice it names exists, else None (after one warning per spec)."""
@@ -125,6 +129,27 @@ class KokoroTTS:
             log.warning("Kokoro speaks Mandarin and English only: skipped %r", skipped[:40])
         return Pcm(b"".join(audio), files.SAMPLE_RATE)
 
+    def warm(self) -> None:
+        """Start one worker now and load the model in the background, so that the first
+        answer does not wait for the load (~2 s, far more on a busy machine). A failed load is
+        logged, never fatal: the worker is retired and the first answer starts another."""
+
+        async def load() -> None:
+            try:
+                await self._call(os.getpid)  # a call returns once its worker has loaded
+            except Exception as exc:  # noqa: BLE001 - whatever the load raised, it is only logged
+                log.warning(
+                    "Kokoro: no worker loaded ahead of use: %s", str(exc) or type(exc).__name__
+                )
+
+        if self._warming is None:
+            self._warming = asyncio.get_running_loop().create_task(load())
+
+    async def voice_list(self) -> VoiceList:
+        """The style vectors (shipped and from voices_dir) and the voice of each language;
+        `voice_type` may also be "mean" or a blend."""
+        return VoiceList("kokoro", tuple(self.voice_names), dict(self._voices), blends=True)
+
     async def loaded_modules(self) -> list[str]:
         """The modules a worker has imported (the licence test looks for GPL ones)."""
         return await self._call(worker.modules)
@@ -137,6 +162,8 @@ class KokoroTTS:
         """End every worker now (the relay has drained its answers by then) and wait, a few
         ms, for its pool's thread: on Python 3.11 a process pool still closing while the
         interpreter exits can fail in the exit hook (a write to a closed pipe)."""
+        if self._warming is not None:
+            self._warming.cancel()  # a load cut short by the close is not a failure to log
         for w in self._workers:
             w.kill()
             w.join()
@@ -148,11 +175,16 @@ class KokoroTTS:
         async with self._slots:
             w = self._take()
             try:
-                async with asyncio.timeout(self.timeout_s):
+                # A load is not a call: on a busy machine it can take far longer than
+                # timeout_s, and killing it for that would only start the load again.
+                async with asyncio.timeout(LOAD_TIMEOUT_S):
                     await asyncio.wrap_future(w.loaded)
+                async with asyncio.timeout(self.timeout_s):
                     return await asyncio.wrap_future(w.submit(fn, *args))
             except TimeoutError as exc:
                 w.kill()  # a call cannot be interrupted: free the slot for a new worker
+                if not w.loaded.done():
+                    raise TTSError(f"Kokoro did not load within {LOAD_TIMEOUT_S} s") from exc
                 raise TTSError(f"Kokoro gave no result within {self.timeout_s} s") from exc
             except BrokenProcessPool:
                 w.broken = True

@@ -21,11 +21,17 @@ import onnxruntime as ort
 from asr_tts.tts import kokoro_files as files
 from asr_tts.tts.kokoro_g2p import Phonemizer, split_runs
 
-MAX_TOKENS = 500  # the model takes 510 tokens; its style tables have 510 rows
+# The model takes up to 510 tokens, but a run's memory grows with its input (~1.7 MiB per
+# token of speech at speed 1) over the ~450 MiB a loaded worker holds, and onnxruntime's arena
+# keeps the most a run took: at most 48 tokens (~10 Han characters, ~7 English words) a run
+# keep a worker at ~560 MiB whatever the input; 64 let it reach 600 MiB, 500 over 750
+# (docs/performance.md). A slower speed, with more audio per token, takes fewer.
+MAX_TOKENS = 48
 _CHUNK_BREAK = re.compile(r"(?<=[,.!?;:])\s*|\s+")
 _GAP_S = 0.05  # between runs of different languages
 _TRIM_LEVEL = 0.01
 _PAD = int(0.03 * files.SAMPLE_RATE)
+WARM_UP_TEXT = (("zh", "你好。"), ("en", "Hello."))
 
 
 @dataclass
@@ -52,12 +58,25 @@ def load(threads: int, voices_dir: str | None) -> int:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle pool threads sleep, not spin: they share the cores with the relay's loop and the
+    # recogniser's workers. Spinning cost 1.5x on a busy 2-core machine (docs/performance.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(
         files.model_bytes(model), sess_options=options, providers=["CPUExecutionProvider"]
     )
     extra = Path(voices_dir) if voices_dir else None
     _engine = _Engine(session, files.vocab(model), files.load_voices(model, extra), Phonemizer())
+    _warm(_engine)
     return os.getpid()
+
+
+def _warm(engine: _Engine) -> None:
+    """Make the slow first calls now, as part of the load: jieba's dictionary (~1 s), the
+    English phonemiser, onnxruntime's first run. Otherwise the first answer pays for them."""
+    style = next(iter(engine.voices.values()))
+    for lang, text in WARM_UP_TEXT:
+        for chunk in chunks(engine.phonemizer(lang, text), engine.vocab):
+            _infer(engine, chunk, style, 1.0)
 
 
 def synthesize(text: str, voices: dict[str, str], speed: float) -> tuple[bytes, str]:
@@ -67,10 +86,11 @@ def synthesize(text: str, voices: dict[str, str], speed: float) -> tuple[bytes, 
         raise RuntimeError("the Kokoro worker is not loaded")
     runs, dropped = split_runs(text)
     audio: list[npt.NDArray[np.float32]] = []
+    limit = max(16, int(MAX_TOKENS * min(1.0, speed)))
     for lang, run in runs:
         phonemes = engine.phonemizer(lang, run)
         style = engine.style(voices[lang])
-        for chunk in chunks(phonemes, engine.vocab):
+        for chunk in chunks(phonemes, engine.vocab, limit):
             if audio:
                 audio.append(np.zeros(int(_GAP_S * files.SAMPLE_RATE), np.float32))
             audio.append(_infer(engine, chunk, style, speed))
@@ -80,18 +100,18 @@ def synthesize(text: str, voices: dict[str, str], speed: float) -> tuple[bytes, 
     return pcm.astype("<i2").tobytes(), dropped
 
 
-def chunks(phonemes: str, vocab: dict[str, int]) -> list[list[int]]:
-    """Token ids in pieces of at most MAX_TOKENS, cut after punctuation or at spaces."""
+def chunks(phonemes: str, vocab: dict[str, int], limit: int = MAX_TOKENS) -> list[list[int]]:
+    """Token ids in pieces of at most `limit`, cut after punctuation or at spaces."""
     out: list[list[int]] = []
     current: list[int] = []
     for piece in _CHUNK_BREAK.split(phonemes):
         tokens = [vocab[c] for c in piece + " " if c in vocab]
-        if current and len(current) + len(tokens) > MAX_TOKENS:
+        if current and len(current) + len(tokens) > limit:
             out.append(current)
             current = []
-        while len(tokens) > MAX_TOKENS:  # one "word" longer than a chunk
-            out.append(tokens[:MAX_TOKENS])
-            tokens = tokens[MAX_TOKENS:]
+        while len(tokens) > limit:  # one "word" longer than a chunk
+            out.append(tokens[:limit])
+            tokens = tokens[limit:]
         current += tokens
     if any(t != vocab[" "] for t in current):
         out.append(current)

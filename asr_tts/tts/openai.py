@@ -19,7 +19,7 @@ import orjson
 
 from asr_tts.codec import pcm_from_wav
 from asr_tts.pcm import Pcm
-from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.base import TTSError, Voice, VoiceList
 from asr_tts.tts.http_body import read_capped
 
 SAMPLE_RATE = 24000  # what response_format "pcm" means
@@ -60,6 +60,10 @@ class OpenAITTS:
         self._default_voice = default_voice
         self._timeout_s = timeout_s
         self.name = name
+
+    async def voice_list(self) -> VoiceList:
+        """Only the configured default voice: the service's own catalogue is not asked."""
+        return VoiceList("openai", (self._default_voice,), {"*": self._default_voice})
 
     async def synthesize(self, text: str, voice: Voice) -> Pcm:
         """Speak `text`; raise TTSError on a failed, malformed or late answer."""

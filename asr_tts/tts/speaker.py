@@ -14,7 +14,7 @@ from typing import TypeVar
 from aioutil import cancel_and_wait
 from asr_tts.codec import FrameEncoder
 from asr_tts.pcm import Pcm
-from asr_tts.tts.base import StreamingTTSProvider, TTSProvider, Voice
+from asr_tts.tts.base import StreamingTTSProvider, TTSProvider, Voice, VoiceList
 from asr_tts.tts.cache import CacheKey, FrameCache, cache_key
 from asr_tts.tts.sentences import clean_for_speech, split_sentences
 
@@ -68,6 +68,7 @@ class Speaker:
         if default not in providers:
             raise ValueError(f"default TTS provider {default!r} is not registered")
         self._providers = dict(providers)
+        self.default = default
         self._default = providers[default]
         self._executor = executor  # None: the loop's default executor
         self._cache = cache
@@ -77,12 +78,32 @@ class Speaker:
         self._on_encode = on_encode
         self._first_max_chars = first_max_chars
 
+    def warm(self) -> None:
+        """Start the providers' worker processes ahead of the first answer, for those that
+        have any (Kokoro: one worker, its model loading in the background)."""
+        self._each("warm")
+
     def close(self) -> None:
         """End the providers' worker processes, for those that have any."""
+        self._each("close")
+
+    def _each(self, method: str) -> None:
+        """Call `method()` of every provider that has it, once per provider."""
         for provider in {id(p): p for p in self._providers.values()}.values():
-            close = getattr(provider, "close", None)
-            if callable(close):
-                close()
+            call = getattr(provider, method, None)
+            if callable(call):
+                call()
+
+    async def voice_lists(self) -> dict[str, VoiceList]:
+        """The voices of each provider by the name a business sends; a provider registered
+        under two names ("embedded" and "espeak") is asked once."""
+        asked: dict[int, VoiceList] = {}
+        lists: dict[str, VoiceList] = {}
+        for name, provider in self._providers.items():
+            if id(provider) not in asked:
+                asked[id(provider)] = await provider.voice_list()
+            lists[name] = asked[id(provider)]
+        return lists
 
     def provider_for(self, voice: Voice) -> TTSProvider:
         """The voice's provider if it is registered, else the default (docs/protocol.md §2.2)."""

@@ -37,7 +37,7 @@ from yarl import URL
 
 from asr_tts.pcm import Pcm
 from asr_tts.tencent_sign import tc3_authorization
-from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.base import TTSError, Voice, VoiceList
 from asr_tts.tts.http_body import read_capped
 
 DEFAULT_URL = "https://tts.tencentcloudapi.com/"
@@ -128,6 +128,10 @@ class TencentTTS:
             "X-TC-Timestamp": str(timestamp),
             "X-TC-Region": self._region,
         }
+
+    async def voice_list(self) -> VoiceList:
+        """Only the configured default voice: the service's own catalogue is not asked."""
+        return VoiceList("tencent", (str(self._default_voice),), {"*": str(self._default_voice)})
 
     async def synthesize(self, text: str, voice: Voice) -> Pcm:
         """Speak `text`; raise TTSError on a failed, malformed or late answer."""

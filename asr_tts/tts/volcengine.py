@@ -36,7 +36,7 @@ import orjson
 
 from asr_tts.codec import pcm_from_wav
 from asr_tts.pcm import Pcm
-from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.base import TTSError, Voice, VoiceList
 from asr_tts.tts.http_body import read_capped
 
 DEFAULT_URL = "https://openspeech.bytedance.com/api/v1/tts"
@@ -107,6 +107,10 @@ class VolcengineTTS:
                 "operation": "query",
             },
         }
+
+    async def voice_list(self) -> VoiceList:
+        """Only the configured default voice: the service's own catalogue is not asked."""
+        return VoiceList("volcengine", (self._default_voice,), {"*": self._default_voice})
 
     async def synthesize(self, text: str, voice: Voice) -> Pcm:
         """Speak `text`; raise TTSError on a failed, malformed or late answer."""

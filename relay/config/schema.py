@@ -190,7 +190,7 @@ class TTSConfig:
     downlink_sample_rate: int = 24000
     frame_duration_ms: int = 60
     cache_mb: int = 32  # encoded frames of recent sentences; 0 = no cache
-    first_segment_chars: int = 24  # cut a long first sentence early for fast first audio
+    first_segment_chars: int = 24  # cut a long first sentence early (a Han character: 3)
     stop_margin_ms: int = 30  # `tts stop` this long after the last frame has played (§1.6)
     openai: OpenAITTSConfig = field(default_factory=OpenAITTSConfig)
     huoshan: HuoshanTTSConfig = field(default_factory=HuoshanTTSConfig)

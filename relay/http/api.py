@@ -1,4 +1,4 @@
-"""The relay's HTTP API: simulate, health, readiness, metrics (docs/openapi.yaml)."""
+"""The relay's HTTP API: simulate, voices, health, readiness, metrics (docs/openapi.yaml)."""
 
 from __future__ import annotations
 
@@ -180,6 +180,25 @@ def _check_simulate(body: Any) -> str:
     if "agent" in body and (not isinstance(body["agent"], str) or not body["agent"]):
         return "agent must be the non-empty name of a configured business"
     return ""
+
+
+async def voices(request: web.Request) -> web.Response:
+    """`GET /api/v1/voices`: what each configured TTS provider can speak, by the name a
+    business sends as `tts_provider`, so that a `voice_type` can be chosen from it."""
+    speaker = request.app[DEVICE_ROOM].deps.speaker
+    lists = await speaker.voice_lists()
+    providers = [
+        {
+            "name": name,
+            "engine": v.engine,
+            "default": name == speaker.default,
+            "voices": list(v.voices),
+            "default_voices": dict(v.defaults),
+            "blends": v.blends,
+        }
+        for name, v in sorted(lists.items())
+    ]
+    return web.json_response({"default_provider": speaker.default, "providers": providers})
 
 
 async def healthz(_request: web.Request) -> web.Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import stat
@@ -159,6 +160,20 @@ async def test_voice_type_is_used_only_when_installed(tmp_path: Path) -> None:
     voices = [argv[2] for argv in fake.syntheses()]
     assert voices == ["-ven-us", "-ven-gb", "-ven-gb", "-ven-gb", "-vde"]
     assert sum("--voices" in e.get("argv", []) for e in fake.entries()) == 1
+
+
+async def test_the_voice_list_names_the_installed_voices_and_the_defaults(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = Fake(tmp_path)
+    listed = await EmbeddedTTS(binary=fake.binary, default_voice="en-gb").voice_list()
+    assert listed.engine == "espeak-ng"
+    assert listed.voices == ("de", "en-us")  # MBROLA voices need mbrola: not listed
+    assert dict(listed.defaults) == {"zh": MANDARIN_VOICE, "*": "en-gb"}
+    with caplog.at_level(logging.WARNING):
+        missing = await EmbeddedTTS(binary="/nonexistent").voice_list()
+    assert missing.voices == ()
+    assert "cannot list espeak-ng's voices: cannot run '/nonexistent'" in caplog.text
 
 
 @pytest.mark.parametrize("bound", [1, 2])

@@ -5,6 +5,7 @@ One provider (one worker, the model loaded once) serves the whole test session.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -88,10 +89,23 @@ async def test_other_scripts_are_skipped_with_a_warning(
     assert "こんにちは" in caplog.text
 
 
-async def test_a_killed_worker_is_replaced(kokoro: KokoroTTS) -> None:
+async def test_a_killed_worker_is_replaced_and_its_load_is_not_a_call(
+    kokoro: KokoroTTS,
+) -> None:
     await kokoro.synthesize("好。", Voice())
     (pid,) = kokoro.worker_pids()
     os.kill(pid, signal.SIGKILL)
+    async with asyncio.timeout(10):  # the pool notices its process is gone
+        while any(w.usable for w in kokoro._idle):
+            await asyncio.sleep(0.01)
+    # A new worker loads the model and makes its first calls (~2 s, more on a busy machine):
+    # far longer than this call timeout, which a call that only lists modules keeps to.
+    kokoro.timeout_s = 1.0
+    try:
+        in_worker = await kokoro.loaded_modules()
+    finally:
+        kokoro.timeout_s = 60
+    assert "jieba" in in_worker  # the load warmed the Mandarin phonemiser up
     pcm = await kokoro.synthesize("Hello.", Voice())
     assert pcm.duration_s > 0.2
     replaced = kokoro.worker_pids()
@@ -135,6 +149,8 @@ def test_long_phonemes_come_in_bounded_chunks() -> None:
     assert len(pieces) > 5
     assert all(0 < len(p) <= MAX_TOKENS for p in pieces)
     assert chunks("  ", vocab) == []
+    slow = chunks("həlˈO, wˈɜɹld. " * 20, vocab, 32)
+    assert all(0 < len(p) <= 32 for p in slow)
 
 
 def test_blends_are_parsed() -> None:
@@ -173,3 +189,30 @@ def test_more_voices_come_from_voices_dir(tmp_path: Path) -> None:
     assert files.blend(voices, "zf_extra:1+jm_kumo:1").shape == (510, 256)
     with pytest.raises(KeyError):
         files.blend(voices, "nobody")
+
+
+async def test_a_warm_up_whose_load_fails_is_logged_not_fatal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The files are good when the provider is built; the worker it starts to warm up then
+    # finds a damaged part first on its path (a spawned worker inherits sys.path) and fails
+    # to load, long before any model would be.
+    tts = KokoroTTS(pool_size=1, timeout_s=60)
+    package = tmp_path / files.MODEL_PARTS[0][0]
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "part.bin").write_bytes(b"not the model")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with caplog.at_level(logging.WARNING):
+            tts.warm()
+            warming = tts._warming
+            tts.warm()  # once is enough
+            assert warming is not None
+            assert tts._warming is warming
+            await asyncio.wait_for(warming, 60)
+        assert "no worker loaded ahead of use" in caplog.text
+        assert str(package / "part.bin") in caplog.text
+        assert not tts._workers  # retired: the first answer starts a new one
+    finally:
+        tts.close()

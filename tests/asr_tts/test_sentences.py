@@ -180,6 +180,13 @@ def test_the_early_cut_leaves_a_few_characters_before_the_mark() -> None:
     ]
 
 
+def test_a_han_character_counts_as_three_letters_for_the_early_cut() -> None:
+    # 19 characters, about 4 s of speech: as long as some 57 letters of English.
+    text = "厨房的灯已经打开了，祝你今晚过得愉快。"
+    assert split_sentences(text, first_max_chars=24) == [text[:10], text[10:]]
+    assert split_sentences(text, first_max_chars=60) == [text]  # 19 + 2 * 17 = 53
+
+
 @pytest.mark.parametrize(
     "text",
     [

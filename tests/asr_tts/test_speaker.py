@@ -17,7 +17,7 @@ import pytest
 
 from asr_tts.codec import FrameEncoder, OpusDecoder
 from asr_tts.pcm import Pcm
-from asr_tts.tts.base import TTSError, TTSProvider, Voice
+from asr_tts.tts.base import TTSError, TTSProvider, Voice, VoiceList
 from asr_tts.tts.cache import FrameCache
 from asr_tts.tts.espeak import EmbeddedTTS
 from asr_tts.tts.speaker import HEAD_FRAMES, Speaker
@@ -59,6 +59,7 @@ class FakeTTS:
         self.calls: list[str] = []
         self.cancelled: list[str] = []
         self.called = asyncio.Event()
+        self.listed = 0
 
     async def synthesize(self, text: str, voice: Voice) -> Pcm:
         """Return a tone as long as the text, after the configured delay."""
@@ -74,6 +75,11 @@ class FakeTTS:
         if text == self.fail:
             raise TTSError("provider down")
         return tone(len(text) * SECONDS_PER_CHAR)
+
+    async def voice_list(self) -> VoiceList:
+        """One voice named after the provider."""
+        self.listed += 1
+        return VoiceList("fake", (self.name,), {"*": self.name})
 
 
 def speaker(
@@ -158,6 +164,18 @@ async def test_unknown_provider_falls_back_to_the_default_and_is_reported() -> N
     assert reported == ["nope"]  # two sentences, one answer; nothing said, nothing fell back
     assert default.calls == ["Hi.", "Yo."] * 3
     assert huoshan.calls == ["Hi.", "Yo."]
+
+
+async def test_voice_lists_ask_a_provider_registered_twice_once() -> None:
+    light, cloud = FakeTTS("light"), FakeTTS("cloud")
+    spk = Speaker({"embedded": light, "light": light, "cloud": cloud}, "embedded")
+    lists = await spk.voice_lists()
+    assert {name: v.voices for name, v in lists.items()} == {
+        "embedded": ("light",),
+        "light": ("light",),
+        "cloud": ("cloud",),
+    }
+    assert (light.listed, cloud.listed, spk.default) == (1, 1, "embedded")
 
 
 def test_default_provider_must_be_registered() -> None:

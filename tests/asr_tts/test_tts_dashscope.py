@@ -14,7 +14,7 @@ from pytest_aiohttp import AiohttpServer
 
 from asr_tts.codec import FrameEncoder, OpusDecoder
 from asr_tts.pcm import Pcm
-from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.base import TTSError, Voice, VoiceList
 from asr_tts.tts.dashscope import DashScopeTTS
 from asr_tts.tts.speaker import HEAD_FRAMES, Speaker
 from protocol.audio_format import AudioFormat
@@ -158,6 +158,9 @@ async def test_the_business_picks_dashscope_by_name(make: Make, fake: FakeDashSc
 
         async def synthesize(self, text: str, voice: Voice) -> Pcm:
             raise AssertionError("the default provider must not speak")
+
+        async def voice_list(self) -> VoiceList:
+            return VoiceList("silent", ())
 
     spk = Speaker({"embedded": Silent(), "dashscope": make()}, "embedded")
     voice = Voice(provider="dashscope", voice_type="longwan", speed_ratio=1.2)

@@ -12,7 +12,7 @@ from pytest_aiohttp import AiohttpServer
 
 from asr_tts.codec import FrameEncoder, OpusDecoder
 from asr_tts.pcm import Pcm
-from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.base import TTSError, Voice, VoiceList
 from asr_tts.tts.speaker import Speaker
 from asr_tts.tts.tencent import TencentTTS, tencent_speed
 from protocol.audio_format import AudioFormat
@@ -150,6 +150,9 @@ async def test_the_business_picks_tencent_by_name(
 
         async def synthesize(self, text: str, voice: Voice) -> Pcm:
             raise AssertionError("the default provider must not speak")
+
+        async def voice_list(self) -> VoiceList:
+            return VoiceList("silent", ())
 
     spk = Speaker({"embedded": Silent(), "tencent": provider(url, session)}, "embedded")
     voice = Voice(provider="tencent", voice_type="1001", speed_ratio=1.5)

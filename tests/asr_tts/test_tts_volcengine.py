@@ -17,7 +17,7 @@ from pytest_aiohttp import AiohttpServer
 
 from asr_tts.codec import FrameEncoder, OpusDecoder
 from asr_tts.pcm import Pcm
-from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.base import TTSError, Voice, VoiceList
 from asr_tts.tts.speaker import Speaker
 from asr_tts.tts.volcengine import VolcengineTTS
 from protocol.audio_format import AudioFormat
@@ -271,6 +271,9 @@ async def test_the_business_picks_huoshan_by_name(
 
         async def synthesize(self, text: str, voice: Voice) -> Pcm:
             raise AssertionError("the default provider must not speak")
+
+        async def voice_list(self) -> VoiceList:
+            raise AssertionError("nothing lists voices here")
 
     spk = Speaker({"embedded": Silent(), "huoshan": provider(url, session)}, "embedded")
     voice = Voice(provider="huoshan", voice_type="BV700_V2_streaming", speed_ratio=1.2)

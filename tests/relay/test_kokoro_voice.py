@@ -1,8 +1,10 @@
 """Kokoro, the embedded voice, over a real device WebSocket: answers in Mandarin, English and
-both, bad input, a killed worker, and bad model files (refuse to start, or fall back)."""
+both, bad input, a killed worker, and bad model files (refuse to start, or fall back); the
+voices API."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -11,13 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from aiohttp import web
 
 from asr_tts.tts.base import TTSProvider, Voice
 from asr_tts.tts.kokoro import KokoroTTS
-from asr_tts.tts.kokoro_files import MODEL_PARTS
+from asr_tts.tts.kokoro_files import MODEL_PARTS, STYLE_DIM
 from asr_tts.tts.speaker import Speaker
+from relay.app import warm_up
 from relay.device.connection import DEVICE_ROOM
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import FakeBusiness, open_stream, session_of, sse
@@ -25,6 +29,7 @@ from tests.relay.voice_helpers import Answer, VoiceDevice, decode_answer, is_tts
 
 ROOT = Path(__file__).resolve().parents[2]
 KOKORO = {"provider": "embedded", "pool_size": 1, "threads": 2, "timeout_s": 60}
+CLOUD_ASR = {"provider": "openai", "openai": {"base_url": "http://127.0.0.1:9"}}
 # An answer's synthesis takes 1-4 s on a busy 2-core machine, and the first loads the model.
 ANSWER_TIMEOUT_S = 45
 
@@ -78,7 +83,16 @@ async def test_kokoro_speaks_both_languages_and_survives_bad_input(
             "long": {"answer": "这是一个很长的回答，" * 1000},
         }
     )
-    client = await make_relay(tts=KOKORO)
+    # A cloud recogniser (never called here): the warm-up then loads no Whisper decoder.
+    client = await make_relay(tts=KOKORO, asr=CLOUD_ASR)
+    # As `relay serve` does: one worker starts and loads the model before the first answer,
+    # and that worker speaks it.
+    warm_up(client.app)
+    kokoro = kokoro_of(client)
+    assert kokoro._warming is not None
+    await asyncio.wait_for(kokoro._warming, ANSWER_TIMEOUT_S)
+    (warm,) = kokoro._workers
+    assert warm.loaded.done()
     dev = await VoiceDevice.connect(client)
     with caplog.at_level(logging.WARNING):
         for msg, words in (("zh", "你好"), ("en", "Hello"), ("mixed", "WiFi"), ("voice", "好的")):
@@ -86,6 +100,7 @@ async def test_kokoro_speaks_both_languages_and_survives_bad_input(
             answer.check_spoken()
             assert words in answer.captions
             assert len(decode_answer(answer.frames)) / 2 / 24000 > 0.4, msg
+        assert kokoro._workers == {warm}
         assert "nobody_here" in caplog.text  # the default voice spoke, and the log says why
         for msg in ("empty", "marks", "emoji", "kana", "arabic"):
             answer = await ask(dev, msg)  # spoken or skipped: either way, it ends
@@ -168,3 +183,47 @@ async def test_with_fallback_espeak_speaks_when_the_model_is_corrupt(
         (await ask(dev, "en")).check_spoken()
     assert str(bad) in caplog.text
     assert default_voice_of(client).name == "espeak"
+
+
+async def test_the_voices_api_lists_what_each_provider_speaks(
+    make_relay: RelayFactory, tmp_path: Path
+) -> None:
+    # An operator's extra Kokoro voice (one style row is enough to be listed) made the
+    # Mandarin default; a cloud provider configured with its default voice.
+    np.save(tmp_path / "zf_extra.npy", np.full((4, STYLE_DIM), 0.1, np.float32))
+    client = await make_relay(
+        api={"tokens": ["k1"]},
+        tts={
+            **KOKORO,
+            "voices_dir": str(tmp_path),
+            "voice": {"zh": "zf_extra"},
+            "openai": {"base_url": "http://127.0.0.1:9", "voice": "nova"},
+        },
+    )
+    refused = await client.get("/api/v1/voices")
+    assert refused.status == 401
+    assert (await refused.json())["errorType"] == "unauthorized"
+    resp = await client.get("/api/v1/voices", headers={"Authorization": "Bearer k1"})
+    assert resp.status == 200
+    body = await resp.json()
+    assert body["default_provider"] == "embedded"
+    providers = {p["name"]: p for p in body["providers"]}
+    assert sorted(providers) == ["embedded", "espeak", "openai"]
+    kokoro = providers["embedded"]
+    assert (kokoro["engine"], kokoro["default"], kokoro["blends"]) == ("kokoro", True, True)
+    assert kokoro["voices"] == sorted(
+        ["jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo", "zf_extra"]
+    )
+    assert kokoro["default_voices"] == {"zh": "zf_extra", "en": "mean"}
+    espeak = providers["espeak"]
+    assert (espeak["engine"], espeak["default"]) == ("espeak-ng", False)
+    assert {"cmn-latn-pinyin", "en-us", "de"} <= set(espeak["voices"])
+    assert espeak["default_voices"] == {"zh": "cmn-latn-pinyin", "*": "en"}
+    assert providers["openai"] == {
+        "name": "openai",
+        "engine": "openai",
+        "default": False,
+        "voices": ["nova"],
+        "default_voices": {"*": "nova"},
+        "blends": False,
+    }

@@ -77,6 +77,9 @@ async def start_relay(
 ) -> RelayProcess:
     port = closed_port()
     env = clean_env(
+        # The cluster is under test, not the voice: espeak-ng, so that no relay of the pair
+        # loads Kokoro's model at start (`relay serve` warms it up) for nothing.
+        RELAY__TTS__PROVIDER="espeak",
         RELAY__REDIS__URL=redis_url,
         RELAY__REDIS__PRESENCE_TTL_S="3",
         RELAY__REDIS__HEARTBEAT_S="1",
