@@ -7,8 +7,10 @@ so the loop pays a pipe round trip per sentence. Workers start lazily, up to `po
 each loading the model in ~1 s (~350-600 MB resident); `threads` is onnxruntime's intra-op
 thread count in each. A worker that dies is replaced and its sentence tried once more on a
 new one; a call longer than `timeout_s` kills its worker (the slot is free at once) and fails
-with TTSError. Nothing is fetched: the model comes from the installed part packages, checked
-against pinned hashes (asr_tts.tts.kokoro_files).
+with TTSError. A load is not a call: one that outlasts `timeout_s` fails that call only, and
+goes on for the next (a busy machine can take 20 times the ~1 s). Nothing is fetched: the
+model comes from the installed part packages, checked against pinned hashes
+(asr_tts.tts.kokoro_files).
 """
 
 from __future__ import annotations
@@ -149,9 +151,16 @@ class KokoroTTS:
             w = self._take()
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    await asyncio.wrap_future(w.loaded)
+                    # Shielded: a load that outlasts this call goes on, for the next call.
+                    await asyncio.shield(asyncio.wrap_future(w.loaded))
                     return await asyncio.wrap_future(w.submit(fn, *args))
             except TimeoutError as exc:
+                if not w.loaded.done():
+                    # Killing a worker still loading would make every call on a busy machine
+                    # start a new load and kill it in turn: Kokoro would never speak.
+                    raise TTSError(
+                        f"Kokoro still loading its model after {self.timeout_s} s"
+                    ) from exc
                 w.kill()  # a call cannot be interrupted: free the slot for a new worker
                 raise TTSError(f"Kokoro gave no result within {self.timeout_s} s") from exc
             except BrokenProcessPool:

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from asr_tts.tts import kokoro_files as files
-from asr_tts.tts.base import Voice
+from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.kokoro import KokoroTTS
 from asr_tts.tts.kokoro_g2p import Phonemizer, split_runs
 from asr_tts.tts.kokoro_worker import MAX_TOKENS, chunks
@@ -173,3 +173,19 @@ def test_more_voices_come_from_voices_dir(tmp_path: Path) -> None:
     assert files.blend(voices, "zf_extra:1+jm_kumo:1").shape == (510, 256)
     with pytest.raises(KeyError):
         files.blend(voices, "nobody")
+
+
+async def test_a_load_outlasting_the_timeout_goes_on_for_the_next_call() -> None:
+    # On a busy machine the load (~1 s) can take longer than timeout_s: the call that waited
+    # fails, the load goes on, and the next call speaks on that worker. Killed, every call
+    # would start a new load and kill it in turn.
+    tts = KokoroTTS(pool_size=1, threads=1, timeout_s=0.01)
+    try:
+        with pytest.raises(TTSError, match="still loading"):
+            await tts.synthesize("好。", Voice())
+        (pid,) = tts.worker_pids()
+        tts.timeout_s = 60
+        assert (await tts.synthesize("好。", Voice())).duration_s > 0.2
+        assert tts.worker_pids() == [pid]
+    finally:
+        tts.close()
