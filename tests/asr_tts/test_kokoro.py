@@ -5,6 +5,7 @@ One provider (one worker, the model loaded once) serves the whole test session.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import shutil
@@ -183,8 +184,11 @@ async def test_a_load_outlasting_the_timeout_goes_on_for_the_next_call() -> None
     try:
         with pytest.raises(TTSError, match="still loading"):
             await tts.synthesize("好。", Voice())
+        (loading,) = tts._workers
         (pid,) = tts.worker_pids()
-        tts.timeout_s = 60
+        async with asyncio.timeout(300):  # not measured: ~1 s quiet, a minute at load 15
+            await asyncio.wrap_future(loading.loaded)
+        tts.timeout_s = 120
         assert (await tts.synthesize("好。", Voice())).duration_s > 0.2
         assert tts.worker_pids() == [pid]
     finally:
