@@ -165,6 +165,23 @@ def test_a_bad_model_part_is_named(tmp_path: Path, damage: str) -> None:
         files.check(corrupt_copy(tmp_path, damage))
 
 
+def test_files_checked_before_are_hashed_again_only_once_changed(tmp_path: Path) -> None:
+    # `relay serve` checks the files before it listens, then KokoroTTS checks them again:
+    # the second check costs no hashing of ~95 MB while nothing changed.
+    real = files.locate()
+    vocab = tmp_path / "vocab.json"
+    shutil.copy(real.vocab, vocab)
+    copy = files.ModelFiles(real.parts, vocab, real.voices)
+    files.check(copy)
+    stamp = vocab.stat()
+    vocab.write_bytes(b"x" * stamp.st_size)  # corrupt, same size and mtime: not read again
+    os.utime(vocab, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    files.check(copy)
+    os.utime(vocab, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(files.ModelFileError, match=str(vocab)):
+        files.check(copy)
+
+
 def test_more_voices_come_from_voices_dir(tmp_path: Path) -> None:
     real = files.locate()
     np.save(tmp_path / "zf_extra.npy", np.ones((510, 1, 256), np.float32))
