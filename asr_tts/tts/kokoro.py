@@ -178,7 +178,9 @@ class KokoroTTS:
                 # A load is not a call: on a busy machine it can take far longer than
                 # timeout_s, and killing it for that would only start the load again.
                 async with asyncio.timeout(LOAD_TIMEOUT_S):
-                    await asyncio.wrap_future(w.loaded)
+                    # Shielded: an answer cancelled (an abort) while the model loads leaves
+                    # the load to go on for the next call.
+                    await asyncio.shield(asyncio.wrap_future(w.loaded))
                 async with asyncio.timeout(self.timeout_s):
                     return await asyncio.wrap_future(w.submit(fn, *args))
             except TimeoutError as exc:
@@ -192,6 +194,13 @@ class KokoroTTS:
             except files.ModelFileError as exc:
                 w.broken = True
                 raise TTSError(str(exc)) from exc
+            except TTSError:
+                raise
+            except Exception as exc:  # whatever else the load or the call raised in the worker
+                if w.loaded.done() and not w.loaded.cancelled() and w.loaded.exception():
+                    w.broken = True  # a worker without its model never speaks: replace it
+                    raise TTSError(f"Kokoro could not load its model: {exc}") from exc
+                raise TTSError(f"Kokoro failed: {exc}") from exc
             finally:
                 self._give_back(w)
 

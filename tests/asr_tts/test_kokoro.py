@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from asr_tts.tts import kokoro_files as files
-from asr_tts.tts.base import Voice
+from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.kokoro import KokoroTTS
 from asr_tts.tts.kokoro_g2p import Phonemizer, split_runs
 from asr_tts.tts.kokoro_worker import MAX_TOKENS, chunks
@@ -180,6 +180,23 @@ def test_a_bad_model_part_is_named(tmp_path: Path, damage: str) -> None:
         files.check(corrupt_copy(tmp_path, damage))
 
 
+def test_files_checked_before_are_hashed_again_only_once_changed(tmp_path: Path) -> None:
+    # `relay serve` checks the files before it listens, then KokoroTTS checks them again:
+    # the second check costs no hashing of ~95 MB while nothing changed.
+    real = files.locate()
+    vocab = tmp_path / "vocab.json"
+    shutil.copy(real.vocab, vocab)
+    copy = files.ModelFiles(real.parts, vocab, real.voices)
+    files.check(copy)
+    stamp = vocab.stat()
+    vocab.write_bytes(b"x" * stamp.st_size)  # corrupt, same size and mtime: not read again
+    os.utime(vocab, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    files.check(copy)
+    os.utime(vocab, ns=(stamp.st_atime_ns, stamp.st_mtime_ns + 1_000_000_000))
+    with pytest.raises(files.ModelFileError, match=str(vocab)):
+        files.check(copy)
+
+
 def test_more_voices_come_from_voices_dir(tmp_path: Path) -> None:
     real = files.locate()
     np.save(tmp_path / "zf_extra.npy", np.ones((510, 1, 256), np.float32))
@@ -214,5 +231,20 @@ async def test_a_warm_up_whose_load_fails_is_logged_not_fatal(
         assert "no worker loaded ahead of use" in caplog.text
         assert str(package / "part.bin") in caplog.text
         assert not tts._workers  # retired: the first answer starts a new one
+    finally:
+        tts.close()
+
+
+async def test_a_worker_whose_load_fails_is_replaced_not_reused(tmp_path: Path) -> None:
+    # Not a bad model part (that refuses at start): here a style vector of voices_dir is
+    # damaged after the provider checked it, so the worker's load raises. The answer fails
+    # with TTSError and the worker is retired: a worker without its model never speaks.
+    np.save(tmp_path / "zf_extra.npy", np.ones((510, 1, 256), np.float32))
+    tts = KokoroTTS(pool_size=1, threads=1, timeout_s=60, voices_dir=str(tmp_path))
+    (tmp_path / "zf_extra.npy").write_bytes(b"not a style vector")
+    try:
+        with pytest.raises(TTSError, match="could not load"):
+            await tts.synthesize("好。", Voice())
+        assert not tts._workers
     finally:
         tts.close()

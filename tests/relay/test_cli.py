@@ -17,7 +17,14 @@ import pytest
 from tests.relay.test_simulate import closed_port, parse_sse
 
 ROOT = Path(__file__).resolve().parents[2]
-STARTUP_S = 15.0
+# How long a relay or business process may take to answer HTTP. Not what any test measures:
+# ~1 s of CPU (imports, config, model file checks) that a machine at load 10-15 on 2 cores
+# stretched past 15 s. A process that dies fails wait_http at once, whatever the bound.
+STARTUP_S = 90.0
+# For tests whose point is not the embedded models: espeak-ng speaks in milliseconds and
+# pocketsphinx loads in a fraction of a second, where Kokoro and Whisper load for 1-3 s of CPU
+# each (20-40 s on a loaded machine) beside the relay under test.
+LIGHT_SPEECH = {"RELAY__TTS__PROVIDER": "espeak", "RELAY__ASR__PROVIDER": "pocketsphinx"}
 SERVE_LOCAL = ("serve", "--config", "config.toml", "--host", "127.0.0.1", "--port")
 
 
@@ -79,13 +86,14 @@ async def stop(proc: asyncio.subprocess.Process) -> int:
 
 
 async def spawn_relay(
-    port: int, *args: str, business_port: int | None = None, **env: str
+    port: int, *args: str, business_port: int | None = None, env: dict[str, str] | None = None
 ) -> asyncio.subprocess.Process:
-    """`python -m relay serve` on loopback `port` with the shipped config (its stderr, the log,
-    piped), pointed at the reference business on `business_port` if given, `env` added."""
-    extra = {"RELAY__BUSINESS__0__URL": f"http://127.0.0.1:{business_port}/chat"}
-    if business_port is None:
-        extra = {}
+    """`python -m relay serve` on loopback `port` with the shipped config and the overrides in
+    `env` (its stderr, the log, piped), pointed at the reference business on `business_port`
+    if given."""
+    extra = dict(env or {})
+    if business_port is not None:
+        extra["RELAY__BUSINESS__0__URL"] = f"http://127.0.0.1:{business_port}/chat"
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -94,7 +102,7 @@ async def spawn_relay(
         str(port),
         *args,
         cwd=ROOT,
-        env=clean_env(**extra, **env),
+        env=clean_env(**extra),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -137,8 +145,7 @@ async def test_serve_runs_a_turn_with_the_reference_business() -> None:
         relay = await spawn_relay(
             relay_port,
             business_port=business_port,
-            RELAY__API__TOKENS="t0ken",
-            RELAY__METRICS__PORT=str(metrics_port),
+            env={"RELAY__API__TOKENS": "t0ken", "RELAY__METRICS__PORT": str(metrics_port)},
         )
         base = f"http://127.0.0.1:{relay_port}"
         auth = {"Authorization": "Bearer t0ken"}

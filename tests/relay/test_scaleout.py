@@ -24,7 +24,7 @@ from tests.relay.redis_server import (  # noqa: F401 (pytest finds the fixture b
     RedisServer,
     redis_server_fixture,
 )
-from tests.relay.test_cli import ROOT, clean_env, stop, wait_http
+from tests.relay.test_cli import LIGHT_SPEECH, ROOT, clean_env, stop, wait_http
 from tests.relay.test_push_api import COMMAND_TEXT, NOTIFY_HELLO, recv_raw
 from tests.relay.test_simulate import closed_port
 
@@ -85,6 +85,7 @@ async def start_relay(
         RELAY__REDIS__HEARTBEAT_S="1",
         RELAY__REDIS__PUSH_TIMEOUT_S=str(PUSH_TIMEOUT_S),
         RELAY__BUSINESS__0__URL=str(business.make_url("/chat")),
+        **LIGHT_SPEECH,
     )
     if node_id is not None:
         env["RELAY__REDIS__NODE_ID"] = node_id

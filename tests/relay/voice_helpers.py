@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -142,6 +143,16 @@ def decode_answer(frames: Sequence[bytes], fmt: Literal["opus", "pcm"] = "opus")
     return b"".join(pcm)
 
 
+def run_queue_wait_s() -> float:
+    """Seconds the calling thread has spent runnable but waiting for a core (Linux schedstat;
+    0.0 where the kernel does not keep it)."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except OSError:
+        return 0.0
+
+
 @dataclass
 class VoiceDevice:
     """A device that speaks: listen messages, paced uplink audio, an ordered receive log."""
@@ -268,11 +279,16 @@ class VoiceDevice:
         return self.log[before:]
 
     async def ping(self, timeout: float = 5.0) -> float:
-        """Seconds from `ping` to its `pong` (other messages on the way are logged)."""
+        """Seconds from `ping` to its `pong` (other messages on the way are logged), less the
+        time this thread, the one loop of the relay and of this device, spent runnable but
+        waiting for a core: what other processes took on a loaded machine, not what the relay
+        took. A loop held by this process's own work (a decoder in a thread holding the GIL,
+        a call that blocks) still counts in full."""
+        waited = run_queue_wait_s()
         t0 = time.perf_counter()
         await self.dev.send({"type": "ping"})
         await self.until(lambda m: m.get("type") == "pong", timeout)
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0 - (run_queue_wait_s() - waited)
 
 
 # ---- metrics ----------------------------------------------------------------------------
