@@ -71,6 +71,11 @@ SURE_NO_SPEECH = 0.8
 LOW_LOGPROB = -1.0
 LOST_LOGPROB = -1.5
 LOOP_RATIO = 2.4
+# Greedy decoding (one beam, not Whisper's five): a command's text comes out the same (the
+# Kokoro sets of bench/asr_accuracy.py: identical WER and CER, beam 1 vs 5) while the decoder's
+# share of a 2 s command's decode falls from ~0.5-0.7 s to ~0.1-0.2 s of two cores; the rest is
+# the encoder's 30 s window (docs/performance.md, "Decode cost of one command").
+BEAM_SIZE = 1
 # Audio quieter than this (RMS, -60 dBFS) is not decoded at all: it has no speech to find.
 _SILENT_RMS = 0.001
 # Decoding of a 30 s window stops past this many tokens per second of its audio (a loop),
@@ -202,7 +207,7 @@ def finish(pcm: bytes, first: bool, language: str | None) -> str:
     segments, _info = state.model.transcribe(
         audio,
         language=lang,
-        beam_size=5,
+        beam_size=BEAM_SIZE,
         temperature=0.0,  # no sampling fallback: the same audio always gives the same text
         condition_on_previous_text=False,
         without_timestamps=True,
