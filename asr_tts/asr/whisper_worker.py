@@ -71,11 +71,13 @@ SURE_NO_SPEECH = 0.8
 LOW_LOGPROB = -1.0
 LOST_LOGPROB = -1.5
 LOOP_RATIO = 2.4
-# Greedy decoding (one beam, not Whisper's five): a command's text comes out the same (the
-# Kokoro sets of bench/asr_accuracy.py: identical WER and CER, beam 1 vs 5) while the decoder's
-# share of a 2 s command's decode falls from ~0.5-0.7 s to ~0.1-0.2 s of two cores; the rest is
-# the encoder's 30 s window (docs/performance.md, "Decode cost of one command").
-BEAM_SIZE = 1
+# Whisper's five beams, not greedy decoding: the decoder is the small part of a command's decode
+# (2.4 s command, in a worker, load ~10: 30 s window encoded alone 4.2 s median; whole decode
+# 4.9 s at beam 5, 4.3 s at beam 1), the encoder's fixed 30 s window the large one (a window cut
+# to the audio's length loops: Kokoro English WER 0 % -> 32-70 %), and greedy decoding lost
+# Mandarin through the relay (Kokoro set, bench/asr_accuracy.py: CER 16.7 % -> 22.2 %, "关灯"
+# heard as "寡登"). docs/performance.md, "Decode cost of one command".
+BEAM_SIZE = 5
 # Audio quieter than this (RMS, -60 dBFS) is not decoded at all: it has no speech to find.
 _SILENT_RMS = 0.001
 # Decoding of a 30 s window stops past this many tokens per second of its audio (a loop),
