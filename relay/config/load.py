@@ -112,6 +112,12 @@ def _check_speech_in(cfg: Config) -> None:
         raise ConfigError("vad.threshold: must be in (0, 1]")
     if cfg.vad.max_utterance_s <= cfg.vad.min_speech_s:
         raise ConfigError("vad.max_utterance_s: must exceed vad.min_speech_s")
+    early = cfg.vad.early_silence_s
+    if early < 0 or (early and early >= cfg.vad.min_silence_s):
+        raise ConfigError(
+            "vad.early_silence_s: must be at least 0 and below vad.min_silence_s (0 turns "
+            "early recognition off)"
+        )
     if not 0 <= cfg.vad.batch_window_ms <= 50:
         raise ConfigError("vad.batch_window_ms: must be between 0 and 50 (it adds to every lag)")
     if cfg.vad.max_late_ms < 0:

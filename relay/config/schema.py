@@ -198,6 +198,8 @@ class VADConfig:
     threshold: float = 0.5
     min_speech_s: float = 0.25
     min_silence_s: float = 0.6
+    # A pause this long starts recognition early (batch ASR such as Whisper); 0 = never.
+    early_silence_s: float = 0.2
     pre_roll_s: float = 0.3
     max_utterance_s: float = 15.0
     audio_threads: int = 2  # decode + VAD executor threads

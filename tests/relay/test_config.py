@@ -94,6 +94,8 @@ def test_values_are_frozen() -> None:
         ({"log": {"level": "LOUD"}}, "log.level"),
         ({"vad": {"batch_window_ms": 500}}, "vad.batch_window_ms"),
         ({"vad": {"batch_window_ms": -1}}, "vad.batch_window_ms"),
+        ({"vad": {"early_silence_s": 0.6}}, "vad.early_silence_s"),
+        ({"vad": {"early_silence_s": -0.1}}, "vad.early_silence_s"),
         ({"listen": {"wake_words": ["你好小智", 7]}}, "listen.wake_words[1]"),
         ({"listen": {"wake_words": [["hi"]]}}, "listen.wake_words[0]"),
         ({"listen": {"wake_words": ["ok", " ?! "]}}, "listen.wake_words[1]"),
