@@ -193,6 +193,13 @@ def test_env_overrides_apply() -> None:
     assert cfg.server.host == "0.0.0.0"  # untouched keys keep the file's values
 
 
+@pytest.mark.parametrize("value", ["0", "0.0", "0.3"])
+def test_early_recognition_can_be_turned_off_or_tuned(value: str) -> None:
+    cfg = load(SHIPPED, env={"RELAY__VAD__EARLY_SILENCE_S": value})
+    assert cfg.vad.early_silence_s == float(value)
+    assert load(SHIPPED, env={}).vad.early_silence_s == 0.2  # on as shipped
+
+
 def test_env_can_add_a_business_without_a_file() -> None:
     cfg = load(None, env={"RELAY__BUSINESS__0__NAME": "b", "RELAY__BUSINESS__0__URL": "http://b/"})
     assert [(b.name, b.url) for b in cfg.business] == [("b", "http://b/")]
