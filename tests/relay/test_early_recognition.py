@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 import pytest
 import pytest_asyncio
 
+from asr_tts.asr.base import EarlyStream
 from asr_tts.asr.whisper import WhisperASR
 from asr_tts.segmenter import SegmenterConfig
 from asr_tts.vad import SileroModel
@@ -116,3 +117,18 @@ async def test_speech_resumed_after_the_pause_is_recognised_whole(
     assert words(heard.text)[-2:] == ["the", "light"], heard.text  # not the early fragment
     assert "time" in words(heard.text)
     assert heard.early("miss") == 1
+
+
+async def test_one_early_decode_at_a_time_on_the_utterances_own_worker(
+    whisper: WhisperASR, speech: SpeechBank
+) -> None:
+    # A second pause while the first early decode still runs starts nothing: an utterance
+    # never queues two calls on its worker, nor takes a second one (the pool has one).
+    stream = await whisper.open()
+    assert isinstance(stream, EarlyStream)
+    await stream.feed(speech.say("what time is it"))
+    assert stream.start_early()
+    assert not stream.start_early()
+    stream.discard_early()
+    await stream.feed(silence(0.3) + speech.say("turn on the light"))
+    assert words(await stream.finish())[-2:] == ["the", "light"]
