@@ -63,7 +63,9 @@ def words(text: str) -> list[str]:
 
 async def hear(asr: WhisperASR, segmenter: SegmenterConfig, speech: bytes) -> Heard:
     """`speech` then silence into an auto-mode Listener: the speech as fast as it is taken,
-    the silence in real time (the time a decode begun at the pause has to run)."""
+    the silence in real time (the time a decode begun at the pause has to run), once the VAD
+    has caught up with the speech (else, on a busy machine, it could see the pause and the
+    end in one batch, with no time between them)."""
     metrics = Metrics()
     got: asyncio.Future[Heard] = asyncio.get_running_loop().create_future()
 
@@ -86,6 +88,8 @@ async def hear(asr: WhisperASR, segmenter: SegmenterConfig, speech: bytes) -> He
         for packet in opus_packets(silence(0.3) + speech):
             assert listener.feed(packet)
         async with asyncio.timeout(30):
+            while listener._pump is not None:
+                await asyncio.sleep(0.01)
             for packet in opus_packets(silence(segmenter.min_silence_s + 1.0)):
                 if got.done():
                     break
