@@ -19,8 +19,11 @@ These go push-to-talk (manual mode) at `--speed` times real time. Then the laten
 English command in auto mode, in real time, `--turns` times on fresh connections; from the
 moment the last packet holding speech was sent to `stt` (this includes the VAD's
 `min_silence_s`, 0.6 s, before the relay knows the speech has ended; "after VAD" subtracts it).
+With `--early-silence 0.2,0` the latency is measured side by side for each `[vad]
+early_silence_s` (early recognition on, off), one relay each, their turns taking turns.
 
     python -m bench.asr_accuracy [--providers embedded,pocketsphinx] [--turns 10] [--speed 4]
+        [--early-silence 0.2,0] [--latency-only]
 
 stdout: one JSON document; stderr: progress, then a table. See docs/performance.md.
 """
@@ -40,6 +43,7 @@ import aiohttp
 import numpy as np
 import orjson
 from aiohttp import WSMsgType
+from prometheus_client.parser import text_string_to_metric_families
 
 from asr_tts.codec import pcm_from_wav, resample
 from asr_tts.pcm import Pcm
@@ -262,15 +266,18 @@ async def push_to_talk(
     return text
 
 
+async def warm_up(http: aiohttp.ClientSession, port: int) -> None:
+    """The relay loads its first decoder at start: wait for it, or the first utterance waits
+    in the listener's backlog (100 packets) and, sent faster than real time, overflows it."""
+    ws, sid = await connect(http, device_url(port), 999)
+    await push_to_talk(ws, sid, silence(0.3), 1)
+    await ws.close()
+
+
 async def accuracy(
     http: aiohttp.ClientSession, port: int, sets: dict[str, list[tuple[str, bytes]]], speed: float
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    # The relay loads its first decoder at start: wait for it, or the first utterance waits
-    # in the listener's backlog (100 packets) and, sent faster than real time, overflows it.
-    ws, sid = await connect(http, device_url(port), 999)
-    await push_to_talk(ws, sid, silence(0.3), 1)
-    await ws.close()
     for idx, (name, items) in enumerate(sets.items()):
         if not items:
             out[name] = {"skipped": "pocketsphinx-testdata is not installed"}
@@ -287,29 +294,68 @@ async def accuracy(
     return out
 
 
-async def latency(http: aiohttp.ClientSession, port: int, turns: int) -> dict[str, Any]:
-    """Speech end -> stt, auto mode, real time, one fresh connection per turn."""
+async def latency_turn(
+    http: aiohttp.ClientSession, port: int, idx: int, packets: list[bytes], last_speech: int
+) -> tuple[float, str]:
+    """One turn on a fresh connection: (seconds from the last speech packet to stt, text)."""
+    ws, sid = await connect(http, device_url(port), idx)
+    start = {"session_id": sid, "type": "listen", "state": "start", "mode": "auto"}
+    await ws.send_str(orjson.dumps(start).decode())
+    stt: asyncio.Task[tuple[str, float]] = asyncio.ensure_future(next_stt(ws))
+    sent_end = await send_packets(ws, packets[: last_speech + 1], 1.0)
+    sender = asyncio.ensure_future(send_packets(ws, packets[last_speech + 1 :], 1.0))
+    text, at = await stt
+    sender.cancel()
+    await ws.close()
+    return at - sent_end, text
+
+
+async def latency(
+    http: aiohttp.ClientSession, ports: dict[float, int], turns: int
+) -> list[dict[str, Any]]:
+    """Speech end -> stt, auto mode, real time, one fresh connection per turn; for each
+    early_silence_s (a relay each), their turns interleaved so that they share the load."""
     speech = trim(espeak(LATENCY_PHRASE))
     packets = opus_packets(silence(0.6) + speech + silence(3.0))
     last_speech = (round(0.6 / FRAME_S) * 2 * 960 + len(speech) - 1) // (2 * 960)
-    seconds, texts = [], []
+    seconds: dict[float, list[float]] = {early: [] for early in ports}
+    texts: dict[float, list[str]] = {early: [] for early in ports}
     for i in range(turns):
-        ws, sid = await connect(http, device_url(port), 1000 + i)
-        start = {"session_id": sid, "type": "listen", "state": "start", "mode": "auto"}
-        await ws.send_str(orjson.dumps(start).decode())
-        stt: asyncio.Task[tuple[str, float]] = asyncio.ensure_future(next_stt(ws))
-        sent_end = await send_packets(ws, packets[: last_speech + 1], 1.0)
-        sender = asyncio.ensure_future(send_packets(ws, packets[last_speech + 1 :], 1.0))
-        text, at = await stt
-        sender.cancel()
-        await ws.close()
-        seconds.append(at - sent_end)
-        texts.append(text)
-    seconds.sort()
+        for early, port in ports.items():
+            s, text = await latency_turn(http, port, 1000 + i, packets, last_speech)
+            seconds[early].append(s)
+            texts[early].append(text)
+    return [
+        {
+            **latency_summary(early, sorted(seconds[early]), texts[early], len(speech)),
+            "early_recognitions": await early_counts(http, port),
+        }
+        for early, port in ports.items()
+    ]
+
+
+async def early_counts(http: aiohttp.ClientSession, port: int) -> dict[str, float]:
+    """relay_asr_early_total by outcome (hit, miss), from the relay's /metrics."""
+    async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        text = await resp.text()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "relay_asr_early":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    out[sample.labels.get("outcome", "")] = sample.value
+    return out
+
+
+def latency_summary(
+    early: float, seconds: list[float], texts: list[str], speech_bytes: int
+) -> dict[str, Any]:
+    """The figures of one early_silence_s setting; `seconds` sorted."""
     return {
+        "early_silence_s": early,
         "phrase": LATENCY_PHRASE,
-        "speech_s": r(len(speech) / (2 * RATE), 2),
-        "turns": turns,
+        "speech_s": r(speech_bytes / (2 * RATE), 2),
+        "turns": len(seconds),
         "p50_ms": r(percentile(seconds, 50) * 1000, 0),
         "p90_ms": r(percentile(seconds, 90) * 1000, 0),
         "after_vad_p50_ms": r((percentile(seconds, 50) - MIN_SILENCE_S) * 1000, 0),
@@ -325,18 +371,32 @@ def worker_rss_mib(relay_pid: int) -> list[float]:
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
-    progress(f"synthesising the test set ({args.voice})")
-    sets = await test_set(args.voice)
+    sets = {}
+    if not args.latency_only:
+        progress(f"synthesising the test set ({args.voice})")
+        sets = await test_set(args.voice)
     results: dict[str, Any] = {}
+    early_values = [float(v) for v in args.early_silence.split(",")]
     for provider in args.providers.split(","):
         progress(f"{provider}:")
         with children() as started:
-            env = {**relay_env(), "RELAY__ASR__PROVIDER": provider}
-            relay, port = start_relay(started, f"relay-{provider}", env)
+            ports = {}
+            for early in early_values:
+                env = {
+                    **relay_env(),
+                    "RELAY__ASR__PROVIDER": provider,
+                    "RELAY__VAD__EARLY_SILENCE_S": str(early),
+                }
+                _relay, ports[early] = start_relay(started, f"relay-{provider}-{early}", env)
+            first_relay, first_port = started[0], ports[early_values[0]]
             async with aiohttp.ClientSession() as http:
-                acc = await accuracy(http, port, sets, args.speed)
-                lat = await latency(http, port, args.turns)
-            rss = worker_rss_mib(relay.pid)
+                for port in ports.values():
+                    await warm_up(http, port)
+                acc = {}
+                if not args.latency_only:
+                    acc = await accuracy(http, first_port, sets, args.speed)
+                lat = await latency(http, ports, args.turns)
+            rss = worker_rss_mib(first_relay.pid)
         results[provider] = {"accuracy": acc, "latency": lat, "worker_rss_mib": rss}
         progress(f"  latency: {lat}, worker RSS MiB {rss}")
     doc = envelope(
@@ -346,6 +406,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "turns": args.turns,
             "speed": args.speed,
             "voice": args.voice,
+            "early_silence": args.early_silence,
+            "latency_only": args.latency_only,
         },
     )
     doc["results"] = results
@@ -359,12 +421,13 @@ def table(doc: dict[str, Any]) -> str:
         for name, acc in res["accuracy"].items():
             figures = {k: v for k, v in acc.items() if k != "heard"}
             lines.append(f"  {name:22} {figures}")
-        lat = res["latency"]
-        lines.append(
-            f"  speech end -> stt: p50 {lat['p50_ms']} ms, p90 {lat['p90_ms']} ms "
-            f"(after the VAD's {MIN_SILENCE_S} s: p50 {lat['after_vad_p50_ms']}, "
-            f"p90 {lat['after_vad_p90_ms']})"
-        )
+        for lat in res["latency"]:
+            lines.append(
+                f"  early_silence_s {lat['early_silence_s']}: speech end -> stt: p50 "
+                f"{lat['p50_ms']} ms, p90 {lat['p90_ms']} ms (after the VAD's {MIN_SILENCE_S} s: "
+                f"p50 {lat['after_vad_p50_ms']}, p90 {lat['after_vad_p90_ms']}); early "
+                f"recognitions {lat['early_recognitions']}"
+            )
     return "\n".join(lines)
 
 
@@ -379,6 +442,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="espeak",
         help="who speaks the synthetic sets: espeak-ng, or the relay's embedded Kokoro voice",
     )
+    p.add_argument(
+        "--early-silence",
+        default="0.2",
+        help="[vad] early_silence_s of the latency relays, comma-separated (0: early "
+        "recognition off), measured side by side",
+    )
+    p.add_argument("--latency-only", action="store_true", help="skip the accuracy sets")
     return p.parse_args(argv)
 
 

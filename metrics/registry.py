@@ -205,6 +205,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.asr_early = Counter(
+            "relay_asr_early_total",
+            "Early recognitions begun at a pause in speech, by outcome: hit (the utterance "
+            "ended there, that text used) or miss (speech resumed or was cut, discarded).",
+            ["outcome"],
+            registry=r,
+        )
         self.provider_errors = Counter(
             "relay_provider_errors_total",
             "ASR/TTS provider failures, by kind (asr, tts) and provider name.",

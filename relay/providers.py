@@ -243,6 +243,7 @@ def build_voice(
             threshold=vad.threshold,
             min_speech_s=vad.min_speech_s,
             min_silence_s=vad.min_silence_s,
+            early_silence_s=vad.early_silence_s,
             pre_roll_s=vad.pre_roll_s,
             max_utterance_s=vad.max_utterance_s,
         ),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import struct
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 SAMPLE_RATE = 16000  # every provider takes 16 kHz mono signed 16-bit little-endian PCM
 BYTES_PER_SECOND = SAMPLE_RATE * 2
@@ -31,6 +31,21 @@ class ASRStream(Protocol):
 
     async def cancel(self) -> None:
         """Abandon the utterance and release its resources; idempotent, safe after finish()."""
+        ...
+
+
+@runtime_checkable
+class EarlyStream(Protocol):
+    """A batch stream that can begin decoding the audio so far while the utterance may still
+    go on (early recognition, at a pause the VAD reports): finish() then returns that text,
+    unless discard_early() said that speech went on after it."""
+
+    def start_early(self) -> bool:
+        """Begin decoding the audio received so far; False when not begun (nothing to do)."""
+        ...
+
+    def discard_early(self) -> None:
+        """Speech went on: finish() decodes the whole utterance, not the early audio."""
         ...
 
 

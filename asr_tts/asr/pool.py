@@ -16,7 +16,11 @@ loading is ended at once); a worker also exits when this process dies. multiproc
 one small helper process, its resource tracker, for as long as this process lives.
 
 A backend either decodes audio while it arrives (`process`, called with 250 ms lots) or takes
-the whole utterance in one `finish` call (batch).
+the whole utterance in one `finish` call (batch). A batch utterance may be decoded early
+(start_early, at a pause in speech) on its own worker: finish() returns that text if it is
+kept; when speech went on, the early call runs to its end, ignored, and finish() decodes the
+whole utterance after it. An utterance never has more than one call queued on its worker, so
+early recognition never holds a second worker nor piles up work.
 """
 
 from __future__ import annotations
@@ -247,6 +251,7 @@ class _PooledStream:
         self._received = 0
         self._first = True  # the next call begins the utterance in the worker
         self._job: Future[Any] | None = None
+        self._early: Future[str] | None = None  # a decode of the audio so far, kept for finish()
         self._closed = False
         self._released: asyncio.Future[None] | None = None
 
@@ -255,13 +260,15 @@ class _PooledStream:
         if self._closed:
             return
         job = self._job
-        if job is not None and job.done() and (exc := _failure(job)) is not None:
+        process = self._owner.backend.process
+        # A streaming call's failure ends the utterance; a batch one's (early) waits for finish().
+        exc = _failure(job) if process is not None and job is not None and job.done() else None
+        if exc is not None:
             raise self._worker.error(exc) from exc
         self._received += len(pcm)
         if self._received > _MAX_BYTES:
             raise ASRError(f"utterance longer than {MAX_UTTERANCE_S} s")
         self._pending += pcm
-        process = self._owner.backend.process
         if process is not None and len(self._pending) >= _JOB_BYTES and (job is None or job.done()):
             self._job = self._call(process)
 
@@ -272,7 +279,9 @@ class _PooledStream:
         self._closed = True
         try:
             async with asyncio.timeout(self._owner.timeout_s):
-                if self._job is not None:
+                if self._early is not None:
+                    return await asyncio.wrap_future(self._early)
+                if self._job is not None and not self._owner.batch:
                     await asyncio.wrap_future(self._job)
                 final: Future[str] = self._call(self._owner.backend.finish)
                 self._job = final
@@ -287,6 +296,26 @@ class _PooledStream:
         finally:
             self._pending.clear()
             self._release()
+
+    def start_early(self) -> bool:
+        """Begin decoding the audio so far (batch only), keeping it for finish(); not begun
+        while a call of this utterance still runs (one queued call per utterance at most)."""
+        job = self._job
+        if self._closed or not self._owner.batch or (job is not None and not job.done()):
+            return False
+        n = len(self._pending) - len(self._pending) % 2
+        try:
+            early = self._worker.submit(
+                self._owner.backend.finish, bytes(self._pending[:n]), True, self._language
+            )
+        except ASRError:
+            return False  # the worker is gone: finish() reports it
+        self._early = self._job = early
+        return True
+
+    def discard_early(self) -> None:
+        """Speech went on after the early audio: its text is not the utterance's."""
+        self._early = None
 
     async def cancel(self) -> None:
         """Drop the utterance; returns once the worker is back in the pool."""

@@ -71,6 +71,13 @@ SURE_NO_SPEECH = 0.8
 LOW_LOGPROB = -1.0
 LOST_LOGPROB = -1.5
 LOOP_RATIO = 2.4
+# Whisper's five beams, not greedy decoding: the decoder is the small part of a command's decode
+# (2.4 s command, in a worker, load ~10: 30 s window encoded alone 4.2 s median; whole decode
+# 4.9 s at beam 5, 4.3 s at beam 1), the encoder's fixed 30 s window the large one (a window cut
+# to the audio's length loops: Kokoro English WER 0 % -> 32-70 %), and greedy decoding lost
+# Mandarin through the relay (Kokoro set, bench/asr_accuracy.py: CER 16.7 % -> 22.2 %, "关灯"
+# heard as "寡登"). docs/performance.md, "Decode cost of one command".
+BEAM_SIZE = 5
 # Audio quieter than this (RMS, -60 dBFS) is not decoded at all: it has no speech to find.
 _SILENT_RMS = 0.001
 # Decoding of a 30 s window stops past this many tokens per second of its audio (a loop),
@@ -202,7 +209,7 @@ def finish(pcm: bytes, first: bool, language: str | None) -> str:
     segments, _info = state.model.transcribe(
         audio,
         language=lang,
-        beam_size=5,
+        beam_size=BEAM_SIZE,
         temperature=0.0,  # no sampling fallback: the same audio always gives the same text
         condition_on_previous_text=False,
         without_timestamps=True,

@@ -27,6 +27,7 @@ from protocol.device import phrase_key
 from relay.config.schema import (
     Config,
     ConfigError,
+    OptionalSeconds,
     Secret,
     SignedInt,
     Token,
@@ -140,10 +141,18 @@ def _check_speech_in(cfg: Config) -> None:
     _check_tencent_asr(cfg)
     if cfg.asr.provider == "dashscope" and not cfg.asr.dashscope.api_key:
         raise ConfigError('asr.dashscope.api_key: required when asr.provider = "dashscope"')
+    _check_vad_and_listen(cfg)
+
+
+def _check_vad_and_listen(cfg: Config) -> None:
     if not 0 < cfg.vad.threshold <= 1:
         raise ConfigError("vad.threshold: must be in (0, 1]")
     if cfg.vad.max_utterance_s <= cfg.vad.min_speech_s:
         raise ConfigError("vad.max_utterance_s: must exceed vad.min_speech_s")
+    if cfg.vad.early_silence_s >= cfg.vad.min_silence_s:
+        raise ConfigError(
+            "vad.early_silence_s: must be below vad.min_silence_s (0 turns early recognition off)"
+        )
     if not 0 <= cfg.vad.batch_window_ms <= 50:
         raise ConfigError("vad.batch_window_ms: must be between 0 and 50 (it adds to every lag)")
     if cfg.vad.max_late_ms < 0:
@@ -250,7 +259,8 @@ def _env_value(raw: str) -> Any:
 def _env_typed(tp: Any, raw: _EnvText) -> Any:
     # Numbers, booleans and `[…]` lists are read as TOML; what does not parse is left for
     # the type check, which names the key. Strings stay strings ("123456" as a token).
-    if tp in (int, float, bool) or (get_origin(tp) is tuple and raw.lstrip().startswith("[")):
+    numeric = tp in (int, float, bool, OptionalSeconds)
+    if numeric or (get_origin(tp) is tuple and raw.lstrip().startswith("[")):
         try:
             return tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
@@ -306,6 +316,15 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     return _convert_scalar(tp, value, key)
 
 
+def _number(value: Any, key: str, *, zero_ok: bool) -> float:
+    """A float key: positive, or 0 too where 0 turns something off (OptionalSeconds)."""
+    wanted = "a number, 0 or more" if zero_ok else "a positive number"
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or value < 0 or (value == 0 and not zero_ok):
+        raise ConfigError(f"{key}: expected {wanted}")
+    return float(value)
+
+
 def _convert_scalar(tp: Any, value: Any, key: str) -> Any:
     if tp is bool:
         if not isinstance(value, bool):
@@ -315,14 +334,12 @@ def _convert_scalar(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer")
         return value
+    if tp is float or tp == OptionalSeconds:
+        return _number(value, key, zero_ok=tp == OptionalSeconds)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{key}: expected a non-negative integer")
         return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ConfigError(f"{key}: expected a positive number")
-        return float(value)
     if tp in (str, Token, Secret):
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string")

@@ -13,6 +13,7 @@ from bridges.business import BusinessTarget
 from protocol.device import WAKE_WORDS, DetectRules
 
 SignedInt = Annotated[int, "signed"]  # an int key that may be negative (others may not)
+OptionalSeconds = Annotated[float, "zero is off"]  # a float key that may be 0 (others may not)
 # A credential sent in an HTTP header (`Authorization: Bearer …`) or compared with one: visible
 # ASCII only, "" = none (relay/config/load.py checks it; a list of them may not hold "").
 Token = Annotated[str, "token"]
@@ -288,6 +289,8 @@ class VADConfig:
     threshold: float = 0.5
     min_speech_s: float = 0.25
     min_silence_s: float = 0.6
+    # A pause this long starts recognition early (batch ASR such as Whisper); 0 = never.
+    early_silence_s: OptionalSeconds = 0.2
     pre_roll_s: float = 0.3
     max_utterance_s: float = 15.0
     audio_threads: int = 2  # decode + VAD executor threads

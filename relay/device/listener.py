@@ -2,6 +2,12 @@
 
 Decoding and VAD of every stream run in batched executor jobs (relay/device/audio_batcher.py),
 one job in flight per stream, so the loop stays free and ONNX calls are shared across streams.
+
+Early recognition (auto and realtime modes, a batch recogniser such as Whisper): at the first
+pause the VAD reports (`[vad] early_silence_s`) the audio so far is handed to the recogniser;
+when the utterance then ends without more speech that text is the utterance's, ready sooner
+(`stt` is still sent when the VAD ends the utterance); when speech resumes it is discarded and
+the whole utterance is decoded at its end.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from aioutil import cancel_and_wait
-from asr_tts.asr.base import ASRError, ASRProvider, ASRStream
+from asr_tts.asr.base import ASRError, ASRProvider, ASRStream, EarlyStream
 from asr_tts.segmenter import Segmenter, SegmenterConfig, SegmentEvent
 from asr_tts.uplink import UplinkDecoder
 from asr_tts.vad import SileroModel, VadStream
@@ -99,6 +105,7 @@ class Listener:
         self._stream: ASRStream | None = None
         self._opening: asyncio.Task[ASRStream] | None = None
         self._utterance_s = 0.0
+        self._early = False  # the utterance's stream holds an early decode (see start_early)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop_at = 0.0  # when a manual `listen stop` waiting for the backlog came
 
@@ -132,6 +139,7 @@ class Listener:
 
     def _end_capture(self, t_end: float) -> None:
         if self.capturing:
+            self._end_early(hit=False)  # audio the VAD has not seen may hold more speech
             self._end_utterance(t_end)
 
     def feed(self, packet: bytes) -> bool:
@@ -230,13 +238,34 @@ class Listener:
         elif self.capturing:
             self._ring.clear()
             await self._feed_asr(window)
+            if event is SegmentEvent.PAUSE:
+                self._start_early()
+            elif event is not None:
+                self._end_early(hit=event is SegmentEvent.SPEECH_END)
             if event in (SegmentEvent.SPEECH_END, SegmentEvent.CUT):
                 # The mode stays in force (docs/protocol.md §1.3): the next utterance is
                 # heard without another `listen start`.
                 self._end_utterance(time.monotonic())
 
+    def _start_early(self) -> None:
+        """A pause: decode the utterance so far, if the recogniser can and is free to."""
+        stream = self._stream
+        if isinstance(stream, EarlyStream) and stream.start_early():
+            self._early = True
+
+    def _end_early(self, *, hit: bool) -> None:
+        """Speech resumed or the utterance was cut (a miss: the early text is discarded), or
+        it ended at the pause (a hit: finish() returns the early text)."""
+        if not self._early:
+            return
+        self._early = False
+        self._deps.metrics.asr_early.labels("hit" if hit else "miss").inc()
+        if not hit and isinstance(self._stream, EarlyStream):
+            self._stream.discard_early()
+
     def _begin_utterance(self) -> None:
         self._utterance_s = 0.0
+        self._early = False
         self._opening = asyncio.get_running_loop().create_task(
             self._deps.asr.open(language=self._deps.language)
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from asr_tts.asr.base import ASRError, ASRStream
+from asr_tts.asr.base import ASRError, ASRStream, EarlyStream
 from asr_tts.asr.pocketsphinx import PocketsphinxASR, command_grammar
 from tests.asr_tts.conftest import Speak
 
@@ -106,6 +106,20 @@ async def test_commands_are_recognised(
     commands: PocketsphinxASR, speak: Speak, text: str, voice: str
 ) -> None:
     assert await recognise(commands, speak(text, voice)) == text
+
+
+async def test_a_streaming_decoder_takes_no_early_recognition(speak: Speak) -> None:
+    # The full vocabulary decodes while the audio arrives: a pause changes nothing in its
+    # stream (with a grammar, decoded whole at the end, it may start early like Whisper).
+    asr = PocketsphinxASR(pool_size=1)
+    try:
+        stream = await asr.open()
+        await feed_all(stream, speak("turn on the light", "en"))
+        assert isinstance(stream, EarlyStream)
+        assert not stream.start_early()
+        await stream.cancel()
+    finally:
+        asr.close()
 
 
 async def test_commands_in_a_row(commands: PocketsphinxASR, speak: Speak) -> None:

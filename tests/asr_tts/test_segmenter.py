@@ -8,6 +8,7 @@ import pytest
 from asr_tts.segmenter import Segmenter, SegmenterConfig, SegmentEvent
 
 START, END, CUT = SegmentEvent.SPEECH_START, SegmentEvent.SPEECH_END, SegmentEvent.CUT
+PAUSE, RESUME = SegmentEvent.PAUSE, SegmentEvent.RESUME
 CHUNK = 0.05  # 20 windows per second keeps the arithmetic readable
 W = 512  # samples per VAD window
 W_S = W / 16000
@@ -85,6 +86,23 @@ def test_natural_end_wins_over_cut_on_the_same_window() -> None:
     assert events(seg, [0.9] * 10 + [0.0] * 10) == [(4, START), (19, END)]
 
 
+def test_early_silence_reports_each_pause_once_and_speech_coming_back() -> None:
+    seg = Segmenter(SegmenterConfig(early_silence_s=0.2))
+    pause = [0.05] * 5  # 0.25 s: a pause, not an end
+    got = events(seg, [0.9] * 10 + pause + [0.9] * 3 + [0.0] * 12)
+    assert got == [(4, START), (13, PAUSE), (15, RESUME), (21, PAUSE), (29, END)]
+
+
+def test_early_silence_off_reports_no_pause() -> None:
+    seg = Segmenter(SegmenterConfig(early_silence_s=0.0))
+    assert events(seg, [0.9] * 10 + [0.05] * 5 + [0.9] * 3 + [0.0] * 12) == [(4, START), (29, END)]
+
+
+def test_a_cut_while_paused_is_a_cut() -> None:
+    seg = Segmenter(SegmenterConfig(max_utterance_s=1.0, early_silence_s=0.1))
+    assert events(seg, [0.9] * 17 + [0.0] * 5) == [(4, START), (18, PAUSE), (19, CUT)]
+
+
 def test_reset_forgets_speech_in_progress() -> None:
     seg = Segmenter(SegmenterConfig())
     assert events(seg, [0.9] * 6) == [(4, START)]
@@ -104,10 +122,12 @@ def test_reset_forgets_speech_in_progress() -> None:
         {"hysteresis": 0.6},
         {"min_silence_s": -1.0},
         {"max_utterance_s": 0.2},
+        {"early_silence_s": 0.6},
+        {"early_silence_s": -0.1},
     ],
 )
 def test_inconsistent_config_is_refused(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError, match="threshold|duration|max_utterance"):
+    with pytest.raises(ValueError, match="threshold|duration|max_utterance|early_silence"):
         SegmenterConfig(**kwargs)
 
 

@@ -94,6 +94,8 @@ def test_values_are_frozen() -> None:
         ({"log": {"level": "LOUD"}}, "log.level"),
         ({"vad": {"batch_window_ms": 500}}, "vad.batch_window_ms"),
         ({"vad": {"batch_window_ms": -1}}, "vad.batch_window_ms"),
+        ({"vad": {"early_silence_s": 0.6}}, "vad.early_silence_s"),
+        ({"vad": {"early_silence_s": -0.1}}, "vad.early_silence_s"),
         ({"listen": {"wake_words": ["你好小智", 7]}}, "listen.wake_words[1]"),
         ({"listen": {"wake_words": [["hi"]]}}, "listen.wake_words[0]"),
         ({"listen": {"wake_words": ["ok", " ?! "]}}, "listen.wake_words[1]"),
@@ -194,6 +196,13 @@ def test_env_overrides_apply() -> None:
     assert cfg.server.hello_timeout_s == 2.5
     assert cfg.redis.url == "redis://127.0.0.1:6379/0"
     assert cfg.server.host == "0.0.0.0"  # untouched keys keep the file's values
+
+
+@pytest.mark.parametrize("value", ["0", "0.0", "0.3"])
+def test_early_recognition_can_be_turned_off_or_tuned(value: str) -> None:
+    cfg = load(SHIPPED, env={"RELAY__VAD__EARLY_SILENCE_S": value})
+    assert cfg.vad.early_silence_s == float(value)
+    assert load(SHIPPED, env={}).vad.early_silence_s == 0.2  # on as shipped
 
 
 def test_env_can_add_a_business_without_a_file() -> None:
