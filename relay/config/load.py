@@ -27,10 +27,10 @@ from protocol.device import phrase_key
 from relay.config.schema import (
     Config,
     ConfigError,
-    OptionalSeconds,
     Secret,
     SignedInt,
     Token,
+    ZeroOk,
 )
 from relay.cors import origin_problem
 
@@ -259,7 +259,7 @@ def _env_value(raw: str) -> Any:
 def _env_typed(tp: Any, raw: _EnvText) -> Any:
     # Numbers, booleans and `[…]` lists are read as TOML; what does not parse is left for
     # the type check, which names the key. Strings stay strings ("123456" as a token).
-    numeric = tp in (int, float, bool, OptionalSeconds)
+    numeric = tp in (int, float, bool, ZeroOk)
     if numeric or (get_origin(tp) is tuple and raw.lstrip().startswith("[")):
         try:
             return tomllib.loads(f"v = {raw}")["v"]
@@ -317,7 +317,7 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
 
 
 def _number(value: Any, key: str, *, zero_ok: bool) -> float:
-    """A float key: positive, or 0 too where 0 turns something off (OptionalSeconds)."""
+    """A float key: positive, or 0 too where the schema allows it (ZeroOk)."""
     wanted = "a number, 0 or more" if zero_ok else "a positive number"
     number = isinstance(value, int | float) and not isinstance(value, bool)
     if not number or value < 0 or (value == 0 and not zero_ok):
@@ -334,8 +334,8 @@ def _convert_scalar(tp: Any, value: Any, key: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer")
         return value
-    if tp is float or tp == OptionalSeconds:
-        return _number(value, key, zero_ok=tp == OptionalSeconds)
+    if tp is float or tp == ZeroOk:
+        return _number(value, key, zero_ok=tp == ZeroOk)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"{key}: expected a non-negative integer")

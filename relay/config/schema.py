@@ -13,7 +13,7 @@ from bridges.business import BusinessTarget
 from protocol.device import WAKE_WORDS, DetectRules
 
 SignedInt = Annotated[int, "signed"]  # an int key that may be negative (others may not)
-OptionalSeconds = Annotated[float, "zero is off"]  # a float key that may be 0 (others may not)
+ZeroOk = Annotated[float, "zero allowed"]  # a float key that may be 0 (others may not)
 # A credential sent in an HTTP header (`Authorization: Bearer …`) or compared with one: visible
 # ASCII only, "" = none (relay/config/load.py checks it; a list of them may not hold "").
 Token = Annotated[str, "token"]
@@ -290,12 +290,12 @@ class VADConfig:
     min_speech_s: float = 0.25
     min_silence_s: float = 0.6
     # A pause this long starts recognition early (batch ASR such as Whisper); 0 = never.
-    early_silence_s: OptionalSeconds = 0.2
+    early_silence_s: ZeroOk = 0.2
     pre_roll_s: float = 0.3
     max_utterance_s: float = 15.0
     audio_threads: int = 2  # decode + VAD executor threads
-    batch_window_ms: float = 10.0  # how long audio waits for other streams to share a batch
-    max_late_ms: float = 300.0  # auto/realtime audio waiting longer for VAD is dropped; 0 = never
+    batch_window_ms: ZeroOk = 10.0  # how long audio waits for other streams to share a batch
+    max_late_ms: ZeroOk = 300.0  # auto/realtime audio waiting longer for VAD is dropped; 0 = never
 
 
 @dataclass(frozen=True, slots=True)

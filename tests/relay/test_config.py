@@ -257,3 +257,11 @@ def test_env_string_values_stay_strings(env: dict[str, str], expected: str) -> N
 
 def test_env_single_numeric_token_list() -> None:
     assert load(SHIPPED, env={"RELAY__API__TOKENS": "4242"}).api.tokens == ("4242",)
+
+
+@pytest.mark.parametrize("key", ["max_late_ms", "batch_window_ms"])
+def test_vad_keys_documented_with_a_zero_take_zero(key: str) -> None:
+    # config.toml: max_late_ms 0 keeps all audio; batch_window_ms 0 sends audio at once.
+    assert getattr(parse({"vad": {key: 0}}).vad, key) == 0
+    with pytest.raises(ConfigError, match=f"vad.{key}"):
+        parse({"vad": {key: -1}})
