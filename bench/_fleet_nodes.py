@@ -21,6 +21,11 @@ from relay.cluster.base import Presence
 from relay.cluster.redis import RedisCluster
 
 _SETTLE_S = 120.0
+_T0 = time.monotonic()
+
+
+def _progress(msg: str) -> None:
+    print(f"[nodes {time.monotonic() - _T0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
 
 class Fleet:
@@ -110,8 +115,10 @@ async def churn(url: str, r: Redis, p: dict[str, Any]) -> dict[str, Any]:
         s0 = await _stats(r)
         await fleet.connect(ids)
         s1 = await _stats(r)
+        _progress(f"churn: {len(ids)} connected")
         await fleet.disconnect(ids)
         s2 = await _stats(r)
+        _progress(f"churn: {len(ids)} gone")
     finally:
         await fleet.stop()
     n = len(ids)
@@ -136,12 +143,14 @@ async def steady(url: str, r: Redis, p: dict[str, Any]) -> dict[str, Any]:
         await fleet.connect([f"dev-{i:07d}" for i in range(p["devices"])])
         register_s = time.monotonic() - t0
         s1 = await _stats(r)
+        _progress(f"steady: {p['devices']} connected in {register_s:.1f} s")
         await asyncio.sleep(p["heartbeat_s"])  # past one heartbeat of every node
         s2 = await _stats(r)
         t2 = time.monotonic()
         await asyncio.sleep(p["window_s"])
         s3 = await _stats(r)
         window = time.monotonic() - t2
+        _progress(f"steady: window of {window:.1f} s done")
         instantaneous = int((await r.info("stats"))["instantaneous_ops_per_sec"])
         present = await r.zcard(b"relay:devices")
         record = await r.memory_usage(b"relay:dev:dev-0000000")

@@ -72,11 +72,11 @@ def measure(name: str, tree: Path, params: dict[str, Any], tmp: str) -> dict[str
             [PYTHON, str(_NODES_SCRIPT), orjson.dumps(doc).decode()],
             cwd=tree,
             env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
-            capture_output=True,
+            stdout=subprocess.PIPE,
             check=False,
         )
     if done.returncode != 0:
-        raise RuntimeError(f"{name}: nodes failed:\n{done.stderr.decode()[-3000:]}")
+        raise RuntimeError(f"{name}: nodes failed ({done.returncode}); see their stderr above")
     figures: dict[str, Any] = orjson.loads(done.stdout)
     for part in figures.values():
         for k, v in part.items():

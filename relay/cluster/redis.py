@@ -437,10 +437,16 @@ class RedisCluster(NodeInbox):
 
     async def _sweep(self) -> None:
         """When a node's lease is gone, walk the index a bounded step per beat and remove
-        the records whose lease is gone; one node at a time sweeps (a lock key)."""
+        the records whose lease is gone. One node per heartbeat period reads the registry
+        (a token key), so that costs O(nodes) per period, not per node; one node at a
+        time sweeps (a lock key)."""
         prefix, lock = self._prefix, f"{self._prefix}sweeping"
         assert self._redis is not None
         if self._sweep_from is None:
+            async with asyncio.timeout(self._op_timeout):
+                token, px = f"{prefix}sweepcheck", int(self._heartbeat_s * 1000)
+                if not await self._redis.set(token, self.node_id, nx=True, px=px):
+                    return  # another node reads the registry this period
             dead = [text(m) for m in await self._call("dead", [f"{prefix}nodes"], [prefix])]
             if not dead:
                 return
