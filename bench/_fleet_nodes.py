@@ -21,6 +21,7 @@ from relay.cluster.base import Presence
 from relay.cluster.redis import RedisCluster
 
 _SETTLE_S = 120.0
+_STOP_S = 15.0
 _T0 = time.monotonic()
 
 
@@ -44,8 +45,11 @@ class Fleet:
             if not c.available:
                 raise RuntimeError(f"{c.node_id}: redis not reachable")
 
-    async def stop(self) -> None:
-        await asyncio.gather(*(c.stop() for c in self.clusters))
+    async def stop(self) -> int:
+        """Stop every node, each bounded; how many did not stop in time (stderr names
+        them: RedisCluster.stop can wait on the client's pool after a cancelled call)."""
+        done = await asyncio.gather(*(_bounded_stop(c) for c in self.clusters))
+        return done.count(False)
 
     async def connect(self, ids: list[str]) -> None:
         """Register each device on node (index mod nodes) and wait until all landed."""
@@ -68,6 +72,16 @@ class Fleet:
         done = await asyncio.gather(*(c.settle(_SETTLE_S) for c in self.clusters))
         if not all(done):
             raise RuntimeError("queued claims or releases did not reach redis")
+
+
+async def _bounded_stop(c: RedisCluster) -> bool:
+    try:
+        async with asyncio.timeout(_STOP_S):
+            await c.stop()
+    except TimeoutError:
+        _progress(f"{c.node_id}: stop() did not return in {_STOP_S:.0f} s")
+        return False
+    return True
 
 
 def _devices_of(held: dict[str, Presence]) -> Callable[[], list[Presence]]:
@@ -120,7 +134,7 @@ async def churn(url: str, r: Redis, p: dict[str, Any]) -> dict[str, Any]:
         s2 = await _stats(r)
         _progress(f"churn: {len(ids)} gone")
     finally:
-        await fleet.stop()
+        stuck = await fleet.stop()
     n = len(ids)
     up, down = _delta(s1, s0), _delta(s2, s1)
     return {
@@ -129,6 +143,7 @@ async def churn(url: str, r: Redis, p: dict[str, Any]) -> dict[str, Any]:
         "scripts_per_connect": up["scripts"] / n,
         "commands_per_disconnect": down["commands"] / n,
         "scripts_per_disconnect": down["scripts"] / n,
+        "nodes_stuck_in_stop": stuck,
     }
 
 
@@ -155,7 +170,7 @@ async def steady(url: str, r: Redis, p: dict[str, Any]) -> dict[str, Any]:
         present = await r.zcard(b"relay:devices")
         record = await r.memory_usage(b"relay:dev:dev-0000000")
     finally:
-        await fleet.stop()
+        stuck = await fleet.stop()
     d = _delta(s3, s2)
     return {
         "devices": p["devices"],
@@ -168,6 +183,7 @@ async def steady(url: str, r: Redis, p: dict[str, Any]) -> dict[str, Any]:
         "commands_per_s": d["commands"] / window,
         "scripts_per_s": d["scripts"] / window,
         "instantaneous_ops_per_sec": instantaneous,
+        "nodes_stuck_in_stop": stuck,
     }
 
 
