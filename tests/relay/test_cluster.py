@@ -440,6 +440,34 @@ async def test_push_waiting_for_ack_fails_fast_when_redis_dies(
         assert await push == PushResult(False, "A", "redis_unavailable")
 
 
+async def test_stop_is_bounded_when_a_task_swallows_its_cancellation(
+    redis_server: RedisServer,
+) -> None:
+    entered, swallowed = asyncio.Event(), asyncio.Event()
+
+    async def stubborn(device_id: str, session_id: str) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.set()  # as a library call may turn a cancel into an error it handles
+        await asyncio.Event().wait()
+
+    a, b = Node(redis_server.url, "A", 30.0), Node(redis_server.url, "B", 30.0)
+    a.replace = stubborn  # type: ignore[method-assign]
+    await a.start()
+    await b.start()
+    try:
+        await a.connect("d1", "s-old")
+        await b.connect("d1", "s-new")  # A is told to close its connection: the callback runs
+        await eventually(entered.is_set)
+        async with asyncio.timeout(2.0):
+            await a.cluster.stop()
+        assert swallowed.is_set()
+    finally:
+        await b.cluster.stop()
+
+
 async def test_start_without_redis_does_not_fail() -> None:
     node = Node(f"redis://127.0.0.1:{free_port()}/0", "A")
     t0 = time.monotonic()
