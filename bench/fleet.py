@@ -110,13 +110,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "ttl_s": args.ttl_s,
         "window_s": args.window_s,
     }
+    doc = envelope("fleet", vars(args))  # now: its load average is the one at the start
     with tempfile.TemporaryDirectory() as tmp:
         before_tree = extract(args.before, Path(tmp) / "before") if args.before else None
         sides: dict[str, Any] = {}
         if before_tree is not None:
             sides["before"] = measure("before", before_tree, params, tmp)
         sides["after"] = measure("after", ROOT, params, tmp)
-    doc = envelope("fleet", vars(args)) | sides
+    doc |= sides
     if "before" in sides:
         b, a = sides["before"]["steady"], sides["after"]["steady"]
         doc["before_over_after"] = {
