@@ -22,6 +22,7 @@ from relay.logsafe import printable
 log = logging.getLogger(__name__)
 
 MAX_PAGE = 1000
+_RECANCEL_S = 0.1  # a task still running this long after its cancel is cancelled again
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,10 +252,18 @@ class NodeInbox:
         task.add_done_callback(self._tasks.discard)
 
     async def _cancel_tasks(self, *more: asyncio.Future[None] | None) -> None:
-        tasks = [t for t in (*more, *self._tasks) if t is not None]
+        """Cancel `more` and every owned task and wait for them. A task that swallows its
+        cancellation (a callback, or a library call that turns it into an error the task
+        handles) is cancelled again, so stopping cannot hang on it."""
+        tasks = {t for t in (*more, *self._tasks) if t is not None}
+        pending = tasks
+        while pending:
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=_RECANCEL_S)
         for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            if not t.cancelled():
+                t.exception()  # retrieved: no "never retrieved" warning at exit
         self._fail_pending()
 
 

@@ -1,11 +1,17 @@
 """The cluster layer over Redis (README.md "Many processes and machines").
 
-Keys under `key_prefix` ("relay:"): `dev:{id}`, a hash (node, session_id, connected_at,
-last_seen) expiring after `presence_ttl_s` unless the owning node's heartbeat renews it, so
-a crashed node's devices vanish on their own; `devices`, a sorted set of ids all scored 0,
-so ZRANGEBYLEX pages it by id (cursor = last id), where members whose hash expired are
-skipped and removed while listing; `node:{id}`, a node's pub/sub inbox (push, ack, replace).
-Claim, release and renewal are Lua scripts, each one atomic step: of two concurrent
+Presence costs Redis work per node, not per device (docs/scale.md). Keys under
+`key_prefix` ("relay:"): `dev:{id}`, a hash (node, session_id, connected_at, last_seen,
+lease) written when the device connects and removed when it leaves, with no expiry;
+`lease:{node}`, the node's lease, a token new each time the process starts, kept alive by
+the node's heartbeat (`SET ... PX presence_ttl_s`); a record counts only while its node
+holds the lease the record names, so a crashed (or restarted) node's devices vanish from
+every lookup at once, and any node's heartbeat later sweeps their records away (`nodes`,
+the registry of leases, says whose lease is gone); `devices`, a sorted set of ids all
+scored 0, so ZRANGEBYLEX pages it by id (cursor = last id), dead members skipped and
+removed while listing; `node:{id}`, a node's pub/sub inbox (push, ack, replace). Activity
+(`last_seen`) is written by the heartbeat, only for the devices heard from since the last.
+Claim, release and lookup are Lua scripts, each one atomic step: of two concurrent
 registrations the later sees the earlier and replaces it. Scripts touch several keys, so
 this targets one Redis (or a Sentinel-managed primary), not Redis Cluster.
 
@@ -22,8 +28,9 @@ import contextlib
 import dataclasses
 import logging
 import random
+import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
@@ -55,13 +62,15 @@ from relay.cluster.base import (
     page_of,
 )
 from relay.cluster.redis_client import REDIS_ERRORS as _ERRORS
-from relay.cluster.redis_client import list_page, open_client, parse_presence, text
+from relay.cluster.redis_client import list_page, lookup, open_client, text
 from relay.cluster.redis_scripts import SCRIPTS
 from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
-_BATCH = 256  # devices per renewal script call, claims or releases per write round
+_BATCH = 256  # devices per rebuild or last_seen script call, claims or releases per round
+_SWEEP_CHUNK = 500  # index members a sweep step reads
+_SWEEP_STEPS = 20  # sweep steps per heartbeat: a dead node's records go within a few beats
 _MAX_RELEASES = 10_000  # queued while Redis is away; beyond, the oldest are left to the TTL
 _BACKOFF_MIN_S = 0.05
 ASK_MARGIN_S = 1.0  # a tools request waits its own timeout plus this for the holder's reply
@@ -88,6 +97,10 @@ class RedisCluster(NodeInbox):
             raise ValueError("heartbeat_s must be positive and shorter than presence_ttl_s")
         super().__init__(node_id)
         self._url, self._prefix, self._index = url, key_prefix, f"{key_prefix}devices"
+        self._lease = secrets.token_hex(4)  # this process's lease on presence
+        self._touched: set[str] = set()  # devices heard from since the last heartbeat
+        self._sweep_from: str | None = None  # the sweep's next ZRANGEBYLEX start, if sweeping
+        self._sweep_dead: list[str] = []  # registry members the running sweep clears
         self._ttl_ms, self._heartbeat_s = int(presence_ttl_s * 1000), heartbeat_s
         self._op_timeout, self._backoff_max = op_timeout_s, backoff_max_s
         self._redis: Redis | None = None
@@ -189,19 +202,25 @@ class RedisCluster(NodeInbox):
         p = self._local.get(device_id)
         if p is not None and p.session_id == session_id:
             self._local[device_id] = dataclasses.replace(p, last_seen=time.time())
+            self._touched.add(device_id)
+
+    async def _find(self, device_id: str) -> Presence | None:
+        """The device's live presence in Redis (its record, if its node's lease lives)."""
+        if not self._up or self._redis is None:
+            raise ConnectionError("redis unavailable")
+        (found,) = await lookup(self._scripts["lookup"], self._prefix, [device_id])
+        return found
 
     async def locate(self, device_id: str) -> Presence | None:
         """The device's presence from Redis, else this node's own record of it."""
         bump(self.ops, "locate")
+        found: Presence | None = None
         try:
-            if not self._up or self._redis is None:
-                raise ConnectionError("redis unavailable")
             async with asyncio.timeout(self._op_timeout):
-                row = await self._redis.hgetall(self._key(device_id))
+                found = await self._find(device_id)
         except _ERRORS:
             bump(self.errors, "locate")
-            row = {}
-        return parse_presence(device_id, row) or self._local.get(device_id)
+        return found or self._local.get(device_id)
 
     async def list(self, cursor: str | None, limit: int) -> Page:
         """A page of the whole cluster by device id; this node's devices when Redis is away."""
@@ -211,7 +230,7 @@ class RedisCluster(NodeInbox):
             with contextlib.suppress(*_ERRORS):
                 async with asyncio.timeout(2 * self._op_timeout):
                     return await list_page(
-                        self._redis, self._scripts["prune"], self._prefix, cursor, limit
+                        self._redis, self._scripts["lookup"], self._prefix, cursor, limit
                     )
         bump(self.errors, "list")
         return page_of(self._local.values(), cursor, limit)._replace(partial=True)
@@ -228,12 +247,12 @@ class RedisCluster(NodeInbox):
         node: str | None = None
         try:
             async with asyncio.timeout(timeout_s):
-                node = text(await r.hget(self._key(device_id), "node")) or None
+                node = found.node if (found := await self._find(device_id)) else None
                 if node is None or node == self.node_id:
                     return PushResult(False, None, "offline")
                 msg = NodePush(rid, self.node_id, device_id, timeout_s, message)
                 if await r.publish(self._inbox(node), encode_node_message(msg)) == 0:
-                    return PushResult(False, node, "offline")  # its node died; TTL pending
+                    return PushResult(False, node, "offline")  # its node died; lease pending
                 delivered, reason = await waiter
                 return PushResult(delivered, node, reason)
         except TimeoutError:
@@ -257,12 +276,12 @@ class RedisCluster(NodeInbox):
         node: str | None = None
         try:
             async with asyncio.timeout(req.timeout_s + ASK_MARGIN_S):
-                node = text(await r.hget(self._key(device_id), "node")) or None
+                node = found.node if (found := await self._find(device_id)) else None
                 if node is None or node == self.node_id:
                     return ToolAnswer("offline"), None
                 msg = NodeAsk(rid, self.node_id, device_id, encode_request(req))
                 if await r.publish(self._inbox(node), encode_node_message(msg)) == 0:
-                    return ToolAnswer("offline"), node  # its node died; TTL pending
+                    return ToolAnswer("offline"), node  # its node died; lease pending
                 return await waiter, node
         except TimeoutError:
             return ToolAnswer("timeout"), node
@@ -297,9 +316,9 @@ class RedisCluster(NodeInbox):
                 self._redis.pipeline(transaction=False) as pipe,
             ):
                 for p in claims:
-                    args = (p.device_id, self.node_id, p.session_id, p.connected_at)
+                    args = (p.device_id, self.node_id, p.session_id, p.connected_at, p.last_seen)
                     keys = (self._key(p.device_id), self._index)
-                    await claim(keys=keys, args=(*args, p.last_seen, self._ttl_ms), client=pipe)
+                    await claim(keys=keys, args=(*args, self._lease, self._prefix), client=pipe)
                 for device_id, session_id in releases:
                     keys = (self._key(device_id), self._index)
                     await release(keys=keys, args=(device_id, session_id), client=pipe)
@@ -340,7 +359,8 @@ class RedisCluster(NodeInbox):
             delay = min(delay * 2, self._backoff_max)
 
     async def _session(self) -> None:
-        """Subscribe, rebuild presence, then listen and heartbeat until either fails."""
+        """Subscribe, take the lease, rebuild presence, then listen and heartbeat until
+        either fails."""
         assert self._redis is not None
         pubsub = self._redis.pubsub()
         tasks: list[asyncio.Task[None]] = []
@@ -351,7 +371,8 @@ class RedisCluster(NodeInbox):
                     msg = await pubsub.get_message(timeout=self._op_timeout)
                     if msg is not None and msg.get("type") == "subscribe":
                         break
-            await self._renew(rebuild=True)
+            await self._keep_lease()
+            await self._rebuild()
             self._up = True
             bump(self.ops, "connect")
             self._attempted.set()
@@ -378,51 +399,120 @@ class RedisCluster(NodeInbox):
         raise ConnectionError("subscription ended")
 
     async def _beat(self) -> None:
+        """Every `heartbeat_s`: renew the lease (one key, whatever the number of devices),
+        write the activity noted since the last beat, and sweep dead nodes' records."""
         while True:
             await asyncio.sleep(self._heartbeat_s)
-            await self._renew(rebuild=False)
-
-    async def _renew(self, *, rebuild: bool) -> None:
-        """Renew this node's devices, recreate missing ones, yield to newer holders. When
-        rebuilding after an outage, the relay's own connections are the truth."""
-        op = "rebuild" if rebuild else "heartbeat"
-        bump(self.ops, op)
-        if rebuild:
+            bump(self.ops, "heartbeat")
             try:
-                fresh = list(self._local_devices())
-            except Exception:
-                log.exception("cluster: local_devices() failed; keeping the known devices")
-                fresh = list(self._local.values())
-            self._local = {p.device_id: dataclasses.replace(p, node=self.node_id) for p in fresh}
-            self._claims.clear()  # the rebuild claims them
-            self._wake_writer()
+                if not await self._keep_lease():
+                    log.warning("cluster: node %s lost its lease: rebuilding", self.node_id)
+                    await self._rebuild()  # its records may have been swept meanwhile
+                await self._write_seen()
+                await self._sweep()
+            except _ERRORS:
+                bump(self.errors, "heartbeat")
+                raise
+
+    async def _call(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
+        async with asyncio.timeout(self._op_timeout):
+            return await self._scripts[script](keys=keys, args=args)
+
+    async def _keep_lease(self) -> bool:
+        """Set this node's lease for another `presence_ttl_s`; whether it was still held."""
+        keys = [f"{self._prefix}lease:{self.node_id}", f"{self._prefix}nodes"]
+        member = f"{self.node_id}\n{self._lease}"
+        return bool(await self._call("lease", keys, [self._lease, self._ttl_ms, member]))
+
+    async def _write_seen(self) -> None:
+        """last_seen of the devices heard from since the last beat, in batches."""
+        seen = [p for d in self._touched if (p := self._local.get(d)) is not None]
+        self._touched.clear()
+        for i in range(0, len(seen), _BATCH):
+            batch = seen[i : i + _BATCH]
+            args: list[object] = []
+            for p in batch:
+                args += (p.session_id, p.last_seen)
+            await self._call("seen", [self._key(p.device_id) for p in batch], args)
+
+    async def _sweep(self) -> None:
+        """When a node's lease is gone, walk the index a bounded step per beat and remove
+        the records whose lease is gone. One node per heartbeat period reads the registry
+        (a token key), so that costs O(nodes) per period, not per node; one node at a
+        time sweeps (a lock key)."""
+        prefix, lock = self._prefix, f"{self._prefix}sweeping"
+        assert self._redis is not None
+        if self._sweep_from is None:
+            async with asyncio.timeout(self._op_timeout):
+                token, px = f"{prefix}sweepcheck", int(self._heartbeat_s * 1000)
+                if not await self._redis.set(token, self.node_id, nx=True, px=px):
+                    return  # another node reads the registry this period
+            dead = [text(m) for m in await self._call("dead", [f"{prefix}nodes"], [prefix])]
+            if not dead:
+                return
+            async with asyncio.timeout(self._op_timeout):
+                px = 2 * self._ttl_ms
+                if not await self._redis.set(lock, self.node_id, nx=True, px=px):
+                    return  # another node sweeps
+            self._sweep_from, self._sweep_dead = "-", dead
+        for _ in range(_SWEEP_STEPS):
+            args: list[object] = [prefix, self._sweep_from, _SWEEP_CHUNK]
+            last = text(await self._call("sweep", [self._index], args))
+            if not last:
+                log.info("cluster: swept the devices of %d dead node(s)", len(self._sweep_dead))
+                async with asyncio.timeout(self._op_timeout):
+                    await self._redis.srem(f"{prefix}nodes", *self._sweep_dead)
+                    await self._redis.delete(lock)
+                self._sweep_from, self._sweep_dead = None, []
+                return
+            self._sweep_from = "(" + last
+        async with asyncio.timeout(self._op_timeout):
+            await self._redis.set(lock, self.node_id, px=2 * self._ttl_ms)
+
+    async def _rebuild(self) -> None:
+        """Claim this node's devices again from its connections (the truth after an outage
+        or a lapsed lease): each record absent, dead, this node's, or older is claimed,
+        a newer holder elsewhere closes ours (4001)."""
+        bump(self.ops, "rebuild")
+        try:
+            fresh = list(self._local_devices())
+        except Exception:
+            log.exception("cluster: local_devices() failed; keeping the known devices")
+            fresh = list(self._local.values())
+        self._local = {p.device_id: dataclasses.replace(p, node=self.node_id) for p in fresh}
+        self._claims.clear()  # the rebuild claims them
+        self._touched.clear()  # and writes their last_seen
+        self._wake_writer()
         ids = list(self._local)
         for i in range(0, len(ids), _BATCH):
             async with self._lock:
-                # A device whose claim is still queued is not renewed: its claim comes first.
+                # A device whose claim is queued since is not rebuilt: its claim comes first.
                 batch = [
                     self._local[d]
                     for d in ids[i : i + _BATCH]
                     if d in self._local and d not in self._claims
                 ]
-                args: list[object] = [self.node_id, self._ttl_ms, int(rebuild)]
+                args: list[object] = [self.node_id, self._lease, self._prefix]
                 for p in batch:
                     args += (p.device_id, p.session_id, p.connected_at, p.last_seen)
                 keys = [self._index, *(self._key(p.device_id) for p in batch)]
                 try:
-                    async with asyncio.timeout(self._op_timeout):
-                        answer = await self._scripts["renew"](keys=keys, args=args) if batch else []
+                    answer = await self._call("renew", keys, args) if batch else []
                 except _ERRORS:
-                    bump(self.errors, op)
+                    bump(self.errors, "rebuild")
                     raise
-            for n, p in enumerate(batch):
-                status, holder, holder_session = answer[3 * n : 3 * n + 3]
-                if status == 2:  # a newer connection on another node: close ours (4001)
-                    if (q := self._local.get(p.device_id)) and q.session_id == p.session_id:
-                        del self._local[p.device_id]
-                    self._spawn(self._call_replace(p.device_id, p.session_id))
-                elif status == 1 and text(holder) not in ("", self.node_id):
-                    await self._send(text(holder), NodeReplace(p.device_id, text(holder_session)))
+            await self._settle_rebuilt(batch, answer)
+
+    async def _settle_rebuilt(self, batch: Sequence[Presence], answer: Sequence[Any]) -> None:
+        """Act on the rebuild script's answer: replace on whichever side is older."""
+        for n, p in enumerate(batch):
+            status, holder, holder_session = answer[3 * n : 3 * n + 3]
+            if status == 2:  # a newer connection on another node: close ours (4001)
+                if (q := self._local.get(p.device_id)) and q.session_id == p.session_id:
+                    del self._local[p.device_id]
+                self._spawn(self._call_replace(p.device_id, p.session_id))
+            elif status == 1 and text(holder) not in ("", self.node_id):
+                await self._send(text(holder), NodeReplace(p.device_id, text(holder_session)))
 
     async def _send(self, node: str, msg: NodeMessage) -> None:
         op = {NodeAck: "ack", NodeReply: "reply"}.get(type(msg), "replace")

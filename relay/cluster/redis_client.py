@@ -4,7 +4,7 @@ the device index."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -55,22 +55,36 @@ def text(raw: object) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
 
 
-def parse_presence(device_id: str, row: Mapping[Any, Any]) -> Presence | None:
-    """A device's presence hash; None when it expired meanwhile or was not written by us."""
+def parse_presence(device_id: str, row: Sequence[Any]) -> Presence | None:
+    """A row of the lookup script (node, session, connected_at, last_seen); None when the
+    device is absent, its node's lease is gone, or the record was not written by us."""
     try:
-        node, session = text(row[b"node"]), text(row[b"session_id"])
-        return Presence(
-            device_id, node, session, float(row[b"connected_at"]), float(row[b"last_seen"])
-        )
-    except (KeyError, ValueError):
+        node, session, connected_at, last_seen = row
+        return Presence(device_id, text(node), text(session), float(connected_at), float(last_seen))
+    except (TypeError, ValueError):
         return None
 
 
+async def lookup(
+    script: Callable[..., Awaitable[Any]],
+    prefix: str,
+    ids: Sequence[str],
+    *,
+    prune: bool = False,
+    client: Redis | None = None,
+) -> list[Presence | None]:
+    """The live presence of each of `ids`, in one script call (records and leases read
+    together); with `prune`, index members whose record is gone or dead are removed."""
+    keys = [f"{prefix}devices", *(f"{prefix}dev:{d}" for d in ids)]
+    rows = await script(keys=keys, args=[prefix, int(prune), *ids], client=client)
+    return [parse_presence(d, row) for d, row in zip(ids, rows, strict=True)]
+
+
 async def list_page(
-    r: Redis, prune: Callable[..., Awaitable[Any]], prefix: str, cursor: str | None, limit: int
+    r: Redis, script: Callable[..., Awaitable[Any]], prefix: str, cursor: str | None, limit: int
 ) -> Page:
-    """A page of `{prefix}devices` by id from `cursor`, with members whose hash expired
-    skipped (the page refilled) and removed by the `prune` script."""
+    """A page of `{prefix}devices` by id from `cursor`, with members whose record expired or
+    whose node's lease is gone skipped (the page refilled) and removed by the lookup."""
     index = f"{prefix}devices"
     out: list[Presence] = []
     start = "-" if cursor is None else "(" + cursor
@@ -79,14 +93,8 @@ async def list_page(
         ids = [text(raw) for raw in await r.zrangebylex(index, start, "+", 0, want)]
         if not ids:
             return Page(out, None)
-        async with r.pipeline(transaction=False) as pipe:
-            for device_id in ids:
-                pipe.hgetall(f"{prefix}dev:{device_id}")
-            rows = await pipe.execute()
-        found = [parse_presence(d, row) for d, row in zip(ids, rows, strict=True)]
+        found = await lookup(script, prefix, ids, prune=True, client=r)
         out += [p for p in found if p is not None]
-        if stale := [d for d, p in zip(ids, found, strict=True) if p is None]:
-            await prune(keys=[*(f"{prefix}dev:{d}" for d in stale), index], args=stale)
         if len(ids) < want:
             return Page(out, None)
         if len(out) >= limit:

@@ -1,44 +1,63 @@
-"""The Lua scripts the Redis cluster layer runs (relay/cluster/redis.py): each changes a
-device's presence and the sorted device index together, atomically."""
+"""The Lua scripts the Redis cluster layer runs (relay/cluster/redis.py): each reads or
+changes a device's presence and the sorted device index together, atomically.
+
+A device record (`dev:{id}`, a hash) names its node and the node's lease (a token, new each
+time the node process starts); the record counts only while `lease:{node}` holds that
+token, so a dead or restarted node's devices vanish from every lookup at once. The scripts
+read `lease:{node}` for the node a record names, a key they compute: one Redis, not Redis
+Cluster."""
 
 from __future__ import annotations
 
-# KEYS device hash, index; ARGV id, node, session, connected_at, last_seen, ttl ms.
-# The last writer wins and learns who held the device before.
-CLAIM = """
-local prev = redis.call('HMGET', KEYS[1], 'node', 'session_id')
-redis.call('DEL', KEYS[1])
+# A function every script that judges a record starts with: whether the node named in
+# `rec` (node, lease) still holds that lease. `seen` caches answers per script call.
+_LIVE = """
+local function live(prefix, node, lease, seen)
+  if (not node) or (not lease) then return false end
+  local k = node .. '\\n' .. lease
+  if seen[k] == nil then
+    seen[k] = redis.call('GET', prefix .. 'lease:' .. node) == lease
+  end
+  return seen[k]
+end
+"""
+# KEYS device hash, index; ARGV id, node, session, connected_at, last_seen, lease, prefix.
+# The last writer wins and learns who held the device before, if that holder lives.
+CLAIM = (
+    _LIVE
+    + """
+local prev = redis.call('HMGET', KEYS[1], 'node', 'session_id', 'lease')
 redis.call('HSET', KEYS[1], 'node', ARGV[2], 'session_id', ARGV[3],
-           'connected_at', ARGV[4], 'last_seen', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
+           'connected_at', ARGV[4], 'last_seen', ARGV[5], 'lease', ARGV[6])
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
-return {prev[1] or '', prev[2] or ''}"""
+if prev[1] == ARGV[2] or not live(ARGV[7], prev[1], prev[3], {}) then return {'', ''} end
+return {prev[1], prev[2] or ''}"""
+)
 # KEYS device hash, index; ARGV id, session.
 RELEASE = """
 if redis.call('HGET', KEYS[1], 'session_id') ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 return redis.call('ZREM', KEYS[2], ARGV[1])"""
-# KEYS index, one hash per device; ARGV node, ttl ms, rebuild flag, then per device id,
-# session, connected_at, last_seen. Per device: status, holder node, holder session, with
-# status 0 renewed, 1 claimed (absent, ours, or older than ours when rebuilding), 2 lost.
-RENEW = """
-local out = {}
+# KEYS index, one hash per device; ARGV node, lease, prefix, then per device id, session,
+# connected_at, last_seen. Per device: status, holder node, holder session, with status 0
+# kept (already ours, the lease brought up to date), 1 claimed (absent, held by a node
+# whose lease is gone, by this node before, or by an older connection), 2 lost to a newer.
+RENEW = (
+    _LIVE
+    + """
+local out, seen = {}, {}
 for i = 2, #KEYS do
   local a = 4 + (i - 2) * 4
-  local cur = redis.call('HMGET', KEYS[i], 'node', 'session_id', 'connected_at')
+  local cur = redis.call('HMGET', KEYS[i], 'node', 'session_id', 'connected_at', 'lease')
   local status = 2
   if cur[1] == ARGV[1] and cur[2] == ARGV[a + 1] then
     status = 0
-    redis.call('HSET', KEYS[i], 'last_seen', ARGV[a + 3])
-  elseif (not cur[1]) or cur[1] == ARGV[1]
-      or (ARGV[3] == '1' and (tonumber(cur[3]) or 0) < tonumber(ARGV[a + 2])) then
+    if cur[4] ~= ARGV[2] then redis.call('HSET', KEYS[i], 'lease', ARGV[2]) end
+  elseif cur[1] == ARGV[1] or not live(ARGV[3], cur[1], cur[4], seen)
+      or (tonumber(cur[3]) or 0) < tonumber(ARGV[a + 2]) then
     status = 1
-    redis.call('DEL', KEYS[i])
     redis.call('HSET', KEYS[i], 'node', ARGV[1], 'session_id', ARGV[a + 1],
-               'connected_at', ARGV[a + 2], 'last_seen', ARGV[a + 3])
-  end
-  if status < 2 then
-    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+               'connected_at', ARGV[a + 2], 'last_seen', ARGV[a + 3], 'lease', ARGV[2])
     redis.call('ZADD', KEYS[1], 0, ARGV[a])
   end
   table.insert(out, status)
@@ -46,10 +65,82 @@ for i = 2, #KEYS do
   table.insert(out, cur[2] or '')
 end
 return out"""
-# KEYS device hashes then the index; ARGV the ids. Drops members whose hash expired.
-PRUNE = """
-for i, id in ipairs(ARGV) do
-  if redis.call('EXISTS', KEYS[i]) == 0 then redis.call('ZREM', KEYS[#KEYS], id) end
+)
+# KEYS device hashes; ARGV per device session, last_seen. Written only while that session
+# still holds the device.
+SEEN = """
+for i = 1, #KEYS do
+  if redis.call('HGET', KEYS[i], 'session_id') == ARGV[2 * i - 1] then
+    redis.call('HSET', KEYS[i], 'last_seen', ARGV[2 * i])
+  end
 end
 return 0"""
-SCRIPTS = (("claim", CLAIM), ("release", RELEASE), ("renew", RENEW), ("prune", PRUNE))
+# KEYS index, device hashes; ARGV prefix, prune flag, then the ids. Per device its row
+# (node, session, connected_at, last_seen) while its node's lease lives, else an empty row;
+# with the flag, members whose record is gone or dead are removed (listing cleans up).
+LOOKUP = (
+    _LIVE
+    + """
+local out, seen = {}, {}
+for i = 2, #KEYS do
+  local id = ARGV[i + 1]
+  local row = redis.call('HMGET', KEYS[i], 'node', 'session_id', 'connected_at',
+                         'last_seen', 'lease')
+  if live(ARGV[1], row[1], row[5], seen) then
+    table.insert(out, {row[1], row[2], row[3], row[4]})
+  else
+    table.insert(out, {})
+    if ARGV[2] == '1' then
+      redis.call('DEL', KEYS[i])
+      redis.call('ZREM', KEYS[1], id)
+    end
+  end
+end
+return out"""
+)
+# KEYS the lease, the node registry; ARGV lease token, ttl ms, registry member. Whether the
+# lease was still this node's (false: it lapsed, its devices may have been swept).
+LEASE = """
+local held = redis.call('GET', KEYS[1]) == ARGV[1]
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if not held then redis.call('SADD', KEYS[2], ARGV[3]) end
+return held and 1 or 0"""
+# KEYS the node registry; ARGV prefix. The members ("node\\nlease") whose lease is gone.
+DEAD = """
+local dead = {}
+for _, m in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local node, lease = string.match(m, '^(.*)\\n([^\\n]*)$')
+  if (not node) or redis.call('GET', ARGV[1] .. 'lease:' .. node) ~= lease then
+    table.insert(dead, m)
+  end
+end
+return dead"""
+# KEYS index; ARGV prefix, start (ZRANGEBYLEX form), count. Removes the records in the
+# next `count` members whose node's lease is gone; returns the last member seen ('' at
+# the end).
+SWEEP = (
+    _LIVE
+    + """
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], '+', 'LIMIT', 0, ARGV[3])
+local seen = {}
+for _, id in ipairs(ids) do
+  local k = ARGV[1] .. 'dev:' .. id
+  local rec = redis.call('HMGET', k, 'node', 'lease')
+  if not live(ARGV[1], rec[1], rec[2], seen) then
+    redis.call('DEL', k)
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+if #ids < tonumber(ARGV[3]) then return '' end
+return ids[#ids]"""
+)
+SCRIPTS = (
+    ("claim", CLAIM),
+    ("release", RELEASE),
+    ("renew", RENEW),
+    ("seen", SEEN),
+    ("lookup", LOOKUP),
+    ("lease", LEASE),
+    ("dead", DEAD),
+    ("sweep", SWEEP),
+)

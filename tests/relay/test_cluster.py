@@ -18,6 +18,7 @@ from protocol.node import (
 )
 from relay.cluster.base import Cluster, LocalCluster, Page, Presence, PushResult
 from relay.cluster.redis import RedisCluster
+from relay.cluster.redis_client import text
 from tests.relay.redis_server import (  # noqa: F401 (pytest finds the fixture by name)
     RedisServer,
     ResettingRelay,
@@ -188,17 +189,25 @@ async def test_unregister_removes_only_its_own_session(nodes: tuple[Node, Node])
     assert await a.cluster.push("d1", b"m", 1.0) == PushResult(False, None, "offline")
 
 
-async def test_heartbeat_repairs_what_messages_missed(
+async def test_a_lapsed_lease_rebuilds_what_redis_lost(
     nodes: tuple[Node, Node], raw_redis: Redis
 ) -> None:
     a, b = nodes
     await a.connect("d1", "s1")
     await a.connect("d2", "s2")
-    await raw_redis.delete("relay:dev:d2")  # Redis lost it (restarted between two commands)
-    # A newer registration on node Z whose replace message was lost during a blip.
-    await raw_redis.hset("relay:dev:d1", mapping={"node": "Z", "session_id": "sz"})
-    await eventually(lambda: a.replaced == [("d1", "s1")])
+    # Redis lost A's lease and d2's record (data lost without a disconnect) ...
+    await raw_redis.delete("relay:lease:A", "relay:dev:d2")
+    assert await _at(b, "d1", None)  # no lease, no presence: at once
+    # ... and a newer connection of d1 on node Z whose replace message was lost.
+    await raw_redis.set("relay:lease:Z", "z1")
+    later = time.time() + 60
+    await raw_redis.hset(
+        "relay:dev:d1",
+        mapping={"node": "Z", "session_id": "sz", "lease": "z1", "connected_at": later},
+    )
+    await eventually(lambda: a.replaced == [("d1", "s1")])  # the next heartbeat rebuilt
     await eventually(lambda: _at(b, "d2", "A"))
+    assert await _at(b, "d1", "Z")
 
 
 async def test_presence_outlives_ttl_while_node_lives_and_expires_when_it_dies(
@@ -212,6 +221,61 @@ async def test_presence_outlives_ttl_while_node_lives_and_expires_when_it_dies(
     assert await b.cluster.push("d1", b"m", 1.0) == PushResult(False, "A", "offline")
     await eventually(lambda: _at(b, "d1", None), timeout=TTL_S + 0.5)
     assert await b.cluster.list(None, 10) == Page([], None)
+
+
+async def test_a_dead_nodes_records_are_swept_by_a_live_node(
+    nodes: tuple[Node, Node], raw_redis: Redis
+) -> None:
+    a, b = nodes
+    await a.connect("d1")
+    await b.connect("d2")
+    await a.cluster.stop()  # a crash: its lease lapses, nobody unregisters d1
+    await eventually(lambda: _at(b, "d1", None), timeout=TTL_S + 0.5)
+
+    async def swept() -> bool:
+        return not await raw_redis.exists("relay:dev:d1")
+
+    await eventually(swept, timeout=2.0)  # B's heartbeat, no listing involved
+    assert await raw_redis.zrange("relay:devices", 0, -1) == [b"d2"]
+    registry = await raw_redis.smembers("relay:nodes")
+    assert [text(m).split("\n")[0] for m in registry] == ["B"]
+    assert await _at(b, "d2", "B")
+
+
+async def test_a_restarted_node_does_not_bring_back_its_old_devices(
+    nodes: tuple[Node, Node], redis_server: RedisServer
+) -> None:
+    a, b = nodes
+    await a.connect("d1")
+    await a.cluster.stop()  # a crash, then the same node id starts again at once
+    again = Node(redis_server.url, "A")
+    await again.start()
+    try:
+        assert again.cluster.available
+        assert await _at(b, "d1", None)  # a new lease: the old process's records are dead
+        assert await b.cluster.list(None, 10) == Page([], None)
+        assert await b.cluster.push("d1", b"m", 1.0) == PushResult(False, None, "offline")
+        await again.connect("d1", "s-again")
+        assert await _at(b, "d1", "A")
+    finally:
+        await again.cluster.stop()
+
+
+async def test_a_heartbeat_costs_the_same_for_many_devices(
+    nodes: tuple[Node, Node], raw_redis: Redis
+) -> None:
+    a, _ = nodes
+    for i in range(300):
+        await a.connect(f"d{i}", settle=False)
+    assert await a.cluster.settle(2.0)
+    assert await raw_redis.pttl("relay:dev:d0") == -1  # no per-device expiry to renew
+    await raw_redis.config_resetstat()
+    beats = a.cluster.ops.get("heartbeat", 0)
+    await eventually(lambda: a.cluster.ops.get("heartbeat", 0) >= beats + 4)
+    commands = int((await raw_redis.info("stats"))["total_commands_processed"])
+    # Both nodes beat about 4 times: a lease (3 commands) and a registry check (2 + nodes)
+    # each; renewing 300 devices would be over 1,000 commands per beat.
+    assert commands < 100, commands
 
 
 async def test_touch_reaches_redis_with_the_heartbeat(nodes: tuple[Node, Node]) -> None:
@@ -374,6 +438,34 @@ async def test_push_waiting_for_ack_fails_fast_when_redis_dies(
     await redis_server.kill()
     async with asyncio.timeout(1.0):
         assert await push == PushResult(False, "A", "redis_unavailable")
+
+
+async def test_stop_is_bounded_when_a_task_swallows_its_cancellation(
+    redis_server: RedisServer,
+) -> None:
+    entered, swallowed = asyncio.Event(), asyncio.Event()
+
+    async def stubborn(device_id: str, session_id: str) -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            swallowed.set()  # as a library call may turn a cancel into an error it handles
+        await asyncio.Event().wait()
+
+    a, b = Node(redis_server.url, "A", 30.0), Node(redis_server.url, "B", 30.0)
+    a.replace = stubborn  # type: ignore[method-assign]
+    await a.start()
+    await b.start()
+    try:
+        await a.connect("d1", "s-old")
+        await b.connect("d1", "s-new")  # A is told to close its connection: the callback runs
+        await eventually(entered.is_set)
+        async with asyncio.timeout(2.0):
+            await a.cluster.stop()
+        assert swallowed.is_set()
+    finally:
+        await b.cluster.stop()
 
 
 async def test_start_without_redis_does_not_fail() -> None:

@@ -77,14 +77,13 @@ async def start_relay(
 ) -> RelayProcess:
     port = closed_port()
     env = clean_env(
-        # The cluster is under test, not the voice: espeak-ng, so that no relay of the pair
-        # loads Kokoro's model at start (`relay serve` warms it up) for nothing.
-        RELAY__TTS__PROVIDER="espeak",
         RELAY__REDIS__URL=redis_url,
         RELAY__REDIS__PRESENCE_TTL_S="3",
         RELAY__REDIS__HEARTBEAT_S="1",
         RELAY__REDIS__PUSH_TIMEOUT_S=str(PUSH_TIMEOUT_S),
         RELAY__BUSINESS__0__URL=str(business.make_url("/chat")),
+        # The cluster is under test, not the voice: espeak-ng and pocketsphinx, so that no
+        # relay of the pair loads Kokoro's or Whisper's model (`relay serve` warms them up).
         **LIGHT_SPEECH,
     )
     if node_id is not None:
