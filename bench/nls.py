@@ -13,9 +13,8 @@ Measured per repetition:
 - asr_open: connect, StartTranscription, until TranscriptionStarted;
 - asr_final: from the last audio handed over (finish() called / StopTranscription sent) to the
   text (TranscriptionCompleted read) -- the relay's "speech end to stt" share;
-- tts: from the text to the sentence's PCM in hand (the provider returns whole sentences; the
-  bare client also reports when its first audio chunk came, what a streaming provider could
-  give);
+- tts: from the text to the sentence's PCM in hand, and tts_first to its first audio chunk
+  (the provider's `stream()`, what the Speaker plays first);
 - CPU: this process's CPU time while streaming the utterances, per second of audio.
 
     python -m bench.nls [--reps 200] [--audio-s 1.0]
@@ -139,12 +138,15 @@ async def bare_tts(session: aiohttp.ClientSession, url: str, token: str) -> tupl
     return first, time.perf_counter() - t0
 
 
-async def provider_tts(tts: AliyunTTS) -> float:
-    """One sentence through the provider: seconds to its PCM."""
+async def provider_tts(tts: AliyunTTS) -> tuple[float, float]:
+    """One sentence through the provider's stream: (first chunk seconds, whole sentence
+    seconds)."""
     t0 = time.perf_counter()
-    pcm = await tts.synthesize(SENTENCE, Voice())
-    assert pcm.samples
-    return time.perf_counter() - t0
+    first = 0.0
+    async for chunk in tts.stream(SENTENCE, Voice()):
+        assert chunk.samples
+        first = first or time.perf_counter() - t0
+    return first, time.perf_counter() - t0
 
 
 async def timed_cpu(work: Callable[[], Awaitable[Any]]) -> tuple[Any, float]:
@@ -177,7 +179,7 @@ async def one_round(
         (out["p_open"], out["p_final"]), out["p_cpu"] = await timed_cpu(
             lambda: provider_asr(asr, pcm)
         )
-        out["p_tts"] = await provider_tts(tts)
+        out["p_tts_first"], out["p_tts"] = await provider_tts(tts)
 
     async def by_hand() -> None:
         (out["b_open"], out["b_final"]), out["b_cpu"] = await timed_cpu(
@@ -197,10 +199,11 @@ def results(rounds: list[dict[str, float]], audio_s: float) -> Doc:
         "asr_open_ms": r((median(got["p_open"]) - median(got["b_open"])) * 1000),
         "asr_final_ms": r((median(got["p_final"]) - median(got["b_final"])) * 1000),
         "tts_ms": r((median(got["p_tts"]) - median(got["b_tts"])) * 1000),
+        "tts_first_ms": r((median(got["p_tts_first"]) - median(got["b_tts_first"])) * 1000),
     }
     audio_total = audio_s * len(rounds)
     return {
-        "provider": {k: summary(got[f"p_{k}"]) for k in ("open", "final", "tts")},
+        "provider": {k: summary(got[f"p_{k}"]) for k in ("open", "final", "tts", "tts_first")},
         "bare": {k: summary(got[f"b_{k}"]) for k in ("open", "final", "tts", "tts_first")},
         "added_p50": added,
         "cpu_ms_per_audio_s": {
@@ -278,12 +281,12 @@ def table(doc: Doc) -> str:
         ("open", "asr_open_ms"),
         ("final", "asr_final_ms"),
         ("tts", "tts_ms"),
+        ("tts_first", "tts_first_ms"),
     ):
         provider, bare = res["provider"][key]["p50_ms"], res["bare"][key]["p50_ms"]
         lines.append(
             f"{added[:-3]:22} {provider:>11} ms {bare:>7} ms {res['added_p50'][added]:>5} ms"
         )
-    lines.append(f"bare tts first chunk p50: {res['bare']['tts_first']['p50_ms']} ms")
     lines.append(f"CPU ms per audio second: {res['cpu_ms_per_audio_s']}")
     lines.append(
         f"load average: start {doc['machine']['loadavg_at_start']}, end {doc['loadavg_at_end']}"

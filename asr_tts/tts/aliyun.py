@@ -13,10 +13,16 @@ is JSON instead: `{"task_id", "result": "", "status": <code>, "message"}`; statu
 the token is invalid or expired (the cached token is dropped and the sentence tried once more
 with a fresh one), 40000005 too many requests.
 
+`stream()` yields the audio as the chunked body brings it, so the Speaker can play the start
+of an answer's first sentence before the gateway has synthesised its end; `synthesize()` joins
+it. A chunk need not end on a sample boundary: an odd byte is carried to the next one.
+`timeout_s` bounds the request up to the answer's headers and every wait for the next chunk
+after them, not the whole sentence.
+
 Why the RESTful one and not the WebSocket SpeechSynthesizer: both stream the audio of one
-text, but the relay's TTSProvider returns a whole sentence, so the WebSocket's events add a
-handshake and a StartSynthesis round trip per sentence where the HTTP request rides a kept-alive
-connection of the shared session; the token, appkey and parameters are the same.
+text, but the WebSocket's events add a handshake and a StartSynthesis round trip per sentence
+where the HTTP request rides a kept-alive connection of the shared session; the token, appkey
+and parameters are the same.
 
 Length: the page limits one request to 300 characters and silently truncates the rest, so a
 longer sentence goes as several requests (cut after the last punctuation or space that keeps a
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import AsyncGenerator
 from typing import NoReturn
 
 import aiohttp
@@ -120,26 +127,60 @@ class AliyunTTS:
         return VoiceList("aliyun", (self._default_voice,), {"*": self._default_voice})
 
     async def synthesize(self, text: str, voice: Voice) -> Pcm:
-        """Speak `text` (in pieces within the gateway's limit); TTSError on any failure."""
-        audio = [await self._piece(piece, voice) for piece in text_pieces(text)]
-        return Pcm(b"".join(pcm.samples for pcm in audio), self._sample_rate)
+        """Speak `text` whole (in pieces within the gateway's limit); TTSError on any failure."""
+        chunks = [chunk.samples async for chunk in self.stream(text, voice)]
+        return Pcm(b"".join(chunks), self._sample_rate)
 
-    async def _piece(self, text: str, voice: Voice) -> Pcm:
-        """One request; a refused token is fetched again once."""
+    async def stream(self, text: str, voice: Voice) -> AsyncGenerator[Pcm, None]:
+        """Speak `text`, yielding its audio as the answers' bodies bring it; TTSError on any
+        failure (an answer without audio included).
+
+        Use under contextlib.aclosing when stopping early: closing drops the connection."""
+        for piece in text_pieces(text):
+            async for samples in self._piece(piece, voice):
+                yield Pcm(samples, self._sample_rate)
+
+    async def _piece(self, text: str, voice: Voice) -> AsyncGenerator[bytes, None]:
+        """One request; a refused token is fetched again once (a refusal comes before any
+        audio: it is the JSON answer instead of the audio)."""
         try:
-            return await self._attempt(text, voice)
+            async for samples in self._attempt(text, voice):
+                yield samples
+            return
         except _Refused as exc:
             if exc.status != TOKEN_REJECTED:
                 raise
-        return await self._attempt(text, voice)
+        async for samples in self._attempt(text, voice):
+            yield samples
 
-    async def _attempt(self, text: str, voice: Voice) -> Pcm:
-        """One request with the current token."""
+    async def _attempt(self, text: str, voice: Voice) -> AsyncGenerator[bytes, None]:
+        """One request with the current token, its audio yielded as it arrives."""
         try:
             token = await self._tokens.get()
         except TokenError as exc:
             raise TTSError(f"{self.name}: no token: {exc}") from exc
-        body = {
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                resp = await self._session.post(
+                    self._url,
+                    data=orjson.dumps(self._body(text, voice, token)),
+                    headers={"Content-Type": "application/json"},
+                )
+            async with resp:
+                if resp.status != 200 or not resp.content_type.startswith("audio/"):
+                    async with asyncio.timeout(self._timeout_s):
+                        raw = await read_capped(resp, MAX_BODY_BYTES)
+                    self._refused(resp.status, raw, token)
+                async for samples in self._samples(resp):
+                    yield samples
+        except TimeoutError as exc:
+            raise TTSError(f"{self.name}: no answer within {self._timeout_s} s") from exc
+        except aiohttp.ClientError as exc:
+            raise TTSError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+
+    def _body(self, text: str, voice: Voice, token: str) -> dict[str, object]:
+        """The synthesis request's JSON body."""
+        return {
             "appkey": self._appkey,
             "token": token,
             "text": text,
@@ -150,23 +191,28 @@ class AliyunTTS:
             "speech_rate": rate_value(voice.speed_ratio),
             "pitch_rate": rate_value(voice.pitch_ratio),
         }
-        headers = {"Content-Type": "application/json"}
-        try:
-            async with (
-                asyncio.timeout(self._timeout_s),
-                self._session.post(self._url, data=orjson.dumps(body), headers=headers) as resp,
-            ):
-                status, kind = resp.status, resp.content_type
-                raw = await read_capped(resp, MAX_BODY_BYTES)
-        except TimeoutError as exc:
-            raise TTSError(f"{self.name}: no answer within {self._timeout_s} s") from exc
-        except aiohttp.ClientError as exc:
-            raise TTSError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-        if status == 200 and kind.startswith("audio/"):
-            if not raw or len(raw) % 2:
-                raise TTSError(f"{self.name}: {len(raw)} bytes is not 16-bit PCM audio")
-            return Pcm(raw, self._sample_rate)
-        self._refused(status, raw, token)
+
+    async def _samples(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
+        """Whole samples as the audio body brings them (an odd byte waits for the next
+        chunk); `timeout_s` bounds each wait, not the whole body."""
+        if resp.content_length is not None and resp.content_length > MAX_BODY_BYTES:
+            raise TTSError(f"answer of {resp.content_length} bytes exceeds {MAX_BODY_BYTES}")
+        carry, total = b"", 0
+        while True:
+            async with asyncio.timeout(self._timeout_s):
+                chunk = await resp.content.readany()
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > MAX_BODY_BYTES:
+                raise TTSError(f"answer exceeds {MAX_BODY_BYTES} bytes")
+            data = carry + chunk
+            whole = len(data) - len(data) % 2
+            carry = data[whole:]
+            if whole:
+                yield data[:whole]
+        if not total or carry:
+            raise TTSError(f"{self.name}: {total} bytes is not 16-bit PCM audio")
 
     def _refused(self, status: int, raw: bytes, token: str) -> NoReturn:
         """Raise the failure an answer without audio reports (its token dropped if refused)."""

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import base64
 import calendar
+import contextlib
 import hashlib
 import hmac
 import json
@@ -81,7 +82,15 @@ class FakeNLS:
     stopped: bool = False
     sent_first: bool = False  # the first SentenceEnd went out while audio was streaming
     tts_bodies: list[dict[str, Any]] = field(default_factory=list)
+    tts_hold: asyncio.Event = field(default_factory=asyncio.Event)  # cleared: the rest waits
+    tts_chunk: int = 3200  # synthesis: bytes a write (odd: a sample may straddle two)
+    tts_hold_after: int = 0  # synthesis: bytes of audio sent before `tts_hold` applies
+    tts_sent: bytearray = field(default_factory=bytearray)  # synthesis: audio sent
+    tts_peer: asyncio.BaseTransport | None = None  # synthesis: the last answer's connection
     closed: asyncio.Event = field(default_factory=asyncio.Event)  # a transcription's socket
+
+    def __post_init__(self) -> None:
+        self.tts_hold.set()
 
     def app(self) -> web.Application:
         """The aiohttp application serving the fake."""
@@ -379,21 +388,32 @@ class FakeNLS:
         return await self.stream_audio(request, tone(0.05 * len(text), body["sample_rate"]))
 
     async def stream_audio(self, request: web.Request, pcm: bytes) -> web.StreamResponse:
-        """The audio in 3200-byte chunks, as the gateway streams it."""
+        """The audio in `tts_chunk`-byte chunks, as the gateway streams it; once `tts_hold_after`
+        bytes are out, the rest waits for `tts_hold` (synthesis still under way)."""
         resp = web.StreamResponse(headers={"Content-Type": "audio/mpeg"})
         await resp.prepare(request)
+        self.tts_peer = request.transport
         if self.mode == "slow_first":
             await asyncio.sleep(self.delay_s)
-        for i in range(0, len(pcm), 3200):
-            if self.mode == "drop" and i >= 3200:
+        with contextlib.suppress(ConnectionResetError):  # the client left mid-audio
+            await self.chunks(request, resp, pcm)
+        return resp
+
+    async def chunks(self, request: web.Request, resp: web.StreamResponse, pcm: bytes) -> None:
+        """Write `pcm` chunk by chunk (misbehaving as the mode says), then the end."""
+        size = self.tts_chunk
+        for i in range(0, len(pcm), size):
+            if self.mode == "drop" and i >= size:
                 assert request.transport is not None
                 request.transport.close()
-                return resp
-            if self.mode == "stall" and i >= 3200:
+                return
+            if self.mode == "stall" and i >= size:
                 await asyncio.sleep(30)
-            await resp.write(pcm[i : i + 3200])
+            await resp.write(pcm[i : i + size])
+            self.tts_sent += pcm[i : i + size]
+            if i < self.tts_hold_after <= i + size:
+                await self.tts_hold.wait()
         await resp.write_eof()
-        return resp
 
     def tts_problem(self, body: Any) -> str | None:
         """What is wrong with a synthesis body, or None."""

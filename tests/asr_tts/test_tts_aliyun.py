@@ -3,6 +3,8 @@ that checks the token, the appkey and the body, and answers as Aliyun documents.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -11,10 +13,13 @@ import aiohttp
 import pytest
 from pytest_aiohttp import AiohttpServer
 
+from asr_tts.codec import FrameEncoder
 from asr_tts.nls_token import NLSTokens
 from asr_tts.pcm import Pcm
 from asr_tts.tts.aliyun import AliyunTTS, rate_value, text_pieces
 from asr_tts.tts.base import TTSError, Voice
+from asr_tts.tts.speaker import HEAD_FRAMES, Speaker
+from protocol.audio_format import AudioFormat
 from tests.asr_tts.fake_aliyun_nls import (
     AUTH_FAILED,
     SERVER_ERROR,
@@ -156,3 +161,72 @@ async def test_a_slow_first_chunk_is_waited_for_and_a_stall_times_out(
     fake.mode = "stall"
     with pytest.raises(TTSError, match=r"no answer within 0\.3 s"):
         await make(timeout_s=0.3).synthesize("一句很长的话，一句很长的话。", Voice())
+
+
+LONG = "这是一个没有逗号的相当长的句子用来测试流式合成的首帧"  # one request, 1.35 s of audio
+HEAD_BYTES = 16000 * 2 * HEAD_FRAMES * 60 // 1000
+
+
+async def test_first_audio_comes_before_the_sentence_is_done(make: Make, fake: FakeNLS) -> None:
+    fake.tts_hold.clear()  # the fake sends one 3200-byte chunk, then waits
+    fake.tts_hold_after = 1
+    async with contextlib.aclosing(make().stream(LONG, Voice())) as chunks:
+        first = await asyncio.wait_for(anext(chunks), 2)
+        assert 0 < len(first.samples) <= len(fake.tts_sent) < len(tone(0.05 * len(LONG), 16000))
+        fake.tts_hold.set()
+        rest = [chunk.samples async for chunk in chunks]
+    assert first.samples + b"".join(rest) == bytes(fake.tts_sent)
+    assert len(fake.tts_sent) == len(tone(0.05 * len(LONG), 16000))
+
+
+async def test_odd_chunks_are_carried_to_whole_samples_and_a_flood_is_stopped(
+    make: Make, fake: FakeNLS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake.tts_chunk = 3201  # every sample after the first chunk straddles two writes
+    fake.tts_hold.clear()
+    fake.tts_hold_after = 1  # the first chunk alone, its odd byte held back
+    async with contextlib.aclosing(make().stream(LONG, Voice())) as chunks:
+        first = await asyncio.wait_for(anext(chunks), 2)
+        assert 0 < len(first.samples) <= 3200  # the odd 3201st byte waits for the next
+        fake.tts_hold.set()
+        rest = [chunk.samples async for chunk in chunks]
+    assert all(len(samples) % 2 == 0 for samples in [first.samples, *rest])
+    assert first.samples + b"".join(rest) == bytes(fake.tts_sent)
+    monkeypatch.setattr("asr_tts.tts.aliyun.MAX_BODY_BYTES", 10_000)
+    with pytest.raises(TTSError, match="answer exceeds 10000 bytes"):
+        await make().synthesize(LONG, Voice())
+
+
+async def test_closing_the_stream_early_drops_the_connection(make: Make, fake: FakeNLS) -> None:
+    fake.tts_hold.clear()
+    fake.tts_hold_after = 1
+    async with contextlib.aclosing(make().stream(LONG, Voice())) as chunks:
+        await asyncio.wait_for(anext(chunks), 2)
+    assert fake.tts_peer is not None
+    for _ in range(200):  # the fake, still holding the rest, sees the client leave
+        if fake.tts_peer.is_closing():
+            break
+        await asyncio.sleep(0.01)
+    assert fake.tts_peer.is_closing()
+    fake.tts_hold.set()
+
+
+async def test_an_aliyun_answer_starts_playing_before_its_first_sentence_is_synthesised(
+    make: Make, fake: FakeNLS
+) -> None:
+    fake.tts_hold.clear()  # the fake stops after the head's audio until told
+    fake.tts_hold_after = HEAD_BYTES
+    synths: list[str] = []
+    spk = Speaker({"aliyun": make()}, "aliyun", on_synth=lambda n, _s: synths.append(n))
+    fmt = AudioFormat(sample_rate=16000)
+    async with contextlib.aclosing(spk.segments(LONG, Voice(), FrameEncoder(fmt))) as it:
+        sentence, head, whole = await asyncio.wait_for(anext(it), 2)
+        assert (sentence, len(head), whole) == (LONG, HEAD_FRAMES, False)
+        assert len(fake.tts_sent) < len(tone(0.05 * len(LONG), 16000))  # not done yet
+        assert synths == ["aliyun"]
+        fake.tts_hold.set()
+        more, rest, whole = await anext(it)
+        assert (more, whole) == (None, True)
+    # One encoder state runs through head and rest: the frames of one encode of the audio.
+    assert head + rest == FrameEncoder(fmt).encode(Pcm(bytes(fake.tts_sent), 16000))
+    assert fake.problems == []
