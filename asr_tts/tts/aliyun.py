@@ -37,7 +37,8 @@ from typing import NoReturn
 import aiohttp
 import orjson
 
-from asr_tts.nls_token import TOKEN_REJECTED, NLSTokens, TokenError
+from asr_tts.errors import http_reason
+from asr_tts.nls_token import TOKEN_REJECTED, NLSTokens, TokenError, nls_reason
 from asr_tts.pcm import Pcm
 from asr_tts.tts.base import TTSError, Voice
 from asr_tts.tts.http_body import read_capped
@@ -85,7 +86,10 @@ class _Refused(TTSError):
     """The gateway's JSON failure, with its status."""
 
     def __init__(self, name: str, http: int, status: object, message: str) -> None:
-        super().__init__(f"{name}: HTTP {http} status {status}: {message[:_DETAIL_LIMIT]}")
+        super().__init__(
+            f"{name}: HTTP {http} status {status}: {message[:_DETAIL_LIMIT]}",
+            reason=nls_reason(status) if status is not None else http_reason(http),
+        )
         self.status = status
 
 
@@ -134,7 +138,7 @@ class AliyunTTS:
         try:
             token = await self._tokens.get()
         except TokenError as exc:
-            raise TTSError(f"{self.name}: no token: {exc}") from exc
+            raise TTSError(f"{self.name}: no token: {exc}", reason=exc.reason) from exc
         body = {
             "appkey": self._appkey,
             "token": token,
@@ -155,12 +159,18 @@ class AliyunTTS:
                 status, kind = resp.status, resp.content_type
                 raw = await read_capped(resp, MAX_BODY_BYTES)
         except TimeoutError as exc:
-            raise TTSError(f"{self.name}: no answer within {self._timeout_s} s") from exc
+            raise TTSError(
+                f"{self.name}: no answer within {self._timeout_s} s", reason="timeout"
+            ) from exc
         except aiohttp.ClientError as exc:
-            raise TTSError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise TTSError(
+                f"{self.name}: {type(exc).__name__}: {exc}", reason="connection"
+            ) from exc
         if status == 200 and kind.startswith("audio/"):
             if not raw or len(raw) % 2:
-                raise TTSError(f"{self.name}: {len(raw)} bytes is not 16-bit PCM audio")
+                raise TTSError(
+                    f"{self.name}: {len(raw)} bytes is not 16-bit PCM audio", reason="bad_answer"
+                )
             return Pcm(raw, self._sample_rate)
         self._refused(status, raw, token)
 
@@ -171,7 +181,10 @@ class AliyunTTS:
         except orjson.JSONDecodeError:
             doc = None
         if not isinstance(doc, dict):
-            raise TTSError(f"{self.name}: HTTP {status} without audio or a JSON error")
+            raise TTSError(
+                f"{self.name}: HTTP {status} without audio or a JSON error",
+                reason=http_reason(status),
+            )
         code, message = doc.get("status"), str(doc.get("message") or "").replace(token, "***")
         if code == TOKEN_REJECTED:
             self._tokens.invalidate(token)

@@ -97,11 +97,15 @@ class EmbeddedTTS:
                 ]
                 wav = await self._run(args)
         except TimeoutError as exc:
-            raise TTSError(f"{self._binary} gave no result within {self._timeout_s} s") from exc
+            raise TTSError(
+                f"{self._binary} gave no result within {self._timeout_s} s", reason="timeout"
+            ) from exc
         try:
             return pcm_from_wav(wav)
         except ValueError as exc:
-            raise TTSError(f"{self._binary} printed an unusable WAV: {exc}") from exc
+            raise TTSError(
+                f"{self._binary} printed an unusable WAV: {exc}", reason="worker"
+            ) from exc
 
     async def _voice_name(self, voice_type: str | None) -> str:
         """The business's voice_type if espeak-ng has such a voice, else the default voice."""
@@ -123,7 +127,9 @@ class EmbeddedTTS:
                 await _reap(proc)  # a no-op unless cancelled or timed out
         if proc.returncode != 0:
             detail = err.decode(errors="replace").strip()[:_STDERR_LIMIT]
-            raise TTSError(f"{self._binary} exited with status {proc.returncode}: {detail}")
+            raise TTSError(
+                f"{self._binary} exited with status {proc.returncode}: {detail}", reason="worker"
+            )
         return out
 
     async def _spawn(self, args: list[str]) -> asyncio.subprocess.Process:
@@ -147,7 +153,7 @@ class EmbeddedTTS:
                 await _reap(spawn.result())
             raise
         except OSError as exc:
-            raise TTSError(f"cannot run {self._binary!r}: {exc}") from exc
+            raise TTSError(f"cannot run {self._binary!r}: {exc}", reason="worker") from exc
 
 
 async def _reap(proc: asyncio.subprocess.Process) -> None:

@@ -48,10 +48,10 @@ class _Worker(workerproc.WorkerProcess):
             return super().submit(fn, *args)
         except BrokenProcessPool as exc:
             self.broken = True
-            raise TTSError("the Kokoro worker process died") from exc
+            raise TTSError("the Kokoro worker process died", reason="worker") from exc
         except (RuntimeError, OSError) as exc:
             self.broken = True
-            raise TTSError(f"cannot start a Kokoro worker process: {exc}") from exc
+            raise TTSError(f"cannot start a Kokoro worker process: {exc}", reason="worker") from exc
 
 
 class KokoroTTS:
@@ -153,13 +153,15 @@ class KokoroTTS:
                     return await asyncio.wrap_future(w.submit(fn, *args))
             except TimeoutError as exc:
                 w.kill()  # a call cannot be interrupted: free the slot for a new worker
-                raise TTSError(f"Kokoro gave no result within {self.timeout_s} s") from exc
+                raise TTSError(
+                    f"Kokoro gave no result within {self.timeout_s} s", reason="timeout"
+                ) from exc
             except BrokenProcessPool:
                 w.broken = True
                 raise
             except files.ModelFileError as exc:
                 w.broken = True
-                raise TTSError(str(exc)) from exc
+                raise TTSError(str(exc), reason="worker") from exc
             finally:
                 self._give_back(w)
 
