@@ -101,15 +101,20 @@ async def test_wrong_key_is_an_auth_error_that_does_not_quote_the_key(
     assert fake.rejected == ["auth"]
 
 
-@pytest.mark.parametrize("status", [500, 503, 429])
+@pytest.mark.parametrize(
+    ("status", "reason"), [(500, "refused"), (503, "refused"), (429, "rate_limited")]
+)
 async def test_server_error_carries_status_type_and_message(
-    server: TestServer, session: aiohttp.ClientSession, fake: FakeOpenAI, status: int
+    server: TestServer, session: aiohttp.ClientSession, fake: FakeOpenAI, status: int, reason: str
 ) -> None:
     fake.mode, fake.error_status = "error", status
     stream = await provider(server, session).open()
     await feed_all(stream, tone(0.5))
-    with pytest.raises(ASRError, match=rf"HTTP {status} \(server_error/None\): The server had"):
+    with pytest.raises(
+        ASRError, match=rf"HTTP {status} \(server_error/None\): The server had"
+    ) as info:
         await stream.finish()
+    assert info.value.reason == reason
 
 
 async def test_timeout_is_an_error_and_the_request_is_dropped(
