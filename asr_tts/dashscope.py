@@ -32,6 +32,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from asr_tts.errors import Reason, http_reason
+
 DEFAULT_URL = "wss://dashscope.aliyuncs.com/api-ws/v1/inference"
 # How long closing waits for the server's close frame: nothing more is wanted from the
 # connection, and a server still streaming a sentence nobody will hear may not answer soon.
@@ -40,7 +42,22 @@ MESSAGE_LIMIT = 200  # characters of a server's error message kept in ours
 
 
 class DashScopeError(Exception):
-    """The connection or the task failed; the message names the cause and never the key."""
+    """The connection or the task failed; the message names the cause and never the key, the
+    reason is the provider's (asr_tts/errors.py)."""
+
+    def __init__(self, message: str, *, reason: Reason) -> None:
+        super().__init__(message)
+        self.reason: Reason = reason
+
+
+def code_reason(code: str) -> Reason:
+    """The reason for a task-failed error_code: Throttling, Throttling.RateQuota and
+    Throttling.AllocationQuota are rate limits, InvalidApiKey and AccessDenied* credentials."""
+    if code.startswith("Throttling"):
+        return "rate_limited"
+    if code == "InvalidApiKey" or code.startswith("AccessDenied"):
+        return "auth"
+    return "refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +109,12 @@ def parse_event(text: str, task_id: str) -> Event:
     try:
         doc = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
-        raise DashScopeError("a server event that is not JSON") from exc
+        raise DashScopeError("a server event that is not JSON", reason="bad_answer") from exc
     header = doc.get("header") if isinstance(doc, dict) else None
     if not isinstance(header, dict) or not isinstance(name := header.get("event"), str):
-        raise DashScopeError("a server event without header.event")
+        raise DashScopeError("a server event without header.event", reason="bad_answer")
     if header.get("task_id", task_id) != task_id:
-        raise DashScopeError(f"a {name} event of another task")
+        raise DashScopeError(f"a {name} event of another task", reason="bad_answer")
     payload = doc.get("payload")
     output = payload.get("output") if isinstance(payload, dict) else None
     code, message = header.get("error_code"), header.get("error_message")
@@ -113,8 +130,11 @@ def parse_event(text: str, task_id: str) -> Event:
 def failure(event: Event) -> DashScopeError:
     """The error a task-failed event (or an event we did not expect) stands for."""
     if event.name == "task-failed":
-        return DashScopeError(f"task failed: {event.error_code or '?'}: {event.error_message}")
-    return DashScopeError(f"unexpected {event.name} event")
+        return DashScopeError(
+            f"task failed: {event.error_code or '?'}: {event.error_message}",
+            reason=code_reason(event.error_code),
+        )
+    return DashScopeError(f"unexpected {event.name} event", reason="bad_answer")
 
 
 async def connect(
@@ -128,12 +148,16 @@ async def connect(
                 url, headers=headers, timeout=aiohttp.ClientWSTimeout(ws_close=timeout_s)
             )
     except aiohttp.WSServerHandshakeError as exc:
-        raise DashScopeError(f"the handshake was refused: HTTP {exc.status}") from exc
+        raise DashScopeError(
+            f"the handshake was refused: HTTP {exc.status}", reason=http_reason(exc.status)
+        ) from exc
     except TimeoutError as exc:
-        raise DashScopeError(f"no connection within {timeout_s} s") from exc
+        raise DashScopeError(f"no connection within {timeout_s} s", reason="timeout") from exc
     except aiohttp.ClientError as exc:
         # str(), not repr(): the repr of some aiohttp errors carries the request headers.
-        raise DashScopeError(f"cannot connect: {type(exc).__name__}: {exc}") from exc
+        raise DashScopeError(
+            f"cannot connect: {type(exc).__name__}: {exc}", reason="connection"
+        ) from exc
 
 
 async def close(ws: aiohttp.ClientWebSocketResponse) -> None:

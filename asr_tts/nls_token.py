@@ -41,14 +41,31 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 
+from asr_tts.errors import Reason, http_reason
+
 DEFAULT_TOKEN_URL = "https://nls-meta.cn-shanghai.aliyuncs.com/"
 TOKEN_REJECTED = 40000001  # the gateway's status for a token that is invalid or expired
+TOO_MANY_REQUESTS = 40000005  # the gateway's status for requests or connections over the limit
 _MESSAGE_LIMIT = 200
 _MAX_ANSWER_BYTES = 64 * 1024
 
 
 class TokenError(Exception):
-    """No token: CreateToken failed or answered something unusable; never holds the secret."""
+    """No token: CreateToken failed or answered something unusable; never holds the secret.
+    The reason is the one the provider that wanted the token fails with."""
+
+    def __init__(self, message: str, *, reason: Reason) -> None:
+        super().__init__(message)
+        self.reason: Reason = reason
+
+
+def nls_reason(status: object) -> Reason:
+    """The reason for a failure status the NLS gateway reports (ASR events, TTS answers)."""
+    if status == TOO_MANY_REQUESTS:
+        return "rate_limited"
+    if status == TOKEN_REJECTED:
+        return "auth"
+    return "refused"
 
 
 def percent_encode(value: str) -> str:
@@ -153,10 +170,14 @@ class NLSTokens:
             ):
                 status, raw = resp.status, await resp.content.read(_MAX_ANSWER_BYTES)
         except TimeoutError as exc:
-            raise TokenError(f"CreateToken: no answer within {self._timeout_s} s") from exc
+            raise TokenError(
+                f"CreateToken: no answer within {self._timeout_s} s", reason="timeout"
+            ) from exc
         except aiohttp.ClientError as exc:
             # str(), not repr(): the error names the URL, whose query carries no secret.
-            raise TokenError(f"CreateToken: {type(exc).__name__}: {exc}") from exc
+            raise TokenError(
+                f"CreateToken: {type(exc).__name__}: {exc}", reason="connection"
+            ) from exc
         value, expire = _parse_answer(status, raw)
         now = self._clock()
         return Token(value, expire - min(self._refresh_before_s, max(0.0, expire - now) / 2))
@@ -170,12 +191,32 @@ def _parse_answer(status: int, raw: bytes) -> tuple[str, float]:
     except orjson.JSONDecodeError:
         doc = None
     if not isinstance(doc, dict):
-        raise TokenError(f"CreateToken: HTTP {status} with a body that is not a JSON object")
+        raise TokenError(
+            f"CreateToken: HTTP {status} with a body that is not a JSON object",
+            reason="bad_answer",
+        )
     token = doc.get("Token")
     if status != 200 or not isinstance(token, dict):
         code, message = str(doc.get("Code") or ""), str(doc.get("Message") or "")
-        raise TokenError(f"CreateToken: HTTP {status} {code}: {message[:_MESSAGE_LIMIT]}")
+        raise TokenError(
+            f"CreateToken: HTTP {status} {code}: {message[:_MESSAGE_LIMIT]}",
+            reason=_refusal_reason(status, code),
+        )
+
     value, expire = token.get("Id"), token.get("ExpireTime")
     if not isinstance(value, str) or not value or not isinstance(expire, int | float):
-        raise TokenError("CreateToken: an answer without Token.Id and Token.ExpireTime")
+        raise TokenError(
+            "CreateToken: an answer without Token.Id and Token.ExpireTime", reason="bad_answer"
+        )
     return value, float(expire)
+
+
+def _refusal_reason(status: int, code: str) -> Reason:
+    """The reason for a CreateToken answer without a token: the POP API refuses an unknown
+    AccessKey (InvalidAccessKeyId.*) or a wrong secret (SignatureDoesNotMatch) with 404 or
+    400, which are the credentials' fault; Throttling.* is its rate limit."""
+    if code.startswith(("InvalidAccessKeyId", "SignatureDoesNotMatch")):
+        return "auth"
+    if code.startswith("Throttling"):
+        return "rate_limited"
+    return http_reason(status) if status != 200 else "bad_answer"

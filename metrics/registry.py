@@ -214,8 +214,9 @@ class Metrics:
         )
         self.provider_errors = Counter(
             "relay_provider_errors_total",
-            "ASR/TTS provider failures, by kind (asr, tts) and provider name.",
-            ["kind", "provider"],
+            "ASR/TTS provider failures, by kind (asr, tts), provider name and reason (timeout, "
+            "rate_limited, auth, refused, connection, bad_answer, worker, other).",
+            ["kind", "provider", "reason"],
             registry=r,
         )
         self.redis_ops = Counter(

@@ -35,7 +35,8 @@ import orjson
 
 from aioutil import cancel_and_wait
 from asr_tts.asr.base import BYTES_PER_SECOND, SAMPLE_RATE, ASRError, ASRStream
-from asr_tts.nls_token import TOKEN_REJECTED, NLSTokens, TokenError
+from asr_tts.errors import http_reason
+from asr_tts.nls_token import TOKEN_REJECTED, NLSTokens, TokenError, nls_reason
 
 DEFAULT_URL = "wss://nls-gateway.cn-shanghai.aliyuncs.com/ws/v1"
 NAMESPACE = "SpeechTranscriber"
@@ -47,7 +48,9 @@ class TaskFailed(ASRError):
     """The gateway's TaskFailed event (or another event with a failure status)."""
 
     def __init__(self, status: int, text: str) -> None:
-        super().__init__(f"Aliyun NLS error {status}: {text[:_MESSAGE_LIMIT]}")
+        super().__init__(
+            f"Aliyun NLS error {status}: {text[:_MESSAGE_LIMIT]}", reason=nls_reason(status)
+        )
         self.token_refused = status == TOKEN_REJECTED
 
 
@@ -57,7 +60,9 @@ class HandshakeRefused(ASRError):
     this covers a gateway that refuses earlier)."""
 
     def __init__(self, status: int) -> None:
-        super().__init__(f"Aliyun NLS refused the handshake: HTTP {status}")
+        super().__init__(
+            f"Aliyun NLS refused the handshake: HTTP {status}", reason=http_reason(status)
+        )
         self.token_refused = status in (401, 403)
 
 
@@ -66,10 +71,12 @@ def _event(data: str, token: str) -> tuple[str, dict[str, Any]]:
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        raise ASRError("Aliyun NLS sent a text frame that is not JSON") from exc
+        raise ASRError(
+            "Aliyun NLS sent a text frame that is not JSON", reason="bad_answer"
+        ) from exc
     header = doc.get("header") if isinstance(doc, dict) else None
     if not isinstance(header, dict) or not isinstance(header.get("name"), str):
-        raise ASRError("Aliyun NLS sent an event without a header name")
+        raise ASRError("Aliyun NLS sent an event without a header name", reason="bad_answer")
     status = header.get("status")
     if header["name"] == "TaskFailed" or status != SUCCESS:
         text = str(header.get("status_text") or header.get("status_message") or "")
@@ -112,14 +119,16 @@ class AliyunASR:
                         raise
                 return await self._start()  # once more, with the token fetched again
         except TimeoutError as exc:
-            raise ASRError(f"Aliyun NLS did not start within {self._timeout_s} s") from exc
+            raise ASRError(
+                f"Aliyun NLS did not start within {self._timeout_s} s", reason="timeout"
+            ) from exc
 
     async def _start(self) -> _AliyunStream:
         """Connect with the current token and start the task; TaskFailed drops the token."""
         try:
             token = await self._tokens.get()
         except TokenError as exc:
-            raise ASRError(f"no Aliyun NLS token: {exc}") from exc
+            raise ASRError(f"no Aliyun NLS token: {exc}", reason=exc.reason) from exc
         try:
             ws = await self._session.ws_connect(
                 self._url,
@@ -132,7 +141,9 @@ class AliyunASR:
                 self._tokens.invalidate(token)
             raise refused from exc
         except aiohttp.ClientError as exc:
-            raise ASRError(f"cannot connect to Aliyun NLS: {type(exc).__name__}: {exc}") from exc
+            raise ASRError(
+                f"cannot connect to Aliyun NLS: {type(exc).__name__}: {exc}", reason="connection"
+            ) from exc
         stream = _AliyunStream(ws, self._appkey, token, self._timeout_s, self._packet_bytes)
         try:
             await stream.start()
@@ -193,10 +204,12 @@ class _AliyunStream:
         await self._send(self._ws.send_str(self._directive("StartTranscription", payload)))
         msg = await self._ws.receive()
         if msg.type is not aiohttp.WSMsgType.TEXT:
-            raise ASRError(f"Aliyun NLS answered the start with {msg.type.name}")
+            raise ASRError(
+                f"Aliyun NLS answered the start with {msg.type.name}", reason="bad_answer"
+            )
         name, _ = _event(msg.data, self._token)
         if name != "TranscriptionStarted":
-            raise ASRError(f"Aliyun NLS answered the start with {name}")
+            raise ASRError(f"Aliyun NLS answered the start with {name}", reason="bad_answer")
         self._reader = asyncio.get_running_loop().create_task(self._read())  # owned: _close()
 
     async def feed(self, pcm: bytes) -> None:
@@ -220,7 +233,7 @@ class _AliyunStream:
                 await self._send(self._ws.send_str(self._directive("StopTranscription")))
                 return await asyncio.shield(self._final)
         except TimeoutError as exc:
-            raise ASRError(f"no final result within {self._timeout_s} s") from exc
+            raise ASRError(f"no final result within {self._timeout_s} s", reason="timeout") from exc
         finally:
             await self._close()
 
@@ -235,10 +248,14 @@ class _AliyunStream:
             async with asyncio.timeout(self._timeout_s):
                 await sending
         except TimeoutError as exc:
-            raise ASRError(f"Aliyun NLS took no data for {self._timeout_s} s") from exc
+            raise ASRError(
+                f"Aliyun NLS took no data for {self._timeout_s} s", reason="timeout"
+            ) from exc
         except (ConnectionError, aiohttp.ClientError) as exc:
             self._raise_if_failed()
-            raise ASRError(f"connection to Aliyun NLS lost: {type(exc).__name__}: {exc}") from exc
+            raise ASRError(
+                f"connection to Aliyun NLS lost: {type(exc).__name__}: {exc}", reason="connection"
+            ) from exc
 
     def _take(self) -> bytes:
         data = bytes(self._pending)
@@ -266,14 +283,18 @@ class _AliyunStream:
         sentences: list[str] = []
         async for msg in self._ws:
             if msg.type is not aiohttp.WSMsgType.TEXT:
-                raise ASRError(f"unexpected {msg.type.name} message from Aliyun NLS")
+                raise ASRError(
+                    f"unexpected {msg.type.name} message from Aliyun NLS", reason="bad_answer"
+                )
             name, payload = _event(msg.data, self._token)
             if name == "SentenceEnd":
                 result = payload.get("result")
                 sentences.append(result if isinstance(result, str) else "")
             elif name == "TranscriptionCompleted":
                 return "".join(sentences)
-        raise ASRError("Aliyun NLS closed the connection before TranscriptionCompleted")
+        raise ASRError(
+            "Aliyun NLS closed the connection before TranscriptionCompleted", reason="connection"
+        )
 
     async def _close(self) -> None:
         """Stop the reader and close the WebSocket."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 from typing import Protocol, runtime_checkable
 
+from asr_tts.errors import Reason
+
 SAMPLE_RATE = 16000  # every provider takes 16 kHz mono signed 16-bit little-endian PCM
 BYTES_PER_SECOND = SAMPLE_RATE * 2
 # The VAD segmenter cuts utterances far shorter; this bounds what a batch provider buffers.
@@ -12,7 +14,12 @@ MAX_UTTERANCE_S = 120
 
 
 class ASRError(Exception):
-    """A speech recognition provider failed; the message is for logs and never reaches a peer."""
+    """A speech recognition provider failed; the message is for logs and never reaches a peer,
+    the reason (asr_tts/errors.py) is what the relay counts the failure by."""
+
+    def __init__(self, message: str, *, reason: Reason = "other") -> None:
+        super().__init__(message)
+        self.reason: Reason = reason
 
 
 class ASRStream(Protocol):

@@ -69,7 +69,7 @@ class DashScopeASR:
         try:
             ws = await dashscope.connect(self._session, self._url, self._api_key, self._timeout_s)
         except DashScopeError as exc:
-            raise ASRError(f"DashScope: {exc}") from exc
+            raise ASRError(f"DashScope: {exc}", reason=exc.reason) from exc
         task_id = dashscope.new_task_id()
         stream = _DashScopeStream(ws, task_id, self._timeout_s, self._packet_bytes)
         start = dashscope.run_task(
@@ -113,7 +113,9 @@ class _DashScopeStream:
                 await self._send(run_task)
                 await asyncio.shield(self._started)
         except TimeoutError as exc:
-            raise ASRError(f"DashScope: no task-started within {self._timeout_s} s") from exc
+            raise ASRError(
+                f"DashScope: no task-started within {self._timeout_s} s", reason="timeout"
+            ) from exc
 
     async def feed(self, pcm: bytes) -> None:
         """Send audio in packets of at least packet_ms; raise ASRError once the task failed."""
@@ -136,7 +138,9 @@ class _DashScopeStream:
                 await self._send(dashscope.finish_task(self._task_id))
                 return await asyncio.shield(self._final)
         except TimeoutError as exc:
-            raise ASRError(f"DashScope: no final result within {self._timeout_s} s") from exc
+            raise ASRError(
+                f"DashScope: no final result within {self._timeout_s} s", reason="timeout"
+            ) from exc
         finally:
             await self._close()
 
@@ -154,10 +158,14 @@ class _DashScopeStream:
                 else:
                     await self._ws.send_bytes(data)
         except TimeoutError as exc:
-            raise ASRError(f"DashScope took no audio for {self._timeout_s} s") from exc
+            raise ASRError(
+                f"DashScope took no audio for {self._timeout_s} s", reason="timeout"
+            ) from exc
         except (ConnectionError, aiohttp.ClientError) as exc:
             self._raise_if_failed()
-            raise ASRError(f"DashScope: connection lost: {type(exc).__name__}: {exc}") from exc
+            raise ASRError(
+                f"DashScope: connection lost: {type(exc).__name__}: {exc}", reason="connection"
+            ) from exc
 
     def _take(self) -> bytes:
         data = bytes(self._pending)
@@ -174,7 +182,7 @@ class _DashScopeStream:
         try:
             text = await self._receive_final()
         except DashScopeError as exc:
-            self._settle(ASRError(f"DashScope: {exc}"))
+            self._settle(ASRError(f"DashScope: {exc}", reason=exc.reason))
         else:
             self._settle(text)
 
@@ -191,7 +199,7 @@ class _DashScopeStream:
         """Read events until task-finished; the utterance's text."""
         async for msg in self._ws:
             if msg.type is not aiohttp.WSMsgType.TEXT:
-                raise DashScopeError(f"unexpected {msg.type.name} message")
+                raise DashScopeError(f"unexpected {msg.type.name} message", reason="bad_answer")
             event = dashscope.parse_event(msg.data, self._task_id)
             if event.name == "task-started" and not self._started.done():
                 self._started.set_result(None)
@@ -201,7 +209,7 @@ class _DashScopeStream:
                 return "".join([*self._sentences, self._partial])
             else:
                 raise dashscope.failure(event)
-        raise DashScopeError("the connection closed before task-finished")
+        raise DashScopeError("the connection closed before task-finished", reason="connection")
 
     def _take_sentence(self, sentence: object) -> None:
         if not isinstance(sentence, dict) or sentence.get("heartbeat") is True:

@@ -15,6 +15,7 @@ import aiohttp
 import orjson
 
 from asr_tts.asr.base import BYTES_PER_SECOND, MAX_UTTERANCE_S, ASRError, ASRStream, wav_from_pcm
+from asr_tts.errors import http_reason
 
 _MAX_BYTES = MAX_UTTERANCE_S * BYTES_PER_SECOND
 # OpenAI answers 400 to audio shorter than 0.1 s; such an utterance holds no words anyway.
@@ -49,9 +50,9 @@ def parse_text(body: bytes) -> str:
     try:
         text = orjson.loads(body)["text"]
     except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-        raise ASRError("transcription answer without a text field") from exc
+        raise ASRError("transcription answer without a text field", reason="bad_answer") from exc
     if not isinstance(text, str):
-        raise ASRError("transcription answer whose text is not a string")
+        raise ASRError("transcription answer whose text is not a string", reason="bad_answer")
     return text.strip()
 
 
@@ -97,12 +98,18 @@ class OpenAIASR:
             ):
                 status, body = resp.status, await resp.read()
         except TimeoutError as exc:
-            raise ASRError(f"no transcription within {self._timeout_s} s") from exc
+            raise ASRError(
+                f"no transcription within {self._timeout_s} s", reason="timeout"
+            ) from exc
         except aiohttp.ClientError as exc:
             # str(), not repr(): the repr of a response error lists the request headers.
-            raise ASRError(f"transcription request failed: {type(exc).__name__}: {exc}") from exc
+            raise ASRError(
+                f"transcription request failed: {type(exc).__name__}: {exc}", reason="connection"
+            ) from exc
         if status != 200:
-            raise ASRError(f"transcription refused: {describe_error(status, body)}")
+            raise ASRError(
+                f"transcription refused: {describe_error(status, body)}", reason=http_reason(status)
+            )
         return parse_text(body)
 
 

@@ -83,16 +83,18 @@ class _Worker(workerproc.WorkerProcess):
         except BrokenProcessPool as exc:
             raise self.error(exc) from exc
         except (RuntimeError, OSError) as exc:  # the process cannot start
-            raise ASRError(f"cannot start a decoder process: {exc}") from exc
+            raise ASRError(f"cannot start a decoder process: {exc}", reason="worker") from exc
 
     def error(self, exc: BaseException) -> ASRError:
-        """The ASRError for a call that failed with `exc`; a dead process breaks the worker."""
+        """The ASRError for a call that failed with `exc`; a dead process breaks the worker.
+        Whatever it was (the reason does not survive the trip from the worker), the worker
+        failed."""
         if isinstance(exc, ASRError):  # raised in the worker, with its own message
-            return ASRError(str(exc))
+            return ASRError(str(exc), reason="worker")
         if isinstance(exc, BrokenProcessPool):
             self.broken = True
-            return ASRError("the decoder process died")
-        return ASRError(f"{self._label} failed: {exc}")
+            return ASRError("the decoder process died", reason="worker")
+        return ASRError(f"{self._label} failed: {exc}", reason="worker")
 
     def stop(self) -> None:
         """Make the process exit once its running call, if any, has ended; never blocks."""
@@ -130,7 +132,7 @@ class DecoderPool:
             async with asyncio.timeout(self.timeout_s):
                 worker = await self._acquire()
         except TimeoutError as exc:
-            raise ASRError(f"no free decoder within {self.timeout_s} s") from exc
+            raise ASRError(f"no free decoder within {self.timeout_s} s", reason="worker") from exc
         return _PooledStream(self, worker, language)
 
     def warm(self) -> None:
@@ -290,7 +292,9 @@ class _PooledStream:
             # A decode cannot be interrupted: end its process, so that the pool's slot is
             # free at once (a new worker takes it) instead of when the decode gives up.
             self._worker.kill()
-            raise ASRError(f"decoding took longer than {self._owner.timeout_s} s") from exc
+            raise ASRError(
+                f"decoding took longer than {self._owner.timeout_s} s", reason="timeout"
+            ) from exc
         except Exception as exc:  # whatever the call raised, in the worker or on the way
             raise self._worker.error(exc) from exc
         finally:

@@ -37,6 +37,7 @@ from yarl import URL
 
 from aioutil import cancel_and_wait
 from asr_tts.asr.base import BYTES_PER_SECOND, ASRError, ASRStream
+from asr_tts.errors import Reason, http_reason
 from asr_tts.tencent_sign import asr_query, asr_sign_text, asr_signature
 
 DEFAULT_URL = "wss://asr.cloud.tencent.com/asr/v2"
@@ -119,14 +120,20 @@ class TencentASR:
                     url, timeout=aiohttp.ClientWSTimeout(ws_close=self._timeout_s)
                 )
         except aiohttp.WSServerHandshakeError as exc:
-            raise ASRError(f"Tencent refused the handshake: HTTP {exc.status}") from exc
+            raise ASRError(
+                f"Tencent refused the handshake: HTTP {exc.status}", reason=http_reason(exc.status)
+            ) from exc
         except TimeoutError as exc:
-            raise ASRError(f"no connection to Tencent within {self._timeout_s} s") from exc
+            raise ASRError(
+                f"no connection to Tencent within {self._timeout_s} s", reason="timeout"
+            ) from exc
         except aiohttp.ClientError as exc:
             # Only a connector error's text, which names host and port: others may quote the
             # URL, whose signature opens a connection for 15 minutes.
             detail = f": {exc}" if isinstance(exc, aiohttp.ClientConnectorError) else ""
-            raise ASRError(f"cannot connect to Tencent: {type(exc).__name__}{detail}") from exc
+            raise ASRError(
+                f"cannot connect to Tencent: {type(exc).__name__}{detail}", reason="connection"
+            ) from exc
         try:
             await _handshake(ws, self._timeout_s)
         except BaseException:
@@ -141,24 +148,26 @@ async def _handshake(ws: aiohttp.ClientWebSocketResponse, timeout_s: float) -> N
         async with asyncio.timeout(timeout_s):
             msg = await ws.receive()
     except TimeoutError as exc:
-        raise ASRError(f"no handshake answer from Tencent within {timeout_s} s") from exc
+        raise ASRError(
+            f"no handshake answer from Tencent within {timeout_s} s", reason="timeout"
+        ) from exc
     _check(_parse(msg))
 
 
 def _parse(msg: aiohttp.WSMessage) -> dict[str, object]:
     """One server message as a JSON object, or ASRError."""
     if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
-        raise ASRError("Tencent closed the connection before the final result")
+        raise ASRError("Tencent closed the connection before the final result", reason="connection")
     if msg.type is aiohttp.WSMsgType.ERROR:
-        raise ASRError(f"connection to Tencent lost: {msg.data}")
+        raise ASRError(f"connection to Tencent lost: {msg.data}", reason="connection")
     if msg.type is not aiohttp.WSMsgType.TEXT:
-        raise ASRError(f"unexpected {msg.type.name} message from Tencent")
+        raise ASRError(f"unexpected {msg.type.name} message from Tencent", reason="bad_answer")
     try:
         doc = orjson.loads(msg.data)
     except orjson.JSONDecodeError as exc:
-        raise ASRError("Tencent sent a message that is not JSON") from exc
+        raise ASRError("Tencent sent a message that is not JSON", reason="bad_answer") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("code"), int):
-        raise ASRError("Tencent sent a message without an integer code")
+        raise ASRError("Tencent sent a message without an integer code", reason="bad_answer")
     return doc
 
 
@@ -166,7 +175,17 @@ def _check(doc: dict[str, object]) -> None:
     """ASRError when `doc` reports a failure."""
     if doc["code"] != 0:
         message = str(doc.get("message") or "")[:_MESSAGE_LIMIT]
-        raise ASRError(f"Tencent error {doc['code']}: {message}")
+        raise ASRError(f"Tencent error {doc['code']}: {message}", reason=code_reason(doc["code"]))
+
+
+def code_reason(code: object) -> Reason:
+    """The reason for a non-zero code (the list above): too fast, quota used up or
+    concurrency over the limit are rate limits, 4002 the credentials."""
+    if code in (4000, 4004, 4006):
+        return "rate_limited"
+    if code == 4002:
+        return "auth"
+    return "refused"
 
 
 class _TencentStream:
@@ -205,7 +224,7 @@ class _TencentStream:
                 await self._send(_END)
                 return await asyncio.shield(self._final)
         except TimeoutError as exc:
-            raise ASRError(f"no final result within {self._timeout_s} s") from exc
+            raise ASRError(f"no final result within {self._timeout_s} s", reason="timeout") from exc
         finally:
             await self._close()
 
@@ -224,10 +243,14 @@ class _TencentStream:
                 else:
                     await self._ws.send_bytes(data)
         except TimeoutError as exc:
-            raise ASRError(f"Tencent took no audio for {self._timeout_s} s") from exc
+            raise ASRError(
+                f"Tencent took no audio for {self._timeout_s} s", reason="timeout"
+            ) from exc
         except (ConnectionError, aiohttp.ClientError) as exc:
             self._raise_if_failed()
-            raise ASRError(f"connection to Tencent lost: {type(exc).__name__}: {exc}") from exc
+            raise ASRError(
+                f"connection to Tencent lost: {type(exc).__name__}: {exc}", reason="connection"
+            ) from exc
 
     def _take(self) -> bytes:
         data = bytes(self._pending)

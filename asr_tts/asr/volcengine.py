@@ -41,6 +41,7 @@ import orjson
 
 from aioutil import cancel_and_wait
 from asr_tts.asr.base import BYTES_PER_SECOND, SAMPLE_RATE, ASRError, ASRStream
+from asr_tts.errors import http_reason
 
 DEFAULT_URL = "wss://openspeech.bytedance.com/api/v2/asr"
 SUCCESS = 1000
@@ -179,11 +180,18 @@ class VolcengineASR:
                     timeout=aiohttp.ClientWSTimeout(ws_close=self._timeout_s),
                 )
         except aiohttp.WSServerHandshakeError as exc:
-            raise ASRError(f"Volcengine refused the handshake: HTTP {exc.status}") from exc
+            raise ASRError(
+                f"Volcengine refused the handshake: HTTP {exc.status}",
+                reason=http_reason(exc.status),
+            ) from exc
         except TimeoutError as exc:
-            raise ASRError(f"no connection to Volcengine within {self._timeout_s} s") from exc
+            raise ASRError(
+                f"no connection to Volcengine within {self._timeout_s} s", reason="timeout"
+            ) from exc
         except aiohttp.ClientError as exc:
-            raise ASRError(f"cannot connect to Volcengine: {type(exc).__name__}: {exc}") from exc
+            raise ASRError(
+                f"cannot connect to Volcengine: {type(exc).__name__}: {exc}", reason="connection"
+            ) from exc
         stream = _VolcengineStream(ws, self._timeout_s, self._packet_bytes)
         try:
             await stream.send(
@@ -228,7 +236,7 @@ class _VolcengineStream:
                 await self.send(encode_client_message(AUDIO_ONLY_REQUEST, FLAG_LAST, self._take()))
                 return await asyncio.shield(self._final)
         except TimeoutError as exc:
-            raise ASRError(f"no final result within {self._timeout_s} s") from exc
+            raise ASRError(f"no final result within {self._timeout_s} s", reason="timeout") from exc
         finally:
             await self._close()
 
@@ -243,10 +251,14 @@ class _VolcengineStream:
             async with asyncio.timeout(self._timeout_s):
                 await self._ws.send_bytes(frame)
         except TimeoutError as exc:
-            raise ASRError(f"Volcengine took no audio for {self._timeout_s} s") from exc
+            raise ASRError(
+                f"Volcengine took no audio for {self._timeout_s} s", reason="timeout"
+            ) from exc
         except (ConnectionError, aiohttp.ClientError) as exc:
             self._raise_if_failed()
-            raise ASRError(f"connection to Volcengine lost: {type(exc).__name__}: {exc}") from exc
+            raise ASRError(
+                f"connection to Volcengine lost: {type(exc).__name__}: {exc}", reason="connection"
+            ) from exc
 
     def _take(self) -> bytes:
         data = bytes(self._pending)
@@ -273,16 +285,24 @@ class _VolcengineStream:
         """Read server frames until the one with a negative sequence."""
         async for msg in self._ws:
             if msg.type is not aiohttp.WSMsgType.BINARY:
-                raise ASRError(f"unexpected {msg.type.name} message from Volcengine")
+                raise ASRError(
+                    f"unexpected {msg.type.name} message from Volcengine", reason="bad_answer"
+                )
             try:
                 reply = decode_server_message(msg.data)
             except FrameError as exc:
-                raise ASRError(f"malformed Volcengine frame: {exc}") from exc
+                raise ASRError(f"malformed Volcengine frame: {exc}", reason="bad_answer") from exc
             if reply.kind == "error" or reply.code != SUCCESS:
-                raise ASRError(f"Volcengine error {reply.code}: {reply.message[:_MESSAGE_LIMIT]}")
+                # What the codes mean is not confirmed (see above): all are "refused".
+                raise ASRError(
+                    f"Volcengine error {reply.code}: {reply.message[:_MESSAGE_LIMIT]}",
+                    reason="refused",
+                )
             if reply.kind == "response" and reply.sequence < 0:
                 return reply.text
-        raise ASRError("Volcengine closed the connection before the final result")
+        raise ASRError(
+            "Volcengine closed the connection before the final result", reason="connection"
+        )
 
     async def _close(self) -> None:
         """Stop the reader and close the WebSocket."""

@@ -44,7 +44,8 @@ from typing import NoReturn
 import aiohttp
 import orjson
 
-from asr_tts.nls_token import TOKEN_REJECTED, NLSTokens, TokenError
+from asr_tts.errors import http_reason
+from asr_tts.nls_token import TOKEN_REJECTED, NLSTokens, TokenError, nls_reason
 from asr_tts.pcm import Pcm
 from asr_tts.tts.base import TTSError, Voice, VoiceList
 from asr_tts.tts.http_body import read_capped
@@ -92,7 +93,10 @@ class _Refused(TTSError):
     """The gateway's JSON failure, with its status."""
 
     def __init__(self, name: str, http: int, status: object, message: str) -> None:
-        super().__init__(f"{name}: HTTP {http} status {status}: {message[:_DETAIL_LIMIT]}")
+        super().__init__(
+            f"{name}: HTTP {http} status {status}: {message[:_DETAIL_LIMIT]}",
+            reason=nls_reason(status) if status is not None else http_reason(http),
+        )
         self.status = status
 
 
@@ -158,7 +162,7 @@ class AliyunTTS:
         try:
             token = await self._tokens.get()
         except TokenError as exc:
-            raise TTSError(f"{self.name}: no token: {exc}") from exc
+            raise TTSError(f"{self.name}: no token: {exc}", reason=exc.reason) from exc
         try:
             async with asyncio.timeout(self._timeout_s):
                 resp = await self._session.post(
@@ -174,9 +178,13 @@ class AliyunTTS:
                 async for samples in self._samples(resp):
                     yield samples
         except TimeoutError as exc:
-            raise TTSError(f"{self.name}: no answer within {self._timeout_s} s") from exc
+            raise TTSError(
+                f"{self.name}: no answer within {self._timeout_s} s", reason="timeout"
+            ) from exc
         except aiohttp.ClientError as exc:
-            raise TTSError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise TTSError(
+                f"{self.name}: {type(exc).__name__}: {exc}", reason="connection"
+            ) from exc
 
     def _body(self, text: str, voice: Voice, token: str) -> dict[str, object]:
         """The synthesis request's JSON body."""
@@ -196,7 +204,10 @@ class AliyunTTS:
         """Whole samples as the audio body brings them (an odd byte waits for the next
         chunk); `timeout_s` bounds each wait, not the whole body."""
         if resp.content_length is not None and resp.content_length > MAX_BODY_BYTES:
-            raise TTSError(f"answer of {resp.content_length} bytes exceeds {MAX_BODY_BYTES}")
+            raise TTSError(
+                f"answer of {resp.content_length} bytes exceeds {MAX_BODY_BYTES}",
+                reason="bad_answer",
+            )
         carry, total = b"", 0
         while True:
             async with asyncio.timeout(self._timeout_s):
@@ -205,14 +216,16 @@ class AliyunTTS:
                 break
             total += len(chunk)
             if total > MAX_BODY_BYTES:
-                raise TTSError(f"answer exceeds {MAX_BODY_BYTES} bytes")
+                raise TTSError(f"answer exceeds {MAX_BODY_BYTES} bytes", reason="bad_answer")
             data = carry + chunk
             whole = len(data) - len(data) % 2
             carry = data[whole:]
             if whole:
                 yield data[:whole]
         if not total or carry:
-            raise TTSError(f"{self.name}: {total} bytes is not 16-bit PCM audio")
+            raise TTSError(
+                f"{self.name}: {total} bytes is not 16-bit PCM audio", reason="bad_answer"
+            )
 
     def _refused(self, status: int, raw: bytes, token: str) -> NoReturn:
         """Raise the failure an answer without audio reports (its token dropped if refused)."""
@@ -221,7 +234,10 @@ class AliyunTTS:
         except orjson.JSONDecodeError:
             doc = None
         if not isinstance(doc, dict):
-            raise TTSError(f"{self.name}: HTTP {status} without audio or a JSON error")
+            raise TTSError(
+                f"{self.name}: HTTP {status} without audio or a JSON error",
+                reason=http_reason(status),
+            )
         code, message = doc.get("status"), str(doc.get("message") or "").replace(token, "***")
         if code == TOKEN_REJECTED:
             self._tokens.invalidate(token)

@@ -6,6 +6,7 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from asr_tts.errors import Reason
 from asr_tts.pcm import Pcm
 
 
@@ -32,7 +33,12 @@ class VoiceList:
 
 
 class TTSError(Exception):
-    """A TTS provider failed; the message is for logs and never reaches a peer."""
+    """A TTS provider failed; the message is for logs and never reaches a peer, the reason
+    (asr_tts/errors.py) is what the relay counts the failure by."""
+
+    def __init__(self, message: str, *, reason: Reason = "other") -> None:
+        super().__init__(message)
+        self.reason: Reason = reason
 
 
 class TTSProvider(Protocol):

@@ -104,16 +104,20 @@ class DashScopeTTS:
         try:
             ws = await dashscope.connect(self._session, self._url, self._api_key, self._timeout_s)
         except DashScopeError as exc:
-            raise TTSError(f"{self.name}: {exc}") from exc
+            raise TTSError(f"{self.name}: {exc}", reason=exc.reason) from exc
         try:
             async for samples in self._audio(ws, text, voice):
                 yield Pcm(samples, SAMPLE_RATE)
         except DashScopeError as exc:
-            raise TTSError(f"{self.name}: {exc}") from exc
+            raise TTSError(f"{self.name}: {exc}", reason=exc.reason) from exc
         except TimeoutError as exc:
-            raise TTSError(f"{self.name}: no answer within {self._timeout_s} s") from exc
+            raise TTSError(
+                f"{self.name}: no answer within {self._timeout_s} s", reason="timeout"
+            ) from exc
         except (ConnectionError, aiohttp.ClientError) as exc:
-            raise TTSError(f"{self.name}: connection lost: {type(exc).__name__}") from exc
+            raise TTSError(
+                f"{self.name}: connection lost: {type(exc).__name__}", reason="connection"
+            ) from exc
         finally:
             await dashscope.close(ws)
 
@@ -137,7 +141,9 @@ class DashScopeTTS:
                 data = carry + msg.data
                 total += len(msg.data)
                 if total > MAX_AUDIO_BYTES:
-                    raise DashScopeError(f"more than {MAX_AUDIO_BYTES} bytes of audio")
+                    raise DashScopeError(
+                        f"more than {MAX_AUDIO_BYTES} bytes of audio", reason="bad_answer"
+                    )
                 whole = len(data) - len(data) % 2
                 carry = data[whole:]
                 if whole:
@@ -146,7 +152,7 @@ class DashScopeTTS:
             event = self._event(msg, task_id)
             if event.name == "task-finished":
                 if not total:
-                    raise DashScopeError("the task finished without audio")
+                    raise DashScopeError("the task finished without audio", reason="bad_answer")
                 return
             if event.name != "result-generated":
                 raise dashscope.failure(event)
@@ -161,7 +167,7 @@ class DashScopeTTS:
             aiohttp.WSMsgType.CLOSING,
             aiohttp.WSMsgType.CLOSED,
         ):
-            raise DashScopeError("the connection closed before task-finished")
+            raise DashScopeError("the connection closed before task-finished", reason="connection")
         if msg.type is aiohttp.WSMsgType.ERROR:
-            raise DashScopeError(f"connection lost: {type(msg.data).__name__}")
-        raise DashScopeError(f"unexpected {msg.type.name} message")
+            raise DashScopeError(f"connection lost: {type(msg.data).__name__}", reason="connection")
+        raise DashScopeError(f"unexpected {msg.type.name} message", reason="bad_answer")

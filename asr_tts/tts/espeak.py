@@ -99,11 +99,15 @@ class EmbeddedTTS:
                 ]
                 wav = await self._run(args)
         except TimeoutError as exc:
-            raise TTSError(f"{self._binary} gave no result within {self._timeout_s} s") from exc
+            raise TTSError(
+                f"{self._binary} gave no result within {self._timeout_s} s", reason="timeout"
+            ) from exc
         try:
             return pcm_from_wav(wav)
         except ValueError as exc:
-            raise TTSError(f"{self._binary} printed an unusable WAV: {exc}") from exc
+            raise TTSError(
+                f"{self._binary} printed an unusable WAV: {exc}", reason="worker"
+            ) from exc
 
     async def voice_list(self) -> VoiceList:
         """espeak-ng's installed voices; Han text is always read by the pinyin voice. Empty,
@@ -141,7 +145,9 @@ class EmbeddedTTS:
                 await _reap(proc)  # a no-op unless cancelled or timed out
         if proc.returncode != 0:
             detail = err.decode(errors="replace").strip()[:_STDERR_LIMIT]
-            raise TTSError(f"{self._binary} exited with status {proc.returncode}: {detail}")
+            raise TTSError(
+                f"{self._binary} exited with status {proc.returncode}: {detail}", reason="worker"
+            )
         return out
 
     async def _spawn(self, args: list[str]) -> asyncio.subprocess.Process:
@@ -165,7 +171,7 @@ class EmbeddedTTS:
                 await _reap(spawn.result())
             raise
         except OSError as exc:
-            raise TTSError(f"cannot run {self._binary!r}: {exc}") from exc
+            raise TTSError(f"cannot run {self._binary!r}: {exc}", reason="worker") from exc
 
 
 async def _reap(proc: asyncio.subprocess.Process) -> None:

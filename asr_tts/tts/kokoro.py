@@ -51,10 +51,10 @@ class _Worker(workerproc.WorkerProcess):
             return super().submit(fn, *args)
         except BrokenProcessPool as exc:
             self.broken = True
-            raise TTSError("the Kokoro worker process died") from exc
+            raise TTSError("the Kokoro worker process died", reason="worker") from exc
         except (RuntimeError, OSError) as exc:
             self.broken = True
-            raise TTSError(f"cannot start a Kokoro worker process: {exc}") from exc
+            raise TTSError(f"cannot start a Kokoro worker process: {exc}", reason="worker") from exc
 
 
 class KokoroTTS:
@@ -117,10 +117,7 @@ class KokoroTTS:
         # Clause by clause: a call is short, so a cancelled answer (an abort) leaves its worker
         # busy for a fraction of a second at most, and each call's memory stays small.
         for piece in split_sentences(text, max_chars=CALL_CHARS) or [text]:
-            try:
-                samples, dropped = await self._call(worker.synthesize, piece, voices, speed)
-            except BrokenProcessPool:  # the worker died: once more on a new one
-                samples, dropped = await self._call(worker.synthesize, piece, voices, speed)
+            samples, dropped = await self._call_twice(worker.synthesize, piece, voices, speed)
             if samples and audio:
                 audio.append(_CLAUSE_GAP)
             audio += [samples] if samples else []
@@ -170,6 +167,17 @@ class KokoroTTS:
         self._workers.clear()
         self._idle.clear()
 
+    async def _call_twice(self, fn: Callable[..., _T], *args: object) -> _T:
+        """`_call`, once more on a new worker if the first one died; TTSError if both did."""
+        try:
+            return await self._call(fn, *args)
+        except BrokenProcessPool:
+            pass
+        try:
+            return await self._call(fn, *args)
+        except BrokenProcessPool as exc:
+            raise TTSError("the Kokoro worker process died twice", reason="worker") from exc
+
     async def _call(self, fn: Callable[..., _T], *args: object) -> _T:
         """Run `fn(*args)` on a free worker within timeout_s; BrokenProcessPool if it died."""
         async with self._slots:
@@ -186,21 +194,27 @@ class KokoroTTS:
             except TimeoutError as exc:
                 w.kill()  # a call cannot be interrupted: free the slot for a new worker
                 if not w.loaded.done():
-                    raise TTSError(f"Kokoro did not load within {LOAD_TIMEOUT_S} s") from exc
-                raise TTSError(f"Kokoro gave no result within {self.timeout_s} s") from exc
+                    raise TTSError(
+                        f"Kokoro did not load within {LOAD_TIMEOUT_S} s", reason="timeout"
+                    ) from exc
+                raise TTSError(
+                    f"Kokoro gave no result within {self.timeout_s} s", reason="timeout"
+                ) from exc
             except BrokenProcessPool:
                 w.broken = True
                 raise
             except files.ModelFileError as exc:
                 w.broken = True
-                raise TTSError(str(exc)) from exc
+                raise TTSError(str(exc), reason="worker") from exc
             except TTSError:
                 raise
             except Exception as exc:  # whatever else the load or the call raised in the worker
                 if w.loaded.done() and not w.loaded.cancelled() and w.loaded.exception():
                     w.broken = True  # a worker without its model never speaks: replace it
-                    raise TTSError(f"Kokoro could not load its model: {exc}") from exc
-                raise TTSError(f"Kokoro failed: {exc}") from exc
+                    raise TTSError(
+                        f"Kokoro could not load its model: {exc}", reason="worker"
+                    ) from exc
+                raise TTSError(f"Kokoro failed: {exc}", reason="worker") from exc
             finally:
                 self._give_back(w)
 

@@ -18,6 +18,7 @@ import aiohttp
 import orjson
 
 from asr_tts.codec import pcm_from_wav
+from asr_tts.errors import http_reason
 from asr_tts.pcm import Pcm
 from asr_tts.tts.base import TTSError, Voice, VoiceList
 from asr_tts.tts.http_body import read_capped
@@ -85,23 +86,36 @@ class OpenAITTS:
             ):
                 if resp.status != 200:
                     detail = self._error_detail(await read_capped(resp, _ERROR_BODY_LIMIT))
-                    raise TTSError(f"{self.name}: HTTP {resp.status}{detail}")
+                    raise TTSError(
+                        f"{self.name}: HTTP {resp.status}{detail}", reason=http_reason(resp.status)
+                    )
                 if resp.content_type == "application/json":
-                    raise TTSError(f"{self.name}: a JSON answer where PCM audio was expected")
+                    raise TTSError(
+                        f"{self.name}: a JSON answer where PCM audio was expected",
+                        reason="bad_answer",
+                    )
                 samples = await read_capped(resp, MAX_AUDIO_BYTES)
         except TimeoutError as exc:
-            raise TTSError(f"{self.name}: no answer within {self._timeout_s} s") from exc
+            raise TTSError(
+                f"{self.name}: no answer within {self._timeout_s} s", reason="timeout"
+            ) from exc
         except aiohttp.ClientError as exc:
             # str(), not repr(): the repr of some aiohttp errors carries the request headers.
-            raise TTSError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise TTSError(
+                f"{self.name}: {type(exc).__name__}: {exc}", reason="connection"
+            ) from exc
         if samples[:4] == b"RIFF" and samples[8:12] == b"WAVE":
             # Some compatible servers answer WAV whatever the response_format asked for.
             try:
                 return pcm_from_wav(samples)
             except ValueError as exc:
-                raise TTSError(f"{self.name}: unusable WAV audio: {exc}") from exc
+                raise TTSError(
+                    f"{self.name}: unusable WAV audio: {exc}", reason="bad_answer"
+                ) from exc
         if not samples or len(samples) % 2:
-            raise TTSError(f"{self.name}: {len(samples)} bytes is not 16-bit PCM audio")
+            raise TTSError(
+                f"{self.name}: {len(samples)} bytes is not 16-bit PCM audio", reason="bad_answer"
+            )
         return Pcm(samples, SAMPLE_RATE)
 
     def _error_detail(self, body: bytes) -> str:

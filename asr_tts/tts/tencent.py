@@ -35,6 +35,7 @@ import aiohttp
 import orjson
 from yarl import URL
 
+from asr_tts.errors import Reason, http_reason
 from asr_tts.pcm import Pcm
 from asr_tts.tencent_sign import tc3_authorization
 from asr_tts.tts.base import TTSError, Voice, VoiceList
@@ -155,10 +156,14 @@ class TencentTTS:
                 status = resp.status
                 raw = await read_capped(resp, MAX_BODY_BYTES)
         except TimeoutError as exc:
-            raise TTSError(f"{self.name}: no answer within {self._timeout_s} s") from exc
+            raise TTSError(
+                f"{self.name}: no answer within {self._timeout_s} s", reason="timeout"
+            ) from exc
         except aiohttp.ClientError as exc:
             # str(), not repr(): the repr of some aiohttp errors carries the request headers.
-            raise TTSError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise TTSError(
+                f"{self.name}: {type(exc).__name__}: {exc}", reason="connection"
+            ) from exc
         return self._audio(status, raw, session_id)
 
     def _response(self, status: int, raw: bytes) -> dict[str, object]:
@@ -169,31 +174,51 @@ class TencentTTS:
             doc = None
         response = doc.get("Response") if isinstance(doc, dict) else None
         if not isinstance(response, dict):
-            raise TTSError(f"{self.name}: HTTP {status} without a JSON Response object")
+            raise TTSError(
+                f"{self.name}: HTTP {status} without a JSON Response object",
+                reason=http_reason(status) if status != 200 else "bad_answer",
+            )
         error = response.get("Error")
         if isinstance(error, dict):
             code, message = str(error.get("Code")), self._redact(str(error.get("Message") or ""))
-            raise TTSError(f"{self.name}: HTTP {status} {code}: {message[:_DETAIL_LIMIT]}")
+            raise TTSError(
+                f"{self.name}: HTTP {status} {code}: {message[:_DETAIL_LIMIT]}",
+                reason=code_reason(code),
+            )
         if status != 200:
-            raise TTSError(f"{self.name}: HTTP {status}")
+            raise TTSError(f"{self.name}: HTTP {status}", reason=http_reason(status))
         return response
 
     def _audio(self, status: int, raw: bytes, session_id: str) -> Pcm:
         """The PCM in an answer body, or TTSError saying what is wrong with it."""
         response = self._response(status, raw)
         if response.get("SessionId", session_id) != session_id:
-            raise TTSError(f"{self.name}: the answer is for another request")
+            raise TTSError(f"{self.name}: the answer is for another request", reason="bad_answer")
         data = response.get("Audio")
         if not isinstance(data, str) or not data:
-            raise TTSError(f"{self.name}: success without audio data")
+            raise TTSError(f"{self.name}: success without audio data", reason="bad_answer")
         try:
             audio = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise TTSError(f"{self.name}: audio data is not base64: {exc}") from exc
+            raise TTSError(
+                f"{self.name}: audio data is not base64: {exc}", reason="bad_answer"
+            ) from exc
         if not audio or len(audio) % 2:
-            raise TTSError(f"{self.name}: {len(audio)} bytes is not 16-bit PCM audio")
+            raise TTSError(
+                f"{self.name}: {len(audio)} bytes is not 16-bit PCM audio", reason="bad_answer"
+            )
         return Pcm(audio, SAMPLE_RATE)
 
     def _redact(self, message: str) -> str:
         """`message` without the SecretId, should a server echo it (the key never travels)."""
         return message.replace(self._secret_id, "***") if self._secret_id else message
+
+
+def code_reason(code: str) -> Reason:
+    """The reason for an Error.Code: RequestLimitExceeded (and its sub-codes) is a rate limit,
+    AuthFailure.* the credentials, anything else a refusal."""
+    if code.startswith("RequestLimitExceeded"):
+        return "rate_limited"
+    if code.startswith("AuthFailure"):
+        return "auth"
+    return "refused"

@@ -35,6 +35,7 @@ import aiohttp
 import orjson
 
 from asr_tts.codec import pcm_from_wav
+from asr_tts.errors import Reason, http_reason
 from asr_tts.pcm import Pcm
 from asr_tts.tts.base import TTSError, Voice, VoiceList
 from asr_tts.tts.http_body import read_capped
@@ -125,10 +126,14 @@ class VolcengineTTS:
                 status = resp.status
                 raw = await read_capped(resp, MAX_BODY_BYTES)
         except TimeoutError as exc:
-            raise TTSError(f"{self.name}: no answer within {self._timeout_s} s") from exc
+            raise TTSError(
+                f"{self.name}: no answer within {self._timeout_s} s", reason="timeout"
+            ) from exc
         except aiohttp.ClientError as exc:
             # str(), not repr(): the repr of some aiohttp errors carries the request headers.
-            raise TTSError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+            raise TTSError(
+                f"{self.name}: {type(exc).__name__}: {exc}", reason="connection"
+            ) from exc
         return self._audio(status, raw, reqid)
 
     def _audio(self, status: int, raw: bytes, reqid: str) -> Pcm:
@@ -138,28 +143,50 @@ class VolcengineTTS:
         except orjson.JSONDecodeError:
             doc = None
         if not isinstance(doc, dict):
-            raise TTSError(f"{self.name}: HTTP {status} with a body that is not a JSON object")
+            raise TTSError(
+                f"{self.name}: HTTP {status} with a body that is not a JSON object",
+                reason=http_reason(status) if status != 200 else "bad_answer",
+            )
         code, message = doc.get("code"), self._redact(str(doc.get("message") or ""))
         if status != 200 or code != SUCCESS:
-            raise TTSError(f"{self.name}: HTTP {status} code {code}: {message[:_DETAIL_LIMIT]}")
+            raise TTSError(
+                f"{self.name}: HTTP {status} code {code}: {message[:_DETAIL_LIMIT]}",
+                reason=code_reason(status, code),
+            )
         if doc.get("reqid", reqid) != reqid:
-            raise TTSError(f"{self.name}: the answer is for another request")
+            raise TTSError(f"{self.name}: the answer is for another request", reason="bad_answer")
         data = doc.get("data")
         if not isinstance(data, str) or not data:
-            raise TTSError(f"{self.name}: success without audio data")
+            raise TTSError(f"{self.name}: success without audio data", reason="bad_answer")
         try:
             audio = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise TTSError(f"{self.name}: audio data is not base64: {exc}") from exc
+            raise TTSError(
+                f"{self.name}: audio data is not base64: {exc}", reason="bad_answer"
+            ) from exc
         if audio[:4] == b"RIFF":
             try:
                 return pcm_from_wav(audio)
             except ValueError as exc:
-                raise TTSError(f"{self.name}: unusable WAV audio: {exc}") from exc
+                raise TTSError(
+                    f"{self.name}: unusable WAV audio: {exc}", reason="bad_answer"
+                ) from exc
         if not audio or len(audio) % 2:
-            raise TTSError(f"{self.name}: {len(audio)} bytes is not 16-bit PCM audio")
+            raise TTSError(
+                f"{self.name}: {len(audio)} bytes is not 16-bit PCM audio", reason="bad_answer"
+            )
         return Pcm(audio, SAMPLE_RATE)
 
     def _redact(self, message: str) -> str:
         """`message` without the token, should a server echo it."""
         return message.replace(self._token, "***") if self._token else message
+
+
+def code_reason(status: int, code: object) -> Reason:
+    """The reason for a failed answer: 3003 (concurrency over the limit) is a rate limit,
+    3030 the service's own timeout, other codes a refusal (the HTTP status when no code)."""
+    if code == 3003:
+        return "rate_limited"
+    if code == 3030:
+        return "timeout"
+    return http_reason(status) if status != 200 else "refused"

@@ -335,6 +335,6 @@ class Listener:
         if stream is not None:
             await stream.cancel()
 
-    def _provider_error(self, exc: Exception) -> None:
-        self._deps.metrics.provider_errors.labels("asr", self._deps.asr.name).inc()
+    def _provider_error(self, exc: ASRError) -> None:
+        self._deps.metrics.provider_errors.labels("asr", self._deps.asr.name, exc.reason).inc()
         log.warning("[%s] asr failed: %s", printable(self._device_id), printable(exc))

@@ -105,7 +105,8 @@ class Speech:
 
     async def _speak(self, sp: Speak, encoder: FrameEncoder) -> None:
         link, sid = self._link, self._link.session_id
-        segments = self._deps.speaker.segments(sp.answer, voice_of(sp), encoder)
+        voice = voice_of(sp)
+        segments = self._deps.speaker.segments(sp.answer, voice, encoder)
         # The answer's emotion and each caption go out as their audio starts playing (§1.6,
         # §2.2): the frames before them may still be playing when they are written.
         held: list[tuple[bytes, str]] = []
@@ -132,6 +133,8 @@ class Speech:
         except TTSError as exc:
             # The rest of this answer cannot be heard; later answers may still be.
             self._deps.metrics.tts_errors.inc()
+            provider = self._deps.speaker.provider_for(voice).name
+            self._deps.metrics.provider_errors.labels("tts", provider, exc.reason).inc()
             log.warning("tts failed for session %s: %s", sid, printable(exc))
 
 

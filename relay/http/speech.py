@@ -226,7 +226,7 @@ async def _recognise(asr: ASRProvider, language: str | None, pcm: bytes, metrics
 
 
 def _asr_refusal(asr: ASRProvider, exc: ASRError, *, opening: bool, metrics: Metrics) -> Refusal:
-    metrics.provider_errors.labels("asr", asr.name).inc()
+    metrics.provider_errors.labels("asr", asr.name, exc.reason).inc()
     log.warning("stt api: asr %s failed: %s", asr.name, printable(exc))
     if isinstance(exc.__cause__, TimeoutError):
         if opening:  # no decoder (or connection) free within the provider's timeout_s
@@ -308,6 +308,7 @@ async def _speak(
                 frames.extend(part)
     except TTSError as exc:
         deps.metrics.tts_errors.inc()
+        deps.metrics.provider_errors.labels("tts", provider, exc.reason).inc()
         log.warning("tts api: %s failed: %s", provider, printable(exc))
         if isinstance(exc.__cause__, TimeoutError):
             raise Refusal(ApiError.PROVIDER_TIMEOUT, f"{provider} gave no speech in time") from None

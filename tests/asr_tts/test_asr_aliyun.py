@@ -103,8 +103,9 @@ async def test_a_token_refused_at_the_handshake_is_refreshed_too(make: Make, fak
     assert await recognise(await asr.open(), speech(0.2)) == "打开客厅的灯，然后关窗。"
     assert fake.token_requests == 2
     fake.mode = "expired"
-    with pytest.raises(ASRError, match="refused the handshake: HTTP 403"):
+    with pytest.raises(ASRError, match="refused the handshake: HTTP 403") as info:
         await asr.open()
+    assert info.value.reason == "auth"
     assert fake.token_requests == 3
 
 
@@ -112,30 +113,36 @@ async def test_a_token_refused_twice_is_an_error(make: Make, fake: FakeNLS) -> N
     fake.mode = "expired"  # every token, even a fresh one
     with pytest.raises(ASRError, match=f"error {AUTH_FAILED}: .*has expired") as info:
         await make().open()
+    assert info.value.reason == "auth"
     assert fake.token_requests == 2  # refreshed once, not in a loop
     assert not any(token in str(info.value) for token in fake.tokens)
 
 
 async def test_rate_limit_is_an_error_with_its_status(make: Make, fake: FakeNLS) -> None:
     fake.mode = "rate_limit"
-    with pytest.raises(ASRError, match=f"error {TOO_MANY_REQUESTS}: .*TOO_MANY_REQUESTS"):
+    with pytest.raises(ASRError, match=f"error {TOO_MANY_REQUESTS}: .*TOO_MANY_REQUESTS") as info:
         await make().open()
+    assert info.value.reason == "rate_limited"
     assert fake.token_requests == 1  # not a token problem: no refresh
 
 
 async def test_task_failed_mid_stream_is_an_error(make: Make, fake: FakeNLS) -> None:
     fake.mode = "task_failed"
     stream = await make().open()
-    with pytest.raises(ASRError, match=f"error {SERVER_ERROR}: SERVER_ERROR"):
+    with pytest.raises(ASRError, match=f"error {SERVER_ERROR}: SERVER_ERROR") as info:
         await recognise(stream, speech(1.0))
+    assert info.value.reason == "refused"
     await stream.cancel()
 
 
 async def test_a_connection_dropped_mid_stream_is_an_error(make: Make, fake: FakeNLS) -> None:
     fake.mode = "drop"
     stream = await make().open()
-    with pytest.raises(ASRError, match="closed the connection|connection to Aliyun NLS lost"):
+    with pytest.raises(
+        ASRError, match="closed the connection|connection to Aliyun NLS lost"
+    ) as info:
         await recognise(stream, speech(1.0))
+    assert info.value.reason == "connection"
     await stream.cancel()
 
 
@@ -146,16 +153,18 @@ async def test_a_slow_start_is_waited_for_within_the_timeout(make: Make, fake: F
     assert time.monotonic() - started >= 0.3
     assert await recognise(stream, speech(0.2)) == "打开客厅的灯，然后关窗。"
     fake.delay_s = 5
-    with pytest.raises(ASRError, match=r"did not start within 0\.3 s"):
+    with pytest.raises(ASRError, match=r"did not start within 0\.3 s") as info:
         await make(timeout_s=0.3).open()
+    assert info.value.reason == "timeout"
 
 
 async def test_no_completion_times_out_and_closes(make: Make, fake: FakeNLS) -> None:
     fake.mode = "stall"
     stream = await make(timeout_s=0.3).open()
     await feed_all(stream, speech(0.5))
-    with pytest.raises(ASRError, match=r"no final result within 0\.3 s"):
+    with pytest.raises(ASRError, match=r"no final result within 0\.3 s") as info:
         await stream.finish()
+    assert info.value.reason == "timeout"
     await asyncio.wait_for(fake.closed.wait(), 2)
     assert fake.stopped
 
@@ -176,5 +185,6 @@ async def test_cancel_mid_stream_closes_without_a_stop(make: Make, fake: FakeNLS
 async def test_wrong_appkey_or_unreachable_gateway_are_errors(make: Make, fake: FakeNLS) -> None:
     with pytest.raises(ASRError, match="error 40000000: Gateway:CLIENT_ERROR"):
         await make(appkey="someone-else").open()
-    with pytest.raises(ASRError, match="cannot connect"):
+    with pytest.raises(ASRError, match="cannot connect") as info:
         await make(url="ws://127.0.0.1:9/ws/v1").open()
+    assert info.value.reason == "connection"

@@ -101,8 +101,9 @@ async def test_no_final_result_times_out_and_closes(make: Make, fake: FakeDashSc
     fake.mode = "stall"
     stream = await make(timeout_s=0.3).open()
     await feed_all(stream, speech(0.3))
-    with pytest.raises(ASRError, match=r"DashScope: no final result within 0\.3 s"):
+    with pytest.raises(ASRError, match=r"DashScope: no final result within 0\.3 s") as info:
         await stream.finish()
+    assert info.value.reason == "timeout"
     await asyncio.wait_for(fake.closed.wait(), 2)
     assert fake.got_finish
 
@@ -110,27 +111,31 @@ async def test_no_final_result_times_out_and_closes(make: Make, fake: FakeDashSc
 async def test_wrong_key_is_refused_at_the_handshake(make: Make, fake: FakeDashScope) -> None:
     with pytest.raises(ASRError, match="handshake was refused: HTTP 401") as info:
         await make(api_key="sk-stolen").open()
+    assert info.value.reason == "auth"
     assert "sk-" not in str(info.value)
 
 
 async def test_rate_limit_is_an_error_naming_the_code(make: Make, fake: FakeDashScope) -> None:
     fake.mode = "throttle"
-    with pytest.raises(ASRError, match=f"task failed: {THROTTLED[0]}: Requests rate limit"):
+    with pytest.raises(ASRError, match=f"task failed: {THROTTLED[0]}: Requests rate limit") as info:
         await make().open()
+    assert info.value.reason == "rate_limited"
 
 
 async def test_a_refused_parameter_is_an_error_when_opening(
     make: Make, fake: FakeDashScope
 ) -> None:
-    with pytest.raises(ASRError, match="InvalidParameter: bad request.*paraformer-v9"):
+    with pytest.raises(ASRError, match="InvalidParameter: bad request.*paraformer-v9") as info:
         await make(model="paraformer-v9").open()
+    assert info.value.reason == "refused"
 
 
 async def test_failure_mid_stream_reaches_feed(make: Make, fake: FakeDashScope) -> None:
     fake.mode = "fail_mid"
     stream = await make().open()
-    with pytest.raises(ASRError, match="task failed: InternalError: internal server error"):
+    with pytest.raises(ASRError, match="task failed: InternalError: internal server error") as info:
         await asyncio.wait_for(feed_until_it_fails(stream), 2)
+    assert info.value.reason == "refused"
     await stream.cancel()
 
 
@@ -144,15 +149,17 @@ async def feed_until_it_fails(stream: ASRStream) -> None:
 async def test_a_dropped_connection_is_an_error(make: Make, fake: FakeDashScope) -> None:
     fake.mode = "drop"
     stream = await make().open()
-    with pytest.raises(ASRError, match="DashScope: .*(connection|closed)"):
+    with pytest.raises(ASRError, match="DashScope: .*(connection|closed)") as info:
         await recognise(stream, speech(1.0))
+    assert info.value.reason == "connection"
     await stream.cancel()
 
 
 async def test_a_handshake_that_never_completes_times_out(make: Make, fake: FakeDashScope) -> None:
     fake.mode = "slow_handshake"
-    with pytest.raises(ASRError, match=r"DashScope: no connection within 0\.2 s"):
+    with pytest.raises(ASRError, match=r"DashScope: no connection within 0\.2 s") as info:
         await make(timeout_s=0.2).open()
+    assert info.value.reason == "timeout"
 
 
 async def test_empty_result_is_empty_text(make: Make, fake: FakeDashScope) -> None:
@@ -176,8 +183,9 @@ async def test_cancel_mid_stream_closes_without_finish_task(
 
 
 async def test_unreachable_server_is_an_error(make: Make) -> None:
-    with pytest.raises(ASRError, match="DashScope: cannot connect"):
+    with pytest.raises(ASRError, match="DashScope: cannot connect") as info:
         await make(url="ws://127.0.0.1:9/api-ws/v1/inference").open()
+    assert info.value.reason == "connection"
 
 
 @pytest.mark.parametrize(

@@ -95,20 +95,26 @@ async def test_wrong_key_is_an_auth_error_that_does_not_quote_the_key(
     await feed_all(stream, tone(0.5))
     with pytest.raises(ASRError, match="HTTP 401") as info:
         await stream.finish()
+    assert info.value.reason == "auth"
     assert "sk-wrong" not in str(info.value)
     assert "invalid_api_key" in str(info.value)
     assert fake.rejected == ["auth"]
 
 
-@pytest.mark.parametrize("status", [500, 503, 429])
+@pytest.mark.parametrize(
+    ("status", "reason"), [(500, "refused"), (503, "refused"), (429, "rate_limited")]
+)
 async def test_server_error_carries_status_type_and_message(
-    server: TestServer, session: aiohttp.ClientSession, fake: FakeOpenAI, status: int
+    server: TestServer, session: aiohttp.ClientSession, fake: FakeOpenAI, status: int, reason: str
 ) -> None:
     fake.mode, fake.error_status = "error", status
     stream = await provider(server, session).open()
     await feed_all(stream, tone(0.5))
-    with pytest.raises(ASRError, match=rf"HTTP {status} \(server_error/None\): The server had"):
+    with pytest.raises(
+        ASRError, match=rf"HTTP {status} \(server_error/None\): The server had"
+    ) as info:
         await stream.finish()
+    assert info.value.reason == reason
 
 
 async def test_timeout_is_an_error_and_the_request_is_dropped(
@@ -117,8 +123,9 @@ async def test_timeout_is_an_error_and_the_request_is_dropped(
     fake.mode = "stall"
     stream = await provider(server, session, timeout_s=0.3).open()
     await feed_all(stream, tone(0.5))
-    with pytest.raises(ASRError, match=r"within 0\.3 s"):
+    with pytest.raises(ASRError, match=r"within 0\.3 s") as info:
         await stream.finish()
+    assert info.value.reason == "timeout"
     await asyncio.wait_for(fake.hung_up.wait(), 2)
 
 
@@ -146,8 +153,9 @@ async def test_a_non_json_answer_is_an_error(
     fake.mode = "garbage"
     stream = await provider(server, session).open()
     await feed_all(stream, tone(0.5))
-    with pytest.raises(ASRError, match="without a text field"):
+    with pytest.raises(ASRError, match="without a text field") as info:
         await stream.finish()
+    assert info.value.reason == "bad_answer"
 
 
 async def test_cancel_mid_stream_sends_nothing(
@@ -186,8 +194,9 @@ async def test_unreachable_server_is_an_error(session: aiohttp.ClientSession) ->
         asr = OpenAIASR(f"http://127.0.0.1:{port}", "k", session=session)
         stream = await asr.open()
         await feed_all(stream, tone(0.5))
-        with pytest.raises(ASRError, match="request failed"):
+        with pytest.raises(ASRError, match="request failed") as info:
             await stream.finish()
+        assert info.value.reason == "connection"
 
 
 async def test_an_utterance_too_long_is_refused(
@@ -252,5 +261,6 @@ def test_error_descriptions() -> None:
     assert describe_error(502, b"<html>bad gateway</html>") == "HTTP 502"
     assert describe_error(500, b'{"error": "flat"}') == "HTTP 500"
     assert parse_text(b'{"text": " hi "}') == "hi"
-    with pytest.raises(ASRError, match="not a string"):
+    with pytest.raises(ASRError, match="not a string") as info:
         parse_text(b'{"text": 3}')
+    assert info.value.reason == "bad_answer"

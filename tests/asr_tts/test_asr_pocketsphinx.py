@@ -140,15 +140,17 @@ async def test_full_vocabulary_gets_plain_words(speak: Speak) -> None:
 async def test_timeouts_leave_the_pool_usable(speak: Speak) -> None:
     asr = PocketsphinxASR(pool_size=1, timeout_s=0.01)  # full vocabulary: a worker starts in ~0.5 s
     try:
-        with pytest.raises(ASRError, match="no free decoder"):
+        with pytest.raises(ASRError, match="no free decoder") as info:
             await asr.open()  # the load goes on and its decoder joins the pool
+        assert info.value.reason == "worker"
         asr.timeout_s = 5
         stream = await asr.open()
         await feed_all(stream, speak("turn on the light and tell me what time it is", "en-us"))
         asr.timeout_s = 0.01
         (slow,) = decoder_processes()
-        with pytest.raises(ASRError, match="decoding took longer than 0.01 s"):
+        with pytest.raises(ASRError, match="decoding took longer than 0.01 s") as info:
             await stream.finish()
+        assert info.value.reason == "timeout"
         # The decode that ran over is ended with its process; a new worker takes its place.
         assert await wait_until_gone({slow}) == set()
         asr.timeout_s = 5
@@ -171,8 +173,9 @@ async def test_pool_bound_makes_open_wait_and_time_out(speak: Speak) -> None:
     try:
         first = await asr.open()  # starts the worker: ~0.3 s, longer on a busy machine
         asr.timeout_s = 0.3
-        with pytest.raises(ASRError, match=r"no free decoder within 0\.3 s"):
+        with pytest.raises(ASRError, match=r"no free decoder within 0\.3 s") as info:
             await asr.open()
+        assert info.value.reason == "worker"
         waiting = asyncio.create_task(asr.open())
         await feed_all(first, speak("dance", "en-us"))
         await asyncio.sleep(0.1)
@@ -217,8 +220,11 @@ async def test_two_utterances_decode_side_by_side(commands: PocketsphinxASR, spe
 async def test_words_missing_from_the_dictionary_fail_at_open() -> None:
     asr = PocketsphinxASR(grammar_words=["turn on the zorblax"])
     try:
-        with pytest.raises(ASRError, match=r"missing from the pronunciation dictionary.*zorblax"):
+        with pytest.raises(
+            ASRError, match=r"missing from the pronunciation dictionary.*zorblax"
+        ) as info:
             await asr.open()
+        assert info.value.reason == "worker"
     finally:
         asr.close()
 
@@ -317,8 +323,9 @@ async def test_a_killed_worker_fails_its_utterance_and_is_replaced(
         stream = await asr.open()
         await feed_all(stream, speak("please stop"))
         os.kill(first, signal.SIGKILL)
-        with pytest.raises(ASRError, match="the decoder process died"):
+        with pytest.raises(ASRError, match="the decoder process died") as info:
             await recognise_rest(stream, speak("turn on the light"))
+        assert info.value.reason == "worker"
         await stream.cancel()
         assert await wait_until_gone({first}) == set()
         # A new worker takes the dead one's place.

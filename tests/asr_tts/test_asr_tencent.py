@@ -86,24 +86,28 @@ async def test_sentences_are_joined_in_index_order(make: Make, fake: FakeTencent
 async def test_a_wrong_key_fails_at_open_with_4002(make: Make, fake: FakeTencentASR) -> None:
     with pytest.raises(ASRError, match="Tencent error 4002: 鉴权失败") as info:
         await make(secret_key="stolen-key").open()
+    assert info.value.reason == "auth"
     assert "stolen-key" not in str(info.value)
     assert fake.problems == []
 
 
 @pytest.mark.parametrize(
-    ("mode", "error"), [("busy", "error 4006: 账号当前调用并发超限"), ("deny", "error 4002")]
+    ("mode", "error", "reason"),
+    [("busy", "error 4006: 账号当前调用并发超限", "rate_limited"), ("deny", "error 4002", "auth")],
 )
 async def test_refusals_at_the_handshake_are_errors_with_their_code(
-    make: Make, fake: FakeTencentASR, mode: AsrMode, error: str
+    make: Make, fake: FakeTencentASR, mode: AsrMode, error: str, reason: str
 ) -> None:
     fake.mode = mode
-    with pytest.raises(ASRError, match=error):
+    with pytest.raises(ASRError, match=error) as info:
         await make().open()
+    assert info.value.reason == reason
 
 
 async def test_an_unknown_engine_is_an_invalid_parameter(make: Make, fake: FakeTencentASR) -> None:
-    with pytest.raises(ASRError, match="error 4001: .*engine_model_type 16k_xx"):
+    with pytest.raises(ASRError, match="error 4001: .*engine_model_type 16k_xx") as info:
         await make(engine_model_type="16k_xx").open()
+    assert info.value.reason == "refused"
 
 
 async def test_a_backend_error_mid_stream_reaches_feed(make: Make, fake: FakeTencentASR) -> None:
@@ -111,8 +115,9 @@ async def test_a_backend_error_mid_stream_reaches_feed(make: Make, fake: FakeTen
     stream = await make().open()
     await stream.feed(speech(0.1))
     await asyncio.wait_for(raised_by_feed(stream), 2)
-    with pytest.raises(ASRError, match="error 5000"):
+    with pytest.raises(ASRError, match="error 5000") as info:
         await stream.finish()
+    assert info.value.reason == "refused"
 
 
 async def test_a_connection_dropped_mid_stream_is_an_error(
@@ -120,23 +125,26 @@ async def test_a_connection_dropped_mid_stream_is_an_error(
 ) -> None:
     fake.mode = "drop"
     stream = await make().open()
-    with pytest.raises(ASRError, match="closed|lost"):
+    with pytest.raises(ASRError, match="closed|lost") as info:
         await recognise(stream, speech(1.0))
+    assert info.value.reason == "connection"
     await stream.cancel()
 
 
 async def test_a_slow_handshake_answer_times_out(make: Make, fake: FakeTencentASR) -> None:
     fake.mode, fake.delay_s = "slow", 1.0
-    with pytest.raises(ASRError, match=r"no handshake answer from Tencent within 0\.2 s"):
+    with pytest.raises(ASRError, match=r"no handshake answer from Tencent within 0\.2 s") as info:
         await make(timeout_s=0.2).open()
+    assert info.value.reason == "timeout"
 
 
 async def test_no_final_result_times_out_and_closes(make: Make, fake: FakeTencentASR) -> None:
     fake.mode = "stall"
     stream = await make(timeout_s=0.3).open()
     await feed_all(stream, speech(0.5))
-    with pytest.raises(ASRError, match=r"no final result within 0\.3 s"):
+    with pytest.raises(ASRError, match=r"no final result within 0\.3 s") as info:
         await stream.finish()
+    assert info.value.reason == "timeout"
     await asyncio.wait_for(fake.closed.wait(), 2)
     assert fake.got_end
 
@@ -150,8 +158,9 @@ async def test_too_much_audio_at_once_is_refused_with_4000(
     make: Make, fake: FakeTencentASR
 ) -> None:
     stream = await make(packet_ms=0).open()
-    with pytest.raises(ASRError, match="error 4000"):
+    with pytest.raises(ASRError, match="error 4000") as info:
         await recognise(stream, speech(4.0))  # 4 s of audio in well under a second
+    assert info.value.reason == "rate_limited"
     await stream.cancel()
 
 
@@ -183,10 +192,12 @@ async def test_packets_are_at_least_packet_ms(make: Make, fake: FakeTencentASR) 
 
 async def test_a_refused_upgrade_is_an_error_with_its_status(make: Make) -> None:
     origin = make().signed_url(None, 0, 1, "v").origin()  # the fake's address
-    with pytest.raises(ASRError, match="Tencent refused the handshake: HTTP 404"):
+    with pytest.raises(ASRError, match="Tencent refused the handshake: HTTP 404") as info:
         await make(url=str(origin.with_path("/asr/v9"))).open()
+    assert info.value.reason == "refused"
 
 
 async def test_unreachable_server_is_an_error(make: Make) -> None:
-    with pytest.raises(ASRError, match="cannot connect to Tencent: ClientConnectorError"):
+    with pytest.raises(ASRError, match="cannot connect to Tencent: ClientConnectorError") as info:
         await make(url="ws://127.0.0.1:9/asr/v2").open()
+    assert info.value.reason == "connection"

@@ -124,6 +124,7 @@ async def test_requests_carry_a_fresh_reqid(make: Make, fake: FakeVolcengine) ->
 async def test_wrong_token_is_refused_at_the_handshake(make: Make, fake: FakeVolcengine) -> None:
     with pytest.raises(ASRError, match="HTTP 401") as info:
         await make(token="tok-stolen").open()
+    assert info.value.reason == "auth"
     assert "tok-" not in str(info.value)
 
 
@@ -131,6 +132,7 @@ async def test_denied_account_is_an_error_with_the_code(make: Make, fake: FakeVo
     stream = await make(appid="someone-else").open()
     with pytest.raises(ASRError, match=f"error {DENIED}: access denied") as info:
         await recognise(stream, speech(1.0))
+    assert info.value.reason == "refused"
     assert fake.token not in str(info.value)
     await stream.cancel()
 
@@ -139,8 +141,9 @@ async def test_error_frame_is_an_error_with_its_code(make: Make, fake: FakeVolce
     fake.mode = "server_error"
     stream = await make().open()
     # The error may surface on a later feed() or on finish(); either way it names the code.
-    with pytest.raises(ASRError, match=f"error {SERVER_FAILED}: .*internal error"):
+    with pytest.raises(ASRError, match=f"error {SERVER_FAILED}: .*internal error") as info:
         await recognise(stream, speech(1.0))
+    assert info.value.reason == "refused"
     await stream.cancel()
 
 
@@ -171,15 +174,17 @@ async def test_frames_off_the_protocol_are_errors(
 ) -> None:
     fake.mode = mode
     stream = await make().open()
-    with pytest.raises(ASRError, match=error):
+    with pytest.raises(ASRError, match=error) as info:
         await recognise(stream, speech(0.5))
+    assert info.value.reason == "bad_answer"
     await stream.cancel()
 
 
 async def test_a_handshake_that_never_completes_times_out(make: Make, fake: FakeVolcengine) -> None:
     fake.mode = "slow_handshake"
-    with pytest.raises(ASRError, match=r"no connection to Volcengine within 0\.2 s"):
+    with pytest.raises(ASRError, match=r"no connection to Volcengine within 0\.2 s") as info:
         await make(timeout_s=0.2).open()
+    assert info.value.reason == "timeout"
 
 
 async def test_server_hanging_up_before_the_result_is_an_error(
@@ -187,8 +192,9 @@ async def test_server_hanging_up_before_the_result_is_an_error(
 ) -> None:
     fake.mode = "hang_up"
     stream = await make().open()
-    with pytest.raises(ASRError, match="connection|closed"):
+    with pytest.raises(ASRError, match="connection|closed") as info:
         await recognise(stream, speech(1.0))
+    assert info.value.reason == "connection"
     await stream.cancel()
 
 
@@ -196,8 +202,9 @@ async def test_no_final_result_times_out_and_closes(make: Make, fake: FakeVolcen
     fake.mode = "stall"
     stream = await make(timeout_s=0.3).open()
     await feed_all(stream, speech(0.5))
-    with pytest.raises(ASRError, match=r"no final result within 0\.3 s"):
+    with pytest.raises(ASRError, match=r"no final result within 0\.3 s") as info:
         await stream.finish()
+    assert info.value.reason == "timeout"
     await asyncio.wait_for(fake.closed.wait(), 2)
     assert fake.got_last
 
@@ -225,8 +232,9 @@ async def test_cancel_mid_stream_closes_without_a_last_packet(
 
 
 async def test_unreachable_server_is_an_error(make: Make) -> None:
-    with pytest.raises(ASRError, match="cannot connect"):
+    with pytest.raises(ASRError, match="cannot connect") as info:
         await make(url="ws://127.0.0.1:9/api/v2/asr").open()
+    assert info.value.reason == "connection"
 
 
 def test_client_headers_are_the_documented_bytes() -> None:

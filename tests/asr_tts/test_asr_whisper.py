@@ -128,16 +128,18 @@ async def test_a_killed_or_stuck_worker_is_replaced(speak: Speak) -> None:
         finishing = asyncio.create_task(stream.finish())
         await asyncio.sleep(0.2)
         os.kill(first, signal.SIGKILL)
-        with pytest.raises(ASRError, match="the decoder process died"):
+        with pytest.raises(ASRError, match="the decoder process died") as info:
             await finishing
+        assert info.value.reason == "worker"
         assert await wait_until_gone({first}) == set()
         # Stuck past timeout_s: its process is ended and a new one takes its place.
         stream = await asr.open(language="en")
         (second,) = decoder_processes() - {first}
         await feed_all(stream, command * 4)
         asr.timeout_s = 0.05
-        with pytest.raises(ASRError, match="longer than 0.05 s"):
+        with pytest.raises(ASRError, match="longer than 0.05 s") as info:
             await stream.finish()
+        assert info.value.reason == "timeout"
         assert await wait_until_gone({second}) == set()
         asr.timeout_s = 60
         stream = await asr.open(language="en")

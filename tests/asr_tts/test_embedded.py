@@ -189,20 +189,23 @@ async def test_concurrency_is_bounded(tmp_path: Path, bound: int) -> None:
 
 
 async def test_missing_binary_is_a_tts_error() -> None:
-    with pytest.raises(TTSError, match="cannot run '/nonexistent'"):
+    with pytest.raises(TTSError, match="cannot run '/nonexistent'") as info:
         await EmbeddedTTS(binary="/nonexistent").synthesize("hello", Voice())
+    assert info.value.reason == "worker"
 
 
 async def test_failure_exit_is_a_tts_error(tmp_path: Path) -> None:
     binary = script(tmp_path / "fail", "#!/bin/sh\necho 'voice broken' >&2\nexit 3\n")
-    with pytest.raises(TTSError, match="status 3: voice broken"):
+    with pytest.raises(TTSError, match="status 3: voice broken") as info:
         await EmbeddedTTS(binary=binary).synthesize("hello", Voice())
+    assert info.value.reason == "worker"
 
 
 async def test_output_that_is_not_wav_is_a_tts_error(tmp_path: Path) -> None:
     binary = script(tmp_path / "chatty", "#!/bin/sh\necho usage: espeak-ng\n")
-    with pytest.raises(TTSError, match="unusable WAV"):
+    with pytest.raises(TTSError, match="unusable WAV") as info:
         await EmbeddedTTS(binary=binary).synthesize("hello", Voice())
+    assert info.value.reason == "worker"
 
 
 def written_pid(pid_file: Path) -> int | None:
@@ -228,8 +231,9 @@ def hanging(tmp_path: Path) -> tuple[str, Path]:
 
 async def test_timeout_is_a_tts_error_and_kills_the_process(tmp_path: Path) -> None:
     binary, pid_file = hanging(tmp_path)
-    with pytest.raises(TTSError, match="no result within 0.3 s"):
+    with pytest.raises(TTSError, match="no result within 0.3 s") as info:
         await EmbeddedTTS(binary=binary, timeout_s=0.3).synthesize("hello", Voice())
+    assert info.value.reason == "timeout"
     assert gone(int(pid_file.read_text()))
 
 

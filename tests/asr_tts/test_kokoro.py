@@ -89,6 +89,14 @@ async def test_other_scripts_are_skipped_with_a_warning(
     assert "こんにちは" in caplog.text
 
 
+async def test_a_call_whose_worker_dies_twice_is_a_tts_error(kokoro: KokoroTTS) -> None:
+    # The first death is retried on a new worker; a second is a TTSError like any failure,
+    # so the answer ends with `tts stop` and is counted (a raw BrokenProcessPool was not).
+    with pytest.raises(TTSError, match="died twice") as info:
+        await kokoro._call_twice(os._exit, 1)
+    assert info.value.reason == "worker"
+
+
 async def test_a_killed_worker_is_replaced_and_its_load_is_not_a_call(
     kokoro: KokoroTTS,
 ) -> None:

@@ -173,11 +173,13 @@ async def test_refused_credentials_are_errors_without_the_secret(
     with pytest.raises(TokenError, match=match) as info:
         await make(**overrides).get()
     assert "secret" not in str(info.value)
+    assert info.value.reason == "auth"
 
 
 async def test_unreachable_or_slow_token_service_is_an_error(make: Make) -> None:
-    with pytest.raises(TokenError, match="CreateToken: Client"):
+    with pytest.raises(TokenError, match="CreateToken: Client") as info:
         await make(url="http://127.0.0.1:9/").get()
+    assert info.value.reason == "connection"
     async with aiohttp.ClientSession() as session:
         # An address that never answers the TCP handshake is not portable; a silent server is.
         server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
@@ -189,6 +191,7 @@ async def test_unreachable_or_slow_token_service_is_an_error(make: Make) -> None
             url=f"http://127.0.0.1:{port}/",
             timeout_s=0.2,
         )
-        with pytest.raises(TokenError, match=r"no answer within 0\.2 s"):
+        with pytest.raises(TokenError, match=r"no answer within 0\.2 s") as info:
             await slow.get()
+        assert info.value.reason == "timeout"
         server.close()

@@ -123,25 +123,27 @@ async def test_an_expired_token_is_refreshed_and_the_sentence_retried_once(
     fake.mode = "expired"
     with pytest.raises(TTSError, match=f"HTTP 400 status {AUTH_FAILED}: .*has expired") as info:
         await tts.synthesize("三", Voice())
+    assert info.value.reason == "auth"
     assert fake.token_requests == 3  # once more, not in a loop
     assert not any(token in str(info.value) for token in fake.tokens)
 
 
 @pytest.mark.parametrize(
-    ("mode", "match"),
+    ("mode", "match", "reason"),
     [
-        ("rate_limit", f"HTTP 429 status {TOO_MANY_REQUESTS}: .*TOO_MANY_REQUESTS"),
-        ("task_failed", f"HTTP 500 status {SERVER_ERROR}"),
-        ("drop", "aliyun: ClientPayloadError|aliyun: ServerDisconnected"),
-        ("token_down", "aliyun: no token: CreateToken: HTTP 503"),
+        ("rate_limit", f"HTTP 429 status {TOO_MANY_REQUESTS}: .*TOO_MANY_REQUESTS", "rate_limited"),
+        ("task_failed", f"HTTP 500 status {SERVER_ERROR}", "refused"),
+        ("drop", "aliyun: ClientPayloadError|aliyun: ServerDisconnected", "connection"),
+        ("token_down", "aliyun: no token: CreateToken: HTTP 503", "refused"),
     ],
 )
 async def test_gateway_failures_are_errors(
-    make: Make, fake: FakeNLS, mode: Any, match: str
+    make: Make, fake: FakeNLS, mode: Any, match: str, reason: str
 ) -> None:
     fake.mode = mode
-    with pytest.raises(TTSError, match=match):
+    with pytest.raises(TTSError, match=match) as info:
         await make().synthesize("一句话。", Voice())
+    assert info.value.reason == reason
 
 
 async def test_an_unknown_voice_or_appkey_is_refused(make: Make) -> None:
@@ -159,8 +161,9 @@ async def test_a_slow_first_chunk_is_waited_for_and_a_stall_times_out(
     assert (await make().synthesize("慢", Voice())).samples
     assert time.monotonic() - started >= 0.2
     fake.mode = "stall"
-    with pytest.raises(TTSError, match=r"no answer within 0\.3 s"):
+    with pytest.raises(TTSError, match=r"no answer within 0\.3 s") as info:
         await make(timeout_s=0.3).synthesize("一句很长的话，一句很长的话。", Voice())
+    assert info.value.reason == "timeout"
 
 
 LONG = "这是一个没有逗号的相当长的句子用来测试流式合成的首帧"  # one request, 1.35 s of audio

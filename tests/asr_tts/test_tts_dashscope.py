@@ -111,45 +111,55 @@ async def test_voice_speed_pitch_and_volume_reach_the_wire(make: Make, fake: Fak
 async def test_a_wrong_key_fails_without_logging_it(make: Make, fake: FakeDashScope) -> None:
     with pytest.raises(TTSError, match="dashscope: the handshake was refused: HTTP 401") as info:
         await make(api_key="sk-not-the-key").synthesize("hi", Voice())
+    assert info.value.reason == "auth"
     assert "sk-" not in str(info.value)
     assert fake.runs == []
 
 
 @pytest.mark.parametrize(
-    ("mode", "voice", "match"),
+    ("mode", "voice", "match", "reason"),
     [
-        ("throttle", None, f"task failed: {THROTTLED[0]}: Requests rate limit exceeded"),
-        ("ok", "nobody", "task failed: InvalidParameter: bad request"),
-        ("fail_mid", None, "task failed: InternalError: internal server error"),
-        ("empty", None, "dashscope: the task finished without audio"),
-        ("drop", None, "dashscope: (the connection closed before task-finished|connection lost)"),
+        ("throttle", None, f"task failed: {THROTTLED[0]}: Requests rate limit", "rate_limited"),
+        ("ok", "nobody", "task failed: InvalidParameter: bad request", "refused"),
+        ("fail_mid", None, "task failed: InternalError: internal server error", "refused"),
+        ("empty", None, "dashscope: the task finished without audio", "bad_answer"),
+        (
+            "drop",
+            None,
+            "dashscope: (the connection closed before task-finished|connection lost)",
+            "connection",
+        ),
     ],
 )
 async def test_failures_are_errors_naming_their_cause(
-    make: Make, fake: FakeDashScope, mode: Any, voice: str | None, match: str
+    make: Make, fake: FakeDashScope, mode: Any, voice: str | None, match: str, reason: str
 ) -> None:
     fake.mode = mode
-    with pytest.raises(TTSError, match=match):
+    with pytest.raises(TTSError, match=match) as info:
         await make().synthesize("今天天气不错。", Voice(voice_type=voice))
+    assert info.value.reason == reason
 
 
 async def test_a_server_sending_too_much_audio_is_stopped(
     make: Make, fake: FakeDashScope, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("asr_tts.tts.dashscope.MAX_AUDIO_BYTES", 10_000)
-    with pytest.raises(TTSError, match="more than 10000 bytes of audio"):
+    with pytest.raises(TTSError, match="more than 10000 bytes of audio") as info:
         await make().synthesize("这句话合成出来远远超过一万字节。", Voice())
+    assert info.value.reason == "bad_answer"
     await asyncio.wait_for(fake.closed.wait(), 2)
 
 
 async def test_a_stalled_task_and_a_slow_first_audio(make: Make, fake: FakeDashScope) -> None:
     fake.first_delay_s = 0.3
     assert (await make(timeout_s=2.0).synthesize("好。", Voice())).samples
-    with pytest.raises(TTSError, match=r"dashscope: no answer within 0\.1 s"):
+    with pytest.raises(TTSError, match=r"dashscope: no answer within 0\.1 s") as info:
         await make(timeout_s=0.1).synthesize("好。", Voice())
+    assert info.value.reason == "timeout"
     fake.mode = "stall"
-    with pytest.raises(TTSError, match=r"dashscope: no answer within 0\.2 s"):
+    with pytest.raises(TTSError, match=r"dashscope: no answer within 0\.2 s") as info:
         await make(timeout_s=0.2).synthesize("好。", Voice())
+    assert info.value.reason == "timeout"
 
 
 async def test_the_business_picks_dashscope_by_name(make: Make, fake: FakeDashScope) -> None:
@@ -223,8 +233,11 @@ async def test_a_short_first_sentence_and_a_failure_after_the_head(
     segments = spk.segments(LONG, Voice(), encoder)
     sentence, _, whole = await anext(segments)
     assert (sentence, whole) == (LONG, False)
-    with pytest.raises(TTSError, match="dashscope: (the connection closed|connection lost)"):
+    with pytest.raises(
+        TTSError, match="dashscope: (the connection closed|connection lost)"
+    ) as info:
         await anext(segments)
+    assert info.value.reason == "connection"
 
 
 async def test_abandoning_a_stream_does_not_wait_for_a_busy_server(

@@ -192,6 +192,7 @@ async def test_a_wrong_key_fails_without_logging_the_key(
     wrong = "sk-wrong-secret-987"
     with pytest.raises(TTSError, match="HTTP 401 invalid_request_error/invalid_api_key") as info:
         await provider(base_url, session, api_key=wrong).synthesize("hi", Voice())
+    assert info.value.reason == "auth"
     assert wrong not in str(info.value)
     assert "***" in str(info.value)
     assert fake.bodies == []
@@ -208,8 +209,9 @@ async def test_a_server_error_is_an_error(
     base_url: str, session: aiohttp.ClientSession, fake: FakeOpenAI
 ) -> None:
     fake.mode = "server_error"
-    with pytest.raises(TTSError, match="HTTP 500 server_error: The server had an error"):
+    with pytest.raises(TTSError, match="HTTP 500 server_error: The server had an error") as info:
         await provider(base_url, session).synthesize("hi", Voice())
+    assert info.value.reason == "refused"
 
 
 @pytest.mark.parametrize(
@@ -219,8 +221,9 @@ async def test_a_malformed_answer_is_an_error(
     base_url: str, session: aiohttp.ClientSession, fake: FakeOpenAI, mode: str, match: str
 ) -> None:
     fake.mode = mode
-    with pytest.raises(TTSError, match=match):
+    with pytest.raises(TTSError, match=match) as info:
         await provider(base_url, session).synthesize("hi", Voice())
+    assert info.value.reason == "bad_answer"
 
 
 async def test_a_wav_answer_is_read_at_its_own_rate(
@@ -244,8 +247,9 @@ async def test_a_stalled_server_times_out(
 ) -> None:
     fake.mode = "stall"
     started = time.monotonic()
-    with pytest.raises(TTSError, match="no answer within 0.2 s"):
+    with pytest.raises(TTSError, match="no answer within 0.2 s") as info:
         await provider(base_url, session, timeout_s=0.2).synthesize("hi", Voice())
+    assert info.value.reason == "timeout"
     assert time.monotonic() - started < 2
 
 
@@ -253,8 +257,9 @@ async def test_an_unreachable_server_is_an_error(session: aiohttp.ClientSession)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(TTSError, match="ClientConnectorError"):
+    with pytest.raises(TTSError, match="ClientConnectorError") as info:
         await provider(f"http://127.0.0.1:{port}", session).synthesize("hi", Voice())
+    assert info.value.reason == "connection"
 
 
 async def test_speaker_turns_openai_speech_into_opus(

@@ -89,6 +89,7 @@ async def test_a_wrong_key_fails_with_the_code_and_no_secret(
 ) -> None:
     with pytest.raises(TTSError, match="HTTP 200 AuthFailure.SignatureFailure") as info:
         await provider(url, session, secret_key="not-the-key").synthesize("hi", Voice())
+    assert info.value.reason == "auth"
     assert "not-the-key" not in str(info.value)
     assert fake.bodies == []
 
@@ -104,31 +105,38 @@ async def test_a_voice_type_that_is_not_a_number_is_refused_before_sending(
 
 
 @pytest.mark.parametrize(
-    ("mode", "match"),
+    ("mode", "match", "reason"),
     [
-        ("busy", "HTTP 200 RequestLimitExceeded: request limit exceeded"),
-        ("error", "HTTP 200 InternalError: internal error"),
-        ("html", "HTTP 502 without a JSON Response object"),
-        ("drop", "ClientPayloadError"),
-        ("bad_base64", "not base64"),
-        ("no_audio", "without audio data"),
-        ("odd", "3 bytes is not 16-bit PCM"),
-        ("other_session", "another request"),
+        ("busy", "HTTP 200 RequestLimitExceeded: request limit exceeded", "rate_limited"),
+        ("error", "HTTP 200 InternalError: internal error", "refused"),
+        ("html", "HTTP 502 without a JSON Response object", "refused"),
+        ("drop", "ClientPayloadError", "connection"),
+        ("bad_base64", "not base64", "bad_answer"),
+        ("no_audio", "without audio data", "bad_answer"),
+        ("odd", "3 bytes is not 16-bit PCM", "bad_answer"),
+        ("other_session", "another request", "bad_answer"),
     ],
 )
 async def test_errors_and_malformed_answers_are_errors(
-    url: str, session: aiohttp.ClientSession, fake: FakeTencentTTS, mode: TtsMode, match: str
+    url: str,
+    session: aiohttp.ClientSession,
+    fake: FakeTencentTTS,
+    mode: TtsMode,
+    match: str,
+    reason: str,
 ) -> None:
     fake.mode = mode
-    with pytest.raises(TTSError, match=match):
+    with pytest.raises(TTSError, match=match) as info:
         await provider(url, session).synthesize("hi", Voice())
+    assert info.value.reason == reason
 
 
 async def test_text_over_the_documented_limit_is_refused_by_the_service(
     url: str, session: aiohttp.ClientSession, fake: FakeTencentTTS
 ) -> None:
-    with pytest.raises(TTSError, match="InvalidParameterValue: Text must hold 1 to 150"):
+    with pytest.raises(TTSError, match="InvalidParameterValue: Text must hold 1 to 150") as info:
         await provider(url, session).synthesize("字" * 151, Voice())
+    assert info.value.reason == "refused"
     assert fake.problems == ["Text must hold 1 to 150 characters"]
 
 
@@ -137,8 +145,9 @@ async def test_a_slow_answer_times_out(
 ) -> None:
     fake.mode, fake.delay_s = "slow", 0.5
     started = time.monotonic()
-    with pytest.raises(TTSError, match=r"no answer within 0\.2 s"):
+    with pytest.raises(TTSError, match=r"no answer within 0\.2 s") as info:
         await provider(url, session, timeout_s=0.2).synthesize("hi", Voice())
+    assert info.value.reason == "timeout"
     assert time.monotonic() - started < 2
 
 

@@ -211,6 +211,7 @@ async def test_a_wrong_token_fails_without_logging_it(
 ) -> None:
     with pytest.raises(TTSError, match="HTTP 401 code 3001: authenticate request") as info:
         await provider(url, session, token="not-the-token").synthesize("hi", Voice())
+    assert info.value.reason == "auth"
     assert "not-the-token" not in str(info.value)
     assert fake.bodies == []
 
@@ -218,31 +219,41 @@ async def test_a_wrong_token_fails_without_logging_it(
 async def test_a_missing_grant_or_an_unknown_voice_fails_with_its_code(
     url: str, session: aiohttp.ClientSession
 ) -> None:
-    with pytest.raises(TTSError, match="HTTP 403 code 3001: .*requested resource not granted"):
+    with pytest.raises(
+        TTSError, match="HTTP 403 code 3001: .*requested resource not granted"
+    ) as info:
         await provider(url, session, appid="7654321").synthesize("hi", Voice())
-    with pytest.raises(TTSError, match="HTTP 200 code 3050: voice_type not found"):
+    assert info.value.reason == "auth"
+    with pytest.raises(TTSError, match="HTTP 200 code 3050: voice_type not found") as info:
         await provider(url, session).synthesize("hi", Voice(voice_type="BV999_streaming"))
+    assert info.value.reason == "refused"
 
 
 @pytest.mark.parametrize(
-    ("mode", "match"),
+    ("mode", "match", "reason"),
     [
-        ("busy", "HTTP 200 code 3005: server busy"),
-        ("server_error", "HTTP 500 code 3031: backend error"),
-        ("bad_gateway", "HTTP 502 with a body that is not a JSON object"),
-        ("html", "HTTP 200 with a body that is not a JSON object"),
-        ("bad_base64", "not base64"),
-        ("no_data", "without audio data"),
-        ("odd", "3 bytes is not 16-bit PCM"),
-        ("other_reqid", "another request"),
+        ("busy", "HTTP 200 code 3005: server busy", "refused"),
+        ("server_error", "HTTP 500 code 3031: backend error", "refused"),
+        ("bad_gateway", "HTTP 502 with a body that is not a JSON object", "refused"),
+        ("html", "HTTP 200 with a body that is not a JSON object", "bad_answer"),
+        ("bad_base64", "not base64", "bad_answer"),
+        ("no_data", "without audio data", "bad_answer"),
+        ("odd", "3 bytes is not 16-bit PCM", "bad_answer"),
+        ("other_reqid", "another request", "bad_answer"),
     ],
 )
 async def test_server_errors_and_malformed_answers_are_errors(
-    url: str, session: aiohttp.ClientSession, fake: FakeVolcengine, mode: str, match: str
+    url: str,
+    session: aiohttp.ClientSession,
+    fake: FakeVolcengine,
+    mode: str,
+    match: str,
+    reason: str,
 ) -> None:
     fake.mode = mode
-    with pytest.raises(TTSError, match=match):
+    with pytest.raises(TTSError, match=match) as info:
         await provider(url, session).synthesize("hi", Voice())
+    assert info.value.reason == reason
 
 
 async def test_a_wav_answer_is_parsed_with_its_own_rate(
@@ -258,8 +269,9 @@ async def test_a_stalled_server_times_out(
 ) -> None:
     fake.mode = "stall"
     started = time.monotonic()
-    with pytest.raises(TTSError, match="no answer within 0.2 s"):
+    with pytest.raises(TTSError, match="no answer within 0.2 s") as info:
         await provider(url, session, timeout_s=0.2).synthesize("hi", Voice())
+    assert info.value.reason == "timeout"
     assert time.monotonic() - started < 2
 
 

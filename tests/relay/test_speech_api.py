@@ -163,11 +163,16 @@ async def test_stt_is_503_when_no_decoder_frees_up_in_time(make_relay: RelayFact
 
 
 @pytest.mark.parametrize(
-    ("mode", "status", "error_type"),
-    [("error", 502, "provider_failed"), ("stall", 504, "provider_timeout")],
+    ("mode", "status", "error_type", "reason"),
+    [("error", 502, "provider_failed", "refused"), ("stall", 504, "provider_timeout", "timeout")],
 )
 async def test_stt_provider_failures(
-    make_relay: RelayFactory, aiohttp_server: Any, mode: Any, status: int, error_type: str
+    make_relay: RelayFactory,
+    aiohttp_server: Any,
+    mode: Any,
+    status: int,
+    error_type: str,
+    reason: str,
 ) -> None:
     server = await aiohttp_server(FakeTranscriber(mode).app())
     openai = {"base_url": str(server.make_url("/")), "timeout_s": 0.3}
@@ -175,7 +180,8 @@ async def test_stt_provider_failures(
     wav = wav_from_pcm(bytes(3200))
     resp = await client.post("/api/v1/stt", data=wav, headers={"Content-Type": "audio/wav"})
     await error_of(resp, status, error_type)
-    assert await metric_value(client, 'relay_provider_errors_total{kind="asr",provider="openai"}')
+    sample = f'relay_provider_errors_total{{kind="asr",provider="openai",reason="{reason}"}}'
+    assert await metric_value(client, sample) == 1.0
 
 
 async def test_stt_asks_for_the_language_a_device_would(
@@ -260,11 +266,16 @@ async def test_text_with_nothing_to_say_is_one_silent_frame(
 
 
 @pytest.mark.parametrize(
-    ("stall", "status", "error_type"),
-    [(False, 502, "provider_failed"), (True, 504, "provider_timeout")],
+    ("stall", "status", "error_type", "reason"),
+    [(False, 502, "provider_failed", "refused"), (True, 504, "provider_timeout", "timeout")],
 )
 async def test_tts_provider_failures(
-    make_relay: RelayFactory, aiohttp_server: Any, stall: bool, status: int, error_type: str
+    make_relay: RelayFactory,
+    aiohttp_server: Any,
+    stall: bool,
+    status: int,
+    error_type: str,
+    reason: str,
 ) -> None:
     async def speech(_request: web.Request) -> web.Response:
         if stall:
@@ -279,3 +290,5 @@ async def test_tts_provider_failures(
     resp = await client.post("/api/v1/tts", json={"text": "Hello.", "tts_provider": "openai"})
     assert "openai" in await error_of(resp, status, error_type)
     assert await metric_value(client, "relay_tts_errors_total") == 1.0
+    sample = f'relay_provider_errors_total{{kind="tts",provider="openai",reason="{reason}"}}'
+    assert await metric_value(client, sample) == 1.0

@@ -158,9 +158,15 @@ async def test_a_device_turn_through_tencent_asr_and_tts(
     assert [(b["Text"], b["VoiceType"]) for b in tts_fake.bodies] == [("好的。", 101002)]
 
 
-@pytest.mark.parametrize("mode", ["busy", "server_error"])
+@pytest.mark.parametrize(
+    ("mode", "reason"), [("busy", "rate_limited"), ("server_error", "refused")]
+)
 async def test_a_tencent_failure_ends_the_turn_once_and_is_counted_once(
-    make_relay: RelayFactory, aiohttp_server: AiohttpServer, fake: FakeBusiness, mode: AsrMode
+    make_relay: RelayFactory,
+    aiohttp_server: AiohttpServer,
+    fake: FakeBusiness,
+    mode: AsrMode,
+    reason: str,
 ) -> None:
     # busy: 4006 at the handshake, open() fails; server_error: 5000 after the first audio,
     # feed() fails. Either way the rest of the push-to-talk is heard by no one: one `stt ""`
@@ -178,5 +184,25 @@ async def test_a_tencent_failure_ends_the_turn_once_and_is_counted_once(
     assert await dev.quiet(0.3) == []
     assert fake.bodies == []
     assert len(asr_fake.queries) == 1
-    sample = 'relay_provider_errors_total{kind="asr",provider="tencent"}'
+    sample = f'relay_provider_errors_total{{kind="asr",provider="tencent",reason="{reason}"}}'
     assert await metric(client, sample) == 1
+
+
+async def test_a_rate_limited_voice_ends_the_answer_and_is_counted_by_provider_and_reason(
+    make_relay: RelayFactory, aiohttp_server: AiohttpServer, fake: FakeBusiness
+) -> None:
+    fake.script = speak_the_voice
+    client, tts_fake = await tencent_relay(
+        make_relay, aiohttp_server, FakeTencentASR(text="打开灯")
+    )
+    tts_fake.mode = "busy"  # RequestLimitExceeded
+    dev = await VoiceDevice.connect(client)
+    await dev.listen("manual")
+    await dev.send_audio(opus_packets(SpeechBank().say("turn on the light")), 4.0)
+    await dev.stop_listening()
+    assert [m["text"] for m in await dev.until(is_stt)] == ["打开灯"]
+    await dev.until(is_tts("stop"), timeout=3)
+    assert tts_fake.bodies  # the voice was asked, and refused
+    sample = 'relay_provider_errors_total{kind="tts",provider="tencent",reason="rate_limited"}'
+    assert await metric(client, sample) == 1
+    assert await metric(client, "relay_tts_errors_total") == 1

@@ -402,7 +402,10 @@ async def test_manual_utterance_longer_than_max_is_cut_and_recognised(
 # ---- a failing recogniser ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("mode", "errors"), [("error", 1), ("stall", 1), ("empty", 0)])
+@pytest.mark.parametrize(
+    ("mode", "errors", "reason"),
+    [("error", 1, "refused"), ("stall", 1, "timeout"), ("empty", 0, "refused")],
+)
 async def test_asr_provider_failure_ends_the_turn(
     make_relay: RelayFactory,
     fake: FakeBusiness,
@@ -410,6 +413,7 @@ async def test_asr_provider_failure_ends_the_turn(
     aiohttp_server: Any,
     mode: Literal["error", "stall", "empty"],
     errors: int,
+    reason: str,
 ) -> None:
     transcriber = FakeTranscriber(mode)
     server = await aiohttp_server(transcriber.app())
@@ -425,7 +429,7 @@ async def test_asr_provider_failure_ends_the_turn(
     assert time.monotonic() - t0 < 1.5  # the stall is cut at openai.timeout_s
     assert transcriber.hits == 1
     assert fake.bodies == []
-    sample = 'relay_provider_errors_total{kind="asr",provider="openai"}'
+    sample = f'relay_provider_errors_total{{kind="asr",provider="openai",reason="{reason}"}}'
     assert await metric(client, sample) == errors
 
 

@@ -80,4 +80,5 @@ async def test_a_rate_limited_recogniser_ends_the_turn_once_and_is_counted(
     ]
     assert fake.bodies == []
     assert len(gateway.starts) == 1  # the rest of the push-to-talk did not try again
-    assert await metric(client, 'relay_provider_errors_total{kind="asr",provider="aliyun"}') == 1
+    sample = 'relay_provider_errors_total{kind="asr",provider="aliyun",reason="rate_limited"}'
+    assert await metric(client, sample) == 1

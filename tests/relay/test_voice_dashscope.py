@@ -70,5 +70,5 @@ async def test_a_throttled_recognition_ends_the_turn_and_is_counted(
     ]
     assert fake.bodies == []
     assert len(cloud.runs) == 1  # one refusal per utterance, not one per audio window
-    sample = 'relay_provider_errors_total{kind="asr",provider="dashscope"}'
+    sample = 'relay_provider_errors_total{kind="asr",provider="dashscope",reason="rate_limited"}'
     assert await metric(client, sample) == 1
