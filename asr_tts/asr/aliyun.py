@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Awaitable
 from typing import Any
 
 import aiohttp
@@ -35,6 +34,7 @@ import orjson
 
 from aioutil import cancel_and_wait
 from asr_tts.asr.base import BYTES_PER_SECOND, SAMPLE_RATE, ASRError, ASRStream
+from asr_tts.asr.socket_stream import SocketStream
 from asr_tts.errors import http_reason
 from asr_tts.nls_token import TOKEN_REJECTED, NLSTokens, TokenError, nls_reason
 
@@ -158,8 +158,10 @@ class AliyunASR:
         return stream
 
 
-class _AliyunStream:
+class _AliyunStream(SocketStream):
     """One transcription task; after the start, a reader task collects the sentences."""
+
+    vendor = "Aliyun NLS"
 
     def __init__(
         self,
@@ -169,15 +171,12 @@ class _AliyunStream:
         timeout_s: float,
         packet_bytes: int,
     ) -> None:
-        self._ws = ws
+        super().__init__(ws, timeout_s)
         self._appkey = appkey
         self._token = token
         self._task_id = uuid.uuid4().hex
-        self._timeout_s = timeout_s
         self._packet_bytes = packet_bytes
-        self._pending = bytearray()
         self._closed = False
-        self._final: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._reader: asyncio.Task[None] | None = None
 
     def _directive(self, name: str, payload: dict[str, object] | None = None) -> str:
@@ -201,7 +200,7 @@ class _AliyunStream:
             "enable_punctuation_prediction": True,
             "enable_inverse_text_normalization": True,
         }
-        await self._send(self._ws.send_str(self._directive("StartTranscription", payload)))
+        await self.send(self._directive("StartTranscription", payload))
         msg = await self._ws.receive()
         if msg.type is not aiohttp.WSMsgType.TEXT:
             raise ASRError(
@@ -219,7 +218,7 @@ class _AliyunStream:
         self._raise_if_failed()
         self._pending += pcm
         if self._pending and len(self._pending) >= self._packet_bytes:
-            await self._send(self._ws.send_bytes(self._take()))
+            await self.send(self._take())
 
     async def finish(self) -> str:
         """Send the rest and StopTranscription, wait for TranscriptionCompleted; then close."""
@@ -229,8 +228,8 @@ class _AliyunStream:
         try:
             async with asyncio.timeout(self._timeout_s):
                 if self._pending:
-                    await self._send(self._ws.send_bytes(self._take()))
-                await self._send(self._ws.send_str(self._directive("StopTranscription")))
+                    await self.send(self._take())
+                await self.send(self._directive("StopTranscription"))
                 return await asyncio.shield(self._final)
         except TimeoutError as exc:
             raise ASRError(f"no final result within {self._timeout_s} s", reason="timeout") from exc
@@ -241,31 +240,6 @@ class _AliyunStream:
         """Close the connection without waiting for a result; idempotent."""
         self._closed = True
         await self._close()
-
-    async def _send(self, sending: Awaitable[None]) -> None:
-        """Await one send; a failed send reports the gateway's error when it sent one."""
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await sending
-        except TimeoutError as exc:
-            raise ASRError(
-                f"Aliyun NLS took no data for {self._timeout_s} s", reason="timeout"
-            ) from exc
-        except (ConnectionError, aiohttp.ClientError) as exc:
-            self._raise_if_failed()
-            raise ASRError(
-                f"connection to Aliyun NLS lost: {type(exc).__name__}: {exc}", reason="connection"
-            ) from exc
-
-    def _take(self) -> bytes:
-        data = bytes(self._pending)
-        self._pending.clear()
-        return data
-
-    def _raise_if_failed(self) -> None:
-        final = self._final
-        if final.done() and not final.cancelled() and (exc := final.exception()) is not None:
-            raise exc
 
     async def _read(self) -> None:
         """Settle `_final` with the sentences or the first failure."""

@@ -24,6 +24,7 @@ import aiohttp
 from aioutil import cancel_and_wait
 from asr_tts import dashscope
 from asr_tts.asr.base import BYTES_PER_SECOND, SAMPLE_RATE, ASRError, ASRStream
+from asr_tts.asr.socket_stream import SocketStream
 from asr_tts.dashscope import DashScopeError
 
 DEFAULT_MODEL = "paraformer-realtime-v2"
@@ -87,21 +88,20 @@ class DashScopeASR:
         return stream
 
 
-class _DashScopeStream:
+class _DashScopeStream(SocketStream):
     """One utterance's task; a reader task collects its sentences until task-finished."""
+
+    vendor = "DashScope"
 
     def __init__(
         self, ws: aiohttp.ClientWebSocketResponse, task_id: str, timeout_s: float, packet: int
     ) -> None:
-        self._ws = ws
+        super().__init__(ws, timeout_s)
         self._task_id = task_id
-        self._timeout_s = timeout_s
         self._packet_bytes = packet
-        self._pending = bytearray()
         self._closed = False
         loop = asyncio.get_running_loop()
         self._started: asyncio.Future[None] = loop.create_future()
-        self._final: asyncio.Future[str] = loop.create_future()
         self._sentences: list[str] = []
         self._partial = ""
         self._reader = asyncio.create_task(self._read())  # owned: cancelled by _close()
@@ -110,7 +110,7 @@ class _DashScopeStream:
         """Send run-task and wait for task-started."""
         try:
             async with asyncio.timeout(self._timeout_s):
-                await self._send(run_task)
+                await self.send(run_task)
                 await asyncio.shield(self._started)
         except TimeoutError as exc:
             raise ASRError(
@@ -124,7 +124,7 @@ class _DashScopeStream:
         self._raise_if_failed()
         self._pending += pcm
         if self._pending and len(self._pending) >= self._packet_bytes:
-            await self._send(self._take())
+            await self.send(self._take())
 
     async def finish(self) -> str:
         """Send what is left and finish-task; wait for task-finished; then close."""
@@ -134,8 +134,8 @@ class _DashScopeStream:
         try:
             async with asyncio.timeout(self._timeout_s):
                 if self._pending:
-                    await self._send(self._take())
-                await self._send(dashscope.finish_task(self._task_id))
+                    await self.send(self._take())
+                await self.send(dashscope.finish_task(self._task_id))
                 return await asyncio.shield(self._final)
         except TimeoutError as exc:
             raise ASRError(
@@ -148,34 +148,6 @@ class _DashScopeStream:
         """Close the connection without waiting for a result; idempotent."""
         self._closed = True
         await self._close()
-
-    async def _send(self, data: bytes | str) -> None:
-        """Send one event or audio packet; a failed send reports the task's failure if known."""
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                if isinstance(data, str):
-                    await self._ws.send_str(data)
-                else:
-                    await self._ws.send_bytes(data)
-        except TimeoutError as exc:
-            raise ASRError(
-                f"DashScope took no audio for {self._timeout_s} s", reason="timeout"
-            ) from exc
-        except (ConnectionError, aiohttp.ClientError) as exc:
-            self._raise_if_failed()
-            raise ASRError(
-                f"DashScope: connection lost: {type(exc).__name__}: {exc}", reason="connection"
-            ) from exc
-
-    def _take(self) -> bytes:
-        data = bytes(self._pending)
-        self._pending.clear()
-        return data
-
-    def _raise_if_failed(self) -> None:
-        final = self._final
-        if final.done() and not final.cancelled() and (exc := final.exception()) is not None:
-            raise exc
 
     async def _read(self) -> None:
         """Settle `_started` and `_final` from the server's events, or with the first failure."""

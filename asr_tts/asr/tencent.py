@@ -37,6 +37,7 @@ from yarl import URL
 
 from aioutil import cancel_and_wait
 from asr_tts.asr.base import BYTES_PER_SECOND, ASRError, ASRStream
+from asr_tts.asr.socket_stream import SocketStream
 from asr_tts.errors import Reason, http_reason
 from asr_tts.tencent_sign import asr_query, asr_sign_text, asr_signature
 
@@ -188,19 +189,18 @@ def code_reason(code: object) -> Reason:
     return "refused"
 
 
-class _TencentStream:
+class _TencentStream(SocketStream):
     """One utterance on its own WebSocket; a reader task collects results until final."""
+
+    vendor = "Tencent"
 
     def __init__(
         self, ws: aiohttp.ClientWebSocketResponse, timeout_s: float, packet_bytes: int
     ) -> None:
-        self._ws = ws
-        self._timeout_s = timeout_s
+        super().__init__(ws, timeout_s)
         self._packet_bytes = packet_bytes
-        self._pending = bytearray()
         self._closed = False
         self._sentences: dict[int, str] = {}
-        self._final: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read())  # owned: cancelled by _close()
 
     async def feed(self, pcm: bytes) -> None:
@@ -210,7 +210,7 @@ class _TencentStream:
         self._raise_if_failed()
         self._pending += pcm
         if self._pending and len(self._pending) >= self._packet_bytes:
-            await self._send(self._take())
+            await self.send(self._take())
 
     async def finish(self) -> str:
         """Send what is pending and the end message, then wait for the final result."""
@@ -220,8 +220,8 @@ class _TencentStream:
         try:
             async with asyncio.timeout(self._timeout_s):
                 if self._pending:
-                    await self._send(self._take())
-                await self._send(_END)
+                    await self.send(self._take())
+                await self.send(_END)
                 return await asyncio.shield(self._final)
         except TimeoutError as exc:
             raise ASRError(f"no final result within {self._timeout_s} s", reason="timeout") from exc
@@ -232,35 +232,6 @@ class _TencentStream:
         """Close the connection without waiting for a result; idempotent."""
         self._closed = True
         await self._close()
-
-    async def _send(self, data: bytes | str) -> None:
-        """Send audio (binary) or the end message (text); a failed send reports the server's
-        error when it sent one."""
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                if isinstance(data, str):
-                    await self._ws.send_str(data)
-                else:
-                    await self._ws.send_bytes(data)
-        except TimeoutError as exc:
-            raise ASRError(
-                f"Tencent took no audio for {self._timeout_s} s", reason="timeout"
-            ) from exc
-        except (ConnectionError, aiohttp.ClientError) as exc:
-            self._raise_if_failed()
-            raise ASRError(
-                f"connection to Tencent lost: {type(exc).__name__}: {exc}", reason="connection"
-            ) from exc
-
-    def _take(self) -> bytes:
-        data = bytes(self._pending)
-        self._pending.clear()
-        return data
-
-    def _raise_if_failed(self) -> None:
-        final = self._final
-        if final.done() and not final.cancelled() and (exc := final.exception()) is not None:
-            raise exc
 
     async def _read(self) -> None:
         """Settle `_final` with the final text or the first failure."""

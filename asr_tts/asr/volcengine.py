@@ -41,6 +41,7 @@ import orjson
 
 from aioutil import cancel_and_wait
 from asr_tts.asr.base import BYTES_PER_SECOND, SAMPLE_RATE, ASRError, ASRStream
+from asr_tts.asr.socket_stream import SocketStream
 from asr_tts.errors import http_reason
 
 DEFAULT_URL = "wss://openspeech.bytedance.com/api/v2/asr"
@@ -203,18 +204,17 @@ class VolcengineASR:
         return stream
 
 
-class _VolcengineStream:
+class _VolcengineStream(SocketStream):
     """One utterance on its own WebSocket; a reader task waits for the final result."""
+
+    vendor = "Volcengine"
 
     def __init__(
         self, ws: aiohttp.ClientWebSocketResponse, timeout_s: float, packet_bytes: int
     ) -> None:
-        self._ws = ws
-        self._timeout_s = timeout_s
+        super().__init__(ws, timeout_s)
         self._packet_bytes = packet_bytes
-        self._pending = bytearray()
         self._closed = False
-        self._final: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read())  # owned: cancelled by _close()
 
     async def feed(self, pcm: bytes) -> None:
@@ -244,31 +244,6 @@ class _VolcengineStream:
         """Close the connection without waiting for a result; idempotent."""
         self._closed = True
         await self._close()
-
-    async def send(self, frame: bytes) -> None:
-        """Send one frame; a failed send reports the server's error when it sent one."""
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await self._ws.send_bytes(frame)
-        except TimeoutError as exc:
-            raise ASRError(
-                f"Volcengine took no audio for {self._timeout_s} s", reason="timeout"
-            ) from exc
-        except (ConnectionError, aiohttp.ClientError) as exc:
-            self._raise_if_failed()
-            raise ASRError(
-                f"connection to Volcengine lost: {type(exc).__name__}: {exc}", reason="connection"
-            ) from exc
-
-    def _take(self) -> bytes:
-        data = bytes(self._pending)
-        self._pending.clear()
-        return data
-
-    def _raise_if_failed(self) -> None:
-        final = self._final
-        if final.done() and not final.cancelled() and (exc := final.exception()) is not None:
-            raise exc
 
     async def _read(self) -> None:
         """Settle `_final` with the final text or the first failure."""
