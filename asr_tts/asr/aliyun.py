@@ -32,7 +32,6 @@ from typing import Any
 import aiohttp
 import orjson
 
-from aioutil import cancel_and_wait
 from asr_tts.asr.base import BYTES_PER_SECOND, SAMPLE_RATE, ASRError, ASRStream
 from asr_tts.asr.socket_stream import SocketStream
 from asr_tts.errors import http_reason
@@ -171,13 +170,15 @@ class _AliyunStream(SocketStream):
         timeout_s: float,
         packet_bytes: int,
     ) -> None:
-        super().__init__(ws, timeout_s)
+        super().__init__(ws, timeout_s, packet_bytes)
         self._appkey = appkey
         self._token = token
         self._task_id = uuid.uuid4().hex
-        self._packet_bytes = packet_bytes
-        self._closed = False
-        self._reader: asyncio.Task[None] | None = None
+
+    async def _send_rest(self) -> None:
+        if self._pending:
+            await self.send(self._take())
+        await self.send(self._directive("StopTranscription"))
 
     def _directive(self, name: str, payload: dict[str, object] | None = None) -> str:
         """A client message of this task."""
@@ -209,50 +210,9 @@ class _AliyunStream(SocketStream):
         name, _ = _event(msg.data, self._token)
         if name != "TranscriptionStarted":
             raise ASRError(f"Aliyun NLS answered the start with {name}", reason="bad_answer")
-        self._reader = asyncio.get_running_loop().create_task(self._read())  # owned: _close()
+        self._start_reader()
 
-    async def feed(self, pcm: bytes) -> None:
-        """Send audio in packets of at least packet_ms; raise ASRError once the task failed."""
-        if self._closed:
-            return
-        self._raise_if_failed()
-        self._pending += pcm
-        if self._pending and len(self._pending) >= self._packet_bytes:
-            await self.send(self._take())
-
-    async def finish(self) -> str:
-        """Send the rest and StopTranscription, wait for TranscriptionCompleted; then close."""
-        if self._closed:
-            raise ASRError("the utterance is already finished or cancelled")
-        self._closed = True
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                if self._pending:
-                    await self.send(self._take())
-                await self.send(self._directive("StopTranscription"))
-                return await asyncio.shield(self._final)
-        except TimeoutError as exc:
-            raise ASRError(f"no final result within {self._timeout_s} s", reason="timeout") from exc
-        finally:
-            await self._close()
-
-    async def cancel(self) -> None:
-        """Close the connection without waiting for a result; idempotent."""
-        self._closed = True
-        await self._close()
-
-    async def _read(self) -> None:
-        """Settle `_final` with the sentences or the first failure."""
-        try:
-            text = await self._receive_sentences()
-        except ASRError as exc:
-            if not self._final.done():
-                self._final.set_exception(exc)
-        else:
-            if not self._final.done():
-                self._final.set_result(text)
-
-    async def _receive_sentences(self) -> str:
+    async def _receive_final(self) -> str:
         """Read events until TranscriptionCompleted; the SentenceEnd results joined."""
         sentences: list[str] = []
         async for msg in self._ws:
@@ -269,14 +229,3 @@ class _AliyunStream(SocketStream):
         raise ASRError(
             "Aliyun NLS closed the connection before TranscriptionCompleted", reason="connection"
         )
-
-    async def _close(self) -> None:
-        """Stop the reader and close the WebSocket."""
-        self._pending.clear()
-        if self._reader is not None:
-            await cancel_and_wait(self._reader)
-        if not self._final.done():
-            self._final.cancel()
-        elif not self._final.cancelled():
-            self._final.exception()  # retrieved: nobody else may ever look
-        await self._ws.close()

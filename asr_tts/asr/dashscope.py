@@ -18,10 +18,10 @@ naming the code.
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import aiohttp
 
-from aioutil import cancel_and_wait
 from asr_tts import dashscope
 from asr_tts.asr.base import BYTES_PER_SECOND, SAMPLE_RATE, ASRError, ASRStream
 from asr_tts.asr.socket_stream import SocketStream
@@ -96,15 +96,12 @@ class _DashScopeStream(SocketStream):
     def __init__(
         self, ws: aiohttp.ClientWebSocketResponse, task_id: str, timeout_s: float, packet: int
     ) -> None:
-        super().__init__(ws, timeout_s)
+        super().__init__(ws, timeout_s, packet)
         self._task_id = task_id
-        self._packet_bytes = packet
-        self._closed = False
-        loop = asyncio.get_running_loop()
-        self._started: asyncio.Future[None] = loop.create_future()
+        self._started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._sentences: list[str] = []
         self._partial = ""
-        self._reader = asyncio.create_task(self._read())  # owned: cancelled by _close()
+        self._start_reader()
 
     async def start(self, run_task: str) -> None:
         """Send run-task and wait for task-started."""
@@ -117,37 +114,16 @@ class _DashScopeStream(SocketStream):
                 f"DashScope: no task-started within {self._timeout_s} s", reason="timeout"
             ) from exc
 
-    async def feed(self, pcm: bytes) -> None:
-        """Send audio in packets of at least packet_ms; raise ASRError once the task failed."""
-        if self._closed:
-            return
-        self._raise_if_failed()
-        self._pending += pcm
-        if self._pending and len(self._pending) >= self._packet_bytes:
+    async def _send_rest(self) -> None:
+        if self._pending:
             await self.send(self._take())
+        await self.send(dashscope.finish_task(self._task_id))
 
-    async def finish(self) -> str:
-        """Send what is left and finish-task; wait for task-finished; then close."""
-        if self._closed:
-            raise ASRError("the utterance is already finished or cancelled")
-        self._closed = True
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                if self._pending:
-                    await self.send(self._take())
-                await self.send(dashscope.finish_task(self._task_id))
-                return await asyncio.shield(self._final)
-        except TimeoutError as exc:
-            raise ASRError(
-                f"DashScope: no final result within {self._timeout_s} s", reason="timeout"
-            ) from exc
-        finally:
-            await self._close()
+    def _futures(self) -> tuple[asyncio.Future[Any], ...]:
+        return (self._started, self._final)
 
-    async def cancel(self) -> None:
-        """Close the connection without waiting for a result; idempotent."""
-        self._closed = True
-        await self._close()
+    async def _close_socket(self) -> None:
+        await dashscope.close(self._ws)
 
     async def _read(self) -> None:
         """Settle `_started` and `_final` from the server's events, or with the first failure."""
@@ -193,14 +169,3 @@ class _DashScopeStream(SocketStream):
             self._partial = ""
         else:
             self._partial = text
-
-    async def _close(self) -> None:
-        """Stop the reader and close the WebSocket."""
-        self._pending.clear()
-        await cancel_and_wait(self._reader)
-        for future in (self._started, self._final):
-            if not future.done():
-                future.cancel()
-            elif not future.cancelled():
-                future.exception()  # retrieved: nobody else may ever look
-        await dashscope.close(self._ws)

@@ -35,7 +35,6 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from aioutil import cancel_and_wait
 from asr_tts.asr.base import BYTES_PER_SECOND, ASRError, ASRStream
 from asr_tts.asr.socket_stream import SocketStream
 from asr_tts.errors import Reason, http_reason
@@ -197,52 +196,14 @@ class _TencentStream(SocketStream):
     def __init__(
         self, ws: aiohttp.ClientWebSocketResponse, timeout_s: float, packet_bytes: int
     ) -> None:
-        super().__init__(ws, timeout_s)
-        self._packet_bytes = packet_bytes
-        self._closed = False
+        super().__init__(ws, timeout_s, packet_bytes)
         self._sentences: dict[int, str] = {}
-        self._reader = asyncio.create_task(self._read())  # owned: cancelled by _close()
+        self._start_reader()
 
-    async def feed(self, pcm: bytes) -> None:
-        """Send audio in packets of at least packet_ms; raise ASRError once the server failed."""
-        if self._closed:
-            return
-        self._raise_if_failed()
-        self._pending += pcm
-        if self._pending and len(self._pending) >= self._packet_bytes:
+    async def _send_rest(self) -> None:
+        if self._pending:
             await self.send(self._take())
-
-    async def finish(self) -> str:
-        """Send what is pending and the end message, then wait for the final result."""
-        if self._closed:
-            raise ASRError("the utterance is already finished or cancelled")
-        self._closed = True
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                if self._pending:
-                    await self.send(self._take())
-                await self.send(_END)
-                return await asyncio.shield(self._final)
-        except TimeoutError as exc:
-            raise ASRError(f"no final result within {self._timeout_s} s", reason="timeout") from exc
-        finally:
-            await self._close()
-
-    async def cancel(self) -> None:
-        """Close the connection without waiting for a result; idempotent."""
-        self._closed = True
-        await self._close()
-
-    async def _read(self) -> None:
-        """Settle `_final` with the final text or the first failure."""
-        try:
-            text = await self._receive_final()
-        except ASRError as exc:
-            if not self._final.done():
-                self._final.set_exception(exc)
-        else:
-            if not self._final.done():
-                self._final.set_result(text)
+        await self.send(_END)
 
     async def _receive_final(self) -> str:
         """Read results until the message with final: 1."""
@@ -256,13 +217,3 @@ class _TencentStream(SocketStream):
                     self._sentences[index] = text
             if doc.get("final") == 1:
                 return join_sentences([self._sentences[i] for i in sorted(self._sentences)])
-
-    async def _close(self) -> None:
-        """Stop the reader and close the WebSocket."""
-        self._pending.clear()
-        await cancel_and_wait(self._reader)
-        if not self._final.done():
-            self._final.cancel()
-        elif not self._final.cancelled():
-            self._final.exception()  # retrieved: nobody else may ever look
-        await self._ws.close()

@@ -39,7 +39,6 @@ from typing import Literal
 import aiohttp
 import orjson
 
-from aioutil import cancel_and_wait
 from asr_tts.asr.base import BYTES_PER_SECOND, SAMPLE_RATE, ASRError, ASRStream
 from asr_tts.asr.socket_stream import SocketStream
 from asr_tts.errors import http_reason
@@ -212,49 +211,15 @@ class _VolcengineStream(SocketStream):
     def __init__(
         self, ws: aiohttp.ClientWebSocketResponse, timeout_s: float, packet_bytes: int
     ) -> None:
-        super().__init__(ws, timeout_s)
-        self._packet_bytes = packet_bytes
-        self._closed = False
-        self._reader = asyncio.create_task(self._read())  # owned: cancelled by _close()
+        super().__init__(ws, timeout_s, packet_bytes)
+        self._start_reader()
 
-    async def feed(self, pcm: bytes) -> None:
-        """Send audio in packets of at least packet_ms; raise ASRError once the server failed."""
-        if self._closed:
-            return
-        self._raise_if_failed()
-        self._pending += pcm
-        if self._pending and len(self._pending) >= self._packet_bytes:
-            await self.send(encode_client_message(AUDIO_ONLY_REQUEST, FLAG_NONE, self._take()))
+    def _packet(self, audio: bytes) -> bytes:
+        return encode_client_message(AUDIO_ONLY_REQUEST, FLAG_NONE, audio)
 
-    async def finish(self) -> str:
-        """Send the last packet and wait for the final result; the connection is then closed."""
-        if self._closed:
-            raise ASRError("the utterance is already finished or cancelled")
-        self._closed = True
-        try:
-            async with asyncio.timeout(self._timeout_s):
-                await self.send(encode_client_message(AUDIO_ONLY_REQUEST, FLAG_LAST, self._take()))
-                return await asyncio.shield(self._final)
-        except TimeoutError as exc:
-            raise ASRError(f"no final result within {self._timeout_s} s", reason="timeout") from exc
-        finally:
-            await self._close()
-
-    async def cancel(self) -> None:
-        """Close the connection without waiting for a result; idempotent."""
-        self._closed = True
-        await self._close()
-
-    async def _read(self) -> None:
-        """Settle `_final` with the final text or the first failure."""
-        try:
-            text = await self._receive_final()
-        except ASRError as exc:
-            if not self._final.done():
-                self._final.set_exception(exc)
-        else:
-            if not self._final.done():
-                self._final.set_result(text)
+    async def _send_rest(self) -> None:
+        # One last packet, empty or not: its flag ends the audio.
+        await self.send(encode_client_message(AUDIO_ONLY_REQUEST, FLAG_LAST, self._take()))
 
     async def _receive_final(self) -> str:
         """Read server frames until the one with a negative sequence."""
@@ -278,13 +243,3 @@ class _VolcengineStream(SocketStream):
         raise ASRError(
             "Volcengine closed the connection before the final result", reason="connection"
         )
-
-    async def _close(self) -> None:
-        """Stop the reader and close the WebSocket."""
-        self._pending.clear()
-        await cancel_and_wait(self._reader)
-        if not self._final.done():
-            self._final.cancel()
-        elif not self._final.cancelled():
-            self._final.exception()  # retrieved: nobody else may ever look
-        await self._ws.close()
