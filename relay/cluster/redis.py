@@ -1,82 +1,48 @@
-"""The cluster layer over Redis (README.md "Many processes and machines").
+"""The cluster layer over Redis (README.md "Many processes and machines"): presence
+(relay.cluster.redis_presence), and each node's pub/sub inbox `node:{id}` (push, ack,
+replace, tools ask and reply), kept by one session per node that reconnects with backoff.
 
-Presence costs Redis work per node, not per device (docs/scale.md). Keys under
-`key_prefix` ("relay:"): `dev:{id}`, a hash (node, session_id, connected_at, last_seen,
-lease) written when the device connects and removed when it leaves, with no expiry;
-`lease:{node}`, the node's lease, a token new each time the process starts, kept alive by
-the node's heartbeat (`SET ... PX presence_ttl_s`); a record counts only while its node
-holds the lease the record names, so a crashed (or restarted) node's devices vanish from
-every lookup at once, and any node's heartbeat later sweeps their records away (`nodes`,
-the registry of leases, says whose lease is gone); `devices`, a sorted set of ids all
-scored 0, so ZRANGEBYLEX pages it by id (cursor = last id), dead members skipped and
-removed while listing; `node:{id}`, a node's pub/sub inbox (push, ack, replace). Activity
-(`last_seen`) is written by the heartbeat, only for the devices heard from since the last.
-Claim, release and lookup are Lua scripts, each one atomic step: of two concurrent
-registrations the later sees the earlier and replaces it. Scripts touch several keys, so
-this targets one Redis (or a Sentinel-managed primary), not Redis Cluster.
-
-Nothing a device waits for waits on Redis: `register` and `unregister` queue the claim or
-release, and one writer per session sends what is queued in batches. A write Redis does not
-answer within `op_timeout_s` ends the session (Redis is away or frozen: `available` turns
-false); the next session rebuilds presence from the node's connections, which covers every
-queued claim, and then sends the queued releases."""
+A write Redis does not answer within `op_timeout_s` ends the session (Redis is away or
+frozen: `available` turns false); the next session rebuilds presence from the node's
+connections, and then sends the queued releases."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
-import secrets
-import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from protocol.mcp import ToolAnswer, ToolRequest, encode_request
 from protocol.node import (
-    NodeAck,
     NodeAsk,
-    NodeMessage,
     NodePush,
-    NodeReplace,
-    NodeReply,
     decode_node_message,
     encode_node_message,
 )
 from relay.cluster.base import (
     Deliver,
     LocalDevices,
-    NodeInbox,
-    Page,
-    Presence,
     PushResult,
     Replace,
     answer_tools,
     bump,
-    clamp_limit,
     deliver_local,
-    page_of,
 )
 from relay.cluster.redis_client import REDIS_ERRORS as _ERRORS
-from relay.cluster.redis_client import list_page, lookup, open_client, text
+from relay.cluster.redis_client import open_client
+from relay.cluster.redis_presence import RedisPresence
 from relay.cluster.redis_scripts import SCRIPTS
-from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
-_BATCH = 256  # devices per rebuild or last_seen script call, claims or releases per round
-_SWEEP_CHUNK = 500  # index members a sweep step reads
-_SWEEP_STEPS = 20  # sweep steps per heartbeat: a dead node's records go within a few beats
-_MAX_RELEASES = 10_000  # queued while Redis is away; beyond, the oldest are left to the TTL
 _BACKOFF_MIN_S = 0.05
 ASK_MARGIN_S = 1.0  # a tools request waits its own timeout plus this for the holder's reply
 
 
-class RedisCluster(NodeInbox):
+class RedisCluster(RedisPresence):
     """Presence in Redis kept alive by the owning node, pushes routed through that node's
     inbox and acknowledged, and a reconnect loop that rebuilds presence after an outage."""
 
@@ -95,37 +61,16 @@ class RedisCluster(NodeInbox):
             raise ValueError("node_id must not be empty")
         if not 0 < heartbeat_s < presence_ttl_s:
             raise ValueError("heartbeat_s must be positive and shorter than presence_ttl_s")
-        super().__init__(node_id)
-        self._url, self._prefix, self._index = url, key_prefix, f"{key_prefix}devices"
-        self._lease = secrets.token_hex(4)  # this process's lease on presence
-        self._touched: set[str] = set()  # devices heard from since the last heartbeat
-        self._sweep_from: str | None = None  # the sweep's next ZRANGEBYLEX start, if sweeping
-        self._sweep_dead: list[str] = []  # registry members the running sweep clears
-        self._ttl_ms, self._heartbeat_s = int(presence_ttl_s * 1000), heartbeat_s
-        self._op_timeout, self._backoff_max = op_timeout_s, backoff_max_s
-        self._redis: Redis | None = None
-        self._scripts: dict[str, Callable[..., Awaitable[Any]]] = {}
+        super().__init__(
+            node_id,
+            presence_ttl_s=presence_ttl_s,
+            heartbeat_s=heartbeat_s,
+            key_prefix=key_prefix,
+            op_timeout_s=op_timeout_s,
+        )
+        self._url, self._backoff_max = url, backoff_max_s
         self._supervisor: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()  # one writer at a time keeps claims and renewals ordered
-        self._claims: dict[str, Presence] = {}  # registered here, not yet sent to Redis
-        self._releases: dict[tuple[str, str], None] = {}  # (device, session), in order
-        self._queued = asyncio.Event()  # wakes the writer
-        self._settled = asyncio.Event()  # nothing queued
-        self._settled.set()
         self._attempted = asyncio.Event()
-        self._up = False
-        self._local_devices: LocalDevices = lambda: ()
-
-    @property
-    def available(self) -> bool:
-        """True while connected and subscribed (for readiness and metrics)."""
-        return self._up
-
-    def _key(self, device_id: str) -> str:
-        return f"{self._prefix}dev:{device_id}"
-
-    def _inbox(self, node: str) -> str:
-        return f"{self._prefix}node:{node}"
 
     async def start(self, deliver: Deliver, replace: Replace, local_devices: LocalDevices) -> None:
         """Connect and subscribe in the background; waits (bounded) for the first attempt."""
@@ -149,91 +94,6 @@ class RedisCluster(NodeInbox):
             with contextlib.suppress(*_ERRORS):
                 await self._redis.aclose()
             self._redis = None
-
-    async def register(self, p: Presence) -> None:
-        """Claim the device for this node without waiting on Redis: the claim is queued, and
-        a previous holder on another node gets a replace once it lands."""
-        bump(self.ops, "register")
-        p = dataclasses.replace(p, node=self.node_id)
-        self._local[p.device_id] = p
-        self._claims[p.device_id] = p
-        self._enqueued("register")
-
-    async def unregister(self, device_id: str, session_id: str) -> None:
-        """Drop the device's presence if `session_id` still holds it (queued, like claims)."""
-        bump(self.ops, "unregister")
-        p = self._local.get(device_id)
-        if p is not None and p.session_id == session_id:
-            del self._local[device_id]
-        q = self._claims.get(device_id)
-        if q is not None and q.session_id == session_id:
-            del self._claims[device_id]  # never sent: nothing in Redis to release
-        else:
-            self._releases[device_id, session_id] = None
-            if len(self._releases) > _MAX_RELEASES:
-                del self._releases[next(iter(self._releases))]
-                bump(self.errors, "unregister")
-        self._enqueued("unregister")
-
-    async def settle(self, timeout_s: float) -> bool:
-        """Wait (at most `timeout_s`) until every queued claim and release reached Redis."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout_s):
-                await self._settled.wait()
-        return self._settled.is_set()
-
-    def _enqueued(self, op: str) -> None:
-        if not self._up:
-            bump(self.errors, op)  # applied when Redis returns
-        self._wake_writer()
-
-    def _wake_writer(self) -> None:
-        if self._claims or self._releases:
-            self._settled.clear()
-            self._queued.set()
-        else:
-            self._settled.set()
-
-    async def touch(self, device_id: str, session_id: str) -> None:
-        """Note activity in memory; the next heartbeat writes last_seen to Redis."""
-        bump(self.ops, "touch")
-        if not self._up:
-            bump(self.errors, "touch")
-        p = self._local.get(device_id)
-        if p is not None and p.session_id == session_id:
-            self._local[device_id] = dataclasses.replace(p, last_seen=time.time())
-            self._touched.add(device_id)
-
-    async def _find(self, device_id: str) -> Presence | None:
-        """The device's live presence in Redis (its record, if its node's lease lives)."""
-        if not self._up or self._redis is None:
-            raise ConnectionError("redis unavailable")
-        (found,) = await lookup(self._scripts["lookup"], self._prefix, [device_id])
-        return found
-
-    async def locate(self, device_id: str) -> Presence | None:
-        """The device's presence from Redis, else this node's own record of it."""
-        bump(self.ops, "locate")
-        found: Presence | None = None
-        try:
-            async with asyncio.timeout(self._op_timeout):
-                found = await self._find(device_id)
-        except _ERRORS:
-            bump(self.errors, "locate")
-        return found or self._local.get(device_id)
-
-    async def list(self, cursor: str | None, limit: int) -> Page:
-        """A page of the whole cluster by device id; this node's devices when Redis is away."""
-        bump(self.ops, "list")
-        limit = clamp_limit(limit)
-        if self._up and self._redis is not None:
-            with contextlib.suppress(*_ERRORS):
-                async with asyncio.timeout(2 * self._op_timeout):
-                    return await list_page(
-                        self._redis, self._scripts["lookup"], self._prefix, cursor, limit
-                    )
-        bump(self.errors, "list")
-        return page_of(self._local.values(), cursor, limit)._replace(partial=True)
 
     async def push(self, device_id: str, message: bytes, timeout_s: float) -> PushResult:
         """Deliver here if the device is local, else through its node's inbox and an ack."""
@@ -290,52 +150,6 @@ class RedisCluster(NodeInbox):
             return ToolAnswer("redis_unavailable"), node
         finally:
             self._asks.pop(rid, None)
-
-    async def _write_queued(self) -> None:
-        """The session's writer: what `register`/`unregister` queued, in batches."""
-        while True:
-            await self._queued.wait()
-            self._queued.clear()
-            while self._claims or self._releases:
-                await self._write_batch()
-            self._settled.set()
-
-    async def _write_batch(self) -> None:
-        """One pipeline of claims and releases; on failure the releases stay queued and the
-        error ends the session (its rebuild claims every device still connected)."""
-        assert self._redis is not None
-        claims = [self._claims.pop(d) for d in list(self._claims)[:_BATCH]]
-        releases = list(self._releases)[:_BATCH]
-        for done in releases:
-            del self._releases[done]
-        claim, release = self._scripts["claim"], self._scripts["release"]
-        try:
-            async with (
-                self._lock,
-                asyncio.timeout(self._op_timeout),
-                self._redis.pipeline(transaction=False) as pipe,
-            ):
-                for p in claims:
-                    args = (p.device_id, self.node_id, p.session_id, p.connected_at, p.last_seen)
-                    keys = (self._key(p.device_id), self._index)
-                    await claim(keys=keys, args=(*args, self._lease, self._prefix), client=pipe)
-                for device_id, session_id in releases:
-                    keys = (self._key(device_id), self._index)
-                    await release(keys=keys, args=(device_id, session_id), client=pipe)
-                answers = await pipe.execute()
-        except _ERRORS:
-            for op, n in (("register", len(claims)), ("unregister", len(releases))):
-                self.errors[op] = self.errors.get(op, 0) + n
-            self._releases.update(dict.fromkeys(releases))
-            raise
-        for p, prev in zip(claims, answers, strict=False):
-            if (node := text(prev[0])) and node != self.node_id:
-                log.info(
-                    "[%s] moved here from node %s: replacing there",
-                    printable(p.device_id),
-                    printable(node),
-                )
-                await self._send(node, NodeReplace(p.device_id, text(prev[1])))
 
     async def _supervise(self) -> None:
         """Keep one connected session alive; reconnect with bounded, jittered backoff."""
@@ -413,114 +227,3 @@ class RedisCluster(NodeInbox):
             except _ERRORS:
                 bump(self.errors, "heartbeat")
                 raise
-
-    async def _call(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
-        async with asyncio.timeout(self._op_timeout):
-            return await self._scripts[script](keys=keys, args=args)
-
-    async def _keep_lease(self) -> bool:
-        """Set this node's lease for another `presence_ttl_s`; whether it was still held."""
-        keys = [f"{self._prefix}lease:{self.node_id}", f"{self._prefix}nodes"]
-        member = f"{self.node_id}\n{self._lease}"
-        return bool(await self._call("lease", keys, [self._lease, self._ttl_ms, member]))
-
-    async def _write_seen(self) -> None:
-        """last_seen of the devices heard from since the last beat, in batches."""
-        seen = [p for d in self._touched if (p := self._local.get(d)) is not None]
-        self._touched.clear()
-        for i in range(0, len(seen), _BATCH):
-            batch = seen[i : i + _BATCH]
-            args: list[object] = []
-            for p in batch:
-                args += (p.session_id, p.last_seen)
-            await self._call("seen", [self._key(p.device_id) for p in batch], args)
-
-    async def _sweep(self) -> None:
-        """When a node's lease is gone, walk the index a bounded step per beat and remove
-        the records whose lease is gone. One node per heartbeat period reads the registry
-        (a token key), so that costs O(nodes) per period, not per node; one node at a
-        time sweeps (a lock key)."""
-        prefix, lock = self._prefix, f"{self._prefix}sweeping"
-        assert self._redis is not None
-        if self._sweep_from is None:
-            async with asyncio.timeout(self._op_timeout):
-                token, px = f"{prefix}sweepcheck", int(self._heartbeat_s * 1000)
-                if not await self._redis.set(token, self.node_id, nx=True, px=px):
-                    return  # another node reads the registry this period
-            dead = [text(m) for m in await self._call("dead", [f"{prefix}nodes"], [prefix])]
-            if not dead:
-                return
-            async with asyncio.timeout(self._op_timeout):
-                px = 2 * self._ttl_ms
-                if not await self._redis.set(lock, self.node_id, nx=True, px=px):
-                    return  # another node sweeps
-            self._sweep_from, self._sweep_dead = "-", dead
-        for _ in range(_SWEEP_STEPS):
-            args: list[object] = [prefix, self._sweep_from, _SWEEP_CHUNK]
-            last = text(await self._call("sweep", [self._index], args))
-            if not last:
-                log.info("cluster: swept the devices of %d dead node(s)", len(self._sweep_dead))
-                async with asyncio.timeout(self._op_timeout):
-                    await self._redis.srem(f"{prefix}nodes", *self._sweep_dead)
-                    await self._redis.delete(lock)
-                self._sweep_from, self._sweep_dead = None, []
-                return
-            self._sweep_from = "(" + last
-        async with asyncio.timeout(self._op_timeout):
-            await self._redis.set(lock, self.node_id, px=2 * self._ttl_ms)
-
-    async def _rebuild(self) -> None:
-        """Claim this node's devices again from its connections (the truth after an outage
-        or a lapsed lease): each record absent, dead, this node's, or older is claimed,
-        a newer holder elsewhere closes ours (4001)."""
-        bump(self.ops, "rebuild")
-        try:
-            fresh = list(self._local_devices())
-        except Exception:
-            log.exception("cluster: local_devices() failed; keeping the known devices")
-            fresh = list(self._local.values())
-        self._local = {p.device_id: dataclasses.replace(p, node=self.node_id) for p in fresh}
-        self._claims.clear()  # the rebuild claims them
-        self._touched.clear()  # and writes their last_seen
-        self._wake_writer()
-        ids = list(self._local)
-        for i in range(0, len(ids), _BATCH):
-            async with self._lock:
-                # A device whose claim is queued since is not rebuilt: its claim comes first.
-                batch = [
-                    self._local[d]
-                    for d in ids[i : i + _BATCH]
-                    if d in self._local and d not in self._claims
-                ]
-                args: list[object] = [self.node_id, self._lease, self._prefix]
-                for p in batch:
-                    args += (p.device_id, p.session_id, p.connected_at, p.last_seen)
-                keys = [self._index, *(self._key(p.device_id) for p in batch)]
-                try:
-                    answer = await self._call("renew", keys, args) if batch else []
-                except _ERRORS:
-                    bump(self.errors, "rebuild")
-                    raise
-            await self._settle_rebuilt(batch, answer)
-
-    async def _settle_rebuilt(self, batch: Sequence[Presence], answer: Sequence[Any]) -> None:
-        """Act on the rebuild script's answer: replace on whichever side is older."""
-        for n, p in enumerate(batch):
-            status, holder, holder_session = answer[3 * n : 3 * n + 3]
-            if status == 2:  # a newer connection on another node: close ours (4001)
-                if (q := self._local.get(p.device_id)) and q.session_id == p.session_id:
-                    del self._local[p.device_id]
-                self._spawn(self._call_replace(p.device_id, p.session_id))
-            elif status == 1 and text(holder) not in ("", self.node_id):
-                await self._send(text(holder), NodeReplace(p.device_id, text(holder_session)))
-
-    async def _send(self, node: str, msg: NodeMessage) -> None:
-        op = {NodeAck: "ack", NodeReply: "reply"}.get(type(msg), "replace")
-        bump(self.ops, op)
-        try:
-            if self._redis is None:
-                raise ConnectionError("stopped")
-            async with asyncio.timeout(self._op_timeout):
-                await self._redis.publish(self._inbox(node), encode_node_message(msg))
-        except _ERRORS:
-            bump(self.errors, op)
