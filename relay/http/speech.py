@@ -228,9 +228,11 @@ async def _recognise(asr: ASRProvider, language: str | None, pcm: bytes, metrics
 def _asr_refusal(asr: ASRProvider, exc: ASRError, *, opening: bool, metrics: Metrics) -> Refusal:
     metrics.provider_errors.labels("asr", asr.name, exc.reason).inc()
     log.warning("stt api: asr %s failed: %s", asr.name, printable(exc))
-    if isinstance(exc.__cause__, TimeoutError):
-        if opening:  # no decoder (or connection) free within the provider's timeout_s
-            return Refusal(ApiError.ASR_BUSY, "no speech recogniser free in time")
+    if opening and exc.reason == "worker" and isinstance(exc.__cause__, TimeoutError):
+        # The embedded pool had no decoder free within [asr] timeout_s: busy, retry.
+        return Refusal(ApiError.ASR_BUSY, "no speech recogniser free in time")
+    if isinstance(exc.__cause__, TimeoutError) or exc.reason == "timeout":
+        # A cloud recogniser that did not connect or answer within its own timeout_s.
         return Refusal(ApiError.PROVIDER_TIMEOUT, f"{asr.name} recogniser gave no text in time")
     return Refusal(ApiError.PROVIDER_FAILED, f"{asr.name} recogniser failed")
 

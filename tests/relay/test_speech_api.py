@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient
 from asr_tts.asr.base import wav_from_pcm
 from asr_tts.codec import pcm_from_wav, resample
 from protocol.binary import encode_frame
+from tests.asr_tts.fake_tencent import APPID, SECRET_ID, SECRET_KEY, FakeTencentASR
 from tests.relay.conftest import RelayFactory
 from tests.relay.voice_helpers import COMMANDS, FakeTranscriber, opus_packets
 from tests.test_openapi import check_answer
@@ -292,3 +293,17 @@ async def test_tts_provider_failures(
     assert await metric_value(client, "relay_tts_errors_total") == 1.0
     sample = f'relay_provider_errors_total{{kind="tts",provider="openai",reason="{reason}"}}'
     assert await metric_value(client, sample) == 1.0
+
+
+async def test_stt_is_504_when_a_cloud_recogniser_does_not_connect_in_time(
+    make_relay: RelayFactory, aiohttp_server: Any
+) -> None:
+    # Not "busy" (503 asr_busy names the embedded decoder pool): the provider's own timeout.
+    fake = FakeTencentASR(mode="slow", delay_s=2.0)
+    server = await aiohttp_server(fake.app())
+    url = str(server.make_url("/asr/v2")).replace("http", "ws", 1)
+    tencent = {"appid": APPID, "url": url, "secret_id": SECRET_ID, "secret_key": SECRET_KEY}
+    client = await make_relay(asr={"provider": "tencent", "tencent": {**tencent, "timeout_s": 0.2}})
+    wav = wav_from_pcm(bytes(3200))
+    resp = await client.post("/api/v1/stt", data=wav, headers={"Content-Type": "audio/wav"})
+    await error_of(resp, 504, "provider_timeout")
