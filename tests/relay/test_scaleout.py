@@ -18,6 +18,7 @@ import orjson
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.test_utils import TestServer
+from redis.asyncio import Redis
 
 from tests.relay.fakes import Device, FakeBusiness, is_end, is_tts_stop
 from tests.relay.redis_server import (  # noqa: F401 (pytest finds the fixture by name)
@@ -25,6 +26,7 @@ from tests.relay.redis_server import (  # noqa: F401 (pytest finds the fixture b
     redis_server_fixture,
 )
 from tests.relay.test_cli import LIGHT_SPEECH, ROOT, clean_env, stop, wait_http
+from tests.relay.test_cluster import inbox_gone
 from tests.relay.test_push_api import COMMAND_TEXT, NOTIFY_HELLO, recv_raw
 from tests.relay.test_simulate import closed_port
 
@@ -468,7 +470,7 @@ async def test_frozen_redis_does_not_hold_hellos_back(
     await stop_all((a, b), tuple(devices))
 
 
-async def test_unresponsive_or_dead_node(pair: Pair) -> None:
+async def test_unresponsive_or_dead_node(pair: Pair, redis_server: RedisServer) -> None:
     a, b, http = pair.a, pair.b, pair.http
     dev = await connect(http, a, MAC, seen_by=b)
     loop = asyncio.get_running_loop()
@@ -488,6 +490,12 @@ async def test_unresponsive_or_dead_node(pair: Pair) -> None:
 
     a.proc.kill()  # a crash: no unregister, presence expires by its TTL (3 s)
     await a.proc.wait()
+    # Redis notices the dead socket on its own schedule; until then a publish counts "a".
+    raw = Redis.from_url(redis_server.url)
+    try:
+        await inbox_gone(raw, "a")
+    finally:
+        await raw.aclose()
     start = loop.time()
     status, answer = await push(http, b, MAC, b'{"command":{"event":"message"}}')
     assert loop.time() - start < PUSH_TIMEOUT_S - 0.5  # no ack awaited: nobody listens
