@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 
 from asr_tts.tts.base import TTSError
@@ -19,3 +21,28 @@ async def read_capped(resp: aiohttp.ClientResponse, limit: int) -> bytes:
             raise TTSError(f"answer exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def post_capped(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    *,
+    timeout_s: float,
+    limit: int,
+    name: str,
+) -> tuple[int, bytes]:
+    """POST `body` and read the answer (status, body) within `timeout_s` and `limit` bytes;
+    TTSError naming provider `name` when the answer is late or the connection fails."""
+    try:
+        async with (
+            asyncio.timeout(timeout_s),
+            session.post(url, data=body, headers=headers) as resp,
+        ):
+            return resp.status, await read_capped(resp, limit)
+    except TimeoutError as exc:
+        raise TTSError(f"{name}: no answer within {timeout_s} s", reason="timeout") from exc
+    except aiohttp.ClientError as exc:
+        # str(), not repr(): the repr of some aiohttp errors carries the request headers.
+        raise TTSError(f"{name}: {type(exc).__name__}: {exc}", reason="connection") from exc

@@ -24,7 +24,6 @@ another caller is refused by the service (InvalidParameterValue), a TTSError.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import math
@@ -39,7 +38,7 @@ from asr_tts.errors import Reason, http_reason
 from asr_tts.pcm import Pcm
 from asr_tts.tencent_sign import tc3_authorization
 from asr_tts.tts.base import TTSError, Voice, VoiceList
-from asr_tts.tts.http_body import read_capped
+from asr_tts.tts.http_body import post_capped
 
 DEFAULT_URL = "https://tts.tencentcloudapi.com/"
 SERVICE = "tts"
@@ -148,22 +147,15 @@ class TencentTTS:
         }
         body = orjson.dumps(request)
         headers = self._headers(body, int(time.time()))
-        try:
-            async with (
-                asyncio.timeout(self._timeout_s),
-                self._session.post(self._url, data=body, headers=headers) as resp,
-            ):
-                status = resp.status
-                raw = await read_capped(resp, MAX_BODY_BYTES)
-        except TimeoutError as exc:
-            raise TTSError(
-                f"{self.name}: no answer within {self._timeout_s} s", reason="timeout"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            # str(), not repr(): the repr of some aiohttp errors carries the request headers.
-            raise TTSError(
-                f"{self.name}: {type(exc).__name__}: {exc}", reason="connection"
-            ) from exc
+        status, raw = await post_capped(
+            self._session,
+            str(self._url),
+            body,
+            headers,
+            timeout_s=self._timeout_s,
+            limit=MAX_BODY_BYTES,
+            name=self.name,
+        )
         return self._audio(status, raw, session_id)
 
     def _response(self, status: int, raw: bytes) -> dict[str, object]:

@@ -25,7 +25,6 @@ speed range and ignore pitch; the service applies its own limits).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import math
@@ -38,7 +37,7 @@ from asr_tts.codec import pcm_from_wav
 from asr_tts.errors import Reason, http_reason
 from asr_tts.pcm import Pcm
 from asr_tts.tts.base import TTSError, Voice, VoiceList
-from asr_tts.tts.http_body import read_capped
+from asr_tts.tts.http_body import post_capped
 
 DEFAULT_URL = "https://openspeech.bytedance.com/api/v1/tts"
 SUCCESS = 3000
@@ -118,22 +117,15 @@ class VolcengineTTS:
         reqid = str(uuid.uuid4())
         body = orjson.dumps(self._request_body(text, voice, reqid))
         headers = {"Authorization": f"Bearer;{self._token}", "Content-Type": "application/json"}
-        try:
-            async with (
-                asyncio.timeout(self._timeout_s),
-                self._session.post(self._url, data=body, headers=headers) as resp,
-            ):
-                status = resp.status
-                raw = await read_capped(resp, MAX_BODY_BYTES)
-        except TimeoutError as exc:
-            raise TTSError(
-                f"{self.name}: no answer within {self._timeout_s} s", reason="timeout"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            # str(), not repr(): the repr of some aiohttp errors carries the request headers.
-            raise TTSError(
-                f"{self.name}: {type(exc).__name__}: {exc}", reason="connection"
-            ) from exc
+        status, raw = await post_capped(
+            self._session,
+            self._url,
+            body,
+            headers,
+            timeout_s=self._timeout_s,
+            limit=MAX_BODY_BYTES,
+            name=self.name,
+        )
         return self._audio(status, raw, reqid)
 
     def _audio(self, status: int, raw: bytes, reqid: str) -> Pcm:
