@@ -259,7 +259,9 @@ def _env_value(raw: str) -> Any:
 def _env_typed(tp: Any, raw: _EnvText) -> Any:
     # Numbers, booleans and `[…]` lists are read as TOML; what does not parse is left for
     # the type check, which names the key. Strings stay strings ("123456" as a token).
-    numeric = tp in (int, float, bool, ZeroOk)
+    # A key's base type decides, under any `Annotated` mark (SignedInt, ZeroOk, Token …).
+    base = get_args(tp)[0] if get_origin(tp) is Annotated else tp
+    numeric = base in (int, float, bool)
     if numeric or (get_origin(tp) is tuple and raw.lstrip().startswith("[")):
         try:
             return tomllib.loads(f"v = {raw}")["v"]

@@ -205,6 +205,14 @@ def test_early_recognition_can_be_turned_off_or_tuned(value: str) -> None:
     assert load(SHIPPED, env={}).vad.early_silence_s == 0.2  # on as shipped
 
 
+@pytest.mark.parametrize(("value", "expected"), [("-300", -300), ("480", 480), ("0", 0)])
+def test_env_override_of_a_signed_integer(value: str, expected: int) -> None:
+    # A key that may be negative (the OTA answer's time zone, west of UTC) takes a negative
+    # number from the environment as it does from the file.
+    cfg = load(SHIPPED, env={"RELAY__OTA__TIMEZONE_OFFSET_MIN": value})
+    assert cfg.ota.timezone_offset_min == expected
+
+
 def test_env_can_add_a_business_without_a_file() -> None:
     cfg = load(None, env={"RELAY__BUSINESS__0__NAME": "b", "RELAY__BUSINESS__0__URL": "http://b/"})
     assert [(b.name, b.url) for b in cfg.business] == [("b", "http://b/")]
