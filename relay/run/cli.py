@@ -130,8 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers < 1:
         print("--workers must be at least 1", file=sys.stderr)
         return 2
-    reuse_port = args.workers > 1 or WORKER_ENV in os.environ
-    try:  # workers: a probe, so that a port already taken fails here, once, and port 0 resolves
+    # Only the workers share a port (SO_REUSEPORT). The process that starts them probes it
+    # without sharing, so a port already held by any process, another relay's workers
+    # included, fails here, once; port 0 resolves here too.
+    reuse_port = WORKER_ENV in os.environ
+    try:
         sock = listening_socket(host, port, reuse_port=reuse_port)
     except OSError as exc:
         print(listen_error(host, port, exc), file=sys.stderr)

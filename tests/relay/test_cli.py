@@ -223,9 +223,14 @@ def test_the_relay_console_script_runs_the_cli() -> None:
     assert (result.returncode, result.stdout.strip()) == (0, "config ok"), result.stderr
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["plain", "reuseport"])
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_port_in_use_is_one_line_and_exit_code_2(workers: str) -> None:
+def test_a_port_in_use_is_one_line_and_exit_code_2(workers: str, shared: bool) -> None:
+    # `shared`: the port is held as another relay's workers hold it (SO_REUSEPORT); a relay
+    # with --workers must not join that group and start beside it unnoticed.
     with socket.socket() as holder:
+        if shared:
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
