@@ -137,15 +137,19 @@ class DecoderPool:
 
     def warm(self) -> None:
         """Start one decoder now, in the background, so that the first utterance does not
-        wait for its load (Whisper: 1-3 s); a failure is logged, the next open() tries again."""
+        wait for its load (Whisper: 1-3 s, far more on a busy machine). The warm-up waits for
+        the load however long it takes (`timeout_s` bounds an utterance's wait, not a load);
+        a failed load is logged and the next open() tries again; a pool closed meanwhile (a
+        quick stop) is not a failure."""
 
         async def start() -> None:
             try:
-                stream = await self.open()
+                worker = await self._acquire()
             except ASRError as exc:
-                log.warning("%s: no decoder started ahead of use: %s", self.backend.label, exc)
+                if not self._closed:
+                    log.warning("%s: no decoder started ahead of use: %s", self.backend.label, exc)
                 return
-            await stream.cancel()
+            self.give_back(worker)
 
         if self._warming is None:
             self._warming = asyncio.get_running_loop().create_task(start())

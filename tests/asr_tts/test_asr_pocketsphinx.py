@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -370,7 +371,30 @@ async def test_close_stops_every_worker_after_its_running_call(speak: Speak) -> 
     assert await wait_until_gone(decoder_processes()) == set()
 
 
-async def test_wait_closed_ends_a_worker_still_loading_and_its_pool() -> None:
+async def test_a_warm_up_waits_for_a_load_longer_than_timeout_s(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # `timeout_s` bounds an utterance's wait for a free decoder; a warm-up on a busy machine
+    # whose load takes longer is still a warm-up, not "no decoder started ahead of use".
+    asr = PocketsphinxASR(pool_size=1, grammar_words=COMMANDS, timeout_s=0.001)
+    try:
+        asr.warm()
+        async with asyncio.timeout(30):
+            while not asr._idle:  # the warmed decoder, loaded and waiting for an utterance
+                await asyncio.sleep(0.01)
+        assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+        (pid,) = decoder_processes()
+        stream = await asr.open()  # at once: the warmed decoder is free
+        await stream.cancel()
+        assert decoder_processes() == {pid}  # no second decoder was started
+    finally:
+        asr.close()
+        await asr.wait_closed()
+
+
+async def test_wait_closed_ends_a_worker_still_loading_and_its_pool(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     # A relay stopped within a second of starting: the warm-up decoder is still loading. A pool
     # whose thread still runs when the interpreter exits can print a traceback (Python 3.11).
     asr = PocketsphinxASR(pool_size=1, grammar_words=COMMANDS)
@@ -380,6 +404,10 @@ async def test_wait_closed_ends_a_worker_still_loading_and_its_pool() -> None:
             await asyncio.sleep(0.001)
     asr.close()
     await asr.wait_closed()
+    assert asr._warming is not None
+    await asyncio.wait_for(asr._warming, 5)  # the warm-up sees its decoder end
+    # A quick stop is not a failed warm-up: no warning about it.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
     assert pool_threads() == []
     assert await wait_until_gone(decoder_processes(), timeout_s=1) == set()
 
