@@ -166,6 +166,7 @@ def worker_rss_mib(relay_pid: int) -> list[float]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """The baseline, then rising rates until the knee is passed."""
+    doc = envelope("asr_capacity", vars(args))  # the machine's load as the run starts
     speech = Speech()
     env = relay_env() | {"RELAY__ASR__PROVIDER": args.provider, "RELAY__TTS__PROVIDER": "espeak"}
     if args.pool_size:
@@ -200,7 +201,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     break
             rss = worker_rss_mib(relay.pid)
     within = [s for s in steps if s["p50_over_baseline"] <= 2 and s["answered"] == s["utterances"]]
-    doc = envelope("asr_capacity", vars(args))
     doc["speech_s"] = r(speech.speech_s, 2)
     doc["baseline"] = {
         "turns": len(solo),

@@ -192,6 +192,7 @@ def ok(s: dict[str, Any]) -> bool:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the fake cloud voice and a relay per voice; raise N, the voices in turn."""
+    doc = envelope("tts_capacity", vars(args))  # the machine's load as the run starts
     plans = {
         v: [int(x) for x in getattr(args, v).split(",") if x] for v in ("kokoro", "espeak", "cloud")
     }
@@ -237,7 +238,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     if not ok(s):
                         done.add(v)
-    doc = envelope("tts_capacity", vars(args))
     doc["steps"] = steps
     doc["knee"] = {
         v: max((s["devices"] for s in ss if ok(s)), default=0) for v, ss in steps.items()

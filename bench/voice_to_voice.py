@@ -94,6 +94,7 @@ async def one_turn(
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Prepare the speech, start the business and a relay per variant, take turns."""
+    doc = envelope("voice_to_voice", vars(args))  # the machine's load as the run starts
     seg = SegmenterConfig()  # config.toml [vad] = the segmenter's defaults
     progress("preparing utterances (espeak-ng, Opus, offline VAD replay)")
     model = SileroModel(threads=1)
@@ -127,7 +128,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     if k >= args.warmup:
                         rows[v].append(got)
-    doc = envelope("voice_to_voice", vars(args))
     doc["config"] = {
         "variants": {v: VARIANTS[v] for v in variants},
         "tts": "embedded (Kokoro), cache_mb 0",
