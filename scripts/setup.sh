@@ -12,6 +12,12 @@ python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 # The integration guide's curl commands are run by a test (tests/test_docs_curl.py).
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# Real English recordings with their transcriptions (1.8 MB) for the recognition accuracy
+# benchmark (bench/asr_accuracy.py, docs/performance.md); skipped there when absent, and
+# here where the distribution does not package it.
+if [ ! -d /usr/share/pocketsphinx/test/data ] && apt-cache show pocketsphinx-testdata >/dev/null 2>&1; then
+    missing+=(pocketsphinx-testdata)
+fi
 # The Node and Go business examples are run against the relay by a test
 # (tests/examples/test_business_ports.py).
 command -v node >/dev/null 2>&1 || command -v nodejs >/dev/null 2>&1 || missing+=(nodejs)

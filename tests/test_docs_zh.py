@@ -11,7 +11,7 @@ For each pair (README.md and README.zh-CN.md, docs/X.md and docs/zh-CN/X.md):
   blocks (loop, alt, ...) in the same order; only its labels (the text after a participant's
   `as`, an arrow's or a note's `:`, a block's keyword) are translated.
 - each links to the other on its first lines (the language switch), and every relative link
-  of the six files, anchors included, resolves.
+  of every file, anchors included, resolves.
 
 When the English changes first, these tests name what the translation lacks; the curl lines of
 both integration guides are run by tests/test_docs_curl.py.
@@ -32,6 +32,7 @@ PAIRS = (
     ("README.md", "README.zh-CN.md"),
     ("docs/integration.md", "docs/zh-CN/integration.md"),
     ("docs/devices.md", "docs/zh-CN/devices.md"),
+    ("docs/capacity.md", "docs/zh-CN/capacity.md"),
 )
 each_pair = pytest.mark.parametrize(("english", "chinese"), PAIRS, ids=[zh for _, zh in PAIRS])
 COMMAND_LANGS = frozenset({"sh", "bash", "console", "shell"})
