@@ -142,6 +142,9 @@ class ShardedCluster(RedisCluster):
         nodes = sorted({n for n, _ in holders})
         if not nodes:
             return set()
+        if len(nodes) == 1:  # a lookup: one command, not a cluster pipeline
+            lease = text(await self._redis.get(self._lease_key(nodes[0])))
+            return {(n, held) for n, held in holders if held == lease}
         async with self._redis.pipeline(transaction=False) as pipe:
             for n in nodes:
                 pipe.get(self._lease_key(n))
@@ -150,6 +153,8 @@ class ShardedCluster(RedisCluster):
 
     async def _rows(self, ids: Sequence[str]) -> list[list[Any]]:
         assert self._redis is not None
+        if len(ids) == 1:  # a lookup: one command, not a cluster pipeline
+            return [await self._redis.hmget(self._key(ids[0]), _FIELDS)]
         async with self._redis.pipeline(transaction=False) as pipe:
             for d in ids:
                 pipe.hmget(self._key(d), _FIELDS)
