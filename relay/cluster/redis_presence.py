@@ -12,8 +12,9 @@ so ZRANGEBYLEX pages it by id (cursor = last id), dead members skipped and remov
 listing. Activity (`last_seen`) is written by the heartbeat, only for the devices heard from
 since the last. Claim, release and lookup are Lua scripts (relay.cluster.redis_scripts),
 each one atomic step: of two concurrent registrations the later sees the earlier and
-replaces it. Scripts touch several keys, so this targets one Redis (or a Sentinel-managed
-primary), not Redis Cluster.
+replaces it. Scripts read the lease key of a record's node, so this targets one Redis (or a
+Sentinel-managed primary); relay.cluster.redis_sharded keeps the same presence on a Redis
+Cluster.
 
 Nothing a device waits for waits on Redis: `register` and `unregister` queue the claim or
 release, and one writer per session sends what is queued in batches; after an outage the

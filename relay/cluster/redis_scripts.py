@@ -3,9 +3,9 @@ changes a device's presence and the sorted device index together, atomically.
 
 A device record (`dev:{id}`, a hash) names its node and the node's lease (a token, new each
 time the node process starts); the record counts only while `lease:{node}` holds that
-token, so a dead or restarted node's devices vanish from every lookup at once. The scripts
-read `lease:{node}` for the node a record names, a key they compute: one Redis, not Redis
-Cluster."""
+token, so a dead or restarted node's devices vanish from every lookup at once. The first
+scripts read `lease:{node}` for the node a record names, a key they compute: one Redis; the
+`S_` ones below are their Redis Cluster forms, with the leases read by the client."""
 
 from __future__ import annotations
 

@@ -135,16 +135,32 @@ class ClusterServers:
         for n in self.primaries():
             n.client().flushall()
 
-    def kill_primary_of(self, key: str) -> Server:
-        """Kill the primary that holds `key`'s slot; its replica takes over."""
+    def primary_of(self, key: str) -> Server:
+        """The primary that holds `key`'s slot."""
         slot = int(self.live()[0].command("CLUSTER", "KEYSLOT", key))
         for n in self.primaries():
             shards = n.command("CLUSTER", "SLOTS")
             mine = [(int(s[0]), int(s[1])) for s in shards if int(s[2][1]) == n.port]
             if any(lo <= slot <= hi for lo, hi in mine):
-                n.kill()
                 return n
         raise AssertionError(f"no primary holds slot {slot}")
+
+    def kill_primary_of(self, key: str) -> Server:
+        """Kill the primary that holds `key`'s slot; its replica takes over."""
+        n = self.primary_of(key)
+        n.kill()
+        return n
+
+    def hand_over(self, primary: Server) -> Server:
+        """A graceful failover (`CLUSTER FAILOVER` on its replica): no write lost, the
+        cluster's epoch grows; the replica, now primary."""
+        info = primary.client().info("replication")
+        port = int(info["slave0"]["port"])
+        replica = next(n for n in self.live() if n.port == port)
+        replica.command("CLUSTER", "FAILOVER")
+        _wait(lambda: replica.client().info("replication")["role"] == "master", "the hand-over")
+        self.wait_ok()
+        return replica
 
     def heal(self) -> None:
         """Restart killed nodes (they rejoin as replicas from their nodes.conf)."""

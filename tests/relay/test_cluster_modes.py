@@ -264,3 +264,32 @@ async def test_a_primary_failing_over_degrades_push_for_seconds(
         for d in ids:
             assert await b.cluster.push(d, b"after", 2.0) == PushResult(True, "A", None)
     servers.heal()
+
+
+async def test_a_failover_elsewhere_makes_each_node_rebuild(
+    request: pytest.FixtureRequest,
+) -> None:
+    servers: ClusterServers = request.getfixturevalue("redis_cluster_servers")
+    servers.heal()
+    servers.flush()
+    store = Store("cluster", servers.url, cluster=servers)
+    async with nodes_on(store) as (a, b):
+        await a.connect("d1")
+        await b.connect("d2")
+        # A primary that holds neither node's inbox: their sessions live through it, so
+        # only the cluster's epoch tells them writes may have been lost there.
+        inboxes = {servers.primary_of(f"relay:{{n:{n}}}:inbox").port for n in "AB"}
+        other = next(p for p in servers.primaries() if p.port not in inboxes)
+        connects = (a.cluster.ops["connect"], b.cluster.ops["connect"])
+        rebuilds = (a.cluster.ops["rebuild"], b.cluster.ops["rebuild"])
+        servers.hand_over(other)
+        await eventually(
+            lambda: (
+                a.cluster.ops["rebuild"] > rebuilds[0] and b.cluster.ops["rebuild"] > rebuilds[1]
+            ),
+            timeout=5.0,
+        )
+        assert (a.cluster.ops["connect"], b.cluster.ops["connect"]) == connects  # no new session
+        assert await _at(b, "d1", "A")
+        assert await _at(a, "d2", "B")
+        assert await b.cluster.push("d1", b"m", 2.0) == PushResult(True, "A", None)
