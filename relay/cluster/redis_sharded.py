@@ -39,7 +39,7 @@ from relay.cluster.redis_scripts import SHARDED_SCRIPTS
 
 log = logging.getLogger(__name__)
 
-BUCKETS = 128  # index and record buckets, each its own slot: a shard holds BUCKETS / shards
+BUCKETS = 64  # index and record buckets, each its own slot: a shard holds BUCKETS / shards
 _FIELDS = ("node", "session_id", "connected_at", "last_seen", "lease")
 _LIST_ROUNDS = 8  # refills of a page thinned by dead members
 _SWEEP_CHUNK = 500  # index members a sweep step reads
@@ -91,8 +91,9 @@ class ShardedCluster(RedisCluster):
     async def _subscribe(self, pubsub: PubSub) -> None:
         assert isinstance(pubsub, ClusterPubSub)
         assert self._redis is not None
-        for _, script in SHARDED_SCRIPTS:  # every primary, for the pipelines' EVALSHA
-            await self._redis.script_load(script)
+        await self._load_scripts()
+        self._epoch = None
+        await self._failed_over()  # the epoch this session starts from (it rebuilds anyway)
         await pubsub.ssubscribe(self._inbox(self.node_id))
         while True:
             msg = await pubsub.get_sharded_message(timeout=self._op_timeout)
@@ -120,7 +121,18 @@ class ShardedCluster(RedisCluster):
         epoch = int(info.get("cluster_current_epoch", 0))
         grew = self._epoch is not None and epoch > self._epoch
         self._epoch = max(epoch, self._epoch or 0)
+        if grew:  # a promoted replica has not the scripts: SCRIPT LOAD is not replicated
+            async with asyncio.timeout(self._op_timeout):
+                await self._redis.nodes_manager.initialize()  # who the primaries are now
+            await self._load_scripts()
         return grew
+
+    async def _load_scripts(self) -> None:
+        """Every primary learns the scripts the pipelines call by their SHA."""
+        assert self._redis is not None
+        async with asyncio.timeout(self._op_timeout):
+            for _, script in SHARDED_SCRIPTS:
+                await self._redis.script_load(script)
 
     # Leases, read by the client.
 
