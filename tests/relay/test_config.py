@@ -270,3 +270,13 @@ def test_vad_keys_documented_with_a_zero_take_zero(key: str) -> None:
     assert getattr(parse({"vad": {key: 0}}).vad, key) == 0
     with pytest.raises(ConfigError, match=f"vad.{key}"):
         parse({"vad": {key: -1}})
+
+
+def test_redis_modes_take_their_lists() -> None:
+    cfg = parse({"redis": {"mode": "cluster", "url": "redis://a:7000, rediss://b:7001"}})
+    assert (cfg.redis.mode, cfg.redis.master_name) == ("cluster", "")
+    cfg = parse(
+        {"redis": {"mode": "sentinel", "url": "redis://s1:26379", "master_name": "mymaster"}}
+    )
+    assert (cfg.redis.mode, cfg.redis.master_name) == ("sentinel", "mymaster")
+    assert parse({}).redis.mode == "single"

@@ -355,6 +355,9 @@ async def test_device_messages_through_the_other_node(pair: Pair) -> None:
     await stop_all((a, b), (plain, notified))
 
 
+# Sentinel mode runs the single-Redis scripts through another client: the push test above
+# covers it end to end, and tests/relay/test_cluster_modes.py its replacement.
+@pytest.mark.parametrize("any_pair", ["single", "cluster"], indirect=True)
 async def test_reconnect_on_another_node_replaces_the_old_connection(any_pair: Pair) -> None:
     a, b, http = any_pair.a, any_pair.b, any_pair.http
     old = await connect(http, a, MAC, seen_by=b)
