@@ -3,25 +3,32 @@
 Run as a script (`python bench/_fleet_nodes.py PARAMS_JSON`) with the measured tree's root
 first on PYTHONPATH, so `relay` is that tree's; it uses only what every version of the
 cluster layer offers (`RedisCluster(url, node_id, presence_ttl_s=, heartbeat_s=)`, start,
-register, unregister, settle, stop). Prints one JSON document.
+register, unregister, settle, locate, list, push, stop), and `ShardedCluster` for a Redis
+Cluster (`"mode": "cluster"`, `"shards"`: the primaries' URLs). Prints one JSON document.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from relay.cluster.base import Presence
 from relay.cluster.redis import RedisCluster
 
 _SETTLE_S = 120.0
 _STOP_S = 15.0
+# register() never waits: without a yield, registering a million devices would hold the
+# loop for minutes, and every node's lease would lapse before its first heartbeat.
+_YIELD_EVERY = 1000
+_OP_TIMEOUT_S = 10.0
 _T0 = time.monotonic()
 
 
@@ -32,9 +39,24 @@ def _progress(msg: str) -> None:
 class Fleet:
     """`nodes` RedisCluster nodes, each with the devices registered on it."""
 
-    def __init__(self, url: str, nodes: int, ttl_s: float, heartbeat_s: float) -> None:
+    def __init__(
+        self, url: str, nodes: int, ttl_s: float, heartbeat_s: float, mode: str = "single"
+    ) -> None:
+        kind = RedisCluster
+        if mode == "cluster":  # only this tree has it
+            from relay.cluster.redis_sharded import ShardedCluster
+
+            kind = ShardedCluster
+        # Ten nodes share one process (and its CPU): a Redis call may wait its turn for
+        # the loop much longer than on a node of its own, so the bound is wider than 2 s.
         self.clusters = [
-            RedisCluster(url, f"fleet-{n}", presence_ttl_s=ttl_s, heartbeat_s=heartbeat_s)
+            kind(
+                url,
+                f"fleet-{n}",
+                presence_ttl_s=ttl_s,
+                heartbeat_s=heartbeat_s,
+                op_timeout_s=_OP_TIMEOUT_S,
+            )
             for n in range(nodes)
         ]
         self.held: list[dict[str, Presence]] = [{} for _ in range(nodes)]
@@ -59,6 +81,8 @@ class Fleet:
             p = Presence(device_id, "", f"s-{device_id}", now, now)
             self.held[n][device_id] = p
             await self.clusters[n].register(p)
+            if i % _YIELD_EVERY == 0:  # devices arrive over time: writers, beats run
+                await asyncio.sleep(0)
         await self.settle()
 
     async def disconnect(self, ids: list[str]) -> None:
@@ -66,6 +90,8 @@ class Fleet:
             n = i % len(self.clusters)
             p = self.held[n].pop(device_id)
             await self.clusters[n].unregister(device_id, p.session_id)
+            if i % _YIELD_EVERY == 0:
+                await asyncio.sleep(0)
         await self.settle()
 
     async def settle(self) -> None:
@@ -97,46 +123,71 @@ async def _replace(device_id: str, session_id: str) -> None:
     return None
 
 
-async def _stats(r: Redis) -> dict[str, int]:
-    """Commands processed so far (script-internal ones included), script calls, memory."""
-    stats = await r.info("stats")
-    calls = await r.info("commandstats")
-    mem = await r.info("memory")
-    scripts = sum(
-        int(v["calls"]) for k, v in calls.items() if k in ("cmdstat_evalsha", "cmdstat_eval")
-    )
-    return {
-        "commands": int(stats["total_commands_processed"]),
-        "scripts": scripts,
-        "used_memory": int(mem["used_memory"]),
-    }
+class Shards:
+    """Every Redis the fleet uses (one, or a cluster's primaries), read and summed."""
+
+    def __init__(self, urls: list[str]) -> None:
+        self.rs = [Redis.from_url(u) for u in urls]
+
+    async def stats(self) -> dict[str, int]:
+        """Commands processed so far (script-internal ones included), script calls, memory."""
+        total = {"commands": 0, "scripts": 0, "used_memory": 0}
+        for r in self.rs:
+            stats = await r.info("stats")
+            calls = await r.info("commandstats")
+            mem = await r.info("memory")
+            total["scripts"] += sum(
+                int(v["calls"])
+                for k, v in calls.items()
+                if k in ("cmdstat_evalsha", "cmdstat_eval")
+            )
+            total["commands"] += int(stats["total_commands_processed"])
+            total["used_memory"] += int(mem["used_memory"])
+        return total
+
+    async def flushall(self) -> None:
+        for r in self.rs:
+            await r.flushall()
+
+    async def ops_per_sec(self) -> int:
+        return sum([int((await r.info("stats"))["instantaneous_ops_per_sec"]) for r in self.rs])
+
+    async def aclose(self) -> None:
+        for r in self.rs:
+            await r.aclose()
 
 
 def _delta(after: dict[str, int], before: dict[str, int], probe: int = 3) -> dict[str, int]:
-    """Commands and scripts between two readings, less the `probe` INFO calls of a reading."""
+    """Commands and scripts between two readings, less the `probe` INFO calls of a reading
+    (per Redis read)."""
     return {
         "commands": after["commands"] - before["commands"] - probe,
         "scripts": after["scripts"] - before["scripts"],
     }
 
 
-async def churn(url: str, r: Redis, p: dict[str, Any]) -> dict[str, Any]:
+def _fleet(p: dict[str, Any], ttl_s: float, heartbeat_s: float) -> Fleet:
+    return Fleet(p["url"], p["nodes"], ttl_s, heartbeat_s, p.get("mode", "single"))
+
+
+async def churn(shards: Shards, p: dict[str, Any]) -> dict[str, Any]:
     """Commands per connect and per disconnect, heartbeats out of the way."""
-    fleet = Fleet(url, p["nodes"], 7200, 3600)
+    fleet = _fleet(p, 7200, 3600)
     await fleet.start()
+    probe = 3 * len(shards.rs)
     try:
         ids = [f"churn-{i:07d}" for i in range(p["churn"])]
-        s0 = await _stats(r)
+        s0 = await shards.stats()
         await fleet.connect(ids)
-        s1 = await _stats(r)
+        s1 = await shards.stats()
         _progress(f"churn: {len(ids)} connected")
         await fleet.disconnect(ids)
-        s2 = await _stats(r)
+        s2 = await shards.stats()
         _progress(f"churn: {len(ids)} gone")
     finally:
         stuck = await fleet.stop()
     n = len(ids)
-    up, down = _delta(s1, s0), _delta(s2, s1)
+    up, down = _delta(s1, s0, probe), _delta(s2, s1, probe)
     return {
         "devices": n,
         "commands_per_connect": up["commands"] / n,
@@ -147,31 +198,85 @@ async def churn(url: str, r: Redis, p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def steady(url: str, r: Redis, p: dict[str, Any]) -> dict[str, Any]:
-    """Memory per present device and commands per second while nothing changes."""
-    await r.flushall()
-    fleet = Fleet(url, p["nodes"], p["ttl_s"], p["heartbeat_s"])
+def _ms(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": 1000 * ordered[len(ordered) // 2],
+        "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+        "samples": len(ordered),
+    }
+
+
+async def latencies(fleet: Fleet, devices: int, samples: int) -> dict[str, Any]:
+    """Lookup, a listing page of 100 and a cross-node push, each timed one at a time from
+    the second node, for devices held by the first (seeded random picks)."""
+    a, b = fleet.clusters[0], fleet.clusters[-1]
+    rng = random.Random(16)
+    nodes = len(fleet.clusters)
+    held = [f"dev-{i:07d}" for i in range(0, devices, nodes)]  # on node 0
+    look: list[float] = []
+    missed = 0
+    for _ in range(samples):
+        t0 = time.perf_counter()
+        found = await b.locate(rng.choice(held))
+        look.append(time.perf_counter() - t0)
+        missed += found is None or found.node != a.node_id
+    pages: list[float] = []
+    short = 0
+    for _ in range(max(1, samples // 10)):
+        cursor = f"dev-{rng.randrange(devices):07d}"
+        t0 = time.perf_counter()
+        page = await b.list(cursor, 100)
+        pages.append(time.perf_counter() - t0)
+        short += len(page.devices) < 100 and page.next_cursor is not None
+    pushes: list[float] = []
+    failed = 0
+    for _ in range(samples if nodes > 1 else 0):
+        t0 = time.perf_counter()
+        res = await b.push(rng.choice(held), b"m", 2.0)
+        pushes.append(time.perf_counter() - t0)
+        failed += not res.delivered
+    out = {
+        "lookup": {**_ms(look), "missed": missed},
+        "list_page_100": _ms(pages),
+        "short_pages": short,
+        "errors": {c.node_id: dict(c.errors) for c in (a, b) if c.errors},
+    }
+    if pushes:
+        out["cross_node_push"] = {**_ms(pushes), "undelivered": failed}
+    return out
+
+
+async def steady(shards: Shards, p: dict[str, Any]) -> dict[str, Any]:
+    """Memory per present device and commands per second while nothing changes; then, if
+    asked, lookup, listing and push latencies with all of them present."""
+    await shards.flushall()
+    fleet = _fleet(p, p["ttl_s"], p["heartbeat_s"])
     await fleet.start()
+    probe = 3 * len(shards.rs)
+    timings: dict[str, Any] = {}
     try:
-        s0 = await _stats(r)
+        s0 = await shards.stats()
         t0 = time.monotonic()
         await fleet.connect([f"dev-{i:07d}" for i in range(p["devices"])])
         register_s = time.monotonic() - t0
-        s1 = await _stats(r)
+        s1 = await shards.stats()
         _progress(f"steady: {p['devices']} connected in {register_s:.1f} s")
         await asyncio.sleep(p["heartbeat_s"])  # past one heartbeat of every node
-        s2 = await _stats(r)
+        s2 = await shards.stats()
         t2 = time.monotonic()
         await asyncio.sleep(p["window_s"])
-        s3 = await _stats(r)
+        s3 = await shards.stats()
         window = time.monotonic() - t2
         _progress(f"steady: window of {window:.1f} s done")
-        instantaneous = int((await r.info("stats"))["instantaneous_ops_per_sec"])
-        present = await r.zcard(b"relay:devices")
-        record = await r.memory_usage(b"relay:dev:dev-0000000")
+        instantaneous = await shards.ops_per_sec()
+        present, record = await _present(p)
+        if p.get("latency_samples"):
+            timings = await latencies(fleet, p["devices"], p["latency_samples"])
+            _progress(f"latencies: {timings}")
     finally:
         stuck = await fleet.stop()
-    d = _delta(s3, s2)
+    d = _delta(s3, s2, probe)
     return {
         "devices": p["devices"],
         "present_in_index": present,
@@ -184,17 +289,36 @@ async def steady(url: str, r: Redis, p: dict[str, Any]) -> dict[str, Any]:
         "scripts_per_s": d["scripts"] / window,
         "instantaneous_ops_per_sec": instantaneous,
         "nodes_stuck_in_stop": stuck,
+        **timings,
     }
 
 
-async def main(p: dict[str, Any]) -> dict[str, Any]:
-    url = p["url"]
-    r = Redis.from_url(url)
+async def _present(p: dict[str, Any]) -> tuple[int, int | None]:
+    """Members of the index (all buckets in a cluster) and one record's MEMORY USAGE."""
+    if p.get("mode") != "cluster":
+        r = Redis.from_url(p["url"])
+        try:
+            return await r.zcard(b"relay:devices"), await r.memory_usage(b"relay:dev:dev-0000000")
+        finally:
+            await r.aclose()
+    from relay.cluster.redis_sharded import BUCKETS, bucket_of
+
+    c = ClusterClient.from_url(p["shards"][0])
     try:
-        await r.flushall()
-        return {"churn": await churn(url, r, p), "steady": await steady(url, r, p)}
+        present = sum([await c.zcard(f"relay:{{b{b}}}:devices") for b in range(BUCKETS)])
+        key = f"relay:{{b{bucket_of('dev-0000000')}}}:dev:dev-0000000"
+        return present, await c.memory_usage(key)
     finally:
-        await r.aclose()
+        await c.aclose()
+
+
+async def main(p: dict[str, Any]) -> dict[str, Any]:
+    shards = Shards(p.get("shards") or [p["url"]])
+    try:
+        await shards.flushall()
+        return {"churn": await churn(shards, p), "steady": await steady(shards, p)}
+    finally:
+        await shards.aclose()
 
 
 if __name__ == "__main__":

@@ -11,9 +11,15 @@ one run, each on a fresh redis-server:
   trips, beside them), heartbeats pushed out of the way;
 - steady: with `--devices` present on `--nodes` nodes at the configured heartbeat, Redis
   commands per second over `--window-s` once a heartbeat has passed; Redis memory per
-  present device (INFO `used_memory` delta over the registration); registrations per second.
+  present device (INFO `used_memory` delta over the registration); registrations per second;
+  with `--latency-samples N`, then lookup, listing-page (100) and cross-node push latencies
+  (p50, p99), one call at a time.
 
-    python -m bench.fleet [--devices 100000] [--nodes 10] [--before main]
+With `--cluster`, this checkout is measured a third time on a local Redis Cluster of 3
+primaries (no replicas; `redis-server --cluster-enabled yes`, `redis-cli --cluster
+create`), its figures summed over the shards, beside the single Redis.
+
+    python -m bench.fleet [--devices 100000] [--nodes 10] [--before main] [--cluster]
 
 stdout: one JSON document; stderr: progress, then a table. See docs/performance.md and
 docs/scale.md.
@@ -25,6 +31,7 @@ import argparse
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,7 @@ from bench._cli import at_least_one, goal_lines, parser, run_main
 from bench._common import (
     PYTHON,
     ROOT,
+    Child,
     children,
     envelope,
     free_port,
@@ -57,17 +65,60 @@ def extract(rev: str, into: Path) -> Path:
     return into
 
 
-def measure(name: str, tree: Path, params: dict[str, Any], tmp: str) -> dict[str, Any]:
-    """One version's figures: its own redis-server, its nodes in a child process."""
+def _redis(name: str, tmp: str, started: list[Child], extra: list[str]) -> str:
+    """A started redis-server (in its own directory under `tmp`); its URL."""
     port = free_port()
-    redis_args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1"]
-    redis_args += ["--save", "", "--appendonly", "no", "--dir", tmp]
+    directory = Path(tmp) / name
+    directory.mkdir()
+    redis_args = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", *extra]
+    redis_args += ["--save", "", "--appendonly", "no", "--dir", str(directory)]
+    redis = start_child(name, redis_args)
+    started.append(redis)
+    wait_tcp(redis, port)
+    return f"redis://127.0.0.1:{port}"
+
+
+def _cluster(name: str, tmp: str, started: list[Child]) -> list[str]:
+    """A Redis Cluster of 3 primaries; their URLs."""
+    urls = []
+    for i in range(3):
+        extra = ["--cluster-enabled", "yes", "--cluster-port", str(free_port())]
+        urls.append(_redis(f"{name}-{i}", tmp, started, extra))
+    subprocess.run(  # noqa: S603 - fixed arguments
+        ["redis-cli", "--cluster", "create", *(u.removeprefix("redis://") for u in urls)]  # noqa: S607
+        + ["--cluster-replicas", "0", "--cluster-yes"],
+        check=True,
+        capture_output=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # every primary agrees the cluster is ok
+        infos = [
+            subprocess.run(  # noqa: S603 - fixed arguments
+                ["redis-cli", "-u", u, "cluster", "info"],  # noqa: S607
+                capture_output=True,
+                text=True,
+                check=False,
+            ).stdout
+            for u in urls
+        ]
+        if all("cluster_state:ok" in i for i in infos):
+            return urls
+        time.sleep(0.1)
+    raise RuntimeError("the cluster did not become ok")
+
+
+def measure(
+    name: str, tree: Path, params: dict[str, Any], tmp: str, mode: str = "single"
+) -> dict[str, Any]:
+    """One version's figures: its own redis-server (or cluster), its nodes in a child
+    process."""
     with children() as started:
-        redis = start_child(f"fleet-redis-{name}", redis_args)
-        started.append(redis)
-        wait_tcp(redis, port)
         progress(f"{name}: {params['devices']} devices on {params['nodes']} nodes ({tree})")
-        doc = {**params, "url": f"redis://127.0.0.1:{port}/0"}
+        if mode == "cluster":
+            shards = _cluster(f"fleet-redis-{name}", tmp, started)
+            doc = {**params, "url": ",".join(shards), "shards": shards, "mode": mode}
+        else:
+            doc = {**params, "url": _redis(f"fleet-redis-{name}", tmp, started, []) + "/0"}
         done = subprocess.run(  # noqa: S603 - fixed argv built by the benchmark
             [PYTHON, str(_NODES_SCRIPT), orjson.dumps(doc).decode()],
             cwd=tree,
@@ -83,6 +134,19 @@ def measure(name: str, tree: Path, params: dict[str, Any], tmp: str) -> dict[str
             part[k] = r(v, 2) if isinstance(v, float) else v
     progress(f"{name}: {figures}")
     return figures
+
+
+def _latency_goals(side: str, s: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #16's goals for a large fleet (its case: 1 M devices on the local cluster)."""
+    checks = [
+        ("register >= 20k devices/s", s["registered_per_s"], s["registered_per_s"] >= 20_000),
+        ("lookup p99 <= 2 ms", s["lookup"]["p99_ms"], s["lookup"]["p99_ms"] <= 2),
+        ("listing page of 100 p99 <= 20 ms", (v := s["list_page_100"]["p99_ms"]), v <= 20),
+    ]
+    if "cross_node_push" in s:
+        push = s["cross_node_push"]["p99_ms"]
+        checks.append(("cross-node push p99 <= 10 ms", push, push <= 10))
+    return [{"goal": f"{side}: {g}", "value": r(v, 2), "pass": ok} for g, v, ok in checks]
 
 
 def goals(after: dict[str, Any], params: dict[str, Any]) -> list[dict[str, Any]]:
@@ -109,6 +173,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "heartbeat_s": args.heartbeat_s,
         "ttl_s": args.ttl_s,
         "window_s": args.window_s,
+        "latency_samples": args.latency_samples,
     }
     doc = envelope("fleet", vars(args))  # now: its load average is the one at the start
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,6 +182,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if before_tree is not None:
             sides["before"] = measure("before", before_tree, params, tmp)
         sides["after"] = measure("after", ROOT, params, tmp)
+        if args.cluster:
+            sides["cluster"] = measure("cluster", ROOT, params, tmp, "cluster")
     doc |= sides
     if "before" in sides:
         b, a = sides["before"]["steady"], sides["after"]["steady"]
@@ -127,6 +194,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ),
         }
     doc["goals"] = goals(sides["after"], params)
+    for side in ("after", "cluster"):
+        if side in sides and "lookup" in sides[side]["steady"]:
+            doc["goals"] += _latency_goals(side, sides[side]["steady"])
     return doc
 
 
@@ -138,7 +208,7 @@ def table(doc: dict[str, Any]) -> str:
         f"  {'':<8}{'cmd/s':>10}{'scripts/s':>11}{'B/device':>10}{'reg/s':>9}"
         f"{'cmd/conn':>10}{'cmd/disc':>10}",
     ]
-    for side in ("before", "after"):
+    for side in ("before", "after", "cluster"):
         if side in doc:
             s, c = doc[side]["steady"], doc[side]["churn"]
             lines.append(
@@ -159,6 +229,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ttl-s", type=float, default=30.0)
     p.add_argument("--window-s", type=float, default=30.0, help="steady-state window")
     p.add_argument("--before", default="main", help="git revision to compare; '' for none")
+    p.add_argument("--cluster", action="store_true", help="also on a local 3-shard cluster")
+    p.add_argument(
+        "--latency-samples", type=int, default=0, help="lookups and pushes timed (0: none)"
+    )
     args = p.parse_args(argv)
     at_least_one(p, args.devices, args.nodes, args.churn)
     if not 0 < args.heartbeat_s < args.ttl_s or args.window_s <= 0:

@@ -25,6 +25,7 @@ from relay.auth.handshake import canonical_device_id
 from relay.auth.tokens import open_token_store
 from relay.cluster.base import Cluster, LocalCluster, Presence
 from relay.cluster.redis import RedisCluster
+from relay.cluster.redis_sharded import ShardedCluster
 from relay.config.load import WORKER_ENV
 from relay.config.schema import Config
 from relay.device.connection import DEVICE_ROOM, DeviceRoom
@@ -89,7 +90,8 @@ def _resources(
         cloud = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
         speaker = build_speaker(config, cloud, executor, metrics)
         voice = build_voice(config, cloud, audio_executor, metrics)
-        redis = open_token_store(config.redis.url) if config.redis.url else None
+        rc = config.redis
+        redis = open_token_store(rc.url, rc.mode, rc.master_name) if rc.url else None
         cluster = build_cluster(config)
         targets = {b.name: b.target() for b in config.business}
         device_targets = {  # entries may be MACs with colons: canonical form (§1.1)
@@ -174,16 +176,23 @@ async def _close_devices(app: web.Application) -> None:
 
 
 def build_cluster(config: Config) -> Cluster:
-    """The cluster layer: Redis when `[redis] url` is set, else this node alone in memory."""
+    """The cluster layer: Redis when `[redis] url` is set (one Redis, a Sentinel-managed
+    primary, or a Redis Cluster: `[redis] mode`), else this node alone in memory."""
     node_id = config.redis.node_id or f"{socket.gethostname()}-{os.getpid()}"
     worker = os.environ.get(WORKER_ENV)
     if config.redis.node_id and worker is not None:
         node_id = f"{node_id}-{worker}"  # each worker is a node: its own inbox and presence
     if not config.redis.url:
         return LocalCluster(node_id)
+    rc = config.redis
+    if rc.mode == "cluster":
+        ttl, beat = rc.presence_ttl_s, rc.heartbeat_s
+        return ShardedCluster(rc.url, node_id, presence_ttl_s=ttl, heartbeat_s=beat)
     return RedisCluster(
-        config.redis.url,
+        rc.url,
         node_id,
-        presence_ttl_s=config.redis.presence_ttl_s,
-        heartbeat_s=config.redis.heartbeat_s,
+        presence_ttl_s=rc.presence_ttl_s,
+        heartbeat_s=rc.heartbeat_s,
+        mode=rc.mode,
+        master=rc.master_name,
     )

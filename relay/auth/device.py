@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import time
 
-from redis.asyncio import Redis
-
 from protocol.errors import ApiError
 from relay.auth.handshake import Handshake, HandshakeError, canonical_device_id, contains_token
 from relay.auth.tokens import TokenStoreUnavailable, binding_allows, lookup_redis_token, verify
+from relay.cluster.redis_client import AnyRedis
 from relay.config.schema import AuthConfig
 
 
 class DeviceAuthenticator:
     """Checks a handshake; raises `HandshakeError` (answered before the upgrade)."""
 
-    def __init__(self, cfg: AuthConfig, redis: Redis | None = None) -> None:
+    def __init__(self, cfg: AuthConfig, redis: AnyRedis | None = None) -> None:
         self._cfg = cfg
         self._redis = redis
         # Entries may be written as MACs with colons: compare canonical forms (§1.1).

@@ -25,7 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from relay.auth.handshake import canonical_device_id
-from relay.cluster.redis_client import REDIS_ERRORS, retried_errors
+from relay.cluster.redis_client import REDIS_ERRORS, AnyRedis, open_any, retried_errors
 
 DEFAULT_SKEW_S = 60.0  # `ts` is the minting server's clock, not the device's: NTP-close
 MAX_TOKEN_CHARS = 512
@@ -85,8 +85,11 @@ class TokenBinding:
     expires_at: float | None  # Unix seconds; None = no expiry
 
 
-def open_token_store(url: str) -> Redis:
-    """The client `lookup_redis_token` asks (a stale pooled socket is retried once)."""
+def open_token_store(url: str, mode: str = "single", master: str = "") -> AnyRedis:
+    """The client `lookup_redis_token` asks (a stale pooled socket is retried once), of
+    `[redis] mode`: one Redis, a Redis Cluster, or a Sentinel-managed primary."""
+    if mode != "single":
+        return open_any(url, 2.0, mode, master)
     return Redis.from_url(url, retry_on_error=retried_errors())
 
 
@@ -95,7 +98,7 @@ class TokenStoreUnavailable(Exception):
 
 
 async def lookup_redis_token(
-    redis: Redis, token: str, *, key_prefix: str = "token:", timeout_s: float = 2.0
+    redis: AnyRedis, token: str, *, key_prefix: str = "token:", timeout_s: float = 2.0
 ) -> TokenBinding | None:
     """The binding stored at `token:{token}` (a JSON object string, or a hash) with fields
     device_id, user_id and optionally expires_at; None when absent or malformed. Raises

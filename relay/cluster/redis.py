@@ -19,6 +19,7 @@ from protocol.mcp import ToolAnswer, ToolRequest, encode_request
 from protocol.node import (
     NodeAsk,
     NodePush,
+    PushReason,
     decode_node_message,
     encode_node_message,
 )
@@ -32,7 +33,7 @@ from relay.cluster.base import (
     deliver_local,
 )
 from relay.cluster.redis_client import REDIS_ERRORS as _ERRORS
-from relay.cluster.redis_client import open_client
+from relay.cluster.redis_client import open_any
 from relay.cluster.redis_presence import RedisPresence
 from relay.cluster.redis_scripts import SCRIPTS
 
@@ -44,7 +45,11 @@ ASK_MARGIN_S = 1.0  # a tools request waits its own timeout plus this for the ho
 
 class RedisCluster(RedisPresence):
     """Presence in Redis kept alive by the owning node, pushes routed through that node's
-    inbox and acknowledged, and a reconnect loop that rebuilds presence after an outage."""
+    inbox and acknowledged, and a reconnect loop that rebuilds presence after an outage.
+    One Redis, or a Sentinel-managed primary (`mode="sentinel"`, `url` the sentinels,
+    `master` its name); Redis Cluster is relay.cluster.redis_sharded's."""
+
+    _SCRIPTS: tuple[tuple[str, str], ...] = SCRIPTS
 
     def __init__(
         self,
@@ -56,6 +61,8 @@ class RedisCluster(RedisPresence):
         key_prefix: str = "relay:",
         op_timeout_s: float = 2.0,
         backoff_max_s: float = 5.0,
+        mode: str = "single",
+        master: str = "",
     ) -> None:
         if not node_id:
             raise ValueError("node_id must not be empty")
@@ -69,14 +76,19 @@ class RedisCluster(RedisPresence):
             op_timeout_s=op_timeout_s,
         )
         self._url, self._backoff_max = url, backoff_max_s
+        self._mode, self._master = mode, master
+        # A publish nobody heard, while the holder's lease lives: on one Redis its node
+        # died (the lease is pending); where a primary can fail over, it may be only
+        # resubscribing, so "retry" rather than "offline".
+        self._unheard: PushReason = "offline" if mode == "single" else "redis_unavailable"
         self._supervisor: asyncio.Task[None] | None = None
         self._attempted = asyncio.Event()
 
     async def start(self, deliver: Deliver, replace: Replace, local_devices: LocalDevices) -> None:
         """Connect and subscribe in the background; waits (bounded) for the first attempt."""
         self._deliver, self._replace, self._local_devices = deliver, replace, local_devices
-        self._redis = r = open_client(self._url, self._op_timeout)
-        self._scripts = {name: r.register_script(text) for name, text in SCRIPTS}
+        self._redis = r = open_any(self._url, self._op_timeout, self._mode, self._master)
+        self._scripts = {name: r.register_script(text) for name, text in self._SCRIPTS}
         self._attempted.clear()
         self._supervisor = asyncio.create_task(self._supervise(), name="cluster-redis")
         with contextlib.suppress(TimeoutError):
@@ -111,8 +123,8 @@ class RedisCluster(RedisPresence):
                 if node is None or node == self.node_id:
                     return PushResult(False, None, "offline")
                 msg = NodePush(rid, self.node_id, device_id, timeout_s, message)
-                if await r.publish(self._inbox(node), encode_node_message(msg)) == 0:
-                    return PushResult(False, node, "offline")  # its node died; lease pending
+                if await self._publish(node, encode_node_message(msg)) == 0:
+                    return PushResult(False, node, self._unheard)  # its node died or is away
                 delivered, reason = await waiter
                 return PushResult(delivered, node, reason)
         except TimeoutError:
@@ -140,8 +152,10 @@ class RedisCluster(RedisPresence):
                 if node is None or node == self.node_id:
                     return ToolAnswer("offline"), None
                 msg = NodeAsk(rid, self.node_id, device_id, encode_request(req))
-                if await r.publish(self._inbox(node), encode_node_message(msg)) == 0:
-                    return ToolAnswer("offline"), node  # its node died; lease pending
+                if await self._publish(node, encode_node_message(msg)) == 0:
+                    if self._unheard == "offline":
+                        return ToolAnswer("offline"), node  # its node died; lease pending
+                    return ToolAnswer("redis_unavailable"), node  # or is resubscribing
                 return await waiter, node
         except TimeoutError:
             return ToolAnswer("timeout"), node
@@ -180,11 +194,7 @@ class RedisCluster(RedisPresence):
         tasks: list[asyncio.Task[None]] = []
         try:
             async with asyncio.timeout(self._op_timeout):
-                await pubsub.subscribe(self._inbox(self.node_id))
-                while True:  # after the confirmation, publishes to the inbox reach us
-                    msg = await pubsub.get_message(timeout=self._op_timeout)
-                    if msg is not None and msg.get("type") == "subscribe":
-                        break
+                await self._subscribe(pubsub)
             await self._keep_lease()
             await self._rebuild()
             self._up = True
@@ -206,6 +216,19 @@ class RedisCluster(RedisPresence):
                 async with asyncio.timeout(self._op_timeout):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
+    async def _failed_over(self) -> bool:
+        """Whether a primary failed over since the last beat without ending the session
+        (one Redis: a failover always ends it)."""
+        return False
+
+    async def _subscribe(self, pubsub: PubSub) -> None:
+        """Subscribe to this node's inbox; once confirmed, publishes to it reach us."""
+        await pubsub.subscribe(self._inbox(self.node_id))
+        while True:
+            msg = await pubsub.get_message(timeout=self._op_timeout)
+            if msg is not None and msg.get("type") == "subscribe":
+                return
+
     async def _listen(self, pubsub: PubSub) -> None:
         async for msg in pubsub.listen():
             if msg.get("type") == "message":
@@ -222,6 +245,9 @@ class RedisCluster(RedisPresence):
                 if not await self._keep_lease():
                     log.warning("cluster: node %s lost its lease: rebuilding", self.node_id)
                     await self._rebuild()  # its records may have been swept meanwhile
+                elif await self._failed_over():
+                    log.warning("cluster: a primary failed over: node %s rebuilds", self.node_id)
+                    await self._rebuild()  # the writes it had not replicated are lost
                 await self._write_seen()
                 await self._sweep()
             except _ERRORS:

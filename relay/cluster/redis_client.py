@@ -6,15 +6,20 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.cluster import RedisCluster as ShardedRedis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from relay.cluster.base import Page, Presence
 
 POOL_SIZE = 64  # connections to Redis per node; more callers wait for one
+CLUSTER_POOL_SIZE = 256  # per Redis Cluster node (redis-py's cluster pool fails, not waits)
 _LIST_ROUNDS = 8  # refills of a page thinned by expired members
 
 # What a Redis call raises when Redis is away, for every caller that treats it as an outage
@@ -30,6 +35,52 @@ def retried_errors() -> list[type[Exception]]:
     TimeoutError, the RuntimeError of a pooled socket reset while idle is retried once on a
     fresh connection, as a socket closed cleanly is. A new list: redis-py appends to it."""
     return [RuntimeError]
+
+
+AnyRedis = Redis | ShardedRedis  # a client of one Redis (or a Sentinel's primary), or a cluster
+
+
+def hosts(urls: str) -> list[tuple[str, int]]:
+    """(host, port) of each URL of a comma list (seed nodes or sentinels)."""
+    out = []
+    for u in urls.split(","):
+        parts = urlsplit(u.strip())
+        out.append((parts.hostname or "127.0.0.1", parts.port or 6379))
+    return out
+
+
+def open_any(url: str, op_timeout_s: float, mode: str = "single", master: str = "") -> AnyRedis:
+    """The client of `[redis] mode`: one Redis, a Redis Cluster from its seed nodes (the
+    first URL's credentials and TLS), or the primary the sentinels name `master`."""
+    t = op_timeout_s
+    if mode == "cluster":
+        first, *more = [u.strip() for u in url.split(",")]
+        return ShardedRedis.from_url(
+            first,
+            startup_nodes=[ClusterNode(h, p) for h, p in hosts(",".join(more))] if more else None,
+            require_full_coverage=False,  # a shard failing over leaves the others usable
+            max_connections=CLUSTER_POOL_SIZE,
+            socket_connect_timeout=t,
+            socket_timeout=t,
+        )
+    if mode == "sentinel":
+        auth = urlsplit(url.split(",")[0].strip())
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            hosts(url),
+            socket_timeout=t,
+            socket_connect_timeout=t,
+            password=auth.password,
+            username=auth.username,
+        )
+        client: Redis = sentinel.master_for(
+            master,
+            socket_timeout=t,
+            socket_connect_timeout=t,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=retried_errors(),
+        )
+        return client
+    return open_client(url, t)
 
 
 def open_client(url: str, op_timeout_s: float) -> Redis:
@@ -71,7 +122,7 @@ async def lookup(
     ids: Sequence[str],
     *,
     prune: bool = False,
-    client: Redis | None = None,
+    client: AnyRedis | None = None,
 ) -> list[Presence | None]:
     """The live presence of each of `ids`, in one script call (records and leases read
     together); with `prune`, index members whose record is gone or dead are removed."""
@@ -81,7 +132,7 @@ async def lookup(
 
 
 async def list_page(
-    r: Redis, script: Callable[..., Awaitable[Any]], prefix: str, cursor: str | None, limit: int
+    r: AnyRedis, script: Callable[..., Awaitable[Any]], prefix: str, cursor: str | None, limit: int
 ) -> Page:
     """A page of `{prefix}devices` by id from `cursor`, with members whose record expired or
     whose node's lease is gone skipped (the page refilled) and removed by the lookup."""

@@ -12,8 +12,9 @@ so ZRANGEBYLEX pages it by id (cursor = last id), dead members skipped and remov
 listing. Activity (`last_seen`) is written by the heartbeat, only for the devices heard from
 since the last. Claim, release and lookup are Lua scripts (relay.cluster.redis_scripts),
 each one atomic step: of two concurrent registrations the later sees the earlier and
-replaces it. Scripts touch several keys, so this targets one Redis (or a Sentinel-managed
-primary), not Redis Cluster.
+replaces it. Scripts read the lease key of a record's node, so this targets one Redis (or a
+Sentinel-managed primary); relay.cluster.redis_sharded keeps the same presence on a Redis
+Cluster.
 
 Nothing a device waits for waits on Redis: `register` and `unregister` queue the claim or
 release, and one writer per session sends what is queued in batches; after an outage the
@@ -30,8 +31,6 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
-
-from redis.asyncio import Redis
 
 from protocol.node import (
     NodeAck,
@@ -50,7 +49,7 @@ from relay.cluster.base import (
     page_of,
 )
 from relay.cluster.redis_client import REDIS_ERRORS as _ERRORS
-from relay.cluster.redis_client import list_page, lookup, text
+from relay.cluster.redis_client import AnyRedis, list_page, lookup, text
 from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,7 @@ class RedisPresence(NodeInbox):
         self._sweep_dead: list[str] = []  # registry members the running sweep clears
         self._ttl_ms, self._heartbeat_s = int(presence_ttl_s * 1000), heartbeat_s
         self._op_timeout = op_timeout_s
-        self._redis: Redis | None = None
+        self._redis: AnyRedis | None = None
         self._scripts: dict[str, Callable[..., Awaitable[Any]]] = {}
         self._lock = asyncio.Lock()  # one writer at a time keeps claims and renewals ordered
         self._claims: dict[str, Presence] = {}  # registered here, not yet sent to Redis
@@ -101,6 +100,14 @@ class RedisPresence(NodeInbox):
 
     def _key(self, device_id: str) -> str:
         return f"{self._prefix}dev:{device_id}"
+
+    def _index_of(self, device_id: str) -> str:
+        """The index that lists the device (one here; a bucket's in a Redis Cluster)."""
+        return self._index
+
+    def _slot_of(self, device_id: str) -> object:
+        """What groups devices that one script may touch together (one Redis: all)."""
+        return None
 
     def _inbox(self, node: str) -> str:
         return f"{self._prefix}node:{node}"
@@ -163,8 +170,15 @@ class RedisPresence(NodeInbox):
         """The device's live presence in Redis (its record, if its node's lease lives)."""
         if not self._up or self._redis is None:
             raise ConnectionError("redis unavailable")
-        (found,) = await lookup(self._scripts["lookup"], self._prefix, [device_id])
+        (found,) = await self._lookup([device_id])
         return found
+
+    async def _lookup(self, ids: Sequence[str]) -> list[Presence | None]:
+        return await lookup(self._scripts["lookup"], self._prefix, ids)
+
+    async def _page(self, cursor: str | None, limit: int) -> Page:
+        assert self._redis is not None
+        return await list_page(self._redis, self._scripts["lookup"], self._prefix, cursor, limit)
 
     async def locate(self, device_id: str) -> Presence | None:
         """The device's presence from Redis, else this node's own record of it."""
@@ -184,9 +198,7 @@ class RedisPresence(NodeInbox):
         if self._up and self._redis is not None:
             with contextlib.suppress(*_ERRORS):
                 async with asyncio.timeout(2 * self._op_timeout):
-                    return await list_page(
-                        self._redis, self._scripts["lookup"], self._prefix, cursor, limit
-                    )
+                    return await self._page(cursor, limit)
         bump(self.errors, "list")
         return page_of(self._local.values(), cursor, limit)._replace(partial=True)
 
@@ -207,7 +219,6 @@ class RedisPresence(NodeInbox):
         releases = list(self._releases)[:_BATCH]
         for done in releases:
             del self._releases[done]
-        claim, release = self._scripts["claim"], self._scripts["release"]
         try:
             async with (
                 self._lock,
@@ -216,11 +227,11 @@ class RedisPresence(NodeInbox):
             ):
                 for p in claims:
                     args = (p.device_id, self.node_id, p.session_id, p.connected_at, p.last_seen)
-                    keys = (self._key(p.device_id), self._index)
-                    await claim(keys=keys, args=(*args, self._lease, self._prefix), client=pipe)
+                    keys = (self._key(p.device_id), self._index_of(p.device_id))
+                    await self._queue(pipe, "claim", keys, (*args, self._lease, self._prefix))
                 for device_id, session_id in releases:
-                    keys = (self._key(device_id), self._index)
-                    await release(keys=keys, args=(device_id, session_id), client=pipe)
+                    keys = (self._key(device_id), self._index_of(device_id))
+                    await self._queue(pipe, "release", keys, (device_id, session_id))
                 answers = await pipe.execute()
         except _ERRORS:
             for op, n in (("register", len(claims)), ("unregister", len(releases))):
@@ -236,6 +247,12 @@ class RedisPresence(NodeInbox):
                 )
                 await self._send(node, NodeReplace(p.device_id, text(prev[1])))
 
+    async def _queue(
+        self, pipe: Any, script: str, keys: Sequence[str], args: Sequence[object]
+    ) -> None:
+        """Queue a script call in a pipeline."""
+        await self._scripts[script](keys=keys, args=args, client=pipe)
+
     async def _call(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
         async with asyncio.timeout(self._op_timeout):
             return await self._scripts[script](keys=keys, args=args)
@@ -248,14 +265,20 @@ class RedisPresence(NodeInbox):
 
     async def _write_seen(self) -> None:
         """last_seen of the devices heard from since the last beat, in batches."""
-        seen = [p for d in self._touched if (p := self._local.get(d)) is not None]
+        groups: dict[object, list[Presence]] = {}
+        for d in self._touched:
+            if (p := self._local.get(d)) is not None:
+                groups.setdefault(self._slot_of(d), []).append(p)
         self._touched.clear()
-        for i in range(0, len(seen), _BATCH):
-            batch = seen[i : i + _BATCH]
-            args: list[object] = []
-            for p in batch:
-                args += (p.session_id, p.last_seen)
-            await self._call("seen", [self._key(p.device_id) for p in batch], args)
+        calls = []
+        for seen in groups.values():
+            for i in range(0, len(seen), _BATCH):
+                batch = seen[i : i + _BATCH]
+                args: list[object] = []
+                for p in batch:
+                    args += (p.session_id, p.last_seen)
+                calls.append(self._call("seen", [self._key(p.device_id) for p in batch], args))
+        await asyncio.gather(*calls)
 
     async def _sweep(self) -> None:
         """When a node's lease is gone, walk the index a bounded step per beat and remove
@@ -314,16 +337,21 @@ class RedisPresence(NodeInbox):
                     for d in ids[i : i + _BATCH]
                     if d in self._local and d not in self._claims
                 ]
-                args: list[object] = [self.node_id, self._lease, self._prefix]
-                for p in batch:
-                    args += (p.device_id, p.session_id, p.connected_at, p.last_seen)
-                keys = [self._index, *(self._key(p.device_id) for p in batch)]
                 try:
-                    answer = await self._call("renew", keys, args) if batch else []
+                    answer = await self._renew(batch) if batch else []
                 except _ERRORS:
                     bump(self.errors, "rebuild")
                     raise
             await self._settle_rebuilt(batch, answer)
+
+    async def _renew(self, batch: Sequence[Presence]) -> Sequence[Any]:
+        """Claim `batch` again (the renew script): per device status, holder, session."""
+        args: list[object] = [self.node_id, self._lease, self._prefix]
+        for p in batch:
+            args += (p.device_id, p.session_id, p.connected_at, p.last_seen)
+        keys = [self._index, *(self._key(p.device_id) for p in batch)]
+        answer: Sequence[Any] = await self._call("renew", keys, args)
+        return answer
 
     async def _settle_rebuilt(self, batch: Sequence[Presence], answer: Sequence[Any]) -> None:
         """Act on the rebuild script's answer: replace on whichever side is older."""
@@ -336,6 +364,12 @@ class RedisPresence(NodeInbox):
             elif status == 1 and text(holder) not in ("", self.node_id):
                 await self._send(text(holder), NodeReplace(p.device_id, text(holder_session)))
 
+    async def _publish(self, node: str, data: bytes) -> int:
+        """Publish to `node`'s inbox; how many subscribers got it."""
+        assert self._redis is not None
+        receivers: int = await self._redis.publish(self._inbox(node), data)
+        return receivers
+
     async def _send(self, node: str, msg: NodeMessage) -> None:
         op = {NodeAck: "ack", NodeReply: "reply"}.get(type(msg), "replace")
         bump(self.ops, op)
@@ -343,6 +377,6 @@ class RedisPresence(NodeInbox):
             if self._redis is None:
                 raise ConnectionError("stopped")
             async with asyncio.timeout(self._op_timeout):
-                await self._redis.publish(self._inbox(node), encode_node_message(msg))
+                await self._publish(node, encode_node_message(msg))
         except _ERRORS:
             bump(self.errors, op)

@@ -3,9 +3,9 @@ changes a device's presence and the sorted device index together, atomically.
 
 A device record (`dev:{id}`, a hash) names its node and the node's lease (a token, new each
 time the node process starts); the record counts only while `lease:{node}` holds that
-token, so a dead or restarted node's devices vanish from every lookup at once. The scripts
-read `lease:{node}` for the node a record names, a key they compute: one Redis, not Redis
-Cluster."""
+token, so a dead or restarted node's devices vanish from every lookup at once. The first
+scripts read `lease:{node}` for the node a record names, a key they compute: one Redis; the
+`S_` ones below are their Redis Cluster forms, with the leases read by the client."""
 
 from __future__ import annotations
 
@@ -133,6 +133,79 @@ for _, id in ipairs(ids) do
 end
 if #ids < tonumber(ARGV[3]) then return '' end
 return ids[#ids]"""
+)
+
+# Redis Cluster (relay.cluster.redis_sharded): a script touches one slot, the bucket of its
+# devices (`{prefix}{b<n>}:dev:<id>` and `{prefix}{b<n>}:devices`), so leases (each in its
+# node's slot) are read by the client, not inside the scripts.
+
+# KEYS device hash, bucket index; ARGV id, node, session, connected_at, last_seen, lease.
+# The last writer wins and learns who held the device before (node, session) when that
+# was another node; the client tells that node to close its connection (which does so
+# only if that session is still open there: a dead holder's inbox has no listener).
+S_CLAIM = """
+local prev = redis.call('HMGET', KEYS[1], 'node', 'session_id')
+redis.call('HSET', KEYS[1], 'node', ARGV[2], 'session_id', ARGV[3],
+           'connected_at', ARGV[4], 'last_seen', ARGV[5], 'lease', ARGV[6])
+redis.call('ZADD', KEYS[2], 0, ARGV[1])
+if (not prev[1]) or prev[1] == ARGV[2] then return {'', ''} end
+return {prev[1], prev[2] or ''}"""
+# KEYS bucket index, its device hashes; ARGV node, lease, n, then n live holders
+# ("node\\nlease", read by the client just before), then per device id, session,
+# connected_at, last_seen. As RENEW, with a holder live only if it is in that list.
+S_RENEW = """
+local live, out = {}, {}
+local n = tonumber(ARGV[3])
+for i = 4, 3 + n do live[ARGV[i]] = true end
+for i = 2, #KEYS do
+  local a = 4 + n + (i - 2) * 4
+  local cur = redis.call('HMGET', KEYS[i], 'node', 'session_id', 'connected_at', 'lease')
+  local status = 2
+  if cur[1] == ARGV[1] and cur[2] == ARGV[a + 1] then
+    status = 0
+    if cur[4] ~= ARGV[2] then redis.call('HSET', KEYS[i], 'lease', ARGV[2]) end
+  elseif cur[1] == ARGV[1] or not cur[1] or not live[cur[1] .. '\\n' .. (cur[4] or '')]
+      or (tonumber(cur[3]) or 0) < tonumber(ARGV[a + 2]) then
+    status = 1
+    redis.call('HSET', KEYS[i], 'node', ARGV[1], 'session_id', ARGV[a + 1],
+               'connected_at', ARGV[a + 2], 'last_seen', ARGV[a + 3], 'lease', ARGV[2])
+    redis.call('ZADD', KEYS[1], 0, ARGV[a])
+  end
+  table.insert(out, status)
+  table.insert(out, cur[1] or '')
+  table.insert(out, cur[2] or '')
+end
+return out"""
+# KEYS device hash, bucket index; ARGV id, the lease the client found dead ('' : no
+# record). Removes the record and the index member only if the record still names it.
+S_PRUNE = """
+if (redis.call('HGET', KEYS[1], 'lease') or '') ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+return redis.call('ZREM', KEYS[2], ARGV[1])"""
+# KEYS bucket index; ARGV its record key prefix, start (ZRANGEBYLEX form), count, then the
+# dead holders ("node\\nlease"). Removes the records of the next `count` members held by
+# a dead holder (or gone); the last member seen ('' at the bucket's end).
+S_SWEEP = """
+local dead = {}
+for i = 4, #ARGV do dead[ARGV[i]] = true end
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], '+', 'LIMIT', 0, ARGV[3])
+for _, id in ipairs(ids) do
+  local k = ARGV[1] .. id
+  local rec = redis.call('HMGET', k, 'node', 'lease')
+  if (not rec[1]) or dead[rec[1] .. '\\n' .. (rec[2] or '')] then
+    redis.call('DEL', k)
+    redis.call('ZREM', KEYS[1], id)
+  end
+end
+if #ids < tonumber(ARGV[3]) then return '' end
+return ids[#ids]"""
+SHARDED_SCRIPTS = (
+    ("claim", S_CLAIM),
+    ("release", RELEASE),
+    ("renew", S_RENEW),
+    ("seen", SEEN),
+    ("prune", S_PRUNE),
+    ("sweep", S_SWEEP),
 )
 SCRIPTS = (
     ("claim", CLAIM),

@@ -198,12 +198,26 @@ def _check_auth_and_redis(cfg: Config) -> None:
         raise ConfigError('auth.hmac_secret: mode "hmac" needs a secret')
     if cfg.auth.mode == "redis" and not cfg.redis.url:
         raise ConfigError('auth.mode: "redis" needs [redis] url')
-    if cfg.redis.url and not cfg.redis.url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("redis.url: must be a redis://, rediss:// or unix:// URL")
+    _check_redis_mode(cfg)
     if cfg.redis.heartbeat_s >= cfg.redis.presence_ttl_s:
         raise ConfigError("redis.heartbeat_s: must be shorter than redis.presence_ttl_s")
     if cfg.auth.mode == "tokens" and not cfg.auth.tokens:
         raise ConfigError('auth.tokens: mode "tokens" needs at least one token')
+
+
+def _check_redis_mode(cfg: Config) -> None:
+    """`url` is one URL in single mode, a comma list of seed nodes or sentinels otherwise."""
+    redis = cfg.redis
+    urls = [u.strip() for u in redis.url.split(",")] if redis.url else []
+    if redis.mode == "single" and len(urls) > 1:
+        raise ConfigError('redis.url: one URL in mode "single" (a list needs "cluster"/"sentinel")')
+    if redis.mode != "single" and not urls:
+        raise ConfigError(f'redis.mode: "{redis.mode}" needs [redis] url (a comma list)')
+    schemes = ("redis://", "rediss://") + (("unix://",) if redis.mode == "single" else ())
+    if not all(u.startswith(schemes) for u in urls):
+        raise ConfigError(f"redis.url: each must be a {', '.join(schemes)} URL")
+    if redis.mode == "sentinel" and not redis.master_name:
+        raise ConfigError('redis.master_name: mode "sentinel" needs the primary\'s name')
 
 
 def _check_ota(cfg: Config) -> None:

@@ -334,9 +334,13 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class RedisConfig:
-    """`[redis]`: empty url = single node, all state in memory."""
+    """`[redis]`: empty url = single node, all state in memory. `mode` says what `url` names:
+    one Redis ("single"), the seed nodes of a Redis Cluster ("cluster"), or the sentinels
+    that watch the primary `master_name` ("sentinel"); the last two take a comma list."""
 
     url: str = ""
+    mode: Literal["single", "cluster", "sentinel"] = "single"
+    master_name: str = ""  # sentinel mode: the name the sentinels know the primary by
     node_id: str = ""  # empty: <hostname>-<pid>
     presence_ttl_s: float = 30.0
     heartbeat_s: float = 10.0

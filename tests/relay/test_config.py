@@ -91,6 +91,11 @@ def test_values_are_frozen() -> None:
         ({"tts": {"provider": "cloud"}}, "tts.provider"),
         ({"api": {"tokens": 5}}, "api.tokens"),
         ({"redis": {"url": 6379}}, "redis.url"),
+        ({"redis": {"mode": "shards"}}, "redis.mode"),
+        ({"redis": {"mode": "cluster"}}, "redis.mode"),
+        ({"redis": {"url": "redis://a:1,redis://b:1"}}, "redis.url"),
+        ({"redis": {"mode": "cluster", "url": "redis://a:1,unix:///r.sock"}}, "redis.url"),
+        ({"redis": {"mode": "sentinel", "url": "redis://s:26379"}}, "redis.master_name"),
         ({"log": {"level": "LOUD"}}, "log.level"),
         ({"vad": {"batch_window_ms": 500}}, "vad.batch_window_ms"),
         ({"vad": {"batch_window_ms": -1}}, "vad.batch_window_ms"),
@@ -273,3 +278,13 @@ def test_vad_keys_documented_with_a_zero_take_zero(key: str) -> None:
     assert getattr(parse({"vad": {key: 0}}).vad, key) == 0
     with pytest.raises(ConfigError, match=f"vad.{key}"):
         parse({"vad": {key: -1}})
+
+
+def test_redis_modes_take_their_lists() -> None:
+    cfg = parse({"redis": {"mode": "cluster", "url": "redis://a:7000, rediss://b:7001"}})
+    assert (cfg.redis.mode, cfg.redis.master_name) == ("cluster", "")
+    cfg = parse(
+        {"redis": {"mode": "sentinel", "url": "redis://s1:26379", "master_name": "mymaster"}}
+    )
+    assert (cfg.redis.mode, cfg.redis.master_name) == ("sentinel", "mymaster")
+    assert parse({}).redis.mode == "single"

@@ -6,6 +6,7 @@ leaves local traffic alone and heals itself, and `--workers` where each worker i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +25,12 @@ from tests.relay.fakes import Device, FakeBusiness, is_end, is_tts_stop
 from tests.relay.redis_server import (  # noqa: F401 (pytest finds the fixture by name)
     RedisServer,
     redis_server_fixture,
+    running_redis,
+)
+from tests.relay.redis_topologies import (  # noqa: F401 (pytest finds the fixtures by name)
+    MASTER,
+    redis_cluster_servers,
+    redis_sentinel_servers,
 )
 from tests.relay.test_cli import LIGHT_SPEECH, ROOT, clean_env, stop, wait_http
 from tests.relay.test_cluster import inbox_gone
@@ -76,10 +83,14 @@ async def start_relay(
     *,
     node_id: str | None = None,
     workers: int = 1,
+    mode: str = "single",
+    master: str = "",
 ) -> RelayProcess:
     port = closed_port()
     env = clean_env(
         RELAY__REDIS__URL=redis_url,
+        RELAY__REDIS__MODE=mode,
+        RELAY__REDIS__MASTER_NAME=master,
         RELAY__REDIS__PRESENCE_TTL_S="3",
         RELAY__REDIS__HEARTBEAT_S="1",
         RELAY__REDIS__PUSH_TIMEOUT_S=str(PUSH_TIMEOUT_S),
@@ -235,8 +246,46 @@ async def pair(
             await relay.stop()  # a no-op for one the test stopped already
 
 
-async def test_push_through_either_node_reaches_the_device(pair: Pair) -> None:
-    a, b, http = pair.a, pair.b, pair.http
+@pytest.fixture(params=["single", "cluster", "sentinel"])
+async def any_pair(
+    request: pytest.FixtureRequest, business: tuple[FakeBusiness, TestServer], tmp_path: Path
+) -> AsyncIterator[Pair]:
+    """Relays "a" and "b" on one Redis, a Redis Cluster, or a Sentinel-managed primary."""
+    mode, master = request.param, ""
+    async with contextlib.AsyncExitStack() as stack:
+        if mode == "single":
+            url = (await stack.enter_async_context(running_redis(tmp_path))).url
+        else:
+            servers = request.getfixturevalue(f"redis_{mode}_servers")
+            servers.heal()
+            servers.flush()
+            url, master = servers.url, (MASTER if mode == "sentinel" else "")
+        async for pair in _pair_on(url, business, tmp_path, mode, master):
+            yield pair
+
+
+async def _pair_on(
+    url: str, business: tuple[FakeBusiness, TestServer], tmp_path: Path, mode: str, master: str
+) -> AsyncIterator[Pair]:
+    fake, server = business
+    a, b = await asyncio.gather(
+        start_relay("a", tmp_path, url, server, node_id="a", mode=mode, master=master),
+        start_relay("b", tmp_path, url, server, node_id="b", mode=mode, master=master),
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            await asyncio.gather(
+                wait_http(http, f"{a.base}/healthz", a.proc),
+                wait_http(http, f"{b.base}/healthz", b.proc),
+            )
+            yield Pair(a, b, http, fake)
+    finally:
+        for relay in (a, b):
+            await relay.stop()
+
+
+async def test_push_through_either_node_reaches_the_device(any_pair: Pair) -> None:
+    a, b, http = any_pair.a, any_pair.b, any_pair.http
     dev = await connect(http, a, MAC, seen_by=b)
 
     status, answer = await push(http, b, MAC, b'{"command":' + COMMAND_TEXT.encode() + b"}")
@@ -306,8 +355,11 @@ async def test_device_messages_through_the_other_node(pair: Pair) -> None:
     await stop_all((a, b), (plain, notified))
 
 
-async def test_reconnect_on_another_node_replaces_the_old_connection(pair: Pair) -> None:
-    a, b, http = pair.a, pair.b, pair.http
+# Sentinel mode runs the single-Redis scripts through another client: the push test above
+# covers it end to end, and tests/relay/test_cluster_modes.py its replacement.
+@pytest.mark.parametrize("any_pair", ["single", "cluster"], indirect=True)
+async def test_reconnect_on_another_node_replaces_the_old_connection(any_pair: Pair) -> None:
+    a, b, http = any_pair.a, any_pair.b, any_pair.http
     old = await connect(http, a, MAC, seen_by=b)
     new = await connect(http, b, MAC)
     assert await closed_with(old) == 4001

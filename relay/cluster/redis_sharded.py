@@ -1,0 +1,322 @@
+"""The cluster layer on a Redis Cluster (`[redis] mode = "cluster"`, docs/scale.md): what
+relay.cluster.redis does on one Redis, with keys that hash tags keep one script to one slot.
+
+Keys under `key_prefix` ("relay:"): a device belongs to one of `BUCKETS` buckets (CRC-32 of
+its id), whose slot holds its record `{b<n>}:dev:<id>` and the bucket's index
+`{b<n>}:devices` (ids scored 0), so a claim or release (record and index together) is one
+script in one slot, and the index is spread over `BUCKETS` slots instead of one hot key.
+A node's lease `{n:<node>}:lease` and its inbox, a sharded pub/sub channel
+`{n:<node>}:inbox` (`SSUBSCRIBE`/`SPUBLISH`, Redis >= 7), share the node's slot.
+
+A record still counts only while its node holds the lease it names, but the lease lives in
+another slot than the record: the scripts cannot read it, so the client does, in a second
+round trip (records of a lookup or page in one pipeline, then the leases of the nodes they
+name in another). The rebuild passes the leases it found live to its script; a claim
+returns the previous holder whatever its lease, and that node is told to close its
+connection (it does only if that session is still open there). Listing merges the buckets:
+each is read a few ids past the cursor (more where the merge needs them), so a page stays
+ordered by id across the whole cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import zlib
+from collections.abc import Sequence
+from hashlib import sha1
+from typing import Any
+
+from redis.asyncio.client import PubSub
+from redis.asyncio.cluster import ClusterPubSub
+from redis.asyncio.cluster import RedisCluster as ShardedRedis
+
+from protocol.node import decode_node_message
+from relay.cluster.base import Page, Presence
+from relay.cluster.redis import RedisCluster
+from relay.cluster.redis_client import parse_presence, text
+from relay.cluster.redis_scripts import SHARDED_SCRIPTS
+
+log = logging.getLogger(__name__)
+
+BUCKETS = 64  # index and record buckets, each its own slot: a shard holds BUCKETS / shards
+_FIELDS = ("node", "session_id", "connected_at", "last_seen", "lease")
+_LIST_ROUNDS = 8  # refills of a page thinned by dead members
+_SWEEP_CHUNK = 500  # index members a sweep step reads
+_SWEEP_STEPS = 20  # sweep steps per heartbeat
+
+
+def bucket_of(device_id: str) -> int:
+    """The bucket of a device: CRC-32 of its id, so every node agrees."""
+    return zlib.crc32(device_id.encode()) % BUCKETS
+
+
+class ShardedCluster(RedisCluster):
+    """RedisCluster on a Redis Cluster: bucketed records and index, per-node leases and
+    sharded inboxes, leases checked by the client (docs/scale.md)."""
+
+    _SCRIPTS: tuple[tuple[str, str], ...] = SHARDED_SCRIPTS
+
+    def __init__(self, url: str, node_id: str, **kwargs: Any) -> None:
+        super().__init__(url, node_id, mode="cluster", **kwargs)
+        self._bucket_from = 0  # the sweep's bucket
+        self._epoch: int | None = None  # the cluster's configuration epoch, last seen
+        self._shas = {name: sha1(s.encode()).hexdigest() for name, s in SHARDED_SCRIPTS}
+
+    def _key(self, device_id: str) -> str:
+        return f"{self._prefix}{{b{bucket_of(device_id)}}}:dev:{device_id}"
+
+    def _bucket_index(self, bucket: int) -> str:
+        return f"{self._prefix}{{b{bucket}}}:devices"
+
+    def _index_of(self, device_id: str) -> str:
+        return self._bucket_index(bucket_of(device_id))
+
+    def _slot_of(self, device_id: str) -> object:
+        return bucket_of(device_id)
+
+    def _lease_key(self, node: str) -> str:
+        return f"{self._prefix}{{n:{node}}}:lease"
+
+    def _inbox(self, node: str) -> str:
+        return f"{self._prefix}{{n:{node}}}:inbox"
+
+    # Inbox: sharded pub/sub on the shard that holds the node's slot.
+
+    async def _publish(self, node: str, data: bytes) -> int:
+        assert self._redis is not None
+        receivers: int = await self._redis.spublish(self._inbox(node), data)
+        return receivers
+
+    async def _subscribe(self, pubsub: PubSub) -> None:
+        assert isinstance(pubsub, ClusterPubSub)
+        assert self._redis is not None
+        await self._load_scripts()
+        self._epoch = None
+        await self._failed_over()  # the epoch this session starts from (it rebuilds anyway)
+        await pubsub.ssubscribe(self._inbox(self.node_id))
+        while True:
+            msg = await pubsub.get_sharded_message(timeout=self._op_timeout)
+            if msg is not None and msg.get("type") == "ssubscribe":
+                return
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        assert isinstance(pubsub, ClusterPubSub)
+        while True:
+            msg = await pubsub.get_sharded_message(timeout=1.0)
+            if msg is None:
+                continue
+            if msg.get("type") == "smessage":
+                self._receive(decode_node_message(msg["data"]))
+            elif msg.get("type") == "sunsubscribe":  # the slot moved: subscribe afresh
+                raise ConnectionError("inbox slot moved")
+
+    async def _failed_over(self) -> bool:
+        """Whether the cluster's epoch grew since the last beat (a replica was promoted:
+        writes its primary had not replicated are lost, so the caller rebuilds). One
+        command per node and beat."""
+        assert isinstance(self._redis, ShardedRedis)
+        async with asyncio.timeout(self._op_timeout):
+            info = await self._redis.cluster_info()
+        epoch = int(info.get("cluster_current_epoch", 0))
+        grew = self._epoch is not None and epoch > self._epoch
+        self._epoch = max(epoch, self._epoch or 0)
+        if grew:  # a promoted replica has not the scripts: SCRIPT LOAD is not replicated
+            async with asyncio.timeout(self._op_timeout):
+                await self._redis.nodes_manager.initialize()  # who the primaries are now
+            await self._load_scripts()
+        return grew
+
+    async def _load_scripts(self) -> None:
+        """Every primary learns the scripts the pipelines call by their SHA."""
+        assert self._redis is not None
+        async with asyncio.timeout(self._op_timeout):
+            for _, script in SHARDED_SCRIPTS:
+                await self._redis.script_load(script)
+
+    # Leases, read by the client.
+
+    async def _keep_lease(self) -> bool:
+        """SET ... GET: whether the lease was still ours; the registry learns a new one."""
+        assert self._redis is not None
+        async with asyncio.timeout(self._op_timeout):
+            old = await self._redis.set(
+                self._lease_key(self.node_id), self._lease, px=self._ttl_ms, get=True
+            )
+            held = text(old) == self._lease
+            if not held:
+                await self._redis.sadd(f"{self._prefix}nodes", f"{self.node_id}\n{self._lease}")
+        return held
+
+    async def _live(self, holders: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which (node, lease) pairs are held now: one GET per distinct node."""
+        assert self._redis is not None
+        nodes = sorted({n for n, _ in holders})
+        if not nodes:
+            return set()
+        if len(nodes) == 1:  # a lookup: one command, not a cluster pipeline
+            lease = text(await self._redis.get(self._lease_key(nodes[0])))
+            return {(n, held) for n, held in holders if held == lease}
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for n in nodes:
+                pipe.get(self._lease_key(n))
+            leases = dict(zip(nodes, map(text, await pipe.execute()), strict=True))
+        return {(n, lease) for n, lease in holders if leases[n] == lease}
+
+    async def _rows(self, ids: Sequence[str]) -> list[list[Any]]:
+        assert self._redis is not None
+        if len(ids) == 1:  # a lookup: one command, not a cluster pipeline
+            return [await self._redis.hmget(self._key(ids[0]), _FIELDS)]
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for d in ids:
+                pipe.hmget(self._key(d), _FIELDS)
+            rows: list[list[Any]] = await pipe.execute()
+        return rows
+
+    async def _lookup(self, ids: Sequence[str], *, prune: bool = False) -> list[Presence | None]:
+        rows = await self._rows(ids)
+        holders = {(text(r[0]), text(r[4])) for r in rows if r[0] is not None}
+        live = await self._live(holders)
+        out: list[Presence | None] = []
+        dead: list[tuple[str, str]] = []
+        for d, row in zip(ids, rows, strict=True):
+            holder = (text(row[0]), text(row[4]))
+            if row[0] is not None and holder in live:
+                out.append(parse_presence(d, row[:4]))
+            else:
+                out.append(None)
+                dead.append((d, holder[1] if row[0] is not None else ""))
+        if prune and dead:
+            await self._pipe_scripts(
+                ("prune", [self._key(d), self._index_of(d)], [d, lease]) for d, lease in dead
+            )
+        return out
+
+    async def _queue(
+        self, pipe: Any, script: str, keys: Sequence[str], args: Sequence[object]
+    ) -> None:
+        """EVALSHA queued in a cluster pipeline (routed by its keys' slot; redis-py blocks
+        its `evalsha` there, not the command). The scripts were loaded on every primary
+        when the session began; a primary that lost them fails the call, which ends the
+        session, and the next one loads them again."""
+        sha = self._shas[script]
+        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+
+    async def _pipe_scripts(self, calls: Any) -> list[Any]:
+        """Script calls (name, keys, args) in one cluster pipeline (a batch per shard)."""
+        assert self._redis is not None
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for name, keys, args in calls:
+                await self._queue(pipe, name, keys, args)
+            answers: list[Any] = await pipe.execute()
+        return answers
+
+    # Listing: the buckets merged by id.
+
+    async def _page(self, cursor: str | None, limit: int) -> Page:
+        out: list[Presence] = []
+        after, more = cursor, True
+        ids: list[str] = []
+        for _ in range(_LIST_ROUNDS):
+            ids, more = await self._merged_ids(after, limit - len(out))
+            if not ids:
+                return Page(out, None)
+            out += [p for p in await self._lookup(ids, prune=True) if p is not None]
+            if not more:
+                return Page(out, None)
+            if len(out) >= limit:
+                break
+            after = ids[-1]
+        return Page(out, ids[-1])
+
+    async def _merged_ids(self, after: str | None, want: int) -> tuple[list[str], bool]:
+        """The first `want` ids after `after` across every bucket, and whether more may
+        follow. Each bucket is read `m` ids at a time; an id is certain once it is not past
+        the last id read from any bucket that may hold more."""
+        assert self._redis is not None
+        start = "-" if after is None else "(" + after
+        per = want / BUCKETS
+        m = int(per + 4 * math.sqrt(per)) + 4  # rarely a second read for uniform ids
+        frontier = dict.fromkeys(range(BUCKETS), start)  # bucket -> next start
+        got: list[str] = []
+        while True:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for b, s in frontier.items():
+                    pipe.zrangebylex(self._bucket_index(b), s, "+", 0, m)
+                answers = await pipe.execute()
+            reads = zip(list(frontier), answers, strict=True)
+            frontier = {}
+            for b, raw in reads:
+                ids = [text(x) for x in raw]
+                got += ids
+                if len(ids) == m:
+                    frontier[b] = "(" + ids[-1]
+            bound = min((s[1:] for s in frontier.values()), default=None)
+            sure = sorted(d for d in got if bound is None or d <= bound)
+            if len(sure) >= want or not frontier:
+                return sure[:want], len(sure) > want or bool(frontier)
+            m *= 4
+
+    # Writes that span buckets: one script call per bucket.
+
+    async def _renew(self, batch: Sequence[Presence]) -> Sequence[Any]:
+        rows = await self._rows([p.device_id for p in batch])
+        holders = {(text(r[0]), text(r[4])) for r in rows if r[0] is not None}
+        live = [f"{n}\n{lease}" for n, lease in await self._live(holders)]
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(batch):
+            groups.setdefault(bucket_of(p.device_id), []).append(i)
+        calls = []
+        for b, members in groups.items():
+            args: list[object] = [self.node_id, self._lease, len(live), *live]
+            for i in members:
+                p = batch[i]
+                args += (p.device_id, p.session_id, p.connected_at, p.last_seen)
+            keys = [self._bucket_index(b), *(self._key(batch[i].device_id) for i in members)]
+            calls.append(("renew", keys, args))
+        async with asyncio.timeout(self._op_timeout):
+            answers = await self._pipe_scripts(calls)
+        out: list[Any] = [None] * (3 * len(batch))
+        for members, answer in zip(groups.values(), answers, strict=True):
+            for k, i in enumerate(members):
+                out[3 * i : 3 * i + 3] = answer[3 * k : 3 * k + 3]
+        return out
+
+    async def _sweep(self) -> None:
+        """As on one Redis, with the dead holders found by the client and passed to the
+        script, bucket after bucket."""
+        prefix, lock = self._prefix, f"{self._prefix}sweeping"
+        assert self._redis is not None
+        if self._sweep_from is None:
+            async with asyncio.timeout(self._op_timeout):
+                token, px = f"{prefix}sweepcheck", int(self._heartbeat_s * 1000)
+                if not await self._redis.set(token, self.node_id, nx=True, px=px):
+                    return  # another node reads the registry this period
+                members = {
+                    (node, lease): f"{node}\n{lease}"
+                    for m in await self._redis.smembers(f"{prefix}nodes")
+                    for node, _, lease in [text(m).rpartition("\n")]
+                }
+                live = await self._live(set(members))
+                dead = [m for pair, m in members.items() if pair not in live]
+                if not dead or not await self._redis.set(
+                    lock, self.node_id, nx=True, px=2 * self._ttl_ms
+                ):
+                    return
+            self._sweep_from, self._sweep_dead, self._bucket_from = "-", dead, 0
+        for _ in range(_SWEEP_STEPS):
+            b = self._bucket_from
+            args = [f"{prefix}{{b{b}}}:dev:", self._sweep_from, _SWEEP_CHUNK, *self._sweep_dead]
+            last = text(await self._call("sweep", [self._bucket_index(b)], args))
+            self._sweep_from = "(" + last if last else "-"
+            if not last:
+                self._bucket_from += 1
+            if self._bucket_from == BUCKETS:
+                log.info("cluster: swept the devices of %d dead node(s)", len(self._sweep_dead))
+                async with asyncio.timeout(self._op_timeout):
+                    await self._redis.srem(f"{prefix}nodes", *self._sweep_dead)
+                    await self._redis.delete(lock)
+                self._sweep_from, self._sweep_dead = None, []
+                return
+        async with asyncio.timeout(self._op_timeout):
+            await self._redis.set(lock, self.node_id, px=2 * self._ttl_ms)

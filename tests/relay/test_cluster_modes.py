@@ -1,0 +1,295 @@
+"""The cluster layer on a Redis Cluster (3 primaries, 3 replicas) and on a Sentinel-managed
+primary (`[redis] mode`; one Redis is tests/relay/test_cluster.py's). Each test takes a
+different Redis path (claim and push, replacement, release and listing, rebuild and sweep);
+a primary killed mid-run costs seconds of degraded cross-node push, never a lost device or
+a false answer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster as ClusterClient
+
+from relay.cluster.base import Presence, PushResult
+from relay.cluster.redis import RedisCluster
+from relay.cluster.redis_sharded import ShardedCluster, bucket_of
+from tests.relay.redis_topologies import (  # noqa: F401 (pytest finds the fixtures by name)
+    MASTER,
+    ClusterServers,
+    SentinelServers,
+    redis_cluster_servers,
+    redis_sentinel_servers,
+)
+from tests.relay.test_cluster import HEARTBEAT_S, Node, eventually
+
+MODES = ["cluster", "sentinel"]  # one Redis: tests/relay/test_cluster.py
+FAILOVER_TTL_S = 10.0
+
+
+@dataclass
+class Store:
+    """Where the nodes of a test keep presence, and how the test reads it directly."""
+
+    mode: str
+    url: str
+    master: str = ""
+    cluster: ClusterServers | None = None
+    sentinel: SentinelServers | None = None
+
+    def node(self, node_id: str, beat: float = HEARTBEAT_S, ttl: float = 0) -> Node:
+        n = Node(self.url, node_id, beat)
+        ttl = ttl or n.cluster._ttl_ms / 1000
+        if self.mode == "cluster":
+            n.cluster = ShardedCluster(
+                self.url,
+                node_id,
+                presence_ttl_s=ttl,
+                heartbeat_s=beat,
+                op_timeout_s=0.5,
+                backoff_max_s=0.2,
+            )
+        elif self.mode == "sentinel":
+            n.cluster = RedisCluster(
+                self.url,
+                node_id,
+                presence_ttl_s=ttl,
+                heartbeat_s=beat,
+                op_timeout_s=0.5,
+                backoff_max_s=0.2,
+                mode="sentinel",
+                master=self.master,
+            )
+        return n
+
+    def raw(self) -> Redis | ClusterClient:
+        if self.cluster is not None:
+            return ClusterClient.from_url(self.cluster.nodes[0].url)
+        if self.sentinel is not None:
+            return Redis(port=self.sentinel.current().port)
+        return Redis.from_url(self.url)
+
+    def dev_key(self, device_id: str) -> str:
+        if self.mode == "cluster":
+            return f"relay:{{b{bucket_of(device_id)}}}:dev:{device_id}"
+        return f"relay:dev:{device_id}"
+
+    def index_key(self, device_id: str) -> str:
+        if self.mode == "cluster":
+            return f"relay:{{b{bucket_of(device_id)}}}:devices"
+        return "relay:devices"
+
+    def lease_key(self, node: str) -> str:
+        return f"relay:{{n:{node}}}:lease" if self.mode == "cluster" else f"relay:lease:{node}"
+
+
+@pytest.fixture(params=MODES)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "cluster":
+        cluster: ClusterServers = request.getfixturevalue("redis_cluster_servers")
+        cluster.heal()
+        cluster.flush()
+        yield Store("cluster", cluster.url, cluster=cluster)
+        return
+    sentinel: SentinelServers = request.getfixturevalue("redis_sentinel_servers")
+    sentinel.heal()
+    sentinel.flush()
+    yield Store("sentinel", sentinel.url, MASTER, sentinel=sentinel)
+
+
+@contextlib.asynccontextmanager
+async def nodes_on(
+    store: Store, beat: float = HEARTBEAT_S, ttl: float = 0
+) -> AsyncIterator[tuple[Node, Node]]:
+    a, b = store.node("A", beat, ttl), store.node("B", beat, ttl)
+    await a.start()
+    await b.start()
+    try:
+        assert a.cluster.available
+        assert b.cluster.available
+        yield a, b
+    finally:
+        await a.cluster.stop()
+        await b.cluster.stop()
+
+
+async def test_push_across_nodes_and_replacement(store: Store) -> None:
+    async with nodes_on(store, beat=30.0) as (a, b):
+        ids = [f"d{i}" for i in range(6)]  # several buckets, so several shards in a cluster
+        for d in ids:
+            await a.connect(d)
+        for d in ids:
+            assert await b.cluster.push(d, b"m-" + d.encode(), 2.0) == PushResult(True, "A", None)
+        assert a.delivered == [(d, b"m-" + d.encode()) for d in ids]
+        assert await b.cluster.push("nobody", b"m", 1.0) == PushResult(False, None, "offline")
+        a.refusal = "not_supported"
+        assert await b.cluster.push("d0", b"m", 1.0) == PushResult(False, "A", "not_supported")
+
+        await b.connect("d1", "s-new")  # the device moved: A closes its connection (4001)
+        await eventually(lambda: a.replaced == [("d1", "A-d1")])
+        found = await a.cluster.locate("d1")
+        assert found is not None
+        assert (found.node, found.session_id) == ("B", "s-new")
+        assert await a.cluster.push("d1", b"far", 1.0) == PushResult(True, "B", None)
+        assert b.delivered == [("d1", b"far")]
+
+
+async def test_listing_release_and_touch(store: Store) -> None:
+    async with nodes_on(store) as (a, b):
+        for i in range(5):
+            await a.connect(f"a{i}", f"sa{i}")
+        for i in range(4):
+            await b.connect(f"b{i}", f"sb{i}")
+        raw = store.raw()
+        try:
+            await raw.zadd(store.index_key("a2x-ghost"), {"a2x-ghost": 0})  # no record
+        finally:
+            await raw.aclose()
+        await a.cluster.unregister("a4", "sa4")
+        await b.cluster.unregister("b3", "not-its-session")  # a late close of an older one
+        assert await a.cluster.settle(2.0)
+        assert await b.cluster.settle(2.0)
+        seen: list[Presence] = []
+        cursor: str | None = None
+        for _ in range(10):
+            page, cursor, partial = await b.cluster.list(cursor, 3)
+            assert not partial
+            assert len(page) <= 3
+            seen += page
+            if cursor is None:
+                break
+        expected = {(f"a{i}", "A") for i in range(4)} | {(f"b{i}", "B") for i in range(4)}
+        assert [p.device_id for p in seen] == sorted(d for d, _ in expected)
+        assert {(p.device_id, p.node) for p in seen} == expected
+        await a.cluster.touch("a0", "sa0")
+
+        async def fresh() -> bool:
+            found = await b.cluster.locate("a0")
+            return found is not None and found.last_seen > time.time() - 5
+
+        await eventually(fresh)
+        raw = store.raw()
+        try:
+            assert await raw.zscore(store.index_key("a2x-ghost"), "a2x-ghost") is None
+        finally:
+            await raw.aclose()
+
+
+async def test_rebuild_after_lost_data_and_sweep_of_a_dead_node(store: Store) -> None:
+    async with nodes_on(store) as (a, b):
+        await a.connect("d1", "s1")
+        await a.connect("d2", "s2")
+        await b.connect("d3", "s3")
+        raw = store.raw()
+        try:
+            # Redis lost A's lease and d2's record (data lost without a disconnect) ...
+            await raw.delete(store.lease_key("A"))
+            await raw.delete(store.dev_key("d2"))
+            assert await b.cluster.locate("d1") is None  # no lease, no presence: at once
+            await eventually(lambda: _at(b, "d2", "A"))  # the next heartbeat rebuilt
+            assert await _at(b, "d1", "A")
+
+            await a.cluster.stop()  # a crash: its lease lapses, nobody unregisters
+
+            async def swept() -> bool:
+                gone = not await raw.exists(store.dev_key("d1"))
+                return gone and not await raw.exists(store.dev_key("d2"))
+
+            await eventually(lambda: _at(b, "d1", None), timeout=3.0)
+            await eventually(swept, timeout=5.0)  # B's heartbeat, no listing involved
+            assert await raw.zscore(store.index_key("d1"), "d1") is None
+            assert await _at(b, "d3", "B")
+        finally:
+            await raw.aclose()
+
+
+async def _at(node: Node, device_id: str, where: str | None) -> bool:
+    found = await node.cluster.locate(device_id)
+    return (found and found.node) == where
+
+
+@pytest.mark.parametrize("mode", ["cluster", "sentinel"])
+async def test_a_primary_failing_over_degrades_push_for_seconds(
+    mode: str, request: pytest.FixtureRequest
+) -> None:
+    if mode == "cluster":
+        servers: ClusterServers | SentinelServers = request.getfixturevalue("redis_cluster_servers")
+        store = Store("cluster", servers.url, cluster=servers)  # type: ignore[arg-type]
+    else:
+        servers = request.getfixturevalue("redis_sentinel_servers")
+        store = Store("sentinel", servers.url, MASTER, sentinel=servers)  # type: ignore[arg-type]
+    servers.heal()
+    servers.flush()
+    # The leases outlive the failover (about 2 s here), as presence_ttl_s (30 s) must.
+    async with nodes_on(store, ttl=FAILOVER_TTL_S) as (a, b):
+        ids = [f"f{i}" for i in range(8)]
+        for d in ids:
+            await a.connect(d)
+        assert await b.cluster.push("f0", b"before", 2.0) == PushResult(True, "A", None)
+        if isinstance(servers, ClusterServers):
+            servers.wait_replicated()
+            servers.kill_primary_of("relay:{n:A}:inbox")
+        else:
+            servers.wait_replicated()
+            servers.current().kill()
+        answers: list[PushResult] = []
+        delivered_after = False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20.0
+        n = 0
+        while loop.time() < deadline:  # push until it is delivered again
+            n += 1
+            res = await b.cluster.push(ids[n % len(ids)], f"p{n}".encode(), 1.0)
+            answers.append(res)
+            if res.delivered:
+                delivered_after = True
+                break
+            await asyncio.sleep(0.05)
+        assert delivered_after, answers[-5:]
+        # Degraded, never false: no "offline" for a connected device, and what was
+        # delivered reached it.
+        assert all(r.reason in ("redis_unavailable", "timeout", None) for r in answers), answers
+        got = {m for _, m in a.delivered}
+        assert all(f"p{k}".encode() in got for k, r in enumerate(answers, 1) if r.delivered)
+
+        async def all_there() -> bool:
+            return all([await _at(b, d, "A") for d in ids])
+
+        await eventually(all_there, timeout=10.0)  # no device lost
+        for d in ids:
+            assert await b.cluster.push(d, b"after", 2.0) == PushResult(True, "A", None)
+    servers.heal()
+
+
+async def test_a_failover_elsewhere_makes_each_node_rebuild(
+    request: pytest.FixtureRequest,
+) -> None:
+    servers: ClusterServers = request.getfixturevalue("redis_cluster_servers")
+    servers.heal()
+    servers.flush()
+    store = Store("cluster", servers.url, cluster=servers)
+    async with nodes_on(store) as (a, b):
+        await a.connect("d1")
+        await b.connect("d2")
+        # A primary that holds neither node's inbox: their sessions live through it, so
+        # only the cluster's epoch tells them writes may have been lost there.
+        inboxes = {servers.primary_of(f"relay:{{n:{n}}}:inbox").port for n in "AB"}
+        other = next(p for p in servers.primaries() if p.port not in inboxes)
+        connects = (a.cluster.ops["connect"], b.cluster.ops["connect"])
+        rebuilds = (a.cluster.ops["rebuild"], b.cluster.ops["rebuild"])
+        await asyncio.to_thread(servers.hand_over, other)  # the nodes' beats go on
+        await eventually(
+            lambda: (
+                a.cluster.ops["rebuild"] > rebuilds[0] and b.cluster.ops["rebuild"] > rebuilds[1]
+            ),
+            timeout=5.0,
+        )
+        assert (a.cluster.ops["connect"], b.cluster.ops["connect"]) == connects  # no new session
+        assert await _at(b, "d1", "A")
+        assert await _at(a, "d2", "B")
+        assert await b.cluster.push("d1", b"m", 2.0) == PushResult(True, "A", None)
