@@ -12,6 +12,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -21,6 +22,7 @@ from bridges.business import BusinessTarget, StreamStats
 from protocol.errors import BusinessOutcome
 from relay.config.schema import LogConfig
 from relay.logsafe import OneLineFormatter, SecondStamp, printable
+from relay.logwriter import BatchWriter, Deferred
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # JSON members besides a line's own fields, under stable names (README.md, "Logs").
@@ -35,6 +37,8 @@ _FAILED = (BusinessOutcome.UNREACHABLE, BusinessOutcome.STATUS, BusinessOutcome.
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 # What the stdlib records when `logging._srcfile` is None (configure): no caller looked up.
 _NO_FILE, _NO_FUNCTION = "(unknown file)", "(unknown function)"
+_ROOT = logging.getLogger()
+_writer: BatchWriter | None = None  # the relay's handler on the root logger, once configured
 SESSION_HINT = "every event must carry the request's session_id (docs/protocol.md §2.3)"
 INVALID_HINT = "each event's data must be one JSON object (docs/protocol.md §2.2)"
 
@@ -42,14 +46,31 @@ INVALID_HINT = "each event's data must be one JSON object (docs/protocol.md §2.
 def story(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Field) -> None:
     """Log `event` with `fields`: `event key=value …` as text, the same names in JSON.
 
-    The line costs the hot path (one per pass-through round trip), so the text is built in
-    one pass over the fields and the record is handed to the logger's handlers directly:
-    no `%` template, no argument mapping, no `extra=` merge (docs/performance.md, "What the
-    INFO log costs")."""
+    The line costs the hot path (one per pass-through round trip): with the relay's own
+    handler (`configure`) it is queued as a tuple, and its text and record are made with the
+    rest of its batch (relay/logwriter.py); else the text is built in one pass over the
+    fields and the record handed to the logger's handlers directly: no `%` template, no
+    argument mapping, no `extra=` merge (docs/performance.md, "What the INFO log costs")."""
     if not logger.isEnabledFor(level):
         return
     if not _RESERVED.isdisjoint(fields):
         raise KeyError(f"{event}: a field would overwrite the record's own attribute")
+    writer = _writer
+    if writer is not None:
+        handlers = _ROOT.handlers
+        if len(handlers) == 1 and handlers[0] is writer:  # nobody else listens (caplog)
+            writer.queue((time.time(), logger.name, level, event, fields))
+            return
+    record = logging.getLogRecordFactory()(
+        logger.name, level, _NO_FILE, 0, message(event, fields), None, None, _NO_FUNCTION
+    )
+    record.__dict__.update(fields)  # the JSON members (what `extra=` would have set)
+    logger.handle(record)
+
+
+def message(event: str, fields: dict[str, Any]) -> str:
+    """The text of a `story` line, `event key=value …`; a string field that does not print
+    is replaced in `fields` by its escaped form (`printable`), for the JSON members too."""
     parts = [event]
     for key, value in fields.items():
         if isinstance(value, str):
@@ -62,11 +83,7 @@ def story(logger: logging.Logger, event: str, level: int = logging.INFO, **field
             parts.append(f"{key}={value:.0f}")
         else:
             parts.append(f"{key}={value}")
-    record = logging.getLogRecordFactory()(
-        logger.name, level, _NO_FILE, 0, " ".join(parts), None, None, _NO_FUNCTION
-    )
-    record.__dict__.update(fields)  # the JSON members (what `extra=` would have set)
-    logger.handle(record)
+    return " ".join(parts)
 
 
 def _quoted(value: str) -> str:
@@ -180,6 +197,21 @@ class JsonLines(SecondStamp, OrjsonFormatter):
     """python-json-logger's formatter on orjson (the relay's JSON library; UTF-8 as it is,
     about twice as fast as the stdlib encoder here), its time stamp built once a second."""
 
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        """The members python-json-logger adds; for a queued `story` line (`Deferred`) its
+        extra members are exactly its fields, which `story` keeps clear of the record's own
+        names, so they are taken as they are instead of found among the record's
+        attributes (a third of a JSON line's cost)."""
+        if type(record) is not Deferred or message_dict:
+            super().add_fields(log_data, record, message_dict)
+            return
+        attrs = record.__dict__
+        for field in self._required_fields:
+            log_data[self._get_rename(field)] = attrs.get(field)
+        log_data.update(record._fields)
+
 
 def formatter(fmt: str) -> logging.Formatter:
     """The formatter of `[log] format`: `text` (one escaped line) or `json` (one object)."""
@@ -189,11 +221,14 @@ def formatter(fmt: str) -> logging.Formatter:
 
 
 def configure(cfg: LogConfig) -> None:
-    """Route every record to stderr in the configured format and level."""
+    """Route every record to stderr in the configured format and level, in batches
+    (relay/logwriter.py)."""
+    global _writer
     # The logging HOWTO's "Optimization": no line writes the caller's file and line, the
     # thread or the process, so the records need not look them up (a stack walk each).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchWriter(sys.stderr, message)
     handler.setFormatter(formatter(cfg.format))
     logging.basicConfig(level=cfg.level, handlers=[handler], force=True)
+    _writer = handler

@@ -1,0 +1,142 @@
+"""The relay's log written in batches (`relay.logs.configure`): a record is queued when it is
+logged and formatted and written with the others of its batch at the event loop's next
+flush, at most `FLUSH_S` later, in one `write` (docs/performance.md, "What the INFO log
+costs").
+
+Formatting one line between two round trips cost about three times what it costs in a
+loop of lines: the logging code was cold each time. Queued, a line costs the hot path a
+tuple; the batch is formatted in one tight loop.
+
+Nothing is lost on a clean exit: a WARNING or worse writes the batch at once with the
+lines before it, a line logged outside the event loop's thread is written at once, and
+`logging.shutdown` (at exit, after SIGTERM's drain too) writes what is queued. A crash
+(SIGKILL, a fatal signal) loses at most the last `FLUSH_S` of INFO lines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import IO, Any
+
+FLUSH_S = 0.1  # how long a line may wait in the event loop's thread
+BATCH_LINES = 1024  # written at once when this many are queued
+# A line `story` queued: (created, logger name, level, event, fields).
+Queued = tuple[float, str, int, str, dict[str, Any]]
+Message = Callable[[str, dict[str, Any]], str]  # a queued line's text from its event and fields
+_running_loop = asyncio._get_running_loop  # the loop of this thread, or None (no raise)
+
+
+class Deferred(logging.LogRecord):
+    """The record of a queued line, built at flush time with what `story` records. Its own
+    attributes are the ones the two formats read, then the line's fields (the JSON members,
+    which python-json-logger finds among them); the others, the same for every line (no
+    caller, no thread or process: configure turns their lookup off), are the class's."""
+
+    args = exc_info = exc_text = stack_info = None
+    pathname = filename = module = "(unknown file)"
+    funcName = "(unknown function)"  # noqa: N815 - the stdlib's name
+    lineno = 0
+    thread = threadName = processName = process = None  # noqa: N815
+
+    def __init__(
+        self, created: float, name: str, level: int, msg: str, fields: dict[str, Any]
+    ) -> None:
+        self.name = name
+        self.msg = msg
+        self.levelname = logging.getLevelName(level)
+        self.levelno = level
+        self.created = created
+        self.msecs = int((created - int(created)) * 1000) + 0.0
+        self._fields = fields  # what a formatter that knows this class reads at once
+        self.__dict__.update(fields)
+
+    @property
+    def relativeCreated(self) -> float:  # type: ignore[override]  # noqa: N802 - the stdlib's
+        start: float = logging._startTime  # type: ignore[attr-defined]
+        return (self.created - start) * 1000
+
+
+class BatchWriter(logging.Handler):
+    """A handler that writes its records to `stream` in batches: see the module's text.
+    `message` makes a queued line's text (and escapes its fields) at flush time."""
+
+    def __init__(self, stream: IO[str], message: Message) -> None:
+        super().__init__()
+        self.stream = stream
+        self._message = message
+        self._queue: deque[logging.LogRecord | Queued] = deque()  # append/popleft: any thread
+        self._armed: asyncio.AbstractEventLoop | None = None  # the loop a flush is due on
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Queue `record` (any logger's), its message rendered now: its arguments may change
+        before the flush."""
+        if record.args:
+            record.msg = record.getMessage()
+            record.args = None
+        self._queue.append(record)
+        self._due(record.levelno)
+
+    def queue(self, line: Queued) -> None:
+        """Queue a line of `relay.logs.story`: its record is made at flush time."""
+        self._queue.append(line)
+        self._due(line[2])
+
+    def _due(self, level: int) -> None:
+        if level >= logging.WARNING or len(self._queue) >= BATCH_LINES:
+            self.flush()
+            return
+        loop = _running_loop()
+        if loop is None:  # another thread, or no loop (start-up, exit): no flush would come
+            self.flush()
+        elif loop is not self._armed:
+            self._armed = loop
+            loop.call_later(FLUSH_S, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._armed is loop:
+            self._armed = None
+        self.flush()
+
+    def flush(self) -> None:
+        """Format every queued record, in order, and write them in one `write`."""
+        self.acquire()
+        try:
+            self._write_queued()
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        """Write what is queued, then close (`logging.basicConfig(force=True)` closes the
+        handlers it replaces without a flush)."""
+        self.flush()
+        super().close()
+
+    def _write_queued(self) -> None:
+        queue = self._queue
+        lines = []
+        record: logging.LogRecord | None = None
+        for _ in range(len(queue)):
+            entry = queue.popleft()
+            if isinstance(entry, tuple):
+                created, name, level, event, fields = entry
+                record = Deferred(created, name, level, self._message(event, fields), fields)
+            else:
+                record = entry
+            try:
+                lines.append(self.format(record))
+            except RecursionError:
+                raise
+            except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit
+                self.handleError(record)
+        if record is None:
+            return
+        try:
+            if lines:
+                self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit
+            self.handleError(record)
