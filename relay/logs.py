@@ -8,6 +8,7 @@ first, so what a peer chose cannot start a line of its own in either format."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
@@ -22,7 +23,7 @@ from bridges.business import BusinessTarget, StreamStats
 from protocol.errors import BusinessOutcome
 from relay.config.schema import LogConfig
 from relay.logsafe import OneLineFormatter, SecondStamp, printable
-from relay.logwriter import BatchWriter, Deferred
+from relay.logwriter import BatchWriter, Deferred, Queued, Render
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # JSON members besides a line's own fields, under stable names (README.md, "Logs").
@@ -208,9 +209,38 @@ class JsonLines(SecondStamp, OrjsonFormatter):
             super().add_fields(log_data, record, message_dict)
             return
         attrs = record.__dict__
-        for field in self._required_fields:
-            log_data[self._get_rename(field)] = attrs.get(field)
+        for field, member in self._members:
+            log_data[member] = attrs.get(field)
         log_data.update(record._fields)
+
+    @functools.cached_property
+    def _members(self) -> tuple[tuple[str, str], ...]:
+        """Each field of the format with its member's name (`rename_fields`)."""
+        return tuple((field, self._get_rename(field)) for field in self._required_fields)
+
+
+def renderer(fmt: logging.Formatter) -> Render:
+    """How a line `story` queued is written with `fmt` (a `formatter`): JSON through
+    python-json-logger's `format`, with the record made then; text as
+    `OneLineFormatter.format` writes `TEXT_FORMAT`, without a record."""
+    if isinstance(fmt, JsonLines):
+        json_format = fmt.format
+
+        def json_line(entry: Queued) -> str:
+            created, name, level, event, fields = entry
+            return json_format(Deferred(created, name, level, message(event, fields), fields))
+
+        return json_line
+    if not isinstance(fmt, OneLineFormatter) or fmt._fmt != TEXT_FORMAT:
+        raise ValueError("a queued line is written in a format of `formatter` only")
+    stamp = fmt.stamp
+
+    def text_line(entry: Queued) -> str:
+        created, name, level, event, fields = entry
+        text = printable(message(event, fields))
+        return f"{stamp(created)} {logging.getLevelName(level)} {name}: {text}"
+
+    return text_line
 
 
 def formatter(fmt: str) -> logging.Formatter:
@@ -228,7 +258,8 @@ def configure(cfg: LogConfig) -> None:
     # thread or the process, so the records need not look them up (a stack walk each).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    handler = BatchWriter(sys.stderr, message)
-    handler.setFormatter(formatter(cfg.format))
+    line_format = formatter(cfg.format)
+    handler = BatchWriter(sys.stderr, renderer(line_format))
+    handler.setFormatter(line_format)
     logging.basicConfig(level=cfg.level, handlers=[handler], force=True)
     _writer = handler

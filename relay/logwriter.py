@@ -24,7 +24,7 @@ FLUSH_S = 0.1  # how long a line may wait in the event loop's thread
 BATCH_LINES = 1024  # written at once when this many are queued
 # A line `story` queued: (created, logger name, level, event, fields).
 Queued = tuple[float, str, int, str, dict[str, Any]]
-Message = Callable[[str, dict[str, Any]], str]  # a queued line's text from its event and fields
+Render = Callable[[Queued], str]  # a queued line as it is written
 _running_loop = asyncio._get_running_loop  # the loop of this thread, or None (no raise)
 
 
@@ -60,12 +60,13 @@ class Deferred(logging.LogRecord):
 
 class BatchWriter(logging.Handler):
     """A handler that writes its records to `stream` in batches: see the module's text.
-    `message` makes a queued line's text (and escapes its fields) at flush time."""
+    Its formatter formats the records; `render` makes the line of a queued `story` line
+    (in the formatter's format) at flush time."""
 
-    def __init__(self, stream: IO[str], message: Message) -> None:
+    def __init__(self, stream: IO[str], render: Render) -> None:
         super().__init__()
         self.stream = stream
-        self._message = message
+        self._render = render
         self._queue: deque[logging.LogRecord | Queued] = deque()  # append/popleft: any thread
         self._armed: asyncio.AbstractEventLoop | None = None  # the loop a flush is due on
 
@@ -79,9 +80,15 @@ class BatchWriter(logging.Handler):
         self._due(record.levelno)
 
     def queue(self, line: Queued) -> None:
-        """Queue a line of `relay.logs.story`: its record is made at flush time."""
-        self._queue.append(line)
-        self._due(line[2])
+        """Queue a line of `relay.logs.story`: its line is made at flush time."""
+        queue = self._queue
+        queue.append(line)
+        loop = _running_loop()
+        # The common case tested at once: an INFO line in the loop a flush is due on.
+        if loop is None or loop is not self._armed or line[2] >= logging.WARNING:
+            self._due(line[2])
+        elif len(queue) >= BATCH_LINES:
+            self.flush()
 
     def _due(self, level: int) -> None:
         if level >= logging.WARNING or len(self._queue) >= BATCH_LINES:
@@ -116,21 +123,19 @@ class BatchWriter(logging.Handler):
     def _write_queued(self) -> None:
         queue = self._queue
         lines = []
-        record: logging.LogRecord | None = None
+        last: logging.LogRecord | Queued | None = None
         for _ in range(len(queue)):
-            entry = queue.popleft()
-            if isinstance(entry, tuple):
-                created, name, level, event, fields = entry
-                record = Deferred(created, name, level, self._message(event, fields), fields)
-            else:
-                record = entry
+            last = entry = queue.popleft()
             try:
-                lines.append(self.format(record))
+                if isinstance(entry, tuple):
+                    lines.append(self._render(entry))
+                else:
+                    lines.append(self.format(entry))
             except RecursionError:
                 raise
             except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit
-                self.handleError(record)
-        if record is None:
+                self.handleError(_record(entry))
+        if last is None:
             return
         try:
             if lines:
@@ -139,4 +144,12 @@ class BatchWriter(logging.Handler):
         except RecursionError:
             raise
         except Exception:  # noqa: BLE001 - as logging.StreamHandler.emit
-            self.handleError(record)
+            self.handleError(_record(last))
+
+
+def _record(entry: logging.LogRecord | Queued) -> logging.LogRecord:
+    """A record to report a failure with (`Handler.handleError`)."""
+    if isinstance(entry, tuple):
+        created, name, level, event, fields = entry
+        return Deferred(created, name, level, event, fields)
+    return entry

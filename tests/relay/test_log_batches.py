@@ -20,7 +20,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from relay import logs
-from relay.logs import formatter, story
+from relay.logs import formatter, renderer, story
 from relay.logwriter import BATCH_LINES, BatchWriter
 from tests.relay.fakes import FakeBusiness
 from tests.relay.test_cli import LIGHT_SPEECH, spawn_relay, stop, wait_http
@@ -74,8 +74,9 @@ def alone(handler: logging.Handler, writer: BatchWriter | None = None) -> Iterat
 
 def batch_writer(fmt: str) -> tuple[BatchWriter, Stream]:
     stream = Stream()
-    writer = BatchWriter(stream, logs.message)
-    writer.setFormatter(formatter(fmt))
+    line_format = formatter(fmt)
+    writer = BatchWriter(stream, renderer(line_format))
+    writer.setFormatter(line_format)
     return writer, stream
 
 
