@@ -22,6 +22,7 @@ stdout: one JSON document; stderr: progress, then a table. See docs/performance.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -62,6 +63,7 @@ def extract(rev: str, into: Path) -> Path:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the business and a relay per setting; time them in turn; the JSON document."""
+    doc = envelope("log_cost", vars(args))  # before the runs: the load at the start
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory(prefix="log-cost-") as tmp, children() as started:
         trees = {setting: ROOT for setting in SETTINGS}
@@ -92,7 +94,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ):
                 runs[name] = await interleaved(envs, name, n, per_device, args)
     modes = {name: summarise(reps) for name, reps in runs.items()}
-    doc = envelope("log_cost", vars(args)) | {"modes": modes, "goals": goals(modes)}
+    doc |= {"modes": modes, "goals": goals(modes), "loadavg_at_end": list(os.getloadavg())}
     samples = {m: p for e in envs.values() for m, p in e.samples.items() if p.exists()}
     if samples:
         doc["relay_samples"] = {mode: folded_top(path) for mode, path in samples.items()}
