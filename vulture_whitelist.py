@@ -12,7 +12,6 @@ from asr_tts.segmenter import Segmenter
 from asr_tts.tts.cache import FrameCache
 from asr_tts.tts.kokoro import KokoroTTS
 from protocol.errors import CloseCode
-from relay.logwriter import Deferred
 
 # The close codes of docs/protocol.md §1.7, named in one place: aiohttp itself closes with 1009
 # for a frame over max_msg_size; 1008 and 1011 are documented as reserved.
@@ -43,14 +42,3 @@ logging._srcfile
 logging.logThreads
 logging.logProcesses
 logging.logMultiprocessing
-
-# A queued line's record has every attribute of a LogRecord, which formatters and
-# Handler.handleError may read (relay/logwriter.py).
-Deferred.exc_text
-Deferred.pathname
-Deferred.funcName
-Deferred.lineno
-Deferred.processName
-Deferred.threadName
-Deferred.levelname
-Deferred.relativeCreated

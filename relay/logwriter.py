@@ -3,9 +3,11 @@ logged and formatted and written with the others of its batch at the event loop'
 flush, at most `FLUSH_S` later, in one `write` (docs/performance.md, "What the INFO log
 costs").
 
-Formatting one line between two round trips cost about three times what it costs in a
-loop of lines: the logging code was cold each time. Queued, a line costs the hot path a
-tuple; the batch is formatted in one tight loop.
+A line made and written as it was logged cost the relay about three times what it costs
+in a loop of lines: between two of them the relay runs everything else a round trip needs.
+Queued, a `story` line costs the hot path a tuple (its fields are the dict the call made);
+the batch is made in one loop, without a record per line (`relay.logs.renderer`), and
+written at once.
 
 Nothing is lost on a clean exit: a WARNING or worse writes the batch at once with the
 lines before it, a line logged outside the event loop's thread is written at once, and
@@ -26,36 +28,6 @@ BATCH_LINES = 1024  # written at once when this many are queued
 Queued = tuple[float, str, int, str, dict[str, Any]]
 Render = Callable[[Queued], str]  # a queued line as it is written
 _running_loop = asyncio._get_running_loop  # the loop of this thread, or None (no raise)
-
-
-class Deferred(logging.LogRecord):
-    """The record of a queued line, built at flush time with what `story` records. Its own
-    attributes are the ones the two formats read, then the line's fields (the JSON members,
-    which python-json-logger finds among them); the others, the same for every line (no
-    caller, no thread or process: configure turns their lookup off), are the class's."""
-
-    args = exc_info = exc_text = stack_info = None
-    pathname = filename = module = "(unknown file)"
-    funcName = "(unknown function)"  # noqa: N815 - the stdlib's name
-    lineno = 0
-    thread = threadName = processName = process = None  # noqa: N815
-
-    def __init__(
-        self, created: float, name: str, level: int, msg: str, fields: dict[str, Any]
-    ) -> None:
-        self.name = name
-        self.msg = msg
-        self.levelname = logging.getLevelName(level)
-        self.levelno = level
-        self.created = created
-        self.msecs = int((created - int(created)) * 1000) + 0.0
-        self._fields = fields  # what a formatter that knows this class reads at once
-        self.__dict__.update(fields)
-
-    @property
-    def relativeCreated(self) -> float:  # type: ignore[override]  # noqa: N802 - the stdlib's
-        start: float = logging._startTime  # type: ignore[attr-defined]
-        return (self.created - start) * 1000
 
 
 class BatchWriter(logging.Handler):
@@ -151,5 +123,6 @@ def _record(entry: logging.LogRecord | Queued) -> logging.LogRecord:
     """A record to report a failure with (`Handler.handleError`)."""
     if isinstance(entry, tuple):
         created, name, level, event, fields = entry
-        return Deferred(created, name, level, event, fields)
+        attrs = {"name": name, "levelno": level, "levelname": logging.getLevelName(level)}
+        return logging.makeLogRecord(attrs | {"msg": event, "created": created, **fields})
     return entry

@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from relay import logs
 from relay.logs import formatter, renderer, story
-from relay.logwriter import BATCH_LINES, BatchWriter
+from relay.logwriter import BATCH_LINES, BatchWriter, Queued
 from tests.relay.fakes import FakeBusiness
 from tests.relay.test_cli import LIGHT_SPEECH, spawn_relay, stop, wait_http
 from tests.relay.test_simulate import closed_port
@@ -147,6 +147,37 @@ def test_a_line_outside_the_event_loop_is_written_at_once() -> None:
         story(log, "connect", device="d-1")
         assert len(stream.writes) == 1
     assert json.loads(stream.getvalue())["device"] == "d-1"
+
+
+async def test_a_line_from_another_thread_is_written_at_once() -> None:
+    writer, stream = batch_writer("text")
+    with alone(writer, writer):
+        turns(2)  # queued in the loop
+        await asyncio.to_thread(story, log, "push", device="d-t")
+        assert len(stream.writes) == 1  # with the lines before it, in order
+    assert [line.split(" ")[4] for line in stream.lines()] == ["turn", "turn", "a", "push"]
+
+
+def test_a_line_that_cannot_be_written_is_reported_and_the_others_are(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stream = Stream()
+    good = renderer(formatter("text"))
+
+    def render(entry: Queued) -> str:
+        if entry[3] == "bad":
+            raise ValueError("cannot")
+        return good(entry)
+
+    writer = BatchWriter(stream, render)
+    writer.setFormatter(formatter("text"))
+    with alone(writer, writer):
+        story(log, "bad", device="d-1")
+        story(log, "good", device="d-2")
+    assert [line.split(" ")[4] for line in stream.lines()] == ["good"]
+    err = capsys.readouterr().err
+    assert "--- Logging error ---" in err
+    assert "ValueError: cannot" in err
 
 
 async def test_queued_lines_are_written_at_exit_and_a_full_batch_at_once() -> None:
