@@ -9,12 +9,14 @@ writes its log to a file (bench/results/log-cost-relay-<setting>.log), one `turn
 round trip at INFO. Relay CPU per round trip is compared with the relay that logs nothing,
 and with the business's own CPU in the same phase (a baseline that moves with the machine).
 With `--before REV`, two more relays run the code of git revision REV (extracted with
-`git archive`) at INFO text and JSON (`text@before`, `json@before`), in the same rotation.
+`git archive`) at INFO text and JSON (`text@before`, `json@before`), in the same rotation;
+with `--control`, one more relay that logs nothing (`off-again`), whose "added" against
+the first is the noise of the measure.
 The relays speak with espeak-ng and hear with pocketsphinx: a pass-through round trip uses
 neither, and the embedded models would only load the machine.
 
     python -m bench.log_cost [--devices 300] [--round-trips-per-device 20] [--repeat 5]
-                             [--before REV]
+                             [--before REV] [--control]
 
 stdout: one JSON document; stderr: progress, then a table. See docs/performance.md.
 """
@@ -38,6 +40,7 @@ from bench.passthrough import Env, run_relay
 
 SETTINGS = ("off", "text", "json")
 BEFORE = "@before"  # the suffix of a setting run on the code of `--before`
+CONTROL = "off-again"  # --control: a second relay that logs nothing, against the first
 GOAL_ADDED = 0.05  # at most 5 % more relay CPU per round trip than with logging off
 LIGHT_SPEECH = {"RELAY__TTS__PROVIDER": "espeak", "RELAY__ASR__PROVIDER": "pocketsphinx"}
 
@@ -46,7 +49,7 @@ def relay_env_for(business_port: int, setting: str) -> dict[str, str]:
     """The relay's environment for one log setting (`text@before` logs as `text`)."""
     env = relay_env(business_port) | LIGHT_SPEECH
     fmt = setting.removesuffix(BEFORE)
-    if fmt != "off":  # a line per connect and per round trip (README.md, "Logs")
+    if fmt not in ("off", CONTROL):  # a line per connect and per round trip (README.md, "Logs")
         env |= {"RELAY__LOG__LEVEL": "INFO", "RELAY__LOG__FORMAT": fmt}
     return env
 
@@ -70,6 +73,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.before:
             before = extract(args.before, Path(tmp) / "before")
             trees |= {f"{fmt}{BEFORE}": before for fmt in SETTINGS[1:]}
+        if args.control:
+            trees[CONTROL] = ROOT
         business, bport = start_business(started, "log-cost-business")
         async with unlimited_session() as ws_http:
             envs = {}
@@ -138,6 +143,7 @@ def summarise(reps: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             ),
             "p50_ms": r(median([p["p50_ms"] for p in phases])),
             "added_cpu_vs_off": r(median(paired), 3),
+            "added_per_repetition": [r(p, 3) for p in paired],
             "round_trips": [p["round_trips"] for p in phases],
             "errors": sum(p["errors"] for p in phases),
         }
@@ -184,6 +190,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration-cap-s", type=float, default=120.0, help="cap per timed phase")
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--before", default="", help="git revision to run beside this checkout")
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help=f"a second relay that logs nothing ({CONTROL}): the noise of 'added'",
+    )
     p.add_argument(
         "--py-spy",
         default=None,
