@@ -29,6 +29,7 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # JSON members besides a line's own fields, under stable names (README.md, "Logs").
 JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 JSON_RENAME = {"asctime": "time", "levelname": "level", "name": "logger"}
+_JSON_FIELDS = ["asctime", "levelname", "name", "message"]  # JSON_FORMAT's, in its order
 WARN_EVERY_S = 60.0
 
 Field = str | int | float | None
@@ -73,23 +74,29 @@ def message(event: str, fields: dict[str, Any]) -> str:
     """The text of a `story` line, `event key=value …`; a string field that does not print
     is replaced in `fields` by its escaped form (`printable`), for the JSON members too."""
     parts = [event]
+    add = parts.append
     for key, value in fields.items():
-        if isinstance(value, str):
+        kind = type(value)
+        if kind is int:
+            add(f"{key}={value}")
+        elif kind is str:
             if not value.isprintable():
                 value = fields[key] = printable(value)
-            parts.append(f"{key}={_quoted(value)}")
+            if value and " " not in value and '"' not in value and "=" not in value:
+                add(f"{key}={value}")
+            else:
+                add(f"{key}={_quoted(value)}")
         elif value is None:
-            parts.append(f"{key}=-")
-        elif type(value) is float:
-            parts.append(f"{key}={value:.0f}")
+            add(f"{key}=-")
+        elif kind is float:
+            add(f"{key}={value:.0f}")
         else:
-            parts.append(f"{key}={value}")
+            add(f"{key}={value}")
     return " ".join(parts)
 
 
 def _quoted(value: str) -> str:
-    if value and " " not in value and '"' not in value and "=" not in value:
-        return value
+    """`value` in quotes (it is empty or holds a space, a quote or `=`)."""
     return '"' + value.replace('"', '\\"') + '"'  # already escaped by printable
 
 
@@ -200,32 +207,31 @@ class JsonLines(SecondStamp, OrjsonFormatter):
 
     def line(self, created: float, name: str, level: int, text: str, fields: dict[str, Any]) -> str:
         """What `format` writes for the record of a queued `story` line, made without the
-        record: the format's members (time, level, logger, message, under their
-        `rename_fields` names), then the line's fields, which `story` keeps clear of the
-        record's own names, serialised by python-json-logger (`serialize_log_record`).
-        `format` finds the same members among a record's twenty-odd attributes, which was
-        half of a JSON line's cost."""
-        values = {
-            "asctime": self.stamp(created),
-            "levelname": logging.getLevelName(level),
-            "name": name,
-            "message": text,
+        record: the members of `JSON_FORMAT` (time, level, logger, message, renamed as
+        python-json-logger renames them), then the line's fields, which `story` keeps clear
+        of the record's own names, serialised by python-json-logger
+        (`serialize_log_record`). `format` finds the same members among a record's
+        twenty-odd attributes, which was half of a JSON line's cost."""
+        time_, level_, logger_, message_ = self._members
+        log_data = {
+            time_: self.stamp(created),
+            level_: logging.getLevelName(level),
+            logger_: name,
+            message_: text,
+            **fields,
         }
-        log_data = {member: values[field] for field, member in self._members}
-        log_data.update(fields)
         return self.serialize_log_record(self.process_log_record(log_data))
 
     def plain(self) -> bool:
-        """Whether `line` writes what `format` would: only the members `line` knows, and
-        none of python-json-logger's options that add others."""
-        known = {"asctime", "levelname", "name", "message"}
+        """Whether `line` writes what `format` would: the fields of `JSON_FORMAT`, and none
+        of python-json-logger's options that add members."""
         extras = self.defaults or self.static_fields or self.timestamp
-        return set(self._required_fields) <= known and not extras
+        return self._required_fields == _JSON_FIELDS and not extras
 
     @functools.cached_property
-    def _members(self) -> tuple[tuple[str, str], ...]:
-        """Each field of the format with its member's name (`rename_fields`)."""
-        return tuple((field, self._get_rename(field)) for field in self._required_fields)
+    def _members(self) -> tuple[str, ...]:
+        """The member names of `JSON_FORMAT`'s fields (`rename_fields`)."""
+        return tuple(self._get_rename(field) for field in _JSON_FIELDS)
 
 
 def renderer(fmt: logging.Formatter) -> Render:
