@@ -49,10 +49,11 @@ def story(logger: logging.Logger, event: str, level: int = logging.INFO, **field
     """Log `event` with `fields`: `event key=value …` as text, the same names in JSON.
 
     The line costs the hot path (one per pass-through round trip): with the relay's own
-    handler (`configure`) it is queued as a tuple, and its text and record are made with the
-    rest of its batch (relay/logwriter.py); else the text is built in one pass over the
-    fields and the record handed to the logger's handlers directly: no `%` template, no
-    argument mapping, no `extra=` merge (docs/performance.md, "What the INFO log costs")."""
+    handler alone on the root logger (`configure`) it is queued as a tuple, and its line is
+    made with the rest of its batch (relay/logwriter.py, `renderer`); else the text is built
+    in one pass over the fields and the record handed to the logger's handlers directly: no
+    `%` template, no argument mapping, no `extra=` merge (docs/performance.md, "What the
+    INFO log costs")."""
     if not logger.isEnabledFor(level):
         return
     if not _RESERVED.isdisjoint(fields):
