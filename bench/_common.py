@@ -141,14 +141,16 @@ class Child:
                 self.proc.wait(timeout_s)
 
 
-def start_child(name: str, args: Sequence[str], env: Mapping[str, str] | None = None) -> Child:
-    """Start `args` with the project root as cwd, output to bench/results/<name>.log."""
+def start_child(
+    name: str, args: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path = ROOT
+) -> Child:
+    """Start `args` in `cwd` (the project root), output to bench/results/<name>.log."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     log_path = RESULTS / f"{name}.log"
     full_env = {**os.environ, **(env or {})}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(  # noqa: S603 - fixed argv built by the benchmark
-            list(args), cwd=ROOT, env=full_env, stdout=log, stderr=subprocess.STDOUT
+            list(args), cwd=cwd, env=full_env, stdout=log, stderr=subprocess.STDOUT
         )
     return Child(name, proc, log_path)
 

@@ -7,8 +7,9 @@ that it is stopped even when it never gets ready.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
-from bench._common import PYTHON, Child, free_port, start_child, wait_http_ok, wait_tcp
+from bench._common import PYTHON, ROOT, Child, free_port, start_child, wait_http_ok, wait_tcp
 
 RELAY = ("-m", "relay")
 RELAY_SERVE = ("serve", "--config", "config.toml")
@@ -22,10 +23,11 @@ def start_server(
     *,
     port_flag: str = "--port",
     after: Sequence[str] = (),
+    cwd: Path = ROOT,
 ) -> tuple[Child, int]:
-    """`argv PORT_FLAG P AFTER…` on a free port P, once its /healthz answers 200."""
+    """`argv PORT_FLAG P AFTER…` in `cwd` on a free port P, once its /healthz answers 200."""
     port = free_port()
-    child = start_child(name, [*argv, port_flag, str(port), *after], env=env)
+    child = start_child(name, [*argv, port_flag, str(port), *after], env=env, cwd=cwd)
     started.append(child)
     wait_http_ok(child, f"http://127.0.0.1:{port}/healthz")
     return child, port
@@ -54,9 +56,12 @@ def start_relay(
     *,
     launcher: Sequence[str] = RELAY,
     after: Sequence[str] = (),
+    cwd: Path = ROOT,
 ) -> tuple[Child, int]:
-    """The relay on a free port, ready; `launcher` runs it (e.g. under bench._probe)."""
-    return start_server(started, name, [PYTHON, *launcher, *RELAY_SERVE], env, after=after)
+    """The relay on a free port, ready; `launcher` runs it (e.g. under bench._probe); `cwd`
+    holds the code it runs (another revision's tree, say)."""
+    argv = [PYTHON, *launcher, *RELAY_SERVE]
+    return start_server(started, name, argv, env, after=after, cwd=cwd)
 
 
 def start_business(started: list[Child], name: str) -> tuple[Child, int]:

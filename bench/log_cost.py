@@ -8,8 +8,15 @@ relay in turn, the order rotating, so the machine's noise lands on all of them. 
 writes its log to a file (bench/results/log-cost-relay-<setting>.log), one `turn` line per
 round trip at INFO. Relay CPU per round trip is compared with the relay that logs nothing,
 and with the business's own CPU in the same phase (a baseline that moves with the machine).
+With `--before REV`, two more relays run the code of git revision REV (extracted with
+`git archive`) at INFO text and JSON (`text@before`, `json@before`), in the same rotation;
+with `--control`, one more relay that logs nothing (`off-again`), whose "added" against
+the first is the noise of the measure.
+The relays speak with espeak-ng and hear with pocketsphinx: a pass-through round trip uses
+neither, and the embedded models would only load the machine.
 
     python -m bench.log_cost [--devices 300] [--round-trips-per-device 20] [--repeat 5]
+                             [--before REV] [--control]
 
 stdout: one JSON document; stderr: progress, then a table. See docs/performance.md.
 """
@@ -17,40 +24,74 @@ stdout: one JSON document; stderr: progress, then a table. See docs/performance.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from bench._cli import at_least_one, goal_lines, parser, run_main
-from bench._common import children, envelope, median, progress, r
+from bench._common import ROOT, children, envelope, median, progress, r
 from bench._devices import unlimited_session
 from bench._peers import device_url, relay_env, start_business, start_relay
+from bench._pyspy import folded_top
 from bench.passthrough import Env, run_relay
 
 SETTINGS = ("off", "text", "json")
+BEFORE = "@before"  # the suffix of a setting run on the code of `--before`
+CONTROL = "off-again"  # --control: a second relay that logs nothing, against the first
 GOAL_ADDED = 0.05  # at most 5 % more relay CPU per round trip than with logging off
+LIGHT_SPEECH = {"RELAY__TTS__PROVIDER": "espeak", "RELAY__ASR__PROVIDER": "pocketsphinx"}
 
 
 def relay_env_for(business_port: int, setting: str) -> dict[str, str]:
-    """The relay's environment for one log setting."""
-    env = relay_env(business_port)
-    if setting != "off":  # a line per connect and per round trip (README.md, "Logs")
-        env |= {"RELAY__LOG__LEVEL": "INFO", "RELAY__LOG__FORMAT": setting}
+    """The relay's environment for one log setting (`text@before` logs as `text`)."""
+    env = relay_env(business_port) | LIGHT_SPEECH
+    fmt = setting.removesuffix(BEFORE)
+    if fmt not in ("off", CONTROL):  # a line per connect and per round trip (README.md, "Logs")
+        env |= {"RELAY__LOG__LEVEL": "INFO", "RELAY__LOG__FORMAT": fmt}
     return env
+
+
+def extract(rev: str, into: Path) -> Path:
+    """The repository's files as of git revision `rev`, under `into`."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(  # noqa: S603 - fixed read-only git command
+        ["git", "archive", rev], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)  # noqa: S607
+    return into
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Start the business and a relay per setting; time them in turn; the JSON document."""
+    doc = envelope("log_cost", vars(args))  # before the runs: the load at the start
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    with children() as started:
+    with tempfile.TemporaryDirectory(prefix="log-cost-") as tmp, children() as started:
+        trees = {setting: ROOT for setting in SETTINGS}
+        if args.before:
+            before = extract(args.before, Path(tmp) / "before")
+            trees |= {f"{fmt}{BEFORE}": before for fmt in SETTINGS[1:]}
+        if args.control:
+            trees[CONTROL] = ROOT
         business, bport = start_business(started, "log-cost-business")
         async with unlimited_session() as ws_http:
             envs = {}
-            for setting in SETTINGS:
+            for setting, tree in trees.items():
                 env = relay_env_for(bport, setting)
-                relay, rport = start_relay(started, f"log-cost-relay-{setting}", env)
+                name = f"log-cost-relay-{setting.replace('@', '-')}"
+                relay, rport = start_relay(started, name, env, cwd=tree)
                 progress(f"relay ({setting}) pid {relay.pid} :{rport}")
                 envs[setting] = Env(
-                    relay, business, device_url(rport), "", bport, ws_http, args.duration_cap_s
+                    relay,
+                    business,
+                    device_url(rport),
+                    "",
+                    bport,
+                    ws_http,
+                    args.duration_cap_s,
+                    args.py_spy,
                 )
             for name, n, per_device in (
                 ("serial", 1, args.serial_round_trips),
@@ -58,7 +99,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             ):
                 runs[name] = await interleaved(envs, name, n, per_device, args)
     modes = {name: summarise(reps) for name, reps in runs.items()}
-    return envelope("log_cost", vars(args)) | {"modes": modes, "goals": goals(modes)}
+    doc |= {"modes": modes, "goals": goals(modes), "loadavg_at_end": list(os.getloadavg())}
+    samples = {m: p for e in envs.values() for m, p in e.samples.items() if p.exists()}
+    if samples:
+        doc["relay_samples"] = {mode: folded_top(path) for mode, path in samples.items()}
+    return doc
 
 
 async def interleaved(
@@ -69,7 +114,8 @@ async def interleaved(
     order = list(envs)
     for i in range(args.repeat):
         for setting in order[i % len(order) :] + order[: i % len(order)]:
-            phase = await run_relay(envs[setting], 100 * i, n, per_device, args.warmup, "")
+            sample = f"log-cost-{setting}" if name == "concurrent" else ""  # with --py-spy
+            phase = await run_relay(envs[setting], 100 * i, n, per_device, args.warmup, sample)
             s = phase.summary()
             reps[setting].append(s)
             progress(
@@ -97,6 +143,7 @@ def summarise(reps: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             ),
             "p50_ms": r(median([p["p50_ms"] for p in phases])),
             "added_cpu_vs_off": r(median(paired), 3),
+            "added_per_repetition": [r(p, 3) for p in paired],
             "round_trips": [p["round_trips"] for p in phases],
             "errors": sum(p["errors"] for p in phases),
         }
@@ -122,10 +169,10 @@ def table(doc: dict[str, Any]) -> str:
     lines = []
     for name, mode in doc["modes"].items():
         lines.append(f"{name}: median of {doc['params']['repeat']} interleaved repetitions")
-        lines.append(f"  {'log':<6}{'relay us/rt':>12}{'÷ business':>11}{'p50 ms':>9}{'added':>8}")
+        lines.append(f"  {'log':<13}{'relay us/rt':>12}{'÷ business':>11}{'p50 ms':>9}{'added':>8}")
         for setting, s in mode.items():
             lines.append(
-                f"  {setting:<6}{s['relay_cpu_us_per_rt']:>12.1f}"
+                f"  {setting:<13}{s['relay_cpu_us_per_rt']:>12.1f}"
                 f"{s['relay_per_business_cpu']:>11.2f}{s['p50_ms']:>9.3f}"
                 f"{s['added_cpu_vs_off']:>+8.1%}"
             )
@@ -142,6 +189,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed round trips per device first")
     p.add_argument("--duration-cap-s", type=float, default=120.0, help="cap per timed phase")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--before", default="", help="git revision to run beside this checkout")
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help=f"a second relay that logs nothing ({CONTROL}): the noise of 'added'",
+    )
+    p.add_argument(
+        "--py-spy",
+        default=None,
+        help="py-spy binary: sample each relay during its first concurrent phase (diagnostics; "
+        "the sampled phase is timed too, so measure without it)",
+    )
     args = p.parse_args(argv)
     at_least_one(p, args.devices, args.round_trips_per_device, args.repeat)
     at_least_one(p, args.serial_round_trips)

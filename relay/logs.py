@@ -8,10 +8,12 @@ first, so what a peer chose cannot start a line of its own in either format."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -21,11 +23,13 @@ from bridges.business import BusinessTarget, StreamStats
 from protocol.errors import BusinessOutcome
 from relay.config.schema import LogConfig
 from relay.logsafe import OneLineFormatter, SecondStamp, printable
+from relay.logwriter import BatchWriter, Queued, Render
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # JSON members besides a line's own fields, under stable names (README.md, "Logs").
 JSON_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 JSON_RENAME = {"asctime": "time", "levelname": "level", "name": "logger"}
+_JSON_FIELDS = ["asctime", "levelname", "name", "message"]  # JSON_FORMAT's, in its order
 WARN_EVERY_S = 60.0
 
 Field = str | int | float | None
@@ -35,6 +39,8 @@ _FAILED = (BusinessOutcome.UNREACHABLE, BusinessOutcome.STATUS, BusinessOutcome.
 _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 # What the stdlib records when `logging._srcfile` is None (configure): no caller looked up.
 _NO_FILE, _NO_FUNCTION = "(unknown file)", "(unknown function)"
+_ROOT = logging.getLogger()
+_writer: BatchWriter | None = None  # the relay's handler on the root logger, once configured
 SESSION_HINT = "every event must carry the request's session_id (docs/protocol.md §2.3)"
 INVALID_HINT = "each event's data must be one JSON object (docs/protocol.md §2.2)"
 
@@ -42,36 +48,56 @@ INVALID_HINT = "each event's data must be one JSON object (docs/protocol.md §2.
 def story(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Field) -> None:
     """Log `event` with `fields`: `event key=value …` as text, the same names in JSON.
 
-    The line costs the hot path (one per pass-through round trip), so the text is built in
-    one pass over the fields and the record is handed to the logger's handlers directly:
-    no `%` template, no argument mapping, no `extra=` merge (docs/performance.md, "What the
+    The line costs the hot path (one per pass-through round trip): with the relay's own
+    handler alone on the root logger (`configure`) it is queued as a tuple, and its line is
+    made with the rest of its batch (relay/logwriter.py, `renderer`); else the text is built
+    in one pass over the fields and the record handed to the logger's handlers directly: no
+    `%` template, no argument mapping, no `extra=` merge (docs/performance.md, "What the
     INFO log costs")."""
     if not logger.isEnabledFor(level):
         return
     if not _RESERVED.isdisjoint(fields):
         raise KeyError(f"{event}: a field would overwrite the record's own attribute")
-    parts = [event]
-    for key, value in fields.items():
-        if isinstance(value, str):
-            if not value.isprintable():
-                value = fields[key] = printable(value)
-            parts.append(f"{key}={_quoted(value)}")
-        elif value is None:
-            parts.append(f"{key}=-")
-        elif type(value) is float:
-            parts.append(f"{key}={value:.0f}")
-        else:
-            parts.append(f"{key}={value}")
+    writer = _writer
+    if writer is not None:
+        handlers = _ROOT.handlers
+        if len(handlers) == 1 and handlers[0] is writer:  # nobody else listens (caplog)
+            writer.queue((time.time(), logger.name, level, event, fields))
+            return
     record = logging.getLogRecordFactory()(
-        logger.name, level, _NO_FILE, 0, " ".join(parts), None, None, _NO_FUNCTION
+        logger.name, level, _NO_FILE, 0, message(event, fields), None, None, _NO_FUNCTION
     )
     record.__dict__.update(fields)  # the JSON members (what `extra=` would have set)
     logger.handle(record)
 
 
+def message(event: str, fields: dict[str, Any]) -> str:
+    """The text of a `story` line, `event key=value …`; a string field that does not print
+    is replaced in `fields` by its escaped form (`printable`), for the JSON members too."""
+    parts = [event]
+    add = parts.append
+    for key, value in fields.items():
+        kind = type(value)
+        if kind is int:
+            add(f"{key}={value}")
+        elif kind is str:
+            if not value.isprintable():
+                value = fields[key] = printable(value)
+            if value and " " not in value and '"' not in value and "=" not in value:
+                add(f"{key}={value}")
+            else:
+                add(f"{key}={_quoted(value)}")
+        elif value is None:
+            add(f"{key}=-")
+        elif kind is float:
+            add(f"{key}={value:.0f}")
+        else:
+            add(f"{key}={value}")
+    return " ".join(parts)
+
+
 def _quoted(value: str) -> str:
-    if value and " " not in value and '"' not in value and "=" not in value:
-        return value
+    """`value` in quotes (it is empty or holds a space, a quote or `=`)."""
     return '"' + value.replace('"', '\\"') + '"'  # already escaped by printable
 
 
@@ -180,6 +206,57 @@ class JsonLines(SecondStamp, OrjsonFormatter):
     """python-json-logger's formatter on orjson (the relay's JSON library; UTF-8 as it is,
     about twice as fast as the stdlib encoder here), its time stamp built once a second."""
 
+    def line(self, created: float, name: str, level: int, text: str, fields: dict[str, Any]) -> str:
+        """What `format` writes for the record of a queued `story` line, made without the
+        record: the members of `JSON_FORMAT` (time, level, logger, message, renamed as
+        python-json-logger renames them), then the line's fields, which `story` keeps clear
+        of the record's own names, serialised by python-json-logger
+        (`serialize_log_record`). `format` finds the same members among a record's
+        twenty-odd attributes, which was half of a JSON line's cost."""
+        time_, level_, logger_, message_ = self._members
+        log_data = {
+            time_: self.stamp(created),
+            level_: logging.getLevelName(level),
+            logger_: name,
+            message_: text,
+            **fields,
+        }
+        return self.serialize_log_record(self.process_log_record(log_data))
+
+    def plain(self) -> bool:
+        """Whether `line` writes what `format` would: the fields of `JSON_FORMAT`, and none
+        of python-json-logger's options that add members."""
+        extras = self.defaults or self.static_fields or self.timestamp
+        return self._required_fields == _JSON_FIELDS and not extras
+
+    @functools.cached_property
+    def _members(self) -> tuple[str, ...]:
+        """The member names of `JSON_FORMAT`'s fields (`rename_fields`)."""
+        return tuple(self._get_rename(field) for field in _JSON_FIELDS)
+
+
+def renderer(fmt: logging.Formatter) -> Render:
+    """How a line `story` queued is written with `fmt` (a `formatter`), without a record:
+    as `JsonLines.format` or `OneLineFormatter.format` (`TEXT_FORMAT`) would write it."""
+    if isinstance(fmt, JsonLines) and fmt.plain():
+        json_line = fmt.line
+
+        def queued_json(entry: Queued) -> str:
+            created, name, level, event, fields = entry
+            return json_line(created, name, level, message(event, fields), fields)
+
+        return queued_json
+    if not isinstance(fmt, OneLineFormatter) or fmt._fmt != TEXT_FORMAT:
+        raise ValueError("a queued line is written in a format of `formatter` only")
+    stamp = fmt.stamp
+
+    def queued_text(entry: Queued) -> str:
+        created, name, level, event, fields = entry
+        text = printable(message(event, fields))
+        return f"{stamp(created)} {logging.getLevelName(level)} {name}: {text}"
+
+    return queued_text
+
 
 def formatter(fmt: str) -> logging.Formatter:
     """The formatter of `[log] format`: `text` (one escaped line) or `json` (one object)."""
@@ -189,11 +266,15 @@ def formatter(fmt: str) -> logging.Formatter:
 
 
 def configure(cfg: LogConfig) -> None:
-    """Route every record to stderr in the configured format and level."""
+    """Route every record to stderr in the configured format and level, in batches
+    (relay/logwriter.py)."""
+    global _writer
     # The logging HOWTO's "Optimization": no line writes the caller's file and line, the
     # thread or the process, so the records need not look them up (a stack walk each).
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(formatter(cfg.format))
+    line_format = formatter(cfg.format)
+    handler = BatchWriter(sys.stderr, renderer(line_format))
+    handler.setFormatter(line_format)
     logging.basicConfig(level=cfg.level, handlers=[handler], force=True)
+    _writer = handler

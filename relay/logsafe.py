@@ -40,14 +40,22 @@ class SecondStamp(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
         if datefmt is not None or self.default_msec_format is None:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self.default_msec_format % (self._date_time(record.created), record.msecs)
+
+    def stamp(self, created: float) -> str:
+        """What `formatTime` writes for a record made at `created` (the stdlib's `msecs`),
+        without the record (relay/logs.py, a queued line)."""
+        return f"{self._date_time(created)},{int((created - int(created)) * 1000):03d}"
+
+    def _date_time(self, created: float) -> str:
+        second = int(created)
         stamp = self._stamp
         if stamp[0] != second:  # one tuple, replaced whole: safe from another thread
             stamp = self._stamp = (
                 second,
-                time.strftime(self.default_time_format, self.converter(record.created)),
+                time.strftime(self.default_time_format, self.converter(created)),
             )
-        return self.default_msec_format % (stamp[1], record.msecs)
+        return stamp[1]
 
 
 class OneLineFormatter(SecondStamp):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import kubernetes_validate
 import pytest
 import yaml
@@ -20,6 +22,7 @@ from pytest_aiohttp import AiohttpClient
 from relay.app import make_app
 from relay.config.load import load
 from relay.config.schema import Config
+from relay.run.server import start_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "kubernetes"
@@ -122,20 +125,31 @@ def test_the_pieces_are_wired_to_each_other() -> None:
         assert CONTAINER[probe]["httpGet"]["port"] in port_names
     assert CONTAINER["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert CONTAINER["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    monitor = one("ServiceMonitor", "relay")
-    assert (
-        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    )
-    [endpoint] = monitor["spec"]["endpoints"]
-    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
-    assert endpoint["path"] == "/metrics"
-    credentials = endpoint["authorization"]["credentials"]
-    assert credentials["name"] == SECRET["metadata"]["name"]
-    assert credentials["key"] in SECRET["stringData"]
     volumes = {v["name"]: v for v in POD["volumes"]}
     [config_mount] = [m for m in CONTAINER["volumeMounts"] if m["mountPath"] == "/etc/relay"]
     assert volumes[config_mount["name"]]["configMap"]["name"] == "relay-config"
     assert CONTAINER["args"][-1] == "/etc/relay/config.toml"
+
+
+def test_prometheus_scrapes_the_metrics_port_through_a_service_of_its_own() -> None:
+    monitor = one("ServiceMonitor", "relay")
+    selected = monitor["spec"]["selector"]["matchLabels"].items()
+    pod_labels = DEPLOYMENT["spec"]["template"]["metadata"]["labels"]
+    services = [d for d in manifests() if d["kind"] == "Service"]
+    [metrics] = [s for s in services if selected <= s["metadata"]["labels"].items()]
+    assert metrics["metadata"]["name"] == "relay-metrics"
+    assert metrics["spec"]["selector"].items() <= pod_labels.items()
+    assert metrics["spec"].get("type", "ClusterIP") == "ClusterIP"
+    [endpoint] = monitor["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics"
+    assert "authorization" not in endpoint  # no token: the [metrics] port wants none
+    [port] = [p for p in metrics["spec"]["ports"] if p["name"] == endpoint["port"]]
+    assert port["targetPort"] == "metrics"
+    [container_port] = [p for p in CONTAINER["ports"] if p["name"] == "metrics"]
+    # The device-facing Service does not carry it (it may be a LoadBalancer).
+    service = one("Service", "relay")
+    assert container_port["containerPort"] not in {p["port"] for p in service["spec"]["ports"]}
+    assert "metrics" not in {p["targetPort"] for p in service["spec"]["ports"]}
 
 
 def test_the_grace_period_covers_the_drain(tmp_path: Path) -> None:
@@ -149,14 +163,15 @@ def test_the_grace_period_covers_the_drain(tmp_path: Path) -> None:
 
 def test_the_config_map_config_is_what_the_manifests_expect(tmp_path: Path) -> None:
     cfg = relay_config(tmp_path)
-    [port] = CONTAINER["ports"]
-    assert (cfg.server.host, cfg.server.port) == ("0.0.0.0", port["containerPort"])
+    ports = {p["name"]: p["containerPort"] for p in CONTAINER["ports"]}
+    assert (cfg.server.host, cfg.server.port) == ("0.0.0.0", ports["http"])
+    assert (cfg.metrics.host or cfg.server.host, cfg.metrics.port) == ("0.0.0.0", ports["metrics"])
     assert cfg.redis.url == "redis://relay-redis:6379/0"
     redis_service = one("Service", "relay-redis")
     assert f"{redis_service['metadata']['name']}:{redis_service['spec']['ports'][0]['port']}" in (
         cfg.redis.url
     )
-    assert SECRET["stringData"]["metrics-token"] in cfg.api.tokens
+    assert cfg.api.tokens == (SECRET["stringData"]["api-tokens"],)  # none of Prometheus's
     assert cfg.business[0].token == SECRET["stringData"]["business-token"]
     assert cfg.business[0].signing_secret == SECRET["stringData"]["business-signing-secret"]
     assert relay_config(tmp_path, redis=False).redis.url == ""  # without the component
@@ -169,11 +184,21 @@ async def test_probes_and_metrics_answer_on_a_relay_with_that_config(
     for probe in ("readinessProbe", "livenessProbe"):
         resp = await client.get(CONTAINER[probe]["httpGet"]["path"])
         assert resp.status == 200, probe
-    # The ServiceMonitor's token opens /metrics; a scrape from another pod without one does not.
-    token = SECRET["stringData"]["metrics-token"]
-    resp = await client.get("/metrics", headers={"Authorization": f"Bearer {token}"})
-    assert resp.status == 200
-    assert "relay_" in await resp.text()
+    # The ServiceMonitor scrapes the [metrics] listener without a token (here on a free
+    # port: the test binds no fixed one); the main port's /metrics wants a token.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        sock.setblocking(False)
+        runner = await start_metrics(client.app, sock)
+        try:
+            async with aiohttp.ClientSession() as http:
+                url = f"http://127.0.0.1:{sock.getsockname()[1]}/metrics"
+                async with http.get(url) as resp:
+                    assert resp.status == 200
+                    assert "relay_" in await resp.text()
+        finally:
+            await runner.cleanup()
     resp = await client.get("/metrics", headers={"Authorization": "Bearer wrong"})
     assert resp.status == 401
 
@@ -209,3 +234,25 @@ def test_kubectl_kustomize_renders_valid_manifests() -> None:
     image = kustomization(K8S)["images"][0]
     [container] = relay["spec"]["template"]["spec"]["containers"]
     assert container["image"] == f"{image['newName']}:{image['newTag']}"
+
+
+def test_kubectl_kustomize_renders_the_servicemonitor_component(tmp_path: Path) -> None:
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("no kubectl: the servicemonitor component NOT rendered (its files are read)")
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(K8S, copy)
+    base = copy / "kustomization.yaml"
+    text = base.read_text(encoding="utf-8")
+    assert "  # - servicemonitor\n" in text
+    base.write_text(text.replace("  # - servicemonitor\n", "  - servicemonitor\n"), "utf-8")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(copy)], capture_output=True, text=True, timeout=60, check=True
+    )
+    rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in rendered) == sorted(
+        (d["kind"], d["metadata"]["name"]) for d in manifests()
+    )
+    [endpoint] = one("ServiceMonitor", "relay", rendered)["spec"]["endpoints"]
+    [port] = one("Service", "relay-metrics", rendered)["spec"]["ports"]
+    assert (endpoint["port"], port["name"], port["targetPort"]) == ("metrics", "metrics", "metrics")
