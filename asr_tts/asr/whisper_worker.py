@@ -78,6 +78,17 @@ LOOP_RATIO = 2.4
 # Mandarin through the relay (Kokoro set, bench/asr_accuracy.py: CER 16.7 % -> 22.2 %, "关灯"
 # heard as "寡登"). docs/performance.md, "Decode cost of one command".
 BEAM_SIZE = 5
+# Decoding options measured side by side against the shipped ones (""): the relay's
+# environment names one in WHISPER_VARIANT (its workers inherit it); bench/asr_accuracy.py and
+# bench/tts_intelligibility.py run a relay per variant. Options by language ("*": any).
+VARIANT_ENV = "WHISPER_VARIANT"
+ZH_PROMPT = "以下是普通话的句子。"  # "What follows are sentences in Mandarin."
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "": {},
+    "zh_prompt": {"zh": {"initial_prompt": ZH_PROMPT}},
+    "fallback": {"*": {"temperature": (0.0, 0.2, 0.4, 0.6)}},
+    "beam8": {"*": {"beam_size": 8}},
+}
 # Audio quieter than this (RMS, -60 dBFS) is not decoded at all: it has no speech to find.
 _SILENT_RMS = 0.001
 # Decoding of a 30 s window stops past this many tokens per second of its audio (a loop),
@@ -206,11 +217,15 @@ def finish(pcm: bytes, first: bool, language: str | None) -> str:
     if audio.size == 0 or float(np.sqrt(np.mean(np.square(audio)))) < _SILENT_RMS:
         return ""
     lang = language if language in state.languages else _detect(state, audio)
+    options: dict[str, Any] = {
+        "beam_size": BEAM_SIZE,
+        "temperature": 0.0,  # no sampling fallback: the same audio always gives the same text
+    }
+    variant = VARIANTS.get(os.environ.get(VARIANT_ENV, ""), {})
+    options |= variant.get("*", {}) | variant.get(lang, {})
     segments, _info = state.model.transcribe(
         audio,
         language=lang,
-        beam_size=BEAM_SIZE,
-        temperature=0.0,  # no sampling fallback: the same audio always gives the same text
         condition_on_previous_text=False,
         without_timestamps=True,
         vad_filter=False,  # the relay's VAD has cut the utterance already
@@ -218,6 +233,7 @@ def finish(pcm: bytes, first: bool, language: str | None) -> str:
         no_speech_threshold=NO_SPEECH,
         log_prob_threshold=LOW_LOGPROB,
         compression_ratio_threshold=LOOP_RATIO,
+        **options,
     )
     kept = [s.text.strip() for s in segments if not _invented(s)]
     text = ("" if lang == "zh" else " ").join(t for t in kept if t)
