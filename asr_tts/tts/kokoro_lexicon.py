@@ -99,9 +99,9 @@ class Lexicon:
         `next_vowel`: whether the next word starts with a vowel sound (None: no next word, or
         punctuation next), for "the", "to", "am" and "in".
         """
+        word = word.replace("’", "'")
         if not _LETTERS.fullmatch(word):
             return None
-        word = word.replace("’", "'")
         stress = None if word == word.lower() else (2 if word == word.upper() else 0.5)
         ps = self._special(word, next_vowel)
         if ps is None:
