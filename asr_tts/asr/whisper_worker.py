@@ -78,6 +78,19 @@ LOOP_RATIO = 2.4
 # Mandarin through the relay (Kokoro set, bench/asr_accuracy.py: CER 16.7 % -> 22.2 %, "关灯"
 # heard as "寡登"). docs/performance.md, "Decode cost of one command".
 BEAM_SIZE = 5
+# Decoding options measured side by side against the shipped ones (""): the relay's
+# environment names one in WHISPER_VARIANT (its workers inherit it); bench/asr_variants.py and
+# bench/tts_intelligibility.py run a relay per variant. Options by language ("*": any).
+# Neither gained (docs/performance.md, "Whisper's decoding options and the scoring"): the
+# fallback never fired, and the Mandarin prompt lost characters (CER 22.2 -> 27.8 %, Kokoro's
+# commands; 9.5 -> 14.6 %, its 20 phrases) and cost ~15 % more decode time.
+VARIANT_ENV = "WHISPER_VARIANT"
+ZH_PROMPT = "以下是普通话的句子。"  # "What follows are sentences in Mandarin."
+VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "": {},
+    "zh_prompt": {"zh": {"initial_prompt": ZH_PROMPT}},
+    "fallback": {"*": {"temperature": (0.0, 0.2, 0.4, 0.6)}},
+}
 # Audio quieter than this (RMS, -60 dBFS) is not decoded at all: it has no speech to find.
 _SILENT_RMS = 0.001
 # Decoding of a 30 s window stops past this many tokens per second of its audio (a loop),
@@ -152,6 +165,7 @@ _state: _State | None = None
 def load(model_dir: str, threads: int, languages: tuple[str, ...]) -> int:
     """Load the int8 model from the checked files; return this process's pid."""
     global _state
+    decode_options("en", os.environ.get(VARIANT_ENV, ""))  # a bad variant fails the load
     os.environ.update(OFFLINE_ENV)  # before faster_whisper (huggingface_hub) is imported
     import opencc
     from faster_whisper import WhisperModel
@@ -206,11 +220,10 @@ def finish(pcm: bytes, first: bool, language: str | None) -> str:
     if audio.size == 0 or float(np.sqrt(np.mean(np.square(audio)))) < _SILENT_RMS:
         return ""
     lang = language if language in state.languages else _detect(state, audio)
+    options = decode_options(lang, os.environ.get(VARIANT_ENV, ""))
     segments, _info = state.model.transcribe(
         audio,
         language=lang,
-        beam_size=BEAM_SIZE,
-        temperature=0.0,  # no sampling fallback: the same audio always gives the same text
         condition_on_previous_text=False,
         without_timestamps=True,
         vad_filter=False,  # the relay's VAD has cut the utterance already
@@ -218,12 +231,27 @@ def finish(pcm: bytes, first: bool, language: str | None) -> str:
         no_speech_threshold=NO_SPEECH,
         log_prob_threshold=LOW_LOGPROB,
         compression_ratio_threshold=LOOP_RATIO,
+        **options,
     )
     kept = [s.text.strip() for s in segments if not _invented(s)]
     text = ("" if lang == "zh" else " ").join(t for t in kept if t)
     if lang == "zh":
         text = state.to_simplified(text)
     return without_repeats(text)
+
+
+def decode_options(lang: str, variant: str = "") -> dict[str, Any]:
+    """The search options of a decode in `lang`: the shipped ones, or a VARIANTS entry's.
+
+    Raises ASRError for a variant that is not in VARIANTS (a measurement of the wrong thing).
+    """
+    if variant not in VARIANTS:
+        raise ASRError(f"{VARIANT_ENV}={variant!r} is not one of {sorted(VARIANTS)}")
+    options: dict[str, Any] = {
+        "beam_size": BEAM_SIZE,
+        "temperature": 0.0,  # no sampling fallback: the same audio always gives the same text
+    }
+    return options | VARIANTS[variant].get("*", {}) | VARIANTS[variant].get(lang, {})
 
 
 def _token_budget(seconds: float) -> int:

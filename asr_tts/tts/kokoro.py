@@ -36,7 +36,11 @@ _T = TypeVar("_T")
 CALL_CHARS = 40  # a worker call speaks one clause of at most this many characters
 LOAD_TIMEOUT_S = 120.0  # a worker's load (model, dictionaries, first run): ~2 s on a quiet machine
 _CLAUSE_GAP = bytes(2 * int(0.12 * files.SAMPLE_RATE))  # silence between clauses
-DEFAULT_VOICES = {"zh": "jf_nezumi", "en": "mean"}  # the measured best per language
+# The mean of the five styles, for both languages: of the five, their mean and two blends, the
+# one Whisper base understood best through the relay (Mandarin CER 9.5 %; jf_gongitsune 15.3 %,
+# jf_nezumi 16.1 %, jm_kumo 18.3 %, jf_tebukuro 32.9 %, jf_alpha 44.5 %; docs/performance.md,
+# "Intelligibility").
+DEFAULT_VOICES = {"zh": "mean", "en": "mean"}
 
 
 class _Worker(workerproc.WorkerProcess):

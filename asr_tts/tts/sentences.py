@@ -46,6 +46,9 @@ _HAN = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fff
 # The early cut of the first segment leaves at least this many characters before the mark, so
 # that "Well," or "好的，" is not spoken alone.
 FIRST_MIN_CHARS = 6
+# A first segment with no comma early enough is cut at a word when it is longer than this many
+# times first_max_chars (spoken length): 48 by default, ~3 s of speech, 16 Han characters.
+FIRST_WORDS_FACTOR = 2
 
 
 def clean_for_speech(text: str) -> str:
@@ -123,16 +126,46 @@ def _cut_long(sentence: str, max_chars: int) -> list[str]:
     return out
 
 
-def _cut_first(segment: str) -> list[str]:
-    """Cut at the first comma-class mark with FIRST_MIN_CHARS before it, if both halves speak."""
+def _cut_first(segment: str, first_max_chars: int) -> list[str]:
+    """Cut at the first comma-class mark with FIRST_MIN_CHARS before it, if both halves speak;
+    then a head still longer than FIRST_WORDS_FACTOR * first_max_chars at a word."""
+    parts = [segment]
     for m in _COMMA.finditer(segment):
         if m.start() < FIRST_MIN_CHARS:
             continue
         head, tail = segment[: m.end()].strip(), segment[m.end() :].strip()
         if _speakable(head) and _speakable(tail):
-            return [head, tail]
+            parts = [head, tail]
         break
+    return [*_cut_at_word(parts[0], FIRST_WORDS_FACTOR * first_max_chars), *parts[1:]]
+
+
+def _cut_at_word(segment: str, limit: int) -> list[str]:
+    """`segment` cut at its last word boundary within `limit` (spoken length), if longer.
+
+    A boundary is a space, or the point between two Han characters (Mandarin has no spaces:
+    a limit in characters); never next to a digit or before punctuation. A segment with no
+    boundary in reach (one long token) stays whole.
+    """
+    if spoken_length(segment) <= limit:
+        return [segment]
+    cut, length = 0, 0
+    for i, ch in enumerate(segment):
+        if length > limit:
+            break
+        if i and _word_boundary(segment[i - 1], ch):
+            cut = i
+        length += 3 if _HAN.match(ch) else 1
+    head, tail = segment[:cut].strip(), segment[cut:].strip()
+    if cut and _speakable(head) and _speakable(tail):
+        return [head, tail]
     return [segment]
+
+
+def _word_boundary(before: str, ch: str) -> bool:
+    if ch == " ":
+        return True
+    return bool(_HAN.match(before) and _HAN.match(ch))
 
 
 def split_sentences(
@@ -142,7 +175,9 @@ def split_sentences(
 
     With `first_max_chars`, a first segment longer than that (its `spoken_length`: a Han
     character counts three) is cut early at its first comma (，,、：:), so that the first audio
-    is synthesised, and heard, sooner.
+    is synthesised, and heard, sooner; a first segment still longer than FIRST_WORDS_FACTOR
+    times that (no comma, or a late one) is cut at a word: the last space, or between two Han
+    characters, within that length.
     """
     if max_chars < 1:
         raise ValueError(f"max_chars must be at least 1, got {max_chars}")
@@ -161,7 +196,7 @@ def split_sentences(
         out.extend(_cut_long(sentence, max_chars) if len(sentence) > max_chars else [sentence])
     out = _merge_fragments(out)
     if out and first_max_chars is not None and spoken_length(out[0]) > first_max_chars:
-        out[:1] = _cut_first(out[0])
+        out[:1] = _cut_first(out[0], first_max_chars)
     return out
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from asr_tts.asr.base import ASRError
 from asr_tts.asr.whisper import WhisperASR, language_of
-from asr_tts.asr.whisper_worker import without_repeats
+from asr_tts.asr.whisper_worker import ZH_PROMPT, decode_options, without_repeats
 from relay.auth.handshake import spoken_language
 from tests.asr_tts.conftest import Speak
 from tests.asr_tts.test_asr_pocketsphinx import (  # noqa: F401 - no_process_left: autouse
@@ -147,3 +147,13 @@ async def test_a_killed_or_stuck_worker_is_replaced(speak: Speak) -> None:
         assert await stream.finish() == "Turn on the light."
     finally:
         asr.close()
+
+
+def test_decoding_variants_change_only_what_they_name() -> None:
+    shipped = {"beam_size": 5, "temperature": 0.0}
+    assert decode_options("zh") == decode_options("en") == shipped
+    assert decode_options("zh", "zh_prompt") == shipped | {"initial_prompt": ZH_PROMPT}
+    assert decode_options("en", "zh_prompt") == shipped
+    assert decode_options("en", "fallback")["temperature"] == (0.0, 0.2, 0.4, 0.6)
+    with pytest.raises(ASRError, match="WHISPER_VARIANT='beam9'"):
+        decode_options("en", "beam9")

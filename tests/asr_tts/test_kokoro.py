@@ -23,7 +23,7 @@ from asr_tts.tts.kokoro import KokoroTTS
 from asr_tts.tts.kokoro_g2p import Phonemizer, split_runs
 from asr_tts.tts.kokoro_worker import MAX_TOKENS, chunks
 
-GPL_MODULES = ("phonemizer", "espeakng_loader", "spacy")
+GPL_MODULES = ("phonemizer", "espeakng_loader", "spacy", "num2words", "misaki.en")
 
 
 @pytest.fixture(scope="session")

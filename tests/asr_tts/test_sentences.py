@@ -174,7 +174,7 @@ def test_the_early_cut_leaves_a_few_characters_before_the_mark() -> None:
         "Well, I think the weather is fine today,",
         "so let us go out.",
     ]
-    assert split_sentences("好的，今天天气很好，适合出去走走。", first_max_chars=8) == [
+    assert split_sentences("好的，今天天气很好，适合出去走走。", first_max_chars=14) == [
         "好的，今天天气很好，",
         "适合出去走走。",
     ]
@@ -191,18 +191,53 @@ def test_a_han_character_counts_as_three_letters_for_the_early_cut() -> None:
     "text",
     [
         "Short enough, really.",  # not longer than first_max_chars
-        "A sentence without any comma that goes on and on.",
-        "It costs 1,000,000 dollars and 12:30 is when it starts.",  # not cut inside numbers
-        "A first sentence that only ends with a comma,",  # nothing would be left to speak
+        "A sentence without a comma goes on.",  # no longer than twice that: kept whole
+        "It costs 1,000,000 at 12:30 today.",  # not cut inside numbers
+        "A first sentence ending in a comma,",  # nothing would be left to speak
+        "今天的天气很好我们一起去公园",  # 14 Han characters: 42, no more than twice 21
+        "A-first-segment-that-is-one-long-token-without-any-space-at-all",
     ],
 )
 def test_the_first_segment_is_kept_when_there_is_no_good_cut(text: str) -> None:
     assert split_sentences(text, first_max_chars=21) == [text]
 
 
+def test_a_long_first_sentence_without_a_comma_is_cut_at_a_word() -> None:
+    # Synthesised whole, such a sentence delayed the first audio by seconds of synthesis.
+    words = "we walk along the quiet river and look at the boats " * 8
+    parts = split_sentences(words.strip() + ".", first_max_chars=24)
+    assert len(parts[0]) <= 48
+    assert parts[0] == "we walk along the quiet river and look at the"  # 45, at a space
+    assert " ".join(parts).split() == words.split()[:-1] + ["boats."]
+
+
+def test_a_long_first_mandarin_sentence_is_cut_between_characters() -> None:
+    text = "今天的天气很好我们一起去公园散步吧" * 24 + "。"
+    parts = split_sentences(text, first_max_chars=24)
+    assert parts[0] == text[:16]  # 16 characters: 48 letters of speech
+    assert "".join(parts) == text
+
+
+def test_a_late_comma_leaves_a_head_that_is_cut_again_at_a_word() -> None:
+    text = "Please remember that the meeting with the whole design team moves to Friday, not then."
+    parts = split_sentences(text, first_max_chars=24)
+    assert parts[:2] == [
+        "Please remember that the meeting with the whole",
+        "design team moves to Friday,",
+    ]
+    assert " ".join(parts) == text
+
+
+def test_the_word_cut_is_never_next_to_a_digit() -> None:
+    text = "我们在2026年12月4日晚上八点半见面然后一起吃饭好吗"
+    parts = split_sentences(text, first_max_chars=6)  # a word cut within 12 letters
+    assert parts[0] == "我们"  # not "我们在2" nor "我们在" + "2026年…" (no boundary at a digit)
+    assert "".join(parts) == text
+
+
 def test_the_early_cut_applies_after_the_long_sentence_cut() -> None:
     text = "第一部分的内容，第二部分的内容，第三部分的内容，第四部分的内容。"
-    parts = split_sentences(text, max_chars=24, first_max_chars=6)
+    parts = split_sentences(text, max_chars=24, first_max_chars=12)
     # The 24-character cut packs three parts, then the early cut splits the first of them.
     assert parts == ["第一部分的内容，", "第二部分的内容，第三部分的内容，", "第四部分的内容。"]
     assert "".join(parts) == text
