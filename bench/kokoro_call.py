@@ -12,7 +12,8 @@ idle threads sleeping), `threads1`, `spin` (idle threads spinning), `daz` (denor
 `extended` (graph optimisation EXTENDED instead of ALL).
 
 With --profile, the baseline's onnxruntime profile (`SessionOptions.enable_profiling`) of the
-last repetition: per op type, the summed kernel time of one call of each text.
+last repetition: per op type, the summed kernel time of one call of each text (the raw
+profile, tens of MB, is left in bench/results/).
 
     python -m bench.kokoro_call [--reps 7] [--settings base,threads1,spin,daz,extended]
                                 [--profile]
@@ -34,7 +35,7 @@ from typing import Any
 import orjson
 
 from bench._cli import at_least_one, parser, run_main
-from bench._common import envelope, median, progress, r
+from bench._common import RESULTS, envelope, median, progress, r
 
 TEXTS = (
     ("en", "Light."),
@@ -122,7 +123,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     procs = []
     for name in names:
         mine, theirs = ctx.Pipe()
-        profile = "/tmp/kokoro_call_profile" if args.profile and name == names[0] else None
+        profile = None
+        if args.profile and name == names[0]:
+            profile = str(RESULTS / "kokoro_call_profile")
         proc = ctx.Process(target=serve, args=(SETTINGS[name], profile, theirs), daemon=True)
         proc.start()
         procs.append(proc)
