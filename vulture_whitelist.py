@@ -31,6 +31,11 @@ onnxruntime.SessionOptions.intra_op_num_threads
 onnxruntime.SessionOptions.inter_op_num_threads
 onnxruntime.SessionOptions.log_severity_level
 
+# bench.kokoro_call sets these on the sessions it compares and profiles.
+onnxruntime.SessionOptions.graph_optimization_level
+onnxruntime.SessionOptions.enable_profiling
+onnxruntime.SessionOptions.profile_file_prefix
+
 # Read by logging.Formatter.formatMessage when the format names %(asctime)s (relay/logsafe.py).
 logging.LogRecord.asctime
 
