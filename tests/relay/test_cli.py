@@ -145,7 +145,13 @@ async def test_serve_runs_a_turn_with_the_reference_business() -> None:
         relay = await spawn_relay(
             relay_port,
             business_port=business_port,
-            env={"RELAY__API__TOKENS": "t0ken", "RELAY__METRICS__PORT": str(metrics_port)},
+            env={
+                "RELAY__API__TOKENS": "t0ken",
+                "RELAY__METRICS__PORT": str(metrics_port),
+                # The turn is typed: Kokoro speaks it, no recogniser hears anything, so the
+                # light one, and no Whisper loads beside Kokoro at start.
+                "RELAY__ASR__PROVIDER": "pocketsphinx",
+            },
         )
         base = f"http://127.0.0.1:{relay_port}"
         auth = {"Authorization": "Bearer t0ken"}
@@ -277,7 +283,8 @@ def test_run_sh_stops_clearly_when_the_business_port_is_taken() -> None:
 async def test_run_sh_uses_its_ports_and_enables_the_console() -> None:
     business_port, relay_port = closed_port(), closed_port()
     env = {"BUSINESS_PORT": str(business_port), "RELAY_PORT": str(relay_port)}
-    proc = run_script(env)
+    # Ports and the console are under test, not speech: no Kokoro or Whisper load at start.
+    proc = run_script({**env, **LIGHT_SPEECH})
     base = f"http://127.0.0.1:{relay_port}"
     try:
         async with aiohttp.ClientSession() as http:

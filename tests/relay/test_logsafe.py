@@ -15,7 +15,7 @@ import pytest
 from relay.logs import formatter, story
 from relay.logsafe import OneLineFormatter, printable
 from tests.relay.conftest import RelayFactory
-from tests.relay.test_cli import spawn_relay, stop, wait_http
+from tests.relay.test_cli import LIGHT_SPEECH, spawn_relay, stop, wait_http
 from tests.relay.test_simulate import closed_port
 
 FORGED = "evil\n2030-01-01 00:00:00,000 ERROR relay: forged\r\x1b[2J\u2028x\x85y"
@@ -89,7 +89,7 @@ async def test_peer_chosen_values_are_escaped_in_the_relays_log(
 
 async def test_relay_serve_writes_one_line_per_record() -> None:
     port = closed_port()
-    relay = await spawn_relay(port)
+    relay = await spawn_relay(port, env=LIGHT_SPEECH)  # the log is under test, not speech
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:

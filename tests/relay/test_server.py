@@ -89,7 +89,8 @@ async def test_drain_timeout_cuts_a_turn_that_does_not_finish(
 
 async def test_two_workers_share_a_port_and_merge_metrics() -> None:
     port = closed_port()
-    relay = await spawn_relay(port, "--workers", "2")
+    # The light speech pair: each worker would otherwise load Kokoro and Whisper at start.
+    relay = await spawn_relay(port, "--workers", "2", env=LIGHT_SPEECH)
     base = f"http://127.0.0.1:{port}"
     try:
         pids: set[int] = set()

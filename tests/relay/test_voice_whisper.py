@@ -255,7 +255,8 @@ async def test_the_language_a_device_names_reaches_the_recogniser(
 
 def test_relay_serve_loads_a_decoder_at_start_and_leaves_none_at_stop(tmp_path: Path) -> None:
     config = tmp_path / "relay.toml"
-    config.write_text("[server]\nport = 0\n", encoding="utf-8")
+    # espeak-ng speaks: no Kokoro worker loads beside the decoder (nor counts as one here).
+    config.write_text('[server]\nport = 0\n[tts]\nprovider = "espeak"\n', encoding="utf-8")
     relay = subprocess.Popen(
         [sys.executable, "-m", "relay", "serve", "--config", str(config)],
         cwd=ROOT,
