@@ -1,20 +1,20 @@
 """This node's presence in Redis (README.md "Many processes and machines"), at a cost per
 node, not per device (docs/scale.md).
 
-Keys under `key_prefix` ("relay:"): `dev:{id}`, a hash (node, session_id, connected_at,
-last_seen, lease) written when the device connects and removed when it leaves, with no
-expiry; `lease:{node}`, the node's lease, a token new each time the process starts, kept
-alive by the node's heartbeat (`SET ... PX presence_ttl_s`); a record counts only while its
-node holds the lease the record names, so a crashed (or restarted) node's devices vanish from
-every lookup at once, and any node's heartbeat later sweeps their records away (`nodes`, the
-registry of leases, says whose lease is gone); `devices`, a sorted set of ids all scored 0,
-so ZRANGEBYLEX pages it by id (cursor = last id), dead members skipped and removed while
-listing. Activity (`last_seen`) is written by the heartbeat, only for the devices heard from
-since the last. Claim, release and lookup are Lua scripts (relay.cluster.redis_scripts),
-each one atomic step: of two concurrent registrations the later sees the earlier and
-replaces it. Scripts read the lease key of a record's node, so this targets one Redis (or a
-Sentinel-managed primary); relay.cluster.redis_sharded keeps the same presence on a Redis
-Cluster.
+Keys under `key_prefix` ("relay:"): `dev:{id}`, one string (lease, connected_at, last_seen,
+session_id, node), swapped in by a claim (`SET ... GET`: one command learns the previous
+holder) and taken by a release (`GETDEL`), with no expiry; `lease:{node}`, the node's lease,
+a token new each time the process starts, kept alive by the node's heartbeat (`SET ... PX
+presence_ttl_s`); a record counts only while its node holds the lease the record names, so a
+crashed (or restarted) node's devices vanish from every lookup at once, and any node's
+heartbeat later sweeps their records away (`nodes`, the registry of leases, says whose lease
+is gone); `devices`, a sorted set of ids all scored 0, so ZRANGEBYLEX pages it by id (cursor
+= last id), dead members skipped and removed while listing. Activity (`last_seen`) is
+written by the heartbeat, only for the devices heard from since the last. Claim, release and
+lookup are Lua scripts (relay.cluster.redis_scripts), each one atomic step: of two
+concurrent registrations the later sees the earlier and replaces it. Scripts read the lease
+key of a record's node, so this targets one Redis (or a Sentinel-managed primary);
+relay.cluster.redis_sharded keeps the same presence on a Redis Cluster.
 
 Nothing a device waits for waits on Redis: `register` and `unregister` queue the claim or
 release, and one writer per session sends what is queued in batches; after an outage the

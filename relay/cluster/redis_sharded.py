@@ -2,10 +2,10 @@
 relay.cluster.redis does on one Redis, with keys that hash tags keep one script to one slot.
 
 Keys under `key_prefix` ("relay:"): a device belongs to one of `BUCKETS` buckets (CRC-32 of
-its id), whose slot holds its record `{b<n>}:dev:<id>` and the bucket's index
-`{b<n>}:devices` (ids scored 0), so a claim or release (record and index together) is one
-script in one slot, and the index is spread over `BUCKETS` slots instead of one hot key.
-A node's lease `{n:<node>}:lease` and its inbox, a sharded pub/sub channel
+its id), whose slot holds its record `{b<n>}:dev:<id>` (a string, as on one Redis) and the
+bucket's index `{b<n>}:devices` (ids scored 0), so a claim or release (record and index
+together) is one script in one slot, and the index is spread over `BUCKETS` slots instead of
+one hot key. A node's lease `{n:<node>}:lease` and its inbox, a sharded pub/sub channel
 `{n:<node>}:inbox` (`SSUBSCRIBE`/`SPUBLISH`, Redis >= 7), share the node's slot.
 
 A record still counts only while its node holds the lease it names, but the lease lives in
@@ -34,13 +34,12 @@ from redis.asyncio.cluster import RedisCluster as ShardedRedis
 from protocol.node import decode_node_message
 from relay.cluster.base import Page, Presence
 from relay.cluster.redis import RedisCluster
-from relay.cluster.redis_client import parse_presence, text
+from relay.cluster.redis_client import parse_presence, split_record, text
 from relay.cluster.redis_scripts import SHARDED_SCRIPTS
 
 log = logging.getLogger(__name__)
 
 BUCKETS = 64  # index and record buckets, each its own slot: a shard holds BUCKETS / shards
-_FIELDS = ("node", "session_id", "connected_at", "last_seen", "lease")
 _LIST_ROUNDS = 8  # refills of a page thinned by dead members
 _SWEEP_CHUNK = 500  # index members a sweep step reads
 _SWEEP_STEPS = 20  # sweep steps per heartbeat
@@ -164,14 +163,15 @@ class ShardedCluster(RedisCluster):
         return {(n, lease) for n, lease in holders if leases[n] == lease}
 
     async def _rows(self, ids: Sequence[str]) -> list[list[Any]]:
+        """Each device's record as (node, session, connected_at, last_seen, lease), all
+        None when absent."""
         assert self._redis is not None
         if len(ids) == 1:  # a lookup: one command, not a cluster pipeline
-            return [await self._redis.hmget(self._key(ids[0]), _FIELDS)]
+            return [split_record(await self._redis.get(self._key(ids[0])))]
         async with self._redis.pipeline(transaction=False) as pipe:
             for d in ids:
-                pipe.hmget(self._key(d), _FIELDS)
-            rows: list[list[Any]] = await pipe.execute()
-        return rows
+                pipe.get(self._key(d))
+            return [split_record(raw) for raw in await pipe.execute()]
 
     async def _lookup(self, ids: Sequence[str], *, prune: bool = False) -> list[Presence | None]:
         rows = await self._rows(ids)
