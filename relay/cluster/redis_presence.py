@@ -84,6 +84,7 @@ class RedisPresence(NodeInbox):
         self._op_timeout = op_timeout_s
         self._redis: AnyRedis | None = None
         self._scripts: dict[str, Callable[..., Awaitable[Any]]] = {}
+        self._shas: dict[str, str] = {}  # script name -> SHA1, for EVALSHA in pipelines
         self._lock = asyncio.Lock()  # one writer at a time keeps claims and renewals ordered
         self._claims: dict[str, Presence] = {}  # registered here, not yet sent to Redis
         self._releases: dict[tuple[str, str], None] = {}  # (device, session), in order
@@ -250,8 +251,11 @@ class RedisPresence(NodeInbox):
     async def _queue(
         self, pipe: Any, script: str, keys: Sequence[str], args: Sequence[object]
     ) -> None:
-        """Queue a script call in a pipeline."""
-        await self._scripts[script](keys=keys, args=args, client=pipe)
+        """Queue a script call in a pipeline: EVALSHA alone (redis-py's script objects
+        would add a SCRIPT EXISTS per pipeline). The scripts were loaded when the session
+        began; a Redis that lost them fails the call, which ends the session, and the next
+        one loads them again."""
+        pipe.execute_command("EVALSHA", self._shas[script], len(keys), *keys, *args)
 
     async def _call(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
         async with asyncio.timeout(self._op_timeout):

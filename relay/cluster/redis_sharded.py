@@ -24,7 +24,6 @@ import logging
 import math
 import zlib
 from collections.abc import Sequence
-from hashlib import sha1
 from typing import Any
 
 from redis.asyncio.client import PubSub
@@ -60,7 +59,6 @@ class ShardedCluster(RedisCluster):
         super().__init__(url, node_id, mode="cluster", **kwargs)
         self._bucket_from = 0  # the sweep's bucket
         self._epoch: int | None = None  # the cluster's configuration epoch, last seen
-        self._shas = {name: sha1(s.encode()).hexdigest() for name, s in SHARDED_SCRIPTS}
 
     def _key(self, device_id: str) -> str:
         return f"{self._prefix}{{b{bucket_of(device_id)}}}:dev:{device_id}"
@@ -126,13 +124,6 @@ class ShardedCluster(RedisCluster):
             await self._load_scripts()
         return grew
 
-    async def _load_scripts(self) -> None:
-        """Every primary learns the scripts the pipelines call by their SHA."""
-        assert self._redis is not None
-        async with asyncio.timeout(self._op_timeout):
-            for _, script in SHARDED_SCRIPTS:
-                await self._redis.script_load(script)
-
     # Leases, read by the client.
 
     async def _keep_lease(self) -> bool:
@@ -191,16 +182,6 @@ class ShardedCluster(RedisCluster):
                 ("prune", [self._key(d), self._index_of(d)], [d, lease]) for d, lease in dead
             )
         return out
-
-    async def _queue(
-        self, pipe: Any, script: str, keys: Sequence[str], args: Sequence[object]
-    ) -> None:
-        """EVALSHA queued in a cluster pipeline (routed by its keys' slot; redis-py blocks
-        its `evalsha` there, not the command). The scripts were loaded on every primary
-        when the session began; a primary that lost them fails the call, which ends the
-        session, and the next one loads them again."""
-        sha = self._shas[script]
-        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
     async def _pipe_scripts(self, calls: Any) -> list[Any]:
         """Script calls (name, keys, args) in one cluster pipeline (a batch per shard)."""
