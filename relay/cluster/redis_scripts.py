@@ -12,7 +12,9 @@ leases read by the client."""
 from __future__ import annotations
 
 # Functions every script that reads or writes a record starts with: `parse` splits a record
-# (nil when absent or not one), `pack` joins one. Node last: it is the only free-form field.
+# (nil when absent or not one), `pack` joins one (node last: the only free-form field);
+# `call` runs GET, GETDEL or SET on a record's key, and removes a key of another type first
+# (the hash record of an older relay: absent, not an error); `read` is a parsed GET.
 _REC = """
 local function parse(v)
   if not v then return nil end
@@ -24,6 +26,17 @@ end
 local function pack(lease, ca, ls, session, node)
   return lease .. '\\n' .. ca .. '\\n' .. ls .. '\\n' .. session .. '\\n' .. node
 end
+local function call(op, k, ...)
+  local v = redis.pcall(op, k, ...)
+  if type(v) == 'table' and v.err then
+    if not string.find(v.err, 'WRONGTYPE', 1, true) then error(v.err) end
+    redis.call('DEL', k)
+    if op == 'SET' then return redis.call(op, k, ...) end
+    return false
+  end
+  return v
+end
+local function read(k) return parse(call('GET', k)) end
 """
 
 # A function every script that judges a record starts with: whether the node named in
@@ -44,7 +57,7 @@ CLAIM = (
     _REC
     + _LIVE
     + """
-local prev = parse(redis.call('SET', KEYS[1], pack(ARGV[6], ARGV[4], ARGV[5], ARGV[3], ARGV[2]),
+local prev = parse(call('SET', KEYS[1], pack(ARGV[6], ARGV[4], ARGV[5], ARGV[3], ARGV[2]),
                               'GET'))
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
 if (not prev) or prev.node == ARGV[2] or not live(ARGV[7], prev.node, prev.lease, {}) then
@@ -57,7 +70,7 @@ return {prev.node, prev.session}"""
 RELEASE = (
     _REC
     + """
-local v = redis.call('GETDEL', KEYS[1])
+local v = call('GETDEL', KEYS[1])
 if not v then return 0 end
 local rec = parse(v)
 if (not rec) or rec.session ~= ARGV[2] then
@@ -77,7 +90,7 @@ RENEW = (
 local out, seen = {}, {}
 for i = 2, #KEYS do
   local a = 4 + (i - 2) * 4
-  local cur = parse(redis.call('GET', KEYS[i])) or {}
+  local cur = read(KEYS[i]) or {}
   local status = 2
   if cur.node == ARGV[1] and cur.session == ARGV[a + 1] then
     status = 0
@@ -103,7 +116,7 @@ SEEN = (
     _REC
     + """
 for i = 1, #KEYS do
-  local rec = parse(redis.call('GET', KEYS[i]))
+  local rec = read(KEYS[i])
   if rec and rec.session == ARGV[2 * i - 1] then
     redis.call('SET', KEYS[i], pack(rec.lease, rec.connected_at, ARGV[2 * i], rec.session,
                                     rec.node))
@@ -121,7 +134,7 @@ LOOKUP = (
 local out, seen = {}, {}
 for i = 2, #KEYS do
   local id = ARGV[i + 1]
-  local rec = parse(redis.call('GET', KEYS[i]))
+  local rec = read(KEYS[i])
   if rec and live(ARGV[1], rec.node, rec.lease, seen) then
     table.insert(out, {rec.node, rec.session, rec.connected_at, rec.last_seen})
   else
@@ -162,7 +175,7 @@ local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], '+', 'LIMIT', 0, ARGV[3]
 local seen = {}
 for _, id in ipairs(ids) do
   local k = ARGV[1] .. 'dev:' .. id
-  local rec = parse(redis.call('GET', k)) or {}
+  local rec = read(k) or {}
   if not live(ARGV[1], rec.node, rec.lease, seen) then
     redis.call('DEL', k)
     redis.call('ZREM', KEYS[1], id)
@@ -183,7 +196,7 @@ return ids[#ids]"""
 S_CLAIM = (
     _REC
     + """
-local prev = parse(redis.call('SET', KEYS[1], pack(ARGV[6], ARGV[4], ARGV[5], ARGV[3], ARGV[2]),
+local prev = parse(call('SET', KEYS[1], pack(ARGV[6], ARGV[4], ARGV[5], ARGV[3], ARGV[2]),
                               'GET'))
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
 if (not prev) or prev.node == ARGV[2] then return {'', ''} end
@@ -200,7 +213,7 @@ local n = tonumber(ARGV[3])
 for i = 4, 3 + n do live[ARGV[i]] = true end
 for i = 2, #KEYS do
   local a = 4 + n + (i - 2) * 4
-  local cur = parse(redis.call('GET', KEYS[i])) or {}
+  local cur = read(KEYS[i]) or {}
   local status = 2
   if cur.node == ARGV[1] and cur.session == ARGV[a + 1] then
     status = 0
@@ -225,7 +238,7 @@ return out"""
 S_PRUNE = (
     _REC
     + """
-if ((parse(redis.call('GET', KEYS[1])) or {}).lease or '') ~= ARGV[2] then return 0 end
+if ((read(KEYS[1]) or {}).lease or '') ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 return redis.call('ZREM', KEYS[2], ARGV[1])"""
 )
@@ -240,7 +253,7 @@ for i = 4, #ARGV do dead[ARGV[i]] = true end
 local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], '+', 'LIMIT', 0, ARGV[3])
 for _, id in ipairs(ids) do
   local k = ARGV[1] .. id
-  local rec = parse(redis.call('GET', k))
+  local rec = read(k)
   if (not rec) or dead[rec.node .. '\\n' .. rec.lease] then
     redis.call('DEL', k)
     redis.call('ZREM', KEYS[1], id)

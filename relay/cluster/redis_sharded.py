@@ -29,6 +29,7 @@ from typing import Any
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterPubSub
 from redis.asyncio.cluster import RedisCluster as ShardedRedis
+from redis.exceptions import ResponseError
 
 from protocol.node import decode_node_message
 from relay.cluster.base import Page, Presence
@@ -42,6 +43,16 @@ BUCKETS = 64  # index and record buckets, each its own slot: a shard holds BUCKE
 _LIST_ROUNDS = 8  # refills of a page thinned by dead members
 _SWEEP_CHUNK = 500  # index members a sweep step reads
 _SWEEP_STEPS = 20  # sweep steps per heartbeat
+
+
+def _record_or_none(answer: object) -> object:
+    """A GET's answer; a record key of another type (the hash record of an older relay)
+    reads as absent (a prune or claim replaces it), any other error is raised."""
+    if isinstance(answer, ResponseError) and str(answer).startswith("WRONGTYPE"):
+        return None
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
 
 
 def bucket_of(device_id: str) -> int:
@@ -158,11 +169,15 @@ class ShardedCluster(RedisCluster):
         None when absent."""
         assert self._redis is not None
         if len(ids) == 1:  # a lookup: one command, not a cluster pipeline
-            return [split_record(await self._redis.get(self._key(ids[0])))]
+            try:
+                return [split_record(await self._redis.get(self._key(ids[0])))]
+            except ResponseError as e:
+                return [split_record(_record_or_none(e))]
         async with self._redis.pipeline(transaction=False) as pipe:
             for d in ids:
                 pipe.get(self._key(d))
-            return [split_record(raw) for raw in await pipe.execute()]
+            answers = await pipe.execute(raise_on_error=False)
+        return [split_record(_record_or_none(a)) for a in answers]
 
     async def _lookup(self, ids: Sequence[str], *, prune: bool = False) -> list[Presence | None]:
         rows = await self._rows(ids)

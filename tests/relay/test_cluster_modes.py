@@ -207,6 +207,32 @@ async def test_a_connect_and_a_disconnect_cost_at_most_three_commands_each(store
         assert releases <= 3 * 20, releases  # EVALSHA, GETDEL, ZREM
 
 
+async def test_hash_records_of_an_older_relay_are_replaced_not_errors(store: Store) -> None:
+    async with nodes_on(store) as (a, b):
+        raw = store.raw()
+        try:
+            for d in ("old1", "old2", "old3"):  # as the relay before string records left them
+                old = {"node": "Z", "session_id": "sz", "lease": "z1", "connected_at": "1"}
+                await raw.hset(store.dev_key(d), mapping=old)  # type: ignore[arg-type]
+                await raw.zadd(store.index_key(d), {d: 0})
+            connects = a.cluster.ops["connect"]
+            await a.connect("old1")  # claimed over the hash
+            a.held["old3"] = Presence("old3", "A", "s3", time.time(), 0)
+            await a.cluster._rebuild()  # renewed over the hash
+            found = await b.cluster.locate("old1")
+            assert found is not None
+            assert found.node == "A"
+            assert await b.cluster.locate("old2") is None
+            page = await b.cluster.list(None, 10)
+            assert [p.device_id for p in page.devices] == ["old1", "old3"]
+            assert not page.partial
+            assert await raw.type(store.dev_key("old1")) == b"string"
+            assert not await raw.exists(store.dev_key("old2"))  # the listing pruned it
+            assert a.cluster.ops["connect"] == connects  # no session ended on WRONGTYPE
+        finally:
+            await raw.aclose()
+
+
 async def test_rebuild_after_lost_data_and_sweep_of_a_dead_node(store: Store) -> None:
     async with nodes_on(store) as (a, b):
         await a.connect("d1", "s1")
