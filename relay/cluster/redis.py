@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from hashlib import sha1
 
 from redis.asyncio.client import PubSub
 
@@ -89,6 +90,7 @@ class RedisCluster(RedisPresence):
         self._deliver, self._replace, self._local_devices = deliver, replace, local_devices
         self._redis = r = open_any(self._url, self._op_timeout, self._mode, self._master)
         self._scripts = {name: r.register_script(text) for name, text in self._SCRIPTS}
+        self._shas = {name: sha1(text.encode()).hexdigest() for name, text in self._SCRIPTS}
         self._attempted.clear()
         self._supervisor = asyncio.create_task(self._supervise(), name="cluster-redis")
         with contextlib.suppress(TimeoutError):
@@ -221,8 +223,17 @@ class RedisCluster(RedisPresence):
         (one Redis: a failover always ends it)."""
         return False
 
+    async def _load_scripts(self) -> None:
+        """Redis (every primary of a cluster) learns the scripts pipelines call by SHA."""
+        assert self._redis is not None
+        async with asyncio.timeout(self._op_timeout):
+            for _, script in self._SCRIPTS:
+                await self._redis.script_load(script)
+
     async def _subscribe(self, pubsub: PubSub) -> None:
-        """Subscribe to this node's inbox; once confirmed, publishes to it reach us."""
+        """Load the scripts and subscribe to this node's inbox; once confirmed, publishes
+        to it reach us."""
+        await self._load_scripts()
         await pubsub.subscribe(self._inbox(self.node_id))
         while True:
             msg = await pubsub.get_message(timeout=self._op_timeout)

@@ -106,6 +106,17 @@ def text(raw: object) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
 
 
+def split_record(raw: object) -> list[Any]:
+    """A device record (relay.cluster.redis_scripts: lease, connected_at, last_seen,
+    session and node, one per line) as (node, session, connected_at, last_seen, lease);
+    all None when absent or not a record."""
+    parts = text(raw).split("\n", 4)
+    if raw is None or len(parts) < 5:
+        return [None] * 5
+    lease, connected_at, last_seen, session, node = parts
+    return [node, session, connected_at, last_seen, lease]
+
+
 def parse_presence(device_id: str, row: Sequence[Any]) -> Presence | None:
     """A row of the lookup script (node, session, connected_at, last_seen); None when the
     device is absent, its node's lease is gone, or the record was not written by us."""

@@ -1,20 +1,20 @@
 """This node's presence in Redis (README.md "Many processes and machines"), at a cost per
 node, not per device (docs/scale.md).
 
-Keys under `key_prefix` ("relay:"): `dev:{id}`, a hash (node, session_id, connected_at,
-last_seen, lease) written when the device connects and removed when it leaves, with no
-expiry; `lease:{node}`, the node's lease, a token new each time the process starts, kept
-alive by the node's heartbeat (`SET ... PX presence_ttl_s`); a record counts only while its
-node holds the lease the record names, so a crashed (or restarted) node's devices vanish from
-every lookup at once, and any node's heartbeat later sweeps their records away (`nodes`, the
-registry of leases, says whose lease is gone); `devices`, a sorted set of ids all scored 0,
-so ZRANGEBYLEX pages it by id (cursor = last id), dead members skipped and removed while
-listing. Activity (`last_seen`) is written by the heartbeat, only for the devices heard from
-since the last. Claim, release and lookup are Lua scripts (relay.cluster.redis_scripts),
-each one atomic step: of two concurrent registrations the later sees the earlier and
-replaces it. Scripts read the lease key of a record's node, so this targets one Redis (or a
-Sentinel-managed primary); relay.cluster.redis_sharded keeps the same presence on a Redis
-Cluster.
+Keys under `key_prefix` ("relay:"): `dev:{id}`, one string (lease, connected_at, last_seen,
+session_id, node), swapped in by a claim (`SET ... GET`: one command learns the previous
+holder) and taken by a release (`GETDEL`), with no expiry; `lease:{node}`, the node's lease,
+a token new each time the process starts, kept alive by the node's heartbeat (`SET ... PX
+presence_ttl_s`); a record counts only while its node holds the lease the record names, so a
+crashed (or restarted) node's devices vanish from every lookup at once, and any node's
+heartbeat later sweeps their records away (`nodes`, the registry of leases, says whose lease
+is gone); `devices`, a sorted set of ids all scored 0, so ZRANGEBYLEX pages it by id (cursor
+= last id), dead members skipped and removed while listing. Activity (`last_seen`) is
+written by the heartbeat, only for the devices heard from since the last. Claim, release and
+lookup are Lua scripts (relay.cluster.redis_scripts), each one atomic step: of two
+concurrent registrations the later sees the earlier and replaces it. Scripts read the lease
+key of a record's node, so this targets one Redis (or a Sentinel-managed primary);
+relay.cluster.redis_sharded keeps the same presence on a Redis Cluster.
 
 Nothing a device waits for waits on Redis: `register` and `unregister` queue the claim or
 release, and one writer per session sends what is queued in batches; after an outage the
@@ -84,6 +84,7 @@ class RedisPresence(NodeInbox):
         self._op_timeout = op_timeout_s
         self._redis: AnyRedis | None = None
         self._scripts: dict[str, Callable[..., Awaitable[Any]]] = {}
+        self._shas: dict[str, str] = {}  # script name -> SHA1, for EVALSHA in pipelines
         self._lock = asyncio.Lock()  # one writer at a time keeps claims and renewals ordered
         self._claims: dict[str, Presence] = {}  # registered here, not yet sent to Redis
         self._releases: dict[tuple[str, str], None] = {}  # (device, session), in order
@@ -250,8 +251,11 @@ class RedisPresence(NodeInbox):
     async def _queue(
         self, pipe: Any, script: str, keys: Sequence[str], args: Sequence[object]
     ) -> None:
-        """Queue a script call in a pipeline."""
-        await self._scripts[script](keys=keys, args=args, client=pipe)
+        """Queue a script call in a pipeline: EVALSHA alone (redis-py's script objects
+        would add a SCRIPT EXISTS per pipeline). The scripts were loaded when the session
+        began; a Redis that lost them fails the call, which ends the session, and the next
+        one loads them again."""
+        pipe.execute_command("EVALSHA", self._shas[script], len(keys), *keys, *args)
 
     async def _call(self, script: str, keys: Sequence[str], args: Sequence[object]) -> Any:
         async with asyncio.timeout(self._op_timeout):

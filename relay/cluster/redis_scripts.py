@@ -1,13 +1,43 @@
 """The Lua scripts the Redis cluster layer runs (relay/cluster/redis.py): each reads or
 changes a device's presence and the sorted device index together, atomically.
 
-A device record (`dev:{id}`, a hash) names its node and the node's lease (a token, new each
-time the node process starts); the record counts only while `lease:{node}` holds that
-token, so a dead or restarted node's devices vanish from every lookup at once. The first
-scripts read `lease:{node}` for the node a record names, a key they compute: one Redis; the
-`S_` ones below are their Redis Cluster forms, with the leases read by the client."""
+A device record (`dev:{id}`, one string: lease, connected_at, last_seen, session and node,
+one per line, so a claim is one `SET ... GET` and a release one `GETDEL`) names its node and
+the node's lease (a token, new each time the node process starts); the record counts only
+while `lease:{node}` holds that token, so a dead or restarted node's devices vanish from
+every lookup at once. The first scripts read `lease:{node}` for the node a record names, a
+key they compute: one Redis; the `S_` ones below are their Redis Cluster forms, with the
+leases read by the client."""
 
 from __future__ import annotations
+
+# Functions every script that reads or writes a record starts with: `parse` splits a record
+# (nil when absent or not one), `pack` joins one (node last: the only free-form field);
+# `call` runs GET, GETDEL or SET on a record's key, and removes a key of another type first
+# (the hash record of an older relay: absent, not an error); `read` is a parsed GET.
+_REC = """
+local function parse(v)
+  if not v then return nil end
+  local lease, ca, ls, session, node = string.match(v,
+    '^([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n(.*)$')
+  if not lease then return nil end
+  return {node = node, session = session, connected_at = ca, last_seen = ls, lease = lease}
+end
+local function pack(lease, ca, ls, session, node)
+  return lease .. '\\n' .. ca .. '\\n' .. ls .. '\\n' .. session .. '\\n' .. node
+end
+local function call(op, k, ...)
+  local v = redis.pcall(op, k, ...)
+  if type(v) == 'table' and v.err then
+    if not string.find(v.err, 'WRONGTYPE', 1, true) then error(v.err) end
+    redis.call('DEL', k)
+    if op == 'SET' then return redis.call(op, k, ...) end
+    return false
+  end
+  return v
+end
+local function read(k) return parse(call('GET', k)) end
+"""
 
 # A function every script that judges a record starts with: whether the node named in
 # `rec` (node, lease) still holds that lease. `seen` caches answers per script call.
@@ -21,73 +51,92 @@ local function live(prefix, node, lease, seen)
   return seen[k]
 end
 """
-# KEYS device hash, index; ARGV id, node, session, connected_at, last_seen, lease, prefix.
+# KEYS device record, index; ARGV id, node, session, connected_at, last_seen, lease, prefix.
 # The last writer wins and learns who held the device before, if that holder lives.
 CLAIM = (
-    _LIVE
+    _REC
+    + _LIVE
     + """
-local prev = redis.call('HMGET', KEYS[1], 'node', 'session_id', 'lease')
-redis.call('HSET', KEYS[1], 'node', ARGV[2], 'session_id', ARGV[3],
-           'connected_at', ARGV[4], 'last_seen', ARGV[5], 'lease', ARGV[6])
+local prev = parse(call('SET', KEYS[1], pack(ARGV[6], ARGV[4], ARGV[5], ARGV[3], ARGV[2]),
+                              'GET'))
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
-if prev[1] == ARGV[2] or not live(ARGV[7], prev[1], prev[3], {}) then return {'', ''} end
-return {prev[1], prev[2] or ''}"""
+if (not prev) or prev.node == ARGV[2] or not live(ARGV[7], prev.node, prev.lease, {}) then
+  return {'', ''}
+end
+return {prev.node, prev.session}"""
 )
-# KEYS device hash, index; ARGV id, session.
-RELEASE = """
-if redis.call('HGET', KEYS[1], 'session_id') ~= ARGV[2] then return 0 end
-redis.call('DEL', KEYS[1])
+# KEYS device record, index; ARGV id, session. Taken away, and put back unchanged if
+# another session holds it now (the script is atomic: nobody sees it gone).
+RELEASE = (
+    _REC
+    + """
+local v = call('GETDEL', KEYS[1])
+if not v then return 0 end
+local rec = parse(v)
+if (not rec) or rec.session ~= ARGV[2] then
+  redis.call('SET', KEYS[1], v)
+  return 0
+end
 return redis.call('ZREM', KEYS[2], ARGV[1])"""
-# KEYS index, one hash per device; ARGV node, lease, prefix, then per device id, session,
+)
+# KEYS index, one record per device; ARGV node, lease, prefix, then per device id, session,
 # connected_at, last_seen. Per device: status, holder node, holder session, with status 0
 # kept (already ours, the lease brought up to date), 1 claimed (absent, held by a node
 # whose lease is gone, by this node before, or by an older connection), 2 lost to a newer.
 RENEW = (
-    _LIVE
+    _REC
+    + _LIVE
     + """
 local out, seen = {}, {}
 for i = 2, #KEYS do
   local a = 4 + (i - 2) * 4
-  local cur = redis.call('HMGET', KEYS[i], 'node', 'session_id', 'connected_at', 'lease')
+  local cur = read(KEYS[i]) or {}
   local status = 2
-  if cur[1] == ARGV[1] and cur[2] == ARGV[a + 1] then
+  if cur.node == ARGV[1] and cur.session == ARGV[a + 1] then
     status = 0
-    if cur[4] ~= ARGV[2] then redis.call('HSET', KEYS[i], 'lease', ARGV[2]) end
-  elseif cur[1] == ARGV[1] or not live(ARGV[3], cur[1], cur[4], seen)
-      or (tonumber(cur[3]) or 0) < tonumber(ARGV[a + 2]) then
+    if cur.lease ~= ARGV[2] then
+      redis.call('SET', KEYS[i], pack(ARGV[2], cur.connected_at, cur.last_seen, cur.session,
+                                      cur.node))
+    end
+  elseif cur.node == ARGV[1] or not live(ARGV[3], cur.node, cur.lease, seen)
+      or (tonumber(cur.connected_at) or 0) < tonumber(ARGV[a + 2]) then
     status = 1
-    redis.call('HSET', KEYS[i], 'node', ARGV[1], 'session_id', ARGV[a + 1],
-               'connected_at', ARGV[a + 2], 'last_seen', ARGV[a + 3], 'lease', ARGV[2])
+    redis.call('SET', KEYS[i], pack(ARGV[2], ARGV[a + 2], ARGV[a + 3], ARGV[a + 1], ARGV[1]))
     redis.call('ZADD', KEYS[1], 0, ARGV[a])
   end
   table.insert(out, status)
-  table.insert(out, cur[1] or '')
-  table.insert(out, cur[2] or '')
+  table.insert(out, cur.node or '')
+  table.insert(out, cur.session or '')
 end
 return out"""
 )
-# KEYS device hashes; ARGV per device session, last_seen. Written only while that session
+# KEYS device records; ARGV per device session, last_seen. Written only while that session
 # still holds the device.
-SEEN = """
+SEEN = (
+    _REC
+    + """
 for i = 1, #KEYS do
-  if redis.call('HGET', KEYS[i], 'session_id') == ARGV[2 * i - 1] then
-    redis.call('HSET', KEYS[i], 'last_seen', ARGV[2 * i])
+  local rec = read(KEYS[i])
+  if rec and rec.session == ARGV[2 * i - 1] then
+    redis.call('SET', KEYS[i], pack(rec.lease, rec.connected_at, ARGV[2 * i], rec.session,
+                                    rec.node))
   end
 end
 return 0"""
-# KEYS index, device hashes; ARGV prefix, prune flag, then the ids. Per device its row
+)
+# KEYS index, device records; ARGV prefix, prune flag, then the ids. Per device its row
 # (node, session, connected_at, last_seen) while its node's lease lives, else an empty row;
 # with the flag, members whose record is gone or dead are removed (listing cleans up).
 LOOKUP = (
-    _LIVE
+    _REC
+    + _LIVE
     + """
 local out, seen = {}, {}
 for i = 2, #KEYS do
   local id = ARGV[i + 1]
-  local row = redis.call('HMGET', KEYS[i], 'node', 'session_id', 'connected_at',
-                         'last_seen', 'lease')
-  if live(ARGV[1], row[1], row[5], seen) then
-    table.insert(out, {row[1], row[2], row[3], row[4]})
+  local rec = read(KEYS[i])
+  if rec and live(ARGV[1], rec.node, rec.lease, seen) then
+    table.insert(out, {rec.node, rec.session, rec.connected_at, rec.last_seen})
   else
     table.insert(out, {})
     if ARGV[2] == '1' then
@@ -119,14 +168,15 @@ return dead"""
 # next `count` members whose node's lease is gone; returns the last member seen ('' at
 # the end).
 SWEEP = (
-    _LIVE
+    _REC
+    + _LIVE
     + """
 local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], '+', 'LIMIT', 0, ARGV[3])
 local seen = {}
 for _, id in ipairs(ids) do
   local k = ARGV[1] .. 'dev:' .. id
-  local rec = redis.call('HMGET', k, 'node', 'lease')
-  if not live(ARGV[1], rec[1], rec[2], seen) then
+  local rec = read(k) or {}
+  if not live(ARGV[1], rec.node, rec.lease, seen) then
     redis.call('DEL', k)
     redis.call('ZREM', KEYS[1], id)
   end
@@ -139,66 +189,79 @@ return ids[#ids]"""
 # devices (`{prefix}{b<n>}:dev:<id>` and `{prefix}{b<n>}:devices`), so leases (each in its
 # node's slot) are read by the client, not inside the scripts.
 
-# KEYS device hash, bucket index; ARGV id, node, session, connected_at, last_seen, lease.
+# KEYS device record, bucket index; ARGV id, node, session, connected_at, last_seen, lease.
 # The last writer wins and learns who held the device before (node, session) when that
 # was another node; the client tells that node to close its connection (which does so
 # only if that session is still open there: a dead holder's inbox has no listener).
-S_CLAIM = """
-local prev = redis.call('HMGET', KEYS[1], 'node', 'session_id')
-redis.call('HSET', KEYS[1], 'node', ARGV[2], 'session_id', ARGV[3],
-           'connected_at', ARGV[4], 'last_seen', ARGV[5], 'lease', ARGV[6])
+S_CLAIM = (
+    _REC
+    + """
+local prev = parse(call('SET', KEYS[1], pack(ARGV[6], ARGV[4], ARGV[5], ARGV[3], ARGV[2]),
+                              'GET'))
 redis.call('ZADD', KEYS[2], 0, ARGV[1])
-if (not prev[1]) or prev[1] == ARGV[2] then return {'', ''} end
-return {prev[1], prev[2] or ''}"""
-# KEYS bucket index, its device hashes; ARGV node, lease, n, then n live holders
+if (not prev) or prev.node == ARGV[2] then return {'', ''} end
+return {prev.node, prev.session}"""
+)
+# KEYS bucket index, its device records; ARGV node, lease, n, then n live holders
 # ("node\\nlease", read by the client just before), then per device id, session,
 # connected_at, last_seen. As RENEW, with a holder live only if it is in that list.
-S_RENEW = """
+S_RENEW = (
+    _REC
+    + """
 local live, out = {}, {}
 local n = tonumber(ARGV[3])
 for i = 4, 3 + n do live[ARGV[i]] = true end
 for i = 2, #KEYS do
   local a = 4 + n + (i - 2) * 4
-  local cur = redis.call('HMGET', KEYS[i], 'node', 'session_id', 'connected_at', 'lease')
+  local cur = read(KEYS[i]) or {}
   local status = 2
-  if cur[1] == ARGV[1] and cur[2] == ARGV[a + 1] then
+  if cur.node == ARGV[1] and cur.session == ARGV[a + 1] then
     status = 0
-    if cur[4] ~= ARGV[2] then redis.call('HSET', KEYS[i], 'lease', ARGV[2]) end
-  elseif cur[1] == ARGV[1] or not cur[1] or not live[cur[1] .. '\\n' .. (cur[4] or '')]
-      or (tonumber(cur[3]) or 0) < tonumber(ARGV[a + 2]) then
+    if cur.lease ~= ARGV[2] then
+      redis.call('SET', KEYS[i], pack(ARGV[2], cur.connected_at, cur.last_seen, cur.session,
+                                      cur.node))
+    end
+  elseif cur.node == ARGV[1] or not cur.node or not live[cur.node .. '\\n' .. cur.lease]
+      or (tonumber(cur.connected_at) or 0) < tonumber(ARGV[a + 2]) then
     status = 1
-    redis.call('HSET', KEYS[i], 'node', ARGV[1], 'session_id', ARGV[a + 1],
-               'connected_at', ARGV[a + 2], 'last_seen', ARGV[a + 3], 'lease', ARGV[2])
+    redis.call('SET', KEYS[i], pack(ARGV[2], ARGV[a + 2], ARGV[a + 3], ARGV[a + 1], ARGV[1]))
     redis.call('ZADD', KEYS[1], 0, ARGV[a])
   end
   table.insert(out, status)
-  table.insert(out, cur[1] or '')
-  table.insert(out, cur[2] or '')
+  table.insert(out, cur.node or '')
+  table.insert(out, cur.session or '')
 end
 return out"""
-# KEYS device hash, bucket index; ARGV id, the lease the client found dead ('' : no
+)
+# KEYS device record, bucket index; ARGV id, the lease the client found dead ('' : no
 # record). Removes the record and the index member only if the record still names it.
-S_PRUNE = """
-if (redis.call('HGET', KEYS[1], 'lease') or '') ~= ARGV[2] then return 0 end
+S_PRUNE = (
+    _REC
+    + """
+if ((read(KEYS[1]) or {}).lease or '') ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
 return redis.call('ZREM', KEYS[2], ARGV[1])"""
+)
 # KEYS bucket index; ARGV its record key prefix, start (ZRANGEBYLEX form), count, then the
 # dead holders ("node\\nlease"). Removes the records of the next `count` members held by
 # a dead holder (or gone); the last member seen ('' at the bucket's end).
-S_SWEEP = """
+S_SWEEP = (
+    _REC
+    + """
 local dead = {}
 for i = 4, #ARGV do dead[ARGV[i]] = true end
 local ids = redis.call('ZRANGEBYLEX', KEYS[1], ARGV[2], '+', 'LIMIT', 0, ARGV[3])
 for _, id in ipairs(ids) do
   local k = ARGV[1] .. id
-  local rec = redis.call('HMGET', k, 'node', 'lease')
-  if (not rec[1]) or dead[rec[1] .. '\\n' .. (rec[2] or '')] then
+  local rec = read(k)
+  if (not rec) or dead[rec.node .. '\\n' .. rec.lease] then
     redis.call('DEL', k)
     redis.call('ZREM', KEYS[1], id)
   end
 end
 if #ids < tonumber(ARGV[3]) then return '' end
 return ids[#ids]"""
+)
 SHARDED_SCRIPTS = (
     ("claim", S_CLAIM),
     ("release", RELEASE),

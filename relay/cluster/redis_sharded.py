@@ -2,10 +2,10 @@
 relay.cluster.redis does on one Redis, with keys that hash tags keep one script to one slot.
 
 Keys under `key_prefix` ("relay:"): a device belongs to one of `BUCKETS` buckets (CRC-32 of
-its id), whose slot holds its record `{b<n>}:dev:<id>` and the bucket's index
-`{b<n>}:devices` (ids scored 0), so a claim or release (record and index together) is one
-script in one slot, and the index is spread over `BUCKETS` slots instead of one hot key.
-A node's lease `{n:<node>}:lease` and its inbox, a sharded pub/sub channel
+its id), whose slot holds its record `{b<n>}:dev:<id>` (a string, as on one Redis) and the
+bucket's index `{b<n>}:devices` (ids scored 0), so a claim or release (record and index
+together) is one script in one slot, and the index is spread over `BUCKETS` slots instead of
+one hot key. A node's lease `{n:<node>}:lease` and its inbox, a sharded pub/sub channel
 `{n:<node>}:inbox` (`SSUBSCRIBE`/`SPUBLISH`, Redis >= 7), share the node's slot.
 
 A record still counts only while its node holds the lease it names, but the lease lives in
@@ -24,26 +24,35 @@ import logging
 import math
 import zlib
 from collections.abc import Sequence
-from hashlib import sha1
 from typing import Any
 
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterPubSub
 from redis.asyncio.cluster import RedisCluster as ShardedRedis
+from redis.exceptions import ResponseError
 
 from protocol.node import decode_node_message
 from relay.cluster.base import Page, Presence
 from relay.cluster.redis import RedisCluster
-from relay.cluster.redis_client import parse_presence, text
+from relay.cluster.redis_client import parse_presence, split_record, text
 from relay.cluster.redis_scripts import SHARDED_SCRIPTS
 
 log = logging.getLogger(__name__)
 
 BUCKETS = 64  # index and record buckets, each its own slot: a shard holds BUCKETS / shards
-_FIELDS = ("node", "session_id", "connected_at", "last_seen", "lease")
 _LIST_ROUNDS = 8  # refills of a page thinned by dead members
 _SWEEP_CHUNK = 500  # index members a sweep step reads
 _SWEEP_STEPS = 20  # sweep steps per heartbeat
+
+
+def _record_or_none(answer: object) -> object:
+    """A GET's answer; a record key of another type (the hash record of an older relay)
+    reads as absent (a prune or claim replaces it), any other error is raised."""
+    if isinstance(answer, ResponseError) and str(answer).startswith("WRONGTYPE"):
+        return None
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
 
 
 def bucket_of(device_id: str) -> int:
@@ -61,7 +70,6 @@ class ShardedCluster(RedisCluster):
         super().__init__(url, node_id, mode="cluster", **kwargs)
         self._bucket_from = 0  # the sweep's bucket
         self._epoch: int | None = None  # the cluster's configuration epoch, last seen
-        self._shas = {name: sha1(s.encode()).hexdigest() for name, s in SHARDED_SCRIPTS}
 
     def _key(self, device_id: str) -> str:
         return f"{self._prefix}{{b{bucket_of(device_id)}}}:dev:{device_id}"
@@ -127,13 +135,6 @@ class ShardedCluster(RedisCluster):
             await self._load_scripts()
         return grew
 
-    async def _load_scripts(self) -> None:
-        """Every primary learns the scripts the pipelines call by their SHA."""
-        assert self._redis is not None
-        async with asyncio.timeout(self._op_timeout):
-            for _, script in SHARDED_SCRIPTS:
-                await self._redis.script_load(script)
-
     # Leases, read by the client.
 
     async def _keep_lease(self) -> bool:
@@ -164,14 +165,19 @@ class ShardedCluster(RedisCluster):
         return {(n, lease) for n, lease in holders if leases[n] == lease}
 
     async def _rows(self, ids: Sequence[str]) -> list[list[Any]]:
+        """Each device's record as (node, session, connected_at, last_seen, lease), all
+        None when absent."""
         assert self._redis is not None
         if len(ids) == 1:  # a lookup: one command, not a cluster pipeline
-            return [await self._redis.hmget(self._key(ids[0]), _FIELDS)]
+            try:
+                return [split_record(await self._redis.get(self._key(ids[0])))]
+            except ResponseError as e:
+                return [split_record(_record_or_none(e))]
         async with self._redis.pipeline(transaction=False) as pipe:
             for d in ids:
-                pipe.hmget(self._key(d), _FIELDS)
-            rows: list[list[Any]] = await pipe.execute()
-        return rows
+                pipe.get(self._key(d))
+            answers = await pipe.execute(raise_on_error=False)
+        return [split_record(_record_or_none(a)) for a in answers]
 
     async def _lookup(self, ids: Sequence[str], *, prune: bool = False) -> list[Presence | None]:
         rows = await self._rows(ids)
@@ -191,16 +197,6 @@ class ShardedCluster(RedisCluster):
                 ("prune", [self._key(d), self._index_of(d)], [d, lease]) for d, lease in dead
             )
         return out
-
-    async def _queue(
-        self, pipe: Any, script: str, keys: Sequence[str], args: Sequence[object]
-    ) -> None:
-        """EVALSHA queued in a cluster pipeline (routed by its keys' slot; redis-py blocks
-        its `evalsha` there, not the command). The scripts were loaded on every primary
-        when the session began; a primary that lost them fails the call, which ends the
-        session, and the next one loads them again."""
-        sha = self._shas[script]
-        pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
 
     async def _pipe_scripts(self, calls: Any) -> list[Any]:
         """Script calls (name, keys, args) in one cluster pipeline (a batch per shard)."""

@@ -9,6 +9,7 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -201,10 +202,7 @@ async def test_a_lapsed_lease_rebuilds_what_redis_lost(
     # ... and a newer connection of d1 on node Z whose replace message was lost.
     await raw_redis.set("relay:lease:Z", "z1")
     later = time.time() + 60
-    await raw_redis.hset(
-        "relay:dev:d1",
-        mapping={"node": "Z", "session_id": "sz", "lease": "z1", "connected_at": later},
-    )
+    await raw_redis.set("relay:dev:d1", f"z1\n{later}\n{later}\nsz\nZ")
     await eventually(lambda: a.replaced == [("d1", "s1")])  # the next heartbeat rebuilt
     await eventually(lambda: _at(b, "d2", "A"))
     assert await _at(b, "d1", "Z")
@@ -288,6 +286,38 @@ async def test_a_heartbeat_costs_the_same_for_many_devices(
     # Both nodes beat about 4 times: a lease (3 commands) and a registry check (2 + nodes)
     # each; renewing 300 devices would be over 1,000 commands per beat.
     assert commands < 100, commands
+
+
+def data_commands_of(stats: dict[str, Any]) -> int:
+    """Commands Redis ran so far (INFO commandstats), Lua's included, but not connection
+    handshakes, INFO or the client's reads of the cluster's shape."""
+    skip = ("hello", "client", "info", "ping", "config", "subscribe", "cluster", "command")
+    return sum(int(v["calls"]) for k, v in stats.items() if k.split("|")[0][8:] not in skip)
+
+
+async def _data_commands(r: Redis) -> int:
+    return data_commands_of(await r.info("commandstats"))
+
+
+async def test_a_connect_and_a_disconnect_cost_at_most_three_commands_each(
+    quiet_nodes: tuple[Node, Node], raw_redis: Redis
+) -> None:
+    a, _ = quiet_nodes
+    before = await _data_commands(raw_redis)
+    for i in range(20):
+        await a.connect(f"c{i}", settle=False)
+    assert await a.cluster.settle(2.0)
+    claims = await _data_commands(raw_redis) - before
+    for i in range(20):
+        await a.cluster.unregister(f"c{i}", a.held.pop(f"c{i}").session_id)
+    assert await a.cluster.settle(2.0)
+    releases = await _data_commands(raw_redis) - before - claims
+    # EVALSHA and what it runs: SET ... GET and ZADD; GETDEL and ZREM (issue #16)
+    assert claims <= 3 * 20, claims
+    assert releases <= 3 * 20, releases
+    assert await raw_redis.zcard("relay:devices") == 0
+    assert await raw_redis.dbsize() == 3  # the two nodes' leases and their registry
+    assert await raw_redis.exists("relay:nodes")
 
 
 async def test_touch_reaches_redis_with_the_heartbeat(nodes: tuple[Node, Node]) -> None:

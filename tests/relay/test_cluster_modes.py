@@ -26,7 +26,7 @@ from tests.relay.redis_topologies import (  # noqa: F401 (pytest finds the fixtu
     redis_cluster_servers,
     redis_sentinel_servers,
 )
-from tests.relay.test_cluster import HEARTBEAT_S, Node, eventually
+from tests.relay.test_cluster import HEARTBEAT_S, Node, data_commands_of, eventually
 
 MODES = ["cluster", "sentinel"]  # one Redis: tests/relay/test_cluster.py
 FAILOVER_TTL_S = 10.0
@@ -100,6 +100,14 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     sentinel.heal()
     sentinel.flush()
     yield Store("sentinel", sentinel.url, MASTER, sentinel=sentinel)
+
+
+async def _data_commands(raw: Redis | ClusterClient) -> int:
+    """As tests/relay/test_cluster.py counts them, summed over a cluster's primaries."""
+    if isinstance(raw, ClusterClient):
+        stats = await raw.info("commandstats", target_nodes=ClusterClient.PRIMARIES)
+        return sum(data_commands_of(s) for s in stats.values())
+    return data_commands_of(await raw.info("commandstats"))
 
 
 @contextlib.asynccontextmanager
@@ -176,6 +184,51 @@ async def test_listing_release_and_touch(store: Store) -> None:
         raw = store.raw()
         try:
             assert await raw.zscore(store.index_key("a2x-ghost"), "a2x-ghost") is None
+        finally:
+            await raw.aclose()
+
+
+async def test_a_connect_and_a_disconnect_cost_at_most_three_commands_each(store: Store) -> None:
+    async with nodes_on(store, beat=30.0) as (a, _):
+        raw = store.raw()
+        try:
+            before = await _data_commands(raw)
+            for i in range(20):
+                await a.connect(f"c{i}", settle=False)
+            assert await a.cluster.settle(2.0)
+            claims = await _data_commands(raw) - before
+            for i in range(20):
+                await a.cluster.unregister(f"c{i}", a.held.pop(f"c{i}").session_id)
+            assert await a.cluster.settle(2.0)
+            releases = await _data_commands(raw) - before - claims
+        finally:
+            await raw.aclose()
+        assert claims <= 3 * 20, claims  # EVALSHA, SET ... GET, ZADD (issue #16)
+        assert releases <= 3 * 20, releases  # EVALSHA, GETDEL, ZREM
+
+
+async def test_hash_records_of_an_older_relay_are_replaced_not_errors(store: Store) -> None:
+    async with nodes_on(store) as (a, b):
+        raw = store.raw()
+        try:
+            for d in ("old1", "old2", "old3"):  # as the relay before string records left them
+                old = {"node": "Z", "session_id": "sz", "lease": "z1", "connected_at": "1"}
+                await raw.hset(store.dev_key(d), mapping=old)  # type: ignore[arg-type]
+                await raw.zadd(store.index_key(d), {d: 0})
+            connects = a.cluster.ops["connect"]
+            await a.connect("old1")  # claimed over the hash
+            a.held["old3"] = Presence("old3", "A", "s3", time.time(), 0)
+            await a.cluster._rebuild()  # renewed over the hash
+            found = await b.cluster.locate("old1")
+            assert found is not None
+            assert found.node == "A"
+            assert await b.cluster.locate("old2") is None
+            page = await b.cluster.list(None, 10)
+            assert [p.device_id for p in page.devices] == ["old1", "old3"]
+            assert not page.partial
+            assert await raw.type(store.dev_key("old1")) == b"string"
+            assert not await raw.exists(store.dev_key("old2"))  # the listing pruned it
+            assert a.cluster.ops["connect"] == connects  # no session ended on WRONGTYPE
         finally:
             await raw.aclose()
 
