@@ -25,6 +25,10 @@ FIRST_SEGMENT_CHARS = 24
 # The first frames of an answer are encoded on their own and go out while the rest of the
 # first segment encodes: Opus costs ~0.5 ms per 60 ms frame here, 10-20 ms for a segment.
 HEAD_FRAMES = 4
+# The rest of a first segment is encoded in pieces that double from this size, each sent as
+# soon as it is encoded: with many answers starting at once their encodes take turns in the
+# executor, and each device gets its next frames before its head (240 ms) has played.
+FIRST_PIECE_FRAMES = 2 * HEAD_FRAMES
 
 # (sentence, frames, whole): a None sentence continues the one before; `whole` is False
 # when more frames of the same sentence follow.
@@ -33,11 +37,11 @@ Segment = tuple[str | None, list[bytes], bool]
 
 @dataclass(slots=True)
 class _Part:
-    """One sentence's frames; `rest` makes the frames still to come (the first segment's,
-    encoded or synthesised after its head), `stop` abandons them."""
+    """One sentence's frames; `rest` makes the frames still to come, piece by piece (the first
+    segment's, encoded or synthesised after its head), `stop` abandons them."""
 
     frames: list[bytes]
-    rest: Callable[[], Awaitable[list[bytes]]] | None = None
+    rest: Callable[[], AsyncGenerator[list[bytes], None]] | None = None
     stop: Callable[[], Awaitable[None]] | None = None
     key: CacheKey | None = None
     shared: asyncio.Future[list[bytes]] | None = None  # others waiting for these frames
@@ -143,6 +147,16 @@ class Speaker:
             self._on_fallback(wanted)
         pending: asyncio.Task[_Part] | None = None
         part: _Part | None = None
+
+        def prefetch(index: int) -> None:
+            # The next sentence is made once this one's frames are all encoded (the encoder's
+            # Opus state runs in order), however slowly the caller takes them.
+            nonlocal pending
+            if index < len(parts):
+                pending = asyncio.create_task(
+                    self._start(provider, parts[index], voice, encoder, 0)
+                )
+
         try:
             for i, sentence in enumerate(parts):
                 if pending is None:
@@ -152,19 +166,23 @@ class Speaker:
                     )
                 part = await pending
                 pending = None
-                last: Segment = (sentence, part.frames, True)
-                if part.rest is not None:  # the head goes out while the rest is made
-                    yield sentence, part.frames, False
-                    rest = await part.rest()
-                    part.frames = part.frames + rest
-                    self._settle(part, None)
-                    last = (None, rest, True)
+                if part.rest is None:
+                    frames, part = part.frames, None
+                    prefetch(i + 1)
+                    yield sentence, frames, True
+                    continue
+                # The head goes out while the rest is made; each piece of it as it is ready.
+                yield sentence, part.frames, False
+                frames = list(part.frames)
+                rest = _ahead(part.rest(), functools.partial(prefetch, i + 1))
+                async with contextlib.aclosing(rest):
+                    async for piece in rest:
+                        frames.extend(piece)
+                        yield None, piece, False
+                part.frames = frames
+                self._settle(part, None)
                 part = None
-                if i + 1 < len(parts):
-                    pending = asyncio.create_task(
-                        self._start(provider, parts[i + 1], voice, encoder, 0)
-                    )
-                yield last
+                yield None, [], True
         finally:
             if part is not None:  # stopped between a first segment's head and its rest
                 self._settle(part, asyncio.CancelledError())
@@ -212,7 +230,7 @@ class Speaker:
                 self._synthesised(provider, started)
                 part.frames, rest = await self._encode(_encode_head, encoder, pcm, head)
                 if rest is not None:
-                    part.rest = functools.partial(self._encode, encoder.encode_frames, rest)
+                    part.rest = functools.partial(self._encode_pieces, encoder, rest)
         except BaseException as exc:
             self._settle(part, exc)
             raise
@@ -248,7 +266,7 @@ class Speaker:
             await chunks.aclose()
             part.frames, rest = await self._encode(_encode_head, encoder, pcm.head, head)
             if rest is not None:
-                part.rest = functools.partial(self._encode, encoder.encode_frames, rest)
+                part.rest = functools.partial(self._encode_pieces, encoder, rest)
             return
         part.stop = chunks.aclose
         part.frames = await self._encode(encoder.encode, pcm.head)
@@ -256,11 +274,22 @@ class Speaker:
 
     async def _stream_rest(
         self, chunks: AsyncGenerator[Pcm, None], first: Pcm, encoder: FrameEncoder
-    ) -> list[bytes]:
+    ) -> AsyncGenerator[list[bytes], None]:
         """The frames of the audio after a streamed head: `first`, then what the stream brings."""
         async with contextlib.aclosing(chunks):
             rest = [first.samples] + [chunk.samples async for chunk in chunks]
-        return await self._encode(encoder.encode, Pcm(b"".join(rest), first.sample_rate))
+        yield await self._encode(encoder.encode, Pcm(b"".join(rest), first.sample_rate))
+
+    async def _encode_pieces(
+        self, encoder: FrameEncoder, raw: list[bytes]
+    ) -> AsyncGenerator[list[bytes], None]:
+        """Encode `raw` frames in order: FIRST_PIECE_FRAMES, then twice as many each time,
+        one executor call a piece."""
+        size, i = FIRST_PIECE_FRAMES, 0
+        while i < len(raw):
+            yield await self._encode(encoder.encode_frames, raw[i : i + size])
+            i += size
+            size *= 2
 
     def _settle(self, part: _Part, exc: BaseException | None) -> None:
         """Cache a finished sentence and hand it to the answers waiting for it, or fail them."""
@@ -294,6 +323,32 @@ class Speaker:
         if self._on_encode is not None:
             self._on_encode(time.monotonic() - started)
         return result
+
+
+async def _ahead(
+    pieces: AsyncGenerator[list[bytes], None], then: Callable[[], None]
+) -> AsyncGenerator[list[bytes], None]:
+    """The pieces of `pieces`, made in a task of their own ahead of the caller however slowly
+    it takes them; `then()` is called once all are made (not when making them fails, whose
+    error is raised here after the pieces made before it)."""
+    queue: asyncio.Queue[list[bytes] | None] = asyncio.Queue()
+
+    async def fill() -> None:
+        try:
+            async with contextlib.aclosing(pieces):
+                async for piece in pieces:
+                    queue.put_nowait(piece)
+            then()
+        finally:
+            queue.put_nowait(None)
+
+    task = asyncio.create_task(fill())
+    try:
+        while (piece := await queue.get()) is not None:
+            yield piece
+        await task
+    finally:
+        await cancel_and_wait(task)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from asr_tts.pcm import Pcm
 from asr_tts.tts.base import TTSError, TTSProvider, Voice, VoiceList
 from asr_tts.tts.cache import FrameCache
 from asr_tts.tts.espeak import EmbeddedTTS
-from asr_tts.tts.speaker import HEAD_FRAMES, Speaker
+from asr_tts.tts.speaker import FIRST_PIECE_FRAMES, HEAD_FRAMES, Speaker
 from protocol.audio_format import AudioFormat
 
 SECONDS_PER_CHAR = 0.02
@@ -364,9 +364,15 @@ async def test_the_first_frames_go_out_before_the_first_sentence_is_encoded() ->
             False,
         )
         assert len(encoder.threads) == 1  # only the head is encoded so far
-        sentence, rest, whole = await anext(it)
-        assert sentence is None
-        assert whole
+        # The rest comes in pieces, each as soon as it is encoded: 8 frames, then 16, ...
+        pieces: list[list[bytes]] = []
+        whole = False
+        while not whole:
+            sentence, piece, whole = await anext(it)
+            assert sentence is None
+            pieces.append(piece)
+        assert [len(p) for p in pieces] == [FIRST_PIECE_FRAMES, 4, 0]
+        rest = [frame for piece in pieces for frame in piece]
         assert len(head + rest) == expected_frames(
             "This first sentence is long enough to be split."
         )
@@ -374,6 +380,38 @@ async def test_the_first_frames_go_out_before_the_first_sentence_is_encoded() ->
     # The same encoder state runs through head and rest: the frames are those of one encode.
     pcm = tone(len("This first sentence is long enough to be split.") * SECONDS_PER_CHAR)
     assert head + rest == FrameEncoder(AudioFormat(sample_rate=24000)).encode(pcm)
+
+
+async def test_the_next_sentence_is_made_while_the_caller_still_sends_the_first() -> None:
+    # The caller (the pacer) may hold a piece of the first sentence for as long as it takes to
+    # play; the second sentence is synthesised meanwhile, once the first is all encoded.
+    fake = FakeTTS()
+    spk = speaker(fake, first_max_chars=None)
+    encoder = RecordingEncoder(delay=0.01)
+    async with aclosing(spk.segments(LONG_FIRST, Voice(), encoder)) as it:
+        await anext(it)  # the head
+        _, piece, whole = await anext(it)  # the first piece of the rest, held
+        assert (len(piece), whole) == (FIRST_PIECE_FRAMES, False)
+        async with asyncio.timeout(5):
+            while "Two." not in fake.calls:
+                await asyncio.sleep(0.005)
+        frames = piece
+        while True:
+            sentence, piece, whole = await anext(it)
+            frames = frames + piece
+            if whole:
+                break
+        assert (await anext(it))[::2] == ("Two.", True)
+    assert fake.calls == ["This first sentence is long enough to be split.", "Two."]
+    assert not other_tasks()
+
+
+async def test_a_stop_while_the_rest_is_encoded_leaves_no_task() -> None:
+    encoder = RecordingEncoder(delay=0.05)
+    spk = speaker(FakeTTS(), first_max_chars=None)
+    async with aclosing(spk.segments(LONG_FIRST, Voice(), encoder)) as it:
+        await anext(it)  # the head; the rest is being encoded
+    assert not other_tasks()
 
 
 async def test_answers_wanting_the_same_sentence_at_once_share_one_synthesis() -> None:
