@@ -98,7 +98,9 @@ def open_client(url: str, op_timeout_s: float) -> Redis:
         retry=Retry(NoBackoff(), 1),
         retry_on_error=retried_errors(),
     )
-    return Redis(connection_pool=pool)
+    # The client owns its pool: closing the client closes every connection of it, the inbox's
+    # subscription included, even when a stop cut that connection's own close short.
+    return Redis.from_pool(pool)
 
 
 def text(raw: object) -> str:

@@ -8,7 +8,7 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -220,6 +220,27 @@ async def inbox_gone(raw_redis: Redis, node: str) -> None:
         return count == 0
 
     await eventually(gone, timeout=2.0)
+
+
+async def test_a_stopped_node_closes_every_connection_it_had(
+    redis_server: RedisServer, raw_redis: Redis
+) -> None:
+    # Its inbox's subscription included: else a publish still counts the stopped node, and
+    # a push waits for it (a timeout) instead of answering offline.
+    async def connections() -> int:
+        return len(await raw_redis.client_list())
+
+    before = await connections()
+    node = Node(redis_server.url, "C")
+    await node.start()
+    await node.connect("dc")
+    assert await connections() > before
+    await node.cluster.stop()
+    await eventually(lambda: _fewer(connections, before + 1), timeout=5.0)
+
+
+async def _fewer(count: Callable[[], Awaitable[int]], limit: int) -> bool:
+    return await count() < limit
 
 
 async def test_presence_outlives_ttl_while_node_lives_and_expires_when_it_dies(
