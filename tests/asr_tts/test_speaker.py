@@ -395,12 +395,8 @@ async def test_the_next_sentence_is_made_while_the_caller_still_sends_the_first(
         async with asyncio.timeout(5):
             while "Two." not in fake.calls:
                 await asyncio.sleep(0.005)
-        frames = piece
-        while True:
-            sentence, piece, whole = await anext(it)
-            frames = frames + piece
-            if whole:
-                break
+        while not whole:  # the rest of the first sentence
+            _, _, whole = await anext(it)
         assert (await anext(it))[::2] == ("Two.", True)
     assert fake.calls == ["This first sentence is long enough to be split.", "Two."]
     assert not other_tasks()
