@@ -8,6 +8,11 @@ relay in turn, the order rotating, so the machine's noise lands on all of them. 
 writes its log to a file (bench/results/log-cost-relay-<setting>.log), one `turn` line per
 round trip at INFO. Relay CPU per round trip is compared with the relay that logs nothing,
 and with the business's own CPU in the same phase (a baseline that moves with the machine).
+In `simultaneous` mode every relay carries its devices at the same time, so the machine's
+noise (other processes, clock speed, caches) lands on all of them in the same window, and
+each relay's CPU is read from the scheduler (/proc/<pid>/task/*/schedstat, nanoseconds, not
+10 ms ticks): the control's "added" there is the noise of the measure (docs/performance.md,
+"What the INFO log costs").
 With `--before REV`, two more relays run the code of git revision REV (extracted with
 `git archive`) at INFO text and JSON (`text@before`, `json@before`), in the same rotation;
 with `--control`, one more relay that logs nothing (`off-again`), whose "added" against
@@ -24,10 +29,12 @@ stdout: one JSON document; stderr: progress, then a table. See docs/performance.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +43,11 @@ from bench._common import ROOT, children, envelope, median, progress, r
 from bench._devices import unlimited_session
 from bench._peers import device_url, relay_env, start_business, start_relay
 from bench._pyspy import folded_top
-from bench.passthrough import Env, run_relay
+from bench._sched import process_sched
+from bench.passthrough import Env, Phase, connect_all, relay_round_trips, run_relay
 
 SETTINGS = ("off", "text", "json")
+MODES = ("serial", "concurrent", "simultaneous")
 BEFORE = "@before"  # the suffix of a setting run on the code of `--before`
 CONTROL = "off-again"  # --control: a second relay that logs nothing, against the first
 GOAL_ADDED = 0.05  # at most 5 % more relay CPU per round trip than with logging off
@@ -97,7 +106,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 ("serial", 1, args.serial_round_trips),
                 ("concurrent", args.devices, args.round_trips_per_device),
             ):
-                runs[name] = await interleaved(envs, name, n, per_device, args)
+                if name in args.modes:
+                    runs[name] = await interleaved(envs, name, n, per_device, args)
+            if "simultaneous" in args.modes:
+                runs["simultaneous"] = await simultaneous(envs, args)
     modes = {name: summarise(reps) for name, reps in runs.items()}
     doc |= {"modes": modes, "goals": goals(modes), "loadavg_at_end": list(os.getloadavg())}
     samples = {m: p for e in envs.values() for m, p in e.samples.items() if p.exists()}
@@ -123,6 +135,66 @@ async def interleaved(
                 f"p50 {s['p50_ms']:.3f} ms, relay cpu {s['relay_cpu_us_per_rt']:.1f} us/rt, "
                 f"business {s['business_cpu_us_per_rt']:.1f}"
             )
+    return reps
+
+
+async def simultaneous(
+    envs: dict[str, Env], args: argparse.Namespace
+) -> dict[str, list[dict[str, Any]]]:
+    """`repeat` rounds; in each, `devices` devices on every relay run their round trips at
+    once, each relay's CPU read from the scheduler over the same window."""
+    reps: dict[str, list[dict[str, Any]]] = {s: [] for s in envs}
+    business = next(iter(envs.values())).business.pid
+    for i in range(args.repeat):
+        devices = {
+            s: await connect_all(e.ws_http, e.relay_ws_url, 100 * i, args.devices)
+            for s, e in envs.items()
+        }
+        try:
+            warm = [
+                relay_round_trips(d, args.warmup, None, 0) for ds in devices.values() for d in ds
+            ]
+            await asyncio.gather(*warm)
+            per_device = args.round_trips_per_device
+            phases = {s: Phase("relay", args.devices, args.devices * per_device) for s in envs}
+            cpu0 = {s: process_sched(e.relay.pid)[0] for s, e in envs.items()}
+            biz0 = process_sched(business)[0]
+            t0 = time.perf_counter()
+            await asyncio.gather(
+                *(
+                    relay_round_trips(d, per_device, phases[s], args.warmup)
+                    for s, ds in devices.items()
+                    for d in ds
+                )
+            )
+            wall = time.perf_counter() - t0
+            biz = process_sched(business)[0] - biz0
+            total = sum(len(ph.latencies_ms) for ph in phases.values())
+            for s, ph in phases.items():
+                ph.wall_s = wall
+                # The business serves every relay at once: its CPU is shared by round trip.
+                share = biz * len(ph.latencies_ms) / total if total else 0.0
+                ph.cpu_s = {
+                    "relay": process_sched(envs[s].relay.pid)[0] - cpu0[s],
+                    "business": share,
+                }
+                reps[s].append(ph.summary())
+        finally:
+            closing = [d.ws.close() for ds in devices.values() for d in ds]
+            await asyncio.gather(*closing, return_exceptions=True)
+        for e in envs.values():
+            e.relay.check_alive()
+        added = {
+            s: reps[s][-1]["relay_cpu_us_per_rt"] / reps["off"][-1]["relay_cpu_us_per_rt"] - 1
+            for s in envs
+        }
+        progress(
+            f"simultaneous rep {i + 1}/{args.repeat}: "
+            + ", ".join(
+                f"{s} {reps[s][-1]['relay_cpu_us_per_rt']:.1f} us/rt ({added[s]:+.1%})"
+                for s in envs
+            )
+        )
     return reps
 
 
@@ -189,6 +261,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=1, help="untimed round trips per device first")
     p.add_argument("--duration-cap-s", type=float, default=120.0, help="cap per timed phase")
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument(
+        "--modes",
+        type=lambda v: [m for m in v.split(",") if m],
+        default=list(MODES),
+        help=f"comma list of {','.join(MODES)} (default: all)",
+    )
     p.add_argument("--before", default="", help="git revision to run beside this checkout")
     p.add_argument(
         "--control",
@@ -204,6 +282,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     at_least_one(p, args.devices, args.round_trips_per_device, args.repeat)
     at_least_one(p, args.serial_round_trips)
+    if not args.modes or set(args.modes) - set(MODES):
+        p.error(f"--modes: a comma list of {', '.join(MODES)}")
     return args
 
 

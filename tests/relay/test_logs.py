@@ -5,16 +5,19 @@ rendered with both formatters of `[log] format`."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from relay.logs import Every, formatter, safe_url
+from relay.logs import RESERVED, Every, formatter, safe_url
+from relay.logs import story as log_story
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import (
     Device,
@@ -31,6 +34,8 @@ from tests.relay.test_push_api import CANONICAL, push
 from tests.relay.test_simulate import simulate
 from tests.test_openapi import check_answer, component, validate
 
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("relay", "bridges", "protocol", "asr_tts", "metrics", "aioutil", "devsim")
 TEXT = formatter("text")
 JSON = formatter("json")
 
@@ -307,3 +312,33 @@ async def test_a_tool_call_is_told(
         "ok",
     )
     assert got["duration_ms"] >= 0
+
+
+def _story_calls() -> list[tuple[str, int, str]]:
+    """Every `story(...)` call in the relay's packages: (file, line, keyword name)."""
+    found = []
+    for path in sorted(ROOT.glob("*/**/*.py")):
+        if path.parts[len(ROOT.parts)] not in PACKAGES:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "story":
+                assert all(k.arg is not None for k in node.keywords), f"{path}: **fields"
+                found += [(path.name, node.lineno, str(k.arg)) for k in node.keywords]
+    return found
+
+
+def test_no_story_field_overwrites_a_record_attribute_or_a_json_member() -> None:
+    # A queued line's fields are not checked when logged (relay/logs.py, `story`): here.
+    calls = _story_calls()
+    assert len({(f, line) for f, line, _ in calls}) >= 10  # the calls were found
+    clashes = [call for call in calls if call[2] in RESERVED]
+    assert clashes == []
+    assert {"time", "level", "logger", "message", "msg", "args"} <= RESERVED
+
+
+def test_a_reserved_field_is_refused_where_a_record_is_made(
+    story: pytest.LogCaptureFixture,
+) -> None:
+    with pytest.raises(KeyError, match="overwrite"):
+        log_story(logging.getLogger("relay.test"), "turn", msg="x")
