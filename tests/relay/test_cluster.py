@@ -345,6 +345,29 @@ async def test_a_connect_and_a_disconnect_cost_at_most_three_commands_each(
     assert await raw_redis.exists("relay:nodes")
 
 
+async def test_a_burst_larger_than_a_script_call_lands_every_device(
+    quiet_nodes: tuple[Node, Node], raw_redis: Redis
+) -> None:
+    a, b = quiet_nodes
+    await b.connect("d0500", "s-old")
+    before = int((await raw_redis.info("commandstats"))["cmdstat_evalsha"]["calls"])
+    for i in range(1200):  # one round, cut into script calls of 512 devices
+        await a.connect(f"d{i:04d}", settle=False)
+    assert await a.cluster.settle(2.0)
+    calls = int((await raw_redis.info("commandstats"))["cmdstat_evalsha"]["calls"]) - before
+    assert calls == 3
+    assert await raw_redis.zcard("relay:devices") == 1200
+    await eventually(lambda: b.replaced == [("d0500", "s-old")])
+    found = await b.cluster.locate("d1199")
+    assert found is not None
+    assert (found.node, found.session_id) == ("A", "A-d1199")
+    for i in range(1200):
+        await a.cluster.unregister(f"d{i:04d}", a.held.pop(f"d{i:04d}").session_id)
+    assert await a.cluster.settle(2.0)
+    assert await raw_redis.zcard("relay:devices") == 0
+    assert await raw_redis.dbsize() == 3  # the two nodes' leases and their registry
+
+
 async def test_touch_reaches_redis_with_the_heartbeat(nodes: tuple[Node, Node]) -> None:
     a, b = nodes
     await a.connect("d1", "s1", last_seen=100.0)
