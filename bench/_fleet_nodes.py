@@ -78,7 +78,7 @@ class Fleet:
         now = time.time()
         for i, device_id in enumerate(ids):
             n = i % len(self.clusters)
-            p = Presence(device_id, "", f"s-{device_id}", now, now)
+            p = Presence(device_id, self.clusters[n].node_id, f"s-{device_id}", now, now)
             self.held[n][device_id] = p
             await self.clusters[n].register(p)
             if i % _YIELD_EVERY == 0:  # devices arrive over time: writers, beats run

@@ -15,9 +15,9 @@ one run, each on a fresh redis-server:
   with `--latency-samples N`, then lookup, listing-page (100) and cross-node push latencies
   (p50, p99), one call at a time.
 
-With `--cluster`, this checkout is measured a third time on a local Redis Cluster of 3
-primaries (no replicas; `redis-server --cluster-enabled yes`, `redis-cli --cluster
-create`), its figures summed over the shards, beside the single Redis.
+With `--cluster`, this checkout (and the `--before` revision, first) is measured again on
+a local Redis Cluster of 3 primaries (no replicas; `redis-server --cluster-enabled yes`,
+`redis-cli --cluster create`), its figures summed over the shards, beside the single Redis.
 
     python -m bench.fleet [--devices 100000] [--nodes 10] [--before main] [--cluster]
 
@@ -136,6 +136,17 @@ def measure(
     return figures
 
 
+def _ratios(b: dict[str, Any], a: dict[str, Any]) -> dict[str, float]:
+    """Before over after, for the steady figures (registrations: after over before)."""
+    return {
+        "commands_per_s": r(b["commands_per_s"] / max(a["commands_per_s"], 1e-9), 1),
+        "memory_bytes_per_device": r(
+            b["memory_bytes_per_device"] / a["memory_bytes_per_device"], 2
+        ),
+        "registered_per_s_after_over_before": r(a["registered_per_s"] / b["registered_per_s"], 2),
+    }
+
+
 def _latency_goals(side: str, s: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue #16's goals for a large fleet (its case: 1 M devices on the local cluster)."""
     checks = [
@@ -182,17 +193,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         if before_tree is not None:
             sides["before"] = measure("before", before_tree, params, tmp)
         sides["after"] = measure("after", ROOT, params, tmp)
+        if args.cluster and before_tree is not None:
+            sides["cluster_before"] = measure("cluster_before", before_tree, params, tmp, "cluster")
         if args.cluster:
             sides["cluster"] = measure("cluster", ROOT, params, tmp, "cluster")
     doc |= sides
-    if "before" in sides:
-        b, a = sides["before"]["steady"], sides["after"]["steady"]
-        doc["before_over_after"] = {
-            "commands_per_s": r(b["commands_per_s"] / max(a["commands_per_s"], 1e-9), 1),
-            "memory_bytes_per_device": r(
-                b["memory_bytes_per_device"] / a["memory_bytes_per_device"], 2
-            ),
-        }
+    for before, after, name in (
+        ("before", "after", "before_over_after"),
+        ("cluster_before", "cluster", "cluster_before_over_after"),
+    ):
+        if before in sides:
+            doc[name] = _ratios(sides[before]["steady"], sides[after]["steady"])
     doc["goals"] = goals(sides["after"], params)
     for side in ("after", "cluster"):
         if side in sides and "lookup" in sides[side]["steady"]:
@@ -205,14 +216,14 @@ def table(doc: dict[str, Any]) -> str:
     p = doc["params"]
     lines = [
         f"fleet: {p['devices']} devices on {p['nodes']} nodes, heartbeat {p['heartbeat_s']} s",
-        f"  {'':<8}{'cmd/s':>10}{'scripts/s':>11}{'B/device':>10}{'reg/s':>9}"
+        f"  {'':<15}{'cmd/s':>10}{'scripts/s':>11}{'B/device':>10}{'reg/s':>9}"
         f"{'cmd/conn':>10}{'cmd/disc':>10}",
     ]
-    for side in ("before", "after", "cluster"):
+    for side in ("before", "after", "cluster_before", "cluster"):
         if side in doc:
             s, c = doc[side]["steady"], doc[side]["churn"]
             lines.append(
-                f"  {side:<8}{s['commands_per_s']:>10.1f}{s['scripts_per_s']:>11.1f}"
+                f"  {side:<15}{s['commands_per_s']:>10.1f}{s['scripts_per_s']:>11.1f}"
                 f"{s['memory_bytes_per_device']:>10.0f}{s['registered_per_s']:>9.0f}"
                 f"{c['commands_per_connect']:>10.2f}{c['commands_per_disconnect']:>10.2f}"
             )

@@ -119,6 +119,12 @@ def split_record(raw: object) -> list[Any]:
     return [node, session, connected_at, last_seen, lease]
 
 
+def join_record(lease: str, connected_at: float, last_seen: float, session: str, node: str) -> str:
+    """A device record as the scripts store it (split_record's inverse), the numbers as
+    redis-py would send them (repr), so a claim sends one argument per device."""
+    return f"{lease}\n{connected_at!r}\n{last_seen!r}\n{session}\n{node}"
+
+
 def parse_presence(device_id: str, row: Sequence[Any]) -> Presence | None:
     """A row of the lookup script (node, session, connected_at, last_seen); None when the
     device is absent, its node's lease is gone, or the record was not written by us."""

@@ -17,7 +17,9 @@ key of a record's node, so this targets one Redis (or a Sentinel-managed primary
 relay.cluster.redis_sharded keeps the same presence on a Redis Cluster.
 
 Nothing a device waits for waits on Redis: `register` and `unregister` queue the claim or
-release, and one writer per session sends what is queued in batches; after an outage the
+release, and one writer per session sends what is queued in batches, one script call per
+batch (and bucket, on a Redis Cluster) whose records the client packs, so a device costs
+Python a key and an argument, not a command of its own; after an outage the
 node's connections are claimed again (`_rebuild`), which covers every queued claim. The
 session that drives all this (connect, subscribe, heartbeat) is relay.cluster.redis's."""
 
@@ -29,8 +31,9 @@ import dataclasses
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from itertools import islice
+from typing import Any, TypeVar
 
 from protocol.node import (
     NodeAck,
@@ -49,12 +52,19 @@ from relay.cluster.base import (
     page_of,
 )
 from relay.cluster.redis_client import REDIS_ERRORS as _ERRORS
-from relay.cluster.redis_client import AnyRedis, list_page, lookup, text
+from relay.cluster.redis_client import AnyRedis, join_record, list_page, lookup, text
 from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
 
-_BATCH = 256  # devices per rebuild or last_seen script call, claims or releases per round
+_T = TypeVar("_T")
+# A script call a writer's round sends: script, keys, args, and the claims or releases
+# it carries (to read its answer by).
+_Call = tuple[str, list[str], list[object], Sequence[Any]]
+
+_BATCH = 256  # devices per rebuild or last_seen script call
+_ROUND = 2048  # claims, and releases, a writer's round takes from the queue
+_PER_CALL = 512  # claims or releases per script call (a bucket's, on a cluster)
 _SWEEP_CHUNK = 500  # index members a sweep step reads
 _SWEEP_STEPS = 20  # sweep steps per heartbeat: a dead node's records go within a few beats
 _MAX_RELEASES = 10_000  # queued while Redis is away; beyond, the oldest are left to the TTL
@@ -100,15 +110,25 @@ class RedisPresence(NodeInbox):
         return self._up
 
     def _key(self, device_id: str) -> str:
-        return f"{self._prefix}dev:{device_id}"
+        return self._key_head(self._slot_of(device_id)) + device_id
 
-    def _index_of(self, device_id: str) -> str:
-        """The index that lists the device (one here; a bucket's in a Redis Cluster)."""
+    def _key_head(self, slot: int) -> str:
+        """What the record keys of a slot's devices start with (their id follows)."""
+        return f"{self._prefix}dev:"
+
+    def _slot_index(self, slot: int) -> str:
+        """The index that lists a slot's devices (one here; a bucket's in a Redis Cluster)."""
         return self._index
 
-    def _slot_of(self, device_id: str) -> object:
+    def _slot_of(self, device_id: str) -> int:
         """What groups devices that one script may touch together (one Redis: all)."""
-        return None
+        return 0
+
+    def _by_slot(self, items: Iterable[_T], device_id: Callable[[_T], str]) -> dict[int, list[_T]]:
+        groups: dict[int, list[_T]] = {}
+        for item in items:
+            groups.setdefault(self._slot_of(device_id(item)), []).append(item)
+        return groups
 
     def _inbox(self, node: str) -> str:
         return f"{self._prefix}node:{node}"
@@ -117,7 +137,8 @@ class RedisPresence(NodeInbox):
         """Claim the device for this node without waiting on Redis: the claim is queued, and
         a previous holder on another node gets a replace once it lands."""
         bump(self.ops, "register")
-        p = dataclasses.replace(p, node=self.node_id)
+        if p.node != self.node_id:
+            p = dataclasses.replace(p, node=self.node_id)
         self._local[p.device_id] = p
         self._claims[p.device_id] = p
         self._enqueued("register")
@@ -213,40 +234,76 @@ class RedisPresence(NodeInbox):
             self._settled.set()
 
     async def _write_batch(self) -> None:
-        """One pipeline of claims and releases; on failure the releases stay queued and the
-        error ends the session (its rebuild claims every device still connected)."""
+        """One pipeline of claims and releases, a script call per slot and `_PER_CALL`
+        devices; on failure the releases stay queued and the error ends the session (its
+        rebuild claims every device still connected)."""
         assert self._redis is not None
-        claims = [self._claims.pop(d) for d in list(self._claims)[:_BATCH]]
-        releases = list(self._releases)[:_BATCH]
+        claims = [self._claims.pop(d) for d in list(islice(self._claims, _ROUND))]
+        releases = list(islice(self._releases, _ROUND))
         for done in releases:
             del self._releases[done]
+        calls = [*self._claim_calls(claims), *self._release_calls(releases)]
         try:
             async with (
                 self._lock,
                 asyncio.timeout(self._op_timeout),
                 self._redis.pipeline(transaction=False) as pipe,
             ):
-                for p in claims:
-                    args = (p.device_id, self.node_id, p.session_id, p.connected_at, p.last_seen)
-                    keys = (self._key(p.device_id), self._index_of(p.device_id))
-                    await self._queue(pipe, "claim", keys, (*args, self._lease, self._prefix))
-                for device_id, session_id in releases:
-                    keys = (self._key(device_id), self._index_of(device_id))
-                    await self._queue(pipe, "release", keys, (device_id, session_id))
+                for script, keys, args, _ in calls:
+                    await self._queue(pipe, script, keys, args)
                 answers = await pipe.execute()
         except _ERRORS:
             for op, n in (("register", len(claims)), ("unregister", len(releases))):
                 self.errors[op] = self.errors.get(op, 0) + n
             self._releases.update(dict.fromkeys(releases))
             raise
-        for p, prev in zip(claims, answers, strict=False):
-            if (node := text(prev[0])) and node != self.node_id:
-                log.info(
-                    "[%s] moved here from node %s: replacing there",
-                    printable(p.device_id),
-                    printable(node),
-                )
-                await self._send(node, NodeReplace(p.device_id, text(prev[1])))
+        for (script, _, _, batch), answer in zip(calls, answers, strict=True):
+            if script == "claim":
+                await self._replace_holders(batch, answer)
+
+    def _claim_calls(self, claims: Sequence[Presence]) -> Sequence[_Call]:
+        """The claim script calls for `claims`: keys the slot's index and each device's
+        record, args this node, the key head's length, the prefix, then each record."""
+        node, lease, prefix = self.node_id, self._lease, self._prefix
+        calls: list[_Call] = []
+        for slot, group in self._by_slot(claims, lambda p: p.device_id).items():
+            head, index = self._key_head(slot), self._slot_index(slot)
+            for i in range(0, len(group), _PER_CALL):
+                batch = group[i : i + _PER_CALL]
+                keys = [index, *[head + p.device_id for p in batch]]
+                args: list[object] = [node, len(head.encode()), prefix]
+                args += [
+                    join_record(lease, p.connected_at, p.last_seen, p.session_id, node)
+                    for p in batch
+                ]
+                calls.append(("claim", keys, args, batch))
+        return calls
+
+    def _release_calls(self, releases: Sequence[tuple[str, str]]) -> Sequence[_Call]:
+        """The release script calls: keys the slot's index and each device's record, args
+        this node, the key head's length, then each session released."""
+        calls: list[_Call] = []
+        for slot, group in self._by_slot(releases, lambda r: r[0]).items():
+            head, index = self._key_head(slot), self._slot_index(slot)
+            for i in range(0, len(group), _PER_CALL):
+                batch = group[i : i + _PER_CALL]
+                keys = [index, *[head + d for d, _ in batch]]
+                args: list[object] = [self.node_id, len(head.encode())]
+                args += [session for _, session in batch]
+                calls.append(("release", keys, args, batch))
+        return calls
+
+    async def _replace_holders(self, batch: Sequence[Presence], answer: Sequence[Any]) -> None:
+        """Tell each node that held a device of `batch` before to close its connection:
+        the claim script's answer is (position from 1, node, session) per such device."""
+        for k in range(0, len(answer), 3):
+            p, node = batch[int(answer[k]) - 1], text(answer[k + 1])
+            log.info(
+                "[%s] moved here from node %s: replacing there",
+                printable(p.device_id),
+                printable(node),
+            )
+            await self._send(node, NodeReplace(p.device_id, text(answer[k + 2])))
 
     async def _queue(
         self, pipe: Any, script: str, keys: Sequence[str], args: Sequence[object]
@@ -269,10 +326,8 @@ class RedisPresence(NodeInbox):
 
     async def _write_seen(self) -> None:
         """last_seen of the devices heard from since the last beat, in batches."""
-        groups: dict[object, list[Presence]] = {}
-        for d in self._touched:
-            if (p := self._local.get(d)) is not None:
-                groups.setdefault(self._slot_of(d), []).append(p)
+        touched = [p for d in self._touched if (p := self._local.get(d)) is not None]
+        groups = self._by_slot(touched, lambda p: p.device_id)
         self._touched.clear()
         calls = []
         for seen in groups.values():

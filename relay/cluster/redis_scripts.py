@@ -51,33 +51,70 @@ local function live(prefix, node, lease, seen)
   return seen[k]
 end
 """
-# KEYS device record, index; ARGV id, node, session, connected_at, last_seen, lease, prefix.
-# The last writer wins and learns who held the device before, if that holder lives.
+# Claims and releases come in batches (relay.cluster.redis_presence), one script call per
+# batch: KEYS the index, then one record per device, all under one key head (`dev:` on one
+# Redis, a bucket's on a cluster) whose length in bytes, ARGV[2], the device's id follows;
+# `ids` collects them and `index` adds or removes them, a thousand to a command.
+_MANY = """
+local function id_of(i) return string.sub(KEYS[i], tonumber(ARGV[2]) + 1) end
+local function index(op, ids)
+  for i = 1, #ids, 1000 do
+    local args = {}
+    for j = i, math.min(i + 999, #ids) do
+      if op == 'ZADD' then table.insert(args, 0) end
+      table.insert(args, ids[j])
+    end
+    redis.call(op, KEYS[1], unpack(args))
+  end
+end
+"""
+# ARGV node, key head length, prefix, then per device its record (packed by the client:
+# relay.cluster.redis_client.join_record). The last writer wins and learns who held the
+# device before when that was another node and `held` says the holder counts: per such
+# device its position in the batch (from 1), the holder's node and session.
+_CLAIM_MANY = """
+local out, ids, seen = {}, {}, {}
+for i = 2, #KEYS do
+  local prev = parse(call('SET', KEYS[i], ARGV[i + 2], 'GET'))
+  table.insert(ids, id_of(i))
+  if prev and prev.node ~= ARGV[1] and held(prev, seen) then
+    table.insert(out, i - 1)
+    table.insert(out, prev.node)
+    table.insert(out, prev.session)
+  end
+end
+index('ZADD', ids)
+return out"""
+# One Redis: a previous holder counts while its lease lives.
 CLAIM = (
     _REC
     + _LIVE
+    + _MANY
     + """
-local prev = parse(call('SET', KEYS[1], pack(ARGV[6], ARGV[4], ARGV[5], ARGV[3], ARGV[2]),
-                              'GET'))
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-if (not prev) or prev.node == ARGV[2] or not live(ARGV[7], prev.node, prev.lease, {}) then
-  return {'', ''}
-end
-return {prev.node, prev.session}"""
+local function held(prev, seen) return live(ARGV[3], prev.node, prev.lease, seen) end"""
+    + _CLAIM_MANY
 )
-# KEYS device record, index; ARGV id, session. Taken away, and put back unchanged if
-# another session holds it now (the script is atomic: nobody sees it gone).
+# ARGV node, key head length, then per device the session it releases. Each record is
+# taken away, and put back unchanged if another session holds it now (the script is
+# atomic: nobody sees it gone); the ids released leave the index. How many were released.
 RELEASE = (
     _REC
+    + _MANY
     + """
-local v = call('GETDEL', KEYS[1])
-if not v then return 0 end
-local rec = parse(v)
-if (not rec) or rec.session ~= ARGV[2] then
-  redis.call('SET', KEYS[1], v)
-  return 0
+local ids = {}
+for i = 2, #KEYS do
+  local v = call('GETDEL', KEYS[i])
+  if v then
+    local rec = parse(v)
+    if rec and rec.session == ARGV[i + 1] then
+      table.insert(ids, id_of(i))
+    else
+      redis.call('SET', KEYS[i], v)
+    end
+  end
 end
-return redis.call('ZREM', KEYS[2], ARGV[1])"""
+index('ZREM', ids)
+return #ids"""
 )
 # KEYS index, one record per device; ARGV node, lease, prefix, then per device id, session,
 # connected_at, last_seen. Per device: status, holder node, holder session, with status 0
@@ -189,18 +226,15 @@ return ids[#ids]"""
 # devices (`{prefix}{b<n>}:dev:<id>` and `{prefix}{b<n>}:devices`), so leases (each in its
 # node's slot) are read by the client, not inside the scripts.
 
-# KEYS device record, bucket index; ARGV id, node, session, connected_at, last_seen, lease.
-# The last writer wins and learns who held the device before (node, session) when that
-# was another node; the client tells that node to close its connection (which does so
-# only if that session is still open there: a dead holder's inbox has no listener).
+# As CLAIM, in one bucket; a claim reports the previous holder whatever its lease (the
+# client tells that node to close its connection, which it does only if that session is
+# still open there: a dead holder's inbox has no listener).
 S_CLAIM = (
     _REC
+    + _MANY
     + """
-local prev = parse(call('SET', KEYS[1], pack(ARGV[6], ARGV[4], ARGV[5], ARGV[3], ARGV[2]),
-                              'GET'))
-redis.call('ZADD', KEYS[2], 0, ARGV[1])
-if (not prev) or prev.node == ARGV[2] then return {'', ''} end
-return {prev.node, prev.session}"""
+local function held() return true end"""
+    + _CLAIM_MANY
 )
 # KEYS bucket index, its device records; ARGV node, lease, n, then n live holders
 # ("node\\nlease", read by the client just before), then per device id, session,

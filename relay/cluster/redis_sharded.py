@@ -3,10 +3,11 @@ relay.cluster.redis does on one Redis, with keys that hash tags keep one script 
 
 Keys under `key_prefix` ("relay:"): a device belongs to one of `BUCKETS` buckets (CRC-32 of
 its id), whose slot holds its record `{b<n>}:dev:<id>` (a string, as on one Redis) and the
-bucket's index `{b<n>}:devices` (ids scored 0), so a claim or release (record and index
-together) is one script in one slot, and the index is spread over `BUCKETS` slots instead of
-one hot key. A node's lease `{n:<node>}:lease` and its inbox, a sharded pub/sub channel
-`{n:<node>}:inbox` (`SSUBSCRIBE`/`SPUBLISH`, Redis >= 7), share the node's slot.
+bucket's index `{b<n>}:devices` (ids scored 0), so claims or releases (records and index
+together) are one script in one slot, a call per bucket of a batch, and the index is spread
+over `BUCKETS` slots instead of one hot key. A node's lease `{n:<node>}:lease` and its
+inbox, a sharded pub/sub channel `{n:<node>}:inbox` (`SSUBSCRIBE`/`SPUBLISH`, Redis >= 7),
+share the node's slot.
 
 A record still counts only while its node holds the lease it names, but the lease lives in
 another slot than the record: the scripts cannot read it, so the client does, in a second
@@ -71,16 +72,19 @@ class ShardedCluster(RedisCluster):
         self._bucket_from = 0  # the sweep's bucket
         self._epoch: int | None = None  # the cluster's configuration epoch, last seen
 
-    def _key(self, device_id: str) -> str:
-        return f"{self._prefix}{{b{bucket_of(device_id)}}}:dev:{device_id}"
+    def _key_head(self, slot: int) -> str:
+        return f"{self._prefix}{{b{slot}}}:dev:"
 
     def _bucket_index(self, bucket: int) -> str:
         return f"{self._prefix}{{b{bucket}}}:devices"
 
+    def _slot_index(self, slot: int) -> str:
+        return self._bucket_index(slot)
+
     def _index_of(self, device_id: str) -> str:
         return self._bucket_index(bucket_of(device_id))
 
-    def _slot_of(self, device_id: str) -> object:
+    def _slot_of(self, device_id: str) -> int:
         return bucket_of(device_id)
 
     def _lease_key(self, node: str) -> str:
