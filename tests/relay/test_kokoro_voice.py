@@ -215,7 +215,7 @@ async def test_the_voices_api_lists_what_each_provider_speaks(
     shipped = sorted(name.removesuffix(".bin") for name in kokoro_npm.sums())  # kokoro-js's 54
     assert kokoro["voices"] == sorted([*shipped, "zf_extra"])
     assert {"jf_nezumi", "zf_xiaobei", "af_heart"} <= set(shipped)
-    assert kokoro["default_voices"] == {"zh": "zf_extra", "en": "mean"}
+    assert kokoro["default_voices"] == {"zh": "zf_extra", "en": "af_heart"}
     espeak = providers["espeak"]
     assert (espeak["engine"], espeak["default"]) == ("espeak-ng", False)
     assert {"cmn-latn-pinyin", "en-us", "de"} <= set(espeak["voices"])
