@@ -83,7 +83,7 @@ class KokoroTTS:
         self._files = files.locate()
         files.check(self._files)
         extra = Path(voices_dir) if voices_dir else None
-        self.voice_names = sorted(files.load_voices(self._files, extra))
+        self.voice_names = files.load_voices(self._files, extra).names()
         self._voices = {
             lang: spec if spec in self.voice_names else FALLBACK_VOICE
             for lang, spec in DEFAULT_VOICES.items()

