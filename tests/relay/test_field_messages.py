@@ -53,6 +53,23 @@ async def test_typed_text_without_a_session_id_is_answered(
     assert chat_msgs(fake.bodies) == ["dance"]
 
 
+async def test_an_empty_session_id_is_the_connection_s(
+    make_relay: RelayFactory, fake: FakeBusiness
+) -> None:
+    # py-xiaozhi never keeps the relay's session id: every message it sends carries "" (§1.2),
+    # written by json.dumps with its default separators.
+    client = await make_relay()
+    dev = await Device.connect(client)
+    typed = '{"session_id": "", "type": "listen", "state": "detect", "text": "dance"}'
+    await dev.ws.send_str(typed)
+    got = await dev.recv_until(lambda m: m.get("type") == "tts" and m.get("state") == "start")
+    assert got[0] == {"session_id": dev.session_id, "type": "stt", "text": "dance"}
+    await dev.ws.send_str('{"session_id": "", "type": "abort"}')
+    stop = (await dev.recv_until(is_tts_stop))[-1]
+    assert stop["is_aborted"] is True
+    assert chat_msgs(fake.bodies) == ["dance"]
+
+
 async def test_text_over_the_limit_is_refused_and_nothing_is_asked(
     make_relay: RelayFactory, fake: FakeBusiness
 ) -> None:
