@@ -97,29 +97,88 @@ def phrase_key(text: str) -> str:
     )
 
 
-# Wake words of the firmware's stock models, as its `listen detect` names them, and those of
-# the xiaozhi-server browser client, which sends "嘿，你好呀" right after its hello (§1.3).
+# Wake words as real clients name them in `listen detect` (§1.3). The firmware sends, verbatim,
+# the label of the ESP-SR WakeNet model it was built with (the third field of the model's info
+# line: "嗨，乐鑫" for hilexin, "Ni3Hao3Xiao3Zhi4" for one 你好小智 model, "小滨小滨,小冰小冰" for
+# a model that answers to both), or the display text of its MultiNet custom wake word (小土豆
+# unless rebuilt); every stock label is here. So is the word the xiaozhi-server browser client
+# sends right after its hello ("嘿，你好呀"), and spoken spellings of a few labels.
 WAKE_WORDS: tuple[str, ...] = (
+    # Mandarin WakeNet labels, and spellings of them
     "你好小智",
     "你好小志",
     "你好小知",
     "小智小智",
+    "Ni3Hao3Xiao3Zhi4",
     "你好小鑫",
     "你好小新",
     "你好小天",
     "小爱同学",
+    "Xiaoaitongxue",
     "小美同学",
     "小龙小龙",
     "喵喵同学",
     "小滨小滨",
     "小冰小冰",
+    "小滨小滨,小冰小冰",
+    "嗨，乐鑫",
+    "你好东东",
+    "你好喵伴",
+    "你好小脉",
+    "你好小益",
+    "你好百应",
+    "你好星宝",
+    "Ni3Hao3Xiao3Rui4",
+    "nihaoxiaoan",
+    "嗨小欧",
+    "嗨小象",
+    "Hi,小星",
+    "Hi,喵喵",
+    "Hi,小巫",
+    "小鸭小鸭",
+    "小鹿小鹿",
+    "小峰小峰",
+    "小珈小珈",
+    "小宇同学",
+    "小康同学",
+    "小明同学",
+    "小特小特",
+    "小箭小箭",
+    "小酥肉",
+    "Linaiban",
+    # the firmware's default MultiNet custom wake word; the browser client's greeting
+    "小土豆",
     "嘿你好呀",
+    # English and other WakeNet labels, and spellings of them
     "Hi ESP",
     "Hi Lexin",
     "Hi Jason",
     "Hey Xiaozhi",
     "Alexa",
     "Jarvis",
+    "Computer",
+    "Mycroft",
+    "Sophia",
+    "Astrolabe",
+    "BlueChip",
+    "Hi,Joy",
+    "Hi,M Five",
+    "Hi,Stack Chan",
+    "Hi,Lily or Hi,莉莉",
+    "Hi,Wall,E or Hi,瓦力",
+    "Hi Andy",
+    "Hi fairy",
+    "Hi jolly",
+    "hitelly",
+    "Hey,Willow",
+    "Hey,Wanda",
+    "Hey,Ily",
+    "Hey Ivy",
+    "Hey Kira",
+    "Heyprinter",
+    "Heygigi",
+    "Bonjourespfr",
+    "Konnichihaespja",
 )
 
 

@@ -160,6 +160,14 @@ class Connection:
                 finally:
                     reading = False
                 self.last_rx = loop.time()
+                if msg.type == WSMsgType.PING:
+                    # docs/protocol.md §1.7: a client's WebSocket ping is traffic: py-xiaozhi
+                    # keeps an idle connection alive with one every 20 s.
+                    try:
+                        await self.ws.pong(msg.data)
+                    except ConnectionResetError:
+                        break
+                    continue
                 if not self._on_message(msg):
                     break
         finally:
@@ -172,6 +180,8 @@ class Connection:
             verdict = self.inbound.text(msg.data)
         elif msg.type == WSMsgType.BINARY:
             verdict = self.inbound.binary(msg.data)
+        elif msg.type == WSMsgType.PONG:  # unsolicited (the relay sends no pings): a heartbeat
+            return True
         elif msg.type == WSMsgType.ERROR:
             self.log.info("websocket error: %s", type(self.ws.exception()).__name__)
             if isinstance(msg.data, WebSocketError):  # aiohttp closed with its code (1009)

@@ -39,6 +39,11 @@ async def _read_hello(ws: web.WebSocketResponse, relay: Relay, inbound: Inbound)
                 verdict = inbound.binary(msg.data)
             elif msg.type == WSMsgType.TEXT:
                 verdict = inbound.text(msg.data)
+            elif msg.type == WSMsgType.PING:  # answered here, not by aiohttp: Connection.run
+                await ws.pong(msg.data)
+                continue
+            elif msg.type == WSMsgType.PONG:
+                continue
             else:
                 return None
             if isinstance(verdict, Opened):
@@ -75,7 +80,8 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         # aiohttp refuses a message of max_msg_size bytes; the relay takes max_message_bytes.
         max_msg_size=relay.config.server.max_message_bytes + 1,
         compress=False,
-        autoping=True,
+        # The relay answers pings itself, so that they count as traffic (§1.7 idle timeout).
+        autoping=False,
         decode_text=False,
     )
     edge = request.app[EDGE_KEY].connection(request)  # None when served without the edge

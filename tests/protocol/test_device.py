@@ -610,7 +610,17 @@ def test_phrase_key(text: str, key: str) -> None:
 
 def test_detect_rules_tell_wake_words_from_typed_text() -> None:
     rules = DetectRules()
-    for word in ("你好小智", "你好，小智！", "hi esp", "Hi,ESP", "", "  ", "。"):
+    for word in (
+        "你好小智",
+        "你好，小智！",
+        "hi esp",
+        "Hi,ESP",
+        "",
+        "  ",
+        "。",
+        "嗨乐鑫",
+        "嗨，乐鑫",
+    ):
         assert rules.is_wake_word(word), word
     for text in ("你好", "what time is it", "小智你好", "hi"):
         assert not rules.is_wake_word(text), text

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from protocol.device import WAKE_WORDS
 from relay.config.load import load, parse
 from relay.config.schema import Config, ConfigError
 
@@ -243,6 +244,11 @@ def test_bad_env_value_names_the_key(env: dict[str, str], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         load(SHIPPED, env=env)
     assert str(info.value).startswith(key + ":"), str(info.value)
+
+
+def test_shipped_wake_words_are_the_stock_ones() -> None:
+    # config.toml spells out the default list, so that an operator can add to it.
+    assert load(SHIPPED, env={}).listen.wake_words == WAKE_WORDS
 
 
 def test_wake_words_from_file_and_environment() -> None:

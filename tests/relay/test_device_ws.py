@@ -388,6 +388,28 @@ async def test_silent_device_is_closed_after_idle_timeout(make_relay: RelayFacto
     assert await talker.recv() == {"type": "pong"}
 
 
+async def test_websocket_pings_keep_an_idle_client_open(make_relay: RelayFactory) -> None:
+    # py-xiaozhi says nothing between turns but pings (RFC 6455) every 20 s: traffic (§1.7).
+    client = await make_relay(server={"idle_timeout_s": 0.3})
+    ws = await client.ws_connect(
+        "/xiaozhi/v1/", headers={"Device-Id": "aa:bb:cc:dd:ee:01"}, autoping=False
+    )
+    await ws.ping(b"before hello")  # answered, and the hello still opens the session
+    pong = await ws.receive(timeout=5)
+    assert (pong.type, pong.data) == (WSMsgType.PONG, b"before hello")
+    await ws.send_str('{"type": "hello", "version": 1, "transport": "websocket"}')
+    assert orjson.loads((await ws.receive(timeout=5)).data)["type"] == "hello"
+    await ws.pong(b"unsolicited")  # a heartbeat some clients send: ignored, not a close
+    for _ in range(8):  # 0.8 s of pings alone, beyond the idle timeout
+        await ws.ping()
+        assert (await ws.receive(timeout=5)).type == WSMsgType.PONG
+        await asyncio.sleep(0.1)
+    await ws.send_str('{"type": "ping"}')
+    assert orjson.loads((await ws.receive(timeout=5)).data) == {"type": "pong"}
+    msg = await ws.receive(timeout=5)  # silent from now on: closed as idle
+    assert (msg.type, ws.close_code) == (WSMsgType.CLOSE, 1000)
+
+
 @pytest.mark.parametrize(
     ("rate", "frame_ms"), [(11025, 40), (8001, 60), (12345, 60), (16000, 60), (44100, 60)]
 )

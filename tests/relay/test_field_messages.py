@@ -53,6 +53,23 @@ async def test_typed_text_without_a_session_id_is_answered(
     assert chat_msgs(fake.bodies) == ["dance"]
 
 
+async def test_an_empty_session_id_is_the_connection_s(
+    make_relay: RelayFactory, fake: FakeBusiness
+) -> None:
+    # py-xiaozhi never keeps the relay's session id: every message it sends carries "" (§1.2),
+    # written by json.dumps with its default separators.
+    client = await make_relay()
+    dev = await Device.connect(client)
+    typed = '{"session_id": "", "type": "listen", "state": "detect", "text": "dance"}'
+    await dev.ws.send_str(typed)
+    got = await dev.recv_until(lambda m: m.get("type") == "tts" and m.get("state") == "start")
+    assert got[0] == {"session_id": dev.session_id, "type": "stt", "text": "dance"}
+    await dev.ws.send_str('{"session_id": "", "type": "abort"}')
+    stop = (await dev.recv_until(is_tts_stop))[-1]
+    assert stop["is_aborted"] is True
+    assert chat_msgs(fake.bodies) == ["dance"]
+
+
 async def test_text_over_the_limit_is_refused_and_nothing_is_asked(
     make_relay: RelayFactory, fake: FakeBusiness
 ) -> None:
@@ -103,6 +120,38 @@ async def test_configured_wake_words_replace_the_stock_ones(
     await detect(dev, "你好小智")  # not a wake word on this relay: typed text
     await dev.recv_until(is_tts_stop)
     assert chat_msgs(fake.bodies) == ["你好小智"]
+
+
+async def test_the_firmware_s_wake_model_labels_ask_nothing(
+    make_relay: RelayFactory, fake: FakeBusiness
+) -> None:
+    # The firmware names the wake word by its ESP-SR model's label, verbatim, in a message it
+    # builds by concatenation (Protocol::SendWakeWordDetected), then starts listening. These
+    # labels were once taken for typed text and sent to the business as a chat.
+    labels = [
+        "嗨，乐鑫",  # wn9_hilexin, Espressif's own free wake word
+        "嗨乐鑫",  # wn9s_hilexin
+        "小滨小滨,小冰小冰",  # one model, one label for both words
+        "Ni3Hao3Xiao3Zhi4",  # wn9l_nihaoxiaozhi_tts3
+        "Xiaoaitongxue",
+        "Hi,Wall,E or Hi,瓦力",
+        "Hey,Willow",
+        "小土豆",  # the default MultiNet custom wake word
+    ]
+    client = await make_relay()
+    dev = await Device.connect(client)
+    sid = dev.session_id
+    for label in labels:
+        await dev.ws.send_str(
+            '{"session_id":"' + sid + '","type":"listen","state":"detect","text":"' + label + '"}'
+        )
+        await dev.ws.send_str(
+            '{"session_id":"' + sid + '","type":"listen","state":"start","mode":"auto"}'
+        )
+        await dev.send({"type": "ping"})
+        assert await dev.recv() == {"type": "pong"}, label  # no stt, no answer
+    assert await metric(client, "relay_wake_words_total") == len(labels)
+    assert fake.bodies == []
 
 
 async def test_wake_word_chat_sends_the_wake_word_as_a_chat(
