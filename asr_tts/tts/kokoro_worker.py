@@ -23,10 +23,11 @@ from asr_tts.tts.kokoro_g2p import Phonemizer, split_runs
 
 # The model takes up to 510 tokens, but a run's memory grows with its input (~1.7 MiB per
 # token of speech at speed 1) over the ~450 MiB a loaded worker holds, and onnxruntime's arena
-# keeps the most a run took: at most 48 tokens (~10 Han characters, ~7 English words) a run
-# keep a worker at ~560 MiB whatever the input; 64 let it reach 600 MiB, 500 over 750
-# (docs/performance.md). A slower speed, with more audio per token, takes fewer.
-MAX_TOKENS = 48
+# keeps the most a run took: at most 40 tokens (~8 Han characters, ~6 English words) a run
+# keep a worker under 600 MiB whatever the input; 64 let it reach 600 MiB, 500 over 750; with
+# Kokoro's own voices (zf_xiaobei, af_heart: more audio per token than the Japanese styles'
+# mean) 48 reached 603-616 MiB (docs/performance.md). A slower speed takes fewer.
+MAX_TOKENS = 40
 _CHUNK_BREAK = re.compile(r"(?<=[,.!?;:])\s*|\s+")
 _GAP_S = 0.05  # between runs of different languages
 _TRIM_LEVEL = 0.01
