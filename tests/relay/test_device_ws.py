@@ -10,6 +10,7 @@ import pytest
 from aiohttp import WSMsgType, web
 
 from asr_tts.codec import OpusDecoder
+from relay.device import link
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import (
     Device,
@@ -327,9 +328,12 @@ async def test_reconnect_replaces_old_connection(make_relay: RelayFactory) -> No
 
 
 async def test_device_that_cannot_keep_up_is_closed(
-    make_relay: RelayFactory, fake: FakeBusiness
+    make_relay: RelayFactory, fake: FakeBusiness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bounded outbox: a device that stops reading is disconnected, not buffered forever."""
+    # The device reads nothing, not even the close frame: the close waits out its timeout
+    # before the connection is dropped and counted (5 s in the relay).
+    monkeypatch.setattr(link, "CLOSE_TIMEOUT_S", 0.5)
     big = "x" * 60_000
 
     async def flood(request: web.Request, body: dict[str, Any]) -> web.StreamResponse:

@@ -24,11 +24,10 @@ from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import Device, FakeBusiness, open_stream, session_of, sse
 
 FRAME_S = 0.06
-STORY = (
-    "Once upon a time a small robot lived by the sea. "
-    "Every morning it counted the waves. "
-    "One day it counted one wave too many, and laughed."
-)
+# Three sentences, each longer than the play buffer (so the next one's frames go out while
+# its caption is held), 4.7 s in all: every check below holds for any length, and the
+# answer plays out in real time, once per protocol version.
+STORY = "A small robot lived by the sea. It counted the waves. One day it laughed."
 
 
 @dataclass
