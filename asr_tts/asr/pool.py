@@ -7,10 +7,8 @@ bench/asr_loop_stall.py: 40-60 ms at a time, 100-380 ms to load a decoder). So e
 lives in a worker process of its own, started with "spawn", never forked from this process,
 which holds an event loop and threads: a call costs the loop a pipe round trip.
 
-Workers start lazily, up to `pool_size`; the spawn itself blocks the loop 10-15 ms. A
-streaming utterance holds a worker from open() to finish() or cancel(); a batch one only from
-its first decoding call (start_early or finish) on, since until then it only buffers: a
-device talking does not keep a decoder from the one that has finished. A worker that dies (killed,
+Workers start lazily, up to `pool_size`; the spawn itself blocks the loop 10-15 ms. An
+utterance holds a worker from open() to finish() or cancel(). A worker that dies (killed,
 crashed) fails the utterance in flight with ASRError and is never used again: the next open()
 starts a new one in its place. A finish() that takes longer than `timeout_s` kills its worker
 the same way. close() stops every worker once its running call, if any, has ended (one still
@@ -127,25 +125,15 @@ class DecoderPool:
         return self.backend.process is None
 
     async def open(self, *, language: str | None = None) -> ASRStream:
-        """A stream for one utterance; `language` goes to the decoder. A streaming backend's
-        stream takes a free decoder now, waiting up to timeout_s; a batch one's when it
-        first decodes (`_PooledStream.start_early`, `finish`), and open() only makes sure
-        that the pool has a decoder started (its load's failure is open()'s)."""
+        """Take a free decoder, waiting up to timeout_s; `language` goes to the decoder."""
         if self._closed:
             raise ASRError("the decoder pool is closed")
-        if not self.batch:
-            return _PooledStream(self, await self.take(), language)
-        if not self._workers:  # none started yet, or every one retired: load one now, so
-            self.give_back(await self.take())  # that a decoder that cannot load fails here
-        return _PooledStream(self, None, language)
-
-    async def take(self) -> _Worker:
-        """A free decoder, waiting up to timeout_s (the caller gives it back)."""
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await self._acquire()
+                worker = await self._acquire()
         except TimeoutError as exc:
             raise ASRError(f"no free decoder within {self.timeout_s} s", reason="worker") from exc
+        return _PooledStream(self, worker, language)
 
     def warm(self) -> None:
         """Start one decoder now, in the background, so that the first utterance does not
@@ -194,11 +182,6 @@ class DecoderPool:
                     worker.join()
 
         await asyncio.to_thread(join)
-
-    @property
-    def busy(self) -> bool:
-        """Whether every decoder is taken (or starting): a take() now would wait."""
-        return self._permits.locked()
 
     def give_back(self, worker: _Worker) -> None:
         """Take a worker back after an utterance: idle for the next one, or stopped if broken."""
@@ -263,29 +246,19 @@ def _failure(job: Future[Any]) -> BaseException | None:
     return None if job.cancelled() else job.exception()
 
 
-def _retrieved(task: asyncio.Task[Any]) -> None:
-    """Mark an ignored task's outcome as seen (no "exception was never retrieved")."""
-    if not task.cancelled():
-        task.exception()
-
-
 class _PooledStream:
-    """One utterance on a pooled worker; at most one call of it runs at a time. A batch
-    utterance takes its worker when it first decodes (`worker` None until then)."""
+    """One utterance on a pooled worker; at most one call of it runs at a time."""
 
-    def __init__(self, owner: DecoderPool, worker: _Worker | None, language: str | None) -> None:
+    def __init__(self, owner: DecoderPool, worker: _Worker, language: str | None) -> None:
         self._owner = owner
         self._worker = worker
-        self._taking: asyncio.Task[_Worker] | None = None  # a batch stream's take(), once begun
         self._language = language
         self._pending = bytearray()
         self._received = 0
         self._first = True  # the next call begins the utterance in the worker
         self._job: Future[Any] | None = None
-        self._early: asyncio.Task[str] | None = None  # a decode of the audio so far, for finish()
-        self._decoding: asyncio.Task[str] | None = None  # the last early decode, kept or not
+        self._early: Future[str] | None = None  # a decode of the audio so far, kept for finish()
         self._closed = False
-        self._dropped = False  # cancel(): a batch call not yet handed to a worker never is
         self._released: asyncio.Future[None] | None = None
 
     async def feed(self, pcm: bytes) -> None:
@@ -296,7 +269,7 @@ class _PooledStream:
         process = self._owner.backend.process
         # A streaming call's failure ends the utterance; a batch one's (early) waits for finish().
         exc = _failure(job) if process is not None and job is not None and job.done() else None
-        if exc is not None and self._worker is not None:
+        if exc is not None:
             raise self._worker.error(exc) from exc
         self._received += len(pcm)
         if self._received > _MAX_BYTES:
@@ -311,21 +284,15 @@ class _PooledStream:
             raise ASRError("the utterance is already finished or cancelled")
         self._closed = True
         try:
-            if self._early is None:
-                await self._worker_now()  # a batch stream's first call: bounded by timeout_s
             async with asyncio.timeout(self._owner.timeout_s):
                 if self._early is not None:
-                    return await self._early
+                    return await asyncio.wrap_future(self._early)
                 if self._job is not None and not self._owner.batch:
                     await asyncio.wrap_future(self._job)
                 final: Future[str] = self._call(self._owner.backend.finish)
                 self._job = final
                 return await asyncio.wrap_future(final)
         except TimeoutError as exc:
-            if self._worker is None:  # an early decode still waiting for a decoder
-                raise ASRError(
-                    f"no free decoder within {self._owner.timeout_s} s", reason="worker"
-                ) from exc
             # A decode cannot be interrupted: end its process, so that the pool's slot is
             # free at once (a new worker takes it) instead of when the decode gives up.
             self._worker.kill()
@@ -333,77 +300,39 @@ class _PooledStream:
                 f"decoding took longer than {self._owner.timeout_s} s", reason="timeout"
             ) from exc
         except Exception as exc:  # whatever the call raised, in the worker or on the way
-            if self._worker is None and isinstance(exc, ASRError):
-                raise  # the pool's own: no decoder free in time, or closed
-            raise self._failed(exc) from exc
+            raise self._worker.error(exc) from exc
         finally:
             self._pending.clear()
             self._release()
 
     def start_early(self) -> bool:
         """Begin decoding the audio so far (batch only), keeping it for finish(); not begun
-        while a call of this utterance still runs or waits for its decoder (one queued call
-        per utterance at most), nor, before the utterance has a decoder, when none is free."""
-        job, decoding = self._job, self._decoding
+        while a call of this utterance still runs (one queued call per utterance at most)."""
+        job = self._job
         if self._closed or not self._owner.batch or (job is not None and not job.done()):
             return False
-        if decoding is not None and not decoding.done():
-            return False
-        if self._worker is None and (self._taking is not None or self._owner.busy):
-            return False
-        if self._worker is not None and not self._worker.usable:
-            return False  # the worker is gone: finish() reports it
         n = len(self._pending) - len(self._pending) % 2
-        loop = asyncio.get_running_loop()
-        self._early = self._decoding = loop.create_task(
-            self._decode_early(bytes(self._pending[:n]))
-        )
-        self._early.add_done_callback(_retrieved)  # finish() may never read it
+        try:
+            early = self._worker.submit(
+                self._owner.backend.finish, bytes(self._pending[:n]), True, self._language
+            )
+        except ASRError:
+            return False  # the worker is gone: finish() reports it
+        self._early = self._job = early
         return True
 
-    async def _decode_early(self, pcm: bytes) -> str:
-        worker = await self._worker_now()
-        if self._dropped:
-            raise ASRError("the utterance was cancelled")
-        self._job = worker.submit(self._owner.backend.finish, pcm, True, self._language)
-        return await asyncio.wrap_future(self._job)
-
     def discard_early(self) -> None:
-        """Speech went on after the early audio: its text is not the utterance's. A call
-        already on the worker runs to its end; one still waiting for a decoder is dropped."""
-        early, self._early = self._early, None
-        if early is not None and self._worker is None:
-            early.cancel()
+        """Speech went on after the early audio: its text is not the utterance's."""
+        self._early = None
 
     async def cancel(self) -> None:
         """Drop the utterance; returns once the worker is back in the pool."""
-        self._closed = self._dropped = True
+        self._closed = True
         self._pending.clear()
-        if self._early is not None and self._worker is None:
-            self._early.cancel()
         await asyncio.shield(self._release())
-
-    async def _worker_now(self) -> _Worker:
-        """The utterance's worker, taken from the pool at the first call (batch)."""
-        if self._worker is not None:
-            return self._worker
-        if self._taking is None:
-            self._taking = asyncio.get_running_loop().create_task(self._take())
-        return await asyncio.shield(self._taking)
-
-    async def _take(self) -> _Worker:
-        worker = await self._owner.take()
-        self._worker = worker  # in the step that ends the task: before its callbacks run
-        return worker
-
-    def _failed(self, exc: BaseException) -> ASRError:
-        if self._worker is None:
-            return ASRError(f"{self._owner.backend.label} failed: {exc}", reason="worker")
-        return self._worker.error(exc)
 
     def _call(self, fn: Callable[[bytes, bool, str | None], _T]) -> Future[_T]:
         """Hand the buffered whole samples to `fn` in the worker."""
-        assert self._worker is not None
         n = len(self._pending) - len(self._pending) % 2
         data = bytes(self._pending[:n])
         del self._pending[:n]
@@ -411,30 +340,20 @@ class _PooledStream:
         return self._worker.submit(fn, data, first, self._language)
 
     def _release(self) -> asyncio.Future[None]:
-        """Give the worker back once no call of this stream runs on it (only the first call);
-        a take() still waiting is cancelled, and a worker it got anyway goes back."""
+        """Give the worker back once no call of this stream runs on it (only the first call)."""
         if self._released is None:
             loop = asyncio.get_running_loop()
             released: asyncio.Future[None] = loop.create_future()
             self._released = released
 
             def give_back() -> None:
-                if self._worker is not None:
-                    self._owner.give_back(self._worker)
+                self._owner.give_back(self._worker)
                 released.set_result(None)
 
-            def settle() -> None:
-                job = self._job
-                if job is None or job.done():
-                    give_back()
-                else:
-                    # A running call cannot be interrupted; the worker returns when it ends.
-                    job.add_done_callback(lambda _: _call_soon(loop, give_back))
-
-            taking = self._taking
-            if taking is not None and not taking.done():
-                taking.cancel()  # ends as cancelled, or with a worker it had already got
-                taking.add_done_callback(lambda _: settle())
+            job = self._job
+            if job is None or job.done():
+                give_back()
             else:
-                settle()
+                # A running call cannot be interrupted; the worker returns when it ends.
+                job.add_done_callback(lambda _: _call_soon(loop, give_back))
         return self._released

@@ -169,27 +169,23 @@ async def test_silence_is_empty(commands: PocketsphinxASR) -> None:
     assert await recognise(commands, b"") == ""
 
 
-async def test_pool_bound_makes_a_decode_wait_and_time_out(speak: Speak) -> None:
-    # With the grammar an utterance is decoded whole at finish(): it takes its decoder then,
-    # not at open(), so the bound is felt by finish().
+async def test_pool_bound_makes_open_wait_and_time_out(speak: Speak) -> None:
     asr = PocketsphinxASR(pool_size=1, timeout_s=5, grammar_words=COMMANDS)
     try:
-        first, second = await asr.open(), await asr.open()  # neither holds a decoder
-        held = await asr.take()  # starts the worker: ~0.3 s, longer on a busy machine
-        await feed_all(first, speak("dance", "en-us"))
+        first = await asr.open()  # starts the worker: ~0.3 s, longer on a busy machine
         asr.timeout_s = 0.3
         with pytest.raises(ASRError, match=r"no free decoder within 0\.3 s") as info:
-            await first.finish()
+            await asr.open()
         assert info.value.reason == "worker"
-        asr.timeout_s = 5
-        await feed_all(second, speak("turn on the light", "en-us"))
-        waiting = asyncio.create_task(second.finish())
+        waiting = asyncio.create_task(asr.open())
+        await feed_all(first, speak("dance", "en-us"))
         await asyncio.sleep(0.1)
         assert not waiting.done()
-        asr.give_back(held)
-        assert await asyncio.wait_for(waiting, 5) == "turn on the light"
+        assert await first.finish() == "dance"
+        second = await asyncio.wait_for(waiting, 1)
         # The same decoder, and nothing of the previous utterance left in it.
-        assert await recognise(asr, speak("dance", "en-us")) == "dance"
+        await feed_all(second, speak("turn on the light"))
+        assert await second.finish() == "turn on the light"
     finally:
         asr.close()
 
@@ -356,9 +352,6 @@ async def test_close_stops_every_worker_after_its_running_call(speak: Speak) -> 
     asr = PocketsphinxASR(pool_size=2, grammar_words=COMMANDS)
     try:
         busy, idle = await asr.open(), await asr.open()
-        started = [await asr.take(), await asr.take()]  # two workers, idle in the pool
-        for worker in started:
-            asr.give_back(worker)
         assert len(decoder_processes()) == 2
         await feed_all(busy, speak("turn on the light. what time is it. dance. " * 6))
         decoding = asyncio.create_task(busy.finish())
