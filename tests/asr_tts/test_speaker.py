@@ -103,7 +103,11 @@ def child_processes() -> set[int]:
     """Live or zombie children of this process."""
     pids: set[int] = set()
     for task in Path("/proc/self/task").iterdir():
-        pids.update(int(p) for p in (task / "children").read_text().split())
+        try:
+            children = (task / "children").read_text()
+        except FileNotFoundError:  # a thread that ended after the listing (a pool's, say)
+            continue
+        pids.update(int(p) for p in children.split())
     return pids
 
 
