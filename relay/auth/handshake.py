@@ -58,8 +58,11 @@ class SpokenLanguages:
             if len(self._by_device) > self._limit:
                 self._by_device.popitem(last=False)
 
-    def complete(self, hs: Handshake) -> Handshake:
-        """`hs`, with the remembered language if it names none itself."""
+    def complete(self, hs: Handshake, *, follow: bool = True) -> Handshake:
+        """`hs`, with the remembered language if it names none itself; without any when not
+        `follow` (`[asr] device_language = false`: `[asr] language` for every device)."""
+        if not follow:
+            return replace(hs, language="")
         if hs.language or not (known := self._by_device.get(hs.device_id)):
             return hs
         return replace(hs, language=known)

@@ -263,6 +263,9 @@ class ASRConfig:
     # embedded: Whisper base (Mandarin, English); pocketsphinx: the light US English one
     provider: ASRName = "embedded"
     language: str = ""  # embedded: "auto" (zh or en, the default), "zh", "en"; empty: default
+    # A device's language (handshake `language` / Accept-Language, else its OTA check's)
+    # overrides `language` for its connection; false: `language` for every device.
+    device_language: bool = True
     pool_size: int = 2  # embedded, pocketsphinx: decoder processes
     threads: int = 0  # embedded: cores per decode; 0 = all (up to 4)
     model_dir: str = ""  # embedded: the Whisper files; empty = the installed model packages

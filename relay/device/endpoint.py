@@ -70,7 +70,9 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
         _refused(request, "bad_origin")
         return api_error(ApiError.BAD_ORIGIN, "this page's origin may not open a device WebSocket")
     try:
-        hs = relay.languages.complete(parse_handshake(request.headers, request.query))
+        hs = relay.languages.complete(
+            parse_handshake(request.headers, request.query), follow=cfg.asr.device_language
+        )
         await relay.authenticator.check(hs)
     except HandshakeError as exc:
         m.handshake_rejected.labels(exc.code.value).inc()

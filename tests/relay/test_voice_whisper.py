@@ -253,6 +253,38 @@ async def test_the_language_a_device_names_reaches_the_recogniser(
     assert transcriber.languages[-1] == "zh"
 
 
+async def test_an_operator_can_hold_every_device_to_the_configured_language(
+    make_relay: RelayFactory, fake: FakeBusiness, speech: SpeechBank, aiohttp_server: Any
+) -> None:
+    # [asr] device_language = false: py-xiaozhi sends zh-CN at its OTA check and handshake
+    # whatever its user speaks; the operator's [asr] language holds for every device instead.
+    fake.script = silent_answer
+    transcriber = FakeTranscriber()
+    server = await aiohttp_server(transcriber.app())
+    openai = {"base_url": str(server.make_url("/"))}
+    client = await make_relay(
+        asr={"provider": "openai", "openai": openai, "device_language": False}
+    )
+    ota = await client.post(
+        "/xiaozhi/ota/",
+        headers={"Device-Id": "AA:00:00:00:00:05", "Accept-Language": "zh-CN"},
+        data=b'{"application":{"version":"1.0.0"}}',
+    )
+    assert ota.status == 200, await ota.text()
+    devices = [
+        await VoiceDevice.connect(client, device_id="AA:00:00:00:00:05"),
+        await VoiceDevice.connect(
+            client, device_id="AA:00:00:00:00:06", path="/xiaozhi/v1/?language=en"
+        ),
+        await VoiceDevice.connect(
+            client, device_id="AA:00:00:00:00:07", headers={"Accept-Language": "zh-CN"}
+        ),
+    ]
+    for dev in devices:
+        await say(dev, speech.say("dance"))
+    assert transcriber.languages == [None, None, None]
+
+
 def test_relay_serve_loads_a_decoder_at_start_and_leaves_none_at_stop(tmp_path: Path) -> None:
     config = tmp_path / "relay.toml"
     # espeak-ng speaks: no Kokoro worker loads beside the decoder (nor counts as one here).
