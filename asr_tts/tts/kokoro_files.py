@@ -96,7 +96,7 @@ def check(files: ModelFiles) -> None:
         _read_checked(path, sha256)
     _read_checked(files.vocab, VOCAB_SHA256)
     _read_checked(files.voices, VOICES_SHA256)
-    _npm_voices()
+    _check_npm_voices()
     if key is not None:
         _checked.add(key)
 
@@ -172,7 +172,7 @@ def load_voices(files: ModelFiles, extra_dir: Path | None = None) -> Voices:
     return Voices(voices, kokoro_npm.installed())
 
 
-def _npm_voices() -> None:
+def _check_npm_voices() -> None:
     """Check every kokoro-js voice installed (ModelFileError names a bad one)."""
     try:
         kokoro_npm.read()

@@ -216,22 +216,33 @@ async def test_grammar_words_with_embedded_still_mean_the_pocketsphinx_grammar(
     assert any("grammar_words" in r.getMessage() for r in caplog.records)
 
 
+async def transcribing_relay(
+    make_relay: RelayFactory, aiohttp_server: Any, ota_device: str, ota_language: str, **asr: Any
+) -> tuple[Any, FakeTranscriber]:
+    """A relay whose recogniser is a Whisper-compatible fake recording each request's
+    language (`asr` added to its [asr]), after `ota_device`'s OTA check in `ota_language`."""
+    transcriber = FakeTranscriber()
+    server = await aiohttp_server(transcriber.app())
+    openai = {"base_url": str(server.make_url("/"))}
+    client = await make_relay(asr={"provider": "openai", "openai": openai, **asr})
+    ota = await client.post(
+        "/xiaozhi/ota/",
+        headers={"Device-Id": ota_device, "Accept-Language": ota_language},
+        data=b'{"application":{"version":"1.0.0"}}',
+    )
+    assert ota.status == 200, await ota.text()
+    return client, transcriber
+
+
 async def test_the_language_a_device_names_reaches_the_recogniser(
     make_relay: RelayFactory, fake: FakeBusiness, speech: SpeechBank, aiohttp_server: Any
 ) -> None:
     # Seen from the recogniser's side (a Whisper-compatible endpoint records each request's
     # language): the handshake's parameter or header, else the device's OTA check's header.
     fake.script = silent_answer
-    transcriber = FakeTranscriber()
-    server = await aiohttp_server(transcriber.app())
-    openai = {"base_url": str(server.make_url("/"))}
-    client = await make_relay(asr={"provider": "openai", "openai": openai})
-    ota = await client.post(
-        "/xiaozhi/ota/",
-        headers={"Device-Id": "AA:00:00:00:00:04", "Accept-Language": "zh-CN,zh;q=0.9"},
-        data=b'{"application":{"version":"1.0.0"}}',
+    client, transcriber = await transcribing_relay(
+        make_relay, aiohttp_server, "AA:00:00:00:00:04", "zh-CN,zh;q=0.9"
     )
-    assert ota.status == 200, await ota.text()
     devices = [
         await VoiceDevice.connect(client, device_id="AA:00:00:00:00:01"),
         await VoiceDevice.connect(
@@ -259,18 +270,9 @@ async def test_an_operator_can_hold_every_device_to_the_configured_language(
     # [asr] device_language = false: py-xiaozhi sends zh-CN at its OTA check and handshake
     # whatever its user speaks; the operator's [asr] language holds for every device instead.
     fake.script = silent_answer
-    transcriber = FakeTranscriber()
-    server = await aiohttp_server(transcriber.app())
-    openai = {"base_url": str(server.make_url("/"))}
-    client = await make_relay(
-        asr={"provider": "openai", "openai": openai, "device_language": False}
+    client, transcriber = await transcribing_relay(
+        make_relay, aiohttp_server, "AA:00:00:00:00:05", "zh-CN", device_language=False
     )
-    ota = await client.post(
-        "/xiaozhi/ota/",
-        headers={"Device-Id": "AA:00:00:00:00:05", "Accept-Language": "zh-CN"},
-        data=b'{"application":{"version":"1.0.0"}}',
-    )
-    assert ota.status == 200, await ota.text()
     devices = [
         await VoiceDevice.connect(client, device_id="AA:00:00:00:00:05"),
         await VoiceDevice.connect(
