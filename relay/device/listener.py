@@ -138,9 +138,20 @@ class Listener:
         self._end_capture(now)
 
     def _end_capture(self, t_end: float) -> None:
+        tail = self._take_carry()
         if self.capturing:
             self._end_early(hit=False)  # audio the VAD has not seen may hold more speech
-            self._end_utterance(t_end)
+            self._end_utterance(t_end, tail)
+
+    def _take_carry(self) -> bytes:
+        """At a stop: the audio decoded but short of a whole VAD window (up to 32 ms), taken
+        out, when no batch job is using it. It is the end of the utterance the stop ends (in
+        push-to-talk the last of the speech), and must not begin the next one."""
+        if self._pump is not None:  # a job of the backlog runs: its audio goes on
+            return b""
+        tail = bytes(self._carry)
+        self._carry.clear()
+        return tail
 
     def feed(self, packet: bytes) -> bool:
         """One uplink audio packet; False when it was dropped (not listening, backlog)."""
@@ -294,17 +305,21 @@ class Listener:
         if self.mode == "manual" and self._utterance_s >= self._deps.segmenter.max_utterance_s:
             self._end_utterance(time.monotonic())  # cut and recognised, not buffered forever
 
-    def _end_utterance(self, t_end: float) -> None:
+    def _end_utterance(self, t_end: float, tail: bytes = b"") -> None:
         stream, opening = self._stream, self._opening
         self._stream = self._opening = None
         if stream is None and opening is None:
             return
-        task = asyncio.get_running_loop().create_task(self._recognise(stream, opening, t_end))
+        task = asyncio.get_running_loop().create_task(self._recognise(stream, opening, t_end, tail))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _recognise(
-        self, stream: ASRStream | None, opening: asyncio.Task[ASRStream] | None, t_end: float
+        self,
+        stream: ASRStream | None,
+        opening: asyncio.Task[ASRStream] | None,
+        t_end: float,
+        tail: bytes,
     ) -> None:
         m = self._deps.metrics
         provider = self._deps.asr.name
@@ -313,6 +328,8 @@ class Listener:
             if stream is None and opening is not None:
                 stream = await opening
             assert stream is not None
+            if tail:
+                await self._feed_tail(stream, tail)
             start = time.monotonic()
             text = (await stream.finish()).strip()
             if stream is not _FAILED:
@@ -324,6 +341,15 @@ class Listener:
                 await stream.cancel()
             raise
         self._on_text(text, t_end)
+
+    @staticmethod
+    async def _feed_tail(stream: ASRStream, tail: bytes) -> None:
+        """The last audio of an utterance; a stream that fails on it is released."""
+        try:
+            await stream.feed(tail)
+        except ASRError:
+            await stream.cancel()
+            raise
 
     async def _drop_stream(self) -> None:
         stream, opening = self._stream, self._opening

@@ -12,6 +12,7 @@ import asyncio
 import time
 from typing import Any, Literal
 
+import numpy as np
 import opuslib_next
 import orjson
 import pytest
@@ -33,6 +34,7 @@ from tests.relay.voice_helpers import (
     metric,
     opus_packets,
     pcm_frames,
+    rms,
     silence,
     texts_of,
     wait_metric,
@@ -196,6 +198,37 @@ async def test_pcm_uplink_is_recognised_and_answered_in_pcm(
     answer.check_spoken("pcm")
     assert answer.captions == "Echo dance."
     assert chat_msgs(fake.bodies) == ["dance"]
+
+
+def cut_in_speech(pcm: bytes) -> bytes:
+    """`pcm` cut to whole uplink frames, the last of them inside the last word, and not to a
+    whole number of the relay's 32 ms VAD windows (8 frames are 15 of them)."""
+    x = np.frombuffer(pcm, dtype="<i2").astype(np.int32)
+    frames = (int(np.flatnonzero(np.abs(x) > 1000)[-1]) + 1) // (FRAME_BYTES // 2)
+    if frames % 8 == 0:
+        frames -= 1
+    return pcm[: frames * FRAME_BYTES]
+
+
+async def test_push_to_talk_hands_the_recogniser_the_whole_utterance_and_nothing_else(
+    make_relay: RelayFactory, speech: SpeechBank, aiohttp_server: Any
+) -> None:
+    # The relay cuts what it decodes into 32 ms windows for the VAD. At `listen stop` the
+    # audio short of a whole window is the end of the utterance, here the end of its last
+    # word: it goes to the recogniser, and is no part of the next utterance.
+    transcriber = FakeTranscriber()
+    server = await aiohttp_server(transcriber.app())
+    client = await make_relay(
+        asr={"provider": "openai", "openai": {"base_url": str(server.make_url("/"))}}
+    )
+    dev = await VoiceDevice.connect_pcm(client)
+    said = [cut_in_speech(speech.say(words)) for words in ("turn off the light", "dance")]
+    for pcm in said:
+        assert rms(pcm[-(len(pcm) % 1024) :]) > 300  # speech, short of a whole window
+        await push_to_talk(dev, pcm, fmt="pcm")
+        await dev.until(is_tts("stop"))
+    assert [len(pcm) // 2 for pcm in transcriber.audio] == [len(pcm) // 2 for pcm in said]
+    assert transcriber.audio == said
 
 
 # ---- abort at every stage ----------------------------------------------------------------

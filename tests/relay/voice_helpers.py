@@ -372,6 +372,7 @@ class FakeTranscriber:
     text: str = "dance"
     hits: int = 0
     languages: list[str | None] = field(default_factory=list)  # each request's, None if absent
+    audio: list[bytes] = field(default_factory=list)  # each request's PCM (its WAV's data)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -382,6 +383,9 @@ class FakeTranscriber:
         form = await request.post()
         language = form.get("language")
         self.languages.append(language if isinstance(language, str) else None)
+        upload = form.get("file")
+        if isinstance(upload, web.FileField):
+            self.audio.append(upload.file.read()[44:])  # after wav_from_pcm's header
         self.hits += 1
         if self.mode == "error":
             body = {"error": {"message": "boom", "type": "server_error", "code": None}}
