@@ -33,6 +33,7 @@ PAIRS = (
     ("docs/integration.md", "docs/zh-CN/integration.md"),
     ("docs/devices.md", "docs/zh-CN/devices.md"),
     ("docs/capacity.md", "docs/zh-CN/capacity.md"),
+    ("docs/protocol.md", "docs/zh-CN/protocol.md"),
 )
 each_pair = pytest.mark.parametrize(("english", "chinese"), PAIRS, ids=[zh for _, zh in PAIRS])
 COMMAND_LANGS = frozenset({"sh", "bash", "console", "shell"})

@@ -158,7 +158,13 @@ async def test_simulate_requests_carry_the_identity_headers(
 def documented_checkers() -> list[tuple[str, Callable[..., bool]]]:
     """`relay_signed` as each guide shows it to business authors, run as they would copy it."""
     found = []
-    for doc in ("docs/integration.md", "docs/zh-CN/integration.md", "docs/protocol.md"):
+    docs = (
+        "docs/integration.md",
+        "docs/zh-CN/integration.md",
+        "docs/protocol.md",
+        "docs/zh-CN/protocol.md",
+    )
+    for doc in docs:
         text = (ROOT / doc).read_text(encoding="utf-8")
         (code,) = [c for c in re.findall(r"```python\n(.*?)```", text, re.S) if "relay_signed" in c]
         namespace: dict[str, Any] = {}
