@@ -18,6 +18,9 @@ ListenMode = Literal["manual", "auto", "realtime"]
 _STATES: tuple[ListenState, ...] = ("start", "stop", "detect")
 _MODES: tuple[ListenMode, ...] = ("manual", "auto", "realtime")
 DEFAULT_PLAY_BUFFER_MS = 1000  # what a device that declares none is taken to hold (§1.2)
+# The most the downlink runs ahead of the device's playback, whatever its hello declares: the
+# firmware queues ~2.4 s and drops the rest (§1.6).
+MAX_PLAY_LEAD_MS = 2000
 
 
 @dataclass(frozen=True, slots=True)

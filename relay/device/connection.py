@@ -64,7 +64,7 @@ class Connection:
         cfg = relay.config
         downlink = relay.downlink(hello.audio_params)
         self.downlink = downlink
-        self.play_buffer_ms = hello.play_buffer_ms
+        self.play_buffer_ms = min(hello.play_buffer_ms, device.MAX_PLAY_LEAD_MS)  # §1.6
         self.link = WebSocketLink(
             ws,
             transport,
@@ -73,7 +73,7 @@ class Connection:
             relay.metrics,
             cfg.server.outbox_max,
             downlink.frame_s,
-            hello.play_buffer_ms / 1000,
+            self.play_buffer_ms / 1000,
         )
         mcp = None
         if hello.mcp and cfg.mcp.enabled:  # §3.1

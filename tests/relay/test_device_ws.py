@@ -196,6 +196,33 @@ async def test_text_response_is_spoken_and_paced(make_relay: RelayFactory) -> No
         await dev.ws.close()
 
 
+async def test_declared_play_buffer_over_two_seconds_leads_by_two(make_relay: RelayFactory) -> None:
+    """§1.6: the lead never exceeds ~2 s, whatever the hello declares (0 to 10000 ms are
+    valid); the relay's hello says the lead it keeps."""
+    client = await make_relay()
+    hello = {"type": "hello", "audio_params": {"format": "opus", "play_buffer_duration": 10000}}
+    dev = await Device.connect(client, hello=hello)
+    assert dev.hello["audio_params"]["play_buffer_duration"] == 2000
+    words = "one two three four five six seven eight nine ten eleven twelve thirteen"
+    await dev.send(
+        {
+            "session_id": dev.session_id,
+            "type": "listen",
+            "state": "detect",
+            "text": "hi",
+            "text_response": f"{words}, {words}.",
+        }
+    )
+    await dev.recv_until(is_tts_stop, timeout=30)
+    assert len(dev.audio) * 0.06 > 3.0, len(dev.audio)  # longer than the lead
+    play_end = lead = 0.0
+    for t in dev.audio_times:
+        play_end = max(play_end, t) + 0.06
+        lead = max(lead, play_end - t)
+    assert 1.5 < lead <= 2.0 + 0.06 + 0.06, lead  # 60 ms for this machine's scheduling
+    await dev.ws.close()
+
+
 async def test_abort_cuts_answer_and_cancels_business(
     make_relay: RelayFactory, fake: FakeBusiness
 ) -> None:
