@@ -210,7 +210,7 @@ async def test_declared_play_buffer_over_two_seconds_leads_by_two(make_relay: Re
             "type": "listen",
             "state": "detect",
             "text": "hi",
-            "text_response": f"{words}, {words}.",
+            "text_response": f"{words}.",
         }
     )
     await dev.recv_until(is_tts_stop, timeout=30)
