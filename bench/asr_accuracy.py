@@ -285,11 +285,19 @@ async def accuracy(
         url = device_url(port) + ("?language=zh" if name == "synth_zh" else "")
         ws, sid = await connect(http, url, idx)
         pairs = []
+        decodes, dropped = await audio_counts(http, port)
         for expected, pcm in items:
-            got = await push_to_talk(ws, sid, pcm, 30 if not expected else speed)
+            got = await push_to_talk(ws, sid, pcm, speed)
             pairs.append((expected, got))
         await ws.close()
-        out[name] = {**error_rate(pairs, name.startswith("synth_zh")), "heard": pairs}
+        decodes_after, dropped_after = await audio_counts(http, port)
+        out[name] = {
+            **error_rate(pairs, name.startswith("synth_zh")),
+            "audio_s": r(sum(len(pcm) for _, pcm in items) / (2 * RATE), 1),
+            "decodes": decodes_after - decodes,  # a long utterance is cut and decoded in pieces
+            "uplink_dropped": dropped_after - dropped,  # packets the listener's backlog refused
+            "heard": pairs,
+        }
         progress(f"  {name}: {out[name]}")
     return out
 
@@ -336,15 +344,30 @@ async def latency(
 
 async def early_counts(http: aiohttp.ClientSession, port: int) -> dict[str, float]:
     """relay_asr_early_total by outcome (hit, miss), from the relay's /metrics."""
+    return await samples(http, port, "relay_asr_early", "_total", "outcome")
+
+
+async def samples(
+    http: aiohttp.ClientSession, port: int, family: str, suffix: str, label: str
+) -> dict[str, float]:
+    """A metric family's `suffix` samples from the relay's /metrics, by one label's value."""
     async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
         text = await resp.text()
     out: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == "relay_asr_early":
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    out[sample.labels.get("outcome", "")] = sample.value
+    for fam in text_string_to_metric_families(text):
+        if fam.name == family:
+            for sample in fam.samples:
+                if sample.name.endswith(suffix):
+                    key = sample.labels.get(label, "")
+                    out[key] = out.get(key, 0.0) + sample.value
     return out
+
+
+async def audio_counts(http: aiohttp.ClientSession, port: int) -> tuple[float, float]:
+    """(utterances decoded, uplink packets dropped) so far: what a set's audio came to."""
+    decodes = await samples(http, port, "relay_asr_seconds", "_count", "provider")
+    dropped = await samples(http, port, "relay_audio_dropped", "_total", "reason")
+    return sum(decodes.values()), sum(dropped.values())
 
 
 def latency_summary(
