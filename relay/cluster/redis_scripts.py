@@ -14,18 +14,33 @@ forms, with the leases read by the client."""
 
 from __future__ import annotations
 
-# Functions every script that reads or writes records starts with: `parse` splits a member
-# (nil when it is not a record: the bare id an older relay's index holds), `pack` joins
-# one (node last: the only free-form field); `find` is the record of device `id` in index
-# `k` (nil when absent); `index` adds (ZADD) or removes members, a thousand to a command;
-# `ms` reads a record's connected_at (milliseconds, base 36).
+# Functions every script that reads or writes records starts with: `nul` is where a
+# member's record starts (after its last NUL: an id may hold one, a record not; nil when
+# there is none: the bare id an older relay's index holds), `id_of` a member's id, `parse`
+# splits a member (nil when it is not a record), `pack` joins one (node last: the only
+# free-form field); `find` is the record of device `id` in index `k` (nil when absent);
+# `index` adds (ZADD) or removes members, a thousand to a command; `ms` reads a record's
+# connected_at (milliseconds, base 36). Plain finds, not a pattern that backtracks: a
+# claim splits every member it adds.
 _REC = """
+local function nul(m)
+  local at = string.find(m, '\\0', 1, true)
+  while at do
+    local later = string.find(m, '\\0', at + 1, true)
+    if not later then return at end
+    at = later
+  end
+  return nil
+end
+local function id_of(m) return string.sub(m, 1, nul(m) - 1) end
 local function parse(m)
-  local id, lease, ca, ls, session, node = string.match(m,
-    '^(.*)%z([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n(.*)$')
-  if not id then return nil end
-  return {id = id, member = m, node = node, session = session, connected_at = ca,
-          last_seen = ls, lease = lease}
+  local at = nul(m)
+  if not at then return nil end
+  local lease, ca, ls, session, node = string.match(m,
+    '^([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n([^\\n]*)\\n(.*)$', at + 1)
+  if not lease then return nil end
+  return {id = string.sub(m, 1, at - 1), member = m, node = node, session = session,
+          connected_at = ca, last_seen = ls, lease = lease}
 end
 local function pack(id, lease, ca, ls, session, node)
   return id .. '\\0' .. lease .. '\\n' .. ca .. '\\n' .. ls .. '\\n' .. session .. '\\n' .. node
@@ -92,12 +107,12 @@ end
 _CLAIM_MANY = """
 local out, add, at, seen = {}, {}, {}, {}
 for i = 3, #ARGV do
-  local rec = parse(ARGV[i])
-  local prev = find(KEYS[1], rec.id)
+  local id = id_of(ARGV[i])
+  local prev = find(KEYS[1], id)
   if prev then redis.call('ZREM', KEYS[1], prev.member) end
-  if at[rec.id] then add[at[rec.id]] = ARGV[i] else
+  if at[id] then add[at[id]] = ARGV[i] else
     table.insert(add, ARGV[i])
-    at[rec.id] = #add
+    at[id] = #add
   end
   if prev and prev.node ~= ARGV[1] and held(prev, seen) then
     table.insert(out, i - 2)

@@ -516,3 +516,24 @@ async def test_a_listing_page_reads_the_records_with_the_ids(any_store: Store) -
         # are the records: no read per device, only the two nodes' leases besides.
         reads = BUCKETS if store.mode == "cluster" else 2
         assert commands <= reads + 2, commands
+
+
+async def test_an_id_that_holds_a_nul_is_its_own_device(any_store: Store) -> None:
+    # A member is the id, a NUL, then the record: "x\0y"'s member falls in the range read
+    # for "x", and is not taken for its record.
+    store = any_store
+    async with nodes_on(store) as (a, b):
+        await a.connect("x", "s-x")
+        await b.connect("x\0y", "s-xy")
+        await a.connect("x\0", "s-x0")
+        for d, node, session in (("x", "A", "s-x"), ("x\0y", "B", "s-xy"), ("x\0", "A", "s-x0")):
+            found = await b.cluster.locate(d)
+            assert found is not None
+            assert (found.node, found.session_id) == (node, session)
+        assert a.replaced == b.replaced == []
+        await b.cluster.unregister("x\0y", "s-xy")
+        assert await b.cluster.settle(2.0)
+        assert await a.cluster.locate("x\0y") is None
+        found = await a.cluster.locate("x")
+        assert found is not None
+        assert found.session_id == "s-x"
