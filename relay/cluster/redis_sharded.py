@@ -231,7 +231,7 @@ class ShardedCluster(RedisCluster):
         assert self._redis is not None
         per = want / BUCKETS
         m = int(per + 4 * math.sqrt(per)) + 4  # rarely a second read for uniform ids
-        frontier = dict.fromkeys(range(BUCKETS), start)
+        frontier = dict.fromkeys(range(BUCKETS), start)  # bucket -> next start
         got: list[bytes] = []
         while True:
             async with self._redis.pipeline(transaction=False) as pipe:

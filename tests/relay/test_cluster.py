@@ -19,7 +19,7 @@ from protocol.node import (
 )
 from relay.cluster.base import Cluster, LocalCluster, Page, Presence, PushResult
 from relay.cluster.redis import RedisCluster
-from relay.cluster.redis_client import AnyRedis, join_record, member_id, text
+from relay.cluster.redis_client import AnyRedis, join_record, member_id, split_record, text
 from tests.relay.redis_server import (  # noqa: F401 (pytest finds the fixture by name)
     RedisServer,
     ResettingRelay,
@@ -635,3 +635,25 @@ async def test_local_cluster_push_outcomes() -> None:
 
 async def _no_replace(device_id: str, session_id: str) -> None:
     return None
+
+
+@pytest.mark.parametrize(
+    ("device_id", "connected_at", "last_seen"),
+    [
+        ("AABBCCDDEEFF", 1764900000.123, 1764900000.123),  # as claimed: last_seen "0"
+        ("d\nwith\0nul", 1764900000.5, 1764900612.25),  # an id may hold both separators
+        ("d", 1764900000.5, 1764899999.0),  # a clock that stepped back: a negative offset
+        ("d", 0.0, 0.0),
+    ],
+)
+def test_a_record_is_its_member_and_back(
+    device_id: str, connected_at: float, last_seen: float
+) -> None:
+    member = join_record(device_id, "l3ase_", connected_at, last_seen, "sess", "node x")
+    assert split_record(member) == (
+        device_id,
+        Presence(device_id, "node x", "sess", connected_at, last_seen),
+        "l3ase_",
+    )
+    assert member_id(member) == device_id
+    assert split_record(device_id) is None  # a bare id: an older relay's index member
