@@ -109,8 +109,14 @@ def text(raw: object) -> str:
 
 
 def stamp(t: float) -> str:
-    """A time (seconds since the epoch) as a record keeps it: milliseconds in base 36."""
-    return _base36(max(0, round(t * 1000)))
+    """connected_at (seconds since the epoch) as a record keeps it: microseconds in base 36
+    (ten digits): the rebuild tells the newer of two connections by it, so two connects of
+    a device on two nodes within a millisecond are still ordered."""
+    return _base36(_us(t))
+
+
+def _us(t: float) -> int:
+    return max(0, round(t * 1_000_000))
 
 
 def _base36(n: int) -> str:
@@ -130,15 +136,16 @@ def join_record(
     device_id: str, lease: str, connected_at: float, last_seen: float, session: str, node: str
 ) -> str:
     """A device's index member (relay.cluster.redis_scripts): the id, NUL, then lease,
-    connected_at (`stamp`), last_seen (milliseconds after connected_at, base 36), session
-    and node, one per line. split_record's inverse."""
+    connected_at (`stamp`), last_seen (`since`), session and node, one per line.
+    split_record's inverse."""
     ca, seen = stamp(connected_at), since(connected_at, last_seen)
     return f"{device_id}\0{lease}\n{ca}\n{seen}\n{session}\n{node}"
 
 
 def since(connected_at: float, last_seen: float) -> str:
-    """last_seen as a record keeps it: milliseconds after connected_at (`stamp`), base 36."""
-    return _base36(round(last_seen * 1000) - max(0, round(connected_at * 1000)))
+    """last_seen as a record keeps it: milliseconds after connected_at, base 36 ("0" until
+    the device is heard from)."""
+    return _base36(round((last_seen - _us(connected_at) / 1_000_000) * 1000))
 
 
 def split_record(raw: object) -> tuple[str, Presence, str] | None:
@@ -159,7 +166,7 @@ def parse_presence(device_id: str, row: Sequence[Any]) -> Presence | None:
     try:
         node, session, ca, seen = (text(v) for v in row)
         at = int(ca, 36)
-        return Presence(device_id, node, session, at / 1000, (at + int(seen, 36)) / 1000)
+        return Presence(device_id, node, session, at / 1e6, (at + 1000 * int(seen, 36)) / 1e6)
     except (TypeError, ValueError):
         return None
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 # there is none: the bare id an older relay's index holds), `id_of` a member's id, `parse`
 # splits a member (nil when it is not a record), `pack` joins one (node last: the only
 # free-form field); `find` is the record of device `id` in index `k` (nil when absent);
-# `index` adds (ZADD) or removes members, a thousand to a command; `ms` reads a record's
-# connected_at (milliseconds, base 36). Plain finds, not a pattern that backtracks: a
+# `index` adds (ZADD) or removes members, a thousand to a command; `us` reads a record's
+# connected_at (microseconds, base 36). Plain finds, not a pattern that backtracks: a
 # claim splits every member it adds.
 _REC = """
 local function nul(m)
@@ -62,7 +62,7 @@ local function index(op, members)
     redis.call(op, KEYS[1], unpack(args))
   end
 end
-local function ms(stamp) return tonumber(stamp, 36) or 0 end
+local function us(stamp) return tonumber(stamp, 36) or 0 end
 """
 
 # A function every script that judges a record on one Redis starts with: whether `node`
@@ -162,7 +162,7 @@ for i = first, #ARGV do
                                          cur.session, cur.node))
     end
   elseif (not cur) or cur.node == ARGV[1] or not alive(cur)
-      or ms(cur.connected_at) < ms(new.connected_at) then
+      or us(cur.connected_at) < us(new.connected_at) then
     status = 1
     if cur then redis.call('ZREM', KEYS[1], cur.member) end
     redis.call('ZADD', KEYS[1], 0, ARGV[i])
@@ -183,7 +183,8 @@ local function alive(rec) return live(ARGV[3], rec.node, rec.lease, seen) end"""
     + _RENEW
 )
 # KEYS the index; ARGV per device id, session, last_seen (milliseconds after connected_at,
-# base 36). Written only while that session still holds the device.
+# base 36: relay.cluster.redis_client.since). Written only while that session still holds
+# the device.
 SEEN = (
     _REC
     + """

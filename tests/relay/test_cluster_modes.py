@@ -537,3 +537,17 @@ async def test_an_id_that_holds_a_nul_is_its_own_device(any_store: Store) -> Non
         found = await a.cluster.locate("x")
         assert found is not None
         assert found.session_id == "s-x"
+
+
+async def test_the_rebuild_orders_two_connects_within_a_millisecond(any_store: Store) -> None:
+    store = any_store
+    async with nodes_on(store) as (a, b):
+        t = 1764900000.1001
+        b.held["m"] = old = Presence("m", "B", "s-b", t, t)
+        await b.cluster.register(old)  # claimed 0.3 ms before A's connection began
+        assert await b.cluster.settle(2.0)
+        a.held["m"] = Presence("m", "A", "s-a", t + 0.0003, t + 0.0003)
+        await a.cluster._rebuild()  # A's is the newer connection: it takes the device
+        await eventually(lambda: b.replaced == [("m", "s-b")])
+        assert a.replaced == []
+        assert await _at(b, "m", "A")
