@@ -283,7 +283,7 @@ async def steady(shards: Shards, p: dict[str, Any]) -> dict[str, Any]:
         "register_s": register_s,
         "registered_per_s": p["devices"] / register_s,
         "memory_bytes_per_device": (s1["used_memory"] - s0["used_memory"]) / p["devices"],
-        "record_bytes": record,  # MEMORY USAGE of one device's record; the index holds the rest
+        "record_bytes": record,  # one record: its key's MEMORY USAGE, or its member's length
         "window_s": window,
         "commands_per_s": d["commands"] / window,
         "scripts_per_s": d["scripts"] / window,
@@ -294,22 +294,28 @@ async def steady(shards: Shards, p: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _present(p: dict[str, Any]) -> tuple[int, int | None]:
-    """Members of the index (all buckets in a cluster) and one record's MEMORY USAGE."""
+    """Members of the index (all buckets in a cluster) and what one device's record holds:
+    the MEMORY USAGE of its key, where records have keys of their own, else the bytes of
+    its member in the index."""
+    r: Redis | ClusterClient
     if p.get("mode") != "cluster":
-        r = Redis.from_url(p["url"])
-        try:
-            return await r.zcard(b"relay:devices"), await r.memory_usage(b"relay:dev:dev-0000000")
-        finally:
-            await r.aclose()
-    from relay.cluster.redis_sharded import BUCKETS, bucket_of
+        r, indexes = Redis.from_url(p["url"]), ["relay:devices"]
+        index, key = "relay:devices", "relay:dev:dev-0000000"
+    else:
+        from relay.cluster.redis_sharded import BUCKETS, bucket_of
 
-    c = ClusterClient.from_url(p["shards"][0])
-    try:
-        present = sum([await c.zcard(f"relay:{{b{b}}}:devices") for b in range(BUCKETS)])
+        r = ClusterClient.from_url(p["shards"][0])
+        indexes = [f"relay:{{b{b}}}:devices" for b in range(BUCKETS)]
+        index = indexes[bucket_of("dev-0000000")]
         key = f"relay:{{b{bucket_of('dev-0000000')}}}:dev:dev-0000000"
-        return present, await c.memory_usage(key)
+    try:
+        present = sum([await r.zcard(i) for i in indexes])
+        if await r.exists(key):
+            return present, await r.memory_usage(key)
+        member = await r.zrangebylex(index, "[dev-0000000\0", "(dev-0000000\1")
+        return present, len(member[0]) if member else None
     finally:
-        await c.aclose()
+        await r.aclose()
 
 
 async def main(p: dict[str, Any]) -> dict[str, Any]:

@@ -108,29 +108,65 @@ def text(raw: object) -> str:
     return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw or "")
 
 
-def split_record(raw: object) -> list[Any]:
-    """A device record (relay.cluster.redis_scripts: lease, connected_at, last_seen,
-    session and node, one per line) as (node, session, connected_at, last_seen, lease);
-    all None when absent or not a record."""
-    parts = text(raw).split("\n", 4)
-    if raw is None or len(parts) < 5:
-        return [None] * 5
-    lease, connected_at, last_seen, session, node = parts
-    return [node, session, connected_at, last_seen, lease]
+def stamp(t: float) -> str:
+    """connected_at (seconds since the epoch) as a record keeps it: microseconds in base 36
+    (ten digits): the rebuild tells the newer of two connections by it, so two connects of
+    a device on two nodes within a millisecond are still ordered."""
+    return _base36(_us(t))
 
 
-def join_record(lease: str, connected_at: float, last_seen: float, session: str, node: str) -> str:
-    """A device record as the scripts store it (split_record's inverse), the numbers as
-    redis-py would send them (repr), so a claim sends one argument per device."""
-    return f"{lease}\n{connected_at!r}\n{last_seen!r}\n{session}\n{node}"
+def _us(t: float) -> int:
+    return max(0, round(t * 1_000_000))
+
+
+def _base36(n: int) -> str:
+    sign, n = ("-", -n) if n < 0 else ("", n)
+    digits = ""
+    while True:
+        n, d = divmod(n, 36)
+        digits = _DIGITS[d] + digits
+        if not n:
+            return sign + digits
+
+
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+
+
+def join_record(
+    device_id: str, lease: str, connected_at: float, last_seen: float, session: str, node: str
+) -> str:
+    """A device's index member (relay.cluster.redis_scripts): the id, NUL, then lease,
+    connected_at (`stamp`), last_seen (`since`), session and node, one per line.
+    split_record's inverse."""
+    ca, seen = stamp(connected_at), since(connected_at, last_seen)
+    return f"{device_id}\0{lease}\n{ca}\n{seen}\n{session}\n{node}"
+
+
+def since(connected_at: float, last_seen: float) -> str:
+    """last_seen as a record keeps it: milliseconds after connected_at, base 36 ("0" until
+    the device is heard from)."""
+    return _base36(round((last_seen - _us(connected_at) / 1_000_000) * 1000))
+
+
+def split_record(raw: object) -> tuple[str, Presence, str] | None:
+    """An index member as (device id, presence, lease); None when it is not a record (the
+    bare id of an older relay's index)."""
+    device_id, nul, record = text(raw).rpartition("\0")
+    parts = record.split("\n", 4)
+    if not nul or len(parts) < 5:
+        return None
+    lease, ca, seen, session, node = parts
+    found = parse_presence(device_id, (node, session, ca, seen))
+    return None if found is None else (device_id, found, lease)
 
 
 def parse_presence(device_id: str, row: Sequence[Any]) -> Presence | None:
-    """A row of the lookup script (node, session, connected_at, last_seen); None when the
-    device is absent, its node's lease is gone, or the record was not written by us."""
+    """A record's (node, session, connected_at, last_seen) as the scripts keep them; None
+    when the row is empty (absent, or its node's lease is gone) or not a record."""
     try:
-        node, session, connected_at, last_seen = row
-        return Presence(device_id, text(node), text(session), float(connected_at), float(last_seen))
+        node, session, ca, seen = (text(v) for v in row)
+        at = int(ca, 36)
+        return Presence(device_id, node, session, at / 1e6, (at + 1000 * int(seen, 36)) / 1e6)
     except (TypeError, ValueError):
         return None
 
@@ -140,34 +176,46 @@ async def lookup(
     prefix: str,
     ids: Sequence[str],
     *,
-    prune: bool = False,
     client: AnyRedis | None = None,
 ) -> list[Presence | None]:
     """The live presence of each of `ids`, in one script call (records and leases read
-    together); with `prune`, index members whose record is gone or dead are removed."""
-    keys = [f"{prefix}devices", *(f"{prefix}dev:{d}" for d in ids)]
-    rows = await script(keys=keys, args=[prefix, int(prune), *ids], client=client)
+    together)."""
+    rows = await script(keys=[f"{prefix}devices"], args=[prefix, *ids], client=client)
     return [parse_presence(d, row) for d, row in zip(ids, rows, strict=True)]
+
+
+def after(cursor: str | None) -> str:
+    """The ZRANGEBYLEX start of the members past every member of device `cursor` (its
+    member is the id and a NUL, then the record: all sort below the id and a 0x01)."""
+    return "-" if cursor is None else "[" + cursor + "\x01"
 
 
 async def list_page(
     r: AnyRedis, script: Callable[..., Awaitable[Any]], prefix: str, cursor: str | None, limit: int
 ) -> Page:
-    """A page of `{prefix}devices` by id from `cursor`, with members whose record expired or
-    whose node's lease is gone skipped (the page refilled) and removed by the lookup."""
-    index = f"{prefix}devices"
+    """A page of `{prefix}devices` by id from `cursor`, in one script call per round: the
+    members carry the records, those whose node's lease is gone are skipped (the page
+    refilled) and removed."""
     out: list[Presence] = []
-    start = "-" if cursor is None else "(" + cursor
+    start, last = after(cursor), ""
     for _ in range(_LIST_ROUNDS):
         want = limit - len(out)
-        ids = [text(raw) for raw in await r.zrangebylex(index, start, "+", 0, want)]
-        if not ids:
+        last_member, read, *rows = await script(
+            keys=[f"{prefix}devices"], args=[prefix, start, want], client=r
+        )
+        out += [p for row in rows if (p := parse_presence(text(row[0]), row[1:])) is not None]
+        if not read:
             return Page(out, None)
-        found = await lookup(script, prefix, ids, prune=True, client=r)
-        out += [p for p in found if p is not None]
-        if len(ids) < want:
+        last = member_id(last_member)
+        if read < want:
             return Page(out, None)
         if len(out) >= limit:
             break
-        start = "(" + ids[-1]
-    return Page(out, ids[-1])
+        start = "(" + text(last_member)
+    return Page(out, last)
+
+
+def member_id(raw: object) -> str:
+    """The device id an index member names (a bare id, an older relay's, names itself)."""
+    device_id, nul, _ = text(raw).rpartition("\0")
+    return device_id if nul else text(raw)

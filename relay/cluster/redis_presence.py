@@ -1,25 +1,26 @@
 """This node's presence in Redis (README.md "Many processes and machines"), at a cost per
 node, not per device (docs/scale.md).
 
-Keys under `key_prefix` ("relay:"): `dev:{id}`, one string (lease, connected_at, last_seen,
-session_id, node), swapped in by a claim (`SET ... GET`: one command learns the previous
-holder) and taken by a release (`GETDEL`), with no expiry; `lease:{node}`, the node's lease,
-a token new each time the process starts, kept alive by the node's heartbeat (`SET ... PX
-presence_ttl_s`); a record counts only while its node holds the lease the record names, so a
-crashed (or restarted) node's devices vanish from every lookup at once, and any node's
-heartbeat later sweeps their records away (`nodes`, the registry of leases, says whose lease
-is gone); `devices`, a sorted set of ids all scored 0, so ZRANGEBYLEX pages it by id (cursor
-= last id), dead members skipped and removed while listing. Activity (`last_seen`) is
-written by the heartbeat, only for the devices heard from since the last. Claim, release and
-lookup are Lua scripts (relay.cluster.redis_scripts), each one atomic step: of two
-concurrent registrations the later sees the earlier and replaces it. Scripts read the lease
-key of a record's node, so this targets one Redis (or a Sentinel-managed primary);
+Keys under `key_prefix` ("relay:"): `devices`, a sorted set all scored 0 whose members are
+the devices' records (the id, a NUL, then lease, connected_at, last_seen, session_id and
+node: relay.cluster.redis_scripts), so ZRANGEBYLEX pages it by id (cursor = last id) and a
+page carries its records, dead members skipped and removed while listing; a claim replaces
+a device's member (one script learns the previous holder) and a release removes it, with no
+expiry; `lease:{node}`, the node's lease, a token new each time the process starts, kept
+alive by the node's heartbeat (`SET ... PX presence_ttl_s`); a record counts only while its
+node holds the lease the record names, so a crashed (or restarted) node's devices vanish
+from every lookup at once, and any node's heartbeat later sweeps their records away
+(`nodes`, the registry of leases, says whose lease is gone). Activity (`last_seen`) is
+written by the heartbeat, only for the devices heard from since the last. Claim, release,
+lookup and listing are Lua scripts (relay.cluster.redis_scripts), each one atomic step: of
+two concurrent registrations the later sees the earlier and replaces it. Scripts read the
+lease key of a record's node, so this targets one Redis (or a Sentinel-managed primary);
 relay.cluster.redis_sharded keeps the same presence on a Redis Cluster.
 
 Nothing a device waits for waits on Redis: `register` and `unregister` queue the claim or
 release, and one writer per session sends what is queued in batches, one script call per
 batch (and bucket, on a Redis Cluster) whose records the client packs, so a device costs
-Python a key and an argument, not a command of its own; after an outage the
+Python an argument, not a command of its own; after an outage the
 node's connections are claimed again (`_rebuild`), which covers every queued claim. The
 session that drives all this (connect, subscribe, heartbeat) is relay.cluster.redis's."""
 
@@ -52,7 +53,14 @@ from relay.cluster.base import (
     page_of,
 )
 from relay.cluster.redis_client import REDIS_ERRORS as _ERRORS
-from relay.cluster.redis_client import AnyRedis, join_record, list_page, lookup, text
+from relay.cluster.redis_client import (
+    AnyRedis,
+    join_record,
+    list_page,
+    lookup,
+    since,
+    text,
+)
 from relay.logsafe import printable
 
 log = logging.getLogger(__name__)
@@ -86,7 +94,7 @@ class RedisPresence(NodeInbox):
     ) -> None:
         super().__init__(node_id)
         self._prefix, self._index = key_prefix, f"{key_prefix}devices"
-        self._lease = secrets.token_hex(4)  # this process's lease on presence
+        self._lease = secrets.token_urlsafe(4)  # this process's lease on presence (6 chars)
         self._touched: set[str] = set()  # devices heard from since the last heartbeat
         self._sweep_from: str | None = None  # the sweep's next ZRANGEBYLEX start, if sweeping
         self._sweep_dead: list[str] = []  # registry members the running sweep clears
@@ -108,13 +116,6 @@ class RedisPresence(NodeInbox):
     def available(self) -> bool:
         """True while connected and subscribed (for readiness and metrics)."""
         return self._up
-
-    def _key(self, device_id: str) -> str:
-        return self._key_head(self._slot_of(device_id)) + device_id
-
-    def _key_head(self, slot: int) -> str:
-        """What the record keys of a slot's devices start with (their id follows)."""
-        return f"{self._prefix}dev:"
 
     def _slot_index(self, slot: int) -> str:
         """The index that lists a slot's devices (one here; a bucket's in a Redis Cluster)."""
@@ -200,7 +201,7 @@ class RedisPresence(NodeInbox):
 
     async def _page(self, cursor: str | None, limit: int) -> Page:
         assert self._redis is not None
-        return await list_page(self._redis, self._scripts["lookup"], self._prefix, cursor, limit)
+        return await list_page(self._redis, self._scripts["list"], self._prefix, cursor, limit)
 
     async def locate(self, device_id: str) -> Presence | None:
         """The device's presence from Redis, else this node's own record of it."""
@@ -261,36 +262,32 @@ class RedisPresence(NodeInbox):
             if script == "claim":
                 await self._replace_holders(batch, answer)
 
+    def _member(self, p: Presence) -> str:
+        """`p`'s index member as this node claims it (relay.cluster.redis_client)."""
+        return join_record(
+            p.device_id, self._lease, p.connected_at, p.last_seen, p.session_id, self.node_id
+        )
+
     def _claim_calls(self, claims: Sequence[Presence]) -> Sequence[_Call]:
-        """The claim script calls for `claims`: keys the slot's index and each device's
-        record, args this node, the key head's length, the prefix, then each record."""
-        node, lease, prefix = self.node_id, self._lease, self._prefix
+        """The claim script calls for `claims`: key the slot's index, args this node, the
+        prefix, then each device's member."""
         calls: list[_Call] = []
         for slot, group in self._by_slot(claims, lambda p: p.device_id).items():
-            head, index = self._key_head(slot), self._slot_index(slot)
             for i in range(0, len(group), _PER_CALL):
                 batch = group[i : i + _PER_CALL]
-                keys = [index, *[head + p.device_id for p in batch]]
-                args: list[object] = [node, len(head.encode()), prefix]
-                args += [
-                    join_record(lease, p.connected_at, p.last_seen, p.session_id, node)
-                    for p in batch
-                ]
-                calls.append(("claim", keys, args, batch))
+                args: list[object] = [self.node_id, self._prefix, *map(self._member, batch)]
+                calls.append(("claim", [self._slot_index(slot)], args, batch))
         return calls
 
     def _release_calls(self, releases: Sequence[tuple[str, str]]) -> Sequence[_Call]:
-        """The release script calls: keys the slot's index and each device's record, args
-        this node, the key head's length, then each session released."""
+        """The release script calls: key the slot's index, args each device's id and the
+        session released."""
         calls: list[_Call] = []
         for slot, group in self._by_slot(releases, lambda r: r[0]).items():
-            head, index = self._key_head(slot), self._slot_index(slot)
             for i in range(0, len(group), _PER_CALL):
                 batch = group[i : i + _PER_CALL]
-                keys = [index, *[head + d for d, _ in batch]]
-                args: list[object] = [self.node_id, len(head.encode())]
-                args += [session for _, session in batch]
-                calls.append(("release", keys, args, batch))
+                args: list[object] = [v for pair in batch for v in pair]
+                calls.append(("release", [self._slot_index(slot)], args, batch))
         return calls
 
     async def _replace_holders(self, batch: Sequence[Presence], answer: Sequence[Any]) -> None:
@@ -330,13 +327,12 @@ class RedisPresence(NodeInbox):
         groups = self._by_slot(touched, lambda p: p.device_id)
         self._touched.clear()
         calls = []
-        for seen in groups.values():
+        for slot, seen in groups.items():
             for i in range(0, len(seen), _BATCH):
-                batch = seen[i : i + _BATCH]
                 args: list[object] = []
-                for p in batch:
-                    args += (p.session_id, p.last_seen)
-                calls.append(self._call("seen", [self._key(p.device_id) for p in batch], args))
+                for p in seen[i : i + _BATCH]:
+                    args += (p.device_id, p.session_id, since(p.connected_at, p.last_seen))
+                calls.append(self._call("seen", [self._slot_index(slot)], args))
         await asyncio.gather(*calls)
 
     async def _sweep(self) -> None:
@@ -360,7 +356,7 @@ class RedisPresence(NodeInbox):
                     return  # another node sweeps
             self._sweep_from, self._sweep_dead = "-", dead
         for _ in range(_SWEEP_STEPS):
-            args: list[object] = [prefix, self._sweep_from, _SWEEP_CHUNK]
+            args: list[object] = [f"{prefix}dev:", self._sweep_from, _SWEEP_CHUNK, prefix]
             last = text(await self._call("sweep", [self._index], args))
             if not last:
                 log.info("cluster: swept the devices of %d dead node(s)", len(self._sweep_dead))
@@ -405,11 +401,8 @@ class RedisPresence(NodeInbox):
 
     async def _renew(self, batch: Sequence[Presence]) -> Sequence[Any]:
         """Claim `batch` again (the renew script): per device status, holder, session."""
-        args: list[object] = [self.node_id, self._lease, self._prefix]
-        for p in batch:
-            args += (p.device_id, p.session_id, p.connected_at, p.last_seen)
-        keys = [self._index, *(self._key(p.device_id) for p in batch)]
-        answer: Sequence[Any] = await self._call("renew", keys, args)
+        args = [self.node_id, self._lease, self._prefix, *map(self._member, batch)]
+        answer: Sequence[Any] = await self._call("renew", [self._index], args)
         return answer
 
     async def _settle_rebuilt(self, batch: Sequence[Presence], answer: Sequence[Any]) -> None:

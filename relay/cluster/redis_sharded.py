@@ -2,21 +2,21 @@
 relay.cluster.redis does on one Redis, with keys that hash tags keep one script to one slot.
 
 Keys under `key_prefix` ("relay:"): a device belongs to one of `BUCKETS` buckets (CRC-32 of
-its id), whose slot holds its record `{b<n>}:dev:<id>` (a string, as on one Redis) and the
-bucket's index `{b<n>}:devices` (ids scored 0), so claims or releases (records and index
-together) are one script in one slot, a call per bucket of a batch, and the index is spread
-over `BUCKETS` slots instead of one hot key. A node's lease `{n:<node>}:lease` and its
-inbox, a sharded pub/sub channel `{n:<node>}:inbox` (`SSUBSCRIBE`/`SPUBLISH`, Redis >= 7),
-share the node's slot.
+its id), whose slot holds the bucket's index `{b<n>}:devices`, a sorted set whose members are
+the records (as on one Redis), so claims or releases are one script in one slot, a call per
+bucket of a batch, and the index is spread over `BUCKETS` slots instead of one hot key. A
+node's lease `{n:<node>}:lease` and its inbox, a sharded pub/sub channel `{n:<node>}:inbox`
+(`SSUBSCRIBE`/`SPUBLISH`, Redis >= 7), share the node's slot.
 
 A record still counts only while its node holds the lease it names, but the lease lives in
 another slot than the record: the scripts cannot read it, so the client does, in a second
-round trip (records of a lookup or page in one pipeline, then the leases of the nodes they
-name in another). The rebuild passes the leases it found live to its script; a claim
+round trip (the members of a lookup or page, then the leases of the nodes they name); the
+client removes the members it found dead (a ZREM of that exact member: a newer record is
+another member). The rebuild passes the leases it found live to its script; a claim
 returns the previous holder whatever its lease, and that node is told to close its
 connection (it does only if that session is still open there). Listing merges the buckets:
-each is read a few ids past the cursor (more where the merge needs them), so a page stays
-ordered by id across the whole cluster."""
+each is read a few members past the cursor (more where the merge needs them), so a page
+stays ordered by id across the whole cluster."""
 
 from __future__ import annotations
 
@@ -30,12 +30,11 @@ from typing import Any
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import ClusterPubSub
 from redis.asyncio.cluster import RedisCluster as ShardedRedis
-from redis.exceptions import ResponseError
 
 from protocol.node import decode_node_message
 from relay.cluster.base import Page, Presence
 from relay.cluster.redis import RedisCluster
-from relay.cluster.redis_client import parse_presence, split_record, text
+from relay.cluster.redis_client import after, member_id, split_record, text
 from relay.cluster.redis_scripts import SHARDED_SCRIPTS
 
 log = logging.getLogger(__name__)
@@ -44,16 +43,6 @@ BUCKETS = 64  # index and record buckets, each its own slot: a shard holds BUCKE
 _LIST_ROUNDS = 8  # refills of a page thinned by dead members
 _SWEEP_CHUNK = 500  # index members a sweep step reads
 _SWEEP_STEPS = 20  # sweep steps per heartbeat
-
-
-def _record_or_none(answer: object) -> object:
-    """A GET's answer; a record key of another type (the hash record of an older relay)
-    reads as absent (a prune or claim replaces it), any other error is raised."""
-    if isinstance(answer, ResponseError) and str(answer).startswith("WRONGTYPE"):
-        return None
-    if isinstance(answer, Exception):
-        raise answer
-    return answer
 
 
 def bucket_of(device_id: str) -> int:
@@ -72,8 +61,9 @@ class ShardedCluster(RedisCluster):
         self._bucket_from = 0  # the sweep's bucket
         self._epoch: int | None = None  # the cluster's configuration epoch, last seen
 
-    def _key_head(self, slot: int) -> str:
-        return f"{self._prefix}{{b{slot}}}:dev:"
+    def _old_head(self, bucket: int) -> str:
+        """What an older relay's record keys of a bucket started with (their id follows)."""
+        return f"{self._prefix}{{b{bucket}}}:dev:"
 
     def _bucket_index(self, bucket: int) -> str:
         return f"{self._prefix}{{b{bucket}}}:devices"
@@ -168,39 +158,23 @@ class ShardedCluster(RedisCluster):
             leases = dict(zip(nodes, map(text, await pipe.execute()), strict=True))
         return {(n, lease) for n, lease in holders if leases[n] == lease}
 
-    async def _rows(self, ids: Sequence[str]) -> list[list[Any]]:
-        """Each device's record as (node, session, connected_at, last_seen, lease), all
-        None when absent."""
+    async def _rows(self, ids: Sequence[str]) -> list[tuple[Presence, str] | None]:
+        """Each device's record and the lease it names; None when absent."""
         assert self._redis is not None
+        ranges = [(self._index_of(d), f"[{d}\0", f"({d}\1") for d in ids]
         if len(ids) == 1:  # a lookup: one command, not a cluster pipeline
-            try:
-                return [split_record(await self._redis.get(self._key(ids[0])))]
-            except ResponseError as e:
-                return [split_record(_record_or_none(e))]
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for d in ids:
-                pipe.get(self._key(d))
-            answers = await pipe.execute(raise_on_error=False)
-        return [split_record(_record_or_none(a)) for a in answers]
+            answers = [await self._redis.zrangebylex(*ranges[0])]
+        else:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for r in ranges:
+                    pipe.zrangebylex(*r)
+                answers = await pipe.execute()
+        return [_record_of(d, members) for d, members in zip(ids, answers, strict=True)]
 
-    async def _lookup(self, ids: Sequence[str], *, prune: bool = False) -> list[Presence | None]:
+    async def _lookup(self, ids: Sequence[str]) -> list[Presence | None]:
         rows = await self._rows(ids)
-        holders = {(text(r[0]), text(r[4])) for r in rows if r[0] is not None}
-        live = await self._live(holders)
-        out: list[Presence | None] = []
-        dead: list[tuple[str, str]] = []
-        for d, row in zip(ids, rows, strict=True):
-            holder = (text(row[0]), text(row[4]))
-            if row[0] is not None and holder in live:
-                out.append(parse_presence(d, row[:4]))
-            else:
-                out.append(None)
-                dead.append((d, holder[1] if row[0] is not None else ""))
-        if prune and dead:
-            await self._pipe_scripts(
-                ("prune", [self._key(d), self._index_of(d)], [d, lease]) for d, lease in dead
-            )
-        return out
+        live = await self._live({(p.node, lease) for p, lease in filter(None, rows)})
+        return [row[0] if row and (row[0].node, row[1]) in live else None for row in rows]
 
     async def _pipe_scripts(self, calls: Any) -> list[Any]:
         """Script calls (name, keys, args) in one cluster pipeline (a batch per shard)."""
@@ -215,30 +189,50 @@ class ShardedCluster(RedisCluster):
 
     async def _page(self, cursor: str | None, limit: int) -> Page:
         out: list[Presence] = []
-        after, more = cursor, True
-        ids: list[str] = []
+        start, more = after(cursor).encode(), True
+        members: list[bytes] = []
         for _ in range(_LIST_ROUNDS):
-            ids, more = await self._merged_ids(after, limit - len(out))
-            if not ids:
+            members, more = await self._merged_members(start, limit - len(out))
+            if not members:
                 return Page(out, None)
-            out += [p for p in await self._lookup(ids, prune=True) if p is not None]
+            out += await self._live_records(members)
             if not more:
                 return Page(out, None)
             if len(out) >= limit:
                 break
-            after = ids[-1]
-        return Page(out, ids[-1])
+            start = b"(" + members[-1]
+        return Page(out, member_id(members[-1]))
 
-    async def _merged_ids(self, after: str | None, want: int) -> tuple[list[str], bool]:
-        """The first `want` ids after `after` across every bucket, and whether more may
-        follow. Each bucket is read `m` ids at a time; an id is certain once it is not past
-        the last id read from any bucket that may hold more."""
+    async def _live_records(self, members: Sequence[bytes]) -> list[Presence]:
+        """The records of `members` whose holder's lease lives; the others are removed
+        (an older relay's bare ids with their record key)."""
         assert self._redis is not None
-        start = "-" if after is None else "(" + after
+        rows = [split_record(m) for m in members]
+        live = await self._live({(p.node, lease) for _, p, lease in filter(None, rows)})
+        out: list[Presence] = []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for m, row in zip(members, rows, strict=True):
+                if row and (row[1].node, row[2]) in live:
+                    out.append(row[1])
+                    continue
+                b = bucket_of(member_id(m))
+                pipe.zrem(self._bucket_index(b), m)
+                if row is None:
+                    pipe.delete(self._old_head(b).encode() + m)
+            if len(pipe):
+                await pipe.execute()
+        return out
+
+    async def _merged_members(self, start: bytes, want: int) -> tuple[list[bytes], bool]:
+        """The first `want` members from `start` (ZRANGEBYLEX form) across every bucket,
+        and whether more may follow. Each bucket is read `m` members at a time; a member is
+        certain once it is not past the last member read from any bucket that may hold
+        more."""
+        assert self._redis is not None
         per = want / BUCKETS
         m = int(per + 4 * math.sqrt(per)) + 4  # rarely a second read for uniform ids
         frontier = dict.fromkeys(range(BUCKETS), start)  # bucket -> next start
-        got: list[str] = []
+        got: list[bytes] = []
         while True:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for b, s in frontier.items():
@@ -246,13 +240,12 @@ class ShardedCluster(RedisCluster):
                 answers = await pipe.execute()
             reads = zip(list(frontier), answers, strict=True)
             frontier = {}
-            for b, raw in reads:
-                ids = [text(x) for x in raw]
-                got += ids
-                if len(ids) == m:
-                    frontier[b] = "(" + ids[-1]
+            for b, members in reads:
+                got += members
+                if len(members) == m:
+                    frontier[b] = b"(" + members[-1]
             bound = min((s[1:] for s in frontier.values()), default=None)
-            sure = sorted(d for d in got if bound is None or d <= bound)
+            sure = sorted(x for x in got if bound is None or x <= bound)
             if len(sure) >= want or not frontier:
                 return sure[:want], len(sure) > want or bool(frontier)
             m *= 4
@@ -261,19 +254,16 @@ class ShardedCluster(RedisCluster):
 
     async def _renew(self, batch: Sequence[Presence]) -> Sequence[Any]:
         rows = await self._rows([p.device_id for p in batch])
-        holders = {(text(r[0]), text(r[4])) for r in rows if r[0] is not None}
+        holders = {(p.node, lease) for p, lease in filter(None, rows)}
         live = [f"{n}\n{lease}" for n, lease in await self._live(holders)]
         groups: dict[int, list[int]] = {}
         for i, p in enumerate(batch):
             groups.setdefault(bucket_of(p.device_id), []).append(i)
         calls = []
         for b, members in groups.items():
-            args: list[object] = [self.node_id, self._lease, len(live), *live]
-            for i in members:
-                p = batch[i]
-                args += (p.device_id, p.session_id, p.connected_at, p.last_seen)
-            keys = [self._bucket_index(b), *(self._key(batch[i].device_id) for i in members)]
-            calls.append(("renew", keys, args))
+            args = [self.node_id, self._lease, len(live), *live]
+            args += [self._member(batch[i]) for i in members]
+            calls.append(("renew", [self._bucket_index(b)], args))
         async with asyncio.timeout(self._op_timeout):
             answers = await self._pipe_scripts(calls)
         out: list[Any] = [None] * (3 * len(batch))
@@ -306,7 +296,7 @@ class ShardedCluster(RedisCluster):
             self._sweep_from, self._sweep_dead, self._bucket_from = "-", dead, 0
         for _ in range(_SWEEP_STEPS):
             b = self._bucket_from
-            args = [f"{prefix}{{b{b}}}:dev:", self._sweep_from, _SWEEP_CHUNK, *self._sweep_dead]
+            args = [self._old_head(b), self._sweep_from, _SWEEP_CHUNK, *self._sweep_dead]
             last = text(await self._call("sweep", [self._bucket_index(b)], args))
             self._sweep_from = "(" + last if last else "-"
             if not last:
@@ -320,3 +310,12 @@ class ShardedCluster(RedisCluster):
                 return
         async with asyncio.timeout(self._op_timeout):
             await self._redis.set(lock, self.node_id, px=2 * self._ttl_ms)
+
+
+def _record_of(device_id: str, members: Sequence[bytes | str]) -> tuple[Presence, str] | None:
+    """Among the members of a device's range, its record and lease (None when absent)."""
+    for m in members:
+        row = split_record(m)
+        if row is not None and row[0] == device_id:
+            return row[1], row[2]
+    return None

@@ -19,7 +19,7 @@ from protocol.node import (
 )
 from relay.cluster.base import Cluster, LocalCluster, Page, Presence, PushResult
 from relay.cluster.redis import RedisCluster
-from relay.cluster.redis_client import text
+from relay.cluster.redis_client import AnyRedis, join_record, member_id, split_record, text
 from tests.relay.redis_server import (  # noqa: F401 (pytest finds the fixture by name)
     RedisServer,
     ResettingRelay,
@@ -77,6 +77,12 @@ class Node:
         await self.cluster.register(p)
         if settle and self.cluster.available:  # the claim is queued: wait until it landed
             assert await self.cluster.settle(2.0)
+
+
+async def records(r: AnyRedis, device_id: str, index: str = "relay:devices") -> list[Any]:
+    """The members of `index` that are `device_id`'s record (one, or none when absent)."""
+    found = await r.zrangebylex(index, f"[{device_id}\0", f"({device_id}\1")
+    return [m for m in found if member_id(m) == device_id]
 
 
 async def eventually(check: Callable[[], object], timeout: float = 3.0) -> None:
@@ -200,12 +206,14 @@ async def test_a_lapsed_lease_rebuilds_what_redis_lost(
     await a.connect("d1", "s1")
     await a.connect("d2", "s2")
     # Redis lost A's lease and d2's record (data lost without a disconnect) ...
-    await raw_redis.delete("relay:lease:A", "relay:dev:d2")
+    await raw_redis.delete("relay:lease:A")
+    await raw_redis.zrem("relay:devices", *await records(raw_redis, "d2"))
     assert await _at(b, "d1", None)  # no lease, no presence: at once
     # ... and a newer connection of d1 on node Z whose replace message was lost.
     await raw_redis.set("relay:lease:Z", "z1")
     later = time.time() + 60
-    await raw_redis.set("relay:dev:d1", f"z1\n{later}\n{later}\nsz\nZ")
+    await raw_redis.zrem("relay:devices", *await records(raw_redis, "d1"))
+    await raw_redis.zadd("relay:devices", {join_record("d1", "z1", later, later, "sz", "Z"): 0})
     await eventually(lambda: a.replaced == [("d1", "s1")])  # the next heartbeat rebuilt
     await eventually(lambda: _at(b, "d2", "A"))
     assert await _at(b, "d1", "Z")
@@ -267,10 +275,10 @@ async def test_a_dead_nodes_records_are_swept_by_a_live_node(
     await eventually(lambda: _at(b, "d1", None), timeout=LAPSE_S)
 
     async def swept() -> bool:
-        return not await raw_redis.exists("relay:dev:d1")
+        return not await records(raw_redis, "d1")
 
     await eventually(swept, timeout=2.0)  # B's heartbeat, no listing involved
-    assert await raw_redis.zrange("relay:devices", 0, -1) == [b"d2"]
+    assert [member_id(m) for m in await raw_redis.zrange("relay:devices", 0, -1)] == ["d2"]
     registry = await raw_redis.smembers("relay:nodes")
     assert [text(m).split("\n")[0] for m in registry] == ["B"]
     assert await _at(b, "d2", "B")
@@ -302,7 +310,7 @@ async def test_a_heartbeat_costs_the_same_for_many_devices(
     for i in range(300):
         await a.connect(f"d{i}", settle=False)
     assert await a.cluster.settle(2.0)
-    assert await raw_redis.pttl("relay:dev:d0") == -1  # no per-device expiry to renew
+    assert await raw_redis.pttl("relay:devices") == -1  # no per-device expiry to renew
     await raw_redis.config_resetstat()
     beats = a.cluster.ops.get("heartbeat", 0)
     await eventually(lambda: a.cluster.ops.get("heartbeat", 0) >= beats + 4)
@@ -337,7 +345,7 @@ async def test_a_connect_and_a_disconnect_cost_at_most_three_commands_each(
     assert await a.cluster.settle(2.0)
     releases = await _data_commands(raw_redis) - before - claims
     # At most 3 each (issue #16); queued together, they go in one batch: one EVALSHA and
-    # one ZADD (ZREM) for all, and a SET ... GET (GETDEL) per device.
+    # one ZADD (ZREM) for all, and a ZRANGEBYLEX per device (its member, if any).
     assert claims <= 20 + 2, claims
     assert releases <= 20 + 2, releases
     assert await raw_redis.zcard("relay:devices") == 0
@@ -627,3 +635,25 @@ async def test_local_cluster_push_outcomes() -> None:
 
 async def _no_replace(device_id: str, session_id: str) -> None:
     return None
+
+
+@pytest.mark.parametrize(
+    ("device_id", "connected_at", "last_seen"),
+    [
+        ("AABBCCDDEEFF", 1764900000.123, 1764900000.123),  # as claimed: last_seen "0"
+        ("d\nwith\0nul", 1764900000.5, 1764900612.25),  # an id may hold both separators
+        ("d", 1764900000.5, 1764899999.0),  # a clock that stepped back: a negative offset
+        ("d", 0.0, 0.0),
+    ],
+)
+def test_a_record_is_its_member_and_back(
+    device_id: str, connected_at: float, last_seen: float
+) -> None:
+    member = join_record(device_id, "l3ase_", connected_at, last_seen, "sess", "node x")
+    assert split_record(member) == (
+        device_id,
+        Presence(device_id, "node x", "sess", connected_at, last_seen),
+        "l3ase_",
+    )
+    assert member_id(member) == device_id
+    assert split_record(device_id) is None  # a bare id: an older relay's index member

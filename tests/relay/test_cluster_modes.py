@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -19,7 +20,8 @@ from redis.asyncio.cluster import RedisCluster as ClusterClient
 
 from relay.cluster.base import Presence, PushResult
 from relay.cluster.redis import RedisCluster
-from relay.cluster.redis_sharded import ShardedCluster, bucket_of
+from relay.cluster.redis_client import split_record
+from relay.cluster.redis_sharded import BUCKETS, ShardedCluster, bucket_of
 from tests.relay.redis_server import running_redis
 from tests.relay.redis_topologies import (  # noqa: F401 (pytest finds the fixtures by name)
     MASTER,
@@ -28,7 +30,7 @@ from tests.relay.redis_topologies import (  # noqa: F401 (pytest finds the fixtu
     redis_cluster_servers,
     redis_sentinel_servers,
 )
-from tests.relay.test_cluster import HEARTBEAT_S, Node, data_commands_of, eventually
+from tests.relay.test_cluster import HEARTBEAT_S, Node, data_commands_of, eventually, records
 
 MODES = ["cluster", "sentinel"]  # one Redis: tests/relay/test_cluster.py
 FAILOVER_TTL_S = 10.0
@@ -76,10 +78,15 @@ class Store:
             return Redis(port=self.sentinel.current().port)
         return Redis.from_url(self.url)
 
-    def dev_key(self, device_id: str) -> str:
+    def old_key(self, device_id: str) -> str:
+        """Where an older relay kept a device's record, apart from the index."""
         if self.mode == "cluster":
             return f"relay:{{b{bucket_of(device_id)}}}:dev:{device_id}"
         return f"relay:dev:{device_id}"
+
+    async def records(self, raw: Redis | ClusterClient, device_id: str) -> list[Any]:
+        """The device's members in its index: its record, or none."""
+        return await records(raw, device_id, self.index_key(device_id))
 
     def index_key(self, device_id: str) -> str:
         if self.mode == "cluster":
@@ -238,33 +245,44 @@ async def test_a_connect_and_a_disconnect_cost_at_most_three_commands_each(store
             releases = await _data_commands(raw) - before - claims
         finally:
             await raw.aclose()
-        # Per bucket an EVALSHA and a ZADD (ZREM), per device a SET ... GET (GETDEL).
+        # Per bucket an EVALSHA and a ZADD (ZREM), per device a ZRANGEBYLEX (its member).
         assert claims <= 3 * 20, claims  # issue #16
         assert releases <= 3 * 20, releases
 
 
-async def test_hash_records_of_an_older_relay_are_replaced_not_errors(store: Store) -> None:
+async def test_records_of_an_older_relay_are_ignored_then_removed_not_errors(
+    store: Store,
+) -> None:
     async with nodes_on(store) as (a, b):
         raw = store.raw()
         try:
-            for d in ("old1", "old2", "old3"):  # as the relay before string records left them
-                old = {"node": "Z", "session_id": "sz", "lease": "z1", "connected_at": "1"}
-                await raw.hset(store.dev_key(d), mapping=old)  # type: ignore[arg-type]
+            # As the relays before records moved into the index left them: a string (or,
+            # older still, a hash) record apart, the bare id in the index.
+            for d in ("old1", "old2", "old3"):
+                if d == "old3":
+                    old = {"node": "Z", "session_id": "sz", "lease": "z1", "connected_at": "1"}
+                    await raw.hset(store.old_key(d), mapping=old)  # type: ignore[arg-type]
+                else:
+                    await raw.set(store.old_key(d), "z1\n1.5\n1.5\nsz\nZ")
                 await raw.zadd(store.index_key(d), {d: 0})
+            await raw.set(store.lease_key("Z"), "z1")  # its node still alive
             connects = a.cluster.ops["connect"]
-            await a.connect("old1")  # claimed over the hash
+            await a.connect("old1")  # claimed beside the old record
             a.held["old3"] = Presence("old3", "A", "s3", time.time(), 0)
-            await a.cluster._rebuild()  # renewed over the hash
+            await a.cluster._rebuild()  # renewed beside the old record
             found = await b.cluster.locate("old1")
             assert found is not None
             assert found.node == "A"
             assert await b.cluster.locate("old2") is None
+            assert b.replaced == a.replaced == []  # an old record is nobody's
             page = await b.cluster.list(None, 10)
             assert [p.device_id for p in page.devices] == ["old1", "old3"]
             assert not page.partial
-            assert await raw.type(store.dev_key("old1")) == b"string"
-            assert not await raw.exists(store.dev_key("old2"))  # the listing pruned it
-            assert a.cluster.ops["connect"] == connects  # no session ended on WRONGTYPE
+            for d in ("old1", "old2", "old3"):  # the listing removed the old entries
+                assert not await raw.exists(store.old_key(d))
+                assert await raw.zscore(store.index_key(d), d) is None
+            assert [len(await store.records(raw, d)) for d in ("old1", "old2", "old3")] == [1, 0, 1]
+            assert a.cluster.ops["connect"] == connects  # no session ended on an error
         finally:
             await raw.aclose()
 
@@ -278,7 +296,7 @@ async def test_rebuild_after_lost_data_and_sweep_of_a_dead_node(store: Store) ->
         try:
             # Redis lost A's lease and d2's record (data lost without a disconnect) ...
             await raw.delete(store.lease_key("A"))
-            await raw.delete(store.dev_key("d2"))
+            await raw.zrem(store.index_key("d2"), *await store.records(raw, "d2"))
             assert await b.cluster.locate("d1") is None  # no lease, no presence: at once
             await eventually(lambda: _at(b, "d2", "A"))  # the next heartbeat rebuilt
             assert await _at(b, "d1", "A")
@@ -286,12 +304,12 @@ async def test_rebuild_after_lost_data_and_sweep_of_a_dead_node(store: Store) ->
             await a.cluster.stop()  # a crash: its lease lapses, nobody unregisters
 
             async def swept() -> bool:
-                gone = not await raw.exists(store.dev_key("d1"))
-                return gone and not await raw.exists(store.dev_key("d2"))
+                gone = not await store.records(raw, "d1")
+                return gone and not await store.records(raw, "d2")
 
             await eventually(lambda: _at(b, "d1", None), timeout=3.0)
             await eventually(swept, timeout=5.0)  # B's heartbeat, no listing involved
-            assert await raw.zscore(store.index_key("d1"), "d1") is None
+            assert len(await store.records(raw, "d3")) == 1
             assert await _at(b, "d3", "B")
         finally:
             await raw.aclose()
@@ -430,10 +448,8 @@ async def test_a_batch_of_releases_leaves_the_records_newer_sessions_hold(
                 await a.cluster.unregister(d, f"a-{d}")
             assert await a.cluster.settle(2.0)
             calls = await _script_calls(raw) - before
-            kept = {store.dev_key(d) for d in ("r3", "r5")}
             for d in ids:
-                assert bool(await raw.exists(store.dev_key(d))) == (store.dev_key(d) in kept)
-                assert (await raw.zscore(store.index_key(d), d) is not None) == (d in ("r3", "r5"))
+                assert len(await store.records(raw, d)) == (d in ("r3", "r5"))
         finally:
             await raw.aclose()
         expected = _slots(store, ["r5"]) + _slots(store, ids)  # claims, then releases
@@ -444,3 +460,94 @@ async def test_a_batch_of_releases_leaves_the_records_newer_sessions_hold(
         assert (found.node, found.session_id) == ("A", "a-r5-new")
         page = await b.cluster.list(None, 100)
         assert [p.device_id for p in page.devices] == ["r3", "r5"]
+
+
+async def test_a_device_is_one_member_of_its_index_whatever_changes(any_store: Store) -> None:
+    store = any_store
+    async with nodes_on(store) as (a, b):
+        raw = store.raw()
+        try:
+
+            async def held_by(node: str, session: str) -> bool:
+                found = await store.records(raw, "d1")
+                rows = [split_record(m) for m in found]
+                return [(r[1].node, r[1].session_id) for r in rows if r] == [(node, session)]
+
+            await a.connect("d1", "s1")
+            assert await held_by("A", "s1")
+            await a.cluster.touch("d1", "s1")  # last_seen rewritten by the next heartbeat
+
+            async def fresh() -> bool:
+                found = await b.cluster.locate("d1")
+                return found is not None and found.last_seen > time.time() - 5
+
+            await eventually(fresh)
+            assert await held_by("A", "s1")
+            await b.connect("d1", "s2")  # replaced across nodes
+            await eventually(lambda: a.replaced == [("d1", "s1")])
+            assert await held_by("B", "s2")
+            await b.cluster._rebuild()  # claimed again as it is
+            await a.cluster.unregister("d1", "s1")  # a late close of the replaced one
+            assert await a.cluster.settle(2.0)
+            assert await held_by("B", "s2")
+            assert [k async for k in raw.scan_iter(match="relay:*dev:*")] == []  # no key of its own
+        finally:
+            await raw.aclose()
+
+
+async def test_a_listing_page_reads_the_records_with_the_ids(any_store: Store) -> None:
+    store = any_store
+    async with nodes_on(store, beat=30.0) as (a, b):
+        ids = [f"p{i:03d}" for i in range(100)]
+        for i, d in enumerate(ids):
+            await (a if i % 2 else b).connect(d, settle=False)
+        assert await a.cluster.settle(2.0)
+        assert await b.cluster.settle(2.0)
+        raw = store.raw()
+        try:
+            before = await _data_commands(raw)
+            page = await b.cluster.list(None, 100)
+            commands = await _data_commands(raw) - before
+        finally:
+            await raw.aclose()
+        assert [p.device_id for p in page.devices] == ids
+        assert not page.partial
+        # The members read (a ZRANGEBYLEX in a script call; one per bucket on a cluster)
+        # are the records: no read per device, only the two nodes' leases besides.
+        reads = BUCKETS if store.mode == "cluster" else 2
+        assert commands <= reads + 2, commands
+
+
+async def test_an_id_that_holds_a_nul_is_its_own_device(any_store: Store) -> None:
+    # A member is the id, a NUL, then the record: "x\0y"'s member falls in the range read
+    # for "x", and is not taken for its record.
+    store = any_store
+    async with nodes_on(store) as (a, b):
+        await a.connect("x", "s-x")
+        await b.connect("x\0y", "s-xy")
+        await a.connect("x\0", "s-x0")
+        for d, node, session in (("x", "A", "s-x"), ("x\0y", "B", "s-xy"), ("x\0", "A", "s-x0")):
+            found = await b.cluster.locate(d)
+            assert found is not None
+            assert (found.node, found.session_id) == (node, session)
+        assert a.replaced == b.replaced == []
+        await b.cluster.unregister("x\0y", "s-xy")
+        assert await b.cluster.settle(2.0)
+        assert await a.cluster.locate("x\0y") is None
+        found = await a.cluster.locate("x")
+        assert found is not None
+        assert found.session_id == "s-x"
+
+
+async def test_the_rebuild_orders_two_connects_within_a_millisecond(any_store: Store) -> None:
+    store = any_store
+    async with nodes_on(store) as (a, b):
+        t = 1764900000.1001
+        b.held["m"] = old = Presence("m", "B", "s-b", t, t)
+        await b.cluster.register(old)  # claimed 0.3 ms before A's connection began
+        assert await b.cluster.settle(2.0)
+        a.held["m"] = Presence("m", "A", "s-a", t + 0.0003, t + 0.0003)
+        await a.cluster._rebuild()  # A's is the newer connection: it takes the device
+        await eventually(lambda: b.replaced == [("m", "s-b")])
+        assert a.replaced == []
+        assert await _at(b, "m", "A")
