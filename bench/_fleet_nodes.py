@@ -299,13 +299,13 @@ async def _present(p: dict[str, Any]) -> tuple[int, int | None]:
     its member in the index."""
     r: Redis | ClusterClient
     if p.get("mode") != "cluster":
-        r, indexes = Redis.from_url(p["url"]), ["relay:devices"]
-        index, key = "relay:devices", "relay:dev:dev-0000000"
+        r, indexes = Redis.from_url(p["url"]), ["relay:presence"]
+        index, key = "relay:presence", "relay:dev:dev-0000000"
     else:
         from relay.cluster.redis_sharded import BUCKETS, bucket_of
 
         r = ClusterClient.from_url(p["shards"][0])
-        indexes = [f"relay:{{b{b}}}:devices" for b in range(BUCKETS)]
+        indexes = [f"relay:{{b{b}}}:presence" for b in range(BUCKETS)]
         index = indexes[bucket_of("dev-0000000")]
         key = f"relay:{{b{bucket_of('dev-0000000')}}}:dev:dev-0000000"
     try:

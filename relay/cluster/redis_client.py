@@ -180,7 +180,7 @@ async def lookup(
 ) -> list[Presence | None]:
     """The live presence of each of `ids`, in one script call (records and leases read
     together)."""
-    rows = await script(keys=[f"{prefix}devices"], args=[prefix, *ids], client=client)
+    rows = await script(keys=[f"{prefix}presence"], args=[prefix, *ids], client=client)
     return [parse_presence(d, row) for d, row in zip(ids, rows, strict=True)]
 
 
@@ -193,7 +193,7 @@ def after(cursor: str | None) -> str:
 async def list_page(
     r: AnyRedis, script: Callable[..., Awaitable[Any]], prefix: str, cursor: str | None, limit: int
 ) -> Page:
-    """A page of `{prefix}devices` by id from `cursor`, in one script call per round: the
+    """A page of `{prefix}presence` by id from `cursor`, in one script call per round: the
     members carry the records, those whose node's lease is gone are skipped (the page
     refilled) and removed."""
     out: list[Presence] = []
@@ -201,7 +201,7 @@ async def list_page(
     for _ in range(_LIST_ROUNDS):
         want = limit - len(out)
         last_member, read, *rows = await script(
-            keys=[f"{prefix}devices"], args=[prefix, start, want], client=r
+            keys=[f"{prefix}presence"], args=[prefix, start, want], client=r
         )
         out += [p for row in rows if (p := parse_presence(text(row[0]), row[1:])) is not None]
         if not read:

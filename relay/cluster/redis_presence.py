@@ -1,7 +1,7 @@
 """This node's presence in Redis (README.md "Many processes and machines"), at a cost per
 node, not per device (docs/scale.md).
 
-Keys under `key_prefix` ("relay:"): `devices`, a sorted set all scored 0 whose members are
+Keys under `key_prefix` ("relay:"): `presence`, a sorted set all scored 0 whose members are
 the devices' records (the id, a NUL, then lease, connected_at, last_seen, session_id and
 node: relay.cluster.redis_scripts), so ZRANGEBYLEX pages it by id (cursor = last id) and a
 page carries its records, dead members skipped and removed while listing; a claim replaces
@@ -93,7 +93,7 @@ class RedisPresence(NodeInbox):
         op_timeout_s: float,
     ) -> None:
         super().__init__(node_id)
-        self._prefix, self._index = key_prefix, f"{key_prefix}devices"
+        self._prefix, self._index = key_prefix, f"{key_prefix}presence"
         self._lease = secrets.token_urlsafe(4)  # this process's lease on presence (6 chars)
         self._touched: set[str] = set()  # devices heard from since the last heartbeat
         self._sweep_from: str | None = None  # the sweep's next ZRANGEBYLEX start, if sweeping

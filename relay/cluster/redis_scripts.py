@@ -270,7 +270,7 @@ local function dead(rec) return not live(ARGV[4], rec.node, rec.lease, seen) end
 )
 
 # Redis Cluster (relay.cluster.redis_sharded): a script touches one slot, the bucket of its
-# devices (`{prefix}{b<n>}:devices`), so leases (each in its node's slot) are read by the
+# devices (`{prefix}{b<n>}:presence`), so leases (each in its node's slot) are read by the
 # client, not inside the scripts.
 
 # As CLAIM, in one bucket; a claim reports the previous holder whatever its lease (the

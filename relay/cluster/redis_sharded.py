@@ -2,7 +2,7 @@
 relay.cluster.redis does on one Redis, with keys that hash tags keep one script to one slot.
 
 Keys under `key_prefix` ("relay:"): a device belongs to one of `BUCKETS` buckets (CRC-32 of
-its id), whose slot holds the bucket's index `{b<n>}:devices`, a sorted set whose members are
+its id), whose slot holds the bucket's index `{b<n>}:presence`, a sorted set whose members are
 the records (as on one Redis), so claims or releases are one script in one slot, a call per
 bucket of a batch, and the index is spread over `BUCKETS` slots instead of one hot key. A
 node's lease `{n:<node>}:lease` and its inbox, a sharded pub/sub channel `{n:<node>}:inbox`
@@ -66,7 +66,7 @@ class ShardedCluster(RedisCluster):
         return f"{self._prefix}{{b{bucket}}}:dev:"
 
     def _bucket_index(self, bucket: int) -> str:
-        return f"{self._prefix}{{b{bucket}}}:devices"
+        return f"{self._prefix}{{b{bucket}}}:presence"
 
     def _slot_index(self, slot: int) -> str:
         return self._bucket_index(slot)

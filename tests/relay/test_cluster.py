@@ -79,7 +79,7 @@ class Node:
             assert await self.cluster.settle(2.0)
 
 
-async def records(r: AnyRedis, device_id: str, index: str = "relay:devices") -> list[Any]:
+async def records(r: AnyRedis, device_id: str, index: str = "relay:presence") -> list[Any]:
     """The members of `index` that are `device_id`'s record (one, or none when absent)."""
     found = await r.zrangebylex(index, f"[{device_id}\0", f"({device_id}\1")
     return [m for m in found if member_id(m) == device_id]
@@ -207,13 +207,13 @@ async def test_a_lapsed_lease_rebuilds_what_redis_lost(
     await a.connect("d2", "s2")
     # Redis lost A's lease and d2's record (data lost without a disconnect) ...
     await raw_redis.delete("relay:lease:A")
-    await raw_redis.zrem("relay:devices", *await records(raw_redis, "d2"))
+    await raw_redis.zrem("relay:presence", *await records(raw_redis, "d2"))
     assert await _at(b, "d1", None)  # no lease, no presence: at once
     # ... and a newer connection of d1 on node Z whose replace message was lost.
     await raw_redis.set("relay:lease:Z", "z1")
     later = time.time() + 60
-    await raw_redis.zrem("relay:devices", *await records(raw_redis, "d1"))
-    await raw_redis.zadd("relay:devices", {join_record("d1", "z1", later, later, "sz", "Z"): 0})
+    await raw_redis.zrem("relay:presence", *await records(raw_redis, "d1"))
+    await raw_redis.zadd("relay:presence", {join_record("d1", "z1", later, later, "sz", "Z"): 0})
     await eventually(lambda: a.replaced == [("d1", "s1")])  # the next heartbeat rebuilt
     await eventually(lambda: _at(b, "d2", "A"))
     assert await _at(b, "d1", "Z")
@@ -278,7 +278,7 @@ async def test_a_dead_nodes_records_are_swept_by_a_live_node(
         return not await records(raw_redis, "d1")
 
     await eventually(swept, timeout=2.0)  # B's heartbeat, no listing involved
-    assert [member_id(m) for m in await raw_redis.zrange("relay:devices", 0, -1)] == ["d2"]
+    assert [member_id(m) for m in await raw_redis.zrange("relay:presence", 0, -1)] == ["d2"]
     registry = await raw_redis.smembers("relay:nodes")
     assert [text(m).split("\n")[0] for m in registry] == ["B"]
     assert await _at(b, "d2", "B")
@@ -310,7 +310,7 @@ async def test_a_heartbeat_costs_the_same_for_many_devices(
     for i in range(300):
         await a.connect(f"d{i}", settle=False)
     assert await a.cluster.settle(2.0)
-    assert await raw_redis.pttl("relay:devices") == -1  # no per-device expiry to renew
+    assert await raw_redis.pttl("relay:presence") == -1  # no per-device expiry to renew
     await raw_redis.config_resetstat()
     beats = a.cluster.ops.get("heartbeat", 0)
     await eventually(lambda: a.cluster.ops.get("heartbeat", 0) >= beats + 4)
@@ -348,7 +348,7 @@ async def test_a_connect_and_a_disconnect_cost_at_most_three_commands_each(
     # one ZADD (ZREM) for all, and a ZRANGEBYLEX per device (its member, if any).
     assert claims <= 20 + 2, claims
     assert releases <= 20 + 2, releases
-    assert await raw_redis.zcard("relay:devices") == 0
+    assert await raw_redis.zcard("relay:presence") == 0
     assert await raw_redis.dbsize() == 3  # the two nodes' leases and their registry
     assert await raw_redis.exists("relay:nodes")
 
@@ -365,7 +365,7 @@ async def test_a_burst_larger_than_a_script_call_lands_every_device(
     assert await a.cluster.settle(2.0)
     calls = int((await raw_redis.info("commandstats"))["cmdstat_evalsha"]["calls"]) - before
     assert calls == 3 or a.cluster.ops["connect"] > connects  # else a rebuild claimed them
-    assert await raw_redis.zcard("relay:devices") == 1200
+    assert await raw_redis.zcard("relay:presence") == 1200
     await eventually(lambda: ("d0500", "s-old") in b.replaced)
     found = await b.cluster.locate("d1199")
     assert found is not None
@@ -373,7 +373,7 @@ async def test_a_burst_larger_than_a_script_call_lands_every_device(
     for i in range(1200):
         await a.cluster.unregister(f"d{i:04d}", a.held.pop(f"d{i:04d}").session_id)
     assert await a.cluster.settle(2.0)
-    assert await raw_redis.zcard("relay:devices") == 0
+    assert await raw_redis.zcard("relay:presence") == 0
     assert await raw_redis.dbsize() == 3  # the two nodes' leases and their registry
 
 
@@ -401,7 +401,7 @@ async def test_list_pages_through_every_node(nodes: tuple[Node, Node], raw_redis
         await a.connect(f"a{i}")
     for i in range(4):
         await b.connect(f"b{i}")
-    await raw_redis.zadd("relay:devices", {"a2x-ghost": 0})  # its hash expired long ago
+    await raw_redis.zadd("relay:presence", {"a2x-ghost": 0})  # its hash expired long ago
     seen: list[Presence] = []
     cursor: str | None = None
     pages = 0
@@ -418,7 +418,7 @@ async def test_list_pages_through_every_node(nodes: tuple[Node, Node], raw_redis
         (f"b{i}", "B") for i in range(4)
     }
     assert pages == 4  # 3 + 3 (the ghost skipped, the page refilled) + 3 + an empty last
-    assert await raw_redis.zscore("relay:devices", "a2x-ghost") is None  # cleaned up lazily
+    assert await raw_redis.zscore("relay:presence", "a2x-ghost") is None  # cleaned up lazily
 
 
 async def test_redis_outage_degrades_then_recovers(

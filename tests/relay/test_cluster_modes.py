@@ -88,10 +88,14 @@ class Store:
         """The device's members in its index: its record, or none."""
         return await records(raw, device_id, self.index_key(device_id))
 
+    def old_index_key(self, device_id: str) -> str:
+        """The index an older relay kept bare ids in."""
+        return self.index_key(device_id).replace(":presence", ":devices")
+
     def index_key(self, device_id: str) -> str:
         if self.mode == "cluster":
-            return f"relay:{{b{bucket_of(device_id)}}}:devices"
-        return "relay:devices"
+            return f"relay:{{b{bucket_of(device_id)}}}:presence"
+        return "relay:presence"
 
     def lease_key(self, node: str) -> str:
         return f"relay:{{n:{node}}}:lease" if self.mode == "cluster" else f"relay:lease:{node}"
@@ -250,37 +254,33 @@ async def test_a_connect_and_a_disconnect_cost_at_most_three_commands_each(store
         assert releases <= 3 * 20, releases
 
 
-async def test_records_of_an_older_relay_are_ignored_then_removed_not_errors(
-    store: Store,
-) -> None:
+async def test_an_older_relays_presence_and_this_ones_do_not_touch(store: Store) -> None:
+    """Relays of the layout before records moved into the index keep presence under other
+    keys (a record `dev:{id}` apart, the bare id in the index `devices`): during a rolling
+    upgrade neither reads nor prunes the other's (an older relay's listing removes every
+    index member it cannot find a `dev:` record for)."""
     async with nodes_on(store) as (a, b):
         raw = store.raw()
         try:
-            # As the relays before records moved into the index left them: a string (or,
-            # older still, a hash) record apart, the bare id in the index.
-            for d in ("old1", "old2", "old3"):
-                if d == "old3":
-                    old = {"node": "Z", "session_id": "sz", "lease": "z1", "connected_at": "1"}
-                    await raw.hset(store.old_key(d), mapping=old)  # type: ignore[arg-type]
-                else:
-                    await raw.set(store.old_key(d), "z1\n1.5\n1.5\nsz\nZ")
-                await raw.zadd(store.index_key(d), {d: 0})
-            await raw.set(store.lease_key("Z"), "z1")  # its node still alive
+            for d in ("old1", "old2"):
+                await raw.set(store.old_key(d), "z1\n1.5\n1.5\nsz\nZ")
+                await raw.zadd(store.old_index_key(d), {d: 0})
+            await raw.set(store.lease_key("Z"), "z1")  # the older relay's node, alive
             connects = a.cluster.ops["connect"]
-            await a.connect("old1")  # claimed beside the old record
+            await a.connect("old1")  # the device moved to an upgraded node
             a.held["old3"] = Presence("old3", "A", "s3", time.time(), 0)
-            await a.cluster._rebuild()  # renewed beside the old record
+            await a.cluster._rebuild()
             found = await b.cluster.locate("old1")
             assert found is not None
             assert found.node == "A"
-            assert await b.cluster.locate("old2") is None
-            assert b.replaced == a.replaced == []  # an old record is nobody's
+            assert await b.cluster.locate("old2") is None  # on the older relay only
+            assert b.replaced == a.replaced == []
             page = await b.cluster.list(None, 10)
             assert [p.device_id for p in page.devices] == ["old1", "old3"]
-            assert not page.partial
-            for d in ("old1", "old2", "old3"):  # the listing removed the old entries
-                assert not await raw.exists(store.old_key(d))
-                assert await raw.zscore(store.index_key(d), d) is None
+            for d in ("old1", "old2"):  # the older relay's keys as it left them
+                assert await raw.get(store.old_key(d)) == b"z1\n1.5\n1.5\nsz\nZ"
+                assert await raw.zscore(store.old_index_key(d), d) == 0
+                assert await raw.zscore(store.old_index_key(d), "old3") is None
             assert [len(await store.records(raw, d)) for d in ("old1", "old2", "old3")] == [1, 0, 1]
             assert a.cluster.ops["connect"] == connects  # no session ended on an error
         finally:
