@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
@@ -213,8 +214,9 @@ async def test_declared_play_buffer_over_two_seconds_leads_by_two(make_relay: Re
             "text_response": f"{words}.",
         }
     )
-    await dev.recv_until(is_tts_stop, timeout=30)
-    assert len(dev.audio) * 0.06 > 3.0, len(dev.audio)  # longer than the lead
+    with contextlib.suppress(TimeoutError):  # 2.5 s of the answer (~4 s) are enough
+        await dev.recv_until(is_tts_stop, timeout=2.5)
+    assert len(dev.audio) * 0.06 > 2.5, len(dev.audio)  # longer than the lead
     play_end = lead = 0.0
     for t in dev.audio_times:
         play_end = max(play_end, t) + 0.06
