@@ -100,6 +100,7 @@ class Listener:
         self.state = ListenState()  # the listen mode and a manual stop waiting (§1.3)
         self._pending: deque[tuple[float, bytes]] = deque()  # (loop time it arrived, packet)
         self._pump: asyncio.Task[None] | None = None
+        self._aborts = 0  # counts `cancel`s: a batch job submitted before one is not heard
         pre = deps.segmenter.pre_roll_s + deps.segmenter.min_speech_s
         self._ring: deque[bytes] = deque(maxlen=max(1, round(pre / WINDOW_S) + 1))
         self._stream: ASRStream | None = None
@@ -170,6 +171,7 @@ class Listener:
         recognition in flight (`abort`); the listen mode stays in force (docs/protocol.md
         §1.3), so what the user says next is heard."""
         self.state.stop_pending = False
+        self._aborts += 1
         self._pending.clear()
         self._segmenter.reset()
         self._ring.clear()
@@ -195,9 +197,13 @@ class Listener:
                 # score windows that nothing reads.
                 vad = self._vad if self.state.uses_vad else None
                 job = AudioJob(self._decoder, vad, self._carry, packets)
+                aborts = self._aborts
                 await self._deps.batcher.submit(job)
                 if job.bad_packets:
                     self._deps.metrics.audio_errors.inc(job.bad_packets)
+                if aborts != self._aborts:  # an abort came while the job ran: not heard
+                    self._carry.clear()
+                    continue
                 for window, prob in zip(job.windows, job.probs, strict=True):
                     await self._on_window(window, prob)
         except Exception:

@@ -9,6 +9,7 @@ segmenter count audio, not wall-clock time.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from relay.device.connection import DEVICE_ROOM
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import FakeBusiness
 from tests.relay.voice_helpers import (
@@ -250,6 +252,48 @@ async def test_abort_during_capture_recognises_nothing(
     assert await dev.next_text() == {"session_id": dev.session_id, "type": "stt", "text": "stop"}
     (await dev.answer()).check_spoken()
     assert chat_msgs(fake.bodies) == ["stop"]
+
+
+async def test_audio_still_being_processed_at_an_abort_is_not_heard_after_it(
+    make_relay: RelayFactory, fake: FakeBusiness, speech: SpeechBank
+) -> None:
+    # The relay's one audio thread is held so that the batch holding the whole utterance is
+    # still queued when the abort comes: its windows must not begin the next utterance
+    # (under load they did: "turn off the light dance" was heard for "dance").
+    client = await voice_relay(make_relay, vad={"audio_threads": 1})
+    voice = client.app[DEVICE_ROOM].voice
+    assert voice is not None
+    batcher = voice.batcher
+    executor = batcher._executor
+    first, second, holding = threading.Event(), threading.Event(), threading.Event()
+
+    def hold() -> None:
+        holding.set()
+        second.wait()
+
+    held = [executor.submit(first.wait)]
+    dev = await VoiceDevice.connect(client)
+    await dev.listen("auto")
+    await dev.send_audio(opus_packets(speech.say("turn off the light")), speed=50)
+    await eventually_true(lambda: batcher._in_flight == 1)  # the first packet's job waits
+    held.append(executor.submit(hold))
+    first.set()  # that job runs; the rest of the utterance goes in the next, held behind
+    await eventually_true(holding.is_set)
+    await eventually_true(lambda: executor._work_queue.qsize() == 1)  # the rest's job queued
+    await dev.abort()
+    second.set()
+    await asyncio.gather(*(asyncio.wrap_future(f) for f in held))
+    assert await dev.quiet(1.0) == []
+    await dev.send_audio(opus_packets(speech.say("dance") + silence(1.0)), speed=4)
+    assert await dev.next_text() == {"session_id": dev.session_id, "type": "stt", "text": "dance"}
+    (await dev.answer()).check_spoken()
+    assert chat_msgs(fake.bodies) == ["dance"]
+
+
+async def eventually_true(check: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not check():
+            await asyncio.sleep(0.005)
 
 
 async def test_after_an_abort_the_mode_stays_in_force(
