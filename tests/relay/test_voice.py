@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient
 from relay.device.connection import DEVICE_ROOM
 from tests.relay.conftest import RelayFactory
 from tests.relay.fakes import FakeBusiness
+from tests.relay.test_cluster import eventually
 from tests.relay.voice_helpers import (
     COMMANDS,
     FRAME_BYTES,
@@ -275,11 +276,11 @@ async def test_audio_still_being_processed_at_an_abort_is_not_heard_after_it(
     dev = await VoiceDevice.connect(client)
     await dev.listen("auto")
     await dev.send_audio(opus_packets(speech.say("turn off the light")), speed=50)
-    await eventually_true(lambda: batcher._in_flight == 1)  # the first packet's job waits
+    await eventually(lambda: batcher._in_flight == 1)  # the first packet's job waits
     held.append(executor.submit(hold))
     first.set()  # that job runs; the rest of the utterance goes in the next, held behind
-    await eventually_true(holding.is_set)
-    await eventually_true(lambda: executor._work_queue.qsize() == 1)  # the rest's job queued
+    await eventually(holding.is_set)
+    await eventually(lambda: executor._work_queue.qsize() == 1)  # the rest's job queued
     await dev.abort()
     second.set()
     await asyncio.gather(*(asyncio.wrap_future(f) for f in held))
@@ -288,12 +289,6 @@ async def test_audio_still_being_processed_at_an_abort_is_not_heard_after_it(
     assert await dev.next_text() == {"session_id": dev.session_id, "type": "stt", "text": "dance"}
     (await dev.answer()).check_spoken()
     assert chat_msgs(fake.bodies) == ["dance"]
-
-
-async def eventually_true(check: Any, timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.005)
 
 
 async def test_after_an_abort_the_mode_stays_in_force(
